@@ -1,0 +1,128 @@
+//! Compiles the `.proto` files shipped in the pinned envoy-types package into one
+//! descriptor set, so that Envoy config (YAML/JSON) is read through Envoy's real
+//! schema at run time (see DESIGN.md, "Reading Envoy config through the real schema").
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+
+/// Proto include roots inside envoy-types' `proto/` directory.
+const INCLUDE_DIRS: &[&str] = &[
+    "data-plane-api",
+    "xds",
+    "googleapis",
+    "protoc-gen-validate",
+    "cel-spec/proto",
+    "client_model",
+    "opentelemetry-proto",
+    "ratelimit",
+];
+
+/// Files protox cannot compile on their own (a name-resolution difference from protoc).
+const SKIPPED: &[&str] = &["envoy/extensions/clusters/dynamic_forward_proxy/v3/cluster.proto"];
+
+fn main() {
+    let proto_root = envoy_proto_dir();
+    println!("cargo:rerun-if-env-changed=ENVOY_PROTO_DIR");
+    println!("cargo:rerun-if-changed=build.rs");
+
+    let api = proto_root.join("data-plane-api");
+    let mut roots = Vec::new();
+    collect_protos(&api.join("envoy"), &api, &mut roots);
+    roots.retain(|name| !SKIPPED.contains(&name.as_str()) && !name.contains("/v2"));
+    roots.sort();
+
+    // protox resolves names against every package in its pool, unlike protoc, which only
+    // looks at direct imports; so each root gets its own compiler, sharing compiled files
+    // through a cache.
+    let cache: Rc<RefCell<HashMap<String, Vec<u8>>>> = Rc::default();
+    let mut out = Vec::new();
+    for root in &roots {
+        let mut chain = ChainFileResolver::new();
+        chain.add(CacheResolver(cache.clone()));
+        for dir in INCLUDE_DIRS {
+            chain.add(IncludeFileResolver::new(proto_root.join(dir)));
+        }
+        chain.add(GoogleFileResolver::new());
+        let mut compiler = protox::Compiler::with_file_resolver(chain);
+        compiler.include_imports(true).include_source_info(false);
+        if let Err(e) = compiler.open_file(root) {
+            panic!("compiling {root}: {e}");
+        }
+        for file in compiler.descriptor_pool().files() {
+            let mut cache = cache.borrow_mut();
+            if cache.contains_key(file.name()) {
+                continue;
+            }
+            let bytes = file.encode_to_vec();
+            // FileDescriptorSet.file (field 1, length-delimited).
+            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
+            prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+            out.extend_from_slice(&bytes);
+            cache.insert(file.name().to_owned(), bytes);
+        }
+    }
+    let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("envoy_descriptor.bin");
+    std::fs::write(dest, out).unwrap();
+}
+
+struct CacheResolver(Rc<RefCell<HashMap<String, Vec<u8>>>>);
+
+impl FileResolver for CacheResolver {
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        match self.0.borrow().get(name) {
+            Some(bytes) => Ok(File::decode_file_descriptor_proto(bytes.as_slice())
+                .expect("cached descriptor decodes")),
+            None => Err(protox::Error::file_not_found(name)),
+        }
+    }
+}
+
+fn collect_protos(dir: &Path, base: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_protos(&path, base, out);
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            let rel = path.strip_prefix(base).unwrap();
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+}
+
+/// Finds envoy-types' `proto/` directory through `cargo metadata`, or `ENVOY_PROTO_DIR`.
+fn envoy_proto_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ENVOY_PROTO_DIR") {
+        return PathBuf::from(dir);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let target = std::env::var("TARGET").unwrap();
+    let output = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .arg(&target)
+        .arg("--manifest-path")
+        .arg(Path::new(&manifest_dir).join("Cargo.toml"))
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    if let Some(root) = meta["workspace_root"].as_str() {
+        println!("cargo:rerun-if-changed={root}/Cargo.lock");
+    }
+    let package = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "envoy-types")
+        .expect("envoy-types in cargo metadata");
+    let manifest = Path::new(package["manifest_path"].as_str().unwrap());
+    manifest.parent().unwrap().join("proto")
+}

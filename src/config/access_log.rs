@@ -1,0 +1,1 @@
+//! Access log config: built by the access-log helper.

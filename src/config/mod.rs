@@ -1,0 +1,10 @@
+//! Envoy config → legate's validated model. Pure functions, no I/O beyond reading the
+//! bootstrap file: every error names the field path.
+
+pub mod access_log;
+pub mod error;
+pub mod proto;
+pub mod route;
+pub mod schema;
+
+pub use error::{ConfigError, ErrorKind, Result};

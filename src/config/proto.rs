@@ -1,0 +1,42 @@
+//! Small helpers over envoy-types' well-known types: durations and `Any` unpacking.
+
+use std::time::Duration;
+
+use envoy_types::pb::google::protobuf::{Any, Duration as DurationProto};
+use prost::{Message, Name};
+
+use super::error::{ConfigError, Result};
+use super::schema;
+
+/// Converts a proto duration; negative durations are invalid in Envoy.
+pub fn duration(d: &DurationProto, path: &str) -> Result<Duration> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ConfigError::invalid(path, "value must be a non-negative duration"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// The message name in a type URL (`type.googleapis.com/envoy.x.v3.Y` → `envoy.x.v3.Y`).
+pub fn type_name(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+/// Unpacks an `Any` that must hold an `M`.
+pub fn unpack<M: Message + Name + Default>(any: &Any, path: &str) -> Result<M> {
+    if type_name(&any.type_url) != M::full_name() {
+        return Err(unexpected_type(any, path));
+    }
+    M::decode(any.value.as_slice())
+        .map_err(|e| ConfigError::invalid(format!("{path}.typed_config"), format!("decoding {}: {e}", M::full_name())))
+}
+
+/// The error for an `Any` whose type legate does not take at this place: a known Envoy
+/// type is "not supported", anything else is invalid.
+pub fn unexpected_type(any: &Any, path: &str) -> ConfigError {
+    let name = type_name(&any.type_url);
+    if schema::knows_type(&any.type_url) {
+        ConfigError::unsupported(format!("{path}.typed_config"), format!("@type {name}"))
+    } else {
+        ConfigError::invalid(format!("{path}.typed_config"), format!("unknown @type '{name}'"))
+    }
+}

@@ -1,0 +1,1 @@
+//! Route tables: built by the route helper.

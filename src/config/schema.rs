@@ -1,0 +1,114 @@
+//! Envoy's proto schema at run time: the descriptor set built by `build.rs`, used to
+//! read YAML/JSON config through the proto3 JSON mapping and to render protos back to
+//! Envoy's JSON for `/config_dump`.
+
+use std::sync::OnceLock;
+
+use prost::{Message, Name};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+
+use super::error::ConfigError;
+
+static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
+
+/// The pool of every Envoy message, decoded once on first use.
+pub fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTOR_SET).expect("build.rs wrote a valid descriptor set"))
+}
+
+/// The text formats Envoy reads config in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    /// Envoy picks the format by file extension; JSON is also valid YAML, so YAML is the
+    /// fallback for other names.
+    pub fn from_path(path: &str) -> Self {
+        if path.ends_with(".json") { Format::Json } else { Format::Yaml }
+    }
+}
+
+/// Parses `text` into the Envoy message `M`, rejecting unknown fields, with errors that
+/// name the field path (and, for YAML, the line and column).
+pub fn parse<M: Message + Name + Default>(text: &str, format: Format) -> Result<M, ConfigError> {
+    let desc = pool()
+        .get_message_by_name(&M::full_name())
+        .unwrap_or_else(|| panic!("{} is in the descriptor set", M::full_name()));
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = match format {
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let wrapped = serde_path_to_error::Deserializer::new(&mut de, &mut track);
+            DynamicMessage::deserialize_with_options(desc, wrapped, &options)
+                .and_then(|m| de.end().map(|()| m))
+                .map_err(|e| e.to_string())
+        }
+        Format::Yaml => {
+            let mut budget = serde_saphyr::Budget::default();
+            budget.max_nodes = 50_000_000;
+            budget.max_events = 100_000_000;
+            let yaml_options = serde_saphyr::options! { budget: Some(budget) };
+            serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options, |de| {
+                let wrapped = serde_path_to_error::Deserializer::new(de, &mut track);
+                DynamicMessage::deserialize_with_options(desc.clone(), wrapped, &options)
+            })
+            .map_err(|e| e.to_string())
+        }
+    };
+    match parsed {
+        Ok(dynamic) => M::decode(dynamic.encode_to_vec().as_slice())
+            .map_err(|e| ConfigError::invalid("", format!("proto decode: {e}"))),
+        Err(message) => {
+            let path = track.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            Err(ConfigError::invalid(path, one_line(&message)))
+        }
+    }
+}
+
+/// Folds a multi-line parser message (YAML snippets) into one line.
+fn one_line(message: &str) -> String {
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default().to_owned();
+    // serde-saphyr puts "at line L column C" on the first line; the rest is a snippet.
+    first
+}
+
+/// Renders an Envoy message as Envoy's JSON (proto field names, `Any` with `@type`).
+pub fn to_json<M: Message + Name>(message: &M) -> serde_json::Value {
+    let desc = pool()
+        .get_message_by_name(&M::full_name())
+        .unwrap_or_else(|| panic!("{} is in the descriptor set", M::full_name()));
+    any_bytes_to_json(desc, &message.encode_to_vec())
+}
+
+/// Renders encoded message bytes of descriptor `desc` as Envoy's JSON.
+fn any_bytes_to_json(desc: prost_reflect::MessageDescriptor, bytes: &[u8]) -> serde_json::Value {
+    let dynamic = match DynamicMessage::decode(desc, bytes) {
+        Ok(d) => d,
+        Err(e) => return serde_json::json!({ "error": e.to_string() }),
+    };
+    let options = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(true);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}
+
+/// Renders an `Any` (by its type URL) as Envoy's JSON with its `@type`.
+pub fn any_to_json(any: &envoy_types::pb::google::protobuf::Any) -> serde_json::Value {
+    let Some(desc) = pool().get_message_by_name("google.protobuf.Any") else {
+        return serde_json::Value::Null;
+    };
+    any_bytes_to_json(desc, &any.encode_to_vec())
+}
+
+/// Whether `@type` names a message Envoy knows (so an unimplemented one is "not supported").
+pub fn knows_type(type_url: &str) -> bool {
+    let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    pool().get_message_by_name(name).is_some()
+}
