@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod logging;
 pub mod server;
 pub mod stats;
 pub mod upstream;
+pub mod worker;

@@ -1,1 +1,215 @@
-//! server
+//! Wiring: builds the live objects from a validated bootstrap, starts the workers and the
+//! admin server, and runs the drain on SIGTERM or `/quitquitquit`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::cli::Options;
+use crate::config::bootstrap::BootstrapSpec;
+use crate::listener::{HttpListener, bind_reuseport, serve_listener};
+use crate::stats::Store;
+use crate::upstream::ClusterManager;
+use crate::worker::Worker;
+
+/// Envoy's `server.state` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Live = 0,
+    Draining = 1,
+    PreInitializing = 2,
+    Initializing = 3,
+}
+
+impl ServerState {
+    /// The name Envoy prints (`/ready`, `/server_info`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Live => "LIVE",
+            ServerState::Draining => "DRAINING",
+            ServerState::PreInitializing => "PRE_INITIALIZING",
+            ServerState::Initializing => "INITIALIZING",
+        }
+    }
+}
+
+/// What the admin API and the drain need to know of a running server.
+pub struct ServerShared {
+    pub store: Store,
+    pub clusters: Arc<ClusterManager>,
+    pub listeners: Vec<Arc<HttpListener>>,
+    /// The address each listener bound (port 0 resolved), in `listeners` order.
+    pub listener_bound: Vec<SocketAddr>,
+    pub bootstrap: Bootstrap,
+    pub options: Options,
+    pub concurrency: usize,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    /// Set once every worker is accepting.
+    pub live: AtomicBool,
+    /// `/healthcheck/fail` was called (cleared by `/healthcheck/ok`).
+    pub health_check_failed: AtomicBool,
+    drain: watch::Sender<bool>,
+}
+
+impl ServerShared {
+    /// The state Envoy would report.
+    pub fn state(&self) -> ServerState {
+        if *self.drain.borrow() || self.health_check_failed.load(Ordering::Acquire) {
+            ServerState::Draining
+        } else if self.live.load(Ordering::Acquire) {
+            ServerState::Live
+        } else {
+            ServerState::Initializing
+        }
+    }
+
+    /// Starts the drain: workers stop accepting and close connections gracefully.
+    pub fn begin_drain(&self) {
+        self.drain.send_replace(true);
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub shared: Arc<ServerShared>,
+    /// The admin address actually bound (port 0 resolved), if admin is configured.
+    pub admin_address: Option<SocketAddr>,
+    /// Each listener's name and the address actually bound.
+    pub listener_addresses: Vec<(String, SocketAddr)>,
+    workers: Vec<JoinHandle<()>>,
+    admin_thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Builds everything from a validated bootstrap and starts serving.
+    pub fn start(spec: BootstrapSpec, options: Options) -> anyhow::Result<Server> {
+        let concurrency = options.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+        let store = Store::new();
+        register_server_stats(&store, concurrency);
+        let clusters = Arc::new(ClusterManager::new(&store, spec.clusters));
+        let mut listeners = Vec::new();
+        for listener in spec.listeners {
+            listeners.push(Arc::new(HttpListener::new(listener, &store, clusters.clone())?));
+        }
+        // The first socket of a listener resolves port 0; the other workers bind the same port.
+        let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..concurrency).map(|_| Vec::new()).collect();
+        let mut listener_addresses = Vec::new();
+        for listener in &listeners {
+            let first = bind_reuseport(listener.spec.address)
+                .map_err(|e| anyhow::anyhow!("cannot bind listener '{}' to {}: {e}", listener.spec.name, listener.spec.address))?;
+            let bound = first.local_addr()?;
+            listener_addresses.push((listener.spec.name.clone(), bound));
+            sockets[0].push(first);
+            for worker_sockets in sockets.iter_mut().skip(1) {
+                worker_sockets.push(bind_reuseport(bound)?);
+            }
+        }
+        store.gauge("listener_manager.total_listeners_active").set(listeners.len() as i64);
+        store.counter("listener_manager.listener_added").add(listeners.len() as u64);
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let shared = Arc::new(ServerShared {
+            store: store.clone(),
+            clusters,
+            listeners: listeners.clone(),
+            listener_bound: listener_addresses.iter().map(|(_, a)| *a).collect(),
+            bootstrap: spec.proto,
+            options,
+            concurrency,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            live: AtomicBool::new(false),
+            health_check_failed: AtomicBool::new(false),
+            drain: drain_tx,
+        });
+        let mut workers = Vec::with_capacity(concurrency);
+        for (index, worker_sockets) in sockets.into_iter().enumerate() {
+            let listeners = listeners.clone();
+            let drain = drain_rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("wrk:worker_{index}"))
+                .spawn(move || run_worker(worker_sockets, listeners, drain))?;
+            workers.push(thread);
+        }
+        store.gauge("listener_manager.workers_started").set(1);
+        let (admin_address, admin_thread) = match &spec.admin {
+            Some(admin) => {
+                let (address, thread) = admin::start(admin, shared.clone())?;
+                (Some(address), Some(thread))
+            }
+            None => (None, None),
+        };
+        shared.live.store(true, Ordering::Release);
+        store.gauge("server.state").set(ServerState::Live as i64);
+        tracing::info!(concurrency, listeners = listener_addresses.len(), "legate started");
+        Ok(Server { shared, admin_address, listener_addresses, workers, admin_thread })
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.listener_addresses.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Drains (stop accepting, finish in-flight requests within `drain_time`) and stops.
+    pub fn shutdown(self, drain_time: Duration) {
+        self.shared.begin_drain();
+        self.wait(drain_time);
+    }
+
+    /// Waits for a drain started elsewhere (signal, `/quitquitquit`) to finish, at most
+    /// `drain_time` after it began.
+    pub fn wait(self, drain_time: Duration) {
+        let mut drain = self.shared.drain.subscribe();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let _ = drain.wait_for(|d| *d).await;
+        });
+        self.shared.store.gauge("server.state").set(ServerState::Draining as i64);
+        let deadline = Instant::now() + drain_time;
+        for worker in self.workers {
+            while !worker.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // The admin server stops with the process; its thread is detached here.
+        drop(self.admin_thread);
+    }
+}
+
+fn run_worker(sockets: Vec<std::net::TcpListener>, listeners: Vec<Arc<HttpListener>>, drain: watch::Receiver<bool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let worker = Rc::new(Worker::default());
+    local.block_on(&runtime, async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (socket, listener) in sockets.into_iter().zip(listeners) {
+            tasks.spawn_local(serve_listener(socket, listener, worker.clone(), drain.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+}
+
+fn register_server_stats(store: &Store, concurrency: usize) {
+    store.gauge("server.concurrency").set(concurrency as i64);
+    store.gauge("server.live").set(1);
+    store.gauge("server.state").set(ServerState::Initializing as i64);
+    store.gauge("server.version").set(0);
+    store.gauge("server.uptime").set(0);
+    store.gauge("server.memory_allocated").set(0);
+    store.gauge("server.total_connections").set(0);
+    store.gauge("listener_manager.total_listeners_warming").set(0);
+    store.gauge("listener_manager.total_listeners_draining").set(0);
+}

@@ -1,1 +1,192 @@
-//! admin (in progress).
+//! The admin server: Envoy's admin API (paths, formats, JSON shapes and status codes),
+//! one handler per endpoint. Handlers read snapshots and stats only; the mutating ones
+//! (`/quitquitquit`, `/healthcheck/*`, `/logging`) require POST, as in Envoy.
+
+mod clusters;
+mod config_dump;
+mod info;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+
+use crate::config::bootstrap::AdminSpec;
+use crate::listener::bind_reuseport;
+use crate::server::ServerShared;
+use crate::worker::LocalExec;
+
+/// Shared state the handlers read.
+pub type AdminState = Arc<ServerShared>;
+
+/// Binds the admin address and serves it on its own thread (Envoy's main thread runs
+/// admin; here the worker threads are never disturbed by admin work).
+pub fn start(spec: &AdminSpec, state: AdminState) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let socket = bind_reuseport(spec.address)?;
+    let address = socket.local_addr()?;
+    let thread = std::thread::Builder::new().name("legate-admin".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("admin runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, serve(socket, state));
+    })?;
+    Ok((address, thread))
+}
+
+async fn serve(socket: std::net::TcpListener, state: AdminState) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(socket) else {
+        tracing::error!("cannot register the admin socket");
+        return;
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::task::spawn_local(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, request)) }
+            });
+            let _ = auto::Builder::new(LocalExec).serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// A parsed admin request: path and query parameters.
+pub struct AdminRequest {
+    pub method: Method,
+    pub path: String,
+    pub params: HashMap<String, String>,
+}
+
+impl AdminRequest {
+    /// A query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// Whether `?format=json` was asked for.
+    pub fn wants_json(&self) -> bool {
+        self.param("format") == Some("json")
+    }
+}
+
+/// One endpoint: path, help text, whether it changes server state (POST only).
+struct Endpoint {
+    path: &'static str,
+    help: &'static str,
+    mutates: bool,
+    handler: fn(&AdminState, &AdminRequest) -> Response<Full<Bytes>>,
+}
+
+const ENDPOINTS: &[Endpoint] = &[
+    Endpoint { path: "/", help: "Admin home page", mutates: false, handler: info::help },
+    Endpoint { path: "/clusters", help: "upstream cluster status", mutates: false, handler: clusters::clusters },
+    Endpoint { path: "/config_dump", help: "dump current Envoy configs (experimental)", mutates: false, handler: config_dump::config_dump },
+    Endpoint { path: "/healthcheck/fail", help: "cause the server to fail health checks", mutates: true, handler: info::healthcheck_fail },
+    Endpoint { path: "/healthcheck/ok", help: "cause the server to pass health checks", mutates: true, handler: info::healthcheck_ok },
+    Endpoint { path: "/help", help: "print out list of admin commands", mutates: false, handler: info::help },
+    Endpoint { path: "/listeners", help: "print listener info", mutates: false, handler: info::listeners },
+    Endpoint { path: "/logging", help: "query/change logging levels", mutates: true, handler: info::logging },
+    Endpoint { path: "/quitquitquit", help: "exit the server", mutates: true, handler: info::quit },
+    Endpoint { path: "/ready", help: "print server state, return 200 if LIVE, otherwise return 503", mutates: false, handler: info::ready },
+    Endpoint { path: "/server_info", help: "print server version/status information", mutates: false, handler: info::server_info },
+    Endpoint { path: "/stats", help: "print server stats", mutates: false, handler: info::stats },
+    Endpoint { path: "/stats/prometheus", help: "print server stats in prometheus format", mutates: false, handler: info::stats_prometheus },
+];
+
+fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let params = request
+        .uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let request = AdminRequest { method: request.method().clone(), path, params };
+    let Some(endpoint) = ENDPOINTS.iter().find(|e| e.path == request.path) else {
+        let mut body = String::from("invalid path. admin commands are:\n");
+        body.push_str(&help_text());
+        return text(StatusCode::NOT_FOUND, body);
+    };
+    if endpoint.mutates && request.method != Method::POST && !(endpoint.path == "/logging" && request.params.is_empty()) {
+        return text(StatusCode::METHOD_NOT_ALLOWED, format!("Method {} not allowed, POST required.", request.method));
+    }
+    (endpoint.handler)(state, &request)
+}
+
+fn help_text() -> String {
+    let mut out = String::new();
+    for e in ENDPOINTS.iter().filter(|e| e.path != "/") {
+        out.push_str(&format!("  {}: {}\n", e.path, e.help));
+    }
+    out
+}
+
+/// A `text/plain` response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=UTF-8", body.into())
+}
+
+/// An `application/json` response, pretty-printed as Envoy prints it.
+pub fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(value).unwrap_or_default();
+    respond(StatusCode::OK, "application/json", body.into())
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache, max-age=0"));
+    headers.insert("x-content-type-options", header::HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// Decodes `%XX` escapes and `+` in a query component.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("a%2Eb+c%"), "a.b c%");
+        assert_eq!(super::percent_decode("%zz%41"), "%zzA");
+    }
+}

@@ -2,7 +2,10 @@
 //! bootstrap file: every error names the field path.
 
 pub mod access_log;
+pub mod bootstrap;
+pub mod cluster;
 pub mod error;
+pub mod listener;
 pub mod proto;
 pub mod route;
 pub mod schema;

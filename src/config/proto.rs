@@ -40,3 +40,20 @@ pub fn unexpected_type(any: &Any, path: &str) -> ConfigError {
         ConfigError::invalid(format!("{path}.typed_config"), format!("unknown @type '{name}'"))
     }
 }
+
+/// Rejects every field set in `message` that is not in `supported`, so a config that
+/// relies on behaviour legate lacks fails loudly instead of being silently ignored.
+/// Runs at config time only (it re-decodes the message through the schema).
+pub fn ensure_only<M: Message + Name>(message: &M, supported: &[&str], path: &str) -> Result<()> {
+    let Some(desc) = schema::pool().get_message_by_name(&M::full_name()) else {
+        return Ok(());
+    };
+    let dynamic = prost_reflect::DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
+        .map_err(|e| ConfigError::invalid(path, format!("re-decoding {}: {e}", M::full_name())))?;
+    for (field, _) in dynamic.fields() {
+        if !supported.contains(&field.name()) {
+            return Err(ConfigError::unsupported(super::error::join_path(path, field.name()), ""));
+        }
+    }
+    Ok(())
+}

@@ -32,13 +32,19 @@ impl Format {
     }
 }
 
-/// Parses `text` into the Envoy message `M`, rejecting unknown fields, with errors that
+/// Parses `text` into the Envoy message `M`, rejecting unknown fields unless allowed
+/// (`--allow-unknown-static-fields`), with errors that
 /// name the field path (and, for YAML, the line and column).
 pub fn parse<M: Message + Name + Default>(text: &str, format: Format) -> Result<M, ConfigError> {
+    parse_with(text, format, false)
+}
+
+/// `parse`, optionally ignoring unknown fields as `--allow-unknown-static-fields` asks.
+pub fn parse_with<M: Message + Name + Default>(text: &str, format: Format, allow_unknown_fields: bool) -> Result<M, ConfigError> {
     let desc = pool()
         .get_message_by_name(&M::full_name())
         .unwrap_or_else(|| panic!("{} is in the descriptor set", M::full_name()));
-    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let options = DeserializeOptions::new().deny_unknown_fields(!allow_unknown_fields);
     let mut track = serde_path_to_error::Track::new();
     let parsed = match format {
         Format::Json => {

@@ -1,1 +1,9 @@
-//! http (in progress).
+//! The HTTP data path: connection manager, routing, the router (proxying), local
+//! replies, header policy and access logging.
+
+pub mod access_log;
+pub mod body;
+pub mod flags;
+pub mod headers;
+pub mod proxy;
+pub mod route;

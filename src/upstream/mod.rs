@@ -1,1 +1,13 @@
-//! upstream (in progress).
+//! The cluster manager and everything behind it: clusters, hosts and their health,
+//! load balancing and the per-worker connection pools. The cluster manager is the only
+//! writer of cluster state; workers read published snapshots.
+
+pub mod cluster;
+pub mod host;
+pub mod lb;
+pub mod manager;
+pub mod pool;
+
+pub use cluster::Cluster;
+pub use host::Host;
+pub use manager::{ClusterManager, ClusterSnapshot};

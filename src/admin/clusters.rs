@@ -1,0 +1,143 @@
+//! `/clusters`: Envoy's per-cluster and per-host text lines, or `?format=json` as the
+//! `envoy.admin.v3.Clusters` proto renders.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::admin::v3::{Clusters, ClusterStatus, HostHealthStatus, HostStatus, SimpleMetric, simple_metric};
+use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, Locality, RoutingPriority, SocketAddress, address, socket_address};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use super::{AdminRequest, AdminState, json, text};
+use crate::config::schema;
+use crate::upstream::Cluster;
+use crate::upstream::host::{Host, health_flag};
+
+/// Envoy's default circuit-breaker thresholds, shown for every cluster until circuit
+/// breakers are configurable.
+const DEFAULT_THRESHOLDS: [(&str, u32); 4] =
+    [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)];
+
+pub(super) fn clusters(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+    let snapshot = state.clusters.snapshot();
+    let mut clusters: Vec<_> = snapshot.clusters.values().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    match request.param("format") {
+        Some("json") => json(&schema::to_json(&Clusters { cluster_statuses: clusters.iter().map(|c| status(c)).collect() })),
+        None | Some("text") => {
+            let mut out = String::new();
+            for cluster in clusters {
+                write_text(&mut out, cluster);
+            }
+            text(StatusCode::OK, out)
+        }
+        Some(other) => text(StatusCode::BAD_REQUEST, format!("unsupported format '{other}': use text or json\n")),
+    }
+}
+
+fn host_counters(host: &Host) -> [(&'static str, u64, simple_metric::Type); 8] {
+    use simple_metric::Type::{Counter, Gauge};
+    let s = &host.stats;
+    let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    [
+        ("cx_active", v(&s.cx_active), Gauge),
+        ("cx_connect_fail", v(&s.cx_connect_fail), Counter),
+        ("cx_total", v(&s.cx_total), Counter),
+        ("rq_active", v(&s.rq_active), Gauge),
+        ("rq_error", v(&s.rq_error), Counter),
+        ("rq_success", v(&s.rq_success), Counter),
+        ("rq_timeout", v(&s.rq_timeout), Counter),
+        ("rq_total", v(&s.rq_total), Counter),
+    ]
+}
+
+fn write_text(out: &mut String, cluster: &Cluster) {
+    let name = &cluster.name;
+    let _ = writeln!(out, "{name}::observability_name::{name}");
+    for priority in ["default_priority", "high_priority"] {
+        for (threshold, value) in DEFAULT_THRESHOLDS {
+            let _ = writeln!(out, "{name}::{priority}::{threshold}::{value}");
+        }
+    }
+    let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
+    for host in &cluster.hosts {
+        let prefix = format!("{name}::{}", host.address_text);
+        for (stat, value, _) in host_counters(host) {
+            let _ = writeln!(out, "{prefix}::{stat}::{value}");
+        }
+        let _ = writeln!(out, "{prefix}::hostname::{}", host.hostname);
+        let _ = writeln!(out, "{prefix}::health_flags::{}", host.health_flags_text());
+        let _ = writeln!(out, "{prefix}::weight::{}", host.weight);
+        let _ = writeln!(out, "{prefix}::region::{}", host.region);
+        let _ = writeln!(out, "{prefix}::zone::{}", host.zone);
+        let _ = writeln!(out, "{prefix}::sub_zone::{}", host.sub_zone);
+        let _ = writeln!(out, "{prefix}::canary::false");
+        let _ = writeln!(out, "{prefix}::priority::{}", host.priority);
+        let _ = writeln!(out, "{prefix}::success_rate::-1");
+        let _ = writeln!(out, "{prefix}::local_origin_success_rate::-1");
+    }
+}
+
+fn status(cluster: &Cluster) -> ClusterStatus {
+    let thresholds = |priority: RoutingPriority| Thresholds {
+        priority: priority as i32,
+        max_connections: Some(DEFAULT_THRESHOLDS[0].1.into()),
+        max_pending_requests: Some(DEFAULT_THRESHOLDS[1].1.into()),
+        max_requests: Some(DEFAULT_THRESHOLDS[2].1.into()),
+        max_retries: Some(DEFAULT_THRESHOLDS[3].1.into()),
+        ..Default::default()
+    };
+    ClusterStatus {
+        name: cluster.name.clone(),
+        observability_name: cluster.name.clone(),
+        added_via_api: cluster.added_via_api,
+        host_statuses: cluster.hosts.iter().map(|h| host_status(h)).collect(),
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![thresholds(RoutingPriority::Default), thresholds(RoutingPriority::High)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn host_status(host: &Host) -> HostStatus {
+    let flags = host.health_flags();
+    let eds_health_status = if flags & health_flag::FAILED_EDS_HEALTH != 0 {
+        HealthStatus::Unhealthy
+    } else if flags & health_flag::EDS_STATUS_DRAINING != 0 {
+        HealthStatus::Draining
+    } else if flags & health_flag::DEGRADED_EDS_HEALTH != 0 {
+        HealthStatus::Degraded
+    } else {
+        HealthStatus::Healthy
+    };
+    HostStatus {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: host.address.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(host.address.port()))),
+                ..Default::default()
+            })),
+        }),
+        stats: host_counters(host)
+            .into_iter()
+            .map(|(name, value, kind)| SimpleMetric { r#type: kind as i32, value, name: name.to_owned() })
+            .collect(),
+        health_status: Some(HostHealthStatus {
+            failed_active_health_check: flags & health_flag::FAILED_ACTIVE_HC != 0,
+            failed_outlier_check: flags & health_flag::FAILED_OUTLIER_CHECK != 0,
+            pending_dynamic_removal: flags & health_flag::PENDING_DYNAMIC_REMOVAL != 0,
+            eds_health_status: eds_health_status as i32,
+            ..Default::default()
+        }),
+        weight: host.weight,
+        hostname: host.hostname.clone(),
+        priority: host.priority,
+        locality: Some(Locality { region: host.region.clone(), zone: host.zone.clone(), sub_zone: host.sub_zone.clone() }),
+        ..Default::default()
+    }
+}

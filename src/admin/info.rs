@@ -1,0 +1,164 @@
+//! The small endpoints: help, readiness, server info, listeners, stats, health-check
+//! toggles, logging and quit.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::admin::v3::{CommandLineOptions, ListenerStatus, Listeners, ServerInfo};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::google::protobuf::Duration as DurationProto;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use super::{AdminRequest, AdminState, help_text, json, text};
+use crate::config::schema;
+use crate::logging;
+use crate::server::ServerState;
+
+/// The version string in Envoy's shape: `<revision>/<version>/<status>/<build>/<tls>`.
+pub const VERSION: &str = concat!("legate/", env!("CARGO_PKG_VERSION"), "/Clean/RELEASE/rustls");
+
+pub(super) fn help(_: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+    text(StatusCode::OK, format!("admin commands are:\n{}", help_text()))
+}
+
+pub(super) fn ready(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+    let server_state = state.state();
+    let status = if server_state == ServerState::Live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    text(status, format!("{}\n", server_state.name()))
+}
+
+pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+    let options = &state.options;
+    let uptime = DurationProto { seconds: state.started.elapsed().as_secs() as i64, nanos: 0 };
+    let seconds = |s: u64| Some(DurationProto { seconds: s as i64, nanos: 0 });
+    let info = ServerInfo {
+        version: VERSION.to_owned(),
+        state: state.state() as i32,
+        uptime_current_epoch: Some(uptime),
+        uptime_all_epochs: Some(uptime),
+        hot_restart_version: "disabled".to_owned(),
+        command_line_options: Some(CommandLineOptions {
+            base_id: u64::from(options.base_id),
+            concurrency: state.concurrency as u32,
+            config_path: options.config_path.clone().unwrap_or_default(),
+            config_yaml: options.config_yaml.clone().unwrap_or_default(),
+            allow_unknown_static_fields: options.allow_unknown_static_fields,
+            log_level: options.log_level.clone(),
+            component_log_level: options.component_log_level.clone().unwrap_or_default(),
+            log_format: options.log_format.clone().unwrap_or_default(),
+            log_path: options.log_path.clone().unwrap_or_default(),
+            service_cluster: options.service_cluster.clone().unwrap_or_default(),
+            service_node: options.service_node.clone().unwrap_or_default(),
+            service_zone: options.service_zone.clone().unwrap_or_default(),
+            drain_time: seconds(options.drain_time_s),
+            parent_shutdown_time: seconds(options.parent_shutdown_time_s),
+            disable_hot_restart: options.disable_hot_restart,
+            mode: match options.mode {
+                crate::cli::Mode::Serve => 0,
+                crate::cli::Mode::Validate => 1,
+            },
+            ..Default::default()
+        }),
+        node: state.bootstrap.node.clone(),
+        hot_restart_initializing: false,
+    };
+    json(&schema::to_json(&info))
+}
+
+pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+    let statuses = state.listeners.iter().zip(&state.listener_bound).map(|(l, bound)| ListenerStatus {
+        name: l.spec.name.clone(),
+        local_address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: bound.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(bound.port()))),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    });
+    if request.wants_json() {
+        return json(&schema::to_json(&Listeners { listener_statuses: statuses.collect() }));
+    }
+    let mut out = String::new();
+    for (listener, bound) in state.listeners.iter().zip(&state.listener_bound) {
+        out.push_str(&format!("{}::{}\n", listener.spec.name, bound));
+    }
+    text(StatusCode::OK, out)
+}
+
+/// Refreshes the gauges that are read, not pushed: uptime and memory.
+fn refresh_server_gauges(state: &AdminState) {
+    let store = &state.store;
+    store.gauge("server.uptime").set(state.started.elapsed().as_secs() as i64);
+    // RSS stands in for allocator bytes: legate does not wrap its allocator.
+    store.gauge("server.memory_allocated").set(resident_bytes() as i64);
+    store.gauge("server.state").set(state.state() as i64);
+}
+
+/// Resident set size from `/proc/self/statm`.
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn stats_filter(request: &AdminRequest) -> Result<Option<regex::Regex>, Response<Full<Bytes>>> {
+    match request.param("filter").filter(|f| !f.is_empty()) {
+        Some(f) => regex::Regex::new(f)
+            .map(Some)
+            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n"))),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn stats(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+    refresh_server_gauges(state);
+    let filter = match stats_filter(request) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
+    let used_only = request.params.contains_key("usedonly");
+    match request.param("format") {
+        None | Some("text") => text(StatusCode::OK, state.store.text(filter.as_ref(), used_only)),
+        Some("json") => json(&state.store.json(filter.as_ref(), used_only)),
+        Some("prometheus") => text(StatusCode::OK, state.store.prometheus(filter.as_ref(), used_only)),
+        Some(other) => text(StatusCode::BAD_REQUEST, format!("usage: /stats?format=(json|prometheus|text): unknown format '{other}'\n")),
+    }
+}
+
+pub(super) fn stats_prometheus(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+    refresh_server_gauges(state);
+    let filter = match stats_filter(request) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
+    text(StatusCode::OK, state.store.prometheus(filter.as_ref(), request.params.contains_key("usedonly")))
+}
+
+pub(super) fn healthcheck_fail(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+    state.health_check_failed.store(true, Ordering::Release);
+    text(StatusCode::OK, "OK\n")
+}
+
+pub(super) fn healthcheck_ok(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+    state.health_check_failed.store(false, Ordering::Release);
+    text(StatusCode::OK, "OK\n")
+}
+
+pub(super) fn quit(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+    state.begin_drain();
+    text(StatusCode::OK, "OK\n")
+}
+
+pub(super) fn logging(_: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+    for (key, value) in &request.params {
+        let result = if key == "level" { logging::set_level(None, value) } else { logging::set_level(Some(key), value) };
+        if let Err(e) = result {
+            return text(StatusCode::NOT_FOUND, format!("{e}\n{}", logging::listing()));
+        }
+    }
+    text(StatusCode::OK, logging::listing())
+}

@@ -1,0 +1,257 @@
+//! Cluster protos → `ClusterSpec`: discovery type, hosts, load balancing and the
+//! upstream HTTP protocol.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, HttpProtocolOptions as CommonHttpOptions};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions as UpstreamHttpOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+
+use super::error::{ConfigError, Result, join_path};
+use super::proto::{self, ensure_only};
+
+/// Envoy's default `connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default upstream connection idle timeout (`common_http_protocol_options.idle_timeout`).
+const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// The HTTP protocol legate speaks to a cluster's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// Whatever the downstream request used (`use_downstream_protocol_config`).
+    Downstream,
+}
+
+/// How a cluster picks a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbKind {
+    RoundRobin,
+    Random,
+}
+
+/// One configured endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    pub address: SocketAddr,
+    /// `load_balancing_weight`, 1 when unset.
+    pub weight: u32,
+    pub priority: u32,
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+    /// EDS health status; STATIC hosts are HEALTHY unless the config says otherwise.
+    pub health_status: HealthStatus,
+    pub hostname: String,
+}
+
+/// A validated cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub connect_timeout: Duration,
+    pub lb: LbKind,
+    pub protocol: UpstreamProtocol,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle_timeout: Option<Duration>,
+    pub hosts: Vec<HostSpec>,
+    /// The original proto, for `/config_dump`.
+    pub proto: ClusterProto,
+}
+
+/// Fields of `Cluster` legate implements; any other set field is rejected as unsupported.
+const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
+    "name",
+    "alt_stat_name",
+    "type",
+    "connect_timeout",
+    "lb_policy",
+    "load_assignment",
+    "typed_extension_protocol_options",
+    "http2_protocol_options",
+    "common_http_protocol_options",
+    "metadata",
+    "per_connection_buffer_limit_bytes",
+    "dns_lookup_family",
+];
+
+impl ClusterSpec {
+    /// Translates and validates a cluster; `path` is where the cluster sits in the config.
+    pub fn from_proto(proto: &ClusterProto, path: &str) -> Result<ClusterSpec> {
+        ensure_only(proto, SUPPORTED_CLUSTER_FIELDS, path)?;
+        if proto.name.is_empty() {
+            return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1 characters"));
+        }
+        match &proto.cluster_discovery_type {
+            None => {}
+            Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
+                Ok(DiscoveryType::Static) => {}
+                Ok(other) => {
+                    return Err(ConfigError::unsupported(
+                        join_path(path, "type"),
+                        format!("cluster type {}", other.as_str_name()),
+                    ));
+                }
+                Err(_) => return Err(ConfigError::invalid(join_path(path, "type"), format!("unknown value {t}"))),
+            },
+            Some(ClusterDiscoveryType::ClusterType(custom)) => {
+                return Err(ConfigError::unsupported(join_path(path, "cluster_type"), custom.name.clone()));
+            }
+        }
+        let connect_timeout = match &proto.connect_timeout {
+            Some(d) => {
+                let t = proto::duration(d, &join_path(path, "connect_timeout"))?;
+                if t.is_zero() {
+                    return Err(ConfigError::invalid(join_path(path, "connect_timeout"), "value must be greater than 0s"));
+                }
+                t
+            }
+            None => DEFAULT_CONNECT_TIMEOUT,
+        };
+        let lb = match LbPolicy::try_from(proto.lb_policy) {
+            Ok(LbPolicy::RoundRobin) => LbKind::RoundRobin,
+            Ok(LbPolicy::Random) => LbKind::Random,
+            Ok(other) => {
+                return Err(ConfigError::unsupported(join_path(path, "lb_policy"), other.as_str_name().to_owned()));
+            }
+            Err(_) => return Err(ConfigError::invalid(join_path(path, "lb_policy"), "unknown value")),
+        };
+        let (protocol, common) = upstream_protocol(proto, path)?;
+        let idle_timeout = match common.and_then(|c| c.idle_timeout.as_ref()) {
+            Some(d) => Some(proto::duration(d, &join_path(path, "common_http_protocol_options.idle_timeout"))?)
+                .filter(|t| !t.is_zero()),
+            None => Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+        };
+        let hosts = match &proto.load_assignment {
+            Some(la) => hosts(la, &join_path(path, "load_assignment"))?,
+            None => Vec::new(),
+        };
+        Ok(ClusterSpec { name: proto.name.clone(), connect_timeout, lb, protocol, idle_timeout, hosts, proto: proto.clone() })
+    }
+}
+
+/// The upstream protocol and common HTTP options, from the typed extension options
+/// (preferred) or the deprecated cluster fields.
+#[allow(deprecated)] // reads the deprecated fields Envoy still honours
+fn upstream_protocol<'a>(proto: &'a ClusterProto, path: &str) -> Result<(UpstreamProtocol, Option<&'a CommonHttpOptions>)> {
+    let mut protocol = if proto.http2_protocol_options.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+    let mut common = proto.common_http_protocol_options.as_ref();
+    for (key, any) in &proto.typed_extension_protocol_options {
+        let field = format!("{path}.typed_extension_protocol_options[{key}]");
+        if key != HTTP_PROTOCOL_OPTIONS_KEY && proto::type_name(&any.type_url) != HTTP_PROTOCOL_OPTIONS_KEY {
+            return Err(proto::unexpected_type(any, &field));
+        }
+        let options: UpstreamHttpOptions = proto::unpack(any, &field)?;
+        ensure_only(&options, &["common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"], &field)?;
+        protocol = match &options.upstream_protocol_options {
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => match &explicit.protocol_config {
+                Some(ProtocolConfig::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
+                Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    return Err(ConfigError::unsupported(format!("{field}.explicit_http_config.http3_protocol_options"), ""));
+                }
+                None => {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.explicit_http_config"),
+                        "value is required: one of http_protocol_options, http2_protocol_options",
+                    ));
+                }
+            },
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Downstream,
+            Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+                return Err(ConfigError::unsupported(format!("{field}.auto_config"), ""));
+            }
+            None => protocol,
+        };
+        if let Some(c) = &options.common_http_protocol_options {
+            common = Some(c);
+        }
+    }
+    if let Some(c) = common {
+        ensure_only(c, &["idle_timeout"], &format!("{path}.common_http_protocol_options"))?;
+    }
+    Ok((protocol, common))
+}
+
+fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
+    ensure_only(la, &["cluster_name", "endpoints"], path)?;
+    let mut out = Vec::new();
+    for (i, locality_endpoints) in la.endpoints.iter().enumerate() {
+        let lpath = format!("{path}.endpoints[{i}]");
+        ensure_only(locality_endpoints, &["locality", "lb_endpoints", "load_balancing_weight", "priority"], &lpath)?;
+        let locality = locality_endpoints.locality.clone().unwrap_or_default();
+        for (j, lb_endpoint) in locality_endpoints.lb_endpoints.iter().enumerate() {
+            let epath = format!("{lpath}.lb_endpoints[{j}]");
+            ensure_only(lb_endpoint, &["endpoint", "health_status", "load_balancing_weight", "metadata"], &epath)?;
+            use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+            let endpoint = match &lb_endpoint.host_identifier {
+                Some(HostIdentifier::Endpoint(e)) => e,
+                Some(HostIdentifier::EndpointName(_)) => {
+                    return Err(ConfigError::unsupported(format!("{epath}.endpoint_name"), ""));
+                }
+                None => return Err(ConfigError::invalid(epath, "endpoint is required")),
+            };
+            let apath = format!("{epath}.endpoint.address");
+            let address = socket_address(endpoint.address.as_ref(), &apath)?;
+            let weight = match &lb_endpoint.load_balancing_weight {
+                Some(w) if w.value == 0 => {
+                    return Err(ConfigError::invalid(format!("{epath}.load_balancing_weight"), "value must be greater than or equal to 1"));
+                }
+                Some(w) => w.value,
+                None => 1,
+            };
+            let health_status = HealthStatus::try_from(lb_endpoint.health_status).unwrap_or(HealthStatus::Unknown);
+            out.push(HostSpec {
+                address,
+                weight,
+                priority: locality_endpoints.priority,
+                region: locality.region.clone(),
+                zone: locality.zone.clone(),
+                sub_zone: locality.sub_zone.clone(),
+                health_status,
+                hostname: endpoint.hostname.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A `socket_address` with an IP literal, as STATIC clusters and listeners need.
+pub fn socket_address(address: Option<&Address>, path: &str) -> Result<SocketAddr> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as Kind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    let Some(address) = address else {
+        return Err(ConfigError::invalid(path, "value is required"));
+    };
+    let socket = match &address.address {
+        Some(Kind::SocketAddress(s)) => s,
+        Some(Kind::Pipe(_)) => return Err(ConfigError::unsupported(format!("{path}.pipe"), "")),
+        Some(Kind::EnvoyInternalAddress(_)) => {
+            return Err(ConfigError::unsupported(format!("{path}.envoy_internal_address"), ""));
+        }
+        None => return Err(ConfigError::invalid(path, "value is required")),
+    };
+    let spath = format!("{path}.socket_address");
+    ensure_only(socket, &["address", "port_value", "protocol", "ipv4_compat"], &spath)?;
+    let port = match &socket.port_specifier {
+        Some(PortSpecifier::PortValue(p)) if *p <= 65535 => *p as u16,
+        Some(PortSpecifier::PortValue(_)) => {
+            return Err(ConfigError::invalid(format!("{spath}.port_value"), "value must be less than or equal to 65535"));
+        }
+        Some(PortSpecifier::NamedPort(_)) => return Err(ConfigError::unsupported(format!("{spath}.named_port"), "")),
+        None => 0,
+    };
+    let ip: std::net::IpAddr = socket
+        .address
+        .parse()
+        .map_err(|_| ConfigError::invalid(format!("{spath}.address"), format!("malformed IP address: {}", socket.address)))?;
+    Ok(SocketAddr::new(ip, port))
+}

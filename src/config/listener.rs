@@ -1,0 +1,270 @@
+//! Listener protos → `ListenerSpec`: the bound address and the HTTP connection manager
+//! (codec, timeouts, header policy, access logs and the inline route table).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as RouterProto;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier, StripPortMode,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+
+use super::access_log::AccessLogSpec;
+use super::cluster::socket_address;
+use super::error::{ConfigError, Result, join_path};
+use super::proto::{self, ensure_only};
+use super::route::{HostPortMatch, RouteTable};
+
+const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+
+/// Envoy's default HCM `stream_idle_timeout`.
+const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's default downstream connection idle timeout.
+const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Which HTTP codecs a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/1.1 and HTTP/2 prior knowledge, detected from the connection preface.
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// A validated HTTP connection manager.
+#[derive(Debug)]
+pub struct HcmSpec {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub routes: Arc<RouteTable>,
+    /// The inline route configuration, for `/config_dump`.
+    pub route_config: RouteConfiguration,
+    pub server_name: String,
+    pub generate_request_id: bool,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub access_logs: Vec<AccessLogSpec>,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time`.
+    pub suppress_envoy_headers: bool,
+}
+
+/// A validated listener.
+#[derive(Debug)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    /// The `listener.<prefix>.` stats prefix: `stat_prefix` or the address as Envoy writes it.
+    pub stat_prefix: String,
+    pub hcm: HcmSpec,
+    /// The original proto, for `/config_dump` and `/listeners`.
+    pub proto: ListenerProto,
+}
+
+const SUPPORTED_LISTENER_FIELDS: &[&str] = &[
+    "name",
+    "address",
+    "stat_prefix",
+    "filter_chains",
+    "metadata",
+    "per_connection_buffer_limit_bytes",
+    "traffic_direction",
+    "drain_type",
+    "enable_reuse_port",
+    "tcp_backlog_size",
+    "bind_to_port",
+];
+
+impl ListenerSpec {
+    /// Translates and validates a listener at `path`.
+    pub fn from_proto(proto: &ListenerProto, path: &str) -> Result<ListenerSpec> {
+        ensure_only(proto, SUPPORTED_LISTENER_FIELDS, path)?;
+        if proto.bind_to_port == Some(false.into()) {
+            return Err(ConfigError::unsupported(join_path(path, "bind_to_port"), ""));
+        }
+        let address = socket_address(proto.address.as_ref(), &join_path(path, "address"))?;
+        let stat_prefix = if proto.stat_prefix.is_empty() {
+            format!("{}_{}", address.ip(), address.port())
+        } else {
+            proto.stat_prefix.clone()
+        };
+        let chains_path = join_path(path, "filter_chains");
+        let chain = match proto.filter_chains.as_slice() {
+            [chain] => chain,
+            [] => return Err(ConfigError::invalid(&chains_path, "no filter chains specified")),
+            _ => return Err(ConfigError::unsupported(format!("{chains_path}[1]"), "more than one filter chain")),
+        };
+        let chain_path = format!("{chains_path}[0]");
+        ensure_only(chain, &["filters", "name", "metadata"], &chain_path)?;
+        let filter = match chain.filters.as_slice() {
+            [filter] => filter,
+            [] => return Err(ConfigError::invalid(join_path(&chain_path, "filters"), "no network filters specified")),
+            _ => return Err(ConfigError::unsupported(format!("{chain_path}.filters[1]"), "more than one network filter")),
+        };
+        let filter_path = format!("{chain_path}.filters[0]");
+        let any = match &filter.config_type {
+            Some(FilterConfig::TypedConfig(any)) => any,
+            Some(FilterConfig::ConfigDiscovery(_)) => {
+                return Err(ConfigError::unsupported(format!("{filter_path}.config_discovery"), ""));
+            }
+            None => return Err(ConfigError::invalid(&filter_path, format!("filter '{}' has no typed_config", filter.name))),
+        };
+        if proto::type_name(&any.type_url) != HCM_TYPE {
+            return Err(proto::unexpected_type(any, &filter_path));
+        }
+        let hcm_proto: HcmProto = proto::unpack(any, &filter_path)?;
+        let hcm = HcmSpec::from_proto(&hcm_proto, address.port(), &format!("{filter_path}.typed_config"))?;
+        let name = if proto.name.is_empty() { format!("{address}") } else { proto.name.clone() };
+        Ok(ListenerSpec { name, address, stat_prefix, hcm, proto: proto.clone() })
+    }
+}
+
+const SUPPORTED_HCM_FIELDS: &[&str] = &[
+    "codec_type",
+    "stat_prefix",
+    "route_config",
+    "http_filters",
+    "server_name",
+    "generate_request_id",
+    "use_remote_address",
+    "xff_num_trusted_hops",
+    "stream_idle_timeout",
+    "request_timeout",
+    "common_http_protocol_options",
+    "access_log",
+    "strip_any_host_port",
+    "strip_matching_host_port",
+    "http_protocol_options",
+    "http2_protocol_options",
+];
+
+impl HcmSpec {
+    /// Translates an HCM; `listener_port` serves `strip_matching_host_port`.
+    pub fn from_proto(proto: &HcmProto, listener_port: u16, path: &str) -> Result<HcmSpec> {
+        ensure_only(proto, SUPPORTED_HCM_FIELDS, path)?;
+        if proto.stat_prefix.is_empty() {
+            return Err(ConfigError::invalid(join_path(path, "stat_prefix"), "value length must be at least 1 characters"));
+        }
+        // Protocol options are accepted only at their defaults: each knob would change behaviour.
+        if let Some(h1) = &proto.http_protocol_options {
+            ensure_only(h1, &[], &join_path(path, "http_protocol_options"))?;
+        }
+        if let Some(h2) = &proto.http2_protocol_options {
+            ensure_only(h2, &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"], &join_path(path, "http2_protocol_options"))?;
+        }
+        let codec = match CodecType::try_from(proto.codec_type) {
+            Ok(CodecType::Auto) => Codec::Auto,
+            Ok(CodecType::Http1) => Codec::Http1,
+            Ok(CodecType::Http2) => Codec::Http2,
+            Ok(CodecType::Http3) => return Err(ConfigError::unsupported(join_path(path, "codec_type"), "HTTP3")),
+            Err(_) => return Err(ConfigError::invalid(join_path(path, "codec_type"), "unknown value")),
+        };
+        let host_port = match proto.strip_port_mode {
+            Some(StripPortMode::StripAnyHostPort(true)) => HostPortMatch::StripAny,
+            _ if proto.strip_matching_host_port => HostPortMatch::StripMatching(listener_port),
+            _ => HostPortMatch::Keep,
+        };
+        let (routes, route_config) = match &proto.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => (
+                RouteTable::from_proto(rc, host_port).map_err(|e| e.within(&join_path(path, "route_config")))?,
+                rc.clone(),
+            ),
+            Some(RouteSpecifier::Rds(_)) => return Err(ConfigError::unsupported(join_path(path, "rds"), "")),
+            Some(RouteSpecifier::ScopedRoutes(_)) => return Err(ConfigError::unsupported(join_path(path, "scoped_routes"), "")),
+            None => return Err(ConfigError::invalid(path, "route_specifier is required: one of route_config, rds, scoped_routes")),
+        };
+        let suppress_envoy_headers = http_filters(proto, path)?;
+        let duration_or = |field: &Option<envoy_types::pb::google::protobuf::Duration>, name: &str, default: Option<Duration>| -> Result<Option<Duration>> {
+            match field {
+                // Envoy: 0 disables the timeout.
+                Some(d) => Ok(Some(proto::duration(d, &join_path(path, name))?).filter(|t| !t.is_zero())),
+                None => Ok(default),
+            }
+        };
+        let stream_idle_timeout = duration_or(&proto.stream_idle_timeout, "stream_idle_timeout", Some(DEFAULT_STREAM_IDLE_TIMEOUT))?;
+        let request_timeout = duration_or(&proto.request_timeout, "request_timeout", None)?;
+        let idle_timeout = match &proto.common_http_protocol_options {
+            Some(c) => {
+                let cpath = join_path(path, "common_http_protocol_options");
+                ensure_only(c, &["idle_timeout"], &cpath)?;
+                match &c.idle_timeout {
+                    Some(d) => Some(proto::duration(d, &join_path(&cpath, "idle_timeout"))?).filter(|t| !t.is_zero()),
+                    None => Some(DEFAULT_CONNECTION_IDLE_TIMEOUT),
+                }
+            }
+            None => Some(DEFAULT_CONNECTION_IDLE_TIMEOUT),
+        };
+        let access_logs = proto
+            .access_log
+            .iter()
+            .enumerate()
+            .map(|(i, log)| AccessLogSpec::from_proto(log, &format!("{path}.access_log[{i}]")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HcmSpec {
+            stat_prefix: proto.stat_prefix.clone(),
+            codec,
+            routes: Arc::new(routes),
+            route_config,
+            server_name: if proto.server_name.is_empty() { "envoy".to_owned() } else { proto.server_name.clone() },
+            generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),
+            use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
+            xff_num_trusted_hops: proto.xff_num_trusted_hops,
+            stream_idle_timeout,
+            request_timeout,
+            idle_timeout,
+            access_logs,
+            suppress_envoy_headers,
+        })
+    }
+}
+
+/// Checks the HTTP filter chain: the router last (with its `typed_config`, which Envoy
+/// 1.40 requires), optional unknown filters skipped with a warning, anything else
+/// unsupported. Returns the router's `suppress_envoy_headers`.
+fn http_filters(proto: &HcmProto, path: &str) -> Result<bool> {
+    let mut router = None;
+    for (i, filter) in proto.http_filters.iter().enumerate() {
+        let fpath = format!("{path}.http_filters[{i}]");
+        if router.is_some() {
+            return Err(ConfigError::invalid(
+                &fpath,
+                format!("Error: terminal filter named envoy.filters.http.router of type {ROUTER_TYPE} must be the last filter in a http filter chain."),
+            ));
+        }
+        let any = match &filter.config_type {
+            Some(HttpFilterConfig::TypedConfig(any)) => any,
+            Some(HttpFilterConfig::ConfigDiscovery(_)) => {
+                return Err(ConfigError::unsupported(format!("{fpath}.config_discovery"), ""));
+            }
+            None if filter.is_optional => {
+                tracing::warn!(filter = %filter.name, "skipping optional http filter without typed_config");
+                continue;
+            }
+            None => {
+                return Err(ConfigError::invalid(&fpath, format!("filter '{}' requires a typed_config", filter.name)));
+            }
+        };
+        if proto::type_name(&any.type_url) == ROUTER_TYPE {
+            let config: RouterProto = proto::unpack(any, &fpath)?;
+            let tpath = format!("{fpath}.typed_config");
+            ensure_only(&config, &["suppress_envoy_headers", "dynamic_stats", "start_child_span"], &tpath)?;
+            router = Some(config.suppress_envoy_headers);
+        } else if filter.disabled {
+            continue;
+        } else if filter.is_optional {
+            tracing::warn!(filter = %filter.name, type_url = %any.type_url, "skipping optional http filter legate does not implement");
+        } else {
+            return Err(proto::unexpected_type(any, &fpath));
+        }
+    }
+    router.ok_or_else(|| ConfigError::invalid(join_path(path, "http_filters"), "the router filter (envoy.filters.http.router) must be the last http filter"))
+}

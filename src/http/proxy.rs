@@ -1,0 +1,386 @@
+//! The request path: route, pick a cluster and host, forward through the worker's pool,
+//! and stream the response back; or answer locally with Envoy's status, body and flags.
+//! Each stage reads immutable snapshots; per-request state lives in `Exchange`, which
+//! finishes the stream's accounting when the response body ends.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::access_log::LogContext;
+use super::body::{RequestBody, ResponseBody, StreamEnd};
+use super::flags::ResponseFlags;
+use super::headers;
+use super::route::RouteAction;
+use crate::config::cluster::UpstreamProtocol;
+use crate::listener::HttpListener;
+use crate::upstream::pool::{H1Lease, UpstreamError, Wire};
+use crate::upstream::{Cluster, Host};
+use crate::worker::Worker;
+
+/// What a connection knows that every request on it needs.
+pub struct ConnContext {
+    pub listener: Arc<HttpListener>,
+    pub worker: Rc<Worker>,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// Serves one downstream request. Never fails: every error becomes Envoy's local reply.
+pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let listener = &ctx.listener;
+    let stats = &listener.http_stats;
+    stats.downstream_rq_total.inc();
+    stats.downstream_rq_active.inc();
+    if request.version() == Version::HTTP_2 {
+        stats.downstream_rq_http2_total.inc();
+    } else {
+        stats.downstream_rq_http1_total.inc();
+    }
+    let (mut parts, body) = request.into_parts();
+    let mut exchange = Exchange {
+        ctx: ctx.clone(),
+        start: Instant::now(),
+        start_time: SystemTime::now(),
+        version: parts.version,
+        status: 0,
+        flags: ResponseFlags::default(),
+        details: "",
+        route_name: None,
+        cluster: None,
+        host: None,
+        lease: None,
+        received: Rc::default(),
+        logged_request: None,
+        logged_response: None,
+    };
+    let hcm = &listener.spec.hcm;
+    if parts.version != Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
+        // HTTP/1.1 requires Host (RFC 9112 §3.2); Envoy answers 400.
+        return Ok(exchange.local_reply(StatusCode::BAD_REQUEST, Bytes::new(), ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, "missing_host_header"));
+    }
+    headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address);
+    if hcm.generate_request_id {
+        headers::ensure_request_id(&mut parts.headers);
+    }
+    if !listener.access_logs.is_empty() {
+        exchange.logged_request = Some(request_for_log(&parts));
+    }
+    let routes = hcm.routes.clone();
+    let Some(selected) = routes.select(&parts) else {
+        stats.no_route.inc();
+        return Ok(exchange.local_reply(StatusCode::NOT_FOUND, Bytes::new(), ResponseFlags::NO_ROUTE_FOUND, "route_not_found"));
+    };
+    exchange.route_name = Some(selected.route.name().to_owned()).filter(|n| !n.is_empty());
+    let forward = match selected.route.action() {
+        RouteAction::DirectResponse { status, body } => {
+            stats.rq_direct_response.inc();
+            let body = body.clone().unwrap_or_default();
+            let mut response = exchange.local_reply(*status, body, ResponseFlags::default(), "direct_response");
+            selected.apply_response_headers(response.headers_mut());
+            return Ok(response);
+        }
+        RouteAction::Redirect(redirect) => {
+            stats.rq_redirect.inc();
+            let (status, location) = redirect.location(&parts, "http");
+            let mut response = exchange.local_reply(status, Bytes::new(), ResponseFlags::default(), "direct_response");
+            response.headers_mut().insert(header::LOCATION, location);
+            selected.apply_response_headers(response.headers_mut());
+            return Ok(response);
+        }
+        RouteAction::Forward(forward) => forward,
+    };
+    stats.rq_total.inc();
+    let Some(cluster) = forward.cluster(&parts.headers).and_then(|name| listener.clusters.snapshot().get(&name).cloned()) else {
+        stats.no_cluster.inc();
+        return Ok(exchange.local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), ResponseFlags::NO_CLUSTER_FOUND, "cluster_not_found"));
+    };
+    let pools = ctx.worker.pools.cluster(&cluster);
+    let mut cursor = pools.cursor.get();
+    let picked = cluster.pick(&mut cursor);
+    pools.cursor.set(cursor);
+    exchange.cluster = Some(cluster.clone());
+    let Some(host_index) = picked else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        return Ok(exchange.local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"no healthy upstream"), ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"));
+    };
+    let host = cluster.hosts[host_index].clone();
+    exchange.host = Some(host.clone());
+
+    forward.rewrite_request(&mut parts);
+    selected.apply_request_headers(&mut parts.headers);
+    if forward.auto_host_rewrite() && !host.hostname.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&host.hostname) {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    let timeout = forward.timeout();
+    if !hcm.suppress_envoy_headers {
+        if let Some(t) = timeout {
+            parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(t.as_millis() as u64));
+        }
+    }
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let wire = match cluster.protocol {
+        UpstreamProtocol::Http1 => Wire::Http1,
+        UpstreamProtocol::Http2 => Wire::Http2,
+        UpstreamProtocol::Downstream if parts.version == Version::HTTP_2 => Wire::Http2,
+        UpstreamProtocol::Downstream => Wire::Http1,
+    };
+    let upstream_request = upstream_request(parts, RequestBody::new(body, exchange.received.clone()), wire);
+
+    cluster.stats.upstream_rq_total.inc();
+    cluster.stats.upstream_rq_active.inc();
+    host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+    host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+    let upstream_start = Instant::now();
+    let pool = pools.host(&cluster, host_index);
+    let sent = pool.send(upstream_request, wire);
+    let result = match timeout {
+        Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(UpstreamError::Timeout(t))),
+        None => sent.await,
+    };
+    match result {
+        Ok((response, lease)) => {
+            let (mut head, body) = response.into_parts();
+            headers::remove_hop_by_hop(&mut head.headers);
+            if !hcm.suppress_envoy_headers {
+                let elapsed = upstream_start.elapsed().as_millis() as u64;
+                head.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(elapsed));
+            }
+            set_server(&mut head.headers, &hcm.server_name);
+            selected.apply_response_headers(&mut head.headers);
+            head.version = downstream_version(exchange.version);
+            cluster.stats.upstream_rq_time.record(upstream_start.elapsed().as_millis() as u64);
+            cluster.stats.record_response(head.status.as_u16());
+            exchange.status = head.status.as_u16();
+            exchange.lease = lease;
+            exchange.details = "via_upstream";
+            if !listener.access_logs.is_empty() {
+                exchange.logged_response = Some(head.headers.clone());
+            }
+            stats.downstream_rq_class[class_index(head.status)].inc();
+            let mut body = ResponseBody::upstream(body);
+            body.on_end(Box::new(exchange));
+            Ok(Response::from_parts(head, body))
+        }
+        Err(error) => {
+            let (status, body, flags, details) = upstream_failure(&error, &cluster, &host);
+            cluster.stats.record_response(status.as_u16());
+            Ok(exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details))
+        }
+    }
+}
+
+/// Envoy's status, body, flag and details for a request that got no upstream response.
+fn upstream_failure(error: &UpstreamError, cluster: &Cluster, host: &Host) -> (StatusCode, &'static str, ResponseFlags, &'static str) {
+    match error {
+        UpstreamError::Timeout(_) => {
+            cluster.stats.upstream_rq_timeout.inc();
+            host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, "upstream_response_timeout")
+        }
+        UpstreamError::ConnectFailure(e) if e.raw_os_error() == Some(111) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: 111",
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream_reset_before_response_started{remote_connection_failure}",
+        ),
+        UpstreamError::ConnectFailure(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream_reset_before_response_started{remote_connection_failure}",
+        ),
+        UpstreamError::ConnectTimeout => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream_reset_before_response_started{connection_timeout}",
+        ),
+        UpstreamError::ResetBeforeHeaders(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            "upstream_reset_before_response_started{connection_termination}",
+        ),
+    }
+}
+
+/// Shapes the request for the upstream's wire: HTTP/1.1 wants origin-form with `Host`,
+/// HTTP/2 wants the authority in the URI (hyper sends it as `:authority`).
+fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<RequestBody> {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    match wire {
+        Wire::Http1 => {
+            if let Some(authority) = &authority
+                && let Ok(value) = HeaderValue::from_str(authority)
+            {
+                parts.headers.insert(header::HOST, value);
+            }
+            parts.uri = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
+            parts.version = Version::HTTP_11;
+        }
+        Wire::Http2 => {
+            let uri = Uri::builder().scheme("http").authority(authority.as_deref().unwrap_or("localhost")).path_and_query(path_and_query).build();
+            if let Ok(uri) = uri {
+                parts.uri = uri;
+            }
+            parts.headers.remove(header::HOST);
+            parts.version = Version::HTTP_2;
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+fn downstream_version(request_version: Version) -> Version {
+    if request_version == Version::HTTP_10 { Version::HTTP_10 } else { request_version }
+}
+
+fn class_index(status: StatusCode) -> usize {
+    usize::from((status.as_u16() / 100).clamp(1, 5) - 1)
+}
+
+fn set_server(headers: &mut HeaderMap, server_name: &str) {
+    if let Ok(value) = HeaderValue::from_str(server_name) {
+        headers.insert(header::SERVER, value);
+    }
+}
+
+/// The request head kept for the access log (only when a listener logs).
+fn request_for_log(parts: &Parts) -> Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request.into_parts().0
+}
+
+fn empty_parts() -> Parts {
+    Request::new(()).into_parts().0
+}
+
+/// One request's state from routing to the end of its response body.
+struct Exchange {
+    ctx: Rc<ConnContext>,
+    start: Instant,
+    start_time: SystemTime,
+    version: Version,
+    status: u16,
+    flags: ResponseFlags,
+    details: &'static str,
+    route_name: Option<String>,
+    cluster: Option<Arc<Cluster>>,
+    host: Option<Arc<Host>>,
+    lease: Option<H1Lease>,
+    received: Rc<std::cell::Cell<u64>>,
+    logged_request: Option<Parts>,
+    logged_response: Option<HeaderMap>,
+}
+
+impl Exchange {
+    /// Envoy's local reply: status, `text/plain` body when there is one, `server`, and
+    /// the response flag for the access log.
+    fn local_reply(mut self, status: StatusCode, body: Bytes, flags: ResponseFlags, details: &'static str) -> Response<ResponseBody> {
+        let listener = &self.ctx.listener;
+        let body_len = body.len();
+        let mut response = Response::new(ResponseBody::local(body));
+        *response.status_mut() = status;
+        *response.version_mut() = downstream_version(self.version);
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+        if body_len > 0 {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        set_server(headers, &listener.spec.hcm.server_name);
+        listener.http_stats.downstream_rq_class[class_index(status)].inc();
+        self.status = status.as_u16();
+        self.flags.insert(flags);
+        self.details = details;
+        if !listener.access_logs.is_empty() {
+            self.logged_response = Some(response.headers().clone());
+        }
+        response.body_mut().on_end(Box::new(self));
+        response
+    }
+}
+
+impl StreamEnd for Exchange {
+    fn finish(self: Box<Self>, bytes_sent: u64, complete: bool) {
+        let this = *self;
+        let listener = &this.ctx.listener;
+        let duration = this.start.elapsed();
+        let stats = &listener.http_stats;
+        stats.downstream_rq_active.dec();
+        stats.downstream_rq_completed.inc();
+        stats.downstream_rq_time.record(duration.as_millis() as u64);
+        if let Some(cluster) = &this.cluster
+            && let Some(host) = &this.host
+            && this.details == "via_upstream"
+        {
+            cluster.stats.upstream_rq_active.dec();
+            cluster.stats.upstream_rq_completed.inc();
+            host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+            if complete && this.status < 500 {
+                host.stats.rq_success.fetch_add(1, Ordering::Relaxed);
+            } else {
+                host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if let (Some(cluster), Some(host)) = (&this.cluster, &this.host) {
+            // Answered locally after the request was counted upstream.
+            cluster.stats.upstream_rq_active.dec();
+            cluster.stats.upstream_rq_completed.inc();
+            host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+            host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(lease) = this.lease {
+            // Only a fully read response leaves the connection reusable.
+            if complete {
+                lease.release();
+            }
+        }
+        let mut flags = this.flags;
+        if !complete && this.details == "via_upstream" {
+            flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        }
+        if listener.access_logs.is_empty() {
+            return;
+        }
+        let empty = empty_parts();
+        let context = LogContext {
+            start_time: this.start_time,
+            request: this.logged_request.as_ref().unwrap_or(&empty),
+            response_headers: this.logged_response.as_ref(),
+            response_code: this.status,
+            response_flags: flags,
+            response_code_details: this.details,
+            bytes_received: this.received.get(),
+            bytes_sent,
+            duration,
+            protocol: this.version,
+            upstream_host: this.host.as_ref().map(|h| h.address),
+            upstream_cluster: this.cluster.as_ref().map(|c| c.name.as_str()),
+            downstream_remote: this.ctx.remote,
+            downstream_local: this.ctx.local,
+            route_name: this.route_name.as_deref(),
+        };
+        for logger in &listener.access_logs {
+            logger.log(&context);
+        }
+    }
+}

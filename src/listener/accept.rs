@@ -1,0 +1,110 @@
+//! Binding and accepting: every worker has its own `SO_REUSEPORT` socket per listener, so
+//! the kernel spreads connections and no accept queue is shared between threads.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::HttpListener;
+use crate::config::listener::Codec;
+use crate::http::proxy::{self, ConnContext};
+use crate::worker::{LocalExec, Worker};
+
+/// Binds a listening socket with `SO_REUSEPORT`, so each worker can bind the same address.
+pub fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Accepts on `socket` until `drain` turns true, serving each connection on this worker;
+/// then asks open connections to close gracefully and waits for them.
+pub async fn serve_listener(
+    socket: std::net::TcpListener,
+    listener: Arc<HttpListener>,
+    worker: Rc<Worker>,
+    drain: watch::Receiver<bool>,
+) {
+    let socket = match TcpListener::from_std(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(listener = %listener.spec.name, error = %e, "cannot register listener socket");
+            return;
+        }
+    };
+    let mut drain_accept = drain.clone();
+    let connections = tokio::task::JoinSet::new();
+    let mut connections = connections;
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let ctx = Rc::new(ConnContext {
+                        local: stream.local_addr().unwrap_or(listener.spec.address),
+                        listener: listener.clone(),
+                        worker: worker.clone(),
+                        remote,
+                    });
+                    connections.spawn_local(serve_connection(stream, ctx, drain.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            _ = drain_accept.wait_for(|d| *d) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(socket);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let listener = ctx.listener.clone();
+    listener.stats.downstream_cx_total.inc();
+    listener.stats.downstream_cx_active.inc();
+    let http = &listener.http_stats;
+    http.downstream_cx_total.inc();
+    http.downstream_cx_active.inc();
+
+    let mut builder = auto::Builder::new(LocalExec);
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    match listener.spec.hcm.codec {
+        Codec::Auto => {}
+        Codec::Http1 => builder = builder.http1_only(),
+        Codec::Http2 => builder = builder.http2_only(),
+    }
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |request| proxy::serve(service_ctx.clone(), request));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = drain.wait_for(|d| *d) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(remote = %ctx.remote, error = %e, "downstream connection ended with an error");
+    }
+    listener.stats.downstream_cx_active.dec();
+    listener.stats.downstream_cx_destroy.inc();
+    http.downstream_cx_active.dec();
+    http.downstream_cx_destroy.inc();
+}

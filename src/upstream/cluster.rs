@@ -1,0 +1,164 @@
+//! A live cluster: its hosts, the load-balancing schedule over the hosts that may take
+//! traffic, and its Envoy-named stats. Immutable once built; health changes publish a
+//! new cluster (later issues), so a request reads one consistent view.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::config::cluster::{ClusterSpec, UpstreamProtocol};
+use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
+
+use super::host::Host;
+use super::lb::Schedule;
+
+/// Envoy's default `healthy_panic_threshold`: below 50 % healthy hosts, balance over all.
+const HEALTHY_PANIC_THRESHOLD_PERCENT: usize = 50;
+
+static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Counters for `upstream_rq_<code>` of one cluster, made on the first response so that
+/// idle clusters cost nothing.
+struct CodeCounters {
+    by_code: Box<[OnceLock<Counter>]>,
+}
+
+/// The Envoy-named stats of a cluster (`cluster.<name>.*`).
+pub struct ClusterStats {
+    prefix: String,
+    store: Store,
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_destroy: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_completed: Counter,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_pending_total: Counter,
+    pub upstream_rq_pending_active: Gauge,
+    pub upstream_rq_time: Histogram,
+    pub upstream_rq_class: [Counter; 5],
+    pub lb_healthy_panic: Counter,
+    pub membership_total: Gauge,
+    pub membership_healthy: Gauge,
+    pub membership_degraded: Gauge,
+    pub membership_excluded: Gauge,
+    pub membership_change: Counter,
+    pub max_host_weight: Gauge,
+    codes: OnceLock<CodeCounters>,
+}
+
+impl ClusterStats {
+    fn new(store: &Store, name: &str) -> ClusterStats {
+        let prefix = format!("cluster.{name}.");
+        let c = |s: &str| store.counter(&format!("{prefix}{s}"));
+        let g = |s: &str| store.gauge(&format!("{prefix}{s}"));
+        ClusterStats {
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_http1_total: c("upstream_cx_http1_total"),
+            upstream_cx_http2_total: c("upstream_cx_http2_total"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_pending_active: g("upstream_rq_pending_active"),
+            upstream_rq_time: store.histogram(&format!("{prefix}upstream_rq_time"), HistogramUnit::Milliseconds),
+            upstream_rq_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| c(&format!("upstream_rq_{class}"))),
+            lb_healthy_panic: c("lb_healthy_panic"),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            membership_degraded: g("membership_degraded"),
+            membership_excluded: g("membership_excluded"),
+            membership_change: c("membership_change"),
+            max_host_weight: g("max_host_weight"),
+            codes: OnceLock::new(),
+            store: store.clone(),
+            prefix,
+        }
+    }
+
+    /// Counts a response by class and exact code (`upstream_rq_2xx`, `upstream_rq_200`).
+    pub fn record_response(&self, status: u16) {
+        if !(100..600).contains(&status) {
+            return;
+        }
+        self.upstream_rq_class[usize::from(status / 100 - 1)].inc();
+        let codes = self.codes.get_or_init(|| CodeCounters { by_code: (100..600).map(|_| OnceLock::new()).collect() });
+        codes.by_code[usize::from(status - 100)]
+            .get_or_init(|| self.store.counter(&format!("{}upstream_rq_{status}", self.prefix)))
+            .inc();
+    }
+}
+
+/// A live cluster.
+pub struct Cluster {
+    /// Unique per built cluster: workers key their pools and cursors by it.
+    pub id: u64,
+    pub name: String,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    pub idle_timeout: Option<Duration>,
+    pub hosts: Vec<Arc<Host>>,
+    /// Picks over `hosts` (healthy ones, or all of them in panic mode).
+    schedule: Schedule,
+    panic: bool,
+    pub stats: ClusterStats,
+    pub spec: ClusterSpec,
+    /// Whether the cluster came from `static_resources` (false: added via API).
+    pub added_via_api: bool,
+}
+
+impl Cluster {
+    /// Builds a cluster from its spec, registering its stats in `store`.
+    pub fn new(spec: ClusterSpec, store: &Store, added_via_api: bool) -> Cluster {
+        let hosts: Vec<Arc<Host>> = spec.hosts.iter().map(|h| Arc::new(Host::new(h))).collect();
+        let stats = ClusterStats::new(store, &spec.name);
+        // Priority 0 first; a lower priority takes traffic only when no higher one has a
+        // healthy host (Envoy's full priority-load spillover comes with EDS priorities).
+        let priority = hosts.iter().filter(|h| h.is_healthy()).map(|h| h.priority).min().unwrap_or(0);
+        let level: Vec<(u32, &Arc<Host>)> =
+            hosts.iter().enumerate().filter(|(_, h)| h.priority == priority).map(|(i, h)| (i as u32, h)).collect();
+        let healthy: Vec<(u32, u32)> = level.iter().filter(|(_, h)| h.is_healthy()).map(|(i, h)| (*i, h.weight)).collect();
+        let panic = !level.is_empty() && healthy.len() * 100 < level.len() * HEALTHY_PANIC_THRESHOLD_PERCENT;
+        let eligible: Vec<(u32, u32)> =
+            if panic { level.iter().map(|(i, h)| (*i, h.weight)).collect() } else { healthy };
+        let schedule = Schedule::new(spec.lb, &eligible);
+        stats.membership_total.set(hosts.len() as i64);
+        stats.membership_healthy.set(hosts.iter().filter(|h| h.is_healthy()).count() as i64);
+        stats.max_host_weight.set(hosts.iter().map(|h| i64::from(h.weight)).max().unwrap_or(0));
+        Cluster {
+            id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
+            name: spec.name.clone(),
+            connect_timeout: spec.connect_timeout,
+            protocol: spec.protocol,
+            idle_timeout: spec.idle_timeout,
+            hosts,
+            schedule,
+            panic,
+            stats,
+            spec,
+            added_via_api,
+        }
+    }
+
+    /// Picks a host (an index into `hosts`) with the calling worker's cursor; `None`
+    /// means no healthy upstream.
+    pub fn pick(&self, cursor: &mut u64) -> Option<usize> {
+        let index = self.schedule.pick(cursor)?;
+        if self.panic {
+            self.stats.lb_healthy_panic.inc();
+        }
+        Some(index as usize)
+    }
+}

@@ -1,0 +1,107 @@
+//! A host: one upstream endpoint of a cluster, with health flags and per-host counters
+//! that live in atomics, so they survive cluster rebuilds and need no lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+
+use crate::config::cluster::HostSpec;
+
+/// Health flags, as Envoy names them in `/clusters`.
+pub mod health_flag {
+    /// `/failed_active_hc`: failed active health checking.
+    pub const FAILED_ACTIVE_HC: u32 = 1 << 0;
+    /// `/failed_outlier_check`: ejected by outlier detection.
+    pub const FAILED_OUTLIER_CHECK: u32 = 1 << 1;
+    /// `/failed_eds_health`: the control plane (or static config) says unhealthy.
+    pub const FAILED_EDS_HEALTH: u32 = 1 << 2;
+    /// `/degraded_eds_health`: the control plane says degraded.
+    pub const DEGRADED_EDS_HEALTH: u32 = 1 << 3;
+    /// `/pending_dynamic_removal`.
+    pub const PENDING_DYNAMIC_REMOVAL: u32 = 1 << 4;
+    /// `/eds_status_draining`.
+    pub const EDS_STATUS_DRAINING: u32 = 1 << 5;
+}
+
+/// Per-host counters shown by `/clusters`.
+#[derive(Debug, Default)]
+pub struct HostStats {
+    pub cx_active: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub cx_total: AtomicU64,
+    pub rq_active: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub rq_timeout: AtomicU64,
+    pub rq_total: AtomicU64,
+}
+
+/// One upstream endpoint.
+#[derive(Debug)]
+pub struct Host {
+    pub address: SocketAddr,
+    /// `ip:port`, precomputed for access logs, `/clusters` and `auto_host_rewrite`.
+    pub address_text: String,
+    pub hostname: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+    health: AtomicU32,
+    pub stats: HostStats,
+}
+
+impl Host {
+    /// A host from its spec, with health flags from the configured health status.
+    pub fn new(spec: &HostSpec) -> Host {
+        let health = match spec.health_status {
+            HealthStatus::Unhealthy | HealthStatus::Timeout => health_flag::FAILED_EDS_HEALTH,
+            HealthStatus::Draining => health_flag::EDS_STATUS_DRAINING,
+            HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,
+            HealthStatus::Unknown | HealthStatus::Healthy => 0,
+        };
+        Host {
+            address: spec.address,
+            address_text: spec.address.to_string(),
+            hostname: spec.hostname.clone(),
+            weight: spec.weight,
+            priority: spec.priority,
+            region: spec.region.clone(),
+            zone: spec.zone.clone(),
+            sub_zone: spec.sub_zone.clone(),
+            health: AtomicU32::new(health),
+            stats: HostStats::default(),
+        }
+    }
+
+    /// The current health flags (`health_flag::*`).
+    pub fn health_flags(&self) -> u32 {
+        self.health.load(Ordering::Acquire)
+    }
+
+    /// Whether the load balancer may pick this host outside panic mode. Degraded hosts are
+    /// not "healthy" in Envoy's sense but still serve; legate treats them as healthy
+    /// until priority/degraded handling lands.
+    pub fn is_healthy(&self) -> bool {
+        self.health_flags() & !health_flag::DEGRADED_EDS_HEALTH == 0
+    }
+
+    /// Envoy's `health_flags` text: `healthy` or the `/flag` list.
+    pub fn health_flags_text(&self) -> String {
+        let flags = self.health_flags();
+        if flags == 0 {
+            return "healthy".to_owned();
+        }
+        let names = [
+            (health_flag::FAILED_ACTIVE_HC, "/failed_active_hc"),
+            (health_flag::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
+            (health_flag::FAILED_EDS_HEALTH, "/failed_eds_health"),
+            (health_flag::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
+            (health_flag::PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
+            (health_flag::EDS_STATUS_DRAINING, "/eds_status_draining"),
+        ];
+        names.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect()
+    }
+}

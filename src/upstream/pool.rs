@@ -1,0 +1,235 @@
+//! Per-worker connection pools: one per host per worker ("each worker thread maintains its
+//! own connection pools for each cluster"), so the request path never locks. HTTP/1.1
+//! keeps an idle set of connections (no pipelining); HTTP/2 keeps one multiplexed
+//! connection. Everything here is `!Send` and lives on its worker's thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::cluster::Cluster;
+use super::host::Host;
+use crate::http::body::RequestBody;
+use crate::worker::LocalExec;
+
+/// Why a request could not get a response from its upstream.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// The TCP connect failed (refused, unreachable, ...).
+    ConnectFailure(io::Error),
+    /// The TCP connect did not finish within `connect_timeout`.
+    ConnectTimeout,
+    /// The connection or stream was reset before response headers arrived.
+    ResetBeforeHeaders(hyper::Error),
+    /// No response headers within the route timeout.
+    Timeout(std::time::Duration),
+}
+
+/// Which wire protocol a request goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Http1,
+    Http2,
+}
+
+struct IdleH1 {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// One host's connections on one worker.
+pub struct HostPool {
+    host: Arc<Host>,
+    cluster: Arc<Cluster>,
+    idle_h1: RefCell<Vec<IdleH1>>,
+    h2: RefCell<Option<http2::SendRequest<RequestBody>>>,
+}
+
+/// A checked-out HTTP/1.1 connection, returned to the idle set when its response body ends.
+pub struct H1Lease {
+    pool: Rc<HostPool>,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl H1Lease {
+    /// Gives the connection back for reuse (its response is fully read).
+    pub fn release(self) {
+        if !self.sender.is_closed() {
+            self.pool.idle_h1.borrow_mut().push(IdleH1 { sender: self.sender, since: Instant::now() });
+        }
+    }
+}
+
+impl HostPool {
+    fn new(cluster: Arc<Cluster>, host: Arc<Host>) -> HostPool {
+        HostPool { host, cluster, idle_h1: RefCell::new(Vec::new()), h2: RefCell::new(None) }
+    }
+
+    /// Sends `request` to this host over `wire`. For HTTP/1.1 the lease must be released
+    /// once the response body has been read to its end.
+    pub async fn send(
+        self: &Rc<Self>,
+        request: Request<RequestBody>,
+        wire: Wire,
+    ) -> Result<(Response<Incoming>, Option<H1Lease>), UpstreamError> {
+        match wire {
+            Wire::Http1 => self.send_h1(request).await.map(|(r, l)| (r, Some(l))),
+            Wire::Http2 => self.send_h2(request).await.map(|r| (r, None)),
+        }
+    }
+
+    async fn send_h1(self: &Rc<Self>, mut request: Request<RequestBody>) -> Result<(Response<Incoming>, H1Lease), UpstreamError> {
+        // A pooled connection may have been closed by the upstream while idle; if the
+        // request was not written, it goes out again on a fresh connection.
+        while let Some(mut sender) = self.checkout_idle_h1() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, H1Lease { pool: self.clone(), sender })),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::ResetBeforeHeaders(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect_h1().await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok((response, H1Lease { pool: self.clone(), sender })),
+            Err(e) => Err(UpstreamError::ResetBeforeHeaders(e)),
+        }
+    }
+
+    fn checkout_idle_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.idle_h1.borrow_mut();
+        while let Some(conn) = idle.pop() {
+            let expired = self.cluster.idle_timeout.is_some_and(|t| conn.since.elapsed() >= t);
+            if !expired && !conn.sender.is_closed() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    async fn send_h2(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamError> {
+        let existing = self.h2.borrow().as_ref().filter(|s| !s.is_closed()).cloned();
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => {
+                let sender = self.connect_h2().await?;
+                *self.h2.borrow_mut() = Some(sender.clone());
+                sender
+            }
+        };
+        sender.ready().await.map_err(UpstreamError::ResetBeforeHeaders)?;
+        sender.send_request(request).await.map_err(UpstreamError::ResetBeforeHeaders)
+    }
+
+    async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
+        let stats = &self.cluster.stats;
+        stats.upstream_cx_total.inc();
+        self.host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(self.cluster.connect_timeout, TcpStream::connect(self.host.address)).await;
+        let stream = match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                stats.upstream_cx_connect_fail.inc();
+                self.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                return Err(UpstreamError::ConnectFailure(e));
+            }
+            Err(_) => {
+                stats.upstream_cx_connect_fail.inc();
+                stats.upstream_cx_connect_timeout.inc();
+                self.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                return Err(UpstreamError::ConnectTimeout);
+            }
+        };
+        // Small request/response exchanges must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.connect_tcp().await?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::ResetBeforeHeaders)?;
+        self.cluster.stats.upstream_cx_http1_total.inc();
+        self.spawn_connection(conn);
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.connect_tcp().await?;
+        let (sender, conn) = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::ResetBeforeHeaders)?;
+        self.cluster.stats.upstream_cx_http2_total.inc();
+        self.spawn_connection(conn);
+        Ok(sender)
+    }
+
+    /// Drives a connection on this worker, keeping the active-connection gauges true.
+    fn spawn_connection<F>(&self, conn: F)
+    where
+        F: Future + 'static,
+    {
+        let cluster = self.cluster.clone();
+        let host = self.host.clone();
+        cluster.stats.upstream_cx_active.inc();
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+            cluster.stats.upstream_cx_active.dec();
+            cluster.stats.upstream_cx_destroy.inc();
+            host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A worker's state for one cluster: its round-robin cursor and host pools.
+pub struct ClusterPools {
+    pub cursor: Cell<u64>,
+    hosts: RefCell<HashMap<usize, Rc<HostPool>>>,
+}
+
+impl ClusterPools {
+    /// The pool for the host at `index` of `cluster.hosts`.
+    pub fn host(&self, cluster: &Arc<Cluster>, index: usize) -> Rc<HostPool> {
+        self.hosts
+            .borrow_mut()
+            .entry(index)
+            .or_insert_with(|| Rc::new(HostPool::new(cluster.clone(), cluster.hosts[index].clone())))
+            .clone()
+    }
+}
+
+/// All of one worker's pools, by cluster id.
+#[derive(Default)]
+pub struct WorkerPools {
+    clusters: RefCell<HashMap<u64, Rc<ClusterPools>>>,
+}
+
+impl WorkerPools {
+    /// This worker's state for `cluster`, created on first use.
+    pub fn cluster(&self, cluster: &Cluster) -> Rc<ClusterPools> {
+        self.clusters
+            .borrow_mut()
+            .entry(cluster.id)
+            .or_insert_with(|| {
+                Rc::new(ClusterPools { cursor: Cell::new(fastrand::u64(..)), hosts: RefCell::new(HashMap::new()) })
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,202 @@
+//! The real `legate` binary: validate mode over the invalid-config corpus, the Envoy
+//! flags, the quick-start example and the SIGTERM drain.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http::Version;
+
+use crate::support::{Upstream, get, send};
+
+fn legate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_legate"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every file in `tests/invalid/` starts with `# expect: <text>`: validation must exit 1
+/// with exactly one line on stderr that contains the text (the field path, mostly).
+#[test]
+fn every_invalid_config_is_rejected_with_one_line_naming_the_field() {
+    let dir = root().join("tests/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 30, "the corpus has {} configs", files.len());
+    let mut failures = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: ").or_else(|| l.strip_prefix("// expect: ")))
+            .unwrap_or_else(|| panic!("{} has no `# expect:` line", file.display()))
+            .trim()
+            .to_owned();
+        let output = legate().args(["--mode", "validate", "-c"]).arg(file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let ok = output.status.code() == Some(1) && lines.len() == 1 && lines[0].contains(&expected);
+        if !ok {
+            failures.push(format!("{}: exit {:?}, stderr {:?}, expected {:?}", file.display(), output.status.code(), stderr, expected));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), files.len(), failures.join("\n"));
+}
+
+#[test]
+fn valid_configs_validate_ok() {
+    for example in ["examples/quickstart.yaml"] {
+        let path = root().join(example);
+        let output = legate().args(["--mode", "validate", "-c"]).arg(&path).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("configuration '{}' OK", path.display()));
+    }
+}
+
+#[test]
+fn json_bootstrap_and_config_yaml_merge() {
+    let dir = std::env::temp_dir().join(format!("legate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bootstrap.json");
+    std::fs::write(&json, r#"{"node": {"id": "n"}, "static_resources": {"clusters": [{"name": "a", "connect_timeout": "0.5s"}]}}"#).unwrap();
+    let output = legate().args(["--mode", "validate", "-c"]).arg(&json).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // --config-yaml is merged over the file: a bad field there is reported too.
+    let output = legate()
+        .args(["--mode", "validate", "-c"])
+        .arg(&json)
+        .args(["--config-yaml", "static_resources: { clusters: [{ name: b, connect_timeout: 2x }] }"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("static_resources.clusters[0].connect_timeout"));
+    // Merged repeated fields append: a duplicate cluster name across file and flag is caught.
+    let output = legate()
+        .args(["--mode", "validate", "-c"])
+        .arg(&json)
+        .args(["--config-yaml", "static_resources: { clusters: [{ name: a }] }"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("duplicate cluster 'a'"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_and_version() {
+    let help = legate().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--config-path", "--config-yaml", "--concurrency", "--service-cluster", "--service-node", "--mode", "--log-level", "--drain-time-s"] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let version = legate().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// Runs the binary and waits until its admin `/ready` answers LIVE.
+async fn spawn_ready(config: &Path, admin: std::net::SocketAddr, extra: &[&str]) -> Child {
+    let child = legate()
+        .arg("-c")
+        .arg(config)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(stream) = tokio::net::TcpStream::connect(admin).await {
+            drop(stream);
+            let answer = send(admin, Version::HTTP_11, get("/ready")).await;
+            if answer.status == 200 {
+                return child;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "legate did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let upstream = Upstream::start("slow").await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = std::env::temp_dir().join(format!("legate-drain-{}.yaml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          route_config:
+            virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: slow }} }}] }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: slow
+    load_assignment:
+      cluster_name: slow
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {up} }} }} }} }}] }}]
+"#,
+            up = upstream.address.port()
+        ),
+    )
+    .unwrap();
+    let admin_address = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut child = spawn_ready(&config, admin_address, &["--drain-time-s", "10", "--concurrency", "2"]).await;
+    let address = format!("127.0.0.1:{listen}").parse().unwrap();
+    let in_flight: Vec<_> = (0..4)
+        .map(|i| {
+            let version = if i % 2 == 0 { Version::HTTP_11 } else { Version::HTTP_2 };
+            tokio::spawn(async move { send(address, version, get("/delay/700")).await })
+        })
+        .collect();
+    // Let the requests reach the upstream, then ask legate to stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while upstream.count() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "requests did not reach the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for request in in_flight {
+        let answer = request.await.unwrap();
+        assert_eq!(answer.status, 200, "an in-flight request failed during the drain");
+        assert_eq!(answer.text(), "slow");
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    // After the drain nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(address).await.is_err());
+    let _ = std::fs::remove_file(&config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_example_answers_through_the_proxy() {
+    let config = root().join("examples/quickstart.yaml");
+    let mut child = spawn_ready(&config, "127.0.0.1:9901".parse().unwrap(), &["--concurrency", "1"]).await;
+    let answer = send("127.0.0.1:10000".parse().unwrap(), Version::HTTP_11, get("/")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "Hello from legate!\n");
+    let quit = http::Request::post("/quitquitquit").header("host", "admin").body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    assert_eq!(send("127.0.0.1:9901".parse().unwrap(), Version::HTTP_11, quit).await.status, 200);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}

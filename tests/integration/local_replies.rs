@@ -1,0 +1,91 @@
+//! Local replies: Envoy's status, body and response flag for each failure, as clients and
+//! the access log see them.
+
+use std::time::Duration;
+
+use http::Version;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Legate, Upstream, bootstrap, get, routes, send, static_cluster};
+
+const ACCESS_LOG: &str = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: {{ text_format_source: {{ inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:PATH)%\\n\" }} }}\n";
+
+fn closed_port() -> std::net::SocketAddr {
+    // Bind and drop: nothing listens there afterwards.
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_gets_envoys_status_body_and_flag() {
+    let upstream = Upstream::start("svc").await;
+    let log_path = std::env::temp_dir().join(format!("legate-local-replies-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let clusters = format!(
+        "{}{}  - name: empty\n    type: STATIC\n    load_assignment: {{ cluster_name: empty }}\n",
+        static_cluster("svc", &[(upstream.address, 1)], ""),
+        static_cluster("refused", &[(closed_port(), 1)], ""),
+    );
+    let route = routes(concat!(
+        "              - match: { prefix: \"/slow\" }\n                route: { cluster: svc, timeout: 0.2s, prefix_rewrite: \"/delay/3000\" }\n",
+        "              - match: { prefix: \"/refused\" }\n                route: { cluster: refused }\n",
+        "              - match: { prefix: \"/empty\" }\n                route: { cluster: empty }\n",
+        "              - match: { prefix: \"/by-header\" }\n                route: { cluster_header: x-cluster }\n",
+        "              - match: { prefix: \"/ok\" }\n                route: { cluster: svc }\n",
+    ));
+    let access_log = ACCESS_LOG.replace("{path}", &log_path.display().to_string());
+    let legate = Legate::start(&bootstrap(&access_log, &route, &clusters));
+    let address = legate.listener("main");
+
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let cases: [(&str, u16, &str); 6] = [
+            ("/nowhere", 404, ""),
+            ("/by-header", 503, ""),
+            ("/empty", 503, "no healthy upstream"),
+            ("/refused", 503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"),
+            ("/slow", 504, "upstream request timeout"),
+            ("/ok", 200, "svc"),
+        ];
+        for (path, status, body) in cases {
+            let answer = send(address, version, get(path)).await;
+            assert_eq!(answer.status, status, "{path} over {version:?}");
+            assert!(answer.text().starts_with(body), "{path}: body {:?}", answer.text());
+            if !body.is_empty() && status != 200 {
+                assert_eq!(answer.header("content-type"), "text/plain");
+            }
+            assert_eq!(answer.header("content-length"), answer.body.len().to_string());
+            assert_eq!(answer.header("server"), "envoy");
+        }
+    }
+    assert_eq!(legate.stat("http.ingress_http.no_route").await, Some(2));
+    assert_eq!(legate.stat("http.ingress_http.no_cluster").await, Some(2));
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_timeout").await, Some(2));
+    assert_eq!(legate.stat("cluster.refused.upstream_cx_connect_fail").await, Some(2));
+
+    // The access log is flushed in the background; wait for all twelve lines.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.lines().count() >= 12 || tokio::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for expected in ["404 NR - /nowhere", "503 NC - /by-header", "503 UH empty /empty", "503 UF refused /refused", "504 UT svc /slow", "200 - svc /ok"] {
+        assert_eq!(log.lines().filter(|l| *l == expected).count(), 2, "{expected:?} twice in:\n{log}");
+    }
+    let _ = std::fs::remove_file(&log_path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_gets_400() {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    let legate = Legate::start(&bootstrap("", &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"), &clusters));
+    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(upstream.count(), 0);
+}

@@ -1,0 +1,9 @@
+//! Integration tests over loopback: legate in-process (or as the real binary for CLI,
+//! validation and signals), real hyper upstreams, real HTTP/1.1 and h2c clients.
+
+mod admin;
+mod cli;
+mod local_replies;
+mod proxying;
+mod routing;
+mod support;

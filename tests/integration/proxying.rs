@@ -1,0 +1,146 @@
+//! Proxying: protocol combinations, load balancing, streaming, pooling and the headers
+//! legate adds on the way.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::{BodyExt, Full};
+
+use crate::support::{Client, Legate, Upstream, bootstrap, get, routes, send, static_cluster};
+
+const H2_UPSTREAM: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
+
+fn one_route_to(cluster: &str) -> String {
+    routes(&format!("              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: {cluster} }}\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_four_protocol_combinations_reach_the_upstream_with_the_configured_protocol() {
+    let upstream = Upstream::start("svc").await;
+    let clusters = format!(
+        "{}{}",
+        static_cluster("h1", &[(upstream.address, 1)], ""),
+        static_cluster("h2", &[(upstream.address, 1)], H2_UPSTREAM)
+    );
+    let route = routes(
+        "              - match: { prefix: \"/h1\" }\n                route: { cluster: h1 }\n              - match: { prefix: \"/h2\" }\n                route: { cluster: h2 }\n",
+    );
+    let legate = Legate::start(&bootstrap("", &route, &clusters));
+    for downstream in [Version::HTTP_11, Version::HTTP_2] {
+        for (path, upstream_version) in [("/h1", Version::HTTP_11), ("/h2", Version::HTTP_2)] {
+            let answer = send(legate.listener("main"), downstream, get(path)).await;
+            assert_eq!(answer.status, 200, "{downstream:?} → {path}");
+            assert_eq!(answer.text(), "svc");
+            assert_eq!(answer.version, downstream);
+            let seen = upstream.last();
+            assert_eq!(seen.version, upstream_version, "{downstream:?} → {path}");
+            assert_eq!(seen.path, path);
+            assert_eq!(seen.authority, "example.com");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_honours_load_balancing_weight() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let clusters = static_cluster("weighted", &[(a.address, 3), (b.address, 1)], "");
+    // One worker, so one round-robin cursor sees every request.
+    let legate = Legate::start_with(&bootstrap("", &one_route_to("weighted"), &clusters), &["--concurrency", "1"]);
+    let mut client = Client::connect(legate.listener("main"), Version::HTTP_11).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..400 {
+        let answer = client.send(get("/")).await;
+        *counts.entry(answer.text()).or_default() += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&300), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_weights_spread_evenly_across_workers_too() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let clusters = static_cluster("even", &[(a.address, 1), (b.address, 1)], "");
+    let legate = Legate::start(&bootstrap("", &one_route_to("even"), &clusters));
+    let mut client = Client::connect(legate.listener("main"), Version::HTTP_2).await;
+    for _ in 0..100 {
+        assert_eq!(client.send(get("/")).await.status, 200);
+    }
+    assert_eq!(a.count(), 50);
+    assert_eq!(b.count(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways_over_each_protocol() {
+    let upstream = Upstream::start("echo").await;
+    for extra in ["", H2_UPSTREAM] {
+        let clusters = static_cluster("echo", &[(upstream.address, 1)], extra);
+        let legate = Legate::start(&bootstrap("", &one_route_to("echo"), &clusters));
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+            let request = Request::post("/echo").header("host", "example.com").body(Full::new(Bytes::from(payload.clone()))).unwrap();
+            let answer = send(legate.listener("main"), version, request).await;
+            assert_eq!(answer.status, 200);
+            assert_eq!(answer.body.len(), payload.len());
+            assert!(answer.body == payload, "echoed body differs ({version:?}, upstream h2: {})", !extra.is_empty());
+
+            let mut client = Client::connect(legate.listener("main"), version).await;
+            let response = client.send_streaming(get("/stream/256")).await;
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let mut frames = 0;
+            let mut total = 0;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    frames += 1;
+                    total += data.len();
+                }
+            }
+            assert_eq!(total, 256 * 1024);
+            assert!(frames > 1, "the response arrived in one piece: it was buffered, not streamed");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_and_reused() {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    let legate = Legate::start_with(&bootstrap("", &one_route_to("svc"), &clusters), &["--concurrency", "1"]);
+    let mut client = Client::connect(legate.listener("main"), Version::HTTP_11).await;
+    for _ in 0..20 {
+        assert_eq!(client.send(get("/")).await.status, 200);
+    }
+    assert_eq!(upstream.count(), 20);
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(1), "one pooled connection serves sequential requests");
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_total").await, Some(20));
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_200").await, Some(20));
+    assert_eq!(legate.stat("http.ingress_http.downstream_rq_2xx").await, Some(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_request_and_response_headers_are_added() {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    let legate = Legate::start(&bootstrap("          use_remote_address: true\n", &one_route_to("svc"), &clusters));
+    let request = Request::get("/")
+        .header("host", "example.com")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(legate.listener("main"), Version::HTTP_11, request).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("server"), "envoy");
+    assert!(answer.header("x-envoy-upstream-service-time").parse::<u64>().is_ok());
+    assert!(!answer.header("date").is_empty());
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9,127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-request-id"].len(), 36);
+    assert_eq!(seen.headers["x-envoy-expected-rq-timeout-ms"], "15000");
+    assert!(!seen.headers.contains_key("x-hop"), "headers named in Connection are hop-by-hop");
+}

@@ -1,0 +1,342 @@
+//! Test support: legate started in-process from a YAML bootstrap, upstreams that are real
+//! hyper servers naming themselves, and HTTP/1.1 and h2c clients over real sockets.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use legate::cli::Options;
+use legate::config::bootstrap::BootstrapSpec;
+use legate::config::schema::{self, Format};
+use legate::server::Server;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A legate server running in this process.
+pub struct Legate {
+    server: Option<Server>,
+}
+
+impl Legate {
+    /// Starts legate on `yaml` (listeners and admin on port 0) with two workers.
+    pub fn start(yaml: &str) -> Legate {
+        Self::start_with(yaml, &["--concurrency", "2"])
+    }
+
+    /// Starts legate with extra CLI flags.
+    pub fn start_with(yaml: &str, flags: &[&str]) -> Legate {
+        let options = Options::parse_from(std::iter::once("legate").chain(flags.iter().copied()));
+        let bootstrap = schema::parse(yaml, Format::Yaml).unwrap_or_else(|e| panic!("test config parses: {e}"));
+        let spec = BootstrapSpec::from_proto(bootstrap).unwrap_or_else(|e| panic!("test config is valid: {e}"));
+        Legate { server: Some(Server::start(spec, options).expect("legate starts")) }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// The bound address of listener `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.server().listener_address(name).unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.server().admin_address.expect("admin configured")
+    }
+
+    /// GET on the admin API: status and body text.
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let response = send(self.admin(), Version::HTTP_11, get(path)).await;
+        (response.status, response.text())
+    }
+
+    /// POST on the admin API.
+    pub async fn admin_post(&self, path: &str) -> (StatusCode, String) {
+        let request = Request::post(path).header("host", "admin").body(Full::new(Bytes::new())).unwrap();
+        let response = send(self.admin(), Version::HTTP_11, request).await;
+        (response.status, response.text())
+    }
+
+    /// A stat's value from `/stats?format=json` (counters and gauges).
+    pub async fn stat(&self, name: &str) -> Option<i64> {
+        let (_, body) = self.admin_get(&format!("/stats?format=json&filter=^{}$", regex::escape(name))).await;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["stats"].as_array()?.iter().find(|s| s["name"] == name).and_then(|s| s["value"].as_i64())
+    }
+
+    /// Drains and stops, waiting up to `drain` for in-flight requests.
+    pub fn shutdown(mut self, drain: Duration) {
+        if let Some(server) = self.server.take() {
+            server.shutdown(drain);
+        }
+    }
+}
+
+impl Drop for Legate {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.shared.begin_drain();
+        }
+    }
+}
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: Version,
+    pub headers: BTreeMap<String, String>,
+    /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
+    pub authority: String,
+    pub body_len: usize,
+}
+
+/// A real HTTP/1.1 + h2c upstream that answers with its own name.
+pub struct Upstream {
+    pub name: String,
+    pub address: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Starts an upstream named `name` on a loopback port. Paths it knows:
+    /// `/status/N` answers N; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
+    /// with small pauses; `/echo` streams the request body back; anything else answers
+    /// 200 with the name as body and an `x-upstream` header.
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let name = name.to_owned();
+        let (task_name, task_seen) = (name.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (name, seen) = (task_name.clone(), task_seen.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| answer(name.clone(), seen.clone(), request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { name, address, seen }
+    }
+
+    /// How many requests this upstream has seen.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The last request this upstream saw.
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("a request reached the upstream")
+    }
+}
+
+type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+async fn answer(name: String, seen: Arc<Mutex<Vec<Seen>>>, request: Request<Incoming>) -> Result<Response<UpstreamBody>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let reply = |status: u16, body: UpstreamBody| {
+        Response::builder().status(status).header("x-upstream", name.as_str()).body(body).unwrap()
+    };
+    if path == "/echo" {
+        seen.lock().unwrap().push(seen_of(&parts, 0));
+        return Ok(reply(200, body.boxed()));
+    }
+    if let Some(n) = path.strip_prefix("/stream/") {
+        seen.lock().unwrap().push(seen_of(&parts, 0));
+        let n: usize = n.parse().unwrap_or(1);
+        let chunks = futures_util::stream::unfold(0, move |i| async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Some((Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'x'; 1024]))), i + 1))
+        });
+        return Ok(reply(200, BodyExt::boxed(StreamBody::new(chunks))));
+    }
+    let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    seen.lock().unwrap().push(seen_of(&parts, body_len));
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        return Ok(reply(code.parse().unwrap_or(500), full(Bytes::new())));
+    }
+    Ok(reply(200, full(Bytes::from(name.clone()))))
+}
+
+fn seen_of(parts: &http::request::Parts, body_len: usize) -> Seen {
+    Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path_and_query().map_or("/".into(), |p| p.to_string()),
+        version: parts.version,
+        headers: parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect(),
+        authority: parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_default(),
+        body_len,
+    }
+}
+
+fn full(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// A GET request for `path` with Host `example.com`.
+pub fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).header("host", "example.com").body(Full::new(Bytes::new())).unwrap()
+}
+
+/// Sends one request on a new connection with HTTP/1.1 or h2c (prior knowledge).
+pub async fn send(address: SocketAddr, version: Version, request: Request<Full<Bytes>>) -> Answer {
+    let mut client = Client::connect(address, version).await;
+    client.send(request).await
+}
+
+/// One client connection, HTTP/1.1 or h2c, reused across requests.
+pub enum Client {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Client {
+    /// Connects to `address`.
+    pub async fn connect(address: SocketAddr, version: Version) -> Client {
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let io = TokioIo::new(stream);
+        if version == Version::HTTP_2 {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
+            tokio::spawn(conn);
+            Client::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+            tokio::spawn(conn);
+            Client::H1(sender)
+        }
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Answer {
+        let response = self.send_streaming(request).await;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("response body").to_bytes();
+        Answer { status: parts.status, version: parts.version, headers: parts.headers, body }
+    }
+
+    /// Sends a request; the body is left to the caller.
+    pub async fn send_streaming(&mut self, mut request: Request<Full<Bytes>>) -> Response<Incoming> {
+        match self {
+            Client::H1(sender) => {
+                sender.ready().await.expect("h1 ready");
+                sender.send_request(request).await.expect("h1 response")
+            }
+            Client::H2(sender) => {
+                // h2 wants the authority in the URI.
+                let host = request.headers_mut().remove("host").and_then(|h| h.to_str().ok().map(str::to_owned));
+                let path = request.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string());
+                *request.uri_mut() = format!("http://{}{path}", host.as_deref().unwrap_or("example.com")).parse().unwrap();
+                *request.version_mut() = Version::HTTP_2;
+                sender.ready().await.expect("h2 ready");
+                sender.send_request(request).await.expect("h2 response")
+            }
+        }
+    }
+}
+
+/// Replaces `{name}` placeholders in a YAML template.
+pub fn fill(template: &str, values: &[(&str, String)]) -> String {
+    let mut out = template.to_owned();
+    for (key, value) in values {
+        out = out.replace(&format!("{{{key}}}"), value);
+    }
+    out
+}
+
+/// A bootstrap with an admin, one listener `main` on port 0 whose HCM has `route_config`
+/// (YAML indented for its place), and the given `clusters` section.
+pub fn bootstrap(hcm_extra: &str, route_config: &str, clusters: &str) -> String {
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+{hcm_extra}
+          route_config:
+{route_config}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}
+"#
+    )
+}
+
+/// A STATIC cluster section entry named `name` over `hosts` (address, weight).
+pub fn static_cluster(name: &str, hosts: &[(SocketAddr, u32)], extra: &str) -> String {
+    let mut endpoints = String::new();
+    for (address, weight) in hosts {
+        endpoints.push_str(&format!(
+            "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n          load_balancing_weight: {weight}\n",
+            address.ip(),
+            address.port()
+        ));
+    }
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{endpoints}"
+    )
+}
+
+/// Route config YAML (indented for `bootstrap`) with one virtual host `*` and the given routes.
+pub fn routes(routes_yaml: &str) -> String {
+    format!("            name: local_route\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n{routes_yaml}")
+}
