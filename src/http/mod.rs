@@ -1,1 +1,4 @@
 //! http (in progress).
+
+pub mod access_log;
+pub mod flags;
