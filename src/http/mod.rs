@@ -1,1 +1,3 @@
 //! http (in progress).
+
+pub mod route;
