@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, HeaderValueOption, RoutingPriority, data_source,
-    header_value_option::HeaderAppendAction,
+    DataSource, HeaderValueOption, data_source, header_value_option::HeaderAppendAction,
 };
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
@@ -20,6 +19,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use http::{HeaderName, HeaderValue, StatusCode};
 
+/// The Envoy message a [`RouteTable`] is built from.
 pub use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as RouteConfigurationProto;
 
 use super::error::{ConfigError, Result, join_path};
@@ -27,6 +27,14 @@ use super::proto;
 
 #[cfg(test)]
 mod tests;
+
+/// `reject_fields!(path; field, ...)`: rejects the first set field among bindings named after the
+/// proto fields, so the error path always spells the field as the config does.
+macro_rules! reject_fields {
+    ($path:expr; $($field:ident),+ $(,)?) => {
+        reject_set($path, &[$((stringify!($field), IsSet::is_set($field))),+])
+    };
+}
 
 /// Envoy's default upstream timeout for a route (`RouteAction.timeout` unset).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -62,14 +70,17 @@ pub enum HostPortMatch {
     StripMatching(u16),
 }
 
+/// Virtual host indexes by lowercased domain text.
+pub(crate) type DomainMap = HashMap<Box<[u8]>, usize>;
+
 /// Virtual hosts by lowercased domain, in Envoy's lookup order.
 #[derive(Debug, Default)]
 pub(crate) struct DomainIndex {
-    pub(crate) exact: HashMap<Box<[u8]>, usize>,
+    pub(crate) exact: DomainMap,
     /// `*.foo.com` / `*-bar.com` keyed by the text after `*`, grouped by length, longest first.
-    pub(crate) suffixes: Vec<(usize, HashMap<Box<[u8]>, usize>)>,
+    pub(crate) suffixes: Vec<(usize, DomainMap)>,
     /// `foo.*` keyed by the text before `*`, grouped by length, longest first.
-    pub(crate) prefixes: Vec<(usize, HashMap<Box<[u8]>, usize>)>,
+    pub(crate) prefixes: Vec<(usize, DomainMap)>,
     /// The virtual host of the `*` domain.
     pub(crate) any: Option<usize>,
 }
@@ -99,7 +110,10 @@ pub enum RouteAction {
     /// Forward to an upstream cluster.
     Forward(ForwardAction),
     /// Answer locally with `status` and an optional body.
-    DirectResponse { status: StatusCode, body: Option<Bytes> },
+    DirectResponse {
+        status: StatusCode,
+        body: Option<Bytes>,
+    },
     /// Answer with a redirect.
     Redirect(RedirectAction),
 }
@@ -136,7 +150,10 @@ pub type ClusterRef<'a> = &'a str;
 pub(crate) enum ClusterSpecifier {
     Single(ClusterTarget),
     /// Targets with the running sum of weights (exclusive upper bound), and the total.
-    Weighted { targets: Vec<(u64, ClusterTarget)>, total: u64 },
+    Weighted {
+        targets: Vec<(u64, ClusterTarget)>,
+        total: u64,
+    },
 }
 
 /// A cluster named in config or by a request header.
@@ -150,7 +167,10 @@ pub(crate) enum ClusterTarget {
 #[derive(Debug)]
 pub(crate) enum PathRewrite {
     /// `prefix_rewrite`: the part the route matched is replaced with `replacement`.
-    Prefix { matched: MatchedPart, replacement: String },
+    Prefix {
+        matched: MatchedPart,
+        replacement: String,
+    },
     /// `regex_rewrite`: every match in the path (without query) is substituted.
     Regex(RegexRewrite),
 }
@@ -221,12 +241,21 @@ pub(crate) struct RouteMatch {
 /// The path specifier of a route match; paths are compared without the query.
 #[derive(Debug)]
 pub(crate) enum PathMatch {
-    Prefix { prefix: String, ignore_case: bool },
-    Exact { path: String, ignore_case: bool },
+    Prefix {
+        prefix: String,
+        ignore_case: bool,
+    },
+    Exact {
+        path: String,
+        ignore_case: bool,
+    },
     /// Anchored at both ends: the whole path must match.
     Regex(regex::Regex),
     /// `path_separated_prefix`: the prefix, then the end of the path or a `/`.
-    Separated { prefix: String, ignore_case: bool },
+    Separated {
+        prefix: String,
+        ignore_case: bool,
+    },
     /// `connect_matcher`: CONNECT requests only.
     Connect,
 }
@@ -259,16 +288,31 @@ pub(crate) enum HeaderRule {
     Present(bool),
     Value(StringMatch),
     /// `[start, end)` on a base-10 integer value.
-    Range { start: i64, end: i64 },
+    Range {
+        start: i64,
+        end: i64,
+    },
 }
 
 /// A compiled `StringMatcher` over bytes (header values may be non-UTF-8).
 #[derive(Debug)]
 pub(crate) enum StringMatch {
-    Exact { value: Box<[u8]>, ignore_case: bool },
-    Prefix { value: Box<[u8]>, ignore_case: bool },
-    Suffix { value: Box<[u8]>, ignore_case: bool },
-    Contains { value: Box<[u8]>, ignore_case: bool },
+    Exact {
+        value: Box<[u8]>,
+        ignore_case: bool,
+    },
+    Prefix {
+        value: Box<[u8]>,
+        ignore_case: bool,
+    },
+    Suffix {
+        value: Box<[u8]>,
+        ignore_case: bool,
+    },
+    Contains {
+        value: Box<[u8]>,
+        ignore_case: bool,
+    },
     /// Anchored at both ends.
     Regex(regex::bytes::Regex),
 }
@@ -326,7 +370,10 @@ impl RouteTable {
     /// Translates and validates a route configuration; `host_port` says how the Host port takes
     /// part in domain matching (from the HCM's `strip_any_host_port` /
     /// `strip_matching_host_port` and the listener port).
-    pub fn from_proto(proto: &RouteConfigurationProto, host_port: HostPortMatch) -> Result<RouteTable> {
+    pub fn from_proto(
+        proto: &RouteConfigurationProto,
+        host_port: HostPortMatch,
+    ) -> Result<RouteTable> {
         let RouteConfigurationProto {
             name,
             virtual_hosts,
@@ -348,22 +395,18 @@ impl RouteTable {
             metadata: _,
             route_specifiers,
         } = proto;
-        reject_set(
-            "",
-            &[
-                ("vhds", vhds.is_some()),
-                ("internal_only_headers", !internal_only_headers.is_empty()),
-                ("cluster_specifier_plugins", !cluster_specifier_plugins.is_empty()),
-                ("request_mirror_policies", !request_mirror_policies.is_empty()),
-                ("ignore_path_parameters_in_path_matching", *ignore_path_parameters_in_path_matching),
-                ("typed_per_filter_config", !typed_per_filter_config.is_empty()),
-                ("route_specifiers", !route_specifiers.is_empty()),
-            ],
-        )?;
+        reject_fields!(""; vhds, internal_only_headers, cluster_specifier_plugins,
+            request_mirror_policies, ignore_path_parameters_in_path_matching,
+            typed_per_filter_config, route_specifiers)?;
         let limits = Limits {
-            max_body: max_direct_response_body_size_bytes.map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |v| v.value),
+            max_body: max_direct_response_body_size_bytes
+                .map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |v| v.value),
         };
-        let host_port = if *ignore_port_in_host_matching { HostPortMatch::StripAny } else { host_port };
+        let host_port = if *ignore_port_in_host_matching {
+            HostPortMatch::StripAny
+        } else {
+            host_port
+        };
         let vhost_header = match vhost_header.as_str() {
             "" | ":authority" => None,
             header => Some(plain_header_name(header, "vhost_header")?),
@@ -377,7 +420,10 @@ impl RouteTable {
             let vhost = virtual_host(vh, &path, &limits, &mut clusters)?;
             for (j, domain) in vh.domains.iter().enumerate() {
                 domains.insert(domain, i).map_err(|message| {
-                    ConfigError::invalid(format!("{path}.domains[{j}]"), format!("{message} in route {name}"))
+                    ConfigError::invalid(
+                        format!("{path}.domains[{j}]"),
+                        format!("{message} in route '{name}'"),
+                    )
                 })?;
             }
             tables.push(vhost);
@@ -393,13 +439,13 @@ impl RouteTable {
                 request_headers_to_add,
                 request_headers_to_remove,
                 "",
-                ("request_headers_to_add", "request_headers_to_remove"),
+                "request",
             )?,
             response_headers: header_mutations(
                 response_headers_to_add,
                 response_headers_to_remove,
                 "",
-                ("response_headers_to_add", "response_headers_to_remove"),
+                "response",
             )?,
             most_specific_header_mutations_wins: *most_specific_header_mutations_wins,
             validate_clusters: validate_clusters.map(|v| v.value),
@@ -503,12 +549,54 @@ fn reject_set(path: &str, fields: &[(&str, bool)]) -> Result<()> {
     }
 }
 
+/// Whether a proto field holds a value (proto3: a non-default one).
+trait IsSet {
+    fn is_set(&self) -> bool;
+}
+
+impl<T> IsSet for Option<T> {
+    fn is_set(&self) -> bool {
+        self.is_some()
+    }
+}
+
+impl<T> IsSet for Vec<T> {
+    fn is_set(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl<K, V> IsSet for HashMap<K, V> {
+    fn is_set(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl IsSet for String {
+    fn is_set(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl IsSet for bool {
+    fn is_set(&self) -> bool {
+        *self
+    }
+}
+
+/// Enums: the zero value is each enum's default (`NONE`, `DEFAULT`, ...).
+impl IsSet for i32 {
+    fn is_set(&self) -> bool {
+        *self != 0
+    }
+}
+
 /// Collects domains, rejecting duplicates as Envoy does (case-insensitively).
 #[derive(Default)]
 struct DomainIndexBuilder {
     index: DomainIndex,
-    suffixes: HashMap<usize, HashMap<Box<[u8]>, usize>>,
-    prefixes: HashMap<usize, HashMap<Box<[u8]>, usize>>,
+    suffixes: HashMap<usize, DomainMap>,
+    prefixes: HashMap<usize, DomainMap>,
 }
 
 impl DomainIndexBuilder {
@@ -528,7 +616,10 @@ impl DomainIndexBuilder {
             let group = self.prefixes.entry(prefix.len()).or_default();
             group.insert(prefix.into(), vhost).is_none()
         } else {
-            self.index.exact.insert(lower.into_boxed_slice(), vhost).is_none()
+            self.index
+                .exact
+                .insert(lower.into_boxed_slice(), vhost)
+                .is_none()
         };
         if fresh {
             Ok(())
@@ -541,9 +632,9 @@ impl DomainIndexBuilder {
 
     /// Orders wildcard groups longest first: the longest wildcard wins.
     fn build(self) -> DomainIndex {
-        let longest_first = |groups: HashMap<usize, HashMap<Box<[u8]>, usize>>| {
+        let longest_first = |groups: HashMap<usize, DomainMap>| {
             let mut groups: Vec<_> = groups.into_iter().collect();
-            groups.sort_by(|a, b| b.0.cmp(&a.0));
+            groups.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
             groups
         };
         DomainIndex {
@@ -587,32 +678,22 @@ fn virtual_host(
         metadata: _,
         route_specifiers,
     } = proto;
-    reject_set(
-        path,
-        &[
-            ("matcher", matcher.is_some()),
-            ("require_tls", *require_tls != 0),
-            ("virtual_clusters", !virtual_clusters.is_empty()),
-            ("rate_limits", !rate_limits.is_empty()),
-            ("cors", cors.is_some()),
-            ("typed_per_filter_config", !typed_per_filter_config.is_empty()),
-            ("include_request_attempt_count", *include_request_attempt_count),
-            ("include_attempt_count_in_response", *include_attempt_count_in_response),
-            ("retry_policy", retry_policy.is_some()),
-            ("retry_policy_typed_config", retry_policy_typed_config.is_some()),
-            ("hedge_policy", hedge_policy.is_some()),
-            ("include_is_timeout_retry_header", *include_is_timeout_retry_header),
-            ("per_request_buffer_limit_bytes", per_request_buffer_limit_bytes.is_some()),
-            ("request_body_buffer_limit", request_body_buffer_limit.is_some()),
-            ("request_mirror_policies", !request_mirror_policies.is_empty()),
-            ("route_specifiers", !route_specifiers.is_empty()),
-        ],
-    )?;
+    reject_fields!(path; matcher, require_tls, virtual_clusters, rate_limits, cors,
+        typed_per_filter_config, include_request_attempt_count,
+        include_attempt_count_in_response, retry_policy, retry_policy_typed_config,
+        hedge_policy, include_is_timeout_retry_header, per_request_buffer_limit_bytes,
+        request_body_buffer_limit, request_mirror_policies, route_specifiers)?;
     if name.is_empty() {
-        return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1"));
+        return Err(ConfigError::invalid(
+            join_path(path, "name"),
+            "value length must be at least 1",
+        ));
     }
     if domains.is_empty() {
-        return Err(ConfigError::invalid(join_path(path, "domains"), "value must contain at least 1 item"));
+        return Err(ConfigError::invalid(
+            join_path(path, "domains"),
+            "value must contain at least 1 item",
+        ));
     }
     let routes = routes
         .iter()
@@ -626,13 +707,13 @@ fn virtual_host(
             request_headers_to_add,
             request_headers_to_remove,
             path,
-            ("request_headers_to_add", "request_headers_to_remove"),
+            "request",
         )?,
         response_headers: header_mutations(
             response_headers_to_add,
             response_headers_to_remove,
             path,
-            ("response_headers_to_add", "response_headers_to_remove"),
+            "response",
         )?,
     })
 }
@@ -661,16 +742,8 @@ fn route(
         route_specifiers,
         action,
     } = proto;
-    reject_set(
-        path,
-        &[
-            ("typed_per_filter_config", !typed_per_filter_config.is_empty()),
-            ("tracing", tracing.is_some()),
-            ("per_request_buffer_limit_bytes", per_request_buffer_limit_bytes.is_some()),
-            ("request_body_buffer_limit", request_body_buffer_limit.is_some()),
-            ("route_specifiers", !route_specifiers.is_empty()),
-        ],
-    )?;
+    reject_fields!(path; typed_per_filter_config, tracing, per_request_buffer_limit_bytes,
+        request_body_buffer_limit, route_specifiers)?;
     let match_path = join_path(path, "match");
     let matcher = match r#match {
         Some(m) => route_match(m, &match_path)?,
@@ -690,13 +763,22 @@ fn route(
             direct_response(d, &join_path(path, "direct_response"), limits)?
         }
         Some(route_pb::route::Action::FilterAction(_)) => {
-            return Err(ConfigError::unsupported(join_path(path, "filter_action"), ""));
+            return Err(ConfigError::unsupported(
+                join_path(path, "filter_action"),
+                "",
+            ));
         }
         Some(route_pb::route::Action::NonForwardingAction(_)) => {
-            return Err(ConfigError::unsupported(join_path(path, "non_forwarding_action"), ""));
+            return Err(ConfigError::unsupported(
+                join_path(path, "non_forwarding_action"),
+                "",
+            ));
         }
         None => {
-            return Err(ConfigError::invalid(path, "a route needs one of route, redirect or direct_response"));
+            return Err(ConfigError::invalid(
+                path,
+                "a route needs one of route, redirect or direct_response",
+            ));
         }
     };
     Ok(Route {
@@ -707,13 +789,13 @@ fn route(
             request_headers_to_add,
             request_headers_to_remove,
             path,
-            ("request_headers_to_add", "request_headers_to_remove"),
+            "request",
         )?,
         response_headers: header_mutations(
             response_headers_to_add,
             response_headers_to_remove,
             path,
-            ("response_headers_to_add", "response_headers_to_remove"),
+            "response",
         )?,
     })
 }
@@ -748,23 +830,23 @@ fn route_match(proto: &route_pb::RouteMatch, path: &str) -> Result<RouteMatch> {
         filter_state,
         path_specifier,
     } = proto;
-    reject_set(
-        path,
-        &[
-            ("runtime_fraction", runtime_fraction.is_some()),
-            ("tls_context", tls_context.is_some()),
-            ("dynamic_metadata", !dynamic_metadata.is_empty()),
-            ("filter_state", !filter_state.is_empty()),
-        ],
-    )?;
+    reject_fields!(path; runtime_fraction, tls_context, dynamic_metadata, filter_state)?;
     // `case_sensitive` defaults to true and does not apply to regexes.
     let ignore_case = case_sensitive.is_some_and(|c| !c.value);
     let path_match = match path_specifier {
-        Some(PathSpecifier::Prefix(prefix)) => PathMatch::Prefix { prefix: prefix.clone(), ignore_case },
-        Some(PathSpecifier::Path(p)) => PathMatch::Exact { path: p.clone(), ignore_case },
-        Some(PathSpecifier::SafeRegex(r)) => {
-            PathMatch::Regex(full_match_regex(r, &join_path(path, "safe_regex"), regex::Regex::new)?)
-        }
+        Some(PathSpecifier::Prefix(prefix)) => PathMatch::Prefix {
+            prefix: prefix.clone(),
+            ignore_case,
+        },
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact {
+            path: p.clone(),
+            ignore_case,
+        },
+        Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(full_match_regex(
+            r,
+            &join_path(path, "safe_regex"),
+            regex::Regex::new,
+        )?),
         Some(PathSpecifier::PathSeparatedPrefix(prefix)) => {
             // The proto's rule: no `?` or `#`, at least one character, no trailing `/`.
             if prefix.is_empty() || prefix.contains(['?', '#']) || prefix.ends_with('/') {
@@ -773,11 +855,17 @@ fn route_match(proto: &route_pb::RouteMatch, path: &str) -> Result<RouteMatch> {
                     "value must be a path without '?' or '#' that does not end in '/'",
                 ));
             }
-            PathMatch::Separated { prefix: prefix.clone(), ignore_case }
+            PathMatch::Separated {
+                prefix: prefix.clone(),
+                ignore_case,
+            }
         }
         Some(PathSpecifier::ConnectMatcher(_)) => PathMatch::Connect,
         Some(PathSpecifier::PathMatchPolicy(_)) => {
-            return Err(ConfigError::unsupported(join_path(path, "path_match_policy"), ""));
+            return Err(ConfigError::unsupported(
+                join_path(path, "path_match_policy"),
+                "",
+            ));
         }
         None => {
             return Err(ConfigError::invalid(
@@ -810,8 +898,12 @@ fn route_match(proto: &route_pb::RouteMatch, path: &str) -> Result<RouteMatch> {
 /// What `prefix_rewrite` replaces for a route with this path matcher.
 fn matched_part(path: &PathMatch) -> MatchedPart {
     match path {
-        PathMatch::Prefix { prefix, .. } | PathMatch::Separated { prefix, .. } => MatchedPart::Prefix(prefix.len()),
-        PathMatch::Exact { .. } | PathMatch::Regex(_) | PathMatch::Connect => MatchedPart::WholePath,
+        PathMatch::Prefix { prefix, .. } | PathMatch::Separated { prefix, .. } => {
+            MatchedPart::Prefix(prefix.len())
+        }
+        PathMatch::Exact { .. } | PathMatch::Regex(_) | PathMatch::Connect => {
+            MatchedPart::WholePath
+        }
     }
 }
 
@@ -819,11 +911,19 @@ fn matched_part(path: &PathMatch) -> MatchedPart {
 fn header_matcher(proto: &route_pb::HeaderMatcher, path: &str) -> Result<HeaderMatch> {
     use route_pb::header_matcher::HeaderMatchSpecifier as Spec;
 
-    let route_pb::HeaderMatcher { name, invert_match, treat_missing_header_as_empty, header_match_specifier } = proto;
+    let route_pb::HeaderMatcher {
+        name,
+        invert_match,
+        treat_missing_header_as_empty,
+        header_match_specifier,
+    } = proto;
     let source = header_source(name, &join_path(path, "name"))?;
     let non_empty = |value: &str, field: &str| -> Result<Box<[u8]>> {
         if value.is_empty() {
-            return Err(ConfigError::invalid(join_path(path, field), "value length must be at least 1"));
+            return Err(ConfigError::invalid(
+                join_path(path, field),
+                "value length must be at least 1",
+            ));
         }
         Ok(value.as_bytes().into())
     };
@@ -831,33 +931,50 @@ fn header_matcher(proto: &route_pb::HeaderMatcher, path: &str) -> Result<HeaderM
         // Without a specifier the header only has to be present.
         None => HeaderRule::Present(true),
         Some(Spec::PresentMatch(present)) => HeaderRule::Present(*present),
-        Some(Spec::ExactMatch(v)) => {
-            HeaderRule::Value(StringMatch::Exact { value: v.as_bytes().into(), ignore_case: false })
-        }
-        Some(Spec::PrefixMatch(v)) => {
-            HeaderRule::Value(StringMatch::Prefix { value: non_empty(v, "prefix_match")?, ignore_case: false })
-        }
-        Some(Spec::SuffixMatch(v)) => {
-            HeaderRule::Value(StringMatch::Suffix { value: non_empty(v, "suffix_match")?, ignore_case: false })
-        }
-        Some(Spec::ContainsMatch(v)) => {
-            HeaderRule::Value(StringMatch::Contains { value: non_empty(v, "contains_match")?, ignore_case: false })
-        }
+        Some(Spec::ExactMatch(v)) => HeaderRule::Value(StringMatch::Exact {
+            value: v.as_bytes().into(),
+            ignore_case: false,
+        }),
+        Some(Spec::PrefixMatch(v)) => HeaderRule::Value(StringMatch::Prefix {
+            value: non_empty(v, "prefix_match")?,
+            ignore_case: false,
+        }),
+        Some(Spec::SuffixMatch(v)) => HeaderRule::Value(StringMatch::Suffix {
+            value: non_empty(v, "suffix_match")?,
+            ignore_case: false,
+        }),
+        Some(Spec::ContainsMatch(v)) => HeaderRule::Value(StringMatch::Contains {
+            value: non_empty(v, "contains_match")?,
+            ignore_case: false,
+        }),
         Some(Spec::SafeRegexMatch(r)) => HeaderRule::Value(StringMatch::Regex(full_match_regex(
             r,
             &join_path(path, "safe_regex_match"),
             regex::bytes::Regex::new,
         )?)),
-        Some(Spec::RangeMatch(r)) => HeaderRule::Range { start: r.start, end: r.end },
-        Some(Spec::StringMatch(m)) => HeaderRule::Value(string_matcher(m, &join_path(path, "string_match"))?),
+        Some(Spec::RangeMatch(r)) => HeaderRule::Range {
+            start: r.start,
+            end: r.end,
+        },
+        Some(Spec::StringMatch(m)) => {
+            HeaderRule::Value(string_matcher(m, &join_path(path, "string_match"))?)
+        }
     };
-    Ok(HeaderMatch { source, rule, invert: *invert_match, missing_as_empty: *treat_missing_header_as_empty })
+    Ok(HeaderMatch {
+        source,
+        rule,
+        invert: *invert_match,
+        missing_as_empty: *treat_missing_header_as_empty,
+    })
 }
 
 /// Resolves a matcher's header name to where hyper keeps that value.
 fn header_source(name: &str, path: &str) -> Result<HeaderSource> {
     if name.is_empty() {
-        return Err(ConfigError::invalid(path, "value length must be at least 1"));
+        return Err(ConfigError::invalid(
+            path,
+            "value length must be at least 1",
+        ));
     }
     let lower = name.to_ascii_lowercase();
     Ok(match lower.as_str() {
@@ -868,7 +985,9 @@ fn header_source(name: &str, path: &str) -> Result<HeaderSource> {
         // Envoy keeps the HTTP/1 Host header as `:authority`, so a `host` matcher never sees a
         // value there; matching the same way keeps configs behaving identically.
         "host" => HeaderSource::Absent,
-        other if other.starts_with(':') => return Err(ConfigError::unsupported(path, format!("header {other}"))),
+        other if other.starts_with(':') => {
+            return Err(ConfigError::unsupported(path, format!("header {other}")));
+        }
         other => HeaderSource::Header(
             HeaderName::from_bytes(other.as_bytes())
                 .map_err(|_| ConfigError::invalid(path, format!("invalid header name '{name}'")))?,
@@ -879,51 +998,95 @@ fn header_source(name: &str, path: &str) -> Result<HeaderSource> {
 fn query_matcher(proto: &route_pb::QueryParameterMatcher, path: &str) -> Result<QueryMatch> {
     use route_pb::query_parameter_matcher::QueryParameterMatchSpecifier as Spec;
 
-    let route_pb::QueryParameterMatcher { name, query_parameter_match_specifier } = proto;
+    let route_pb::QueryParameterMatcher {
+        name,
+        query_parameter_match_specifier,
+    } = proto;
     if name.is_empty() || name.len() > 1024 {
-        return Err(ConfigError::invalid(join_path(path, "name"), "value length must be between 1 and 1024 bytes"));
+        return Err(ConfigError::invalid(
+            join_path(path, "name"),
+            "value length must be between 1 and 1024 bytes",
+        ));
     }
     let rule = match query_parameter_match_specifier {
         None => QueryRule::Present(true),
         Some(Spec::PresentMatch(present)) => QueryRule::Present(*present),
-        Some(Spec::StringMatch(m)) => QueryRule::Value(string_matcher(m, &join_path(path, "string_match"))?),
+        Some(Spec::StringMatch(m)) => {
+            QueryRule::Value(string_matcher(m, &join_path(path, "string_match"))?)
+        }
     };
-    Ok(QueryMatch { name: name.clone(), rule })
+    Ok(QueryMatch {
+        name: name.clone(),
+        rule,
+    })
 }
 
 fn cookie_matcher(proto: &route_pb::CookieMatcher, path: &str) -> Result<CookieMatch> {
-    let route_pb::CookieMatcher { name, string_match, invert_match } = proto;
+    let route_pb::CookieMatcher {
+        name,
+        string_match,
+        invert_match,
+    } = proto;
     if name.is_empty() || name.len() > 1024 {
-        return Err(ConfigError::invalid(join_path(path, "name"), "value length must be between 1 and 1024 bytes"));
+        return Err(ConfigError::invalid(
+            join_path(path, "name"),
+            "value length must be between 1 and 1024 bytes",
+        ));
     }
     let value_path = join_path(path, "string_match");
     let value = match string_match {
         Some(m) => string_matcher(m, &value_path)?,
         None => return Err(ConfigError::invalid(value_path, "value is required")),
     };
-    Ok(CookieMatch { name: name.clone(), value, invert: *invert_match })
+    Ok(CookieMatch {
+        name: name.clone(),
+        value,
+        invert: *invert_match,
+    })
 }
 
 /// Compiles a `StringMatcher`; `ignore_case` lowercases the pattern once here.
 pub(crate) fn string_matcher(proto: &StringMatcher, path: &str) -> Result<StringMatch> {
-    let StringMatcher { ignore_case, match_pattern } = proto;
+    let StringMatcher {
+        ignore_case,
+        match_pattern,
+    } = proto;
     let ignore_case = *ignore_case;
     let pattern = |value: &str, field: &str| -> Result<Box<[u8]>> {
         if value.is_empty() {
-            return Err(ConfigError::invalid(join_path(path, field), "value length must be at least 1"));
+            return Err(ConfigError::invalid(
+                join_path(path, field),
+                "value length must be at least 1",
+            ));
         }
         Ok(fold_case(value, ignore_case))
     };
     Ok(match match_pattern {
-        Some(MatchPattern::Exact(v)) => StringMatch::Exact { value: fold_case(v, ignore_case), ignore_case },
-        Some(MatchPattern::Prefix(v)) => StringMatch::Prefix { value: pattern(v, "prefix")?, ignore_case },
-        Some(MatchPattern::Suffix(v)) => StringMatch::Suffix { value: pattern(v, "suffix")?, ignore_case },
-        Some(MatchPattern::Contains(v)) => StringMatch::Contains { value: pattern(v, "contains")?, ignore_case },
+        Some(MatchPattern::Exact(v)) => StringMatch::Exact {
+            value: fold_case(v, ignore_case),
+            ignore_case,
+        },
+        Some(MatchPattern::Prefix(v)) => StringMatch::Prefix {
+            value: pattern(v, "prefix")?,
+            ignore_case,
+        },
+        Some(MatchPattern::Suffix(v)) => StringMatch::Suffix {
+            value: pattern(v, "suffix")?,
+            ignore_case,
+        },
+        Some(MatchPattern::Contains(v)) => StringMatch::Contains {
+            value: pattern(v, "contains")?,
+            ignore_case,
+        },
         // `ignore_case` has no effect on regexes (the proto says so).
-        Some(MatchPattern::SafeRegex(r)) => {
-            StringMatch::Regex(full_match_regex(r, &join_path(path, "safe_regex"), regex::bytes::Regex::new)?)
+        Some(MatchPattern::SafeRegex(r)) => StringMatch::Regex(full_match_regex(
+            r,
+            &join_path(path, "safe_regex"),
+            regex::bytes::Regex::new,
+        )?),
+        Some(MatchPattern::Custom(_)) => {
+            return Err(ConfigError::unsupported(join_path(path, "custom"), ""));
         }
-        Some(MatchPattern::Custom(_)) => return Err(ConfigError::unsupported(join_path(path, "custom"), "")),
         None => {
             return Err(ConfigError::invalid(
                 path,
@@ -934,7 +1097,11 @@ pub(crate) fn string_matcher(proto: &StringMatcher, path: &str) -> Result<String
 }
 
 fn fold_case(value: &str, ignore_case: bool) -> Box<[u8]> {
-    if ignore_case { value.to_ascii_lowercase().into_bytes().into() } else { value.as_bytes().into() }
+    if ignore_case {
+        value.to_ascii_lowercase().into_bytes().into()
+    } else {
+        value.as_bytes().into()
+    }
 }
 
 /// Compiles a `RegexMatcher` that must match the whole input (RE2 semantics).
@@ -944,17 +1111,29 @@ fn full_match_regex<R>(
     compile: impl FnOnce(&str) -> std::result::Result<R, regex::Error>,
 ) -> Result<R> {
     // `google_re2` is the only engine; its `max_program_size` is deprecated and advisory.
-    let RegexMatcher { regex, engine_type: _ } = proto;
+    let RegexMatcher {
+        regex,
+        engine_type: _,
+    } = proto;
     if regex.is_empty() {
-        return Err(ConfigError::invalid(join_path(path, "regex"), "value length must be at least 1"));
+        return Err(ConfigError::invalid(
+            join_path(path, "regex"),
+            "value length must be at least 1",
+        ));
     }
-    compile(&format!("^(?:{regex})$")).map_err(|e| regex_error(&join_path(path, "regex"), regex, &e))
+    compile(&format!("^(?:{regex})$"))
+        .map_err(|e| regex_error(&join_path(path, "regex"), regex, &e))
 }
 
 fn regex_error(path: &str, regex: &str, error: &regex::Error) -> ConfigError {
     // regex's parse errors span several lines (pattern, caret, message); keep the message.
     let text = error.to_string();
-    let message = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim();
+    let message = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim();
     let message = message.strip_prefix("error: ").unwrap_or(message);
     ConfigError::invalid(path, format!("invalid regex '{regex}': {message}"))
 }
@@ -962,23 +1141,39 @@ fn regex_error(path: &str, regex: &str, error: &regex::Error) -> ConfigError {
 /// Compiles a `RegexMatchAndSubstitute`: an unanchored pattern and an RE2 substitution string
 /// (`\1` names a group, `\\` is a backslash).
 fn regex_rewrite(proto: &RegexMatchAndSubstitute, path: &str) -> Result<RegexRewrite> {
-    let RegexMatchAndSubstitute { pattern, substitution } = proto;
+    let RegexMatchAndSubstitute {
+        pattern,
+        substitution,
+    } = proto;
     let pattern_path = join_path(path, "pattern");
-    let Some(RegexMatcher { regex: pattern, engine_type: _ }) = pattern else {
+    let Some(RegexMatcher {
+        regex: pattern,
+        engine_type: _,
+    }) = pattern
+    else {
         return Err(ConfigError::invalid(pattern_path, "value is required"));
     };
     let regex_path = join_path(&pattern_path, "regex");
     if pattern.is_empty() {
-        return Err(ConfigError::invalid(regex_path, "value length must be at least 1"));
+        return Err(ConfigError::invalid(
+            regex_path,
+            "value length must be at least 1",
+        ));
     }
     let regex = regex::Regex::new(pattern).map_err(|e| regex_error(&regex_path, pattern, &e))?;
     let substitution = parse_substitution(substitution, regex.captures_len())
         .map_err(|message| ConfigError::invalid(join_path(path, "substitution"), message))?;
-    Ok(RegexRewrite { regex, substitution })
+    Ok(RegexRewrite {
+        regex,
+        substitution,
+    })
 }
 
 /// Splits an RE2 rewrite string into literals and group references.
-pub(crate) fn parse_substitution(text: &str, groups: usize) -> std::result::Result<Vec<Substitution>, String> {
+pub(crate) fn parse_substitution(
+    text: &str,
+    groups: usize,
+) -> std::result::Result<Vec<Substitution>, String> {
     let mut pieces = Vec::new();
     let mut literal = String::new();
     let mut chars = text.chars();
@@ -992,14 +1187,21 @@ pub(crate) fn parse_substitution(text: &str, groups: usize) -> std::result::Resu
             Some(d @ '0'..='9') => {
                 let group = d as usize - '0' as usize;
                 if group >= groups {
-                    return Err(format!("substitution '{text}' refers to group {group}, the pattern has {}", groups - 1));
+                    return Err(format!(
+                        "substitution '{text}' refers to group {group}, the pattern has {}",
+                        groups - 1
+                    ));
                 }
                 if !literal.is_empty() {
                     pieces.push(Substitution::Literal(std::mem::take(&mut literal)));
                 }
                 pieces.push(Substitution::Group(group));
             }
-            _ => return Err(format!("invalid substitution '{text}': '\\' must be followed by a digit or '\\'")),
+            _ => {
+                return Err(format!(
+                    "invalid substitution '{text}': '\\' must be followed by a digit or '\\'"
+                ));
+            }
         }
     }
     if !literal.is_empty() {
@@ -1009,7 +1211,11 @@ pub(crate) fn parse_substitution(text: &str, groups: usize) -> std::result::Resu
 }
 
 #[allow(deprecated)]
-fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPart) -> Result<ForwardAction> {
+fn forward_action(
+    proto: &route_pb::RouteAction,
+    path: &str,
+    matched: MatchedPart,
+) -> Result<ForwardAction> {
     use route_pb::route_action::{ClusterSpecifier as Spec, HostRewriteSpecifier as HostSpec};
 
     let route_pb::RouteAction {
@@ -1043,52 +1249,45 @@ fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPar
         cluster_specifier,
         host_rewrite_specifier,
     } = proto;
-    reject_set(
-        path,
-        &[
-            ("metadata_match", metadata_match.is_some()),
-            ("path_rewrite_policy", path_rewrite_policy.is_some()),
-            ("path_rewrite", !path_rewrite.is_empty()),
-            ("flush_timeout", flush_timeout.is_some()),
-            ("early_data_policy", early_data_policy.is_some()),
-            ("retry_policy", retry_policy.is_some()),
-            ("retry_policy_typed_config", retry_policy_typed_config.is_some()),
-            ("request_mirror_policies", !request_mirror_policies.is_empty()),
-            ("priority", *priority != RoutingPriority::Default as i32),
-            ("rate_limits", !rate_limits.is_empty()),
-            ("include_vh_rate_limits", include_vh_rate_limits.is_some()),
-            ("hash_policy", !hash_policy.is_empty()),
-            ("cors", cors.is_some()),
-            ("max_grpc_timeout", max_grpc_timeout.is_some()),
-            ("grpc_timeout_offset", grpc_timeout_offset.is_some()),
-            ("upgrade_configs", !upgrade_configs.is_empty()),
-            ("internal_redirect_policy", internal_redirect_policy.is_some()),
-            ("internal_redirect_action", *internal_redirect_action != 0),
-            ("max_internal_redirects", max_internal_redirects.is_some()),
-            ("hedge_policy", hedge_policy.is_some()),
-            ("max_stream_duration", max_stream_duration.is_some()),
-        ],
-    )?;
+    reject_fields!(path; metadata_match, path_rewrite_policy, path_rewrite, flush_timeout,
+        early_data_policy, retry_policy, retry_policy_typed_config, request_mirror_policies,
+        priority, rate_limits, include_vh_rate_limits, hash_policy, cors, max_grpc_timeout,
+        grpc_timeout_offset, upgrade_configs, internal_redirect_policy,
+        internal_redirect_action, max_internal_redirects, hedge_policy, max_stream_duration)?;
 
     let cluster = match cluster_specifier {
         Some(Spec::Cluster(name)) => {
             if name.is_empty() {
-                return Err(ConfigError::invalid(join_path(path, "cluster"), "value length must be at least 1"));
+                return Err(ConfigError::invalid(
+                    join_path(path, "cluster"),
+                    "value length must be at least 1",
+                ));
             }
             ClusterSpecifier::Single(ClusterTarget::Named(name.clone()))
         }
-        Some(Spec::ClusterHeader(header)) => {
-            ClusterSpecifier::Single(ClusterTarget::Header(plain_header_name(header, &join_path(path, "cluster_header"))?))
+        Some(Spec::ClusterHeader(header)) => ClusterSpecifier::Single(ClusterTarget::Header(
+            plain_header_name(header, &join_path(path, "cluster_header"))?,
+        )),
+        Some(Spec::WeightedClusters(w)) => {
+            weighted_clusters(w, &join_path(path, "weighted_clusters"))?
         }
-        Some(Spec::WeightedClusters(w)) => weighted_clusters(w, &join_path(path, "weighted_clusters"))?,
         Some(Spec::ClusterSpecifierPlugin(_)) => {
-            return Err(ConfigError::unsupported(join_path(path, "cluster_specifier_plugin"), ""));
+            return Err(ConfigError::unsupported(
+                join_path(path, "cluster_specifier_plugin"),
+                "",
+            ));
         }
         Some(Spec::InlineClusterSpecifierPlugin(_)) => {
-            return Err(ConfigError::unsupported(join_path(path, "inline_cluster_specifier_plugin"), ""));
+            return Err(ConfigError::unsupported(
+                join_path(path, "inline_cluster_specifier_plugin"),
+                "",
+            ));
         }
         None => {
-            return Err(ConfigError::invalid(path, "one of cluster, cluster_header or weighted_clusters is required"));
+            return Err(ConfigError::invalid(
+                path,
+                "one of cluster, cluster_header or weighted_clusters is required",
+            ));
         }
     };
     let cluster_not_found_status = match cluster_not_found_response_code {
@@ -1105,8 +1304,17 @@ fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPar
 
     let path_rewrite = match (prefix_rewrite.as_str(), regex_rewrite_proto) {
         ("", None) => None,
-        (prefix, None) => Some(PathRewrite::Prefix { matched, replacement: prefix.to_owned() }),
-        ("", Some(r)) => Some(PathRewrite::Regex(regex_rewrite(r, &join_path(path, "regex_rewrite"))?)),
+        (prefix, None) => {
+            header_value_text(prefix, &join_path(path, "prefix_rewrite"))?;
+            Some(PathRewrite::Prefix {
+                matched,
+                replacement: prefix.to_owned(),
+            })
+        }
+        ("", Some(r)) => Some(PathRewrite::Regex(regex_rewrite(
+            r,
+            &join_path(path, "regex_rewrite"),
+        )?)),
         (_, Some(_)) => {
             return Err(ConfigError::invalid(
                 join_path(path, "regex_rewrite"),
@@ -1114,29 +1322,32 @@ fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPar
             ));
         }
     };
-    if path_rewrite.is_some() && prefix_rewrite.bytes().any(|b| b.is_ascii_control()) {
-        return Err(ConfigError::invalid(join_path(path, "prefix_rewrite"), "value contains a control character"));
-    }
 
     let mut auto_host_rewrite = false;
     let host_rewrite = match host_rewrite_specifier {
         None => None,
         Some(HostSpec::HostRewriteLiteral(host)) if host.is_empty() => None,
         Some(HostSpec::HostRewriteLiteral(host)) => Some(HostRewrite::Literal(
-            HeaderValue::from_str(host)
-                .map_err(|_| ConfigError::invalid(join_path(path, "host_rewrite_literal"), "invalid header value"))?,
+            HeaderValue::from_str(host).map_err(|_| {
+                ConfigError::invalid(
+                    join_path(path, "host_rewrite_literal"),
+                    "invalid header value",
+                )
+            })?,
         )),
         Some(HostSpec::AutoHostRewrite(flag)) => {
             auto_host_rewrite = flag.value;
             None
         }
         Some(HostSpec::HostRewriteHeader(header)) if header.is_empty() => None,
-        Some(HostSpec::HostRewriteHeader(header)) => {
-            Some(HostRewrite::Header(plain_header_name(header, &join_path(path, "host_rewrite_header"))?))
-        }
-        Some(HostSpec::HostRewritePathRegex(r)) => {
-            Some(HostRewrite::PathRegex(regex_rewrite(r, &join_path(path, "host_rewrite_path_regex"))?))
-        }
+        Some(HostSpec::HostRewriteHeader(header)) => Some(HostRewrite::Header(plain_header_name(
+            header,
+            &join_path(path, "host_rewrite_header"),
+        )?)),
+        Some(HostSpec::HostRewritePathRegex(r)) => Some(HostRewrite::PathRegex(regex_rewrite(
+            r,
+            &join_path(path, "host_rewrite_path_regex"),
+        )?)),
         Some(HostSpec::HostRewrite(format)) => {
             let field = join_path(path, "host_rewrite");
             let value = literal_format(format.as_bytes(), &field)?;
@@ -1145,7 +1356,8 @@ fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPar
                 None
             } else {
                 Some(HostRewrite::Literal(
-                    HeaderValue::from_bytes(&value).map_err(|_| ConfigError::invalid(field, "invalid header value"))?,
+                    HeaderValue::from_bytes(&value)
+                        .map_err(|_| ConfigError::invalid(field, "invalid header value"))?,
                 ))
             }
         }
@@ -1177,17 +1389,29 @@ fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPar
 
 #[allow(deprecated)]
 fn weighted_clusters(proto: &route_pb::WeightedCluster, path: &str) -> Result<ClusterSpecifier> {
+    use route_pb::weighted_cluster::RandomValueSpecifier;
+
     // `total_weight` is deprecated: the proto says clients use the sum of the weights.
-    let route_pb::WeightedCluster { clusters, total_weight: _, runtime_key_prefix, random_value_specifier } = proto;
-    reject_set(
-        path,
-        &[
-            ("runtime_key_prefix", !runtime_key_prefix.is_empty()),
-            ("random_value_specifier", random_value_specifier.is_some()),
-        ],
-    )?;
+    let route_pb::WeightedCluster {
+        clusters,
+        total_weight: _,
+        runtime_key_prefix,
+        random_value_specifier,
+    } = proto;
+    reject_fields!(path; runtime_key_prefix)?;
+    // Name the oneof member that is set, as the config spells it.
+    match random_value_specifier {
+        Some(RandomValueSpecifier::HeaderName(_)) => reject_set(path, &[("header_name", true)])?,
+        Some(RandomValueSpecifier::UseHashPolicy(_)) => {
+            reject_set(path, &[("use_hash_policy", true)])?
+        }
+        None => {}
+    }
     if clusters.is_empty() {
-        return Err(ConfigError::invalid(join_path(path, "clusters"), "value must contain at least 1 item"));
+        return Err(ConfigError::invalid(
+            join_path(path, "clusters"),
+            "value must contain at least 1 item",
+        ));
     }
     let mut total = 0u64;
     let mut targets = Vec::with_capacity(clusters.len());
@@ -1205,26 +1429,30 @@ fn weighted_clusters(proto: &route_pb::WeightedCluster, path: &str) -> Result<Cl
             typed_per_filter_config,
             host_rewrite_specifier,
         } = c;
+        reject_fields!(&cpath; metadata_match, request_headers_to_add, request_headers_to_remove,
+            response_headers_to_add, response_headers_to_remove, typed_per_filter_config)?;
+        // The oneof's only member.
         reject_set(
             &cpath,
-            &[
-                ("metadata_match", metadata_match.is_some()),
-                ("request_headers_to_add", !request_headers_to_add.is_empty()),
-                ("request_headers_to_remove", !request_headers_to_remove.is_empty()),
-                ("response_headers_to_add", !response_headers_to_add.is_empty()),
-                ("response_headers_to_remove", !response_headers_to_remove.is_empty()),
-                ("typed_per_filter_config", !typed_per_filter_config.is_empty()),
-                ("host_rewrite_literal", host_rewrite_specifier.is_some()),
-            ],
+            &[("host_rewrite_literal", host_rewrite_specifier.is_some())],
         )?;
         let target = match (name.is_empty(), cluster_header.is_empty()) {
             (false, true) => ClusterTarget::Named(name.clone()),
-            (true, false) => ClusterTarget::Header(plain_header_name(cluster_header, &join_path(&cpath, "cluster_header"))?),
+            (true, false) => ClusterTarget::Header(plain_header_name(
+                cluster_header,
+                &join_path(&cpath, "cluster_header"),
+            )?),
             (true, true) => {
-                return Err(ConfigError::invalid(cpath, "one of name or cluster_header must be specified"));
+                return Err(ConfigError::invalid(
+                    cpath,
+                    "one of name or cluster_header must be specified",
+                ));
             }
             (false, false) => {
-                return Err(ConfigError::invalid(cpath, "only one of name or cluster_header may be specified"));
+                return Err(ConfigError::invalid(
+                    cpath,
+                    "only one of name or cluster_header may be specified",
+                ));
             }
         };
         total += u64::from(weight.map_or(0, |w| w.value));
@@ -1239,14 +1467,23 @@ fn weighted_clusters(proto: &route_pb::WeightedCluster, path: &str) -> Result<Cl
     if total > u64::from(u32::MAX) {
         return Err(ConfigError::invalid(
             join_path(path, "clusters"),
-            format!("sum of weights in the weighted_cluster must not exceed {}", u32::MAX),
+            format!(
+                "sum of weights in the weighted_cluster must not exceed {}",
+                u32::MAX
+            ),
         ));
     }
     Ok(ClusterSpecifier::Weighted { targets, total })
 }
 
-fn redirect_action(proto: &route_pb::RedirectAction, path: &str, matched: MatchedPart) -> Result<RedirectAction> {
-    use route_pb::redirect_action::{PathRewriteSpecifier as PathSpec, SchemeRewriteSpecifier as SchemeSpec};
+fn redirect_action(
+    proto: &route_pb::RedirectAction,
+    path: &str,
+    matched: MatchedPart,
+) -> Result<RedirectAction> {
+    use route_pb::redirect_action::{
+        PathRewriteSpecifier as PathSpec, SchemeRewriteSpecifier as SchemeSpec,
+    };
 
     let route_pb::RedirectAction {
         host_redirect,
@@ -1263,7 +1500,10 @@ fn redirect_action(proto: &route_pb::RedirectAction, path: &str, matched: Matche
         3 => StatusCode::TEMPORARY_REDIRECT,
         4 => StatusCode::PERMANENT_REDIRECT,
         other => {
-            return Err(ConfigError::invalid(join_path(path, "response_code"), format!("unknown enum value {other}")));
+            return Err(ConfigError::invalid(
+                join_path(path, "response_code"),
+                format!("unknown enum value {other}"),
+            ));
         }
     };
     let scheme = match scheme_rewrite_specifier {
@@ -1272,9 +1512,13 @@ fn redirect_action(proto: &route_pb::RedirectAction, path: &str, matched: Matche
         Some(SchemeSpec::SchemeRedirect(s)) if s.is_empty() => None,
         Some(SchemeSpec::SchemeRedirect(s)) => {
             let valid = s.starts_with(|c: char| c.is_ascii_alphabetic())
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
             if !valid {
-                return Err(ConfigError::invalid(join_path(path, "scheme_redirect"), format!("invalid scheme '{s}'")));
+                return Err(ConfigError::invalid(
+                    join_path(path, "scheme_redirect"),
+                    format!("invalid scheme '{s}'"),
+                ));
             }
             Some(s.to_ascii_lowercase())
         }
@@ -1288,10 +1532,12 @@ fn redirect_action(proto: &route_pb::RedirectAction, path: &str, matched: Matche
     };
     let port = match *port_redirect {
         0 => None,
-        p => Some(
-            u16::try_from(p)
-                .map_err(|_| ConfigError::invalid(join_path(path, "port_redirect"), "value must be a port number"))?,
-        ),
+        p => Some(u16::try_from(p).map_err(|_| {
+            ConfigError::invalid(
+                join_path(path, "port_redirect"),
+                "value must be a port number",
+            )
+        })?),
     };
     let redirect_path = match path_rewrite_specifier {
         None => RedirectPath::Keep,
@@ -1299,126 +1545,212 @@ fn redirect_action(proto: &route_pb::RedirectAction, path: &str, matched: Matche
         Some(PathSpec::PathRedirect(p)) => {
             header_value_text(p, &join_path(path, "path_redirect"))?;
             match p.split_once('?') {
-                Some((p, q)) => RedirectPath::Replace { path: p.to_owned(), query: Some(q.to_owned()) },
-                None => RedirectPath::Replace { path: p.clone(), query: None },
+                Some((p, q)) => RedirectPath::Replace {
+                    path: p.to_owned(),
+                    query: Some(q.to_owned()),
+                },
+                None => RedirectPath::Replace {
+                    path: p.clone(),
+                    query: None,
+                },
             }
         }
         Some(PathSpec::PrefixRewrite(p)) if p.is_empty() => RedirectPath::Keep,
         Some(PathSpec::PrefixRewrite(p)) => {
             header_value_text(p, &join_path(path, "prefix_rewrite"))?;
-            RedirectPath::Rewrite(PathRewrite::Prefix { matched, replacement: p.clone() })
+            RedirectPath::Rewrite(PathRewrite::Prefix {
+                matched,
+                replacement: p.clone(),
+            })
         }
-        Some(PathSpec::RegexRewrite(r)) => {
-            RedirectPath::Rewrite(PathRewrite::Regex(regex_rewrite(r, &join_path(path, "regex_rewrite"))?))
+        Some(PathSpec::RegexRewrite(r)) => RedirectPath::Rewrite(PathRewrite::Regex(
+            regex_rewrite(r, &join_path(path, "regex_rewrite"))?,
+        )),
+        Some(PathSpec::PathRewrite(_)) => {
+            return Err(ConfigError::unsupported(
+                join_path(path, "path_rewrite"),
+                "",
+            ));
         }
-        Some(PathSpec::PathRewrite(_)) => return Err(ConfigError::unsupported(join_path(path, "path_rewrite"), "")),
     };
-    Ok(RedirectAction { scheme, host, port, path: redirect_path, strip_query: *strip_query, status })
+    Ok(RedirectAction {
+        scheme,
+        host,
+        port,
+        path: redirect_path,
+        strip_query: *strip_query,
+        status,
+    })
 }
 
-fn direct_response(proto: &route_pb::DirectResponseAction, path: &str, limits: &Limits) -> Result<RouteAction> {
-    let route_pb::DirectResponseAction { status, body, body_format } = proto;
-    reject_set(path, &[("body_format", body_format.is_some())])?;
+fn direct_response(
+    proto: &route_pb::DirectResponseAction,
+    path: &str,
+    limits: &Limits,
+) -> Result<RouteAction> {
+    let route_pb::DirectResponseAction {
+        status,
+        body,
+        body_format,
+    } = proto;
+    reject_fields!(path; body_format)?;
     let status = u16::try_from(*status)
         .ok()
         .filter(|s| (200..600).contains(s))
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| ConfigError::invalid(join_path(path, "status"), "value must be inside range [200, 600)"))?;
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                join_path(path, "status"),
+                "value must be inside range [200, 600)",
+            )
+        })?;
     let body = match body {
         Some(source) => data_source(source, &join_path(path, "body"), limits.max_body)?,
         None => None,
     };
-    Ok(RouteAction::DirectResponse { status, body: body.filter(|b| !b.is_empty()) })
+    Ok(RouteAction::DirectResponse {
+        status,
+        body: body.filter(|b| !b.is_empty()),
+    })
 }
 
 /// Reads a direct response body; files and environment variables are read once, here.
 fn data_source(source: &DataSource, path: &str, max: u32) -> Result<Option<Bytes>> {
-    let DataSource { watched_directory, specifier } = source;
-    reject_set(path, &[("watched_directory", watched_directory.is_some())])?;
+    let DataSource {
+        watched_directory,
+        specifier,
+    } = source;
+    reject_fields!(path; watched_directory)?;
     let body = match specifier {
         None => return Ok(None),
         Some(data_source::Specifier::InlineBytes(b)) => Bytes::copy_from_slice(b),
         Some(data_source::Specifier::InlineString(s)) => Bytes::copy_from_slice(s.as_bytes()),
         Some(data_source::Specifier::Filename(f)) => {
             let field = join_path(path, "filename");
-            let meta = std::fs::metadata(f)
-                .map_err(|e| ConfigError::invalid(&field, format!("response body file {f}: {e}")))?;
+            let meta = std::fs::metadata(f).map_err(|e| {
+                ConfigError::invalid(&field, format!("response body file {f}: {e}"))
+            })?;
             if meta.len() > u64::from(max) {
                 return Err(ConfigError::invalid(
                     field,
-                    format!("response body file {f} size is {} bytes; maximum is {max}", meta.len()),
+                    format!(
+                        "response body file {f} size is {} bytes; maximum is {max}",
+                        meta.len()
+                    ),
                 ));
             }
-            Bytes::from(std::fs::read(f).map_err(|e| ConfigError::invalid(&field, format!("response body file {f}: {e}")))?)
+            Bytes::from(std::fs::read(f).map_err(|e| {
+                ConfigError::invalid(&field, format!("response body file {f}: {e}"))
+            })?)
         }
         Some(data_source::Specifier::EnvironmentVariable(v)) => {
             let value = std::env::var_os(v).ok_or_else(|| {
-                ConfigError::invalid(join_path(path, "environment_variable"), format!("environment variable {v} is not set"))
+                ConfigError::invalid(
+                    join_path(path, "environment_variable"),
+                    format!("environment variable {v} is not set"),
+                )
             })?;
             Bytes::from(value.into_encoded_bytes())
         }
     };
     if body.len() > max as usize {
-        return Err(ConfigError::invalid(path, format!("response body size is {} bytes; maximum is {max}", body.len())));
+        return Err(ConfigError::invalid(
+            path,
+            format!(
+                "response body size is {} bytes; maximum is {max}",
+                body.len()
+            ),
+        ));
     }
     Ok(Some(body))
 }
 
 /// Checks text that ends up in a header value (no control characters but tab).
 fn header_value_text(value: &str, path: &str) -> Result<()> {
-    HeaderValue::from_str(value).map(drop).map_err(|_| ConfigError::invalid(path, "value contains a control character"))
+    HeaderValue::from_str(value)
+        .map(drop)
+        .map_err(|_| ConfigError::invalid(path, "value contains a control character"))
 }
 
 /// Parses a regular header name (`cluster_header`, `vhost_header`, ...): lowercased and valid.
 fn plain_header_name(name: &str, path: &str) -> Result<HeaderName> {
     if name.is_empty() {
-        return Err(ConfigError::invalid(path, "value length must be at least 1"));
+        return Err(ConfigError::invalid(
+            path,
+            "value length must be at least 1",
+        ));
     }
     if name.starts_with(':') {
-        return Err(ConfigError::unsupported(path, format!("pseudo-header {name}")));
+        return Err(ConfigError::unsupported(
+            path,
+            format!("pseudo-header {name}"),
+        ));
     }
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| ConfigError::invalid(path, format!("invalid header name '{name}'")))
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| ConfigError::invalid(path, format!("invalid header name '{name}'")))
 }
 
 /// Parses a header name a mutation may touch: Envoy forbids `:`-prefixed names and `host`.
 fn mutable_header_name(name: &str, path: &str) -> Result<HeaderName> {
     if name.is_empty() {
-        return Err(ConfigError::invalid(path, "value length must be at least 1"));
+        return Err(ConfigError::invalid(
+            path,
+            "value length must be at least 1",
+        ));
     }
     if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
-        return Err(ConfigError::invalid(path, ":-prefixed or host headers may not be modified"));
+        return Err(ConfigError::invalid(
+            path,
+            ":-prefixed or host headers may not be modified",
+        ));
     }
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| ConfigError::invalid(path, format!("invalid header name '{name}'")))
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| ConfigError::invalid(path, format!("invalid header name '{name}'")))
 }
 
-/// Translates one level's `*_headers_to_add` / `*_headers_to_remove`.
+/// Translates one level's `{kind}_headers_to_add` / `{kind}_headers_to_remove` (`kind` is
+/// `request` or `response`).
 fn header_mutations(
     add: &[HeaderValueOption],
     remove: &[String],
     path: &str,
-    (add_field, remove_field): (&str, &str),
+    kind: &str,
 ) -> Result<HeaderMutations> {
+    let add_field = join_path(path, &format!("{kind}_headers_to_add"));
+    let remove_field = join_path(path, &format!("{kind}_headers_to_remove"));
     let remove = remove
         .iter()
         .enumerate()
-        .map(|(i, name)| mutable_header_name(name, &format!("{}[{i}]", join_path(path, remove_field))))
+        .map(|(i, name)| mutable_header_name(name, &format!("{remove_field}[{i}]")))
         .collect::<Result<_>>()?;
     let mut adds = Vec::with_capacity(add.len());
     for (i, option) in add.iter().enumerate() {
-        if let Some(a) = header_add(option, &format!("{}[{i}]", join_path(path, add_field)))? {
+        if let Some(a) = header_add(option, &format!("{add_field}[{i}]"))? {
             adds.push(a);
         }
     }
-    let conditional = adds
-        .iter()
-        .any(|a: &HeaderAdd| matches!(a.action, AppendAction::AddIfAbsent | AppendAction::OverwriteIfExists));
-    Ok(HeaderMutations { remove, add: adds, conditional })
+    let conditional = adds.iter().any(|a: &HeaderAdd| {
+        matches!(
+            a.action,
+            AppendAction::AddIfAbsent | AppendAction::OverwriteIfExists
+        )
+    });
+    Ok(HeaderMutations {
+        remove,
+        add: adds,
+        conditional,
+    })
 }
 
 /// Translates one `HeaderValueOption`; `None` when its value is empty and not kept.
 #[allow(deprecated)]
 fn header_add(option: &HeaderValueOption, path: &str) -> Result<Option<HeaderAdd>> {
-    let HeaderValueOption { header, append, append_action, keep_empty_value } = option;
+    let HeaderValueOption {
+        header,
+        append,
+        append_action,
+        keep_empty_value,
+    } = option;
     let header_path = join_path(path, "header");
     let Some(header) = header else {
         return Err(ConfigError::invalid(header_path, "value is required"));
@@ -1426,7 +1758,10 @@ fn header_add(option: &HeaderValueOption, path: &str) -> Result<Option<HeaderAdd
     let name = mutable_header_name(&header.key, &join_path(&header_path, "key"))?;
     let (raw, field) = match (header.value.is_empty(), header.raw_value.is_empty()) {
         (false, false) => {
-            return Err(ConfigError::invalid(header_path, "only one of value or raw_value can be set"));
+            return Err(ConfigError::invalid(
+                header_path,
+                "only one of value or raw_value can be set",
+            ));
         }
         (true, false) => (header.raw_value.as_slice(), "raw_value"),
         _ => (header.value.as_bytes(), "value"),
@@ -1437,10 +1772,14 @@ fn header_add(option: &HeaderValueOption, path: &str) -> Result<Option<HeaderAdd
         // Envoy drops custom headers whose value is empty unless told to keep them.
         return Ok(None);
     }
-    let value = HeaderValue::from_bytes(&value).map_err(|_| ConfigError::invalid(value_path, "invalid header value"))?;
+    let value = HeaderValue::from_bytes(&value)
+        .map_err(|_| ConfigError::invalid(value_path, "invalid header value"))?;
     let action = match (append, append_action) {
         (Some(_), a) if *a != HeaderAppendAction::AppendIfExistsOrAdd as i32 => {
-            return Err(ConfigError::invalid(path, "both append and append_action are set and it's not allowed"));
+            return Err(ConfigError::invalid(
+                path,
+                "both append and append_action are set and it's not allowed",
+            ));
         }
         (Some(append), _) if append.value => AppendAction::AppendIfExistsOrAdd,
         (Some(_), _) => AppendAction::OverwriteIfExistsOrAdd,
@@ -1450,11 +1789,18 @@ fn header_add(option: &HeaderValueOption, path: &str) -> Result<Option<HeaderAdd
             Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => AppendAction::OverwriteIfExistsOrAdd,
             Ok(HeaderAppendAction::OverwriteIfExists) => AppendAction::OverwriteIfExists,
             Err(_) => {
-                return Err(ConfigError::invalid(join_path(path, "append_action"), format!("unknown enum value {a}")));
+                return Err(ConfigError::invalid(
+                    join_path(path, "append_action"),
+                    format!("unknown enum value {a}"),
+                ));
             }
         },
     };
-    Ok(Some(HeaderAdd { name, value, action }))
+    Ok(Some(HeaderAdd {
+        name,
+        value,
+        action,
+    }))
 }
 
 /// Formats a header value that may only hold literal text: `%%` is a `%`, and any
@@ -1473,11 +1819,17 @@ pub(crate) fn literal_format(text: &[u8], path: &str) -> Result<Vec<u8>> {
         return match after.iter().position(|&b| b == b'%') {
             Some(end) => Err(ConfigError::unsupported(
                 path,
-                format!("header value substitution %{}%", String::from_utf8_lossy(&after[..end])),
+                format!(
+                    "header value substitution %{}%",
+                    String::from_utf8_lossy(&after[..end])
+                ),
             )),
             None => Err(ConfigError::invalid(
                 path,
-                format!("'{}': a '%' must be escaped as '%%'", String::from_utf8_lossy(text)),
+                format!(
+                    "'{}': a '%' must be escaped as '%%'",
+                    String::from_utf8_lossy(text)
+                ),
             )),
         };
     }

@@ -16,8 +16,8 @@ use http::request::Parts;
 
 use crate::config::route::HeaderMutations;
 pub use crate::config::route::{
-    ClusterRef, ForwardAction, HostPortMatch, IdleTimeout, RedirectAction, Route, RouteAction, RouteTable,
-    VirtualHost,
+    ClusterRef, ForwardAction, HostPortMatch, IdleTimeout, RedirectAction, Route, RouteAction,
+    RouteTable, VirtualHost,
 };
 
 /// The virtual host and route a request matched.
@@ -35,8 +35,15 @@ impl RouteTable {
     pub fn select(&self, req: &Parts) -> Option<Selected<'_>> {
         let virtual_host = self.virtual_hosts.get(self.find_virtual_host(req)?)?;
         // Envoy's rule: routes are tried in order and the first match wins.
-        let route = virtual_host.routes.iter().find(|r| r.matcher.matches(req))?;
-        Some(Selected { virtual_host, route, table: self })
+        let route = virtual_host
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(req))?;
+        Some(Selected {
+            virtual_host,
+            route,
+            table: self,
+        })
     }
 }
 
