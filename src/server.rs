@@ -178,6 +178,11 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        for listener in &self.shared.listeners {
+            for log in &listener.access_logs {
+                log.flush();
+            }
+        }
         // The admin server stops with the process; its thread is detached here.
         drop(self.admin_thread);
     }

@@ -33,6 +33,9 @@ pub struct ConnContext {
     pub worker: Rc<Worker>,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// Whether the connection's codec was counted (`downstream_cx_http1/2_total`); known
+    /// only at the first request when the codec is detected from the preface.
+    pub codec_counted: std::cell::Cell<bool>,
 }
 
 /// Serves one downstream request. Never fails: every error becomes Envoy's local reply.
@@ -41,10 +44,14 @@ pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<R
     let stats = &listener.http_stats;
     stats.downstream_rq_total.inc();
     stats.downstream_rq_active.inc();
-    if request.version() == Version::HTTP_2 {
+    let is_http2 = request.version() == Version::HTTP_2;
+    if is_http2 {
         stats.downstream_rq_http2_total.inc();
     } else {
         stats.downstream_rq_http1_total.inc();
+    }
+    if !ctx.codec_counted.replace(true) {
+        if is_http2 { stats.downstream_cx_http2_total.inc() } else { stats.downstream_cx_http1_total.inc() }
     }
     let (mut parts, body) = request.into_parts();
     let mut exchange = Exchange {

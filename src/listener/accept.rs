@@ -55,6 +55,7 @@ pub async fn serve_listener(
                         listener: listener.clone(),
                         worker: worker.clone(),
                         remote,
+                        codec_counted: Default::default(),
                     });
                     connections.spawn_local(serve_connection(stream, ctx, drain.clone()));
                 }
