@@ -74,7 +74,7 @@ pub fn init(level: &str, component_levels: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
         .try_init()
         .map_err(|e| e.to_string())?;
     let _ = CONTROL.set(Control {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminState};
+use crate::admin;
 use crate::cli::Options;
 use crate::config::bootstrap::BootstrapSpec;
 use crate::listener::{HttpListener, bind_reuseport, serve_listener};

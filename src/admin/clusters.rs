@@ -8,6 +8,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::admin::v3::{Clusters, ClusterStatus, HostHealthStatus, HostStatus, SimpleMetric, simple_metric};
 use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, Locality, RoutingPriority, SocketAddress, address, socket_address};
 use http::{Response, StatusCode};
 use http_body_util::Full;
@@ -85,10 +86,10 @@ fn write_text(out: &mut String, cluster: &Cluster) {
 fn status(cluster: &Cluster) -> ClusterStatus {
     let thresholds = |priority: RoutingPriority| Thresholds {
         priority: priority as i32,
-        max_connections: Some(DEFAULT_THRESHOLDS[0].1.into()),
-        max_pending_requests: Some(DEFAULT_THRESHOLDS[1].1.into()),
-        max_requests: Some(DEFAULT_THRESHOLDS[2].1.into()),
-        max_retries: Some(DEFAULT_THRESHOLDS[3].1.into()),
+        max_connections: Some(UInt32Value { value: DEFAULT_THRESHOLDS[0].1 }),
+        max_pending_requests: Some(UInt32Value { value: DEFAULT_THRESHOLDS[1].1 }),
+        max_requests: Some(UInt32Value { value: DEFAULT_THRESHOLDS[2].1 }),
+        max_retries: Some(UInt32Value { value: DEFAULT_THRESHOLDS[3].1 }),
         ..Default::default()
     };
     ClusterStatus {

@@ -125,7 +125,7 @@ impl ClusterSpec {
             Err(_) => return Err(ConfigError::invalid(join_path(path, "lb_policy"), "unknown value")),
         };
         let (protocol, common) = upstream_protocol(proto, path)?;
-        let idle_timeout = match common.and_then(|c| c.idle_timeout.as_ref()) {
+        let idle_timeout = match common.as_ref().and_then(|c| c.idle_timeout.as_ref()) {
             Some(d) => Some(proto::duration(d, &join_path(path, "common_http_protocol_options.idle_timeout"))?)
                 .filter(|t| !t.is_zero()),
             None => Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
@@ -141,9 +141,9 @@ impl ClusterSpec {
 /// The upstream protocol and common HTTP options, from the typed extension options
 /// (preferred) or the deprecated cluster fields.
 #[allow(deprecated)] // reads the deprecated fields Envoy still honours
-fn upstream_protocol<'a>(proto: &'a ClusterProto, path: &str) -> Result<(UpstreamProtocol, Option<&'a CommonHttpOptions>)> {
+fn upstream_protocol(proto: &ClusterProto, path: &str) -> Result<(UpstreamProtocol, Option<CommonHttpOptions>)> {
     let mut protocol = if proto.http2_protocol_options.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
-    let mut common = proto.common_http_protocol_options.as_ref();
+    let mut common = proto.common_http_protocol_options.clone();
     for (key, any) in &proto.typed_extension_protocol_options {
         let field = format!("{path}.typed_extension_protocol_options[{key}]");
         if key != HTTP_PROTOCOL_OPTIONS_KEY && proto::type_name(&any.type_url) != HTTP_PROTOCOL_OPTIONS_KEY {
@@ -171,11 +171,11 @@ fn upstream_protocol<'a>(proto: &'a ClusterProto, path: &str) -> Result<(Upstrea
             }
             None => protocol,
         };
-        if let Some(c) = &options.common_http_protocol_options {
-            common = Some(c);
+        if options.common_http_protocol_options.is_some() {
+            common = options.common_http_protocol_options;
         }
     }
-    if let Some(c) = common {
+    if let Some(c) = &common {
         ensure_only(c, &["idle_timeout"], &format!("{path}.common_http_protocol_options"))?;
     }
     Ok((protocol, common))

@@ -88,7 +88,7 @@ impl ListenerSpec {
     /// Translates and validates a listener at `path`.
     pub fn from_proto(proto: &ListenerProto, path: &str) -> Result<ListenerSpec> {
         ensure_only(proto, SUPPORTED_LISTENER_FIELDS, path)?;
-        if proto.bind_to_port == Some(false.into()) {
+        if proto.bind_to_port.as_ref().is_some_and(|b| !b.value) {
             return Err(ConfigError::unsupported(join_path(path, "bind_to_port"), ""));
         }
         let address = socket_address(proto.address.as_ref(), &join_path(path, "address"))?;
