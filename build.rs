@@ -74,8 +74,7 @@ struct CacheResolver(Rc<RefCell<HashMap<String, Vec<u8>>>>);
 impl FileResolver for CacheResolver {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         match self.0.borrow().get(name) {
-            Some(bytes) => Ok(File::decode_file_descriptor_proto(bytes.as_slice())
-                .expect("cached descriptor decodes")),
+            Some(bytes) => Ok(File::decode_file_descriptor_proto(bytes.as_slice()).expect("cached descriptor decodes")),
             None => Err(protox::Error::file_not_found(name)),
         }
     }
@@ -108,11 +107,7 @@ fn envoy_proto_dir() -> PathBuf {
         .arg(Path::new(&manifest_dir).join("Cargo.toml"))
         .output()
         .expect("running cargo metadata");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
     let meta: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     if let Some(root) = meta["workspace_root"].as_str() {
         println!("cargo:rerun-if-changed={root}/Cargo.lock");

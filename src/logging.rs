@@ -52,7 +52,8 @@ fn envoy_name(level: &str) -> &'static str {
 }
 
 fn filter(levels: &BTreeMap<&'static str, &'static str>) -> EnvFilter {
-    let directives: Vec<String> = COMPONENTS.iter().map(|(name, module)| format!("{module}={}", levels[name])).collect();
+    let directives: Vec<String> =
+        COMPONENTS.iter().map(|(name, module)| format!("{module}={}", levels[name])).collect();
     EnvFilter::new(format!("warn,{}", directives.join(",")))
 }
 
@@ -62,7 +63,9 @@ pub fn init(level: &str, component_levels: Option<&str>) -> Result<(), String> {
     let base = normalize_level(level).ok_or_else(|| format!("error: invalid log level specified '{level}'"))?;
     let mut levels: BTreeMap<&'static str, &'static str> = COMPONENTS.iter().map(|(name, _)| (*name, base)).collect();
     for pair in component_levels.unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
-        let (component, level) = pair.split_once(':').ok_or_else(|| format!("error: component log level not correctly specified '{pair}'"))?;
+        let (component, level) = pair
+            .split_once(':')
+            .ok_or_else(|| format!("error: component log level not correctly specified '{pair}'"))?;
         let level = normalize_level(level).ok_or_else(|| format!("error: invalid log level specified '{level}'"))?;
         // Envoy accepts every one of its many components; those legate has no module for change nothing.
         if let Some((name, _)) = COMPONENTS.iter().find(|(name, _)| *name == component) {
@@ -74,7 +77,12 @@ pub fn init(level: &str, component_levels: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .try_init()
         .map_err(|e| e.to_string())?;
     let _ = CONTROL.set(Control {

@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         Ok(spec) => spec,
         Err(e) => {
             // One line that names the field path, on stderr, as the exit reason.
-            eprintln!("error initializing configuration '{}': {e}", options.config_path.as_deref().unwrap_or("--config-yaml"));
+            eprintln!(
+                "error initializing configuration '{}': {e}",
+                options.config_path.as_deref().unwrap_or("--config-yaml")
+            );
             return ExitCode::FAILURE;
         }
     };

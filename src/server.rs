@@ -91,7 +91,8 @@ pub struct Server {
 impl Server {
     /// Builds everything from a validated bootstrap and starts serving.
     pub fn start(spec: BootstrapSpec, options: Options) -> anyhow::Result<Server> {
-        let concurrency = options.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+        let concurrency =
+            options.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
         let store = Store::new();
         register_server_stats(&store, concurrency);
         let clusters = Arc::new(ClusterManager::new(&store, spec.clusters));
@@ -103,8 +104,9 @@ impl Server {
         let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..concurrency).map(|_| Vec::new()).collect();
         let mut listener_addresses = Vec::new();
         for listener in &listeners {
-            let first = bind_reuseport(listener.spec.address)
-                .map_err(|e| anyhow::anyhow!("cannot bind listener '{}' to {}: {e}", listener.spec.name, listener.spec.address))?;
+            let first = bind_reuseport(listener.spec.address).map_err(|e| {
+                anyhow::anyhow!("cannot bind listener '{}' to {}: {e}", listener.spec.name, listener.spec.address)
+            })?;
             let bound = first.local_addr()?;
             listener_addresses.push((listener.spec.name.clone(), bound));
             sockets[0].push(first);
@@ -155,12 +157,6 @@ impl Server {
     /// The bound address of the listener named `name`.
     pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
         self.listener_addresses.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
-    }
-
-    /// Drains (stop accepting, finish in-flight requests within `drain_time`) and stops.
-    pub fn shutdown(self, drain_time: Duration) {
-        self.shared.begin_drain();
-        self.wait(drain_time);
     }
 
     /// Waits for a drain started elsewhere (signal, `/quitquitquit`) to finish, at most

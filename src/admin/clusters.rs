@@ -5,11 +5,15 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::admin::v3::{Clusters, ClusterStatus, HostHealthStatus, HostStatus, SimpleMetric, simple_metric};
+use envoy_types::pb::envoy::admin::v3::{
+    ClusterStatus, Clusters, HostHealthStatus, HostStatus, SimpleMetric, simple_metric,
+};
 use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HealthStatus, Locality, RoutingPriority, SocketAddress, address, socket_address,
+};
 use envoy_types::pb::google::protobuf::UInt32Value;
-use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, Locality, RoutingPriority, SocketAddress, address, socket_address};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -28,7 +32,9 @@ pub(super) fn clusters(state: &AdminState, request: &AdminRequest) -> Response<F
     let mut clusters: Vec<_> = snapshot.clusters.values().collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     match request.param("format") {
-        Some("json") => json(&schema::to_json(&Clusters { cluster_statuses: clusters.iter().map(|c| status(c)).collect() })),
+        Some("json") => {
+            json(&schema::to_json(&Clusters { cluster_statuses: clusters.iter().map(|c| status(c)).collect() }))
+        }
         None | Some("text") => {
             let mut out = String::new();
             for cluster in clusters {
@@ -138,7 +144,11 @@ fn host_status(host: &Host) -> HostStatus {
         weight: host.weight,
         hostname: host.hostname.clone(),
         priority: host.priority,
-        locality: Some(Locality { region: host.region.clone(), zone: host.zone.clone(), sub_zone: host.sub_zone.clone() }),
+        locality: Some(Locality {
+            region: host.region.clone(),
+            zone: host.zone.clone(),
+            sub_zone: host.sub_zone.clone(),
+        }),
         ..Default::default()
     }
 }

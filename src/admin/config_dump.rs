@@ -36,7 +36,12 @@ pub(super) fn config_dump(state: &AdminState, request: &AdminRequest) -> Respons
     if let Some(resource) = request.param("resource").filter(|r| !r.is_empty()) {
         configs = match resources(configs, resource) {
             Some(found) => found,
-            None => return text(StatusCode::NOT_FOUND, format!("The resource {resource} in the config dump was not found.\n")),
+            None => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("The resource {resource} in the config dump was not found.\n"),
+                );
+            }
         };
         if let Some(re) = &name_regex {
             configs.retain(|c| resource_name(c).is_some_and(|n| re.is_match(&n)));
@@ -76,7 +81,10 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
         pack_any(ClustersConfigDump {
             static_clusters: clusters
                 .iter()
-                .map(|c| clusters_config_dump::StaticCluster { cluster: Some(pack_any(c.spec.proto.clone())), last_updated: updated })
+                .map(|c| clusters_config_dump::StaticCluster {
+                    cluster: Some(pack_any(c.spec.proto.clone())),
+                    last_updated: updated,
+                })
                 .collect(),
             ..Default::default()
         }),
@@ -86,7 +94,10 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             static_endpoint_configs: clusters
                 .iter()
                 .filter_map(|c| c.spec.proto.load_assignment.clone())
-                .map(|la| endpoints_config_dump::StaticEndpointConfig { endpoint_config: Some(pack_any(la)), last_updated: updated })
+                .map(|la| endpoints_config_dump::StaticEndpointConfig {
+                    endpoint_config: Some(pack_any(la)),
+                    last_updated: updated,
+                })
                 .collect(),
             ..Default::default()
         }));
@@ -95,7 +106,10 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
         static_listeners: state
             .listeners
             .iter()
-            .map(|l| listeners_config_dump::StaticListener { listener: Some(pack_any(l.spec.proto.clone())), last_updated: updated })
+            .map(|l| listeners_config_dump::StaticListener {
+                listener: Some(pack_any(l.spec.proto.clone())),
+                last_updated: updated,
+            })
             .collect(),
         ..Default::default()
     }));
@@ -145,9 +159,10 @@ fn resources(configs: Vec<Value>, resource: &str) -> Option<Vec<Value>> {
 /// The name of a resource item (its cluster, listener or route config name).
 fn resource_name(item: &Value) -> Option<String> {
     let object = item.as_object()?;
-    object.iter().filter(|(k, _)| *k != "@type").find_map(|(_, v)| {
-        v.get("name").or_else(|| v.get("cluster_name")).and_then(Value::as_str).map(str::to_owned)
-    })
+    object
+        .iter()
+        .filter(|(k, _)| *k != "@type")
+        .find_map(|(_, v)| v.get("name").or_else(|| v.get("cluster_name")).and_then(Value::as_str).map(str::to_owned))
 }
 
 /// Copies the value at `path` from `source` into `target`, applying the rest of the path
@@ -161,7 +176,9 @@ fn copy_path(source: &Value, target: &mut serde_json::Map<String, Value>, path: 
     }
     match value {
         Value::Array(items) => {
-            let existing = target.entry(*first).or_insert_with(|| Value::Array(items.iter().map(|_| Value::Object(Default::default())).collect()));
+            let existing = target
+                .entry(*first)
+                .or_insert_with(|| Value::Array(items.iter().map(|_| Value::Object(Default::default())).collect()));
             if let Value::Array(out_items) = existing {
                 for (item, out) in items.iter().zip(out_items.iter_mut()) {
                     if let Value::Object(out) = out {

@@ -60,10 +60,10 @@ pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<Full
             },
             ..Default::default()
         }),
-        node: state.bootstrap.node.clone(),
+        node: Some(state.bootstrap.node.clone().unwrap_or_default()),
         hot_restart_initializing: false,
     };
-    json(&schema::to_json(&info))
+    json(&schema::to_json_with_defaults(&info))
 }
 
 pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
@@ -105,11 +105,11 @@ pub fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-fn stats_filter(request: &AdminRequest) -> Result<Option<regex::Regex>, Response<Full<Bytes>>> {
+fn stats_filter(request: &AdminRequest) -> Result<Option<regex::Regex>, Box<Response<Full<Bytes>>>> {
     match request.param("filter").filter(|f| !f.is_empty()) {
         Some(f) => regex::Regex::new(f)
             .map(Some)
-            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n"))),
+            .map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n")))),
         None => Ok(None),
     }
 }
@@ -118,14 +118,17 @@ pub(super) fn stats(state: &AdminState, request: &AdminRequest) -> Response<Full
     refresh_server_gauges(state);
     let filter = match stats_filter(request) {
         Ok(f) => f,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let used_only = request.params.contains_key("usedonly");
     match request.param("format") {
         None | Some("text") => text(StatusCode::OK, state.store.text(filter.as_ref(), used_only)),
         Some("json") => json(&state.store.json(filter.as_ref(), used_only)),
         Some("prometheus") => text(StatusCode::OK, state.store.prometheus(filter.as_ref(), used_only)),
-        Some(other) => text(StatusCode::BAD_REQUEST, format!("usage: /stats?format=(json|prometheus|text): unknown format '{other}'\n")),
+        Some(other) => text(
+            StatusCode::BAD_REQUEST,
+            format!("usage: /stats?format=(json|prometheus|text): unknown format '{other}'\n"),
+        ),
     }
 }
 
@@ -133,7 +136,7 @@ pub(super) fn stats_prometheus(state: &AdminState, request: &AdminRequest) -> Re
     refresh_server_gauges(state);
     let filter = match stats_filter(request) {
         Ok(f) => f,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     text(StatusCode::OK, state.store.prometheus(filter.as_ref(), request.params.contains_key("usedonly")))
 }
@@ -155,7 +158,8 @@ pub(super) fn quit(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>
 
 pub(super) fn logging(_: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
     for (key, value) in &request.params {
-        let result = if key == "level" { logging::set_level(None, value) } else { logging::set_level(Some(key), value) };
+        let result =
+            if key == "level" { logging::set_level(None, value) } else { logging::set_level(Some(key), value) };
         if let Err(e) = result {
             return text(StatusCode::NOT_FOUND, format!("{e}\n{}", logging::listing()));
         }

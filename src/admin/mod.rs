@@ -89,17 +89,47 @@ struct Endpoint {
 const ENDPOINTS: &[Endpoint] = &[
     Endpoint { path: "/", help: "Admin home page", mutates: false, handler: info::help },
     Endpoint { path: "/clusters", help: "upstream cluster status", mutates: false, handler: clusters::clusters },
-    Endpoint { path: "/config_dump", help: "dump current Envoy configs (experimental)", mutates: false, handler: config_dump::config_dump },
-    Endpoint { path: "/healthcheck/fail", help: "cause the server to fail health checks", mutates: true, handler: info::healthcheck_fail },
-    Endpoint { path: "/healthcheck/ok", help: "cause the server to pass health checks", mutates: true, handler: info::healthcheck_ok },
+    Endpoint {
+        path: "/config_dump",
+        help: "dump current Envoy configs (experimental)",
+        mutates: false,
+        handler: config_dump::config_dump,
+    },
+    Endpoint {
+        path: "/healthcheck/fail",
+        help: "cause the server to fail health checks",
+        mutates: true,
+        handler: info::healthcheck_fail,
+    },
+    Endpoint {
+        path: "/healthcheck/ok",
+        help: "cause the server to pass health checks",
+        mutates: true,
+        handler: info::healthcheck_ok,
+    },
     Endpoint { path: "/help", help: "print out list of admin commands", mutates: false, handler: info::help },
     Endpoint { path: "/listeners", help: "print listener info", mutates: false, handler: info::listeners },
     Endpoint { path: "/logging", help: "query/change logging levels", mutates: true, handler: info::logging },
     Endpoint { path: "/quitquitquit", help: "exit the server", mutates: true, handler: info::quit },
-    Endpoint { path: "/ready", help: "print server state, return 200 if LIVE, otherwise return 503", mutates: false, handler: info::ready },
-    Endpoint { path: "/server_info", help: "print server version/status information", mutates: false, handler: info::server_info },
+    Endpoint {
+        path: "/ready",
+        help: "print server state, return 200 if LIVE, otherwise return 503",
+        mutates: false,
+        handler: info::ready,
+    },
+    Endpoint {
+        path: "/server_info",
+        help: "print server version/status information",
+        mutates: false,
+        handler: info::server_info,
+    },
     Endpoint { path: "/stats", help: "print server stats", mutates: false, handler: info::stats },
-    Endpoint { path: "/stats/prometheus", help: "print server stats in prometheus format", mutates: false, handler: info::stats_prometheus },
+    Endpoint {
+        path: "/stats/prometheus",
+        help: "print server stats in prometheus format",
+        mutates: false,
+        handler: info::stats_prometheus,
+    },
 ];
 
 fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -123,7 +153,8 @@ fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes
         body.push_str(&help_text());
         return text(StatusCode::NOT_FOUND, body);
     };
-    if endpoint.mutates && request.method != Method::POST && !(endpoint.path == "/logging" && request.params.is_empty()) {
+    if endpoint.mutates && request.method != Method::POST && !(endpoint.path == "/logging" && request.params.is_empty())
+    {
         return text(StatusCode::METHOD_NOT_ALLOWED, format!("Method {} not allowed, POST required.", request.method));
     }
     (endpoint.handler)(state, &request)

@@ -243,10 +243,7 @@ impl AccessLogSpec {
     /// Validates one `AccessLog` entry; `path` names it in errors (`...access_log[0]`).
     pub fn from_proto(proto: &AccessLogProto, path: &str) -> Result<Self> {
         if proto.filter.is_some() {
-            return Err(ConfigError::unsupported(
-                format!("{path}.filter"),
-                "access log filters",
-            ));
+            return Err(ConfigError::unsupported(format!("{path}.filter"), "access log filters"));
         }
         let Some(ConfigType::TypedConfig(any)) = &proto.config_type else {
             return Self::from_name(&proto.name, path);
@@ -263,10 +260,7 @@ impl AccessLogSpec {
                 }
                 None => Format::envoy_default(),
             };
-            Ok(Self {
-                sink: LogSink::Stdout,
-                format,
-            })
+            Ok(Self { sink: LogSink::Stdout, format })
         } else if name == StderrAccessLog::full_name() {
             let stderr = proto::unpack::<StderrAccessLog>(any, path)?;
             let format = match &stderr.access_log_format {
@@ -275,10 +269,7 @@ impl AccessLogSpec {
                 }
                 None => Format::envoy_default(),
             };
-            Ok(Self {
-                sink: LogSink::Stderr,
-                format,
-            })
+            Ok(Self { sink: LogSink::Stderr, format })
         } else {
             Err(proto::unexpected_type(any, path))
         }
@@ -289,22 +280,15 @@ impl AccessLogSpec {
     fn from_name(name: &str, path: &str) -> Result<Self> {
         let format = Format::envoy_default();
         match name {
-            "envoy.access_loggers.stdout" => Ok(Self {
-                sink: LogSink::Stdout,
-                format,
-            }),
-            "envoy.access_loggers.stderr" => Ok(Self {
-                sink: LogSink::Stderr,
-                format,
-            }),
+            "envoy.access_loggers.stdout" => Ok(Self { sink: LogSink::Stdout, format }),
+            "envoy.access_loggers.stderr" => Ok(Self { sink: LogSink::Stderr, format }),
             "envoy.access_loggers.file" | "envoy.file_access_log" => Err(ConfigError::invalid(
                 format!("{path}.typed_config.path"),
                 "value length must be at least 1 characters",
             )),
-            _ if name.starts_with("envoy.access_loggers.") => Err(ConfigError::unsupported(
-                format!("{path}.name"),
-                format!("access logger {name}"),
-            )),
+            _ if name.starts_with("envoy.access_loggers.") => {
+                Err(ConfigError::unsupported(format!("{path}.name"), format!("access logger {name}")))
+            }
             _ => Err(ConfigError::invalid(
                 format!("{path}.typed_config"),
                 format!("Didn't find a registered implementation for name: '{name}'"),
@@ -316,10 +300,7 @@ impl AccessLogSpec {
     #[allow(deprecated)]
     fn from_file(file: &FileAccessLog, path: &str) -> Result<Self> {
         if file.path.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{path}.path"),
-                "value length must be at least 1 characters",
-            ));
+            return Err(ConfigError::invalid(format!("{path}.path"), "value length must be at least 1 characters"));
         }
         let format = match &file.access_log_format {
             None => Format::envoy_default(),
@@ -329,12 +310,9 @@ impl AccessLogSpec {
                 template: Template::parse(text, &format!("{path}.format"))?,
                 omit_empty_values: false,
             }),
-            Some(FileFormat::JsonFormat(json)) => Format::Json(JsonFormat::from_struct(
-                json,
-                false,
-                false,
-                &format!("{path}.json_format"),
-            )?),
+            Some(FileFormat::JsonFormat(json)) => {
+                Format::Json(JsonFormat::from_struct(json, false, false, &format!("{path}.json_format"))?)
+            }
             Some(FileFormat::TypedJsonFormat(_)) => {
                 return Err(ConfigError::unsupported(
                     format!("{path}.typed_json_format"),
@@ -355,12 +333,8 @@ impl AccessLogSpec {
 impl Format {
     /// Envoy's default text format ([`DEFAULT_FORMAT`]).
     pub fn envoy_default() -> Self {
-        let template =
-            Template::parse(DEFAULT_FORMAT, "").expect("Envoy's default format is valid");
-        Format::Text(TextFormat {
-            template,
-            omit_empty_values: false,
-        })
+        let template = Template::parse(DEFAULT_FORMAT, "").expect("Envoy's default format is valid");
+        Format::Text(TextFormat { template, omit_empty_values: false })
     }
 
     /// Compiles a `SubstitutionFormatString`; `path` names it in errors.
@@ -368,24 +342,17 @@ impl Format {
     #[allow(deprecated)]
     pub fn from_proto(proto: &SubstitutionFormatString, path: &str) -> Result<Self> {
         if !proto.formatters.is_empty() {
-            return Err(ConfigError::unsupported(
-                format!("{path}.formatters"),
-                "formatter extensions",
-            ));
+            return Err(ConfigError::unsupported(format!("{path}.formatters"), "formatter extensions"));
         }
         let omit_empty_values = proto.omit_empty_values;
         let text = |s: &str, field: &str| -> Result<Self> {
             let template = Template::parse(s, &format!("{path}.{field}"))?;
-            Ok(Format::Text(TextFormat {
-                template,
-                omit_empty_values,
-            }))
+            Ok(Format::Text(TextFormat { template, omit_empty_values }))
         };
         match &proto.format {
-            None => Err(ConfigError::invalid(
-                path,
-                "one of text_format, json_format or text_format_source is required",
-            )),
+            None => {
+                Err(ConfigError::invalid(path, "one of text_format, json_format or text_format_source is required"))
+            }
             Some(FormatProto::TextFormat(s)) => text(s, "text_format"),
             Some(FormatProto::JsonFormat(json)) => Ok(Format::Json(JsonFormat::from_struct(
                 json,
@@ -421,17 +388,8 @@ impl Format {
 
 impl JsonFormat {
     /// Compiles a JSON format dictionary.
-    pub fn from_struct(
-        json: &Struct,
-        typed: bool,
-        omit_empty_values: bool,
-        path: &str,
-    ) -> Result<Self> {
-        Ok(Self {
-            fields: json_object(json, path)?,
-            omit_empty_values,
-            typed,
-        })
+    pub fn from_struct(json: &Struct, typed: bool, omit_empty_values: bool, path: &str) -> Result<Self> {
+        Ok(Self { fields: json_object(json, path)?, omit_empty_values, typed })
     }
 }
 
@@ -439,10 +397,7 @@ impl JsonFormat {
 fn json_object(json: &Struct, path: &str) -> Result<Vec<(String, JsonValue)>> {
     let mut entries: Vec<_> = json.fields.iter().collect();
     entries.sort_by(|a, b| a.0.cmp(b.0));
-    entries
-        .into_iter()
-        .map(|(key, value)| Ok((key.clone(), json_value(value, &format!("{path}.{key}"))?)))
-        .collect()
+    entries.into_iter().map(|(key, value)| Ok((key.clone(), json_value(value, &format!("{path}.{key}"))?))).collect()
 }
 
 fn json_value(value: &Value, path: &str) -> Result<JsonValue> {
@@ -485,9 +440,7 @@ impl Template {
             let Some(scan) = scan_command(&format[pos..]) else {
                 return Err(ConfigError::invalid(
                     path,
-                    format!(
-                        "Incorrect configuration: {format}. Couldn't find valid command at position {pos}"
-                    ),
+                    format!("Incorrect configuration: {format}. Couldn't find valid command at position {pos}"),
                 ));
             };
             if !literal.is_empty() {
@@ -519,10 +472,8 @@ struct Scan<'a> {
 /// Scans `%[A-Z0-9_]+(\([^)]*\))?(:[0-9]+)?%` at the start of `s`, Envoy's token grammar.
 fn scan_command(s: &str) -> Option<Scan<'_>> {
     let bytes = s.as_bytes();
-    let name_len = bytes[1..]
-        .iter()
-        .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b'_')
-        .count();
+    let name_len =
+        bytes[1..].iter().take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b'_').count();
     if name_len == 0 {
         return None;
     }
@@ -536,29 +487,18 @@ fn scan_command(s: &str) -> Option<Scan<'_>> {
     }
     let mut max_length = None;
     if bytes.get(i) == Some(&b':') {
-        let digits = bytes[i + 1..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
+        let digits = bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
         max_length = Some(s[i + 1..i + 1 + digits].parse().ok()?);
         i += 1 + digits;
     }
-    (bytes.get(i) == Some(&b'%')).then_some(Scan {
-        command,
-        params,
-        max_length,
-        len: i + 1,
-    })
+    (bytes.get(i) == Some(&b'%')).then_some(Scan { command, params, max_length, len: i + 1 })
 }
 
 fn operator(scan: &Scan<'_>, path: &str) -> Result<Operator> {
     let name = scan.command;
     let plain = |command: Command| -> Result<Command> {
         if scan.params.is_some() || scan.max_length.is_some() {
-            return Err(ConfigError::invalid(
-                path,
-                format!("{name} does not take any parameters or length"),
-            ));
+            return Err(ConfigError::invalid(path, format!("{name} does not take any parameters or length")));
         }
         Ok(command)
     };
@@ -568,10 +508,7 @@ fn operator(scan: &Scan<'_>, path: &str) -> Result<Operator> {
         "RESP" | "RESPONSE_HEADER" => Command::ResponseHeader(header_ref(scan, false, path)?),
         "START_TIME" => {
             if scan.max_length.is_some() {
-                return Err(ConfigError::invalid(
-                    path,
-                    format!("{name} does not allow length to be specified."),
-                ));
+                return Err(ConfigError::invalid(path, format!("{name} does not allow length to be specified.")));
             }
             match scan.params {
                 None | Some("") => Command::StartTime(TimeFormat::Default),
@@ -591,37 +528,21 @@ fn operator(scan: &Scan<'_>, path: &str) -> Result<Operator> {
         "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => plain(Command::UpstreamRemoteAddressWithoutPort)?,
         "UPSTREAM_REMOTE_PORT" => plain(Command::UpstreamRemotePort)?,
         "DOWNSTREAM_REMOTE_ADDRESS" => plain(Command::DownstreamRemoteAddress)?,
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
-            plain(Command::DownstreamRemoteAddressWithoutPort)?
-        }
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => plain(Command::DownstreamRemoteAddressWithoutPort)?,
         "DOWNSTREAM_REMOTE_PORT" => plain(Command::DownstreamRemotePort)?,
         "DOWNSTREAM_LOCAL_ADDRESS" => plain(Command::DownstreamLocalAddress)?,
-        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
-            plain(Command::DownstreamLocalAddressWithoutPort)?
-        }
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => plain(Command::DownstreamLocalAddressWithoutPort)?,
         "DOWNSTREAM_LOCAL_PORT" => plain(Command::DownstreamLocalPort)?,
         "ROUTE_NAME" => plain(Command::RouteName)?,
         "HOSTNAME" => plain(Command::Hostname)?,
-        _ if ENVOY_ONLY_COMMANDS
-            .split_ascii_whitespace()
-            .any(|known| known == name) =>
-        {
-            return Err(ConfigError::unsupported(
-                path,
-                format!("access log command operator %{name}%"),
-            ));
+        _ if ENVOY_ONLY_COMMANDS.split_ascii_whitespace().any(|known| known == name) => {
+            return Err(ConfigError::unsupported(path, format!("access log command operator %{name}%")));
         }
         _ => {
-            return Err(ConfigError::invalid(
-                path,
-                format!("Not supported field in StreamInfo: {name}"),
-            ));
+            return Err(ConfigError::invalid(path, format!("Not supported field in StreamInfo: {name}")));
         }
     };
-    Ok(Operator {
-        command,
-        max_length: scan.max_length,
-    })
+    Ok(Operator { command, max_length: scan.max_length })
 }
 
 /// Command operators Envoy has and legate does not implement yet (space-separated): rejected
@@ -659,25 +580,16 @@ QUERY_PARAM PATH ENVIRONMENT TLS_JA3_FINGERPRINT TLS_JA4_FINGERPRINT";
 fn header_ref(scan: &Scan<'_>, request: bool, path: &str) -> Result<HeaderRef> {
     let params = scan.params.unwrap_or_default();
     if params.is_empty() {
-        return Err(ConfigError::invalid(
-            path,
-            format!("{} requires parameters", scan.command),
-        ));
+        return Err(ConfigError::invalid(path, format!("{} requires parameters", scan.command)));
     }
     if params.contains('\n') {
-        return Err(ConfigError::invalid(
-            path,
-            "Invalid header configuration. Format string contains newline.",
-        ));
+        return Err(ConfigError::invalid(path, "Invalid header configuration. Format string contains newline."));
     }
     let mut names = params.split('?');
     let main = header_key(names.next().unwrap_or_default(), request);
     let alternative = names.next().map(|name| header_key(name, request));
     if names.next().is_some() {
-        return Err(ConfigError::invalid(
-            path,
-            format!("More than 1 alternative header specified in token: {params}"),
-        ));
+        return Err(ConfigError::invalid(path, format!("More than 1 alternative header specified in token: {params}")));
     }
     Ok(HeaderRef { main, alternative })
 }
@@ -692,9 +604,7 @@ fn header_key(name: &str, request: bool) -> HeaderKey {
         (":status", false) => HeaderKey::Status,
         (other, _) if other.starts_with(':') => HeaderKey::Never,
         // Envoy accepts any name; one no header can have simply never matches.
-        (other, _) => {
-            HeaderName::from_bytes(other.as_bytes()).map_or(HeaderKey::Never, HeaderKey::Name)
-        }
+        (other, _) => HeaderName::from_bytes(other.as_bytes()).map_or(HeaderKey::Never, HeaderKey::Name),
     }
 }
 
@@ -740,28 +650,10 @@ fn parse_time_format(spec: &str) -> Vec<TimePiece> {
             'n' => vec![T::Literal("\n".into())],
             't' => vec![T::Literal("\t".into())],
             '%' => vec![T::Literal("%".into())],
-            'T' => vec![
-                T::Hour,
-                T::Literal(":".into()),
-                T::Minute,
-                T::Literal(":".into()),
-                T::Second,
-            ],
+            'T' => vec![T::Hour, T::Literal(":".into()), T::Minute, T::Literal(":".into()), T::Second],
             'R' => vec![T::Hour, T::Literal(":".into()), T::Minute],
-            'F' => vec![
-                T::Year,
-                T::Literal("-".into()),
-                T::Month,
-                T::Literal("-".into()),
-                T::Day,
-            ],
-            'D' => vec![
-                T::Month,
-                T::Literal("/".into()),
-                T::Day,
-                T::Literal("/".into()),
-                T::Year2,
-            ],
+            'F' => vec![T::Year, T::Literal("-".into()), T::Month, T::Literal("-".into()), T::Day],
+            'D' => vec![T::Month, T::Literal("/".into()), T::Day, T::Literal("/".into()), T::Year2],
             // Envoy's own `%1f`..`%9f`: that many fraction digits.
             d @ '1'..='9' if chars.peek() == Some(&'f') => {
                 chars.next();
@@ -820,8 +712,7 @@ mod tests {
     use crate::config::schema::{self, Format as Syntax};
 
     fn spec(yaml: &str) -> Result<AccessLogSpec> {
-        let proto: AccessLogProto =
-            schema::parse(yaml, Syntax::Yaml).expect("valid AccessLog yaml");
+        let proto: AccessLogProto = schema::parse(yaml, Syntax::Yaml).expect("valid AccessLog yaml");
         AccessLogSpec::from_proto(&proto, "access_log[0]")
     }
 
@@ -850,42 +741,20 @@ mod tests {
             ("%UPSTREAM_HOST%", Command::UpstreamHost),
             ("%UPSTREAM_CLUSTER%", Command::UpstreamCluster),
             ("%UPSTREAM_REMOTE_ADDRESS%", Command::UpstreamRemoteAddress),
-            (
-                "%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
-                Command::UpstreamRemoteAddressWithoutPort,
-            ),
+            ("%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", Command::UpstreamRemoteAddressWithoutPort),
             ("%UPSTREAM_REMOTE_PORT%", Command::UpstreamRemotePort),
-            (
-                "%DOWNSTREAM_REMOTE_ADDRESS%",
-                Command::DownstreamRemoteAddress,
-            ),
-            (
-                "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
-                Command::DownstreamRemoteAddressWithoutPort,
-            ),
+            ("%DOWNSTREAM_REMOTE_ADDRESS%", Command::DownstreamRemoteAddress),
+            ("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", Command::DownstreamRemoteAddressWithoutPort),
             ("%DOWNSTREAM_REMOTE_PORT%", Command::DownstreamRemotePort),
-            (
-                "%DOWNSTREAM_LOCAL_ADDRESS%",
-                Command::DownstreamLocalAddress,
-            ),
-            (
-                "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%",
-                Command::DownstreamLocalAddressWithoutPort,
-            ),
+            ("%DOWNSTREAM_LOCAL_ADDRESS%", Command::DownstreamLocalAddress),
+            ("%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%", Command::DownstreamLocalAddressWithoutPort),
             ("%DOWNSTREAM_LOCAL_PORT%", Command::DownstreamLocalPort),
             ("%ROUTE_NAME%", Command::RouteName),
             ("%HOSTNAME%", Command::Hostname),
             ("%START_TIME%", Command::StartTime(TimeFormat::Default)),
         ];
         for (format, command) in cases {
-            assert_eq!(
-                op(format),
-                Operator {
-                    command,
-                    max_length: None
-                },
-                "{format}"
-            );
+            assert_eq!(op(format), Operator { command, max_length: None }, "{format}");
         }
     }
 
@@ -916,10 +785,7 @@ mod tests {
             Command::ResponseHeader(h) => assert_eq!(h.main, HeaderKey::Status),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            op("%REQ_WITHOUT_QUERY(:PATH):3%").command,
-            Command::RequestHeaderWithoutQuery(_)
-        ));
+        assert!(matches!(op("%REQ_WITHOUT_QUERY(:PATH):3%").command, Command::RequestHeaderWithoutQuery(_)));
     }
 
     #[test]
@@ -929,19 +795,11 @@ mod tests {
             t.pieces(),
             &[
                 Piece::Literal("100% [".into()),
-                Piece::Operator(Operator {
-                    command: Command::Protocol,
-                    max_length: None
-                }),
+                Piece::Operator(Operator { command: Command::Protocol, max_length: None }),
                 Piece::Literal("] done\n".into()),
             ]
         );
-        assert!(
-            Template::parse("", "f")
-                .expect("parses")
-                .pieces()
-                .is_empty()
-        );
+        assert!(Template::parse("", "f").expect("parses").pieces().is_empty());
     }
 
     #[test]
@@ -952,39 +810,15 @@ mod tests {
         assert_eq!(e.message, "Not supported field in StreamInfo: FOO");
         let e = parse_err("%UPSTREAM_TRANSPORT_FAILURE_REASON%");
         assert_eq!(e.kind, ErrorKind::Unsupported);
-        assert!(
-            e.message.contains("UPSTREAM_TRANSPORT_FAILURE_REASON"),
-            "{e}"
-        );
-        assert!(
-            parse_err("50% off")
-                .message
-                .contains("Couldn't find valid command at position 2")
-        );
-        assert!(
-            parse_err("%REQ(A%")
-                .message
-                .contains("Couldn't find valid command")
-        );
-        assert!(
-            parse_err("%PROTOCOL")
-                .message
-                .contains("Couldn't find valid command")
-        );
+        assert!(e.message.contains("UPSTREAM_TRANSPORT_FAILURE_REASON"), "{e}");
+        assert!(parse_err("50% off").message.contains("Couldn't find valid command at position 2"));
+        assert!(parse_err("%REQ(A%").message.contains("Couldn't find valid command"));
+        assert!(parse_err("%PROTOCOL").message.contains("Couldn't find valid command"));
         assert_eq!(parse_err("%REQ()%").message, "REQ requires parameters");
         assert_eq!(parse_err("%RESP%").message, "RESP requires parameters");
-        assert_eq!(
-            parse_err("%REQ(A?B?C)%").message,
-            "More than 1 alternative header specified in token: A?B?C"
-        );
-        assert_eq!(
-            parse_err("%PROTOCOL(x)%").message,
-            "PROTOCOL does not take any parameters or length"
-        );
-        assert_eq!(
-            parse_err("%DURATION:3%").message,
-            "DURATION does not take any parameters or length"
-        );
+        assert_eq!(parse_err("%REQ(A?B?C)%").message, "More than 1 alternative header specified in token: A?B?C");
+        assert_eq!(parse_err("%PROTOCOL(x)%").message, "PROTOCOL does not take any parameters or length");
+        assert_eq!(parse_err("%DURATION:3%").message, "DURATION does not take any parameters or length");
         assert!(parse_err("%START_TIME:3%").message.contains("length"));
     }
 
@@ -1012,25 +846,10 @@ mod tests {
                 T::Literal("Z".into()),
             ]
         );
-        assert_eq!(
-            t("%s.%3f"),
-            vec![
-                T::EpochSeconds,
-                T::Literal(".".into()),
-                T::Fraction(Some(3))
-            ]
-        );
+        assert_eq!(t("%s.%3f"), vec![T::EpochSeconds, T::Literal(".".into()), T::Fraction(Some(3))]);
         assert_eq!(t("%E*S %E*f %Ez %E4Y"), {
             let sp = || T::Literal(" ".into());
-            vec![
-                T::SecondsWithFraction(None),
-                sp(),
-                T::Fraction(None),
-                sp(),
-                T::OffsetColon,
-                sp(),
-                T::Year,
-            ]
+            vec![T::SecondsWithFraction(None), sp(), T::Fraction(None), sp(), T::OffsetColon, sp(), T::Year]
         });
         assert_eq!(t("%Q%Eq%%"), vec![T::Literal("%Q%Eq%".into())]);
     }
@@ -1051,9 +870,7 @@ typed_config:
         )
         .expect("valid");
         assert_eq!(s.sink, LogSink::File("/var/log/legate.log".into()));
-        let Format::Text(text) = s.format else {
-            panic!("text format expected")
-        };
+        let Format::Text(text) = s.format else { panic!("text format expected") };
         assert!(text.omit_empty_values);
         assert_eq!(text.template.pieces().len(), 4);
     }
@@ -1069,13 +886,7 @@ typed_config:
 "#,
         )
         .expect("valid");
-        assert_eq!(
-            s,
-            AccessLogSpec {
-                sink: LogSink::Stdout,
-                format: Format::envoy_default()
-            }
-        );
+        assert_eq!(s, AccessLogSpec { sink: LogSink::Stdout, format: Format::envoy_default() });
         let s = spec(
             r#"
 name: envoy.access_loggers.stderr
@@ -1084,13 +895,7 @@ typed_config:
 "#,
         )
         .expect("valid");
-        assert_eq!(
-            s,
-            AccessLogSpec {
-                sink: LogSink::Stderr,
-                format: Format::envoy_default()
-            }
-        );
+        assert_eq!(s, AccessLogSpec { sink: LogSink::Stderr, format: Format::envoy_default() });
         let s = spec("name: envoy.access_loggers.stdout").expect("valid by name alone");
         assert_eq!(s.sink, LogSink::Stdout);
         let s = spec(
@@ -1121,15 +926,11 @@ typed_config:
 "#,
         )
         .expect("valid");
-        let Format::Json(json) = s.format else {
-            panic!("json expected")
-        };
+        let Format::Json(json) = s.format else { panic!("json expected") };
         assert!(json.typed);
         let keys: Vec<_> = json.fields.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["a", "b", "status"]);
-        let JsonValue::Object(inner) = &json.fields[1].1 else {
-            panic!("object expected")
-        };
+        let JsonValue::Object(inner) = &json.fields[1].1 else { panic!("object expected") };
         assert_eq!(inner[0], ("a".to_owned(), JsonValue::Number(2.0)));
 
         let s = spec(
@@ -1142,9 +943,7 @@ typed_config:
 "#,
         )
         .expect("valid");
-        let Format::Json(json) = s.format else {
-            panic!("json expected")
-        };
+        let Format::Json(json) = s.format else { panic!("json expected") };
         assert!(!json.typed, "the deprecated json_format renders strings");
     }
 
@@ -1159,10 +958,7 @@ typed_config:
 "#,
         )
         .expect_err("filters unsupported");
-        assert_eq!(
-            (e.kind, e.path.as_str()),
-            (ErrorKind::Unsupported, "access_log[0].filter")
-        );
+        assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Unsupported, "access_log[0].filter"));
 
         let e = spec(
             r#"
@@ -1173,10 +969,7 @@ typed_config:
 "#,
         )
         .expect_err("grpc logger unsupported");
-        assert_eq!(
-            (e.kind, e.path.as_str()),
-            (ErrorKind::Unsupported, "access_log[0].typed_config")
-        );
+        assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Unsupported, "access_log[0].typed_config"));
         assert!(e.message.contains("HttpGrpcAccessLogConfig"), "{e}");
 
         let e = spec(
@@ -1189,10 +982,7 @@ typed_config:
 "#,
         )
         .expect_err("unknown operator");
-        assert_eq!(
-            e.path,
-            "access_log[0].typed_config.log_format.text_format_source.inline_string"
-        );
+        assert_eq!(e.path, "access_log[0].typed_config.log_format.text_format_source.inline_string");
         assert_eq!(e.message, "Not supported field in StreamInfo: BOGUS");
 
         let e = spec(
@@ -1205,10 +995,7 @@ typed_config:
 "#,
         )
         .expect_err("unknown operator in json");
-        assert_eq!(
-            e.path,
-            "access_log[0].typed_config.log_format.json_format.outer.inner"
-        );
+        assert_eq!(e.path, "access_log[0].typed_config.log_format.json_format.outer.inner");
 
         let e = spec(
             r#"
@@ -1222,10 +1009,7 @@ typed_config:
         .expect_err("bools rejected");
         assert_eq!(
             (e.kind, e.path.as_str()),
-            (
-                ErrorKind::Invalid,
-                "access_log[0].typed_config.log_format.json_format.flag"
-            )
+            (ErrorKind::Invalid, "access_log[0].typed_config.log_format.json_format.flag")
         );
 
         let e = spec(
@@ -1238,13 +1022,7 @@ typed_config:
 "#,
         )
         .expect_err("typed_json_format unsupported");
-        assert_eq!(
-            (e.kind, e.path.as_str()),
-            (
-                ErrorKind::Unsupported,
-                "access_log[0].typed_config.typed_json_format"
-            )
-        );
+        assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Unsupported, "access_log[0].typed_config.typed_json_format"));
 
         let e = spec(
             r#"
@@ -1259,10 +1037,7 @@ typed_config:
         .expect_err("formatters unsupported");
         assert_eq!(
             (e.kind, e.path.as_str()),
-            (
-                ErrorKind::Unsupported,
-                "access_log[0].typed_config.log_format.formatters"
-            )
+            (ErrorKind::Unsupported, "access_log[0].typed_config.log_format.formatters")
         );
 
         let e = spec(
@@ -1273,10 +1048,7 @@ typed_config:
 "#,
         )
         .expect_err("path required");
-        assert_eq!(
-            (e.kind, e.path.as_str()),
-            (ErrorKind::Invalid, "access_log[0].typed_config.path")
-        );
+        assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Invalid, "access_log[0].typed_config.path"));
 
         let e = spec("name: acme.logger").expect_err("unknown name");
         assert_eq!(e.kind, ErrorKind::Invalid);
@@ -1284,15 +1056,8 @@ typed_config:
 
     #[test]
     fn default_format_compiles() {
-        let Format::Text(text) = Format::envoy_default() else {
-            panic!("text")
-        };
-        let ops = text
-            .template
-            .pieces()
-            .iter()
-            .filter(|p| matches!(p, Piece::Operator(_)))
-            .count();
+        let Format::Text(text) = Format::envoy_default() else { panic!("text") };
+        let ops = text.template.pieces().iter().filter(|p| matches!(p, Piece::Operator(_))).count();
         assert_eq!(ops, 15);
     }
 }

@@ -53,7 +53,10 @@ pub fn load(options: &Options) -> Result<Bootstrap> {
             .map_err(|e| ConfigError::invalid("", format!("merging --config-yaml: {e}")))?;
     }
     if options.config_path.is_none() && options.config_yaml.is_none() {
-        return Err(ConfigError::invalid("", "At least one of --config-path or --config-yaml or Options::configProto() should be non-empty"));
+        return Err(ConfigError::invalid(
+            "",
+            "At least one of --config-path or --config-yaml or Options::configProto() should be non-empty",
+        ));
     }
     let node = bootstrap.node.get_or_insert_with(Node::default);
     if let Some(cluster) = &options.service_cluster {
@@ -68,7 +71,8 @@ pub fn load(options: &Options) -> Result<Bootstrap> {
     Ok(bootstrap)
 }
 
-const SUPPORTED_BOOTSTRAP_FIELDS: &[&str] = &["node", "static_resources", "admin", "layered_runtime", "stats_flush_interval"];
+const SUPPORTED_BOOTSTRAP_FIELDS: &[&str] =
+    &["node", "static_resources", "admin", "layered_runtime", "stats_flush_interval"];
 
 impl BootstrapSpec {
     /// Translates and cross-checks a bootstrap.
@@ -105,7 +109,10 @@ impl BootstrapSpec {
             let path = format!("static_resources.clusters[{i}]");
             let spec = ClusterSpec::from_proto(cluster, &path)?;
             if !cluster_names.insert(spec.name.clone()) {
-                return Err(ConfigError::invalid(format!("{path}.name"), format!("cluster manager: duplicate cluster '{}' found", spec.name)));
+                return Err(ConfigError::invalid(
+                    format!("{path}.name"),
+                    format!("cluster manager: duplicate cluster '{}' found", spec.name),
+                ));
             }
             clusters.push(spec);
         }
@@ -115,16 +122,19 @@ impl BootstrapSpec {
             let path = format!("static_resources.listeners[{i}]");
             let spec = ListenerSpec::from_proto(listener, &path)?;
             if !listener_names.insert(spec.name.clone()) {
-                return Err(ConfigError::invalid(format!("{path}.name"), format!("error adding listener named '{}': listener with same name already exists", spec.name)));
+                return Err(ConfigError::invalid(
+                    format!("{path}.name"),
+                    format!("error adding listener named '{}': listener with same name already exists", spec.name),
+                ));
             }
             let routes = &spec.hcm.routes;
-            if routes.validate_clusters() {
-                if let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name)) {
-                    return Err(ConfigError::invalid(
-                        format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
-                        format!("route: unknown cluster '{missing}'"),
-                    ));
-                }
+            if routes.validate_clusters()
+                && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
+                    format!("route: unknown cluster '{missing}'"),
+                ));
             }
             listeners.push(spec);
         }

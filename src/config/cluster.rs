@@ -110,7 +110,10 @@ impl ClusterSpec {
             Some(d) => {
                 let t = proto::duration(d, &join_path(path, "connect_timeout"))?;
                 if t.is_zero() {
-                    return Err(ConfigError::invalid(join_path(path, "connect_timeout"), "value must be greater than 0s"));
+                    return Err(ConfigError::invalid(
+                        join_path(path, "connect_timeout"),
+                        "value must be greater than 0s",
+                    ));
                 }
                 t
             }
@@ -134,7 +137,15 @@ impl ClusterSpec {
             Some(la) => hosts(la, &join_path(path, "load_assignment"))?,
             None => Vec::new(),
         };
-        Ok(ClusterSpec { name: proto.name.clone(), connect_timeout, lb, protocol, idle_timeout, hosts, proto: proto.clone() })
+        Ok(ClusterSpec {
+            name: proto.name.clone(),
+            connect_timeout,
+            lb,
+            protocol,
+            idle_timeout,
+            hosts,
+            proto: proto.clone(),
+        })
     }
 }
 
@@ -142,21 +153,29 @@ impl ClusterSpec {
 /// (preferred) or the deprecated cluster fields.
 #[allow(deprecated)] // reads the deprecated fields Envoy still honours
 fn upstream_protocol(proto: &ClusterProto, path: &str) -> Result<(UpstreamProtocol, Option<CommonHttpOptions>)> {
-    let mut protocol = if proto.http2_protocol_options.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
-    let mut common = proto.common_http_protocol_options.clone();
+    let mut protocol =
+        if proto.http2_protocol_options.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+    let mut common = proto.common_http_protocol_options;
     for (key, any) in &proto.typed_extension_protocol_options {
         let field = format!("{path}.typed_extension_protocol_options[{key}]");
         if key != HTTP_PROTOCOL_OPTIONS_KEY && proto::type_name(&any.type_url) != HTTP_PROTOCOL_OPTIONS_KEY {
             return Err(proto::unexpected_type(any, &field));
         }
         let options: UpstreamHttpOptions = proto::unpack(any, &field)?;
-        ensure_only(&options, &["common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"], &field)?;
+        ensure_only(
+            &options,
+            &["common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"],
+            &field,
+        )?;
         protocol = match &options.upstream_protocol_options {
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => match &explicit.protocol_config {
                 Some(ProtocolConfig::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
                 Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
                 Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
-                    return Err(ConfigError::unsupported(format!("{field}.explicit_http_config.http3_protocol_options"), ""));
+                    return Err(ConfigError::unsupported(
+                        format!("{field}.explicit_http_config.http3_protocol_options"),
+                        "",
+                    ));
                 }
                 None => {
                     return Err(ConfigError::invalid(
@@ -203,7 +222,10 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
             let address = socket_address(endpoint.address.as_ref(), &apath)?;
             let weight = match &lb_endpoint.load_balancing_weight {
                 Some(w) if w.value == 0 => {
-                    return Err(ConfigError::invalid(format!("{epath}.load_balancing_weight"), "value must be greater than or equal to 1"));
+                    return Err(ConfigError::invalid(
+                        format!("{epath}.load_balancing_weight"),
+                        "value must be greater than or equal to 1",
+                    ));
                 }
                 Some(w) => w.value,
                 None => 1,
@@ -244,14 +266,16 @@ pub fn socket_address(address: Option<&Address>, path: &str) -> Result<SocketAdd
     let port = match &socket.port_specifier {
         Some(PortSpecifier::PortValue(p)) if *p <= 65535 => *p as u16,
         Some(PortSpecifier::PortValue(_)) => {
-            return Err(ConfigError::invalid(format!("{spath}.port_value"), "value must be less than or equal to 65535"));
+            return Err(ConfigError::invalid(
+                format!("{spath}.port_value"),
+                "value must be less than or equal to 65535",
+            ));
         }
         Some(PortSpecifier::NamedPort(_)) => return Err(ConfigError::unsupported(format!("{spath}.named_port"), "")),
         None => 0,
     };
-    let ip: std::net::IpAddr = socket
-        .address
-        .parse()
-        .map_err(|_| ConfigError::invalid(format!("{spath}.address"), format!("malformed IP address: {}", socket.address)))?;
+    let ip: std::net::IpAddr = socket.address.parse().map_err(|_| {
+        ConfigError::invalid(format!("{spath}.address"), format!("malformed IP address: {}", socket.address))
+    })?;
     Ok(SocketAddr::new(ip, port))
 }

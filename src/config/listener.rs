@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as RouterProto;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
@@ -108,7 +108,12 @@ impl ListenerSpec {
         let filter = match chain.filters.as_slice() {
             [filter] => filter,
             [] => return Err(ConfigError::invalid(join_path(&chain_path, "filters"), "no network filters specified")),
-            _ => return Err(ConfigError::unsupported(format!("{chain_path}.filters[1]"), "more than one network filter")),
+            _ => {
+                return Err(ConfigError::unsupported(
+                    format!("{chain_path}.filters[1]"),
+                    "more than one network filter",
+                ));
+            }
         };
         let filter_path = format!("{chain_path}.filters[0]");
         let any = match &filter.config_type {
@@ -116,7 +121,12 @@ impl ListenerSpec {
             Some(FilterConfig::ConfigDiscovery(_)) => {
                 return Err(ConfigError::unsupported(format!("{filter_path}.config_discovery"), ""));
             }
-            None => return Err(ConfigError::invalid(&filter_path, format!("filter '{}' has no typed_config", filter.name))),
+            None => {
+                return Err(ConfigError::invalid(
+                    &filter_path,
+                    format!("filter '{}' has no typed_config", filter.name),
+                ));
+            }
         };
         if proto::type_name(&any.type_url) != HCM_TYPE {
             return Err(proto::unexpected_type(any, &filter_path));
@@ -152,14 +162,21 @@ impl HcmSpec {
     pub fn from_proto(proto: &HcmProto, listener_port: u16, path: &str) -> Result<HcmSpec> {
         ensure_only(proto, SUPPORTED_HCM_FIELDS, path)?;
         if proto.stat_prefix.is_empty() {
-            return Err(ConfigError::invalid(join_path(path, "stat_prefix"), "value length must be at least 1 characters"));
+            return Err(ConfigError::invalid(
+                join_path(path, "stat_prefix"),
+                "value length must be at least 1 characters",
+            ));
         }
         // Protocol options are accepted only at their defaults: each knob would change behaviour.
         if let Some(h1) = &proto.http_protocol_options {
             ensure_only(h1, &[], &join_path(path, "http_protocol_options"))?;
         }
         if let Some(h2) = &proto.http2_protocol_options {
-            ensure_only(h2, &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"], &join_path(path, "http2_protocol_options"))?;
+            ensure_only(
+                h2,
+                &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
+                &join_path(path, "http2_protocol_options"),
+            )?;
         }
         let codec = match CodecType::try_from(proto.codec_type) {
             Ok(CodecType::Auto) => Codec::Auto,
@@ -179,18 +196,29 @@ impl HcmSpec {
                 rc.clone(),
             ),
             Some(RouteSpecifier::Rds(_)) => return Err(ConfigError::unsupported(join_path(path, "rds"), "")),
-            Some(RouteSpecifier::ScopedRoutes(_)) => return Err(ConfigError::unsupported(join_path(path, "scoped_routes"), "")),
-            None => return Err(ConfigError::invalid(path, "route_specifier is required: one of route_config, rds, scoped_routes")),
+            Some(RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(ConfigError::unsupported(join_path(path, "scoped_routes"), ""));
+            }
+            None => {
+                return Err(ConfigError::invalid(
+                    path,
+                    "route_specifier is required: one of route_config, rds, scoped_routes",
+                ));
+            }
         };
         let suppress_envoy_headers = http_filters(proto, path)?;
-        let duration_or = |field: &Option<envoy_types::pb::google::protobuf::Duration>, name: &str, default: Option<Duration>| -> Result<Option<Duration>> {
+        let duration_or = |field: &Option<envoy_types::pb::google::protobuf::Duration>,
+                           name: &str,
+                           default: Option<Duration>|
+         -> Result<Option<Duration>> {
             match field {
                 // Envoy: 0 disables the timeout.
                 Some(d) => Ok(Some(proto::duration(d, &join_path(path, name))?).filter(|t| !t.is_zero())),
                 None => Ok(default),
             }
         };
-        let stream_idle_timeout = duration_or(&proto.stream_idle_timeout, "stream_idle_timeout", Some(DEFAULT_STREAM_IDLE_TIMEOUT))?;
+        let stream_idle_timeout =
+            duration_or(&proto.stream_idle_timeout, "stream_idle_timeout", Some(DEFAULT_STREAM_IDLE_TIMEOUT))?;
         let request_timeout = duration_or(&proto.request_timeout, "request_timeout", None)?;
         let idle_timeout = match &proto.common_http_protocol_options {
             Some(c) => {
@@ -237,7 +265,9 @@ fn http_filters(proto: &HcmProto, path: &str) -> Result<bool> {
         if router.is_some() {
             return Err(ConfigError::invalid(
                 &fpath,
-                format!("Error: terminal filter named envoy.filters.http.router of type {ROUTER_TYPE} must be the last filter in a http filter chain."),
+                format!(
+                    "Error: terminal filter named envoy.filters.http.router of type {ROUTER_TYPE} must be the last filter in a http filter chain."
+                ),
             ));
         }
         let any = match &filter.config_type {
@@ -266,5 +296,10 @@ fn http_filters(proto: &HcmProto, path: &str) -> Result<bool> {
             return Err(proto::unexpected_type(any, &fpath));
         }
     }
-    router.ok_or_else(|| ConfigError::invalid(join_path(path, "http_filters"), "the router filter (envoy.filters.http.router) must be the last http filter"))
+    router.ok_or_else(|| {
+        ConfigError::invalid(
+            join_path(path, "http_filters"),
+            "the router filter (envoy.filters.http.router) must be the last http filter",
+        )
+    })
 }

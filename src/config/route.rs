@@ -110,10 +110,7 @@ pub enum RouteAction {
     /// Forward to an upstream cluster.
     Forward(ForwardAction),
     /// Answer locally with `status` and an optional body.
-    DirectResponse {
-        status: StatusCode,
-        body: Option<Bytes>,
-    },
+    DirectResponse { status: StatusCode, body: Option<Bytes> },
     /// Answer with a redirect.
     Redirect(RedirectAction),
 }
@@ -167,10 +164,7 @@ pub(crate) enum ClusterTarget {
 #[derive(Debug)]
 pub(crate) enum PathRewrite {
     /// `prefix_rewrite`: the part the route matched is replaced with `replacement`.
-    Prefix {
-        matched: MatchedPart,
-        replacement: String,
-    },
+    Prefix { matched: MatchedPart, replacement: String },
     /// `regex_rewrite`: every match in the path (without query) is substituted.
     Regex(RegexRewrite),
 }
@@ -370,10 +364,7 @@ impl RouteTable {
     /// Translates and validates a route configuration; `host_port` says how the Host port takes
     /// part in domain matching (from the HCM's `strip_any_host_port` /
     /// `strip_matching_host_port` and the listener port).
-    pub fn from_proto(
-        proto: &RouteConfigurationProto,
-        host_port: HostPortMatch,
-    ) -> Result<RouteTable> {
+    pub fn from_proto(proto: &RouteConfigurationProto, host_port: HostPortMatch) -> Result<RouteTable> {
         let RouteConfigurationProto {
             name,
             virtual_hosts,
@@ -399,14 +390,9 @@ impl RouteTable {
             request_mirror_policies, ignore_path_parameters_in_path_matching,
             typed_per_filter_config, route_specifiers)?;
         let limits = Limits {
-            max_body: max_direct_response_body_size_bytes
-                .map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |v| v.value),
+            max_body: max_direct_response_body_size_bytes.map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |v| v.value),
         };
-        let host_port = if *ignore_port_in_host_matching {
-            HostPortMatch::StripAny
-        } else {
-            host_port
-        };
+        let host_port = if *ignore_port_in_host_matching { HostPortMatch::StripAny } else { host_port };
         let vhost_header = match vhost_header.as_str() {
             "" | ":authority" => None,
             header => Some(plain_header_name(header, "vhost_header")?),
@@ -420,10 +406,7 @@ impl RouteTable {
             let vhost = virtual_host(vh, &path, &limits, &mut clusters)?;
             for (j, domain) in vh.domains.iter().enumerate() {
                 domains.insert(domain, i).map_err(|message| {
-                    ConfigError::invalid(
-                        format!("{path}.domains[{j}]"),
-                        format!("{message} in route '{name}'"),
-                    )
+                    ConfigError::invalid(format!("{path}.domains[{j}]"), format!("{message} in route '{name}'"))
                 })?;
             }
             tables.push(vhost);
@@ -435,18 +418,8 @@ impl RouteTable {
             domains: domains.build(),
             host_port,
             vhost_header,
-            request_headers: header_mutations(
-                request_headers_to_add,
-                request_headers_to_remove,
-                "",
-                "request",
-            )?,
-            response_headers: header_mutations(
-                response_headers_to_add,
-                response_headers_to_remove,
-                "",
-                "response",
-            )?,
+            request_headers: header_mutations(request_headers_to_add, request_headers_to_remove, "", "request")?,
+            response_headers: header_mutations(response_headers_to_add, response_headers_to_remove, "", "response")?,
             most_specific_header_mutations_wins: *most_specific_header_mutations_wins,
             validate_clusters: validate_clusters.map(|v| v.value),
             clusters,
@@ -616,17 +589,12 @@ impl DomainIndexBuilder {
             let group = self.prefixes.entry(prefix.len()).or_default();
             group.insert(prefix.into(), vhost).is_none()
         } else {
-            self.index
-                .exact
-                .insert(lower.into_boxed_slice(), vhost)
-                .is_none()
+            self.index.exact.insert(lower.into_boxed_slice(), vhost).is_none()
         };
         if fresh {
             Ok(())
         } else {
-            Err(format!(
-                "Only unique values for domains are permitted. Duplicate entry of domain {domain}"
-            ))
+            Err(format!("Only unique values for domains are permitted. Duplicate entry of domain {domain}"))
         }
     }
 
@@ -637,11 +605,7 @@ impl DomainIndexBuilder {
             groups.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
             groups
         };
-        DomainIndex {
-            suffixes: longest_first(self.suffixes),
-            prefixes: longest_first(self.prefixes),
-            ..self.index
-        }
+        DomainIndex { suffixes: longest_first(self.suffixes), prefixes: longest_first(self.prefixes), ..self.index }
     }
 }
 
@@ -684,16 +648,10 @@ fn virtual_host(
         hedge_policy, include_is_timeout_retry_header, per_request_buffer_limit_bytes,
         request_body_buffer_limit, request_mirror_policies, route_specifiers)?;
     if name.is_empty() {
-        return Err(ConfigError::invalid(
-            join_path(path, "name"),
-            "value length must be at least 1",
-        ));
+        return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1"));
     }
     if domains.is_empty() {
-        return Err(ConfigError::invalid(
-            join_path(path, "domains"),
-            "value must contain at least 1 item",
-        ));
+        return Err(ConfigError::invalid(join_path(path, "domains"), "value must contain at least 1 item"));
     }
     let routes = routes
         .iter()
@@ -703,27 +661,12 @@ fn virtual_host(
     Ok(VirtualHost {
         name: name.clone(),
         routes,
-        request_headers: header_mutations(
-            request_headers_to_add,
-            request_headers_to_remove,
-            path,
-            "request",
-        )?,
-        response_headers: header_mutations(
-            response_headers_to_add,
-            response_headers_to_remove,
-            path,
-            "response",
-        )?,
+        request_headers: header_mutations(request_headers_to_add, request_headers_to_remove, path, "request")?,
+        response_headers: header_mutations(response_headers_to_add, response_headers_to_remove, path, "response")?,
     })
 }
 
-fn route(
-    proto: &route_pb::Route,
-    path: &str,
-    limits: &Limits,
-    clusters: &mut BTreeSet<String>,
-) -> Result<Route> {
+fn route(proto: &route_pb::Route, path: &str, limits: &Limits, clusters: &mut BTreeSet<String>) -> Result<Route> {
     #[allow(deprecated)]
     let route_pb::Route {
         name,
@@ -763,40 +706,21 @@ fn route(
             direct_response(d, &join_path(path, "direct_response"), limits)?
         }
         Some(route_pb::route::Action::FilterAction(_)) => {
-            return Err(ConfigError::unsupported(
-                join_path(path, "filter_action"),
-                "",
-            ));
+            return Err(ConfigError::unsupported(join_path(path, "filter_action"), ""));
         }
         Some(route_pb::route::Action::NonForwardingAction(_)) => {
-            return Err(ConfigError::unsupported(
-                join_path(path, "non_forwarding_action"),
-                "",
-            ));
+            return Err(ConfigError::unsupported(join_path(path, "non_forwarding_action"), ""));
         }
         None => {
-            return Err(ConfigError::invalid(
-                path,
-                "a route needs one of route, redirect or direct_response",
-            ));
+            return Err(ConfigError::invalid(path, "a route needs one of route, redirect or direct_response"));
         }
     };
     Ok(Route {
         name: name.clone(),
         matcher,
         action,
-        request_headers: header_mutations(
-            request_headers_to_add,
-            request_headers_to_remove,
-            path,
-            "request",
-        )?,
-        response_headers: header_mutations(
-            response_headers_to_add,
-            response_headers_to_remove,
-            path,
-            "response",
-        )?,
+        request_headers: header_mutations(request_headers_to_add, request_headers_to_remove, path, "request")?,
+        response_headers: header_mutations(response_headers_to_add, response_headers_to_remove, path, "response")?,
     })
 }
 
@@ -834,19 +758,11 @@ fn route_match(proto: &route_pb::RouteMatch, path: &str) -> Result<RouteMatch> {
     // `case_sensitive` defaults to true and does not apply to regexes.
     let ignore_case = case_sensitive.is_some_and(|c| !c.value);
     let path_match = match path_specifier {
-        Some(PathSpecifier::Prefix(prefix)) => PathMatch::Prefix {
-            prefix: prefix.clone(),
-            ignore_case,
-        },
-        Some(PathSpecifier::Path(p)) => PathMatch::Exact {
-            path: p.clone(),
-            ignore_case,
-        },
-        Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(full_match_regex(
-            r,
-            &join_path(path, "safe_regex"),
-            regex::Regex::new,
-        )?),
+        Some(PathSpecifier::Prefix(prefix)) => PathMatch::Prefix { prefix: prefix.clone(), ignore_case },
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact { path: p.clone(), ignore_case },
+        Some(PathSpecifier::SafeRegex(r)) => {
+            PathMatch::Regex(full_match_regex(r, &join_path(path, "safe_regex"), regex::Regex::new)?)
+        }
         Some(PathSpecifier::PathSeparatedPrefix(prefix)) => {
             // The proto's rule: no `?` or `#`, at least one character, no trailing `/`.
             if prefix.is_empty() || prefix.contains(['?', '#']) || prefix.ends_with('/') {
@@ -855,17 +771,11 @@ fn route_match(proto: &route_pb::RouteMatch, path: &str) -> Result<RouteMatch> {
                     "value must be a path without '?' or '#' that does not end in '/'",
                 ));
             }
-            PathMatch::Separated {
-                prefix: prefix.clone(),
-                ignore_case,
-            }
+            PathMatch::Separated { prefix: prefix.clone(), ignore_case }
         }
         Some(PathSpecifier::ConnectMatcher(_)) => PathMatch::Connect,
         Some(PathSpecifier::PathMatchPolicy(_)) => {
-            return Err(ConfigError::unsupported(
-                join_path(path, "path_match_policy"),
-                "",
-            ));
+            return Err(ConfigError::unsupported(join_path(path, "path_match_policy"), ""));
         }
         None => {
             return Err(ConfigError::invalid(
@@ -898,12 +808,8 @@ fn route_match(proto: &route_pb::RouteMatch, path: &str) -> Result<RouteMatch> {
 /// What `prefix_rewrite` replaces for a route with this path matcher.
 fn matched_part(path: &PathMatch) -> MatchedPart {
     match path {
-        PathMatch::Prefix { prefix, .. } | PathMatch::Separated { prefix, .. } => {
-            MatchedPart::Prefix(prefix.len())
-        }
-        PathMatch::Exact { .. } | PathMatch::Regex(_) | PathMatch::Connect => {
-            MatchedPart::WholePath
-        }
+        PathMatch::Prefix { prefix, .. } | PathMatch::Separated { prefix, .. } => MatchedPart::Prefix(prefix.len()),
+        PathMatch::Exact { .. } | PathMatch::Regex(_) | PathMatch::Connect => MatchedPart::WholePath,
     }
 }
 
@@ -911,19 +817,11 @@ fn matched_part(path: &PathMatch) -> MatchedPart {
 fn header_matcher(proto: &route_pb::HeaderMatcher, path: &str) -> Result<HeaderMatch> {
     use route_pb::header_matcher::HeaderMatchSpecifier as Spec;
 
-    let route_pb::HeaderMatcher {
-        name,
-        invert_match,
-        treat_missing_header_as_empty,
-        header_match_specifier,
-    } = proto;
+    let route_pb::HeaderMatcher { name, invert_match, treat_missing_header_as_empty, header_match_specifier } = proto;
     let source = header_source(name, &join_path(path, "name"))?;
     let non_empty = |value: &str, field: &str| -> Result<Box<[u8]>> {
         if value.is_empty() {
-            return Err(ConfigError::invalid(
-                join_path(path, field),
-                "value length must be at least 1",
-            ));
+            return Err(ConfigError::invalid(join_path(path, field), "value length must be at least 1"));
         }
         Ok(value.as_bytes().into())
     };
@@ -931,50 +829,33 @@ fn header_matcher(proto: &route_pb::HeaderMatcher, path: &str) -> Result<HeaderM
         // Without a specifier the header only has to be present.
         None => HeaderRule::Present(true),
         Some(Spec::PresentMatch(present)) => HeaderRule::Present(*present),
-        Some(Spec::ExactMatch(v)) => HeaderRule::Value(StringMatch::Exact {
-            value: v.as_bytes().into(),
-            ignore_case: false,
-        }),
-        Some(Spec::PrefixMatch(v)) => HeaderRule::Value(StringMatch::Prefix {
-            value: non_empty(v, "prefix_match")?,
-            ignore_case: false,
-        }),
-        Some(Spec::SuffixMatch(v)) => HeaderRule::Value(StringMatch::Suffix {
-            value: non_empty(v, "suffix_match")?,
-            ignore_case: false,
-        }),
-        Some(Spec::ContainsMatch(v)) => HeaderRule::Value(StringMatch::Contains {
-            value: non_empty(v, "contains_match")?,
-            ignore_case: false,
-        }),
+        Some(Spec::ExactMatch(v)) => {
+            HeaderRule::Value(StringMatch::Exact { value: v.as_bytes().into(), ignore_case: false })
+        }
+        Some(Spec::PrefixMatch(v)) => {
+            HeaderRule::Value(StringMatch::Prefix { value: non_empty(v, "prefix_match")?, ignore_case: false })
+        }
+        Some(Spec::SuffixMatch(v)) => {
+            HeaderRule::Value(StringMatch::Suffix { value: non_empty(v, "suffix_match")?, ignore_case: false })
+        }
+        Some(Spec::ContainsMatch(v)) => {
+            HeaderRule::Value(StringMatch::Contains { value: non_empty(v, "contains_match")?, ignore_case: false })
+        }
         Some(Spec::SafeRegexMatch(r)) => HeaderRule::Value(StringMatch::Regex(full_match_regex(
             r,
             &join_path(path, "safe_regex_match"),
             regex::bytes::Regex::new,
         )?)),
-        Some(Spec::RangeMatch(r)) => HeaderRule::Range {
-            start: r.start,
-            end: r.end,
-        },
-        Some(Spec::StringMatch(m)) => {
-            HeaderRule::Value(string_matcher(m, &join_path(path, "string_match"))?)
-        }
+        Some(Spec::RangeMatch(r)) => HeaderRule::Range { start: r.start, end: r.end },
+        Some(Spec::StringMatch(m)) => HeaderRule::Value(string_matcher(m, &join_path(path, "string_match"))?),
     };
-    Ok(HeaderMatch {
-        source,
-        rule,
-        invert: *invert_match,
-        missing_as_empty: *treat_missing_header_as_empty,
-    })
+    Ok(HeaderMatch { source, rule, invert: *invert_match, missing_as_empty: *treat_missing_header_as_empty })
 }
 
 /// Resolves a matcher's header name to where hyper keeps that value.
 fn header_source(name: &str, path: &str) -> Result<HeaderSource> {
     if name.is_empty() {
-        return Err(ConfigError::invalid(
-            path,
-            "value length must be at least 1",
-        ));
+        return Err(ConfigError::invalid(path, "value length must be at least 1"));
     }
     let lower = name.to_ascii_lowercase();
     Ok(match lower.as_str() {
@@ -998,110 +879,61 @@ fn header_source(name: &str, path: &str) -> Result<HeaderSource> {
 fn query_matcher(proto: &route_pb::QueryParameterMatcher, path: &str) -> Result<QueryMatch> {
     use route_pb::query_parameter_matcher::QueryParameterMatchSpecifier as Spec;
 
-    let route_pb::QueryParameterMatcher {
-        name,
-        query_parameter_match_specifier,
-    } = proto;
+    let route_pb::QueryParameterMatcher { name, query_parameter_match_specifier } = proto;
     if name.is_empty() || name.len() > 1024 {
-        return Err(ConfigError::invalid(
-            join_path(path, "name"),
-            "value length must be between 1 and 1024 bytes",
-        ));
+        return Err(ConfigError::invalid(join_path(path, "name"), "value length must be between 1 and 1024 bytes"));
     }
     let rule = match query_parameter_match_specifier {
         None => QueryRule::Present(true),
         Some(Spec::PresentMatch(present)) => QueryRule::Present(*present),
-        Some(Spec::StringMatch(m)) => {
-            QueryRule::Value(string_matcher(m, &join_path(path, "string_match"))?)
-        }
+        Some(Spec::StringMatch(m)) => QueryRule::Value(string_matcher(m, &join_path(path, "string_match"))?),
     };
-    Ok(QueryMatch {
-        name: name.clone(),
-        rule,
-    })
+    Ok(QueryMatch { name: name.clone(), rule })
 }
 
 fn cookie_matcher(proto: &route_pb::CookieMatcher, path: &str) -> Result<CookieMatch> {
-    let route_pb::CookieMatcher {
-        name,
-        string_match,
-        invert_match,
-    } = proto;
+    let route_pb::CookieMatcher { name, string_match, invert_match } = proto;
     if name.is_empty() || name.len() > 1024 {
-        return Err(ConfigError::invalid(
-            join_path(path, "name"),
-            "value length must be between 1 and 1024 bytes",
-        ));
+        return Err(ConfigError::invalid(join_path(path, "name"), "value length must be between 1 and 1024 bytes"));
     }
     let value_path = join_path(path, "string_match");
     let value = match string_match {
         Some(m) => string_matcher(m, &value_path)?,
         None => return Err(ConfigError::invalid(value_path, "value is required")),
     };
-    Ok(CookieMatch {
-        name: name.clone(),
-        value,
-        invert: *invert_match,
-    })
+    Ok(CookieMatch { name: name.clone(), value, invert: *invert_match })
 }
 
 /// Compiles a `StringMatcher`; `ignore_case` lowercases the pattern once here.
 pub(crate) fn string_matcher(proto: &StringMatcher, path: &str) -> Result<StringMatch> {
-    let StringMatcher {
-        ignore_case,
-        match_pattern,
-    } = proto;
+    let StringMatcher { ignore_case, match_pattern } = proto;
     let ignore_case = *ignore_case;
     let pattern = |value: &str, field: &str| -> Result<Box<[u8]>> {
         if value.is_empty() {
-            return Err(ConfigError::invalid(
-                join_path(path, field),
-                "value length must be at least 1",
-            ));
+            return Err(ConfigError::invalid(join_path(path, field), "value length must be at least 1"));
         }
         Ok(fold_case(value, ignore_case))
     };
     Ok(match match_pattern {
-        Some(MatchPattern::Exact(v)) => StringMatch::Exact {
-            value: fold_case(v, ignore_case),
-            ignore_case,
-        },
-        Some(MatchPattern::Prefix(v)) => StringMatch::Prefix {
-            value: pattern(v, "prefix")?,
-            ignore_case,
-        },
-        Some(MatchPattern::Suffix(v)) => StringMatch::Suffix {
-            value: pattern(v, "suffix")?,
-            ignore_case,
-        },
-        Some(MatchPattern::Contains(v)) => StringMatch::Contains {
-            value: pattern(v, "contains")?,
-            ignore_case,
-        },
+        Some(MatchPattern::Exact(v)) => StringMatch::Exact { value: fold_case(v, ignore_case), ignore_case },
+        Some(MatchPattern::Prefix(v)) => StringMatch::Prefix { value: pattern(v, "prefix")?, ignore_case },
+        Some(MatchPattern::Suffix(v)) => StringMatch::Suffix { value: pattern(v, "suffix")?, ignore_case },
+        Some(MatchPattern::Contains(v)) => StringMatch::Contains { value: pattern(v, "contains")?, ignore_case },
         // `ignore_case` has no effect on regexes (the proto says so).
-        Some(MatchPattern::SafeRegex(r)) => StringMatch::Regex(full_match_regex(
-            r,
-            &join_path(path, "safe_regex"),
-            regex::bytes::Regex::new,
-        )?),
+        Some(MatchPattern::SafeRegex(r)) => {
+            StringMatch::Regex(full_match_regex(r, &join_path(path, "safe_regex"), regex::bytes::Regex::new)?)
+        }
         Some(MatchPattern::Custom(_)) => {
             return Err(ConfigError::unsupported(join_path(path, "custom"), ""));
         }
         None => {
-            return Err(ConfigError::invalid(
-                path,
-                "one of exact, prefix, suffix, contains or safe_regex is required",
-            ));
+            return Err(ConfigError::invalid(path, "one of exact, prefix, suffix, contains or safe_regex is required"));
         }
     })
 }
 
 fn fold_case(value: &str, ignore_case: bool) -> Box<[u8]> {
-    if ignore_case {
-        value.to_ascii_lowercase().into_bytes().into()
-    } else {
-        value.as_bytes().into()
-    }
+    if ignore_case { value.to_ascii_lowercase().into_bytes().into() } else { value.as_bytes().into() }
 }
 
 /// Compiles a `RegexMatcher` that must match the whole input (RE2 semantics).
@@ -1111,29 +943,17 @@ fn full_match_regex<R>(
     compile: impl FnOnce(&str) -> std::result::Result<R, regex::Error>,
 ) -> Result<R> {
     // `google_re2` is the only engine; its `max_program_size` is deprecated and advisory.
-    let RegexMatcher {
-        regex,
-        engine_type: _,
-    } = proto;
+    let RegexMatcher { regex, engine_type: _ } = proto;
     if regex.is_empty() {
-        return Err(ConfigError::invalid(
-            join_path(path, "regex"),
-            "value length must be at least 1",
-        ));
+        return Err(ConfigError::invalid(join_path(path, "regex"), "value length must be at least 1"));
     }
-    compile(&format!("^(?:{regex})$"))
-        .map_err(|e| regex_error(&join_path(path, "regex"), regex, &e))
+    compile(&format!("^(?:{regex})$")).map_err(|e| regex_error(&join_path(path, "regex"), regex, &e))
 }
 
 fn regex_error(path: &str, regex: &str, error: &regex::Error) -> ConfigError {
     // regex's parse errors span several lines (pattern, caret, message); keep the message.
     let text = error.to_string();
-    let message = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-        .trim();
+    let message = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim();
     let message = message.strip_prefix("error: ").unwrap_or(message);
     ConfigError::invalid(path, format!("invalid regex '{regex}': {message}"))
 }
@@ -1141,39 +961,23 @@ fn regex_error(path: &str, regex: &str, error: &regex::Error) -> ConfigError {
 /// Compiles a `RegexMatchAndSubstitute`: an unanchored pattern and an RE2 substitution string
 /// (`\1` names a group, `\\` is a backslash).
 fn regex_rewrite(proto: &RegexMatchAndSubstitute, path: &str) -> Result<RegexRewrite> {
-    let RegexMatchAndSubstitute {
-        pattern,
-        substitution,
-    } = proto;
+    let RegexMatchAndSubstitute { pattern, substitution } = proto;
     let pattern_path = join_path(path, "pattern");
-    let Some(RegexMatcher {
-        regex: pattern,
-        engine_type: _,
-    }) = pattern
-    else {
+    let Some(RegexMatcher { regex: pattern, engine_type: _ }) = pattern else {
         return Err(ConfigError::invalid(pattern_path, "value is required"));
     };
     let regex_path = join_path(&pattern_path, "regex");
     if pattern.is_empty() {
-        return Err(ConfigError::invalid(
-            regex_path,
-            "value length must be at least 1",
-        ));
+        return Err(ConfigError::invalid(regex_path, "value length must be at least 1"));
     }
     let regex = regex::Regex::new(pattern).map_err(|e| regex_error(&regex_path, pattern, &e))?;
     let substitution = parse_substitution(substitution, regex.captures_len())
         .map_err(|message| ConfigError::invalid(join_path(path, "substitution"), message))?;
-    Ok(RegexRewrite {
-        regex,
-        substitution,
-    })
+    Ok(RegexRewrite { regex, substitution })
 }
 
 /// Splits an RE2 rewrite string into literals and group references.
-pub(crate) fn parse_substitution(
-    text: &str,
-    groups: usize,
-) -> std::result::Result<Vec<Substitution>, String> {
+pub(crate) fn parse_substitution(text: &str, groups: usize) -> std::result::Result<Vec<Substitution>, String> {
     let mut pieces = Vec::new();
     let mut literal = String::new();
     let mut chars = text.chars();
@@ -1198,9 +1002,7 @@ pub(crate) fn parse_substitution(
                 pieces.push(Substitution::Group(group));
             }
             _ => {
-                return Err(format!(
-                    "invalid substitution '{text}': '\\' must be followed by a digit or '\\'"
-                ));
+                return Err(format!("invalid substitution '{text}': '\\' must be followed by a digit or '\\'"));
             }
         }
     }
@@ -1211,11 +1013,7 @@ pub(crate) fn parse_substitution(
 }
 
 #[allow(deprecated)]
-fn forward_action(
-    proto: &route_pb::RouteAction,
-    path: &str,
-    matched: MatchedPart,
-) -> Result<ForwardAction> {
+fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPart) -> Result<ForwardAction> {
     use route_pb::route_action::{ClusterSpecifier as Spec, HostRewriteSpecifier as HostSpec};
 
     let route_pb::RouteAction {
@@ -1258,36 +1056,23 @@ fn forward_action(
     let cluster = match cluster_specifier {
         Some(Spec::Cluster(name)) => {
             if name.is_empty() {
-                return Err(ConfigError::invalid(
-                    join_path(path, "cluster"),
-                    "value length must be at least 1",
-                ));
+                return Err(ConfigError::invalid(join_path(path, "cluster"), "value length must be at least 1"));
             }
             ClusterSpecifier::Single(ClusterTarget::Named(name.clone()))
         }
-        Some(Spec::ClusterHeader(header)) => ClusterSpecifier::Single(ClusterTarget::Header(
-            plain_header_name(header, &join_path(path, "cluster_header"))?,
-        )),
-        Some(Spec::WeightedClusters(w)) => {
-            weighted_clusters(w, &join_path(path, "weighted_clusters"))?
-        }
+        Some(Spec::ClusterHeader(header)) => ClusterSpecifier::Single(ClusterTarget::Header(plain_header_name(
+            header,
+            &join_path(path, "cluster_header"),
+        )?)),
+        Some(Spec::WeightedClusters(w)) => weighted_clusters(w, &join_path(path, "weighted_clusters"))?,
         Some(Spec::ClusterSpecifierPlugin(_)) => {
-            return Err(ConfigError::unsupported(
-                join_path(path, "cluster_specifier_plugin"),
-                "",
-            ));
+            return Err(ConfigError::unsupported(join_path(path, "cluster_specifier_plugin"), ""));
         }
         Some(Spec::InlineClusterSpecifierPlugin(_)) => {
-            return Err(ConfigError::unsupported(
-                join_path(path, "inline_cluster_specifier_plugin"),
-                "",
-            ));
+            return Err(ConfigError::unsupported(join_path(path, "inline_cluster_specifier_plugin"), ""));
         }
         None => {
-            return Err(ConfigError::invalid(
-                path,
-                "one of cluster, cluster_header or weighted_clusters is required",
-            ));
+            return Err(ConfigError::invalid(path, "one of cluster, cluster_header or weighted_clusters is required"));
         }
     };
     let cluster_not_found_status = match cluster_not_found_response_code {
@@ -1306,15 +1091,9 @@ fn forward_action(
         ("", None) => None,
         (prefix, None) => {
             header_value_text(prefix, &join_path(path, "prefix_rewrite"))?;
-            Some(PathRewrite::Prefix {
-                matched,
-                replacement: prefix.to_owned(),
-            })
+            Some(PathRewrite::Prefix { matched, replacement: prefix.to_owned() })
         }
-        ("", Some(r)) => Some(PathRewrite::Regex(regex_rewrite(
-            r,
-            &join_path(path, "regex_rewrite"),
-        )?)),
+        ("", Some(r)) => Some(PathRewrite::Regex(regex_rewrite(r, &join_path(path, "regex_rewrite"))?)),
         (_, Some(_)) => {
             return Err(ConfigError::invalid(
                 join_path(path, "regex_rewrite"),
@@ -1328,26 +1107,20 @@ fn forward_action(
         None => None,
         Some(HostSpec::HostRewriteLiteral(host)) if host.is_empty() => None,
         Some(HostSpec::HostRewriteLiteral(host)) => Some(HostRewrite::Literal(
-            HeaderValue::from_str(host).map_err(|_| {
-                ConfigError::invalid(
-                    join_path(path, "host_rewrite_literal"),
-                    "invalid header value",
-                )
-            })?,
+            HeaderValue::from_str(host)
+                .map_err(|_| ConfigError::invalid(join_path(path, "host_rewrite_literal"), "invalid header value"))?,
         )),
         Some(HostSpec::AutoHostRewrite(flag)) => {
             auto_host_rewrite = flag.value;
             None
         }
         Some(HostSpec::HostRewriteHeader(header)) if header.is_empty() => None,
-        Some(HostSpec::HostRewriteHeader(header)) => Some(HostRewrite::Header(plain_header_name(
-            header,
-            &join_path(path, "host_rewrite_header"),
-        )?)),
-        Some(HostSpec::HostRewritePathRegex(r)) => Some(HostRewrite::PathRegex(regex_rewrite(
-            r,
-            &join_path(path, "host_rewrite_path_regex"),
-        )?)),
+        Some(HostSpec::HostRewriteHeader(header)) => {
+            Some(HostRewrite::Header(plain_header_name(header, &join_path(path, "host_rewrite_header"))?))
+        }
+        Some(HostSpec::HostRewritePathRegex(r)) => {
+            Some(HostRewrite::PathRegex(regex_rewrite(r, &join_path(path, "host_rewrite_path_regex"))?))
+        }
         Some(HostSpec::HostRewrite(format)) => {
             let field = join_path(path, "host_rewrite");
             let value = literal_format(format.as_bytes(), &field)?;
@@ -1356,8 +1129,7 @@ fn forward_action(
                 None
             } else {
                 Some(HostRewrite::Literal(
-                    HeaderValue::from_bytes(&value)
-                        .map_err(|_| ConfigError::invalid(field, "invalid header value"))?,
+                    HeaderValue::from_bytes(&value).map_err(|_| ConfigError::invalid(field, "invalid header value"))?,
                 ))
             }
         }
@@ -1392,26 +1164,16 @@ fn weighted_clusters(proto: &route_pb::WeightedCluster, path: &str) -> Result<Cl
     use route_pb::weighted_cluster::RandomValueSpecifier;
 
     // `total_weight` is deprecated: the proto says clients use the sum of the weights.
-    let route_pb::WeightedCluster {
-        clusters,
-        total_weight: _,
-        runtime_key_prefix,
-        random_value_specifier,
-    } = proto;
+    let route_pb::WeightedCluster { clusters, total_weight: _, runtime_key_prefix, random_value_specifier } = proto;
     reject_fields!(path; runtime_key_prefix)?;
     // Name the oneof member that is set, as the config spells it.
     match random_value_specifier {
         Some(RandomValueSpecifier::HeaderName(_)) => reject_set(path, &[("header_name", true)])?,
-        Some(RandomValueSpecifier::UseHashPolicy(_)) => {
-            reject_set(path, &[("use_hash_policy", true)])?
-        }
+        Some(RandomValueSpecifier::UseHashPolicy(_)) => reject_set(path, &[("use_hash_policy", true)])?,
         None => {}
     }
     if clusters.is_empty() {
-        return Err(ConfigError::invalid(
-            join_path(path, "clusters"),
-            "value must contain at least 1 item",
-        ));
+        return Err(ConfigError::invalid(join_path(path, "clusters"), "value must contain at least 1 item"));
     }
     let mut total = 0u64;
     let mut targets = Vec::with_capacity(clusters.len());
@@ -1432,27 +1194,17 @@ fn weighted_clusters(proto: &route_pb::WeightedCluster, path: &str) -> Result<Cl
         reject_fields!(&cpath; metadata_match, request_headers_to_add, request_headers_to_remove,
             response_headers_to_add, response_headers_to_remove, typed_per_filter_config)?;
         // The oneof's only member.
-        reject_set(
-            &cpath,
-            &[("host_rewrite_literal", host_rewrite_specifier.is_some())],
-        )?;
+        reject_set(&cpath, &[("host_rewrite_literal", host_rewrite_specifier.is_some())])?;
         let target = match (name.is_empty(), cluster_header.is_empty()) {
             (false, true) => ClusterTarget::Named(name.clone()),
-            (true, false) => ClusterTarget::Header(plain_header_name(
-                cluster_header,
-                &join_path(&cpath, "cluster_header"),
-            )?),
+            (true, false) => {
+                ClusterTarget::Header(plain_header_name(cluster_header, &join_path(&cpath, "cluster_header"))?)
+            }
             (true, true) => {
-                return Err(ConfigError::invalid(
-                    cpath,
-                    "one of name or cluster_header must be specified",
-                ));
+                return Err(ConfigError::invalid(cpath, "one of name or cluster_header must be specified"));
             }
             (false, false) => {
-                return Err(ConfigError::invalid(
-                    cpath,
-                    "only one of name or cluster_header may be specified",
-                ));
+                return Err(ConfigError::invalid(cpath, "only one of name or cluster_header may be specified"));
             }
         };
         total += u64::from(weight.map_or(0, |w| w.value));
@@ -1467,23 +1219,14 @@ fn weighted_clusters(proto: &route_pb::WeightedCluster, path: &str) -> Result<Cl
     if total > u64::from(u32::MAX) {
         return Err(ConfigError::invalid(
             join_path(path, "clusters"),
-            format!(
-                "sum of weights in the weighted_cluster must not exceed {}",
-                u32::MAX
-            ),
+            format!("sum of weights in the weighted_cluster must not exceed {}", u32::MAX),
         ));
     }
     Ok(ClusterSpecifier::Weighted { targets, total })
 }
 
-fn redirect_action(
-    proto: &route_pb::RedirectAction,
-    path: &str,
-    matched: MatchedPart,
-) -> Result<RedirectAction> {
-    use route_pb::redirect_action::{
-        PathRewriteSpecifier as PathSpec, SchemeRewriteSpecifier as SchemeSpec,
-    };
+fn redirect_action(proto: &route_pb::RedirectAction, path: &str, matched: MatchedPart) -> Result<RedirectAction> {
+    use route_pb::redirect_action::{PathRewriteSpecifier as PathSpec, SchemeRewriteSpecifier as SchemeSpec};
 
     let route_pb::RedirectAction {
         host_redirect,
@@ -1500,10 +1243,7 @@ fn redirect_action(
         3 => StatusCode::TEMPORARY_REDIRECT,
         4 => StatusCode::PERMANENT_REDIRECT,
         other => {
-            return Err(ConfigError::invalid(
-                join_path(path, "response_code"),
-                format!("unknown enum value {other}"),
-            ));
+            return Err(ConfigError::invalid(join_path(path, "response_code"), format!("unknown enum value {other}")));
         }
     };
     let scheme = match scheme_rewrite_specifier {
@@ -1512,13 +1252,9 @@ fn redirect_action(
         Some(SchemeSpec::SchemeRedirect(s)) if s.is_empty() => None,
         Some(SchemeSpec::SchemeRedirect(s)) => {
             let valid = s.starts_with(|c: char| c.is_ascii_alphabetic())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
             if !valid {
-                return Err(ConfigError::invalid(
-                    join_path(path, "scheme_redirect"),
-                    format!("invalid scheme '{s}'"),
-                ));
+                return Err(ConfigError::invalid(join_path(path, "scheme_redirect"), format!("invalid scheme '{s}'")));
             }
             Some(s.to_ascii_lowercase())
         }
@@ -1532,12 +1268,10 @@ fn redirect_action(
     };
     let port = match *port_redirect {
         0 => None,
-        p => Some(u16::try_from(p).map_err(|_| {
-            ConfigError::invalid(
-                join_path(path, "port_redirect"),
-                "value must be a port number",
-            )
-        })?),
+        p => Some(
+            u16::try_from(p)
+                .map_err(|_| ConfigError::invalid(join_path(path, "port_redirect"), "value must be a port number"))?,
+        ),
     };
     let redirect_path = match path_rewrite_specifier {
         None => RedirectPath::Keep,
@@ -1545,81 +1279,43 @@ fn redirect_action(
         Some(PathSpec::PathRedirect(p)) => {
             header_value_text(p, &join_path(path, "path_redirect"))?;
             match p.split_once('?') {
-                Some((p, q)) => RedirectPath::Replace {
-                    path: p.to_owned(),
-                    query: Some(q.to_owned()),
-                },
-                None => RedirectPath::Replace {
-                    path: p.clone(),
-                    query: None,
-                },
+                Some((p, q)) => RedirectPath::Replace { path: p.to_owned(), query: Some(q.to_owned()) },
+                None => RedirectPath::Replace { path: p.clone(), query: None },
             }
         }
         Some(PathSpec::PrefixRewrite(p)) if p.is_empty() => RedirectPath::Keep,
         Some(PathSpec::PrefixRewrite(p)) => {
             header_value_text(p, &join_path(path, "prefix_rewrite"))?;
-            RedirectPath::Rewrite(PathRewrite::Prefix {
-                matched,
-                replacement: p.clone(),
-            })
+            RedirectPath::Rewrite(PathRewrite::Prefix { matched, replacement: p.clone() })
         }
-        Some(PathSpec::RegexRewrite(r)) => RedirectPath::Rewrite(PathRewrite::Regex(
-            regex_rewrite(r, &join_path(path, "regex_rewrite"))?,
-        )),
+        Some(PathSpec::RegexRewrite(r)) => {
+            RedirectPath::Rewrite(PathRewrite::Regex(regex_rewrite(r, &join_path(path, "regex_rewrite"))?))
+        }
         Some(PathSpec::PathRewrite(_)) => {
-            return Err(ConfigError::unsupported(
-                join_path(path, "path_rewrite"),
-                "",
-            ));
+            return Err(ConfigError::unsupported(join_path(path, "path_rewrite"), ""));
         }
     };
-    Ok(RedirectAction {
-        scheme,
-        host,
-        port,
-        path: redirect_path,
-        strip_query: *strip_query,
-        status,
-    })
+    Ok(RedirectAction { scheme, host, port, path: redirect_path, strip_query: *strip_query, status })
 }
 
-fn direct_response(
-    proto: &route_pb::DirectResponseAction,
-    path: &str,
-    limits: &Limits,
-) -> Result<RouteAction> {
-    let route_pb::DirectResponseAction {
-        status,
-        body,
-        body_format,
-    } = proto;
+fn direct_response(proto: &route_pb::DirectResponseAction, path: &str, limits: &Limits) -> Result<RouteAction> {
+    let route_pb::DirectResponseAction { status, body, body_format } = proto;
     reject_fields!(path; body_format)?;
     let status = u16::try_from(*status)
         .ok()
         .filter(|s| (200..600).contains(s))
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| {
-            ConfigError::invalid(
-                join_path(path, "status"),
-                "value must be inside range [200, 600)",
-            )
-        })?;
+        .ok_or_else(|| ConfigError::invalid(join_path(path, "status"), "value must be inside range [200, 600)"))?;
     let body = match body {
         Some(source) => data_source(source, &join_path(path, "body"), limits.max_body)?,
         None => None,
     };
-    Ok(RouteAction::DirectResponse {
-        status,
-        body: body.filter(|b| !b.is_empty()),
-    })
+    Ok(RouteAction::DirectResponse { status, body: body.filter(|b| !b.is_empty()) })
 }
 
 /// Reads a direct response body; files and environment variables are read once, here.
 fn data_source(source: &DataSource, path: &str, max: u32) -> Result<Option<Bytes>> {
-    let DataSource {
-        watched_directory,
-        specifier,
-    } = source;
+    let DataSource { watched_directory, specifier } = source;
     reject_fields!(path; watched_directory)?;
     let body = match specifier {
         None => return Ok(None),
@@ -1627,21 +1323,17 @@ fn data_source(source: &DataSource, path: &str, max: u32) -> Result<Option<Bytes
         Some(data_source::Specifier::InlineString(s)) => Bytes::copy_from_slice(s.as_bytes()),
         Some(data_source::Specifier::Filename(f)) => {
             let field = join_path(path, "filename");
-            let meta = std::fs::metadata(f).map_err(|e| {
-                ConfigError::invalid(&field, format!("response body file {f}: {e}"))
-            })?;
+            let meta = std::fs::metadata(f)
+                .map_err(|e| ConfigError::invalid(&field, format!("response body file {f}: {e}")))?;
             if meta.len() > u64::from(max) {
                 return Err(ConfigError::invalid(
                     field,
-                    format!(
-                        "response body file {f} size is {} bytes; maximum is {max}",
-                        meta.len()
-                    ),
+                    format!("response body file {f} size is {} bytes; maximum is {max}", meta.len()),
                 ));
             }
-            Bytes::from(std::fs::read(f).map_err(|e| {
-                ConfigError::invalid(&field, format!("response body file {f}: {e}"))
-            })?)
+            Bytes::from(
+                std::fs::read(f).map_err(|e| ConfigError::invalid(&field, format!("response body file {f}: {e}")))?,
+            )
         }
         Some(data_source::Specifier::EnvironmentVariable(v)) => {
             let value = std::env::var_os(v).ok_or_else(|| {
@@ -1656,10 +1348,7 @@ fn data_source(source: &DataSource, path: &str, max: u32) -> Result<Option<Bytes
     if body.len() > max as usize {
         return Err(ConfigError::invalid(
             path,
-            format!(
-                "response body size is {} bytes; maximum is {max}",
-                body.len()
-            ),
+            format!("response body size is {} bytes; maximum is {max}", body.len()),
         ));
     }
     Ok(Some(body))
@@ -1667,24 +1356,16 @@ fn data_source(source: &DataSource, path: &str, max: u32) -> Result<Option<Bytes
 
 /// Checks text that ends up in a header value (no control characters but tab).
 fn header_value_text(value: &str, path: &str) -> Result<()> {
-    HeaderValue::from_str(value)
-        .map(drop)
-        .map_err(|_| ConfigError::invalid(path, "value contains a control character"))
+    HeaderValue::from_str(value).map(drop).map_err(|_| ConfigError::invalid(path, "value contains a control character"))
 }
 
 /// Parses a regular header name (`cluster_header`, `vhost_header`, ...): lowercased and valid.
 fn plain_header_name(name: &str, path: &str) -> Result<HeaderName> {
     if name.is_empty() {
-        return Err(ConfigError::invalid(
-            path,
-            "value length must be at least 1",
-        ));
+        return Err(ConfigError::invalid(path, "value length must be at least 1"));
     }
     if name.starts_with(':') {
-        return Err(ConfigError::unsupported(
-            path,
-            format!("pseudo-header {name}"),
-        ));
+        return Err(ConfigError::unsupported(path, format!("pseudo-header {name}")));
     }
     HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| ConfigError::invalid(path, format!("invalid header name '{name}'")))
@@ -1693,16 +1374,10 @@ fn plain_header_name(name: &str, path: &str) -> Result<HeaderName> {
 /// Parses a header name a mutation may touch: Envoy forbids `:`-prefixed names and `host`.
 fn mutable_header_name(name: &str, path: &str) -> Result<HeaderName> {
     if name.is_empty() {
-        return Err(ConfigError::invalid(
-            path,
-            "value length must be at least 1",
-        ));
+        return Err(ConfigError::invalid(path, "value length must be at least 1"));
     }
     if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
-        return Err(ConfigError::invalid(
-            path,
-            ":-prefixed or host headers may not be modified",
-        ));
+        return Err(ConfigError::invalid(path, ":-prefixed or host headers may not be modified"));
     }
     HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| ConfigError::invalid(path, format!("invalid header name '{name}'")))
@@ -1710,12 +1385,7 @@ fn mutable_header_name(name: &str, path: &str) -> Result<HeaderName> {
 
 /// Translates one level's `{kind}_headers_to_add` / `{kind}_headers_to_remove` (`kind` is
 /// `request` or `response`).
-fn header_mutations(
-    add: &[HeaderValueOption],
-    remove: &[String],
-    path: &str,
-    kind: &str,
-) -> Result<HeaderMutations> {
+fn header_mutations(add: &[HeaderValueOption], remove: &[String], path: &str, kind: &str) -> Result<HeaderMutations> {
     let add_field = join_path(path, &format!("{kind}_headers_to_add"));
     let remove_field = join_path(path, &format!("{kind}_headers_to_remove"));
     let remove = remove
@@ -1729,28 +1399,16 @@ fn header_mutations(
             adds.push(a);
         }
     }
-    let conditional = adds.iter().any(|a: &HeaderAdd| {
-        matches!(
-            a.action,
-            AppendAction::AddIfAbsent | AppendAction::OverwriteIfExists
-        )
-    });
-    Ok(HeaderMutations {
-        remove,
-        add: adds,
-        conditional,
-    })
+    let conditional = adds
+        .iter()
+        .any(|a: &HeaderAdd| matches!(a.action, AppendAction::AddIfAbsent | AppendAction::OverwriteIfExists));
+    Ok(HeaderMutations { remove, add: adds, conditional })
 }
 
 /// Translates one `HeaderValueOption`; `None` when its value is empty and not kept.
 #[allow(deprecated)]
 fn header_add(option: &HeaderValueOption, path: &str) -> Result<Option<HeaderAdd>> {
-    let HeaderValueOption {
-        header,
-        append,
-        append_action,
-        keep_empty_value,
-    } = option;
+    let HeaderValueOption { header, append, append_action, keep_empty_value } = option;
     let header_path = join_path(path, "header");
     let Some(header) = header else {
         return Err(ConfigError::invalid(header_path, "value is required"));
@@ -1758,10 +1416,7 @@ fn header_add(option: &HeaderValueOption, path: &str) -> Result<Option<HeaderAdd
     let name = mutable_header_name(&header.key, &join_path(&header_path, "key"))?;
     let (raw, field) = match (header.value.is_empty(), header.raw_value.is_empty()) {
         (false, false) => {
-            return Err(ConfigError::invalid(
-                header_path,
-                "only one of value or raw_value can be set",
-            ));
+            return Err(ConfigError::invalid(header_path, "only one of value or raw_value can be set"));
         }
         (true, false) => (header.raw_value.as_slice(), "raw_value"),
         _ => (header.value.as_bytes(), "value"),
@@ -1772,14 +1427,11 @@ fn header_add(option: &HeaderValueOption, path: &str) -> Result<Option<HeaderAdd
         // Envoy drops custom headers whose value is empty unless told to keep them.
         return Ok(None);
     }
-    let value = HeaderValue::from_bytes(&value)
-        .map_err(|_| ConfigError::invalid(value_path, "invalid header value"))?;
+    let value =
+        HeaderValue::from_bytes(&value).map_err(|_| ConfigError::invalid(value_path, "invalid header value"))?;
     let action = match (append, append_action) {
         (Some(_), a) if *a != HeaderAppendAction::AppendIfExistsOrAdd as i32 => {
-            return Err(ConfigError::invalid(
-                path,
-                "both append and append_action are set and it's not allowed",
-            ));
+            return Err(ConfigError::invalid(path, "both append and append_action are set and it's not allowed"));
         }
         (Some(append), _) if append.value => AppendAction::AppendIfExistsOrAdd,
         (Some(_), _) => AppendAction::OverwriteIfExistsOrAdd,
@@ -1789,18 +1441,11 @@ fn header_add(option: &HeaderValueOption, path: &str) -> Result<Option<HeaderAdd
             Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => AppendAction::OverwriteIfExistsOrAdd,
             Ok(HeaderAppendAction::OverwriteIfExists) => AppendAction::OverwriteIfExists,
             Err(_) => {
-                return Err(ConfigError::invalid(
-                    join_path(path, "append_action"),
-                    format!("unknown enum value {a}"),
-                ));
+                return Err(ConfigError::invalid(join_path(path, "append_action"), format!("unknown enum value {a}")));
             }
         },
     };
-    Ok(Some(HeaderAdd {
-        name,
-        value,
-        action,
-    }))
+    Ok(Some(HeaderAdd { name, value, action }))
 }
 
 /// Formats a header value that may only hold literal text: `%%` is a `%`, and any
@@ -1819,17 +1464,11 @@ pub(crate) fn literal_format(text: &[u8], path: &str) -> Result<Vec<u8>> {
         return match after.iter().position(|&b| b == b'%') {
             Some(end) => Err(ConfigError::unsupported(
                 path,
-                format!(
-                    "header value substitution %{}%",
-                    String::from_utf8_lossy(&after[..end])
-                ),
+                format!("header value substitution %{}%", String::from_utf8_lossy(&after[..end])),
             )),
             None => Err(ConfigError::invalid(
                 path,
-                format!(
-                    "'{}': a '%' must be escaped as '%%'",
-                    String::from_utf8_lossy(text)
-                ),
+                format!("'{}': a '%' must be escaped as '%%'", String::from_utf8_lossy(text)),
             )),
         };
     }

@@ -40,7 +40,11 @@ pub fn parse<M: Message + Name + Default>(text: &str, format: Format) -> Result<
 }
 
 /// `parse`, optionally ignoring unknown fields as `--allow-unknown-static-fields` asks.
-pub fn parse_with<M: Message + Name + Default>(text: &str, format: Format, allow_unknown_fields: bool) -> Result<M, ConfigError> {
+pub fn parse_with<M: Message + Name + Default>(
+    text: &str,
+    format: Format,
+    allow_unknown_fields: bool,
+) -> Result<M, ConfigError> {
     let desc = pool()
         .get_message_by_name(&M::full_name())
         .unwrap_or_else(|| panic!("{} is in the descriptor set", M::full_name()));
@@ -79,38 +83,43 @@ pub fn parse_with<M: Message + Name + Default>(text: &str, format: Format, allow
 
 /// Folds a multi-line parser message (YAML snippets) into one line.
 fn one_line(message: &str) -> String {
-    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or_default().to_owned();
-    // serde-saphyr puts "at line L column C" on the first line; the rest is a snippet.
-    first
+    // serde-saphyr puts "line L column C: message" on the first line; the rest is a snippet.
+    let first = message.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }
 
-/// Renders an Envoy message as Envoy's JSON (proto field names, `Any` with `@type`).
+/// Renders an Envoy message as Envoy's JSON (proto field names, `Any` with `@type`,
+/// default values left out, as in `/config_dump`).
 pub fn to_json<M: Message + Name>(message: &M) -> serde_json::Value {
+    message_to_json(message, true)
+}
+
+/// Renders an Envoy message with every scalar field, defaults included, as Envoy prints
+/// `/server_info`.
+pub fn to_json_with_defaults<M: Message + Name>(message: &M) -> serde_json::Value {
+    message_to_json(message, false)
+}
+
+fn message_to_json<M: Message + Name>(message: &M, skip_defaults: bool) -> serde_json::Value {
     let desc = pool()
         .get_message_by_name(&M::full_name())
         .unwrap_or_else(|| panic!("{} is in the descriptor set", M::full_name()));
-    any_bytes_to_json(desc, &message.encode_to_vec())
+    bytes_to_json(desc, &message.encode_to_vec(), skip_defaults)
 }
 
 /// Renders encoded message bytes of descriptor `desc` as Envoy's JSON.
-fn any_bytes_to_json(desc: prost_reflect::MessageDescriptor, bytes: &[u8]) -> serde_json::Value {
+fn bytes_to_json(desc: prost_reflect::MessageDescriptor, bytes: &[u8], skip_defaults: bool) -> serde_json::Value {
     let dynamic = match DynamicMessage::decode(desc, bytes) {
         Ok(d) => d,
         Err(e) => return serde_json::json!({ "error": e.to_string() }),
     };
-    let options = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(true);
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(true)
+        .skip_default_fields(skip_defaults);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
         .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
-}
-
-/// Renders an `Any` (by its type URL) as Envoy's JSON with its `@type`.
-pub fn any_to_json(any: &envoy_types::pb::google::protobuf::Any) -> serde_json::Value {
-    let Some(desc) = pool().get_message_by_name("google.protobuf.Any") else {
-        return serde_json::Value::Null;
-    };
-    any_bytes_to_json(desc, &any.encode_to_vec())
 }
 
 /// Whether `@type` names a message Envoy knows (so an unimplemented one is "not supported").

@@ -16,8 +16,8 @@ use http::{HeaderMap, HeaderName, Version, header};
 
 use super::flags::ResponseFlags;
 use crate::config::access_log::{
-    AccessLogSpec, Command, Format, HeaderKey, HeaderRef, JsonFormat, JsonValue, LogSink, Operator,
-    Piece, Template, TimeFormat, TimePiece,
+    AccessLogSpec, Command, Format, HeaderKey, HeaderRef, JsonFormat, JsonValue, LogSink, Operator, Piece, Template,
+    TimeFormat, TimePiece,
 };
 
 /// How long a line may sit in the writer's buffer, like Envoy's `file_flush_interval_msec`.
@@ -83,9 +83,7 @@ impl AccessLogger {
     /// Opens the sink (creating the file in append mode) and starts its writer thread.
     pub fn new(spec: &AccessLogSpec) -> io::Result<Self> {
         let out = match &spec.sink {
-            LogSink::File(path) => {
-                Output::File(OpenOptions::new().create(true).append(true).open(path)?)
-            }
+            LogSink::File(path) => Output::File(OpenOptions::new().create(true).append(true).open(path)?),
             LogSink::Stdout => Output::Stdout,
             LogSink::Stderr => Output::Stderr,
         };
@@ -95,18 +93,10 @@ impl AccessLogger {
             LogSink::Stdout => "stdout".to_owned(),
             LogSink::Stderr => "stderr".to_owned(),
         };
-        std::thread::Builder::new()
-            .name("legate-access-log".into())
-            .spawn(move || run_writer(rx, out, &label))?;
+        std::thread::Builder::new().name("legate-access-log".into()).spawn(move || run_writer(rx, out, &label))?;
         // Resolve the hostname now so `%HOSTNAME%` never reads a file on the request path.
         let _ = hostname();
-        Ok(Self {
-            inner: Arc::new(Inner {
-                format: spec.format.clone(),
-                sink: spec.sink.clone(),
-                tx,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { format: spec.format.clone(), sink: spec.sink.clone(), tx }) })
     }
 
     /// Formats one line and queues it; never blocks on I/O.
@@ -129,9 +119,7 @@ impl AccessLogger {
 
 impl std::fmt::Debug for AccessLogger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessLogger")
-            .field("sink", &self.inner.sink)
-            .finish_non_exhaustive()
+        f.debug_struct("AccessLogger").field("sink", &self.inner.sink).finish_non_exhaustive()
     }
 }
 
@@ -209,9 +197,7 @@ fn run_writer(rx: mpsc::Receiver<Message>, mut out: Output, label: &str) {
 pub fn render(format: &Format, ctx: &LogContext<'_>) -> String {
     let mut out = String::with_capacity(256);
     match format {
-        Format::Text(text) => {
-            render_template(&text.template, text.omit_empty_values, false, ctx, &mut out)
-        }
+        Format::Text(text) => render_template(&text.template, text.omit_empty_values, false, ctx, &mut out),
         Format::Json(json) => {
             render_object(&json.fields, json, ctx, &mut out);
             out.push('\n');
@@ -229,13 +215,7 @@ enum Value<'v> {
     Num(u64),
 }
 
-fn render_template(
-    template: &Template,
-    omit_empty: bool,
-    escape: bool,
-    ctx: &LogContext<'_>,
-    out: &mut String,
-) {
+fn render_template(template: &Template, omit_empty: bool, escape: bool, ctx: &LogContext<'_>, out: &mut String) {
     for piece in template.pieces() {
         match piece {
             Piece::Literal(s) => push_str(out, s, escape),
@@ -249,12 +229,7 @@ fn render_template(
     }
 }
 
-fn render_object(
-    fields: &[(String, JsonValue)],
-    json: &JsonFormat,
-    ctx: &LogContext<'_>,
-    out: &mut String,
-) {
+fn render_object(fields: &[(String, JsonValue)], json: &JsonFormat, ctx: &LogContext<'_>, out: &mut String) {
     out.push('{');
     let mut first = true;
     for (key, value) in fields {
@@ -310,10 +285,7 @@ fn render_json_value(value: &JsonValue, json: &JsonFormat, ctx: &LogContext<'_>,
 }
 
 fn evaluate<'v>(op: &'v Operator, ctx: &'v LogContext<'_>) -> Value<'v> {
-    let text = |s: Option<&'v str>| {
-        s.filter(|s| !s.is_empty())
-            .map_or(Value::Missing, |s| Value::Str(s.into()))
-    };
+    let text = |s: Option<&'v str>| s.filter(|s| !s.is_empty()).map_or(Value::Missing, |s| Value::Str(s.into()));
     let owned = |s: Option<String>| s.map_or(Value::Missing, |s| Value::Str(s.into()));
     match &op.command {
         Command::StartTime(format) => Value::Str(format_time(ctx.start_time, format).into()),
@@ -330,29 +302,17 @@ fn evaluate<'v>(op: &'v Operator, ctx: &'v LogContext<'_>) -> Value<'v> {
         Command::ResponseCodeDetails => text(Some(ctx.response_code_details)),
         Command::BytesReceived => Value::Num(ctx.bytes_received),
         Command::BytesSent => Value::Num(ctx.bytes_sent),
-        Command::Duration => {
-            Value::Num(u64::try_from(ctx.duration.as_millis()).unwrap_or(u64::MAX))
-        }
+        Command::Duration => Value::Num(u64::try_from(ctx.duration.as_millis()).unwrap_or(u64::MAX)),
         Command::Protocol => text(protocol(ctx.protocol)),
-        Command::UpstreamHost | Command::UpstreamRemoteAddress => {
-            owned(ctx.upstream_host.map(|a| a.to_string()))
-        }
-        Command::UpstreamRemoteAddressWithoutPort => {
-            owned(ctx.upstream_host.map(|a| a.ip().to_string()))
-        }
-        Command::UpstreamRemotePort => ctx
-            .upstream_host
-            .map_or(Value::Missing, |a| Value::Num(a.port().into())),
+        Command::UpstreamHost | Command::UpstreamRemoteAddress => owned(ctx.upstream_host.map(|a| a.to_string())),
+        Command::UpstreamRemoteAddressWithoutPort => owned(ctx.upstream_host.map(|a| a.ip().to_string())),
+        Command::UpstreamRemotePort => ctx.upstream_host.map_or(Value::Missing, |a| Value::Num(a.port().into())),
         Command::UpstreamCluster => text(ctx.upstream_cluster),
         Command::DownstreamRemoteAddress => Value::Str(ctx.downstream_remote.to_string().into()),
-        Command::DownstreamRemoteAddressWithoutPort => {
-            Value::Str(ctx.downstream_remote.ip().to_string().into())
-        }
+        Command::DownstreamRemoteAddressWithoutPort => Value::Str(ctx.downstream_remote.ip().to_string().into()),
         Command::DownstreamRemotePort => Value::Num(ctx.downstream_remote.port().into()),
         Command::DownstreamLocalAddress => Value::Str(ctx.downstream_local.to_string().into()),
-        Command::DownstreamLocalAddressWithoutPort => {
-            Value::Str(ctx.downstream_local.ip().to_string().into())
-        }
+        Command::DownstreamLocalAddressWithoutPort => Value::Str(ctx.downstream_local.ip().to_string().into()),
         Command::DownstreamLocalPort => Value::Num(ctx.downstream_local.port().into()),
         Command::RouteName => text(ctx.route_name),
         Command::Hostname => text(hostname()),
@@ -397,9 +357,7 @@ fn response_header<'v>(ctx: &LogContext<'v>, h: &HeaderRef) -> Option<Cow<'v, st
     let headers = ctx.response_headers?;
     let one = |key: &HeaderKey| -> Option<Cow<'v, str>> {
         match key {
-            HeaderKey::Status if ctx.response_code != 0 => {
-                Some(ctx.response_code.to_string().into())
-            }
+            HeaderKey::Status if ctx.response_code != 0 => Some(ctx.response_code.to_string().into()),
             HeaderKey::Name(name) => header_value(headers, name),
             _ => None,
         }
@@ -409,9 +367,7 @@ fn response_header<'v>(ctx: &LogContext<'v>, h: &HeaderRef) -> Option<Cow<'v, st
 
 /// The first value of a header, as Envoy prints it.
 fn header_value<'v>(headers: &'v HeaderMap, name: &HeaderName) -> Option<Cow<'v, str>> {
-    headers
-        .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()))
 }
 
 /// Keeps at most `max` bytes, backing off to a char boundary so the line stays UTF-8.
@@ -428,11 +384,7 @@ fn truncate(s: &str, max: Option<usize>) -> &str {
 }
 
 fn push_str(out: &mut String, s: &str, escape: bool) {
-    if escape {
-        push_json_escaped(out, s)
-    } else {
-        out.push_str(s)
-    }
+    if escape { push_json_escaped(out, s) } else { out.push_str(s) }
 }
 
 fn push_json_string(out: &mut String, s: &str) {
@@ -502,10 +454,7 @@ struct Civil {
 impl Civil {
     fn new(t: SystemTime) -> Self {
         let (epoch_secs, nanos) = match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => (
-                i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                d.subsec_nanos(),
-            ),
+            Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
             Err(before) => {
                 let d = before.duration();
                 let secs = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
@@ -546,15 +495,7 @@ impl Civil {
     }
 }
 
-const WEEKDAYS: [&str; 7] = [
-    "Sunday",
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-];
+const WEEKDAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 const MONTHS: [&str; 12] = [
     "January",
     "February",
@@ -693,19 +634,13 @@ mod tests {
 
     fn response() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-envoy-upstream-service-time",
-            "25".parse().expect("value"),
-        );
+        h.insert("x-envoy-upstream-service-time", "25".parse().expect("value"));
         h.insert("content-type", "application/json".parse().expect("value"));
         h
     }
 
     fn text(format: &str) -> Format {
-        Format::Text(TextFormat {
-            template: Template::parse(format, "f").expect("parses"),
-            omit_empty_values: false,
-        })
+        Format::Text(TextFormat { template: Template::parse(format, "f").expect("parses"), omit_empty_values: false })
     }
 
     fn line(format: &str, ctx: &LogContext<'_>) -> String {
@@ -714,9 +649,7 @@ mod tests {
 
     fn json(yaml: &str, omit_empty_values: bool) -> Format {
         let proto: Struct = schema::parse(yaml, Syntax::Yaml).expect("valid struct yaml");
-        Format::Json(
-            JsonFormat::from_struct(&proto, true, omit_empty_values, "j").expect("compiles"),
-        )
+        Format::Json(JsonFormat::from_struct(&proto, true, omit_empty_values, "j").expect("compiles"))
     }
 
     #[test]
@@ -730,12 +663,7 @@ mod tests {
         );
 
         // No response, no upstream, no headers: Envoy's dashes, and 0 for the code.
-        let bare = http::Request::builder()
-            .uri("/")
-            .body(())
-            .expect("request")
-            .into_parts()
-            .0;
+        let bare = http::Request::builder().uri("/").body(()).expect("request").into_parts().0;
         let mut ctx = sample(&bare, &resp);
         ctx.response_headers = None;
         ctx.response_code = 0;
@@ -753,8 +681,7 @@ mod tests {
         let (req, resp) = (sample_request(), response());
         let mut ctx = sample(&req, &resp);
         ctx.route_name = Some("items");
-        ctx.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE
-            | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        ctx.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
         let cases = [
             ("%RESPONSE_CODE%", "201"),
             ("%RESPONSE_FLAGS%", "UF,URX"),
@@ -764,23 +691,14 @@ mod tests {
             ("%PROTOCOL%", "HTTP/1.1"),
             ("%UPSTREAM_HOST%", "10.1.2.3:8080"),
             ("%UPSTREAM_CLUSTER%", "backend"),
-            (
-                "%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %UPSTREAM_REMOTE_PORT%",
-                "10.1.2.3 8080",
-            ),
+            ("%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %UPSTREAM_REMOTE_PORT%", "10.1.2.3 8080"),
             ("%DOWNSTREAM_REMOTE_ADDRESS%", "[2001:db8::1]:51234"),
             ("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "2001:db8::1"),
             ("%DOWNSTREAM_REMOTE_PORT%", "51234"),
             ("%DOWNSTREAM_LOCAL_ADDRESS%", "127.0.0.1:10000"),
-            (
-                "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%:%DOWNSTREAM_LOCAL_PORT%",
-                "127.0.0.1:10000",
-            ),
+            ("%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%:%DOWNSTREAM_LOCAL_PORT%", "127.0.0.1:10000"),
             ("%ROUTE_NAME%", "items"),
-            (
-                "%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %REQ(:SCHEME)%",
-                "POST /api/items?id=7 example.com http",
-            ),
+            ("%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %REQ(:SCHEME)%", "POST /api/items?id=7 example.com http"),
             ("%REQ(HOST)%", "example.com"),
             ("%REQ(user-agent)%", "curl/8.5.0"),
             ("%REQ(USER-AGENT):4%", "curl"),
@@ -804,13 +722,7 @@ mod tests {
         ctx.route_name = None;
         ctx.upstream_cluster = None;
         ctx.response_code_details = "";
-        assert_eq!(
-            line(
-                "%ROUTE_NAME% %UPSTREAM_CLUSTER% %RESPONSE_CODE_DETAILS%",
-                &ctx
-            ),
-            "- - -"
-        );
+        assert_eq!(line("%ROUTE_NAME% %UPSTREAM_CLUSTER% %RESPONSE_CODE_DETAILS%", &ctx), "- - -");
         let omit = Format::Text(TextFormat {
             template: Template::parse("[%ROUTE_NAME%]", "f").expect("parses"),
             omit_empty_values: true,
@@ -829,37 +741,20 @@ mod tests {
     #[test]
     fn start_time_formats() {
         let t = |f: &str, time: SystemTime| {
-            let Command::StartTime(format) = op_command(&format!("%START_TIME({f})%")) else {
-                panic!()
-            };
+            let Command::StartTime(format) = op_command(&format!("%START_TIME({f})%")) else { panic!() };
             format_time(time, &format)
         };
         let s = sample_time();
         assert_eq!(t("%Y-%m-%dT%H:%M:%E3SZ", s), "2009-02-13T23:31:30.123Z");
         assert_eq!(t("%s.%3f|%f|%6f", s), "1234567890.123|123456789|123456");
-        assert_eq!(
-            t("%E*S|%E6S|%E0S|%E*f", s),
-            "30.123456789|30.123456|30|123456789"
-        );
-        assert_eq!(
-            t("%a %A %b %B %e %j %I%p %u %w %y %C", s),
-            "Fri Friday Feb February 13 044 11PM 5 5 09 20"
-        );
-        assert_eq!(
-            t("%T %D %F %R %z %Ez %Z %%", s),
-            "23:31:30 02/13/09 2009-02-13 23:31 +0000 +00:00 UTC %"
-        );
+        assert_eq!(t("%E*S|%E6S|%E0S|%E*f", s), "30.123456789|30.123456|30|123456789");
+        assert_eq!(t("%a %A %b %B %e %j %I%p %u %w %y %C", s), "Fri Friday Feb February 13 044 11PM 5 5 09 20");
+        assert_eq!(t("%T %D %F %R %z %Ez %Z %%", s), "23:31:30 02/13/09 2009-02-13 23:31 +0000 +00:00 UTC %");
         let leap = UNIX_EPOCH + Duration::from_secs(1_709_164_800); // 2024-02-29T00:00:00Z
         assert_eq!(t("%F %j %a %I%p %E*S", leap), "2024-02-29 060 Thu 12AM 00");
         let before = UNIX_EPOCH - Duration::from_millis(500);
-        assert_eq!(
-            format_time(before, &TimeFormat::Default),
-            "1969-12-31T23:59:59.500Z"
-        );
-        assert_eq!(
-            format_time(UNIX_EPOCH, &TimeFormat::Default),
-            "1970-01-01T00:00:00.000Z"
-        );
+        assert_eq!(format_time(before, &TimeFormat::Default), "1969-12-31T23:59:59.500Z");
+        assert_eq!(format_time(UNIX_EPOCH, &TimeFormat::Default), "1970-01-01T00:00:00.000Z");
     }
 
     fn op_command(format: &str) -> Command {
@@ -893,14 +788,11 @@ nested: { flags: "%RESPONSE_FLAGS%", list: ["%BYTES_SENT%", "%ROUTE_NAME%"] }
              \"list\":[345,null]},\"status\":201,\"summary\":\"POST - \\\"q\\\"\",\"upstream\":null,\
              \"version\":3}\n"
         );
-        let parsed: serde_json::Value =
-            serde_json::from_str(&render(&format, &ctx)).expect("valid JSON");
+        let parsed: serde_json::Value = serde_json::from_str(&render(&format, &ctx)).expect("valid JSON");
         assert_eq!(parsed["status"], 201);
 
-        let omit = json(
-            "{ a: \"%UPSTREAM_HOST%\", b: \"%PROTOCOL%\", c: \"%ROUTE_NAME%\", d: \"x %ROUTE_NAME%\" }",
-            true,
-        );
+        let omit =
+            json("{ a: \"%UPSTREAM_HOST%\", b: \"%PROTOCOL%\", c: \"%ROUTE_NAME%\", d: \"x %ROUTE_NAME%\" }", true);
         assert_eq!(render(&omit, &ctx), "{\"b\":\"HTTP/1.1\",\"d\":\"x \"}\n");
     }
 
@@ -909,27 +801,15 @@ nested: { flags: "%RESPONSE_FLAGS%", list: ["%BYTES_SENT%", "%ROUTE_NAME%"] }
         let (req, resp) = (sample_request(), response());
         let mut ctx = sample(&req, &resp);
         ctx.route_name = None;
-        let proto: Struct = schema::parse(
-            "{ code: \"%RESPONSE_CODE%\", route: \"%ROUTE_NAME%\" }",
-            Syntax::Yaml,
-        )
-        .expect("valid struct yaml");
-        let format =
-            Format::Json(JsonFormat::from_struct(&proto, false, false, "j").expect("compiles"));
-        assert_eq!(
-            render(&format, &ctx),
-            "{\"code\":\"201\",\"route\":\"-\"}\n"
-        );
+        let proto: Struct = schema::parse("{ code: \"%RESPONSE_CODE%\", route: \"%ROUTE_NAME%\" }", Syntax::Yaml)
+            .expect("valid struct yaml");
+        let format = Format::Json(JsonFormat::from_struct(&proto, false, false, "j").expect("compiles"));
+        assert_eq!(render(&format, &ctx), "{\"code\":\"201\",\"route\":\"-\"}\n");
     }
 
     fn temp_log_path(tag: &str) -> std::path::PathBuf {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        std::env::temp_dir().join(format!(
-            "legate-access-log-{tag}-{}-{nanos}.log",
-            std::process::id()
-        ))
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        std::env::temp_dir().join(format!("legate-access-log-{tag}-{}-{nanos}.log", std::process::id()))
     }
 
     fn file_spec(path: &std::path::Path, format: &str) -> AccessLogSpec {
@@ -963,18 +843,14 @@ typed_config:
     fn file_logger_appends_lines() {
         let path = temp_log_path("flush");
         std::fs::write(&path, "existing\n").expect("seed file");
-        let logger = AccessLogger::new(&file_spec(&path, "%REQ(:METHOD)% %RESPONSE_CODE%\\n"))
-            .expect("opens");
+        let logger = AccessLogger::new(&file_spec(&path, "%REQ(:METHOD)% %RESPONSE_CODE%\\n")).expect("opens");
         let (req, resp) = (sample_request(), response());
         let mut ctx = sample(&req, &resp);
         logger.log(&ctx);
         ctx.response_code = 503;
         logger.clone().log(&ctx);
         logger.flush();
-        assert_eq!(
-            std::fs::read_to_string(&path).expect("log file"),
-            "existing\nPOST 201\nPOST 503\n"
-        );
+        assert_eq!(std::fs::read_to_string(&path).expect("log file"), "existing\nPOST 201\nPOST 503\n");
         let _ = std::fs::remove_file(&path);
     }
 

@@ -140,18 +140,12 @@ impl ResponseFlags {
 
     /// The flag with short code `code` (`"UH"`), as used by Envoy's response_flag_filter.
     pub fn from_code(code: &str) -> Option<Self> {
-        Self::CODES
-            .iter()
-            .find(|(_, c)| *c == code)
-            .map(|(flag, _)| *flag)
+        Self::CODES.iter().find(|(_, c)| *c == code).map(|(flag, _)| *flag)
     }
 
     /// The short codes of the set flags, in Envoy's order.
     pub fn codes(self) -> impl Iterator<Item = &'static str> {
-        Self::CODES
-            .into_iter()
-            .filter(move |(flag, _)| self.intersects(*flag))
-            .map(|(_, code)| code)
+        Self::CODES.into_iter().filter(move |(flag, _)| self.intersects(*flag)).map(|(_, code)| code)
     }
 }
 
@@ -207,16 +201,13 @@ mod tests {
         flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         flags |= ResponseFlags::NO_HEALTHY_UPSTREAM;
         assert_eq!(flags.to_string(), "UH,UF,URX");
-        let flags = ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION
-            | ResponseFlags::RATE_LIMIT_SERVICE_ERROR;
+        let flags = ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION | ResponseFlags::RATE_LIMIT_SERVICE_ERROR;
         assert_eq!(flags.to_string(), "RLSE,DC");
     }
 
     #[test]
     fn every_flag_has_a_distinct_code_and_bit() {
-        let all = ResponseFlags::CODES
-            .iter()
-            .fold(ResponseFlags::NONE, |acc, (f, _)| acc | *f);
+        let all = ResponseFlags::CODES.iter().fold(ResponseFlags::NONE, |acc, (f, _)| acc | *f);
         assert_eq!(all.bits().count_ones() as usize, ResponseFlags::CODES.len());
         for (flag, code) in ResponseFlags::CODES {
             assert_eq!(flag.bits().count_ones(), 1, "{code}");

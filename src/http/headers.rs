@@ -23,12 +23,12 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes connection-specific headers, which never cross a proxy (RFC 9110 §7.6.1) and
 /// which HTTP/2 forbids; `te: trailers` is the one value kept, as Envoy keeps it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(listed) = headers.remove(header::CONNECTION) {
-        if let Ok(listed) = listed.to_str() {
-            for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                    headers.remove(name);
-                }
+    if let Some(listed) = headers.remove(header::CONNECTION)
+        && let Ok(listed) = listed.to_str()
+    {
+        for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(name);
             }
         }
     }

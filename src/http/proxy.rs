@@ -39,7 +39,10 @@ pub struct ConnContext {
 }
 
 /// Serves one downstream request. Never fails: every error becomes Envoy's local reply.
-pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+pub async fn serve(
+    ctx: Rc<ConnContext>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let listener = &ctx.listener;
     let stats = &listener.http_stats;
     stats.downstream_rq_total.inc();
@@ -73,7 +76,12 @@ pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<R
     let hcm = &listener.spec.hcm;
     if parts.version != Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
         // HTTP/1.1 requires Host (RFC 9112 §3.2); Envoy answers 400.
-        return Ok(exchange.local_reply(StatusCode::BAD_REQUEST, Bytes::new(), ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, "missing_host_header"));
+        return Ok(exchange.local_reply(
+            StatusCode::BAD_REQUEST,
+            Bytes::new(),
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "missing_host_header",
+        ));
     }
     headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address);
     if hcm.generate_request_id {
@@ -85,7 +93,12 @@ pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<R
     let routes = hcm.routes.clone();
     let Some(selected) = routes.select(&parts) else {
         stats.no_route.inc();
-        return Ok(exchange.local_reply(StatusCode::NOT_FOUND, Bytes::new(), ResponseFlags::NO_ROUTE_FOUND, "route_not_found"));
+        return Ok(exchange.local_reply(
+            StatusCode::NOT_FOUND,
+            Bytes::new(),
+            ResponseFlags::NO_ROUTE_FOUND,
+            "route_not_found",
+        ));
     };
     exchange.route_name = Some(selected.route.name().to_owned()).filter(|n| !n.is_empty());
     let forward = match selected.route.action() {
@@ -98,7 +111,8 @@ pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<R
         }
         RouteAction::Redirect(redirect) => {
             stats.rq_redirect.inc();
-            let (status, location) = redirect.location(&parts, "http");
+            let scheme = parts.headers.get(&headers::X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()).unwrap_or("http");
+            let (status, location) = redirect.location(&parts, scheme);
             let mut response = exchange.local_reply(status, Bytes::new(), ResponseFlags::default(), "direct_response");
             response.headers_mut().insert(header::LOCATION, location);
             selected.apply_response_headers(response.headers_mut());
@@ -107,9 +121,16 @@ pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<R
         RouteAction::Forward(forward) => forward,
     };
     stats.rq_total.inc();
-    let Some(cluster) = forward.cluster(&parts.headers).and_then(|name| listener.clusters.snapshot().get(&name).cloned()) else {
+    let Some(cluster) =
+        forward.cluster(&parts.headers).and_then(|name| listener.clusters.snapshot().get(name).cloned())
+    else {
         stats.no_cluster.inc();
-        return Ok(exchange.local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), ResponseFlags::NO_CLUSTER_FOUND, "cluster_not_found"));
+        return Ok(exchange.local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::new(),
+            ResponseFlags::NO_CLUSTER_FOUND,
+            "cluster_not_found",
+        ));
     };
     let pools = ctx.worker.pools.cluster(&cluster);
     let mut cursor = pools.cursor.get();
@@ -118,23 +139,31 @@ pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<R
     exchange.cluster = Some(cluster.clone());
     let Some(host_index) = picked else {
         cluster.stats.upstream_cx_none_healthy.inc();
-        return Ok(exchange.local_reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"no healthy upstream"), ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"));
+        return Ok(exchange.local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(b"no healthy upstream"),
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
+            "no_healthy_upstream",
+        ));
     };
     let host = cluster.hosts[host_index].clone();
     exchange.host = Some(host.clone());
 
-    forward.rewrite_request(&mut parts);
+    forward.rewrite_request_with(&mut parts, !hcm.suppress_envoy_headers);
     selected.apply_request_headers(&mut parts.headers);
-    if forward.auto_host_rewrite() && !host.hostname.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&host.hostname) {
-            parts.headers.insert(header::HOST, value);
-        }
+    // Envoy's auto_host_rewrite uses the host's hostname, which a STATIC endpoint has
+    // only when its `hostname` is set.
+    if forward.auto_host_rewrite()
+        && !host.hostname.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&host.hostname)
+    {
+        parts.headers.insert(header::HOST, value);
     }
     let timeout = forward.timeout();
-    if !hcm.suppress_envoy_headers {
-        if let Some(t) = timeout {
-            parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(t.as_millis() as u64));
-        }
+    if !hcm.suppress_envoy_headers
+        && let Some(t) = timeout
+    {
+        parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(t.as_millis() as u64));
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     let wire = match cluster.protocol {
@@ -189,12 +218,21 @@ pub async fn serve(ctx: Rc<ConnContext>, request: Request<Incoming>) -> Result<R
 }
 
 /// Envoy's status, body, flag and details for a request that got no upstream response.
-fn upstream_failure(error: &UpstreamError, cluster: &Cluster, host: &Host) -> (StatusCode, &'static str, ResponseFlags, &'static str) {
+fn upstream_failure(
+    error: &UpstreamError,
+    cluster: &Cluster,
+    host: &Host,
+) -> (StatusCode, &'static str, ResponseFlags, &'static str) {
     match error {
         UpstreamError::Timeout(_) => {
             cluster.stats.upstream_rq_timeout.inc();
             host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
-            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, "upstream_response_timeout")
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                "upstream_response_timeout",
+            )
         }
         UpstreamError::ConnectFailure(e) if e.raw_os_error() == Some(111) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -226,11 +264,13 @@ fn upstream_failure(error: &UpstreamError, cluster: &Cluster, host: &Host) -> (S
 /// Shapes the request for the upstream's wire: HTTP/1.1 wants origin-form with `Host`,
 /// HTTP/2 wants the authority in the URI (hyper sends it as `:authority`).
 fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<RequestBody> {
+    // Host rewrites land in the `host` header, so it wins over the downstream URI authority.
     let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()));
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     match wire {
         Wire::Http1 => {
@@ -243,7 +283,11 @@ fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<
             parts.version = Version::HTTP_11;
         }
         Wire::Http2 => {
-            let uri = Uri::builder().scheme("http").authority(authority.as_deref().unwrap_or("localhost")).path_and_query(path_and_query).build();
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(authority.as_deref().unwrap_or("localhost"))
+                .path_and_query(path_and_query)
+                .build();
             if let Ok(uri) = uri {
                 parts.uri = uri;
             }
@@ -303,7 +347,13 @@ struct Exchange {
 impl Exchange {
     /// Envoy's local reply: status, `text/plain` body when there is one, `server`, and
     /// the response flag for the access log.
-    fn local_reply(mut self, status: StatusCode, body: Bytes, flags: ResponseFlags, details: &'static str) -> Response<ResponseBody> {
+    fn local_reply(
+        mut self,
+        status: StatusCode,
+        body: Bytes,
+        flags: ResponseFlags,
+        details: &'static str,
+    ) -> Response<ResponseBody> {
         let listener = &self.ctx.listener;
         let body_len = body.len();
         let mut response = Response::new(ResponseBody::local(body));

@@ -16,8 +16,7 @@ use http::request::Parts;
 
 use crate::config::route::HeaderMutations;
 pub use crate::config::route::{
-    ClusterRef, ForwardAction, HostPortMatch, IdleTimeout, RedirectAction, Route, RouteAction,
-    RouteTable, VirtualHost,
+    ClusterRef, ForwardAction, HostPortMatch, IdleTimeout, RedirectAction, Route, RouteAction, RouteTable, VirtualHost,
 };
 
 /// The virtual host and route a request matched.
@@ -35,15 +34,8 @@ impl RouteTable {
     pub fn select(&self, req: &Parts) -> Option<Selected<'_>> {
         let virtual_host = self.virtual_hosts.get(self.find_virtual_host(req)?)?;
         // Envoy's rule: routes are tried in order and the first match wins.
-        let route = virtual_host
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(req))?;
-        Some(Selected {
-            virtual_host,
-            route,
-            table: self,
-        })
+        let route = virtual_host.routes.iter().find(|r| r.matcher.matches(req))?;
+        Some(Selected { virtual_host, route, table: self })
     }
 }
 
@@ -51,11 +43,8 @@ impl Selected<'_> {
     /// Applies the request header removals and additions of the route, virtual host and route
     /// configuration, in Envoy's order.
     pub fn apply_request_headers(&self, headers: &mut HeaderMap) {
-        let levels = self.in_order(
-            &self.route.request_headers,
-            &self.virtual_host.request_headers,
-            &self.table.request_headers,
-        );
+        let levels =
+            self.in_order(&self.route.request_headers, &self.virtual_host.request_headers, &self.table.request_headers);
         levels.into_iter().for_each(|level| level.apply(headers));
     }
 

@@ -56,7 +56,8 @@ impl HcmStats {
             downstream_rq_http2_total: c("downstream_rq_http2_total"),
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| c(&format!("downstream_rq_{class}"))),
-            downstream_rq_time: store.histogram(&format!("http.{prefix}.downstream_rq_time"), HistogramUnit::Milliseconds),
+            downstream_rq_time: store
+                .histogram(&format!("http.{prefix}.downstream_rq_time"), HistogramUnit::Milliseconds),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_redirect: c("rq_redirect"),

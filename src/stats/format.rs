@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::metric::{
-    CounterCell, GaugeCell, HistogramCell, HistogramSnapshot, SUPPORTED_PERCENTILES, Stat,
-};
+use super::metric::{CounterCell, GaugeCell, HistogramCell, HistogramSnapshot, SUPPORTED_PERCENTILES, Stat};
 
 /// The stats selected for one admin request, each list sorted by name.
 pub(super) struct Snapshot {
@@ -47,14 +45,8 @@ impl Number {
 impl Snapshot {
     /// Counters and gauges merged and sorted by name, the order of Envoy's text and JSON.
     fn numbers(&self) -> Vec<(&str, Number)> {
-        let counters = self
-            .counters
-            .iter()
-            .map(|s| (s.name.as_str(), Number::Unsigned(s.cell.value())));
-        let gauges = self
-            .gauges
-            .iter()
-            .map(|s| (s.name.as_str(), Number::Signed(s.cell.value())));
+        let counters = self.counters.iter().map(|s| (s.name.as_str(), Number::Unsigned(s.cell.value())));
+        let gauges = self.gauges.iter().map(|s| (s.name.as_str(), Number::Signed(s.cell.value())));
         let mut all: Vec<_> = counters.chain(gauges).collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         all
@@ -80,11 +72,8 @@ impl Snapshot {
 
     /// Envoy's `/stats?format=json`.
     pub(super) fn json(&self) -> Value {
-        let mut stats: Vec<Value> = self
-            .numbers()
-            .into_iter()
-            .map(|(name, value)| json!({"name": name, "value": value.to_json()}))
-            .collect();
+        let mut stats: Vec<Value> =
+            self.numbers().into_iter().map(|(name, value)| json!({"name": name, "value": value.to_json()})).collect();
         // Envoy adds the histograms object only when at least one histogram is shown.
         if !self.histograms.is_empty() {
             let computed: Vec<Value> = self
@@ -102,10 +91,7 @@ impl Snapshot {
                     json!({"name": stat.name, "values": values})
                 })
                 .collect();
-            let supported: Vec<Value> = SUPPORTED_PERCENTILES
-                .iter()
-                .map(|&p| json_number(p))
-                .collect();
+            let supported: Vec<Value> = SUPPORTED_PERCENTILES.iter().map(|&p| json_number(p)).collect();
             stats.push(json!({"histograms": {
                 "supported_quantiles": supported,
                 "computed_quantiles": computed,
@@ -150,11 +136,7 @@ struct Float(f64);
 
 impl std::fmt::Display for Float {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_nan() {
-            f.write_str("nan")
-        } else {
-            write!(f, "{}", self.0)
-        }
+        if self.0.is_nan() { f.write_str("nan") } else { write!(f, "{}", self.0) }
     }
 }
 
@@ -175,17 +157,10 @@ fn token_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// Writes one Prometheus family per tag-extracted name, samples sorted by full stat name.
-fn push_families<C>(
-    out: &mut String,
-    stats: &[Arc<Stat<C>>],
-    kind: &str,
-    mut push: impl FnMut(&mut String, &Stat<C>),
-) {
+fn push_families<C>(out: &mut String, stats: &[Arc<Stat<C>>], kind: &str, mut push: impl FnMut(&mut String, &Stat<C>)) {
     let mut sorted: Vec<&Stat<C>> = stats.iter().map(|s| &**s).collect();
-    sorted.sort_by(|a, b| {
-        token_cmp(&a.tagged.extracted, &b.tagged.extracted)
-            .then_with(|| token_cmp(&a.name, &b.name))
-    });
+    sorted
+        .sort_by(|a, b| token_cmp(&a.tagged.extracted, &b.tagged.extracted).then_with(|| token_cmp(&a.name, &b.name)));
     let mut family: Option<&str> = None;
     for stat in sorted {
         if family != Some(stat.tagged.extracted.as_str()) {
@@ -225,10 +200,7 @@ fn push_histogram(out: &mut String, stat: &Stat<HistogramCell>) {
     let count = snap.count();
     // Writing to a String cannot fail.
     for (bound, below) in snap.cumulative_buckets() {
-        let _ = writeln!(
-            out,
-            "{family}_bucket{{{labels}{sep}le=\"{bound}\"}} {below}"
-        );
+        let _ = writeln!(out, "{family}_bucket{{{labels}{sep}le=\"{bound}\"}} {below}");
     }
     let _ = writeln!(out, "{family}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
     let _ = writeln!(out, "{family}_sum{{{labels}}} {}", snap.sum);

@@ -12,16 +12,15 @@ use super::tags::TaggedName;
 
 /// Envoy's default histogram bucket upper bounds (`supported_buckets`).
 pub(super) const BUCKET_BOUNDS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
 ];
 
 /// One count per bound plus an overflow bucket for values above the last bound.
 const BUCKETS: usize = BUCKET_BOUNDS.len() + 1;
 
 /// Envoy's default supported quantiles, as the percentages it prints (`P99.5`, `99.5`).
-pub(super) const SUPPORTED_PERCENTILES: [f64; 10] =
-    [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
+pub(super) const SUPPORTED_PERCENTILES: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
 
 /// A registered stat: its full name, its Prometheus naming and its atomics.
 #[derive(Debug)]
@@ -33,11 +32,7 @@ pub(super) struct Stat<C> {
 
 impl<C> Stat<C> {
     pub(super) fn new(name: &str, cell: C) -> Arc<Stat<C>> {
-        Arc::new(Stat {
-            name: name.to_owned(),
-            tagged: TaggedName::new(name),
-            cell,
-        })
+        Arc::new(Stat { name: name.to_owned(), tagged: TaggedName::new(name), cell })
     }
 }
 
@@ -151,13 +146,10 @@ impl HistogramSnapshot {
 
     /// Cumulative counts per bound (values `<=` bound), as Prometheus `_bucket` wants them.
     pub(super) fn cumulative_buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
-        BUCKET_BOUNDS
-            .iter()
-            .zip(&self.buckets)
-            .scan(0u64, |below, (&bound, &n)| {
-                *below += n;
-                Some((bound, *below))
-            })
+        BUCKET_BOUNDS.iter().zip(&self.buckets).scan(0u64, |below, (&bound, &n)| {
+            *below += n;
+            Some((bound, *below))
+        })
     }
 
     /// Estimates quantile `q` (0..=1) by linear interpolation inside the bucket that holds it;
@@ -188,11 +180,7 @@ impl HistogramSnapshot {
     /// P100 are exact.
     fn value_range(&self, i: usize) -> (u64, u64) {
         // Recorded values are integers, so `(0.5, 1]` holds only 1 and `(1, 5]` holds 2..=5.
-        let lower = if i == 0 {
-            0
-        } else {
-            BUCKET_BOUNDS[i - 1] as u64 + 1
-        };
+        let lower = if i == 0 { 0 } else { BUCKET_BOUNDS[i - 1] as u64 + 1 };
         let upper = BUCKET_BOUNDS.get(i).map_or(u64::MAX, |&b| b as u64);
         // A concurrent `record` may have bumped a bucket before min/max; keep `lo <= hi`.
         let lo = lower.max(self.min).min(upper);
@@ -301,10 +289,7 @@ mod tests {
     use super::*;
 
     fn histogram(values: &[u64]) -> HistogramSnapshot {
-        let h = Histogram(Stat::new(
-            "h",
-            HistogramCell::new(HistogramUnit::Unspecified),
-        ));
+        let h = Histogram(Stat::new("h", HistogramCell::new(HistogramUnit::Unspecified)));
         for &v in values {
             h.record(v);
         }

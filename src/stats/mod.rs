@@ -41,11 +41,7 @@ struct Registry {
 }
 
 /// Returns the stat registered under `name`, registering it with `cell` first if needed.
-fn get_or_register<C>(
-    map: &mut BTreeMap<String, Arc<Stat<C>>>,
-    name: &str,
-    cell: impl FnOnce() -> C,
-) -> Arc<Stat<C>> {
+fn get_or_register<C>(map: &mut BTreeMap<String, Arc<Stat<C>>>, name: &str, cell: impl FnOnce() -> C) -> Arc<Stat<C>> {
     if let Some(stat) = map.get(name) {
         return stat.clone();
     }
@@ -83,28 +79,18 @@ impl Store {
 
     /// Returns the counter named `name`, registering it on first use.
     pub fn counter(&self, name: &str) -> Counter {
-        Counter(get_or_register(
-            &mut self.lock().counters,
-            name,
-            CounterCell::default,
-        ))
+        Counter(get_or_register(&mut self.lock().counters, name, CounterCell::default))
     }
 
     /// Returns the gauge named `name`, registering it on first use.
     pub fn gauge(&self, name: &str) -> Gauge {
-        Gauge(get_or_register(
-            &mut self.lock().gauges,
-            name,
-            GaugeCell::default,
-        ))
+        Gauge(get_or_register(&mut self.lock().gauges, name, GaugeCell::default))
     }
 
     /// Returns the histogram named `name`, registering it with `unit` on first use; a later
     /// call with another unit gets the existing histogram unchanged.
     pub fn histogram(&self, name: &str, unit: HistogramUnit) -> Histogram {
-        Histogram(get_or_register(&mut self.lock().histograms, name, || {
-            HistogramCell::new(unit)
-        }))
+        Histogram(get_or_register(&mut self.lock().histograms, name, || HistogramCell::new(unit)))
     }
 
     /// The current value of counter `name`, if registered.
@@ -121,13 +107,9 @@ impl Store {
     /// `cluster.foo.`); handles still held keep working but are no longer shown.
     pub fn remove_prefix(&self, prefix: &str) {
         let mut registry = self.lock();
-        registry
-            .counters
-            .retain(|name, _| !name.starts_with(prefix));
+        registry.counters.retain(|name, _| !name.starts_with(prefix));
         registry.gauges.retain(|name, _| !name.starts_with(prefix));
-        registry
-            .histograms
-            .retain(|name, _| !name.starts_with(prefix));
+        registry.histograms.retain(|name, _| !name.starts_with(prefix));
     }
 
     /// Envoy's `/stats` text output.

@@ -39,11 +39,7 @@ impl TaggedName {
             .map(|(tag, value)| format!("{}=\"{}\"", sanitize(tag), escape_label_value(value)))
             .collect::<Vec<_>>()
             .join(",");
-        TaggedName {
-            extracted,
-            family,
-            labels,
-        }
+        TaggedName { extracted, family, labels }
     }
 }
 
@@ -92,57 +88,27 @@ static EXTRACTORS: LazyLock<Vec<Extractor>> = LazyLock::new(|| {
         Extractor::new(
             "envoy.worker_id",
             None,
-            &format!(
-                r"^(?:listener\.(?:{ADDRESS}|[^.]+)\.|server\.|listener_manager\.)worker_((\d+)\.)"
-            ),
+            &format!(r"^(?:listener\.(?:{ADDRESS}|[^.]+)\.|server\.|listener_manager\.)worker_((\d+)\.)"),
         ),
         // listener.[<address>.]http.(<stat_prefix>.)*
-        Extractor::new(
-            "envoy.http_conn_manager_prefix",
-            Some("listener"),
-            r"^listener\..*?\.http\.(([^.]+)\.)",
-        ),
+        Extractor::new("envoy.http_conn_manager_prefix", Some("listener"), r"^listener\..*?\.http\.(([^.]+)\.)"),
         // listener.(<address|stat_prefix>.)* except the admin listener
         Extractor {
             reject: Some("admin"),
-            ..Extractor::new(
-                "envoy.listener_address",
-                Some("listener"),
-                &format!(r"^listener\.(({ADDRESS}|[^.]+)\.)"),
-            )
+            ..Extractor::new("envoy.listener_address", Some("listener"), &format!(r"^listener\.(({ADDRESS}|[^.]+)\.)"))
         },
         // http.[<stat_prefix>.]rds.(<route_config_name>.)<stat>; route config names may have dots.
-        Extractor::new(
-            "envoy.rds_route_config",
-            Some("http"),
-            r"^http\.[^.]+\.rds\.(([\w.-]+)\.)\w+?$",
-        ),
+        Extractor::new("envoy.rds_route_config", Some("http"), r"^http\.[^.]+\.rds\.(([\w.-]+)\.)\w+?$"),
         // http.[<stat_prefix>.]user_agent.(<user_agent>.)*
-        Extractor::new(
-            "envoy.http_user_agent",
-            Some("http"),
-            r"^http\.[^.]+\.user_agent\.(([^.]+)\.)",
-        ),
+        Extractor::new("envoy.http_user_agent", Some("http"), r"^http\.[^.]+\.user_agent\.(([^.]+)\.)"),
         // vhost.[<vhost>.]vcluster.(<vcluster>.)<stat>; both names may contain dots.
-        Extractor::new(
-            "envoy.virtual_cluster",
-            Some("vhost"),
-            r"^vhost\..+?\.vcluster\.((.+)\.)[^.]+$",
-        ),
+        Extractor::new("envoy.virtual_cluster", Some("vhost"), r"^vhost\..+?\.vcluster\.((.+)\.)[^.]+$"),
         // tcp.(<stat_prefix>.)*
         Extractor::new("envoy.tcp_prefix", Some("tcp"), r"^tcp\.(([^.]+)\.)"),
         // cluster.(<cluster_name>.)*
-        Extractor::new(
-            "envoy.cluster_name",
-            Some("cluster"),
-            &format!(r"^cluster\.((.+?)\.){CLUSTER_REMAINDER}$"),
-        ),
+        Extractor::new("envoy.cluster_name", Some("cluster"), &format!(r"^cluster\.((.+?)\.){CLUSTER_REMAINDER}$")),
         // http.(<stat_prefix>.)*
-        Extractor::new(
-            "envoy.http_conn_manager_prefix",
-            Some("http"),
-            r"^http\.(([^.]+)\.)",
-        ),
+        Extractor::new("envoy.http_conn_manager_prefix", Some("http"), r"^http\.(([^.]+)\.)"),
         // vhost.(<vhost>.)* up to `vcluster.`, `route.` or the last token.
         Extractor::new(
             "envoy.virtual_host",
@@ -193,9 +159,7 @@ fn extract(name: &str) -> (String, Vec<(&'static str, String)>) {
 
 /// Replaces every character Prometheus forbids in names with `_`, as Envoy does.
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
 /// Escapes a label value per the Prometheus text format (backslash, quote, newline).
@@ -229,10 +193,7 @@ mod tests {
     #[test]
     fn envoy_default_tags() {
         let cases = [
-            (
-                "cluster.foo.upstream_rq_total",
-                r#"envoy_cluster_upstream_rq_total{envoy_cluster_name="foo"}"#,
-            ),
+            ("cluster.foo.upstream_rq_total", r#"envoy_cluster_upstream_rq_total{envoy_cluster_name="foo"}"#),
             (
                 "cluster.foo.upstream_rq_2xx",
                 r#"envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="foo"}"#,
@@ -293,31 +254,19 @@ mod tests {
                 "listener.admin.http.admin.downstream_rq_total",
                 r#"envoy_listener_admin_http_downstream_rq_total{envoy_http_conn_manager_prefix="admin"}"#,
             ),
-            (
-                "listener.admin.downstream_cx_total",
-                "envoy_listener_admin_downstream_cx_total{}",
-            ),
+            ("listener.admin.downstream_cx_total", "envoy_listener_admin_downstream_cx_total{}"),
             (
                 "vhost.backend.vcluster.other.upstream_rq_200",
                 r#"envoy_vhost_vcluster_upstream_rq{envoy_response_code="200",envoy_virtual_cluster="other",envoy_virtual_host="backend"}"#,
             ),
-            (
-                "tcp.egress.downstream_cx_total",
-                r#"envoy_tcp_downstream_cx_total{envoy_tcp_prefix="egress"}"#,
-            ),
+            ("tcp.egress.downstream_cx_total", r#"envoy_tcp_downstream_cx_total{envoy_tcp_prefix="egress"}"#),
             (
                 "listener_manager.worker_0.dispatcher.loop_duration_us",
                 r#"envoy_listener_manager_worker_dispatcher_loop_duration_us{envoy_worker_id="0"}"#,
             ),
             ("server.uptime", "envoy_server_uptime{}"),
-            (
-                "cluster_manager.active_clusters",
-                "envoy_cluster_manager_active_clusters{}",
-            ),
-            (
-                "listener_manager.total_listeners_active",
-                "envoy_listener_manager_total_listeners_active{}",
-            ),
+            ("cluster_manager.active_clusters", "envoy_cluster_manager_active_clusters{}"),
+            ("listener_manager.total_listeners_active", "envoy_listener_manager_total_listeners_active{}"),
         ];
         for (name, want) in cases {
             assert_eq!(prom(name), want, "{name}");

@@ -9,16 +9,10 @@ use super::*;
 fn same_name_gives_same_counter() {
     let store = Store::new();
     store.counter("cluster.foo.upstream_rq_total").inc();
-    store
-        .clone()
-        .counter("cluster.foo.upstream_rq_total")
-        .add(2);
+    store.clone().counter("cluster.foo.upstream_rq_total").add(2);
     let handle = store.counter("cluster.foo.upstream_rq_total");
     assert_eq!(handle.value(), 3);
-    assert_eq!(
-        store.counter_value("cluster.foo.upstream_rq_total"),
-        Some(3)
-    );
+    assert_eq!(store.counter_value("cluster.foo.upstream_rq_total"), Some(3));
     assert_eq!(store.counter_value("cluster.bar.upstream_rq_total"), None);
     // Counters and gauges are separate namespaces.
     assert_eq!(store.gauge_value("cluster.foo.upstream_rq_total"), None);
@@ -56,9 +50,7 @@ fn used_only_shows_written_stats() {
     store.gauge("g.unused");
     store.gauge("g.zero").set(0);
     store.histogram("h.unused", HistogramUnit::Unspecified);
-    store
-        .histogram("h.used", HistogramUnit::Unspecified)
-        .record(1);
+    store.histogram("h.used", HistogramUnit::Unspecified).record(1);
 
     assert_eq!(
         store.text(None, true),
@@ -81,25 +73,13 @@ fn filter_searches_anywhere_in_the_name() {
     store.counter("http.ingress_http.downstream_rq_total").inc();
 
     let foo = Regex::new(r"foo\.").unwrap();
-    assert_eq!(
-        store.text(Some(&foo), false),
-        "cluster.foo.membership_total: 1\ncluster.foo.upstream_rq_total: 1\n"
-    );
+    assert_eq!(store.text(Some(&foo), false), "cluster.foo.membership_total: 1\ncluster.foo.upstream_rq_total: 1\n");
     let rq = Regex::new("rq_total$").unwrap();
     let json = store.json(Some(&rq), false);
-    let names: Vec<_> = json["stats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<_> = json["stats"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        [
-            "cluster.bar.upstream_rq_total",
-            "cluster.foo.upstream_rq_total",
-            "http.ingress_http.downstream_rq_total"
-        ]
+        ["cluster.bar.upstream_rq_total", "cluster.foo.upstream_rq_total", "http.ingress_http.downstream_rq_total"]
     );
     let prom = store.prometheus(Some(&Regex::new("^http").unwrap()), false);
     assert_eq!(
@@ -139,16 +119,10 @@ fn json_has_envoy_shape() {
     store.counter("b.counter").add(5);
     store.gauge("a.gauge").set(-1);
     store.histogram("h.unused", HistogramUnit::Unspecified);
-    store
-        .histogram("h.used", HistogramUnit::Unspecified)
-        .record(1);
+    store.histogram("h.used", HistogramUnit::Unspecified).record(1);
 
-    let nulls: Vec<_> = (0..10)
-        .map(|_| json!({"interval": null, "cumulative": null}))
-        .collect();
-    let ones: Vec<_> = (0..10)
-        .map(|_| json!({"interval": 1, "cumulative": 1}))
-        .collect();
+    let nulls: Vec<_> = (0..10).map(|_| json!({"interval": null, "cumulative": null})).collect();
+    let ones: Vec<_> = (0..10).map(|_| json!({"interval": 1, "cumulative": 1})).collect();
     assert_eq!(
         store.json(None, false),
         json!({"stats": [
@@ -177,25 +151,17 @@ fn prometheus_matches_envoy_output() {
     store.counter("cluster.bar.upstream_rq_total").add(1);
     store.counter("cluster.foo.upstream_rq_2xx").add(2);
     store.counter("cluster.foo.upstream_rq_200").add(2);
-    store
-        .counter("http.ingress_http.downstream_rq_total")
-        .add(5);
+    store.counter("http.ingress_http.downstream_rq_total").add(5);
     store.counter("http.ingress_http.downstream_rq_5xx").add(1);
     store.counter("http.admin.downstream_rq_total").add(4);
-    store
-        .counter("listener.admin.http.admin.downstream_rq_total")
-        .add(4);
-    store
-        .counter("listener.0.0.0.0_10000.downstream_cx_total")
-        .add(6);
+    store.counter("listener.admin.http.admin.downstream_rq_total").add(4);
+    store.counter("listener.0.0.0.0_10000.downstream_cx_total").add(6);
     store.gauge("server.live").set(1);
     store.gauge("cluster_manager.active_clusters").set(2);
     let rq_time = store.histogram("cluster.foo.upstream_rq_time", HistogramUnit::Milliseconds);
     rq_time.record(1);
     rq_time.record(7);
-    store
-        .histogram("server.initialization_time_ms", HistogramUnit::Milliseconds)
-        .record(4_000_000);
+    store.histogram("server.initialization_time_ms", HistogramUnit::Milliseconds).record(4_000_000);
 
     let want = r#"# TYPE envoy_cluster_upstream_rq counter
 envoy_cluster_upstream_rq{envoy_response_code="200",envoy_cluster_name="foo"} 2
@@ -289,10 +255,7 @@ fn remove_prefix_drops_only_matching_stats() {
     store.remove_prefix("cluster.foo.");
     assert_eq!(store.counter_value("cluster.foo.upstream_rq_total"), None);
     assert_eq!(store.gauge_value("cluster.foo.membership_total"), None);
-    assert_eq!(
-        store.text(None, false),
-        "cluster.foobar.upstream_rq_total: 1\n"
-    );
+    assert_eq!(store.text(None, false), "cluster.foobar.upstream_rq_total: 1\n");
     // A held handle keeps working; re-registering starts a fresh stat.
     removed.inc();
     assert_eq!(store.counter("cluster.foo.upstream_rq_total").value(), 0);
@@ -322,10 +285,7 @@ fn concurrent_increments_are_exact() {
     for worker in workers {
         worker.join().unwrap();
     }
-    assert_eq!(
-        store.counter_value("server.requests"),
-        Some(THREADS * PER_THREAD)
-    );
+    assert_eq!(store.counter_value("server.requests"), Some(THREADS * PER_THREAD));
     assert_eq!(store.gauge_value("server.active"), Some(0));
     let prom = store.prometheus(None, false);
     let count_line = format!("envoy_server_latency_count{{}} {}\n", THREADS * PER_THREAD);

@@ -129,7 +129,8 @@ impl Cluster {
         let priority = hosts.iter().filter(|h| h.is_healthy()).map(|h| h.priority).min().unwrap_or(0);
         let level: Vec<(u32, &Arc<Host>)> =
             hosts.iter().enumerate().filter(|(_, h)| h.priority == priority).map(|(i, h)| (i as u32, h)).collect();
-        let healthy: Vec<(u32, u32)> = level.iter().filter(|(_, h)| h.is_healthy()).map(|(i, h)| (*i, h.weight)).collect();
+        let healthy: Vec<(u32, u32)> =
+            level.iter().filter(|(_, h)| h.is_healthy()).map(|(i, h)| (*i, h.weight)).collect();
         let panic = !level.is_empty() && healthy.len() * 100 < level.len() * HEALTHY_PANIC_THRESHOLD_PERCENT;
         let eligible: Vec<(u32, u32)> =
             if panic { level.iter().map(|(i, h)| (*i, h.weight)).collect() } else { healthy };

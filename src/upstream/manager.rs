@@ -37,7 +37,13 @@ impl ClusterManager {
         let added = store.counter("cluster_manager.cluster_added");
         let active_clusters = store.gauge("cluster_manager.active_clusters");
         store.gauge("cluster_manager.warming_clusters").set(0);
-        for name in ["cluster_modified", "cluster_removed", "cluster_updated", "update_out_of_merge_window", "update_merge_cancelled"] {
+        for name in [
+            "cluster_modified",
+            "cluster_removed",
+            "cluster_updated",
+            "update_out_of_merge_window",
+            "update_merge_cancelled",
+        ] {
             store.counter(&format!("cluster_manager.{name}"));
         }
         let clusters: HashMap<String, Arc<Cluster>> = static_clusters

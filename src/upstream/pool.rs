@@ -88,7 +88,10 @@ impl HostPool {
         }
     }
 
-    async fn send_h1(self: &Rc<Self>, mut request: Request<RequestBody>) -> Result<(Response<Incoming>, H1Lease), UpstreamError> {
+    async fn send_h1(
+        self: &Rc<Self>,
+        mut request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, H1Lease), UpstreamError> {
         // A pooled connection may have been closed by the upstream while idle; if the
         // request was not written, it goes out again on a fresh connection.
         while let Some(mut sender) = self.checkout_idle_h1() {

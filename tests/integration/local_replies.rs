@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{Legate, Upstream, bootstrap, get, routes, send, static_cluster};
 
-const ACCESS_LOG: &str = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: {{ text_format_source: {{ inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:PATH)%\\n\" }} }}\n";
+const ACCESS_LOG: &str = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: { text_format_source: { inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:PATH)%\\n\" } }\n";
 
 fn closed_port() -> std::net::SocketAddr {
     // Bind and drop: nothing listens there afterwards.
@@ -41,7 +41,11 @@ async fn each_failure_gets_envoys_status_body_and_flag() {
             ("/nowhere", 404, ""),
             ("/by-header", 503, ""),
             ("/empty", 503, "no healthy upstream"),
-            ("/refused", 503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"),
+            (
+                "/refused",
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+            ),
             ("/slow", 504, "upstream request timeout"),
             ("/ok", 200, "svc"),
         ];
@@ -70,7 +74,14 @@ async fn each_failure_gets_envoys_status_body_and_flag() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    for expected in ["404 NR - /nowhere", "503 NC - /by-header", "503 UH empty /empty", "503 UF refused /refused", "504 UT svc /slow", "200 - svc /ok"] {
+    for expected in [
+        "404 NR - /nowhere",
+        "503 NC - /by-header",
+        "503 UH empty /empty",
+        "503 UF refused /refused",
+        "504 UT svc /slow",
+        "200 - svc /ok",
+    ] {
         assert_eq!(log.lines().filter(|l| *l == expected).count(), 2, "{expected:?} twice in:\n{log}");
     }
     let _ = std::fs::remove_file(&log_path);
@@ -80,7 +91,11 @@ async fn each_failure_gets_envoys_status_body_and_flag() {
 async fn a_malformed_request_gets_400() {
     let upstream = Upstream::start("svc").await;
     let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
-    let legate = Legate::start(&bootstrap("", &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"), &clusters));
+    let legate = Legate::start(&bootstrap(
+        "",
+        &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"),
+        &clusters,
+    ));
     let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n").await.unwrap();
     let mut reply = Vec::new();

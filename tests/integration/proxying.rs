@@ -80,11 +80,22 @@ async fn large_bodies_stream_both_ways_over_each_protocol() {
         let legate = Legate::start(&bootstrap("", &one_route_to("echo"), &clusters));
         for version in [Version::HTTP_11, Version::HTTP_2] {
             let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-            let request = Request::post("/echo").header("host", "example.com").body(Full::new(Bytes::from(payload.clone()))).unwrap();
+            let request = Request::post("/echo")
+                .header("host", "example.com")
+                .body(Full::new(Bytes::from(payload.clone())))
+                .unwrap();
             let answer = send(legate.listener("main"), version, request).await;
             assert_eq!(answer.status, 200);
             assert_eq!(answer.body.len(), payload.len());
             assert!(answer.body == payload, "echoed body differs ({version:?}, upstream h2: {})", !extra.is_empty());
+
+            let upload = Request::post("/upload")
+                .header("host", "example.com")
+                .body(Full::new(Bytes::from(vec![7u8; 65536])))
+                .unwrap();
+            assert_eq!(send(legate.listener("main"), version, upload).await.status, 200);
+            let seen = upstream.last();
+            assert_eq!((seen.method.as_str(), seen.body_len), ("POST", 65536));
 
             let mut client = Client::connect(legate.listener("main"), version).await;
             let response = client.send_streaming(get("/stream/256")).await;
@@ -114,7 +125,11 @@ async fn upstream_connections_are_pooled_and_reused() {
         assert_eq!(client.send(get("/")).await.status, 200);
     }
     assert_eq!(upstream.count(), 20);
-    assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(1), "one pooled connection serves sequential requests");
+    assert_eq!(
+        legate.stat("cluster.svc.upstream_cx_total").await,
+        Some(1),
+        "one pooled connection serves sequential requests"
+    );
     assert_eq!(legate.stat("cluster.svc.upstream_rq_total").await, Some(20));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_200").await, Some(20));
     assert_eq!(legate.stat("http.ingress_http.downstream_rq_2xx").await, Some(20));
@@ -138,6 +153,7 @@ async fn envoy_request_and_response_headers_are_added() {
     assert!(answer.header("x-envoy-upstream-service-time").parse::<u64>().is_ok());
     assert!(!answer.header("date").is_empty());
     let seen = upstream.last();
+    assert_eq!(seen.method, "GET");
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9,127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-request-id"].len(), 36);

@@ -111,7 +111,9 @@ async fn the_routing_matrix_picks_the_right_upstream_over_both_protocols() {
     let (ups, clusters) = upstreams(&["exact", "suffix", "prefixed", "ported", "regex", "fallback"]).await;
     let legate = Legate::start(&bootstrap("", MATRIX, &clusters));
     let address = legate.listener("main");
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    // (path, host, extra headers, expected upstream)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("/", "api.example.com", &[], "exact"),
         ("/", "API.Example.COM", &[], "exact"),
         ("/", "a.b.example.com", &[], "suffix"),
@@ -160,7 +162,8 @@ async fn rewrites_and_header_mutations_reach_upstream_and_client() {
         send(address, version, request("/host", "other", &[])).await;
         assert_eq!(exact.last().authority, "rewritten.internal");
 
-        let answer = send(address, version, request("/headers", "other", &[("x-drop", "1"), ("x-replaced", "old")])).await;
+        let answer =
+            send(address, version, request("/headers", "other", &[("x-drop", "1"), ("x-replaced", "old")])).await;
         let seen = exact.last();
         assert_eq!(seen.headers["x-added"], "route");
         assert_eq!(seen.headers["x-replaced"], "new");

@@ -72,13 +72,6 @@ impl Legate {
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         json["stats"].as_array()?.iter().find(|s| s["name"] == name).and_then(|s| s["value"].as_i64())
     }
-
-    /// Drains and stops, waiting up to `drain` for in-flight requests.
-    pub fn shutdown(mut self, drain: Duration) {
-        if let Some(server) = self.server.take() {
-            server.shutdown(drain);
-        }
-    }
 }
 
 impl Drop for Legate {
@@ -103,7 +96,6 @@ pub struct Seen {
 
 /// A real HTTP/1.1 + h2c upstream that answers with its own name.
 pub struct Upstream {
-    pub name: String,
     pub address: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -131,7 +123,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { name, address, seen }
+        Upstream { address, seen }
     }
 
     /// How many requests this upstream has seen.
@@ -147,7 +139,11 @@ impl Upstream {
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
-async fn answer(name: String, seen: Arc<Mutex<Vec<Seen>>>, request: Request<Incoming>) -> Result<Response<UpstreamBody>, Infallible> {
+async fn answer(
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    request: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, Infallible> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let reply = |status: u16, body: UpstreamBody| {
@@ -244,7 +240,8 @@ impl Client {
         let stream = TcpStream::connect(address).await.expect("connect");
         let io = TokioIo::new(stream);
         if version == Version::HTTP_2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
             tokio::spawn(conn);
             Client::H2(sender)
         } else {
@@ -273,7 +270,8 @@ impl Client {
                 // h2 wants the authority in the URI.
                 let host = request.headers_mut().remove("host").and_then(|h| h.to_str().ok().map(str::to_owned));
                 let path = request.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string());
-                *request.uri_mut() = format!("http://{}{path}", host.as_deref().unwrap_or("example.com")).parse().unwrap();
+                *request.uri_mut() =
+                    format!("http://{}{path}", host.as_deref().unwrap_or("example.com")).parse().unwrap();
                 *request.version_mut() = Version::HTTP_2;
                 sender.ready().await.expect("h2 ready");
                 sender.send_request(request).await.expect("h2 response")
@@ -338,5 +336,7 @@ pub fn static_cluster(name: &str, hosts: &[(SocketAddr, u32)], extra: &str) -> S
 
 /// Route config YAML (indented for `bootstrap`) with one virtual host `*` and the given routes.
 pub fn routes(routes_yaml: &str) -> String {
-    format!("            name: local_route\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n{routes_yaml}")
+    format!(
+        "            name: local_route\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n{routes_yaml}"
+    )
 }

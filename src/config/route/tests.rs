@@ -9,8 +9,7 @@ use crate::config::ErrorKind;
 use crate::config::schema::{Format, parse};
 
 fn build(yaml: &str) -> Result<RouteTable> {
-    let proto =
-        parse::<RouteConfigurationProto>(yaml, Format::Yaml).expect("test YAML matches the schema");
+    let proto = parse::<RouteConfigurationProto>(yaml, Format::Yaml).expect("test YAML matches the schema");
     RouteTable::from_proto(&proto, HostPortMatch::Keep)
 }
 
@@ -84,12 +83,7 @@ virtual_hosts:
     );
     assert_eq!(e.kind, ErrorKind::Invalid);
     assert_eq!(e.path, "virtual_hosts[1].domains[1]");
-    assert!(
-        e.message
-            .contains("Only unique values for domains are permitted"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("Only unique values for domains are permitted"), "{}", e.message);
     assert!(e.message.contains("Example.COM"), "{}", e.message);
 
     for dup in ["'*'", "'*.foo.com'", "'foo.*'"] {
@@ -115,10 +109,7 @@ virtual_hosts:
       - match: { prefix: / }
 ",
     );
-    assert_eq!(
-        (e.kind, e.path.as_str()),
-        (ErrorKind::Invalid, "virtual_hosts[0].routes[0]")
-    );
+    assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Invalid, "virtual_hosts[0].routes[0]"));
 
     let e = error(
         "
@@ -152,9 +143,7 @@ fn unimplemented_fields_are_unsupported_with_their_path() {
             "virtual_hosts[0].routes[0].route.retry_policy",
         ),
         (
-            one_route(
-                "        route: { cluster: a, hash_policy: [{ header: { header_name: x } }] }",
-            ),
+            one_route("        route: { cluster: a, hash_policy: [{ header: { header_name: x } }] }"),
             "virtual_hosts[0].routes[0].route.hash_policy",
         ),
         (
@@ -162,9 +151,7 @@ fn unimplemented_fields_are_unsupported_with_their_path() {
             "virtual_hosts[0].routes[0].route.request_mirror_policies",
         ),
         (
-            one_route(
-                "        route: { cluster: a, upgrade_configs: [{ upgrade_type: websocket }] }",
-            ),
+            one_route("        route: { cluster: a, upgrade_configs: [{ upgrade_type: websocket }] }"),
             "virtual_hosts[0].routes[0].route.upgrade_configs",
         ),
         (
@@ -210,10 +197,7 @@ virtual_hosts:
             .to_owned(),
             "virtual_hosts[0].routes[0].match.headers[0].string_match.custom",
         ),
-        (
-            "internal_only_headers: [x-internal]".to_owned(),
-            "internal_only_headers",
-        ),
+        ("internal_only_headers: [x-internal]".to_owned(), "internal_only_headers"),
         (
             one_route(
                 "        route: { weighted_clusters: { clusters: [{ name: a, weight: 1 }], runtime_key_prefix: rt } }",
@@ -256,30 +240,12 @@ virtual_hosts:
 #[test]
 fn header_mutation_names_and_values_are_validated() {
     let cases = [
-        (
-            "request_headers_to_add: [{ header: { key: ':path', value: /x } }]",
-            "request_headers_to_add[0].header.key",
-        ),
-        (
-            "request_headers_to_add: [{ header: { key: Host, value: x } }]",
-            "request_headers_to_add[0].header.key",
-        ),
-        (
-            "response_headers_to_remove: [ok, ':status']",
-            "response_headers_to_remove[1]",
-        ),
-        (
-            "request_headers_to_remove: [host]",
-            "request_headers_to_remove[0]",
-        ),
-        (
-            "request_headers_to_add: [{ header: { key: 'bad name', value: x } }]",
-            "request_headers_to_add[0].header.key",
-        ),
-        (
-            "request_headers_to_add: [{ header: { key: x, value: '100%' } }]",
-            "request_headers_to_add[0].header.value",
-        ),
+        ("request_headers_to_add: [{ header: { key: ':path', value: /x } }]", "request_headers_to_add[0].header.key"),
+        ("request_headers_to_add: [{ header: { key: Host, value: x } }]", "request_headers_to_add[0].header.key"),
+        ("response_headers_to_remove: [ok, ':status']", "response_headers_to_remove[1]"),
+        ("request_headers_to_remove: [host]", "request_headers_to_remove[0]"),
+        ("request_headers_to_add: [{ header: { key: 'bad name', value: x } }]", "request_headers_to_add[0].header.key"),
+        ("request_headers_to_add: [{ header: { key: x, value: '100%' } }]", "request_headers_to_add[0].header.value"),
         (
             "request_headers_to_add: [{ header: { key: x, value: a }, append: false, append_action: ADD_IF_ABSENT }]",
             "request_headers_to_add[0]",
@@ -287,11 +253,7 @@ fn header_mutation_names_and_values_are_validated() {
     ];
     for (yaml, path) in cases {
         let e = error(yaml);
-        assert_eq!(
-            (e.kind, e.path.as_str()),
-            (ErrorKind::Invalid, path),
-            "{yaml}: {e}"
-        );
+        assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Invalid, path), "{yaml}: {e}");
     }
     let e = error("response_headers_to_add: [{ header: { key: x, value: '%REQ(x-a)%' } }]");
     assert_eq!(e.kind, ErrorKind::Unsupported);
@@ -305,12 +267,7 @@ request_headers_to_add:
   - { header: { key: x-kept, value: '' }, keep_empty_value: true }
 ",
     );
-    let adds: Vec<_> = t
-        .request_headers
-        .add
-        .iter()
-        .map(|a| (a.name.as_str(), a.value.to_str().unwrap()))
-        .collect();
+    let adds: Vec<_> = t.request_headers.add.iter().map(|a| (a.name.as_str(), a.value.to_str().unwrap())).collect();
     assert_eq!(adds, [("x-percent", "100%"), ("x-kept", "")]);
 }
 
@@ -327,10 +284,7 @@ virtual_hosts:
         response_headers_to_add: [{ header: { key: ':authority', value: x } }]
 ",
     );
-    assert_eq!(
-        e.path,
-        "virtual_hosts[0].routes[0].response_headers_to_add[0].header.key"
-    );
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].response_headers_to_add[0].header.key");
 }
 
 #[test]
@@ -343,27 +297,14 @@ fn virtual_host_needs_a_name_and_domains() {
 
 #[test]
 fn weighted_clusters_are_validated() {
-    let e = error(&one_route(
-        "        route: { weighted_clusters: { clusters: [{ name: a, weight: 0 }] } }",
-    ));
-    assert_eq!(
-        e.path,
-        "virtual_hosts[0].routes[0].route.weighted_clusters.clusters"
-    );
-    let e = error(&one_route(
-        "        route: { weighted_clusters: { clusters: [{ weight: 1 }] } }",
-    ));
-    assert_eq!(
-        e.path,
-        "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0]"
-    );
+    let e = error(&one_route("        route: { weighted_clusters: { clusters: [{ name: a, weight: 0 }] } }"));
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].route.weighted_clusters.clusters");
+    let e = error(&one_route("        route: { weighted_clusters: { clusters: [{ weight: 1 }] } }"));
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0]");
     let e = error(&one_route(
         "        route: { weighted_clusters: { clusters: [{ name: a, cluster_header: x, weight: 1 }] } }",
     ));
-    assert_eq!(
-        e.path,
-        "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0]"
-    );
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0]");
     let e = error(&one_route(
         "        route: { weighted_clusters: { clusters: [{ name: a, weight: 4294967295 }, { name: b, weight: 1 }] } }",
     ));
@@ -394,10 +335,7 @@ virtual_hosts:
         direct_response: { status: 204 }
 ",
     );
-    assert_eq!(
-        t.referenced_clusters().collect::<Vec<_>>(),
-        ["alpha", "zeta"]
-    );
+    assert_eq!(t.referenced_clusters().collect::<Vec<_>>(), ["alpha", "zeta"]);
     assert!(t.validate_clusters());
     assert_eq!(t.validate_clusters_setting(), None);
     let t = table("validate_clusters: false");
@@ -409,33 +347,16 @@ fn timeouts_default_and_zero() {
     let t = table(&one_route("        route: { cluster: a }"));
     assert_eq!(forward(&t).timeout(), Some(Duration::from_secs(15)));
     assert_eq!(forward(&t).idle_timeout(), IdleTimeout::Inherit);
-    let t = table(&one_route(
-        "        route: { cluster: a, timeout: 0s, idle_timeout: 0s }",
-    ));
+    let t = table(&one_route("        route: { cluster: a, timeout: 0s, idle_timeout: 0s }"));
     assert_eq!(forward(&t).timeout(), None);
     assert_eq!(forward(&t).idle_timeout(), IdleTimeout::Disabled);
-    let t = table(&one_route(
-        "        route: { cluster: a, timeout: 2.5s, idle_timeout: 30s }",
-    ));
+    let t = table(&one_route("        route: { cluster: a, timeout: 2.5s, idle_timeout: 30s }"));
     assert_eq!(forward(&t).timeout(), Some(Duration::from_millis(2500)));
-    assert_eq!(
-        forward(&t).idle_timeout(),
-        IdleTimeout::After(Duration::from_secs(30))
-    );
-    assert_eq!(
-        forward(&t).cluster_not_found_status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    let t = table(&one_route(
-        "        route: { cluster: a, cluster_not_found_response_code: NOT_FOUND }",
-    ));
-    assert_eq!(
-        forward(&t).cluster_not_found_status(),
-        StatusCode::NOT_FOUND
-    );
-    let t = table(&one_route(
-        "        route: { cluster: a, auto_host_rewrite: true }",
-    ));
+    assert_eq!(forward(&t).idle_timeout(), IdleTimeout::After(Duration::from_secs(30)));
+    assert_eq!(forward(&t).cluster_not_found_status(), StatusCode::SERVICE_UNAVAILABLE);
+    let t = table(&one_route("        route: { cluster: a, cluster_not_found_response_code: NOT_FOUND }"));
+    assert_eq!(forward(&t).cluster_not_found_status(), StatusCode::NOT_FOUND);
+    let t = table(&one_route("        route: { cluster: a, auto_host_rewrite: true }"));
     assert!(forward(&t).auto_host_rewrite());
 }
 
@@ -448,29 +369,13 @@ fn rewrites_are_validated() {
     let e = error(&one_route(
         "        route: { cluster: a, regex_rewrite: { pattern: { regex: '^/(a)$' }, substitution: '\\2' } }",
     ));
-    assert_eq!(
-        e.path,
-        "virtual_hosts[0].routes[0].route.regex_rewrite.substitution"
-    );
-    let e = error(&one_route(
-        "        redirect: { regex_rewrite: { pattern: { regex: '(' }, substitution: x } }",
-    ));
-    assert_eq!(
-        e.path,
-        "virtual_hosts[0].routes[0].redirect.regex_rewrite.pattern.regex"
-    );
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].route.regex_rewrite.substitution");
+    let e = error(&one_route("        redirect: { regex_rewrite: { pattern: { regex: '(' }, substitution: x } }"));
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].redirect.regex_rewrite.pattern.regex");
     let e = error(&one_route("        redirect: { port_redirect: 70000 }"));
     assert_eq!(e.path, "virtual_hosts[0].routes[0].redirect.port_redirect");
-    let e = error(&one_route(
-        "        route: { cluster: a, path_rewrite: /x }",
-    ));
-    assert_eq!(
-        (e.kind, e.path.as_str()),
-        (
-            ErrorKind::Unsupported,
-            "virtual_hosts[0].routes[0].route.path_rewrite"
-        )
-    );
+    let e = error(&one_route("        route: { cluster: a, path_rewrite: /x }"));
+    assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Unsupported, "virtual_hosts[0].routes[0].route.path_rewrite"));
 }
 
 #[test]
@@ -478,12 +383,7 @@ fn substitution_syntax_is_re2s() {
     use Substitution::{Group, Literal};
     assert_eq!(
         parse_substitution(r"\2/instance/\1\\", 3).unwrap(),
-        [
-            Group(2),
-            Literal("/instance/".into()),
-            Group(1),
-            Literal("\\".into())
-        ]
+        [Group(2), Literal("/instance/".into()), Group(1), Literal("\\".into())]
     );
     assert!(parse_substitution(r"\x", 3).is_err());
     assert!(parse_substitution(r"\3", 3).is_err());
@@ -501,10 +401,7 @@ virtual_hosts:
         route: { cluster: a }
 ",
     );
-    assert_eq!(
-        e.path,
-        "virtual_hosts[0].routes[0].match.path_separated_prefix"
-    );
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].match.path_separated_prefix");
 }
 
 #[test]
@@ -512,17 +409,11 @@ fn direct_response_status_and_body_are_validated() {
     let e = error(&one_route("        direct_response: { status: 600 }"));
     assert_eq!(e.path, "virtual_hosts[0].routes[0].direct_response.status");
     let big = "x".repeat(4097);
-    let e = error(&one_route(&format!(
-        "        direct_response: {{ status: 200, body: {{ inline_string: {big} }} }}"
-    )));
+    let e = error(&one_route(&format!("        direct_response: {{ status: 200, body: {{ inline_string: {big} }} }}")));
     assert_eq!(e.path, "virtual_hosts[0].routes[0].direct_response.body");
-    let e = error(&one_route(
-        "        direct_response: { status: 200, body: { filename: /nonexistent/legate/body.txt } }",
-    ));
-    assert_eq!(
-        e.path,
-        "virtual_hosts[0].routes[0].direct_response.body.filename"
-    );
+    let e =
+        error(&one_route("        direct_response: { status: 200, body: { filename: /nonexistent/legate/body.txt } }"));
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].direct_response.body.filename");
 
     let file = std::env::temp_dir().join(format!("legate-route-body-{}.txt", std::process::id()));
     std::fs::write(&file, b"from a file").unwrap();
@@ -541,26 +432,16 @@ fn direct_response_status_and_body_are_validated() {
 
     let t = table(&format!(
         "max_direct_response_body_size_bytes: 5000\n{}",
-        one_route(&format!(
-            "        direct_response: {{ status: 200, body: {{ inline_string: {big} }} }}"
-        ))
+        one_route(&format!("        direct_response: {{ status: 200, body: {{ inline_string: {big} }} }}"))
     ));
-    assert!(
-        matches!(only_action(&t), RouteAction::DirectResponse { body: Some(b), .. } if b.len() == 4097)
-    );
+    assert!(matches!(only_action(&t), RouteAction::DirectResponse { body: Some(b), .. } if b.len() == 4097));
 }
 
 #[test]
 fn literal_format_escapes_percent() {
     assert_eq!(literal_format(b"a%%b%%", "p").unwrap(), b"a%b%");
-    assert_eq!(
-        literal_format(b"%START_TIME%", "p").unwrap_err().kind,
-        ErrorKind::Unsupported
-    );
-    assert_eq!(
-        literal_format(b"50%", "p").unwrap_err().kind,
-        ErrorKind::Invalid
-    );
+    assert_eq!(literal_format(b"%START_TIME%", "p").unwrap_err().kind, ErrorKind::Unsupported);
+    assert_eq!(literal_format(b"50%", "p").unwrap_err().kind, ErrorKind::Invalid);
 }
 
 #[test]
@@ -575,11 +456,5 @@ virtual_hosts:
         route: { cluster: a }
 ",
     );
-    assert_eq!(
-        (e.kind, e.path.as_str()),
-        (
-            ErrorKind::Unsupported,
-            "virtual_hosts[0].routes[0].match.headers[0].name"
-        )
-    );
+    assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Unsupported, "virtual_hosts[0].routes[0].match.headers[0].name"));
 }

@@ -21,31 +21,20 @@ impl HeaderMutations {
                 .map(|a| match a.action {
                     AppendAction::AddIfAbsent => !headers.contains_key(&a.name),
                     AppendAction::OverwriteIfExists => headers.contains_key(&a.name),
-                    AppendAction::AppendIfExistsOrAdd | AppendAction::OverwriteIfExistsOrAdd => {
-                        true
-                    }
+                    AppendAction::AppendIfExistsOrAdd | AppendAction::OverwriteIfExistsOrAdd => true,
                 })
                 .collect()
         });
-        let wanted = |i: usize| {
-            decided
-                .as_ref()
-                .is_none_or(|d| d.get(i).copied().unwrap_or(false))
-        };
+        let wanted = |i: usize| decided.as_ref().is_none_or(|d| d.get(i).copied().unwrap_or(false));
         for (i, add) in self.add.iter().enumerate() {
-            let overwrite = matches!(
-                add.action,
-                AppendAction::OverwriteIfExistsOrAdd | AppendAction::OverwriteIfExists
-            );
+            let overwrite =
+                matches!(add.action, AppendAction::OverwriteIfExistsOrAdd | AppendAction::OverwriteIfExists);
             if overwrite && wanted(i) {
                 headers.insert(&add.name, add.value.clone());
             }
         }
         for (i, add) in self.add.iter().enumerate() {
-            let append = matches!(
-                add.action,
-                AppendAction::AppendIfExistsOrAdd | AppendAction::AddIfAbsent
-            );
+            let append = matches!(add.action, AppendAction::AppendIfExistsOrAdd | AppendAction::AddIfAbsent);
             if append && wanted(i) {
                 headers.append(&add.name, add.value.clone());
             }

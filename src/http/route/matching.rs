@@ -9,8 +9,8 @@ use http::uri::Scheme;
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::config::route::{
-    CookieMatch, DomainIndex, HeaderMatch, HeaderRule, HeaderSource, HostPortMatch, PathMatch,
-    QueryMatch, QueryRule, RouteMatch, RouteTable, StringMatch,
+    CookieMatch, DomainIndex, HeaderMatch, HeaderRule, HeaderSource, HostPortMatch, PathMatch, QueryMatch, QueryRule,
+    RouteMatch, RouteTable, StringMatch,
 };
 
 impl RouteTable {
@@ -45,10 +45,7 @@ pub(crate) fn request_authority(req: &Parts) -> Option<&[u8]> {
 /// Splits `host:port` (`[v6]:port` for IPv6) into the host and the port digits.
 pub(crate) fn split_port(host: &[u8]) -> (&[u8], Option<&[u8]>) {
     let colon = if host.first() == Some(&b'[') {
-        host.iter()
-            .position(|&b| b == b']')
-            .map(|end| end + 1)
-            .filter(|&c| host.get(c) == Some(&b':'))
+        host.iter().position(|&b| b == b']').map(|end| end + 1).filter(|&c| host.get(c) == Some(&b':'))
     } else if host.iter().filter(|&&b| b == b':').count() == 1 {
         host.iter().position(|&b| b == b':')
     } else {
@@ -67,9 +64,7 @@ fn strip_port(host: &[u8], mode: HostPortMatch) -> &[u8] {
         (HostPortMatch::Keep, _) | (_, (_, None)) => host,
         (HostPortMatch::StripAny, (bare, Some(_))) => bare,
         (HostPortMatch::StripMatching(listener), (bare, Some(port))) => {
-            let port = std::str::from_utf8(port)
-                .ok()
-                .and_then(|p| p.parse::<u16>().ok());
+            let port = std::str::from_utf8(port).ok().and_then(|p| p.parse::<u16>().ok());
             if port == Some(listener) { bare } else { host }
         }
     }
@@ -111,8 +106,7 @@ impl RouteMatch {
             return false;
         }
         let query = req.uri.query();
-        self.query.iter().all(|q| q.matches(query))
-            && self.cookies.iter().all(|c| c.matches(&req.headers))
+        self.query.iter().all(|q| q.matches(query)) && self.cookies.iter().all(|c| c.matches(&req.headers))
     }
 }
 
@@ -127,19 +121,10 @@ impl PathMatch {
         };
         let path = path_and_query.path();
         match self {
-            PathMatch::Prefix {
-                prefix,
-                ignore_case,
-            } => starts_with(path, prefix, *ignore_case),
-            PathMatch::Exact {
-                path: exact,
-                ignore_case,
-            } => bytes_eq(path.as_bytes(), exact.as_bytes(), *ignore_case),
+            PathMatch::Prefix { prefix, ignore_case } => starts_with(path, prefix, *ignore_case),
+            PathMatch::Exact { path: exact, ignore_case } => bytes_eq(path.as_bytes(), exact.as_bytes(), *ignore_case),
             PathMatch::Regex(regex) => regex.is_match(path),
-            PathMatch::Separated {
-                prefix,
-                ignore_case,
-            } => {
+            PathMatch::Separated { prefix, ignore_case } => {
                 starts_with(path, prefix, *ignore_case)
                     && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
             }
@@ -151,10 +136,7 @@ impl PathMatch {
 /// CONNECT and CONNECT-UDP; other extended CONNECT protocols (websocket) are upgrades to Envoy.
 fn is_connect(req: &Parts) -> bool {
     req.method == Method::CONNECT
-        && req
-            .extensions
-            .get::<hyper::ext::Protocol>()
-            .is_none_or(|p| p.as_str() == "connect-udp")
+        && req.extensions.get::<hyper::ext::Protocol>().is_none_or(|p| p.as_str() == "connect-udp")
 }
 
 /// gRPC's content types: `application/grpc` and `application/grpc+<codec>`.
@@ -166,20 +148,11 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 fn starts_with(path: &str, prefix: &str, ignore_case: bool) -> bool {
-    path.len() >= prefix.len()
-        && bytes_eq(
-            &path.as_bytes()[..prefix.len()],
-            prefix.as_bytes(),
-            ignore_case,
-        )
+    path.len() >= prefix.len() && bytes_eq(&path.as_bytes()[..prefix.len()], prefix.as_bytes(), ignore_case)
 }
 
 fn bytes_eq(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
-    if ignore_case {
-        a.eq_ignore_ascii_case(b)
-    } else {
-        a == b
-    }
+    if ignore_case { a.eq_ignore_ascii_case(b) } else { a == b }
 }
 
 impl HeaderMatch {
@@ -214,11 +187,9 @@ fn header_value<'a>(req: &'a Parts, source: &HeaderSource) -> Option<Cow<'a, [u8
         HeaderSource::Method => Some(borrowed(req.method.as_str())),
         HeaderSource::Authority => request_authority(req).map(Cow::Borrowed),
         HeaderSource::Path => req.uri.path_and_query().map(|pq| borrowed(pq.as_str())),
-        HeaderSource::Scheme => req
-            .uri
-            .scheme_str()
-            .or_else(|| req.extensions.get::<Scheme>().map(Scheme::as_str))
-            .map(borrowed),
+        HeaderSource::Scheme => {
+            req.uri.scheme_str().or_else(|| req.extensions.get::<Scheme>().map(Scheme::as_str)).map(borrowed)
+        }
         HeaderSource::Header(name) => {
             let mut values = req.headers.get_all(name).iter();
             let first = values.next()?;
@@ -240,29 +211,15 @@ impl StringMatch {
     /// Matches `value`; case-insensitive patterns were lowercased at config time.
     pub(crate) fn matches(&self, value: &[u8]) -> bool {
         match self {
-            StringMatch::Exact {
-                value: want,
-                ignore_case,
-            } => bytes_eq(value, want, *ignore_case),
-            StringMatch::Prefix {
-                value: want,
-                ignore_case,
-            } => value.len() >= want.len() && bytes_eq(&value[..want.len()], want, *ignore_case),
-            StringMatch::Suffix {
-                value: want,
-                ignore_case,
-            } => {
-                value.len() >= want.len()
-                    && bytes_eq(&value[value.len() - want.len()..], want, *ignore_case)
+            StringMatch::Exact { value: want, ignore_case } => bytes_eq(value, want, *ignore_case),
+            StringMatch::Prefix { value: want, ignore_case } => {
+                value.len() >= want.len() && bytes_eq(&value[..want.len()], want, *ignore_case)
             }
-            StringMatch::Contains {
-                value: want,
-                ignore_case,
-            } => {
-                want.is_empty()
-                    || value
-                        .windows(want.len())
-                        .any(|w| bytes_eq(w, want, *ignore_case))
+            StringMatch::Suffix { value: want, ignore_case } => {
+                value.len() >= want.len() && bytes_eq(&value[value.len() - want.len()..], want, *ignore_case)
+            }
+            StringMatch::Contains { value: want, ignore_case } => {
+                want.is_empty() || value.windows(want.len()).any(|w| bytes_eq(w, want, *ignore_case))
             }
             StringMatch::Regex(regex) => regex.is_match(value),
         }
@@ -304,9 +261,7 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
                 return None;
             }
             let value = pair[eq + 1..].trim_ascii();
-            let unquoted = value
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""));
+            let unquoted = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
             Some(unquoted.unwrap_or(value))
         })
     })

@@ -11,8 +11,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::matching::{request_authority, split_port};
 use crate::config::route::{
-    ClusterRef, ClusterSpecifier, ClusterTarget, ForwardAction, HostRewrite, MatchedPart,
-    PathRewrite, RedirectAction, RedirectPath, RegexRewrite, Substitution,
+    ClusterRef, ClusterSpecifier, ClusterTarget, ForwardAction, HostRewrite, MatchedPart, PathRewrite, RedirectAction,
+    RedirectPath, RegexRewrite, Substitution,
 };
 
 /// Envoy's header for the path before a rewrite.
@@ -29,9 +29,7 @@ impl ForwardAction {
     pub fn cluster<'a>(&'a self, headers: &'a HeaderMap) -> Option<ClusterRef<'a>> {
         let target = match &self.cluster {
             ClusterSpecifier::Single(target) => target,
-            ClusterSpecifier::Weighted { targets, total } => {
-                pick(targets, fastrand::u64(0..*total))?
-            }
+            ClusterSpecifier::Weighted { targets, total } => pick(targets, fastrand::u64(0..*total))?,
         };
         target.resolve(headers)
     }
@@ -64,10 +62,7 @@ impl ForwardAction {
             path.push_str(query);
         }
         let Ok(rewritten) = PathAndQuery::try_from(path) else {
-            tracing::debug!(
-                path = original.as_str(),
-                "path rewrite produced an invalid path; left unchanged"
-            );
+            tracing::debug!(path = original.as_str(), "path rewrite produced an invalid path; left unchanged");
             return;
         };
         let Some(uri) = with_parts(&parts.uri, |uri| uri.path_and_query = Some(rewritten)) else {
@@ -93,9 +88,7 @@ impl ForwardAction {
 
     /// Sets the Host header and, when the request carries one, the URI's authority.
     fn set_host(&self, parts: &mut Parts, host: HeaderValue, envoy_headers: bool) {
-        if let Some(original) =
-            request_authority(parts).and_then(|h| HeaderValue::from_bytes(h).ok())
-        {
+        if let Some(original) = request_authority(parts).and_then(|h| HeaderValue::from_bytes(h).ok()) {
             if self.append_x_forwarded_host {
                 let forwarded = match parts.headers.get(&X_FORWARDED_HOST) {
                     Some(existing) => {
@@ -140,9 +133,7 @@ impl ClusterTarget {
         match self {
             ClusterTarget::Named(name) => Some(name),
             // Only the first value counts when the header repeats (Envoy's rule).
-            ClusterTarget::Header(name) => {
-                headers.get(name)?.to_str().ok().filter(|v| !v.is_empty())
-            }
+            ClusterTarget::Header(name) => headers.get(name)?.to_str().ok().filter(|v| !v.is_empty()),
         }
     }
 }
@@ -151,14 +142,9 @@ impl PathRewrite {
     /// Rewrites a path without its query.
     pub(crate) fn apply(&self, path: &str) -> String {
         match self {
-            PathRewrite::Prefix {
-                matched,
-                replacement,
-            } => {
+            PathRewrite::Prefix { matched, replacement } => {
                 let cut = match *matched {
-                    MatchedPart::Prefix(len) if path.is_char_boundary(len.min(path.len())) => {
-                        len.min(path.len())
-                    }
+                    MatchedPart::Prefix(len) if path.is_char_boundary(len.min(path.len())) => len.min(path.len()),
                     MatchedPart::Prefix(_) | MatchedPart::WholePath => path.len(),
                 };
                 let mut out = String::with_capacity(replacement.len() + path.len() - cut);
@@ -184,9 +170,7 @@ impl RegexRewrite {
             for piece in &self.substitution {
                 match piece {
                     Substitution::Literal(text) => out.push_str(text),
-                    Substitution::Group(group) => {
-                        out.push_str(captures.get(*group).map_or("", |m| m.as_str()))
-                    }
+                    Substitution::Group(group) => out.push_str(captures.get(*group).map_or("", |m| m.as_str())),
                 }
             }
             copied = whole.end();
@@ -202,18 +186,12 @@ impl RedirectAction {
     pub fn location(&self, parts: &Parts, scheme: &str) -> (StatusCode, HeaderValue) {
         let new_scheme = self.scheme.as_deref().unwrap_or(scheme);
         let host = self.host(parts, scheme, new_scheme);
-        let (path, query) = parts
-            .uri
-            .path_and_query()
-            .map_or(("", None), |pq| (pq.path(), pq.query()));
+        let (path, query) = parts.uri.path_and_query().map_or(("", None), |pq| (pq.path(), pq.query()));
         let kept_query = query.filter(|_| !self.strip_query);
         let (path, query): (Cow<'_, str>, Option<&str>) = match &self.path {
             RedirectPath::Keep => (Cow::Borrowed(path), kept_query),
             // A query in `path_redirect` replaces the request's, even with `strip_query`.
-            RedirectPath::Replace {
-                path,
-                query: Some(own),
-            } => (Cow::Borrowed(path), Some(own)),
+            RedirectPath::Replace { path, query: Some(own) } => (Cow::Borrowed(path), Some(own)),
             RedirectPath::Replace { path, query: None } => (Cow::Borrowed(path), kept_query),
             RedirectPath::Rewrite(rewrite) => (Cow::Owned(rewrite.apply(path)), kept_query),
         };
@@ -227,31 +205,23 @@ impl RedirectAction {
             location.push('?');
             location.push_str(query);
         }
-        let location =
-            HeaderValue::try_from(location).unwrap_or_else(|_| HeaderValue::from_static("/"));
+        let location = HeaderValue::try_from(location).unwrap_or_else(|_| HeaderValue::from_static("/"));
         (self.status, location)
     }
 
     /// The redirect's host without the port it will get from `port_redirect`.
     fn host<'a>(&'a self, parts: &'a Parts, scheme: &str, new_scheme: &str) -> &'a str {
         if let Some(host) = &self.host {
-            return if self.port.is_some() {
-                bare_host(host)
-            } else {
-                host
-            };
+            return if self.port.is_some() { bare_host(host) } else { host };
         }
-        let request_host = request_authority(parts)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .unwrap_or("");
+        let request_host = request_authority(parts).and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
         let (bare, port) = split_port(request_host.as_bytes());
         let Some(port) = port else {
             return request_host;
         };
         // Envoy drops the request's port when `port_redirect` replaces it, or when the scheme
         // changes away from one whose default port the request spelled out.
-        let default_port =
-            (scheme == "http" && port == b"80") || (scheme == "https" && port == b"443");
+        let default_port = (scheme == "http" && port == b"80") || (scheme == "https" && port == b"443");
         if self.port.is_some() || (new_scheme != scheme && default_port) {
             &request_host[..bare.len()]
         } else {

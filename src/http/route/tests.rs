@@ -8,10 +8,8 @@ use crate::config::route::RouteConfigurationProto;
 use crate::config::schema::{Format, parse};
 
 fn table_with(yaml: &str, host_port: HostPortMatch) -> RouteTable {
-    let proto =
-        parse::<RouteConfigurationProto>(yaml, Format::Yaml).expect("test YAML matches the schema");
-    RouteTable::from_proto(&proto, host_port)
-        .unwrap_or_else(|e| panic!("config should be valid: {e}"))
+    let proto = parse::<RouteConfigurationProto>(yaml, Format::Yaml).expect("test YAML matches the schema");
+    RouteTable::from_proto(&proto, host_port).unwrap_or_else(|e| panic!("config should be valid: {e}"))
 }
 
 fn table(yaml: &str) -> RouteTable {
@@ -40,8 +38,7 @@ fn route_name(t: &RouteTable, parts: &Parts) -> Option<String> {
 }
 
 fn vhost_name(t: &RouteTable, host: &str) -> Option<String> {
-    t.select(&req("GET", "/", host, &[]))
-        .map(|s| s.virtual_host.name().to_owned())
+    t.select(&req("GET", "/", host, &[])).map(|s| s.virtual_host.name().to_owned())
 }
 
 fn forward<'a>(s: Selected<'a>) -> &'a ForwardAction {
@@ -59,11 +56,7 @@ fn redirect<'a>(s: Selected<'a>) -> &'a RedirectAction {
 }
 
 fn values<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h str> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect()
+    headers.get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
 }
 
 const DOMAINS: &str = "
@@ -122,31 +115,16 @@ fn host_port_takes_part_unless_stripped() {
     assert_eq!(vhost_name(&t, "x.foo.com:80"), None);
 
     let any = table_with(DOMAINS, HostPortMatch::StripAny);
-    assert_eq!(
-        vhost_name(&any, "www.foo.com:8080").as_deref(),
-        Some("exact")
-    );
-    assert_eq!(
-        vhost_name(&any, "x.foo.com:1").as_deref(),
-        Some("short-suffix")
-    );
+    assert_eq!(vhost_name(&any, "www.foo.com:8080").as_deref(), Some("exact"));
+    assert_eq!(vhost_name(&any, "x.foo.com:1").as_deref(), Some("short-suffix"));
     assert_eq!(vhost_name(&any, "[::1]:443").as_deref(), Some("v6"));
 
     let matching = table_with(DOMAINS, HostPortMatch::StripMatching(8080));
-    assert_eq!(
-        vhost_name(&matching, "www.foo.com:8080").as_deref(),
-        Some("exact")
-    );
+    assert_eq!(vhost_name(&matching, "www.foo.com:8080").as_deref(), Some("exact"));
     assert_eq!(vhost_name(&matching, "www.foo.com:9090"), None);
 
-    let ignore = table_with(
-        &format!("ignore_port_in_host_matching: true\n{DOMAINS}"),
-        HostPortMatch::Keep,
-    );
-    assert_eq!(
-        vhost_name(&ignore, "www.foo.com:9090").as_deref(),
-        Some("exact")
-    );
+    let ignore = table_with(&format!("ignore_port_in_host_matching: true\n{DOMAINS}"), HostPortMatch::Keep);
+    assert_eq!(vhost_name(&ignore, "www.foo.com:9090").as_deref(), Some("exact"));
 }
 
 #[test]
@@ -154,25 +132,16 @@ fn authority_comes_from_the_uri_when_present() {
     let t = table(DOMAINS);
     // HTTP/2 (and absolute-form HTTP/1): the URI's authority is the host.
     let parts = req("GET", "https://www.foo.com/x", "", &[]);
-    assert_eq!(
-        t.select(&parts).map(|s| s.virtual_host.name()),
-        Some("exact")
-    );
+    assert_eq!(t.select(&parts).map(|s| s.virtual_host.name()), Some("exact"));
     let parts = req("GET", "https://www.foo.com/x", "example.com", &[]);
-    assert_eq!(
-        t.select(&parts).map(|s| s.virtual_host.name()),
-        Some("exact")
-    );
+    assert_eq!(t.select(&parts).map(|s| s.virtual_host.name()), Some("exact"));
 }
 
 #[test]
 fn vhost_header_replaces_the_host() {
     let t = table(&format!("vhost_header: x-vhost\n{DOMAINS}"));
     let parts = req("GET", "/", "example.com", &[("x-vhost", "www.foo.com")]);
-    assert_eq!(
-        t.select(&parts).map(|s| s.virtual_host.name()),
-        Some("exact")
-    );
+    assert_eq!(t.select(&parts).map(|s| s.virtual_host.name()), Some("exact"));
 }
 
 const MATCHES: &str = "
@@ -280,38 +249,19 @@ virtual_hosts:
     );
     let check = |method: &str, uri: &str, headers: &[(&str, &str)], want: Option<&str>| {
         let parts = req(method, uri, "example.com", headers);
-        assert_eq!(
-            route_name(&t, &parts).as_deref(),
-            want,
-            "{method} {uri} {headers:?}"
-        );
+        assert_eq!(route_name(&t, &parts).as_deref(), want, "{method} {uri} {headers:?}");
     };
     check("GET", "/exact", &[("x-a", "YES")], Some("exact"));
     check("GET", "/exact", &[("x-a", "no")], None);
     check("GET", "/exact", &[], None);
-    let kinds = [
-        ("x-p", "abc"),
-        ("x-s", "xyz"),
-        ("x-c", "amidb"),
-        ("x-r", "123"),
-    ];
+    let kinds = [("x-p", "abc"), ("x-s", "xyz"), ("x-c", "amidb"), ("x-r", "123")];
     check("GET", "/kinds", &kinds, Some("kinds"));
     for i in 0..kinds.len() {
         let mut bad = kinds;
         bad[i].1 = "zzzz";
         check("GET", "/kinds", &bad, None);
     }
-    check(
-        "GET",
-        "/kinds",
-        &[
-            ("x-p", "ABc"),
-            ("x-s", "xyz"),
-            ("x-c", "amidb"),
-            ("x-r", "123"),
-        ],
-        None,
-    );
+    check("GET", "/kinds", &[("x-p", "ABc"), ("x-s", "xyz"), ("x-c", "amidb"), ("x-r", "123")], None);
     check("GET", "/deprecated", &[("x-a", "v")], Some("deprecated"));
     check("GET", "/present", &[("x-a", "")], Some("present"));
     check("GET", "/present", &[], None);
@@ -328,12 +278,7 @@ virtual_hosts:
     check("GET", "/range", &[("x-n", "-1x")], None);
     check("POST", "/method", &[], Some("method"));
     check("GET", "/method", &[], None);
-    check(
-        "GET",
-        "/joined",
-        &[("x-m", "a"), ("x-m", "b")],
-        Some("joined"),
-    );
+    check("GET", "/joined", &[("x-m", "a"), ("x-m", "b")], Some("joined"));
     // Envoy keeps Host as `:authority`, so a `host` matcher sees nothing.
     check("GET", "/host", &[], None);
     check("GET", "/authority", &[], Some("authority"));
@@ -373,22 +318,13 @@ virtual_hosts:
     assert_eq!(name("/q", &[]), None);
     assert_eq!(name("/absent?x=1", &[]).as_deref(), Some("absent"));
     assert_eq!(name("/absent?debug", &[]), None);
-    assert_eq!(
-        name("/c", &[("cookie", "a=b; session=\"abcdef\"")]).as_deref(),
-        Some("cookie")
-    );
-    assert_eq!(
-        name("/c", &[("cookie", "a=b"), ("cookie", "session=abc")]).as_deref(),
-        Some("cookie")
-    );
+    assert_eq!(name("/c", &[("cookie", "a=b; session=\"abcdef\"")]).as_deref(), Some("cookie"));
+    assert_eq!(name("/c", &[("cookie", "a=b"), ("cookie", "session=abc")]).as_deref(), Some("cookie"));
     assert_eq!(name("/c", &[("cookie", "session=xyz")]), None);
     assert_eq!(name("/c", &[]), None);
     assert_eq!(name("/inv", &[]).as_deref(), Some("inverted"));
     assert_eq!(name("/inv", &[("cookie", "beta=on")]), None);
-    assert_eq!(
-        name("/grpc", &[("content-type", "application/grpc+proto")]).as_deref(),
-        Some("grpc")
-    );
+    assert_eq!(name("/grpc", &[("content-type", "application/grpc+proto")]).as_deref(), Some("grpc"));
     assert_eq!(name("/grpc", &[("content-type", "application/json")]), None);
 }
 
@@ -451,25 +387,13 @@ fn weighted_clusters_spread_by_weight() {
 fn cluster_from_header_or_name() {
     let t = table(CLUSTERS);
     let parts = req("GET", "/header", "x", &[("x-cluster", "from-header")]);
-    assert_eq!(
-        forward(t.select(&parts).unwrap()).cluster(&parts.headers),
-        Some("from-header")
-    );
+    assert_eq!(forward(t.select(&parts).unwrap()).cluster(&parts.headers), Some("from-header"));
     let parts = get("/header");
-    assert_eq!(
-        forward(t.select(&parts).unwrap()).cluster(&parts.headers),
-        None
-    );
+    assert_eq!(forward(t.select(&parts).unwrap()).cluster(&parts.headers), None);
     let parts = req("GET", "/mixed", "x", &[("x-cluster", "w")]);
-    assert_eq!(
-        forward(t.select(&parts).unwrap()).cluster(&parts.headers),
-        Some("w")
-    );
+    assert_eq!(forward(t.select(&parts).unwrap()).cluster(&parts.headers), Some("w"));
     let parts = get("/other");
-    assert_eq!(
-        forward(t.select(&parts).unwrap()).cluster(&parts.headers),
-        Some("static")
-    );
+    assert_eq!(forward(t.select(&parts).unwrap()).cluster(&parts.headers), Some("static"));
 }
 
 const REWRITES: &str = "
@@ -507,14 +431,8 @@ fn rewritten(t: &RouteTable, mut parts: Parts) -> Parts {
 fn prefix_rewrite_keeps_the_query_and_records_the_original() {
     let t = table(REWRITES);
     let parts = rewritten(&t, get("/API/users?id=7&x"));
-    assert_eq!(
-        parts.uri.path_and_query().unwrap().as_str(),
-        "/v2/users?id=7&x"
-    );
-    assert_eq!(
-        values(&parts.headers, "x-envoy-original-path"),
-        ["/API/users?id=7&x"]
-    );
+    assert_eq!(parts.uri.path_and_query().unwrap().as_str(), "/v2/users?id=7&x");
+    assert_eq!(values(&parts.headers, "x-envoy-original-path"), ["/API/users?id=7&x"]);
 
     let parts = rewritten(&t, get("/whole?q"));
     assert_eq!(parts.uri.to_string(), "/replaced?q");
@@ -534,55 +452,29 @@ fn regex_rewrite_substitutes_groups_on_the_path_only() {
     let t = table(REWRITES);
     let parts = rewritten(&t, get("/service/foo/v1/api?service=bar"));
     assert_eq!(parts.uri.to_string(), "/v1/api/instance/foo?service=bar");
-    assert_eq!(
-        values(&parts.headers, "x-envoy-original-path"),
-        ["/service/foo/v1/api?service=bar"]
-    );
+    assert_eq!(values(&parts.headers, "x-envoy-original-path"), ["/service/foo/v1/api?service=bar"]);
 }
 
 #[test]
 fn host_rewrites() {
     let t = table(REWRITES);
-    let parts = rewritten(
-        &t,
-        req(
-            "GET",
-            "/host",
-            "example.com",
-            &[("x-forwarded-host", "edge")],
-        ),
-    );
+    let parts = rewritten(&t, req("GET", "/host", "example.com", &[("x-forwarded-host", "edge")]));
     assert_eq!(values(&parts.headers, "host"), ["upstream.internal:8443"]);
-    assert_eq!(
-        values(&parts.headers, "x-envoy-original-host"),
-        ["example.com"]
-    );
-    assert_eq!(
-        values(&parts.headers, "x-forwarded-host"),
-        ["edge,example.com"]
-    );
+    assert_eq!(values(&parts.headers, "x-envoy-original-host"), ["example.com"]);
+    assert_eq!(values(&parts.headers, "x-forwarded-host"), ["edge,example.com"]);
 
     // With the authority in the URI (HTTP/2), the URI changes too.
     let parts = rewritten(&t, req("GET", "http://example.com/host?x", "", &[]));
-    assert_eq!(
-        parts.uri.to_string(),
-        "http://upstream.internal:8443/host?x"
-    );
+    assert_eq!(parts.uri.to_string(), "http://upstream.internal:8443/host?x");
     assert_eq!(values(&parts.headers, "host"), ["upstream.internal:8443"]);
 
-    let parts = rewritten(
-        &t,
-        req("GET", "/from-header", "example.com", &[("x-host", "other")]),
-    );
+    let parts = rewritten(&t, req("GET", "/from-header", "example.com", &[("x-host", "other")]));
     assert_eq!(values(&parts.headers, "host"), ["other"]);
     let parts = rewritten(&t, req("GET", "/from-header", "example.com", &[]));
     assert_eq!(values(&parts.headers, "host"), ["example.com"]);
     assert!(parts.headers.get("x-envoy-original-host").is_none());
 
-    let parts = rewritten(
-        &t,
-        req("GET", "/h/envoyproxy.io/some/path", "example.com", &[]),
-    );
+    let parts = rewritten(&t, req("GET", "/h/envoyproxy.io/some/path", "example.com", &[]));
     assert_eq!(values(&parts.headers, "host"), ["envoyproxy.io"]);
 }
 
@@ -616,106 +508,24 @@ fn redirect_locations() {
     let t = table(REDIRECTS);
     let moved = StatusCode::MOVED_PERMANENTLY;
     let cases = [
-        (
-            "/https?a=1",
-            "example.com",
-            "http",
-            moved,
-            "https://example.com/https?a=1",
-        ),
+        ("/https?a=1", "example.com", "http", moved, "https://example.com/https?a=1"),
         // The source scheme's default port goes away when the scheme changes.
-        (
-            "/https",
-            "example.com:80",
-            "http",
-            moved,
-            "https://example.com/https",
-        ),
-        (
-            "/https",
-            "example.com:8080",
-            "http",
-            moved,
-            "https://example.com:8080/https",
-        ),
-        (
-            "/https",
-            "example.com:443",
-            "https",
-            moved,
-            "https://example.com:443/https",
-        ),
-        (
-            "/scheme",
-            "example.com:443",
-            "https",
-            StatusCode::FOUND,
-            "http://example.com/scheme",
-        ),
-        (
-            "/host/x?q",
-            "example.com:8080",
-            "http",
-            StatusCode::SEE_OTHER,
-            "http://new.example.org/host/x?q",
-        ),
-        (
-            "/port",
-            "example.com:8080",
-            "https",
-            StatusCode::TEMPORARY_REDIRECT,
-            "https://example.com:8443/port",
-        ),
-        (
-            "/port",
-            "[::1]:80",
-            "http",
-            StatusCode::TEMPORARY_REDIRECT,
-            "http://[::1]:8443/port",
-        ),
+        ("/https", "example.com:80", "http", moved, "https://example.com/https"),
+        ("/https", "example.com:8080", "http", moved, "https://example.com:8080/https"),
+        ("/https", "example.com:443", "https", moved, "https://example.com:443/https"),
+        ("/scheme", "example.com:443", "https", StatusCode::FOUND, "http://example.com/scheme"),
+        ("/host/x?q", "example.com:8080", "http", StatusCode::SEE_OTHER, "http://new.example.org/host/x?q"),
+        ("/port", "example.com:8080", "https", StatusCode::TEMPORARY_REDIRECT, "https://example.com:8443/port"),
+        ("/port", "[::1]:80", "http", StatusCode::TEMPORARY_REDIRECT, "http://[::1]:8443/port"),
         ("/both", "example.com", "http", moved, "http://h.org:2/both"),
-        (
-            "/path?bar=1",
-            "example.com",
-            "http",
-            StatusCode::PERMANENT_REDIRECT,
-            "http://example.com/new?bar=1",
-        ),
-        (
-            "/pq?bar=1",
-            "example.com",
-            "http",
-            moved,
-            "http://example.com/new?foo=1",
-        ),
-        (
-            "/strip?bar=1",
-            "example.com",
-            "http",
-            moved,
-            "http://example.com/s",
-        ),
-        (
-            "/old/a/b?k=v",
-            "example.com",
-            "http",
-            moved,
-            "http://example.com/new/a/b?k=v",
-        ),
-        (
-            "/re/abc?k=v",
-            "example.com",
-            "http",
-            moved,
-            "http://example.com/x/abc",
-        ),
+        ("/path?bar=1", "example.com", "http", StatusCode::PERMANENT_REDIRECT, "http://example.com/new?bar=1"),
+        ("/pq?bar=1", "example.com", "http", moved, "http://example.com/new?foo=1"),
+        ("/strip?bar=1", "example.com", "http", moved, "http://example.com/s"),
+        ("/old/a/b?k=v", "example.com", "http", moved, "http://example.com/new/a/b?k=v"),
+        ("/re/abc?k=v", "example.com", "http", moved, "http://example.com/x/abc"),
     ];
     for (uri, host, scheme, status, want) in cases {
-        assert_eq!(
-            location(&t, uri, host, scheme),
-            (status, want.to_owned()),
-            "{uri} {host}"
-        );
+        assert_eq!(location(&t, uri, host, scheme), (status, want.to_owned()), "{uri} {host}");
     }
 }
 
@@ -736,10 +546,7 @@ virtual_hosts:
         RouteAction::DirectResponse { status, body } => (*status, body.clone()),
         other => panic!("expected a direct response, got {other:?}"),
     };
-    assert_eq!(
-        action("/body"),
-        (StatusCode::IM_A_TEAPOT, Some("teapot".into()))
-    );
+    assert_eq!(action("/body"), (StatusCode::IM_A_TEAPOT, Some("teapot".into())));
     assert_eq!(action("/bytes"), (StatusCode::OK, Some("hi".into())));
     assert_eq!(action("/empty"), (StatusCode::NO_CONTENT, None));
 }
@@ -799,10 +606,7 @@ fn request_header_mutations_in_envoy_order() {
     selected.apply_request_headers(&mut headers);
     // Route, then virtual host, then route config: the last overwrite wins.
     assert_eq!(values(&headers, "x-level"), ["config"]);
-    assert_eq!(
-        values(&headers, "x-list"),
-        ["client", "route", "vhost", "config"]
-    );
+    assert_eq!(values(&headers, "x-list"), ["client", "route", "vhost", "config"]);
     assert_eq!(values(&headers, "x-if-absent"), ["client"]);
     assert_eq!(values(&headers, "x-if-exists"), ["route"]);
     assert!(headers.get("x-missing").is_none());
@@ -815,9 +619,7 @@ fn request_header_mutations_in_envoy_order() {
 
 #[test]
 fn most_specific_header_mutations_wins_reverses_the_order() {
-    let t = table(&format!(
-        "most_specific_header_mutations_wins: true\n{MUTATIONS}"
-    ));
+    let t = table(&format!("most_specific_header_mutations_wins: true\n{MUTATIONS}"));
     let parts = req("GET", "/", "x", &[]);
     let selected = t.select(&parts).unwrap();
     let mut headers = HeaderMap::new();
@@ -860,9 +662,7 @@ virtual_hosts:
     );
     let parts = req("GET", "/", "x", &[("x-a", "client")]);
     let mut headers = parts.headers.clone();
-    t.select(&parts)
-        .unwrap()
-        .apply_request_headers(&mut headers);
+    t.select(&parts).unwrap().apply_request_headers(&mut headers);
     assert_eq!(values(&headers, "x-a"), ["set", "appended"]);
     // Both were decided before either was added.
     assert_eq!(values(&headers, "x-b"), ["first", "second"]);
