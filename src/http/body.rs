@@ -1,42 +1,120 @@
 //! Body types on the request path: the downstream request body forwarded upstream, and
 //! the response body sent downstream (streamed from upstream, or a local reply). Both
-//! stream frame by frame; nothing buffers a whole body.
+//! stream frame by frame; nothing buffers a whole body. They also carry the stream's
+//! timers: `request_timeout` on the request body, the stream idle timeout on the response.
 
+use std::cell::Cell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
-/// The downstream request body as sent upstream, counting the bytes received.
+/// The error type of both bodies: hyper's, or one of legate's timeouts.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the request and response sides of one stream share.
+#[derive(Debug)]
+pub struct StreamState {
+    /// Request body bytes received so far.
+    pub received: Cell<u64>,
+    /// The last time either body moved, for the stream idle timeout.
+    pub last_activity: Cell<Instant>,
+    /// The downstream request body has ended.
+    pub request_done: Cell<bool>,
+    /// `request_timeout` expired before the request body ended.
+    pub request_timed_out: Cell<bool>,
+}
+
+impl StreamState {
+    /// A stream that starts now.
+    pub fn new(now: Instant) -> StreamState {
+        StreamState {
+            received: Cell::new(0),
+            last_activity: Cell::new(now),
+            request_done: Cell::new(false),
+            request_timed_out: Cell::new(false),
+        }
+    }
+}
+
+/// Why a response body stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Sent to its end.
+    Complete,
+    /// Cut short: the upstream or downstream went away.
+    Reset,
+    /// No data moved for the stream idle timeout.
+    IdleTimeout,
+}
+
+/// A legate timeout, surfaced as a body error so hyper resets the stream.
+#[derive(Debug)]
+struct TimedOut(&'static str);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// The downstream request body as sent upstream.
 pub struct RequestBody {
     inner: Incoming,
-    received: u64,
-    /// Shared with the response side, which logs the final count.
-    counter: std::rc::Rc<std::cell::Cell<u64>>,
+    state: Rc<StreamState>,
+    /// `request_timeout`: the whole request must have arrived by then.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl RequestBody {
-    /// Wraps a downstream body; `counter` receives the running byte count.
-    pub fn new(inner: Incoming, counter: std::rc::Rc<std::cell::Cell<u64>>) -> RequestBody {
-        RequestBody { inner, received: 0, counter }
+    /// Wraps a downstream body; `deadline` is when `request_timeout` expires, if set.
+    pub fn new(inner: Incoming, state: Rc<StreamState>, deadline: Option<Instant>) -> RequestBody {
+        if inner.is_end_stream() {
+            state.request_done.set(true);
+        }
+        let deadline = deadline.filter(|_| !state.request_done.get()).map(|at| Box::pin(tokio::time::sleep_until(at)));
+        RequestBody { inner, state, deadline }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.received += data.len() as u64;
-            self.counter.set(self.received);
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.state.received.set(this.state.received.get() + data.len() as u64);
+                }
+                this.state.last_activity.set(Instant::now());
+                if this.inner.is_end_stream() {
+                    this.state.request_done.set(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.state.request_done.set(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => {
+                let expired = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    this.state.request_timed_out.set(true);
+                    return Poll::Ready(Some(Err(Box::new(TimedOut("request timeout")))));
+                }
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -49,15 +127,15 @@ impl Body for RequestBody {
 }
 
 /// Called once when a response body ends (fully sent, or dropped early), with the byte
-/// count and whether it completed. It finishes the stream's accounting: stats, access
-/// log and returning the upstream connection to its pool.
+/// count and why. It finishes the stream's accounting: stats, access log and returning
+/// the upstream connection to its pool.
 pub trait StreamEnd {
-    /// The response body is done: `complete` is false when it was cut short.
-    fn finish(self: Box<Self>, bytes_sent: u64, complete: bool);
+    /// The response body is done.
+    fn finish(self: Box<Self>, bytes_sent: u64, reason: EndReason);
 }
 
 enum Source {
-    Upstream(Incoming),
+    Upstream { body: Incoming, idle: Option<(Duration, Pin<Box<Sleep>>)> },
     Local(Option<Bytes>),
 }
 
@@ -74,9 +152,10 @@ impl ResponseBody {
         ResponseBody { source: Source::Local((!body.is_empty()).then_some(body)), sent: 0, end: None }
     }
 
-    /// A body streamed from upstream.
-    pub fn upstream(body: Incoming) -> ResponseBody {
-        ResponseBody { source: Source::Upstream(body), sent: 0, end: None }
+    /// A body streamed from upstream, reset when no data moves for `idle_timeout`.
+    pub fn upstream(body: Incoming, idle_timeout: Option<Duration>) -> ResponseBody {
+        let idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        ResponseBody { source: Source::Upstream { body, idle }, sent: 0, end: None }
     }
 
     /// Sets what runs when the body ends.
@@ -84,21 +163,38 @@ impl ResponseBody {
         self.end = Some(end);
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, reason: EndReason) {
         if let Some(end) = self.end.take() {
-            end.finish(self.sent, complete);
+            end.finish(self.sent, reason);
         }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
-            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Source::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some((timeout, sleep)) = idle {
+                        sleep.as_mut().reset(Instant::now() + *timeout);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::from(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => {
+                    let expired = idle.as_mut().is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready());
+                    if expired {
+                        this.finish(EndReason::IdleTimeout);
+                        return Poll::Ready(Some(Err(Box::new(TimedOut("stream idle timeout")))));
+                    }
+                    Poll::Pending
+                }
+            },
             Source::Local(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
         };
         match &polled {
@@ -107,11 +203,11 @@ impl Body for ResponseBody {
                     this.sent += data.len() as u64;
                 }
                 if this.is_end_stream() {
-                    this.finish(true);
+                    this.finish(EndReason::Complete);
                 }
             }
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(None) => this.finish(EndReason::Complete),
+            Poll::Ready(Some(Err(_))) => this.finish(EndReason::Reset),
             Poll::Pending => {}
         }
         polled
@@ -119,14 +215,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Upstream(body) => body.is_end_stream(),
+            Source::Upstream { body, .. } => body.is_end_stream(),
             Source::Local(body) => body.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Upstream(body) => body.size_hint(),
+            Source::Upstream { body, .. } => body.size_hint(),
             Source::Local(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
@@ -135,7 +231,7 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper drops a body it never polls (HEAD, 204, 304) or one cut short by a reset.
-        let complete = self.is_end_stream();
-        self.finish(complete);
+        let reason = if self.is_end_stream() { EndReason::Complete } else { EndReason::Reset };
+        self.finish(reason);
     }
 }

@@ -3,6 +3,7 @@
 //! Each stage reads immutable snapshots; per-request state lives in `Exchange`, which
 //! finishes the stream's accounting when the response body ends.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,10 +18,10 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::access_log::LogContext;
-use super::body::{RequestBody, ResponseBody, StreamEnd};
+use super::body::{EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
 use super::flags::ResponseFlags;
 use super::headers;
-use super::route::RouteAction;
+use super::route::{IdleTimeout, RouteAction};
 use crate::config::cluster::UpstreamProtocol;
 use crate::listener::HttpListener;
 use crate::upstream::pool::{H1Lease, UpstreamError, Wire};
@@ -35,7 +36,11 @@ pub struct ConnContext {
     pub local: SocketAddr,
     /// Whether the connection's codec was counted (`downstream_cx_http1/2_total`); known
     /// only at the first request when the codec is detected from the preface.
-    pub codec_counted: std::cell::Cell<bool>,
+    pub codec_counted: Cell<bool>,
+    /// Streams in progress on this connection, for the connection idle timeout.
+    pub active_streams: Cell<u32>,
+    /// When the connection last had no stream in progress.
+    pub idle_since: Cell<Instant>,
 }
 
 /// Serves one downstream request. Never fails: every error becomes Envoy's local reply.
@@ -56,10 +61,12 @@ pub async fn serve(
     if !ctx.codec_counted.replace(true) {
         if is_http2 { stats.downstream_cx_http2_total.inc() } else { stats.downstream_cx_http1_total.inc() }
     }
+    ctx.active_streams.set(ctx.active_streams.get() + 1);
     let (mut parts, body) = request.into_parts();
+    let start = Instant::now();
     let mut exchange = Exchange {
         ctx: ctx.clone(),
-        start: Instant::now(),
+        start,
         start_time: SystemTime::now(),
         version: parts.version,
         status: 0,
@@ -69,7 +76,8 @@ pub async fn serve(
         cluster: None,
         host: None,
         lease: None,
-        received: Rc::default(),
+        stream: Rc::new(StreamState::new(start)),
+        done: false,
         logged_request: None,
         logged_response: None,
     };
@@ -172,7 +180,15 @@ pub async fn serve(
         UpstreamProtocol::Downstream if parts.version == Version::HTTP_2 => Wire::Http2,
         UpstreamProtocol::Downstream => Wire::Http1,
     };
-    let upstream_request = upstream_request(parts, RequestBody::new(body, exchange.received.clone()), wire);
+    let request_deadline = hcm.request_timeout.map(|t| exchange.start + t);
+    let upstream_request =
+        upstream_request(parts, RequestBody::new(body, exchange.stream.clone(), request_deadline), wire);
+    // A route's idle_timeout overrides the connection manager's stream_idle_timeout.
+    let idle_timeout = match forward.idle_timeout() {
+        IdleTimeout::Inherit => hcm.stream_idle_timeout,
+        IdleTimeout::Disabled => None,
+        IdleTimeout::After(t) => Some(t),
+    };
 
     cluster.stats.upstream_rq_total.inc();
     cluster.stats.upstream_rq_active.inc();
@@ -181,10 +197,9 @@ pub async fn serve(
     let upstream_start = Instant::now();
     let pool = pools.host(&cluster, host_index);
     let sent = pool.send(upstream_request, wire);
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(UpstreamError::Timeout(t))),
-        None => sent.await,
-    };
+    let result =
+        await_response(sent, &exchange.stream, timeout.map(|t| upstream_start + t), request_deadline, idle_timeout)
+            .await;
     match result {
         Ok((response, lease)) => {
             let (mut head, body) = response.into_parts();
@@ -205,35 +220,106 @@ pub async fn serve(
                 exchange.logged_response = Some(head.headers.clone());
             }
             stats.downstream_rq_class[class_index(head.status)].inc();
-            let mut body = ResponseBody::upstream(body);
+            let mut body = ResponseBody::upstream(body, idle_timeout);
             body.on_end(Box::new(exchange));
             Ok(Response::from_parts(head, body))
         }
-        Err(error) => {
-            let (status, body, flags, details) = upstream_failure(&error, &cluster, &host);
+        Err(failure) => {
+            let (status, body, flags, details) = failure_reply(&failure, &cluster, &host, stats);
             cluster.stats.record_response(status.as_u16());
             Ok(exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details))
         }
     }
 }
 
+/// Why a forwarded request got no upstream response.
+enum Failure {
+    Upstream(UpstreamError),
+    /// The route timeout passed before response headers.
+    RouteTimeout,
+    /// Nothing moved on the stream for the stream idle timeout.
+    StreamIdle,
+    /// `request_timeout` passed before the whole request arrived.
+    RequestTimeout,
+}
+
+/// Waits for the upstream's response headers under the route timeout, the stream idle
+/// timeout (request body activity counts) and `request_timeout`.
+async fn await_response<F, T>(
+    sent: F,
+    stream: &StreamState,
+    route_deadline: Option<Instant>,
+    request_deadline: Option<Instant>,
+    idle_timeout: Option<std::time::Duration>,
+) -> Result<T, Failure>
+where
+    F: Future<Output = Result<T, UpstreamError>>,
+{
+    tokio::pin!(sent);
+    loop {
+        let idle_deadline = idle_timeout.map(|t| stream.last_activity.get() + t);
+        let request_deadline = request_deadline.filter(|_| !stream.request_done.get());
+        let wake = [route_deadline, idle_deadline, request_deadline].into_iter().flatten().min();
+        let Some(wake) = wake else {
+            return sent.await.map_err(Failure::Upstream);
+        };
+        tokio::select! {
+            result = &mut sent => {
+                return result.map_err(|e| {
+                    if stream.request_timed_out.get() { Failure::RequestTimeout } else { Failure::Upstream(e) }
+                });
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                if route_deadline.is_some_and(|d| d <= now) {
+                    return Err(Failure::RouteTimeout);
+                }
+                if request_deadline.is_some_and(|d| d <= now) && !stream.request_done.get() {
+                    return Err(Failure::RequestTimeout);
+                }
+                // Request body activity may have moved the idle deadline; re-check it.
+                if idle_timeout.is_some_and(|t| stream.last_activity.get() + t <= now) {
+                    return Err(Failure::StreamIdle);
+                }
+            }
+        }
+    }
+}
+
 /// Envoy's status, body, flag and details for a request that got no upstream response.
-fn upstream_failure(
-    error: &UpstreamError,
+fn failure_reply(
+    failure: &Failure,
     cluster: &Cluster,
     host: &Host,
+    stats: &crate::listener::HcmStats,
 ) -> (StatusCode, &'static str, ResponseFlags, &'static str) {
-    match error {
-        UpstreamError::Timeout(_) => {
+    let upstream = match failure {
+        Failure::RouteTimeout => {
             cluster.stats.upstream_rq_timeout.inc();
             host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
-            (
+            return (
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream request timeout",
                 ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
                 "upstream_response_timeout",
-            )
+            );
         }
+        Failure::StreamIdle => {
+            stats.downstream_rq_idle_timeout.inc();
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "stream timeout",
+                ResponseFlags::STREAM_IDLE_TIMEOUT,
+                "stream_idle_timeout",
+            );
+        }
+        Failure::RequestTimeout => {
+            stats.downstream_rq_timeout.inc();
+            return (StatusCode::REQUEST_TIMEOUT, "request timeout", ResponseFlags::NONE, "request_overall_timeout");
+        }
+        Failure::Upstream(e) => e,
+    };
+    match upstream {
         UpstreamError::ConnectFailure(e) if e.raw_os_error() == Some(111) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: 111",
@@ -339,7 +425,9 @@ struct Exchange {
     cluster: Option<Arc<Cluster>>,
     host: Option<Arc<Host>>,
     lease: Option<H1Lease>,
-    received: Rc<std::cell::Cell<u64>>,
+    stream: Rc<StreamState>,
+    /// The accounting in `complete` has run.
+    done: bool,
     logged_request: Option<Parts>,
     logged_response: Option<HeaderMap>,
 }
@@ -378,9 +466,34 @@ impl Exchange {
 }
 
 impl StreamEnd for Exchange {
-    fn finish(self: Box<Self>, bytes_sent: u64, complete: bool) {
-        let this = *self;
+    fn finish(mut self: Box<Self>, bytes_sent: u64, reason: EndReason) {
+        self.complete(bytes_sent, reason);
+    }
+}
+
+impl Drop for Exchange {
+    /// A stream dropped before its response began (the client went away while legate
+    /// waited for the upstream) is accounted for here.
+    fn drop(&mut self) {
+        self.complete(0, EndReason::Reset);
+    }
+}
+
+impl Exchange {
+    /// Finishes the stream's accounting exactly once.
+    fn complete(&mut self, bytes_sent: u64, reason: EndReason) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let this = self;
+        let complete = reason == EndReason::Complete;
         let listener = &this.ctx.listener;
+        let ctx = &this.ctx;
+        ctx.active_streams.set(ctx.active_streams.get().saturating_sub(1));
+        if ctx.active_streams.get() == 0 {
+            ctx.idle_since.set(Instant::now());
+        }
         let duration = this.start.elapsed();
         let stats = &listener.http_stats;
         stats.downstream_rq_active.dec();
@@ -405,15 +518,20 @@ impl StreamEnd for Exchange {
             host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
             host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(lease) = this.lease {
+        if let Some(lease) = this.lease.take() {
             // Only a fully read response leaves the connection reusable.
             if complete {
                 lease.release();
             }
         }
         let mut flags = this.flags;
-        if !complete && this.details == "via_upstream" {
-            flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        match reason {
+            EndReason::Complete => {}
+            EndReason::IdleTimeout => {
+                stats.downstream_rq_idle_timeout.inc();
+                flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
+            }
+            EndReason::Reset => flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
         }
         if listener.access_logs.is_empty() {
             return;
@@ -426,7 +544,7 @@ impl StreamEnd for Exchange {
             response_code: this.status,
             response_flags: flags,
             response_code_details: this.details,
-            bytes_received: this.received.get(),
+            bytes_received: this.stream.received.get(),
             bytes_sent,
             duration,
             protocol: this.version,

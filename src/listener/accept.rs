@@ -56,6 +56,8 @@ pub async fn serve_listener(
                         worker: worker.clone(),
                         remote,
                         codec_counted: Default::default(),
+                        active_streams: Default::default(),
+                        idle_since: std::cell::Cell::new(tokio::time::Instant::now()),
                     });
                     connections.spawn_local(serve_connection(stream, ctx, drain.clone()));
                 }
@@ -94,11 +96,27 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: wa
     let service = service_fn(move |request| proxy::serve(service_ctx.clone(), request));
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = drain.wait_for(|d| *d) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let idle_timeout = listener.spec.hcm.idle_timeout;
+    let result = loop {
+        // Envoy's connection idle timeout counts from the moment no stream is in progress.
+        let idle_deadline = idle_timeout.map(|t| ctx.idle_since.get() + t);
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = drain.wait_for(|d| *d) => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
+            _ = sleep_until_some(idle_deadline) => {
+                if ctx.active_streams.get() == 0 && idle_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    http.downstream_cx_idle_timeout.inc();
+                    connection.as_mut().graceful_shutdown();
+                    break connection.await;
+                }
+                if ctx.active_streams.get() > 0 {
+                    // Busy: look again one timeout from now.
+                    ctx.idle_since.set(tokio::time::Instant::now());
+                }
+            }
         }
     };
     if let Err(e) = result {
@@ -108,4 +126,12 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: wa
     listener.stats.downstream_cx_destroy.inc();
     http.downstream_cx_active.dec();
     http.downstream_cx_destroy.inc();
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

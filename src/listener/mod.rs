@@ -38,6 +38,9 @@ pub struct HcmStats {
     pub rq_redirect: Counter,
     pub rq_direct_response: Counter,
     pub rq_total: Counter,
+    pub downstream_rq_idle_timeout: Counter,
+    pub downstream_rq_timeout: Counter,
+    pub downstream_cx_idle_timeout: Counter,
 }
 
 impl HcmStats {
@@ -63,6 +66,9 @@ impl HcmStats {
             rq_redirect: c("rq_redirect"),
             rq_direct_response: c("rq_direct_response"),
             rq_total: c("rq_total"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
         }
     }
 }

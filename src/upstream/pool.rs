@@ -31,8 +31,6 @@ pub enum UpstreamError {
     ConnectTimeout,
     /// The connection or stream was reset before response headers arrived.
     ResetBeforeHeaders(hyper::Error),
-    /// No response headers within the route timeout.
-    Timeout(std::time::Duration),
 }
 
 /// Which wire protocol a request goes out on.

@@ -7,3 +7,4 @@ mod local_replies;
 mod proxying;
 mod routing;
 mod support;
+mod timeouts;

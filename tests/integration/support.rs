@@ -103,7 +103,8 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream named `name` on a loopback port. Paths it knows:
     /// `/status/N` answers N; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
-    /// with small pauses; `/echo` streams the request body back; anything else answers
+    /// with small pauses; `/trickle/MS` sends two chunks MS apart; `/echo` streams the
+    /// request body back; anything else answers
     /// 200 with the name as body and an `x-upstream` header.
     pub async fn start(name: &str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -152,6 +153,22 @@ async fn answer(
     if path == "/echo" {
         seen.lock().unwrap().push(seen_of(&parts, 0));
         return Ok(reply(200, body.boxed()));
+    }
+    if let Some(gap) = path.strip_prefix("/trickle/") {
+        // Two chunks with a pause between them, for idle timeouts mid-body.
+        seen.lock().unwrap().push(seen_of(&parts, 0));
+        let gap = Duration::from_millis(gap.parse().unwrap_or(0));
+        let chunks = futures_util::stream::unfold(0, move |i| async move {
+            match i {
+                0 => Some((Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"first"))), 1)),
+                1 => {
+                    tokio::time::sleep(gap).await;
+                    Some((Ok(Frame::data(Bytes::from_static(b"second"))), 2))
+                }
+                _ => None,
+            }
+        });
+        return Ok(reply(200, BodyExt::boxed(StreamBody::new(chunks))));
     }
     if let Some(n) = path.strip_prefix("/stream/") {
         seen.lock().unwrap().push(seen_of(&parts, 0));

@@ -1,0 +1,70 @@
+//! Downstream timeouts: the stream idle timeout (before and during the response),
+//! `request_timeout`, and the connection idle timeout.
+
+use std::time::Duration;
+
+use http::Version;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Client, Legate, Upstream, bootstrap, get, routes, send, static_cluster};
+
+async fn legate_with(hcm_extra: &str) -> (Legate, Upstream) {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    let route = routes(concat!(
+        "              - match: { prefix: \"/idle\" }\n                route: { cluster: svc, timeout: 0s, idle_timeout: 0.3s, prefix_rewrite: \"/delay/3000\" }\n",
+        "              - match: { prefix: \"/trickle\" }\n                route: { cluster: svc, idle_timeout: 0.3s, prefix_rewrite: \"/trickle/1500\" }\n",
+        "              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n",
+    ));
+    (Legate::start(&bootstrap(hcm_extra, &route, &clusters)), upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_before_and_during_the_response() {
+    let (legate, _upstream) = legate_with("").await;
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let answer = send(legate.listener("main"), version, get("/idle")).await;
+        assert_eq!(answer.status, 408);
+        assert_eq!(answer.text(), "stream timeout");
+
+        let mut client = Client::connect(legate.listener("main"), version).await;
+        let response = client.send_streaming(get("/trickle")).await;
+        assert_eq!(response.status(), 200, "headers arrive before the body stalls");
+        let mut body = response.into_body();
+        let first = body.frame().await.expect("a first frame").expect("first chunk arrives");
+        assert_eq!(first.into_data().unwrap(), "first");
+        let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("the reset came in time");
+        assert!(rest.is_err(), "the stalled body was reset, not completed");
+    }
+    assert!(legate.stat("http.ingress_http.downstream_rq_idle_timeout").await >= Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_408_when_the_body_is_late() {
+    let (legate, upstream) = legate_with("          request_timeout: 0.3s\n").await;
+    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
+    stream.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789").await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.ends_with("request timeout"), "{reply}");
+    // A request that arrives in time is unaffected.
+    assert_eq!(send(legate.listener("main"), Version::HTTP_11, get("/")).await.status, 200);
+    assert!(upstream.count() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (legate, _upstream) = legate_with("          common_http_protocol_options: { idle_timeout: 0.3s }\n").await;
+    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Keep-alive: the connection stays open after the response until it has idled 0.3 s.
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("closed in time");
+    assert_eq!(closed.unwrap(), 0, "the server closed the idle connection");
+    assert_eq!(legate.stat("http.ingress_http.downstream_cx_idle_timeout").await, Some(1));
+}
