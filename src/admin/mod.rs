@@ -9,11 +9,14 @@ mod info;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,6 +24,8 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 
 use crate::config::bootstrap::AdminSpec;
+use crate::http::access_log::{AccessLogger, LogContext, request_head};
+use crate::http::flags::ResponseFlags;
 use crate::listener::bind_reuseport;
 use crate::server::ServerShared;
 use crate::worker::LocalExec;
@@ -33,26 +38,55 @@ pub type AdminState = Arc<ServerShared>;
 pub fn start(spec: &AdminSpec, state: AdminState) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let socket = bind_reuseport(spec.address)?;
     let address = socket.local_addr()?;
+    let access_logs: Vec<AccessLogger> =
+        spec.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<_>>()?;
     let thread = std::thread::Builder::new().name("legate-admin".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("admin runtime");
         let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, serve(socket, state));
+        local.block_on(&runtime, serve(socket, state, access_logs.into()));
     })?;
     Ok((address, thread))
 }
 
-async fn serve(socket: std::net::TcpListener, state: AdminState) {
+async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc<[AccessLogger]>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(socket) else {
         tracing::error!("cannot register the admin socket");
         return;
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let state = state.clone();
+        let Ok((stream, remote)) = listener.accept().await else { continue };
+        let local = stream.local_addr().unwrap_or(remote);
+        let (state, access_logs) = (state.clone(), access_logs.clone());
         tokio::task::spawn_local(async move {
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request)) }
+            let service = service_fn(move |request: Request<Incoming>| {
+                let (state, access_logs) = (state.clone(), access_logs.clone());
+                async move {
+                    let start = (SystemTime::now(), Instant::now());
+                    let logged = (!access_logs.is_empty())
+                        .then(|| request_head(request.method(), request.uri(), request.version(), request.headers()));
+                    let response = handle(&state, request);
+                    if let Some(head) = logged {
+                        let context = LogContext {
+                            start_time: start.0,
+                            request: &head,
+                            response_headers: Some(response.headers()),
+                            response_code: response.status().as_u16(),
+                            response_flags: ResponseFlags::NONE,
+                            response_code_details: "admin_filter_response",
+                            bytes_received: 0,
+                            bytes_sent: response.body().size_hint().exact().unwrap_or(0),
+                            duration: start.1.elapsed(),
+                            protocol: head.version,
+                            upstream_host: None,
+                            upstream_cluster: None,
+                            downstream_remote: remote,
+                            downstream_local: local,
+                            route_name: None,
+                        };
+                        access_logs.iter().for_each(|log| log.log(&context));
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = auto::Builder::new(LocalExec).serve_connection(TokioIo::new(stream), service).await;
         });

@@ -26,6 +26,22 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// `min_flush_size`).
 const FLUSH_SIZE: usize = 64 * 1024;
 
+/// A copy of a request head for the log, made only when a logger is configured, since
+/// the original head moves on upstream.
+pub fn request_head(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> http::request::Parts {
+    let mut request = http::Request::new(());
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri.clone();
+    *request.version_mut() = version;
+    *request.headers_mut() = headers.clone();
+    request.into_parts().0
+}
+
 /// Everything an access log line can print about one finished request.
 #[derive(Debug, Clone, Copy)]
 pub struct LogContext<'a> {

@@ -63,6 +63,25 @@ pub fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr, use_remote_add
     }
 }
 
+/// The client address as Envoy determines it: the connection's peer with
+/// `use_remote_address`, otherwise the XFF entry `xff_num_trusted_hops` places from the
+/// right (the peer when XFF has no usable entry there).
+pub fn original_client(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    use_remote_address: bool,
+    trusted_hops: u32,
+) -> SocketAddr {
+    if use_remote_address {
+        return peer;
+    }
+    let Some(xff) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) else { return peer };
+    xff.rsplit(',')
+        .nth(trusted_hops as usize)
+        .and_then(|entry| entry.trim().parse::<std::net::IpAddr>().ok())
+        .map_or(peer, |ip| SocketAddr::new(ip, 0))
+}
+
 /// Adds a random UUID v4 `x-request-id` when the request has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.contains_key(&X_REQUEST_ID) {
@@ -113,6 +132,17 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         set_forwarded(&mut h, peer, true);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1,10.1.2.3");
+    }
+
+    #[test]
+    fn original_client_follows_trusted_hops() {
+        let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.7, 192.0.2.1,10.0.0.9"));
+        assert_eq!(original_client(&h, peer, false, 0).ip().to_string(), "10.0.0.9");
+        assert_eq!(original_client(&h, peer, false, 2).ip().to_string(), "198.51.100.7");
+        assert_eq!(original_client(&h, peer, false, 3), peer);
+        assert_eq!(original_client(&h, peer, true, 0), peer);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::access_log::LogContext;
+use super::access_log::{LogContext, request_head};
 use super::body::{EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
 use super::flags::ResponseFlags;
 use super::headers;
@@ -78,6 +78,7 @@ pub async fn serve(
         lease: None,
         stream: Rc::new(StreamState::new(start)),
         done: false,
+        client: ctx.remote,
         logged_request: None,
         logged_response: None,
     };
@@ -91,12 +92,14 @@ pub async fn serve(
             "missing_host_header",
         ));
     }
+    exchange.client =
+        headers::original_client(&parts.headers, ctx.remote, hcm.use_remote_address, hcm.xff_num_trusted_hops);
     headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address);
     if hcm.generate_request_id {
         headers::ensure_request_id(&mut parts.headers);
     }
     if !listener.access_logs.is_empty() {
-        exchange.logged_request = Some(request_for_log(&parts));
+        exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
     }
     let routes = hcm.routes.clone();
     let Some(selected) = routes.select(&parts) else {
@@ -398,16 +401,6 @@ fn set_server(headers: &mut HeaderMap, server_name: &str) {
     }
 }
 
-/// The request head kept for the access log (only when a listener logs).
-fn request_for_log(parts: &Parts) -> Parts {
-    let mut request = Request::new(());
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    request.into_parts().0
-}
-
 fn empty_parts() -> Parts {
     Request::new(()).into_parts().0
 }
@@ -428,6 +421,8 @@ struct Exchange {
     stream: Rc<StreamState>,
     /// The accounting in `complete` has run.
     done: bool,
+    /// The client address (`%DOWNSTREAM_REMOTE_ADDRESS%`), after XFF trusted hops.
+    client: SocketAddr,
     logged_request: Option<Parts>,
     logged_response: Option<HeaderMap>,
 }
@@ -550,7 +545,7 @@ impl Exchange {
             protocol: this.version,
             upstream_host: this.host.as_ref().map(|h| h.address),
             upstream_cluster: this.cluster.as_ref().map(|c| c.name.as_str()),
-            downstream_remote: this.ctx.remote,
+            downstream_remote: this.client,
             downstream_local: this.ctx.local,
             route_name: this.route_name.as_deref(),
         };

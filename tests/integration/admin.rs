@@ -189,3 +189,32 @@ async fn help_logging_unknown_paths_and_quit() {
     assert_eq!(legate.admin_post("/quitquitquit").await.0, 200);
     assert_eq!(legate.admin_get("/ready").await.1, "DRAINING\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_access_log_records_admin_requests() {
+    let upstream = Upstream::start("svc").await;
+    let log_path = std::env::temp_dir().join(format!("legate-admin-log-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"), &clusters)
+        .replacen(
+            "admin:\n",
+            &format!(
+                "admin:\n  access_log:\n  - name: envoy.access_loggers.file\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n      path: {}\n",
+                log_path.display()
+            ),
+            1,
+        );
+    let legate = Legate::start(&yaml);
+    assert_eq!(legate.admin_get("/ready").await.0, 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if !log.is_empty() || tokio::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(log.contains("\"GET /ready HTTP/1.1\" 200 - 0 5 "), "{log}");
+    let _ = std::fs::remove_file(&log_path);
+}

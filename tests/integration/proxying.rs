@@ -160,3 +160,27 @@ async fn envoy_request_and_response_headers_are_added() {
     assert_eq!(seen.headers["x-envoy-expected-rq-timeout-ms"], "15000");
     assert!(!seen.headers.contains_key("x-hop"), "headers named in Connection are hop-by-hop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_trailers_pass_through() {
+    let upstream = Upstream::start("svc").await;
+    for extra in ["", H2_UPSTREAM] {
+        let clusters = static_cluster("svc", &[(upstream.address, 1)], extra);
+        let legate = Legate::start(&bootstrap("", &one_route_to("svc"), &clusters));
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let mut client = Client::connect(legate.listener("main"), version).await;
+            // HTTP/1.1 carries trailers only to clients that say they accept them.
+            let request = Request::get("/trailers").header("host", "example.com").header("te", "trailers");
+            let response = client.send_streaming(request.body(Full::new(Bytes::new())).unwrap()).await;
+            let collected = response.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            assert_eq!(collected.to_bytes(), "payload");
+            assert_eq!(
+                trailers.get("x-checksum").map(|v| v.to_str().unwrap()),
+                Some("abc123"),
+                "{version:?}, upstream h2: {}",
+                !extra.is_empty()
+            );
+        }
+    }
+}

@@ -103,7 +103,8 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream named `name` on a loopback port. Paths it knows:
     /// `/status/N` answers N; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
-    /// with small pauses; `/trickle/MS` sends two chunks MS apart; `/echo` streams the
+    /// with small pauses; `/trickle/MS` sends two chunks MS apart; `/trailers` sends a body
+    /// and an `x-checksum` trailer; `/echo` streams the
     /// request body back; anything else answers
     /// 200 with the name as body and an `x-upstream` header.
     pub async fn start(name: &str) -> Upstream {
@@ -153,6 +154,19 @@ async fn answer(
     if path == "/echo" {
         seen.lock().unwrap().push(seen_of(&parts, 0));
         return Ok(reply(200, body.boxed()));
+    }
+    if path == "/trailers" {
+        seen.lock().unwrap().push(seen_of(&parts, 0));
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("abc123"));
+        let frames = futures_util::stream::iter([
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"payload"))),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let mut response = reply(200, BodyExt::boxed(StreamBody::new(frames)));
+        // HTTP/1.1 sends only the trailer fields the response declares.
+        response.headers_mut().insert("trailer", http::HeaderValue::from_static("x-checksum"));
+        return Ok(response);
     }
     if let Some(gap) = path.strip_prefix("/trickle/") {
         // Two chunks with a pause between them, for idle timeouts mid-body.
