@@ -47,7 +47,13 @@ pub struct ServerShared {
     pub listeners: Vec<Arc<HttpListener>>,
     /// The address each listener bound (port 0 resolved), in `listeners` order.
     pub listener_bound: Vec<SocketAddr>,
-    pub bootstrap: Bootstrap,
+    /// The bootstrap without its static clusters and listeners, which live (once) in the
+    /// cluster manager and listeners; `bootstrap()` puts them back for `/config_dump`.
+    bootstrap_rest: Bootstrap,
+    /// The node this server runs as (`node` with the CLI overrides applied).
+    pub node: envoy_types::pb::envoy::config::core::v3::Node,
+    /// Static cluster names in bootstrap order.
+    static_cluster_order: Vec<String>,
     pub options: Options,
     pub concurrency: usize,
     pub started: Instant,
@@ -69,6 +75,23 @@ impl ServerShared {
         } else {
             ServerState::Initializing
         }
+    }
+
+    /// The effective bootstrap, static resources included, as `/config_dump` shows it.
+    pub fn bootstrap(&self) -> Bootstrap {
+        let mut bootstrap = self.bootstrap_rest.clone();
+        if let Some(statics) = &mut bootstrap.static_resources {
+            let snapshot = self.clusters.snapshot();
+            statics.clusters = self
+                .static_cluster_order
+                .iter()
+                .filter_map(|name| snapshot.get(name))
+                .filter(|c| !c.added_via_api)
+                .map(|c| c.proto.clone())
+                .collect();
+            statics.listeners = self.listeners.iter().map(|l| l.spec.proto.clone()).collect();
+        }
+        bootstrap
     }
 
     /// Starts the drain: workers stop accepting and close connections gracefully.
@@ -95,6 +118,12 @@ impl Server {
             options.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
         let store = Store::new();
         register_server_stats(&store, concurrency);
+        let static_cluster_order: Vec<String> = spec.clusters.iter().map(|c| c.name.clone()).collect();
+        let mut bootstrap_rest = spec.proto;
+        if let Some(statics) = &mut bootstrap_rest.static_resources {
+            statics.clusters.clear();
+            statics.listeners.clear();
+        }
         let clusters = Arc::new(ClusterManager::new(&store, spec.clusters));
         let mut listeners = Vec::new();
         for listener in spec.listeners {
@@ -122,7 +151,9 @@ impl Server {
             clusters,
             listeners: listeners.clone(),
             listener_bound: listener_addresses.iter().map(|(_, a)| *a).collect(),
-            bootstrap: spec.proto,
+            bootstrap_rest,
+            node: spec.node,
+            static_cluster_order,
             options,
             concurrency,
             started: Instant::now(),

@@ -77,12 +77,12 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
     let mut clusters: Vec<_> = snapshot.clusters.values().collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = vec![
-        pack_any(BootstrapConfigDump { bootstrap: Some(state.bootstrap.clone()), last_updated: updated }),
+        pack_any(BootstrapConfigDump { bootstrap: Some(state.bootstrap()), last_updated: updated }),
         pack_any(ClustersConfigDump {
             static_clusters: clusters
                 .iter()
                 .map(|c| clusters_config_dump::StaticCluster {
-                    cluster: Some(pack_any(c.spec.proto.clone())),
+                    cluster: Some(pack_any(c.proto.clone())),
                     last_updated: updated,
                 })
                 .collect(),
@@ -93,7 +93,7 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
         out.push(pack_any(EndpointsConfigDump {
             static_endpoint_configs: clusters
                 .iter()
-                .filter_map(|c| c.spec.proto.load_assignment.clone())
+                .filter_map(|c| c.proto.load_assignment.clone())
                 .map(|la| endpoints_config_dump::StaticEndpointConfig {
                     endpoint_config: Some(pack_any(la)),
                     last_updated: updated,

@@ -60,7 +60,7 @@ pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<Full
             },
             ..Default::default()
         }),
-        node: Some(state.bootstrap.node.clone().unwrap_or_default()),
+        node: Some(state.node.clone()),
         hot_restart_initializing: false,
     };
     json(&schema::to_json_with_defaults(&info))

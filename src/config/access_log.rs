@@ -711,8 +711,10 @@ mod tests {
     use crate::config::ErrorKind;
     use crate::config::schema::{self, Format as Syntax};
 
+    /// Parses and translates an `AccessLog` at `access_log[0]`; a logger type outside
+    /// legate's schema is already rejected by the parse.
     fn spec(yaml: &str) -> Result<AccessLogSpec> {
-        let proto: AccessLogProto = schema::parse(yaml, Syntax::Yaml).expect("valid AccessLog yaml");
+        let proto: AccessLogProto = schema::parse(yaml, Syntax::Yaml).map_err(|e| e.within("access_log[0]"))?;
         AccessLogSpec::from_proto(&proto, "access_log[0]")
     }
 
@@ -1037,7 +1039,7 @@ typed_config:
         .expect_err("formatters unsupported");
         assert_eq!(
             (e.kind, e.path.as_str()),
-            (ErrorKind::Unsupported, "access_log[0].typed_config.log_format.formatters")
+            (ErrorKind::Unsupported, "access_log[0].typed_config.log_format.formatters[0].typed_config")
         );
 
         let e = spec(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::metric::{CounterCell, GaugeCell, HistogramCell, HistogramSnapshot, SUPPORTED_PERCENTILES, Stat};
+use super::tags::TaggedName;
 
 /// The stats selected for one admin request, each list sorted by name.
 pub(super) struct Snapshot {
@@ -104,11 +105,11 @@ impl Snapshot {
     /// by tag-extracted name with one `# TYPE` line and a blank line after every family.
     pub(super) fn prometheus(&self) -> String {
         let mut out = String::new();
-        push_families(&mut out, &self.counters, "counter", |out, stat| {
-            push_sample(out, stat, Number::Unsigned(stat.cell.value()));
+        push_families(&mut out, &self.counters, "counter", |out, stat, tagged| {
+            push_sample(out, tagged, Number::Unsigned(stat.cell.value()));
         });
-        push_families(&mut out, &self.gauges, "gauge", |out, stat| {
-            push_sample(out, stat, Number::Signed(stat.cell.value()));
+        push_families(&mut out, &self.gauges, "gauge", |out, stat, tagged| {
+            push_sample(out, tagged, Number::Signed(stat.cell.value()));
         });
         push_families(&mut out, &self.histograms, "histogram", push_histogram);
         out
@@ -157,24 +158,33 @@ fn token_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// Writes one Prometheus family per tag-extracted name, samples sorted by full stat name.
-fn push_families<C>(out: &mut String, stats: &[Arc<Stat<C>>], kind: &str, mut push: impl FnMut(&mut String, &Stat<C>)) {
-    let mut sorted: Vec<&Stat<C>> = stats.iter().map(|s| &**s).collect();
-    sorted
-        .sort_by(|a, b| token_cmp(&a.tagged.extracted, &b.tagged.extracted).then_with(|| token_cmp(&a.name, &b.name)));
+///
+/// Tags are extracted here, per render, rather than cached per stat: a cache would cost
+/// three strings for every stat of every cluster, for an endpoint that is read rarely.
+fn push_families<C>(
+    out: &mut String,
+    stats: &[Arc<Stat<C>>],
+    kind: &str,
+    mut push: impl FnMut(&mut String, &Stat<C>, &TaggedName),
+) {
+    let mut sorted: Vec<(TaggedName, &Stat<C>)> = stats.iter().map(|s| (TaggedName::new(&s.name), &**s)).collect();
+    sorted.sort_by(|(a_tags, a), (b_tags, b)| {
+        token_cmp(&a_tags.extracted, &b_tags.extracted).then_with(|| token_cmp(&a.name, &b.name))
+    });
     let mut family: Option<&str> = None;
-    for stat in sorted {
-        if family != Some(stat.tagged.extracted.as_str()) {
+    for (tagged, stat) in &sorted {
+        if family != Some(tagged.extracted.as_str()) {
             if family.is_some() {
                 out.push('\n');
             }
-            family = Some(&stat.tagged.extracted);
+            family = Some(&tagged.extracted);
             out.push_str("# TYPE ");
-            out.push_str(&stat.tagged.family);
+            out.push_str(&tagged.family);
             out.push(' ');
             out.push_str(kind);
             out.push('\n');
         }
-        push(out, stat);
+        push(out, stat, tagged);
     }
     if family.is_some() {
         out.push('\n');
@@ -182,20 +192,20 @@ fn push_families<C>(out: &mut String, stats: &[Arc<Stat<C>>], kind: &str, mut pu
 }
 
 /// `family{labels} value`; Envoy keeps the braces even without labels.
-fn push_sample<C>(out: &mut String, stat: &Stat<C>, value: Number) {
-    out.push_str(&stat.tagged.family);
+fn push_sample(out: &mut String, tagged: &TaggedName, value: Number) {
+    out.push_str(&tagged.family);
     out.push('{');
-    out.push_str(&stat.tagged.labels);
+    out.push_str(&tagged.labels);
     out.push_str("} ");
     value.push_to(out);
     out.push('\n');
 }
 
 /// Cumulative `_bucket` lines for every default bound and `+Inf`, then `_sum` and `_count`.
-fn push_histogram(out: &mut String, stat: &Stat<HistogramCell>) {
+fn push_histogram(out: &mut String, stat: &Stat<HistogramCell>, tagged: &TaggedName) {
     let snap = stat.cell.snapshot();
-    let family = &stat.tagged.family;
-    let labels = &stat.tagged.labels;
+    let family = &tagged.family;
+    let labels = &tagged.labels;
     let sep = if labels.is_empty() { "" } else { "," };
     let count = snap.count();
     // Writing to a String cannot fail.

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use super::tags::TaggedName;
-
 /// Envoy's default histogram bucket upper bounds (`supported_buckets`).
 pub(super) const BUCKET_BOUNDS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
@@ -22,17 +20,16 @@ const BUCKETS: usize = BUCKET_BOUNDS.len() + 1;
 /// Envoy's default supported quantiles, as the percentages it prints (`P99.5`, `99.5`).
 pub(super) const SUPPORTED_PERCENTILES: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
 
-/// A registered stat: its full name, its Prometheus naming and its atomics.
+/// A registered stat: its full name and its atomics.
 #[derive(Debug)]
 pub(super) struct Stat<C> {
     pub(super) name: String,
-    pub(super) tagged: TaggedName,
     pub(super) cell: C,
 }
 
 impl<C> Stat<C> {
     pub(super) fn new(name: &str, cell: C) -> Arc<Stat<C>> {
-        Arc::new(Stat { name: name.to_owned(), tagged: TaggedName::new(name), cell })
+        Arc::new(Stat { name: name.to_owned(), cell })
     }
 }
 

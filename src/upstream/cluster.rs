@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
+
 use crate::config::cluster::{ClusterSpec, UpstreamProtocol};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
 
@@ -114,7 +116,8 @@ pub struct Cluster {
     schedule: Schedule,
     panic: bool,
     pub stats: ClusterStats,
-    pub spec: ClusterSpec,
+    /// The cluster's config as given, for `/config_dump`.
+    pub proto: ClusterProto,
     /// Whether the cluster came from `static_resources` (false: added via API).
     pub added_via_api: bool,
 }
@@ -140,7 +143,7 @@ impl Cluster {
         stats.max_host_weight.set(hosts.iter().map(|h| i64::from(h.weight)).max().unwrap_or(0));
         Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-            name: spec.name.clone(),
+            name: spec.name,
             connect_timeout: spec.connect_timeout,
             protocol: spec.protocol,
             idle_timeout: spec.idle_timeout,
@@ -148,7 +151,7 @@ impl Cluster {
             schedule,
             panic,
             stats,
-            spec,
+            proto: spec.proto,
             added_via_api,
         }
     }
