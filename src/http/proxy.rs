@@ -83,6 +83,15 @@ pub async fn serve(
         logged_response: None,
     };
     let hcm = &listener.spec.hcm;
+    if parts.version < Version::HTTP_11 {
+        // Envoy refuses HTTP/1.0 and 0.9 unless `http_protocol_options.accept_http_10`.
+        return Ok(exchange.local_reply(
+            StatusCode::UPGRADE_REQUIRED,
+            Bytes::new(),
+            ResponseFlags::NONE,
+            "low_version",
+        ));
+    }
     if parts.version != Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
         // HTTP/1.1 requires Host (RFC 9112 §3.2); Envoy answers 400.
         return Ok(exchange.local_reply(

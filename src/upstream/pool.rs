@@ -104,7 +104,7 @@ impl HostPool {
                 },
             }
         }
-        let mut sender = self.connect_h1().await?;
+        let mut sender = self.pending(self.connect_h1()).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok((response, H1Lease { pool: self.clone(), sender })),
             Err(e) => Err(UpstreamError::ResetBeforeHeaders(e)),
@@ -127,13 +127,30 @@ impl HostPool {
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let sender = self.connect_h2().await?;
+                let sender = self.pending(self.connect_h2()).await?;
                 *self.h2.borrow_mut() = Some(sender.clone());
                 sender
             }
         };
         sender.ready().await.map_err(UpstreamError::ResetBeforeHeaders)?;
         sender.send_request(request).await.map_err(UpstreamError::ResetBeforeHeaders)
+    }
+
+    /// Counts a request as pending while it waits for a new connection, as Envoy's
+    /// `upstream_rq_pending_*` do.
+    async fn pending<T>(&self, connect: impl Future<Output = T>) -> T {
+        struct Pending<'a>(&'a crate::stats::Gauge);
+        impl Drop for Pending<'_> {
+            // Also when the request is abandoned mid-connect.
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let stats = &self.cluster.stats;
+        stats.upstream_rq_pending_total.inc();
+        stats.upstream_rq_pending_active.inc();
+        let _pending = Pending(&stats.upstream_rq_pending_active);
+        connect.await
     }
 
     async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {

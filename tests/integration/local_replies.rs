@@ -104,3 +104,21 @@ async fn a_malformed_request_gets_400() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(upstream.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_is_refused_with_426_as_envoy_does_by_default() {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    let legate = Legate::start(&bootstrap(
+        "",
+        &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"),
+        &clusters,
+    ));
+    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.0 426") || reply.starts_with("HTTP/1.1 426"), "{reply}");
+    assert_eq!(upstream.count(), 0);
+}

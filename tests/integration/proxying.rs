@@ -130,6 +130,8 @@ async fn upstream_connections_are_pooled_and_reused() {
         Some(1),
         "one pooled connection serves sequential requests"
     );
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_total").await, Some(1), "only the first request waited");
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_active").await, Some(0));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_total").await, Some(20));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_200").await, Some(20));
     assert_eq!(legate.stat("http.ingress_http.downstream_rq_2xx").await, Some(20));
