@@ -110,8 +110,7 @@ pub async fn serve(
     if !listener.access_logs.is_empty() {
         exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
     }
-    let routes = hcm.routes.clone();
-    let Some(selected) = routes.select(&parts) else {
+    let Some(selected) = hcm.routes.select(&parts) else {
         stats.no_route.inc();
         return Ok(exchange.local_reply(
             StatusCode::NOT_FOUND,
@@ -120,7 +119,9 @@ pub async fn serve(
             "route_not_found",
         ));
     };
-    exchange.route_name = Some(selected.route.name().to_owned()).filter(|n| !n.is_empty());
+    if !listener.access_logs.is_empty() && !selected.route.name().is_empty() {
+        exchange.route_name = Some(selected.route.name().to_owned());
+    }
     let forward = match selected.route.action() {
         RouteAction::DirectResponse { status, body } => {
             stats.rq_direct_response.inc();
