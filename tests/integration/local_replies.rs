@@ -122,3 +122,20 @@ async fn http_1_0_is_refused_with_426_as_envoy_does_by_default() {
     assert!(reply.starts_with("HTTP/1.0 426") || reply.starts_with("HTTP/1.1 426"), "{reply}");
     assert_eq!(upstream.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_an_undefined_cluster_answers_503_when_validate_clusters_is_off() {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    let route = format!(
+        "            validate_clusters: false\n{}",
+        routes("              - match: { prefix: \"/\" }\n                route: { cluster: ghost }\n")
+    );
+    let legate = Legate::start(&bootstrap("", &route, &clusters));
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let answer = send(legate.listener("main"), version, get("/")).await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.text(), "");
+    }
+    assert_eq!(legate.stat("http.ingress_http.no_cluster").await, Some(2));
+}

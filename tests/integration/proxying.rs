@@ -19,16 +19,20 @@ fn one_route_to(cluster: &str) -> String {
 async fn all_four_protocol_combinations_reach_the_upstream_with_the_configured_protocol() {
     let upstream = Upstream::start("svc").await;
     let clusters = format!(
-        "{}{}",
+        "{}{}{}",
         static_cluster("h1", &[(upstream.address, 1)], ""),
-        static_cluster("h2", &[(upstream.address, 1)], H2_UPSTREAM)
+        static_cluster("h2", &[(upstream.address, 1)], H2_UPSTREAM),
+        // The deprecated cluster-level field Envoy still honours.
+        static_cluster("h2legacy", &[(upstream.address, 1)], "    http2_protocol_options: {}\n"),
     );
     let route = routes(
-        "              - match: { prefix: \"/h1\" }\n                route: { cluster: h1 }\n              - match: { prefix: \"/h2\" }\n                route: { cluster: h2 }\n",
+        "              - match: { prefix: \"/h1\" }\n                route: { cluster: h1 }\n              - match: { prefix: \"/h2legacy\" }\n                route: { cluster: h2legacy }\n              - match: { prefix: \"/h2\" }\n                route: { cluster: h2 }\n",
     );
     let legate = Legate::start(&bootstrap("", &route, &clusters));
     for downstream in [Version::HTTP_11, Version::HTTP_2] {
-        for (path, upstream_version) in [("/h1", Version::HTTP_11), ("/h2", Version::HTTP_2)] {
+        for (path, upstream_version) in
+            [("/h1", Version::HTTP_11), ("/h2", Version::HTTP_2), ("/h2legacy", Version::HTTP_2)]
+        {
             let answer = send(legate.listener("main"), downstream, get(path)).await;
             assert_eq!(answer.status, 200, "{downstream:?} → {path}");
             assert_eq!(answer.text(), "svc");
