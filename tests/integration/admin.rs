@@ -3,16 +3,12 @@
 use http::Version;
 use serde_json::Value;
 
-use crate::support::{Legate, Upstream, bootstrap, get, routes, send, static_cluster};
+use crate::support::{Legate, Upstream, bootstrap, get, route_all_to, send, static_cluster};
 
 async fn started() -> (Legate, Upstream) {
     let upstream = Upstream::start("svc").await;
     let clusters = static_cluster("svc", &[(upstream.address, 2)], "");
-    let legate = Legate::start(&bootstrap(
-        "",
-        &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"),
-        &clusters,
-    ));
+    let legate = Legate::start(&bootstrap("", &route_all_to("svc"), &clusters));
     for _ in 0..3 {
         assert_eq!(send(legate.listener("main"), Version::HTTP_11, get("/")).await.status, 200);
     }
@@ -196,7 +192,7 @@ async fn the_admin_access_log_records_admin_requests() {
     let log_path = std::env::temp_dir().join(format!("legate-admin-log-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_path);
     let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
-    let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"), &clusters)
+    let yaml = bootstrap("", &route_all_to("svc"), &clusters)
         .replacen(
             "admin:\n",
             &format!(

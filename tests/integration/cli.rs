@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Version;
 
-use crate::support::{Upstream, get, send};
+use crate::support::{Upstream, bootstrap, get, route_all_to, send, static_cluster};
 
 fn legate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_legate"))
@@ -146,36 +146,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let upstream = Upstream::start("slow").await;
     let (listen, admin) = (free_port(), free_port());
     let config = std::env::temp_dir().join(format!("legate-drain-{}.yaml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-static_resources:
-  listeners:
-  - name: main
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: slow }} }}] }}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: slow
-    load_assignment:
-      cluster_name: slow
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {up} }} }} }} }}] }}]
-"#,
-            up = upstream.address.port()
-        ),
-    )
-    .unwrap();
+    let yaml = bootstrap("", &route_all_to("slow"), &static_cluster("slow", &[(upstream.address, 1)], ""))
+        .replacen("port_value: 0", &format!("port_value: {admin}"), 1)
+        .replacen("port_value: 0", &format!("port_value: {listen}"), 1);
+    std::fs::write(&config, yaml).unwrap();
     let admin_address = format!("127.0.0.1:{admin}").parse().unwrap();
     let mut child = spawn_ready(&config, admin_address, &["--drain-time-s", "10", "--concurrency", "2"]).await;
     let address = format!("127.0.0.1:{listen}").parse().unwrap();

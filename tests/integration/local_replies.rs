@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use http::Version;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Legate, Upstream, bootstrap, get, routes, send, static_cluster};
+use crate::support::{
+    Legate, Upstream, bootstrap, get, legate_to_one_upstream, raw_exchange, routes, send, static_cluster,
+};
 
 const ACCESS_LOG: &str = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: { text_format_source: { inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:PATH)%\\n\" } }\n";
 
@@ -89,36 +90,16 @@ async fn each_failure_gets_envoys_status_body_and_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_gets_400() {
-    let upstream = Upstream::start("svc").await;
-    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
-    let legate = Legate::start(&bootstrap(
-        "",
-        &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"),
-        &clusters,
-    ));
-    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n").await.unwrap();
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
-    let reply = String::from_utf8_lossy(&reply);
+    let (legate, upstream) = legate_to_one_upstream().await;
+    let reply = raw_exchange(legate.listener("main"), b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(upstream.count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_1_0_is_refused_with_426_as_envoy_does_by_default() {
-    let upstream = Upstream::start("svc").await;
-    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
-    let legate = Legate::start(&bootstrap(
-        "",
-        &routes("              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n"),
-        &clusters,
-    ));
-    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
-    let reply = String::from_utf8_lossy(&reply);
+    let (legate, upstream) = legate_to_one_upstream().await;
+    let reply = raw_exchange(legate.listener("main"), b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.0 426") || reply.starts_with("HTTP/1.1 426"), "{reply}");
     assert_eq!(upstream.count(), 0);
 }

@@ -7,13 +7,9 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 
-use crate::support::{Client, Legate, Upstream, bootstrap, get, routes, send, static_cluster};
+use crate::support::{Client, Legate, Upstream, bootstrap, get, route_all_to, routes, send, static_cluster};
 
 const H2_UPSTREAM: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
-
-fn one_route_to(cluster: &str) -> String {
-    routes(&format!("              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: {cluster} }}\n"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_four_protocol_combinations_reach_the_upstream_with_the_configured_protocol() {
@@ -51,7 +47,7 @@ async fn round_robin_honours_load_balancing_weight() {
     let b = Upstream::start("b").await;
     let clusters = static_cluster("weighted", &[(a.address, 3), (b.address, 1)], "");
     // One worker, so one round-robin cursor sees every request.
-    let legate = Legate::start_with(&bootstrap("", &one_route_to("weighted"), &clusters), &["--concurrency", "1"]);
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("weighted"), &clusters), &["--concurrency", "1"]);
     let mut client = Client::connect(legate.listener("main"), Version::HTTP_11).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..400 {
@@ -67,7 +63,7 @@ async fn equal_weights_spread_evenly_across_workers_too() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let clusters = static_cluster("even", &[(a.address, 1), (b.address, 1)], "");
-    let legate = Legate::start(&bootstrap("", &one_route_to("even"), &clusters));
+    let legate = Legate::start(&bootstrap("", &route_all_to("even"), &clusters));
     let mut client = Client::connect(legate.listener("main"), Version::HTTP_2).await;
     for _ in 0..100 {
         assert_eq!(client.send(get("/")).await.status, 200);
@@ -81,7 +77,7 @@ async fn large_bodies_stream_both_ways_over_each_protocol() {
     let upstream = Upstream::start("echo").await;
     for extra in ["", H2_UPSTREAM] {
         let clusters = static_cluster("echo", &[(upstream.address, 1)], extra);
-        let legate = Legate::start(&bootstrap("", &one_route_to("echo"), &clusters));
+        let legate = Legate::start(&bootstrap("", &route_all_to("echo"), &clusters));
         for version in [Version::HTTP_11, Version::HTTP_2] {
             let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
             let request = Request::post("/echo")
@@ -123,7 +119,7 @@ async fn large_bodies_stream_both_ways_over_each_protocol() {
 async fn upstream_connections_are_pooled_and_reused() {
     let upstream = Upstream::start("svc").await;
     let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
-    let legate = Legate::start_with(&bootstrap("", &one_route_to("svc"), &clusters), &["--concurrency", "1"]);
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
     let mut client = Client::connect(legate.listener("main"), Version::HTTP_11).await;
     for _ in 0..20 {
         assert_eq!(client.send(get("/")).await.status, 200);
@@ -145,7 +141,7 @@ async fn upstream_connections_are_pooled_and_reused() {
 async fn envoy_request_and_response_headers_are_added() {
     let upstream = Upstream::start("svc").await;
     let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
-    let legate = Legate::start(&bootstrap("          use_remote_address: true\n", &one_route_to("svc"), &clusters));
+    let legate = Legate::start(&bootstrap("          use_remote_address: true\n", &route_all_to("svc"), &clusters));
     let request = Request::get("/")
         .header("host", "example.com")
         .header("x-forwarded-for", "203.0.113.9")
@@ -172,7 +168,7 @@ async fn response_trailers_pass_through() {
     let upstream = Upstream::start("svc").await;
     for extra in ["", H2_UPSTREAM] {
         let clusters = static_cluster("svc", &[(upstream.address, 1)], extra);
-        let legate = Legate::start(&bootstrap("", &one_route_to("svc"), &clusters));
+        let legate = Legate::start(&bootstrap("", &route_all_to("svc"), &clusters));
         for version in [Version::HTTP_11, Version::HTTP_2] {
             let mut client = Client::connect(legate.listener("main"), version).await;
             // HTTP/1.1 carries trailers only to clients that say they accept them.

@@ -371,3 +371,26 @@ pub fn routes(routes_yaml: &str) -> String {
         "            name: local_route\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n{routes_yaml}"
     )
 }
+
+/// Route config YAML sending every request to `cluster`.
+pub fn route_all_to(cluster: &str) -> String {
+    routes(&format!("              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: {cluster} }}\n"))
+}
+
+/// Legate with one listener routing everything to one STATIC cluster `svc` over a fresh
+/// upstream named `svc`.
+pub async fn legate_to_one_upstream() -> (Legate, Upstream) {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    (Legate::start(&bootstrap("", &route_all_to("svc"), &clusters)), upstream)
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes it (5 s at most).
+pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}

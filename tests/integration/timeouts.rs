@@ -7,7 +7,7 @@ use http::Version;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Client, Legate, Upstream, bootstrap, get, routes, send, static_cluster};
+use crate::support::{Client, Legate, Upstream, bootstrap, get, raw_exchange, routes, send, static_cluster};
 
 async fn legate_with(hcm_extra: &str) -> (Legate, Upstream) {
     let upstream = Upstream::start("svc").await;
@@ -43,11 +43,11 @@ async fn stream_idle_timeout_before_and_during_the_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_answers_408_when_the_body_is_late() {
     let (legate, upstream) = legate_with("          request_timeout: 0.3s\n").await;
-    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
-    stream.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789").await.unwrap();
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
-    let reply = String::from_utf8_lossy(&reply);
+    let reply = raw_exchange(
+        legate.listener("main"),
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await;
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.ends_with("request timeout"), "{reply}");
     // A request that arrives in time is unaffected.
