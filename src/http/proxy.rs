@@ -69,6 +69,7 @@ pub async fn serve(
         start,
         start_time: SystemTime::now(),
         version: parts.version,
+        head: parts.method == http::Method::HEAD,
         status: 0,
         flags: ResponseFlags::default(),
         details: "",
@@ -421,6 +422,8 @@ struct Exchange {
     start: Instant,
     start_time: SystemTime,
     version: Version,
+    /// A HEAD request: local replies keep their headers and drop their body.
+    head: bool,
     status: u16,
     flags: ResponseFlags,
     details: &'static str,
@@ -449,11 +452,17 @@ impl Exchange {
     ) -> Response<ResponseBody> {
         let listener = &self.ctx.listener;
         let body_len = body.len();
+        let body = if self.head { Bytes::new() } else { body };
         let mut response = Response::new(ResponseBody::local(body));
         *response.status_mut() = status;
         *response.version_mut() = downstream_version(self.version);
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+        // Envoy's HTTP/2 codec ends the stream with the headers of an empty local reply and
+        // sends no content-length; HTTP/1.1 says `content-length: 0`, except to HEAD, where
+        // Envoy announces chunked framing (which hyper leaves out for a bodiless response).
+        if body_len > 0 || (self.version != Version::HTTP_2 && !self.head) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+        }
         if body_len > 0 {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
