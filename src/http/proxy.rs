@@ -3,6 +3,7 @@
 //! Each stage reads immutable snapshots; per-request state lives in `Exchange`, which
 //! finishes the stream's accounting when the response body ends.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -72,7 +73,7 @@ pub async fn serve(
         head: parts.method == http::Method::HEAD,
         status: 0,
         flags: ResponseFlags::default(),
-        details: "",
+        details: Cow::Borrowed(""),
         route_name: None,
         cluster: None,
         host: None,
@@ -229,7 +230,7 @@ pub async fn serve(
             cluster.stats.record_response(head.status.as_u16());
             exchange.status = head.status.as_u16();
             exchange.lease = lease;
-            exchange.details = "via_upstream";
+            exchange.details = Cow::Borrowed("via_upstream");
             if !listener.access_logs.is_empty() {
                 exchange.logged_response = Some(head.headers.clone());
             }
@@ -306,7 +307,7 @@ fn failure_reply(
     cluster: &Cluster,
     host: &Host,
     stats: &crate::listener::HcmStats,
-) -> (StatusCode, &'static str, ResponseFlags, &'static str) {
+) -> (StatusCode, &'static str, ResponseFlags, Cow<'static, str>) {
     let upstream = match failure {
         Failure::RouteTimeout => {
             cluster.stats.upstream_rq_timeout.inc();
@@ -315,7 +316,7 @@ fn failure_reply(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream request timeout",
                 ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-                "upstream_response_timeout",
+                Cow::Borrowed("response_timeout"),
             );
         }
         Failure::StreamIdle => {
@@ -324,40 +325,54 @@ fn failure_reply(
                 StatusCode::REQUEST_TIMEOUT,
                 "stream timeout",
                 ResponseFlags::STREAM_IDLE_TIMEOUT,
-                "stream_idle_timeout",
+                Cow::Borrowed("stream_idle_timeout"),
             );
         }
         Failure::RequestTimeout => {
             stats.downstream_rq_timeout.inc();
-            return (StatusCode::REQUEST_TIMEOUT, "request timeout", ResponseFlags::NONE, "request_overall_timeout");
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "request timeout",
+                ResponseFlags::NONE,
+                Cow::Borrowed("request_overall_timeout"),
+            );
         }
         Failure::Upstream(e) => e,
     };
     match upstream {
-        UpstreamError::ConnectFailure(e) if e.raw_os_error() == Some(111) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: 111",
-            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{remote_connection_failure}",
-        ),
-        UpstreamError::ConnectFailure(_) => (
+        // Envoy 1.40 keeps the transport failure reason out of the body and puts it in the
+        // details: `{remote_connection_failure|delayed_connect_error:_Connection_refused}`.
+        UpstreamError::ConnectFailure(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{remote_connection_failure}",
+            Cow::Owned(format!(
+                "upstream_reset_before_response_started{{remote_connection_failure|delayed_connect_error:_{}}}",
+                os_error_text(e).replace(' ', "_")
+            )),
         ),
         UpstreamError::ConnectTimeout => (
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{connection_timeout}",
+            Cow::Borrowed("upstream_reset_before_response_started{connection_timeout}"),
         ),
         UpstreamError::ResetBeforeHeaders(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
             ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-            "upstream_reset_before_response_started{connection_termination}",
+            Cow::Borrowed("upstream_reset_before_response_started{connection_termination}"),
         ),
+    }
+}
+
+/// An OS error as `strerror` words it (`Connection refused`), without Rust's
+/// ` (os error N)` suffix.
+fn os_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
@@ -426,7 +441,7 @@ struct Exchange {
     head: bool,
     status: u16,
     flags: ResponseFlags,
-    details: &'static str,
+    details: Cow<'static, str>,
     route_name: Option<String>,
     cluster: Option<Arc<Cluster>>,
     host: Option<Arc<Host>>,
@@ -448,7 +463,7 @@ impl Exchange {
         status: StatusCode,
         body: Bytes,
         flags: ResponseFlags,
-        details: &'static str,
+        details: impl Into<Cow<'static, str>>,
     ) -> Response<ResponseBody> {
         let listener = &self.ctx.listener;
         let body_len = body.len();
@@ -470,7 +485,7 @@ impl Exchange {
         listener.http_stats.downstream_rq_class[class_index(status)].inc();
         self.status = status.as_u16();
         self.flags.insert(flags);
-        self.details = details;
+        self.details = details.into();
         if !listener.access_logs.is_empty() {
             self.logged_response = Some(response.headers().clone());
         }
@@ -557,7 +572,7 @@ impl Exchange {
             response_headers: this.logged_response.as_ref(),
             response_code: this.status,
             response_flags: flags,
-            response_code_details: this.details,
+            response_code_details: &this.details,
             bytes_received: this.stream.received.get(),
             bytes_sent,
             duration,
