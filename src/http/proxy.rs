@@ -252,8 +252,11 @@ enum Failure {
     Upstream(UpstreamError),
     /// The route timeout passed before response headers.
     RouteTimeout,
-    /// Nothing moved on the stream for the stream idle timeout.
-    StreamIdle,
+    /// Nothing moved on the stream for the stream idle timeout; whether the whole request
+    /// had arrived by then.
+    StreamIdle {
+        request_complete: bool,
+    },
     /// `request_timeout` passed before the whole request arrived.
     RequestTimeout,
 }
@@ -294,7 +297,7 @@ where
                 }
                 // Request body activity may have moved the idle deadline; re-check it.
                 if idle_timeout.is_some_and(|t| stream.last_activity.get() + t <= now) {
-                    return Err(Failure::StreamIdle);
+                    return Err(Failure::StreamIdle { request_complete: stream.request_done.get() });
                 }
             }
         }
@@ -319,10 +322,12 @@ fn failure_reply(
                 Cow::Borrowed("response_timeout"),
             );
         }
-        Failure::StreamIdle => {
+        Failure::StreamIdle { request_complete } => {
             stats.downstream_rq_idle_timeout.inc();
+            // Envoy: 504 once the whole request arrived (the wait is on the upstream), else 408.
+            let status = if *request_complete { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
             return (
-                StatusCode::REQUEST_TIMEOUT,
+                status,
                 "stream timeout",
                 ResponseFlags::STREAM_IDLE_TIMEOUT,
                 Cow::Borrowed("stream_idle_timeout"),
