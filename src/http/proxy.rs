@@ -86,13 +86,16 @@ pub async fn serve(
     };
     let hcm = &listener.spec.hcm;
     if parts.version < Version::HTTP_11 {
-        // Envoy refuses HTTP/1.0 and 0.9 unless `http_protocol_options.accept_http_10`.
-        return Ok(exchange.local_reply(
+        // Envoy refuses HTTP/1.0 and 0.9 unless `http_protocol_options.accept_http_10`, with
+        // the status text as body, and closes the connection.
+        let mut response = exchange.local_reply(
             StatusCode::UPGRADE_REQUIRED,
-            Bytes::new(),
+            Bytes::from_static(b"Upgrade Required"),
             ResponseFlags::NONE,
             "low_version",
-        ));
+        );
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
     }
     if parts.version != Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
         // HTTP/1.1 requires Host (RFC 9112 §3.2); Envoy answers 400.

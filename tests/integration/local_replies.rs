@@ -130,6 +130,11 @@ async fn http_1_0_is_refused_with_426_as_envoy_does_by_default() {
     let (legate, upstream) = legate_to_one_upstream().await;
     let reply = raw_exchange(legate.listener("main"), b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.0 426") || reply.starts_with("HTTP/1.1 426"), "{reply}");
+    let head = reply.to_ascii_lowercase();
+    for header in ["connection: close\r\n", "content-type: text/plain\r\n", "content-length: 16\r\n"] {
+        assert!(head.contains(header), "{header:?} in {reply}");
+    }
+    assert!(reply.ends_with("\r\n\r\nUpgrade Required"), "{reply}");
     assert_eq!(upstream.count(), 0);
 }
 
