@@ -3,8 +3,13 @@
 
 use std::net::SocketAddr;
 
-use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{HeaderMap, Uri};
+
+use crate::config::route::HostPortMatch;
+use crate::http::route::strip_port;
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -82,6 +87,36 @@ pub fn original_client(
         .map_or(peer, |ip| SocketAddr::new(ip, 0))
 }
 
+/// Envoy's `strip_any_host_port` / `strip_matching_host_port`: removes the port from the
+/// request's host (the `Host` header and the URI authority) before routing, so the upstream
+/// and the access log see the host without it.
+pub fn strip_host_port(parts: &mut Parts, mode: HostPortMatch) {
+    if mode == HostPortMatch::Keep {
+        return;
+    }
+    if let Some(host) = parts.headers.get(header::HOST) {
+        let stripped = strip_port(host.as_bytes(), mode);
+        if stripped.len() != host.len()
+            && let Ok(value) = HeaderValue::from_bytes(stripped)
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    if let Some(authority) = parts.uri.authority() {
+        let text = authority.as_str();
+        let stripped = strip_port(text.as_bytes(), mode);
+        if stripped.len() != text.len()
+            && let Ok(authority) = Authority::try_from(stripped)
+        {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.authority = Some(authority);
+            if let Ok(uri) = Uri::from_parts(uri) {
+                parts.uri = uri;
+            }
+        }
+    }
+}
+
 /// Adds a random UUID v4 `x-request-id` when the request has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.contains_key(&X_REQUEST_ID) {
@@ -132,6 +167,23 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         set_forwarded(&mut h, peer, true);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1,10.1.2.3");
+    }
+
+    #[test]
+    fn host_ports_are_stripped_from_the_header_and_the_authority() {
+        let (mut parts, ()) = http::Request::get("http://api.example.com:8443/x?y=1")
+            .header("host", "api.example.com:8443")
+            .body(())
+            .unwrap()
+            .into_parts();
+        strip_host_port(&mut parts, HostPortMatch::StripMatching(9999));
+        assert_eq!(parts.headers[header::HOST], "api.example.com:8443");
+        strip_host_port(&mut parts, HostPortMatch::StripMatching(8443));
+        assert_eq!(parts.headers[header::HOST], "api.example.com");
+        assert_eq!(parts.uri.to_string(), "http://api.example.com/x?y=1");
+        let (mut parts, ()) = http::Request::get("/").header("host", "[::1]:80").body(()).unwrap().into_parts();
+        strip_host_port(&mut parts, HostPortMatch::StripAny);
+        assert_eq!(parts.headers[header::HOST], "[::1]");
     }
 
     #[test]

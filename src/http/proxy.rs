@@ -106,6 +106,7 @@ pub async fn serve(
             "missing_host_header",
         ));
     }
+    headers::strip_host_port(&mut parts, hcm.strip_host_port);
     exchange.client =
         headers::original_client(&parts.headers, ctx.remote, hcm.use_remote_address, hcm.xff_num_trusted_hops);
     headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address);

@@ -205,13 +205,17 @@ async fn direct_responses_redirects_and_weighted_clusters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strip_any_host_port_ignores_the_port_in_domain_matching() {
-    let (_ups, clusters) = upstreams(&["exact", "fallback"]).await;
+async fn strip_any_host_port_ignores_the_port_in_domain_matching_and_removes_it() {
+    let (ups, clusters) = upstreams(&["exact", "fallback"]).await;
     let route = fill(
         "            virtual_hosts:\n            - name: a\n              domains: [\"api.example.com\"]\n              routes: [{ match: { prefix: \"/\" }, route: { cluster: exact } }]\n            - name: b\n              domains: [\"*\"]\n              routes: [{ match: { prefix: \"/\" }, route: { cluster: {fb} } }]\n",
         &[("fb", "fallback".into())],
     );
     let legate = Legate::start(&bootstrap("          strip_any_host_port: true\n", &route, &clusters));
-    let answer = send(legate.listener("main"), Version::HTTP_11, request("/", "api.example.com:1234", &[])).await;
-    assert_eq!(answer.text(), "exact");
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let answer = send(legate.listener("main"), version, request("/", "api.example.com:1234", &[])).await;
+        assert_eq!(answer.text(), "exact");
+        // Envoy strips the port from the request itself: the upstream sees the bare host.
+        assert_eq!(ups[0].last().authority, "api.example.com", "{version:?}");
+    }
 }
