@@ -108,10 +108,10 @@ pub async fn serve(
     }
     headers::strip_host_port(&mut parts, hcm.strip_host_port);
     exchange.client =
-        headers::original_client(&parts.headers, ctx.remote, hcm.use_remote_address, hcm.xff_num_trusted_hops);
-    headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address);
+        headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address, hcm.xff_num_trusted_hops);
     if hcm.generate_request_id {
-        headers::ensure_request_id(&mut parts.headers);
+        // Edge requests (use_remote_address; every request is external) get a fresh id.
+        headers::ensure_request_id(&mut parts.headers, hcm.use_remote_address);
     }
     if !listener.access_logs.is_empty() {
         exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));

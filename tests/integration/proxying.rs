@@ -145,6 +145,8 @@ async fn envoy_request_and_response_headers_are_added() {
     let request = Request::get("/")
         .header("host", "example.com")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-envoy-internal", "true")
+        .header("x-envoy-expected-rq-timeout-ms", "5")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "1")
         .body(Full::new(Bytes::new()))
@@ -156,11 +158,15 @@ async fn envoy_request_and_response_headers_are_added() {
     assert!(!answer.header("date").is_empty());
     let seen = upstream.last();
     assert_eq!(seen.method, "GET");
-    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9,127.0.0.1");
+    // A loopback peer is appended as this host's own address, as Envoy does.
+    let xff = &seen.headers["x-forwarded-for"];
+    assert!(xff.starts_with("203.0.113.9,") && xff.split(',').count() == 2, "{xff}");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-envoy-external-address"], "127.0.0.1");
     assert_eq!(seen.headers["x-request-id"].len(), 36);
     assert_eq!(seen.headers["x-envoy-expected-rq-timeout-ms"], "15000");
     assert!(!seen.headers.contains_key("x-hop"), "headers named in Connection are hop-by-hop");
+    assert!(!seen.headers.contains_key("x-envoy-internal"), "every request is external");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

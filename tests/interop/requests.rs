@@ -92,7 +92,9 @@ async fn observe_raw_values(
         seen.insert("upstream version".into(), format!("{:?}", request.version));
         for (name, value) in request.headers {
             let value = match name.as_str() {
-                "x-request-id" => "<uuid>".to_owned(),
+                // Whether the client's id was kept or replaced matters; the new id's value not.
+                "x-request-id" if spec.headers.get("x-request-id") == Some(&value) => "<the client's>".to_owned(),
+                "x-request-id" => "<generated>".to_owned(),
                 "x-forwarded-for" => PORT_IN_XFF.replace_all(&value, "").into_owned(),
                 _ => value,
             };
