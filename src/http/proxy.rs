@@ -184,7 +184,7 @@ pub async fn serve(
         && !host.hostname.is_empty()
         && let Ok(value) = HeaderValue::from_str(&host.hostname)
     {
-        parts.headers.insert(header::HOST, value);
+        forward.set_host(&mut parts, value, !hcm.suppress_envoy_headers);
     }
     let timeout = forward.timeout();
     if !hcm.suppress_envoy_headers
