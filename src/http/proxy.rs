@@ -193,6 +193,11 @@ pub async fn serve(
         parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(t.as_millis() as u64));
     }
     headers::remove_hop_by_hop(&mut parts.headers);
+    if !listener.access_logs.is_empty() {
+        // Envoy's access log reads the request headers the router mutated in place: the
+        // rewritten host and path, the added headers.
+        exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
+    }
     let wire = match cluster.protocol {
         UpstreamProtocol::Http1 => Wire::Http1,
         UpstreamProtocol::Http2 => Wire::Http2,
