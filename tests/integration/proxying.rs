@@ -192,3 +192,15 @@ async fn response_trailers_pass_through() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodiless_post_reaches_an_http1_upstream_with_content_length_zero() {
+    let (legate, upstream) = crate::support::legate_to_one_upstream().await;
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let post = Request::post("/p").header("host", "example.com").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(send(legate.listener("main"), version, post).await.status, 200);
+        assert_eq!(upstream.last().headers.get("content-length").map(String::as_str), Some("0"), "{version:?}");
+        assert_eq!(send(legate.listener("main"), version, get("/g")).await.status, 200);
+        assert_eq!(upstream.last().headers.get("content-length"), None, "GET has no body to frame");
+    }
+}
