@@ -84,6 +84,8 @@ pub async fn serve(
         logged_request: None,
         logged_response: None,
     };
+    // A bodiless request is complete at its headers; a body sets this when it ends.
+    exchange.stream.request_done.set(http_body::Body::is_end_stream(&body));
     let hcm = &listener.spec.hcm;
     if parts.version < Version::HTTP_11 {
         // Envoy refuses HTTP/1.0 and 0.9 unless `http_protocol_options.accept_http_10`, with
@@ -512,6 +514,14 @@ impl Exchange {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         set_server(headers, &listener.spec.hcm.server_name);
+        if !self.stream.request_done.get() {
+            // Answered before the request body arrived: Envoy closes an HTTP/1 connection
+            // rather than read and discard the rest.
+            listener.http_stats.downstream_rq_response_before_rq_complete.inc();
+            if self.version != Version::HTTP_2 {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
         listener.http_stats.downstream_rq_class[class_index(status)].inc();
         self.status = status.as_u16();
         self.flags.insert(flags);

@@ -155,3 +155,19 @@ async fn a_route_to_an_undefined_cluster_answers_503_when_validate_clusters_is_o
     }
     assert_eq!(legate.stat("http.ingress_http.no_cluster").await, Some(2));
 }
+
+/// A local reply sent before the request body was read closes an HTTP/1 connection, as
+/// Envoy's does, instead of reading and discarding the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_reply_before_the_request_body_closes_the_connection() {
+    let route = routes(
+        "              - match: { prefix: \"/\" }\n                direct_response: { status: 200, body: { inline_string: \"ok\" } }\n",
+    );
+    let legate = Legate::start(&bootstrap("", &route, ""));
+    let reply =
+        raw_exchange(legate.listener("main"), b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 12\r\n\r\nignored body")
+            .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{reply}");
+    assert_eq!(legate.stat("http.ingress_http.downstream_rq_response_before_rq_complete").await, Some(1));
+}
