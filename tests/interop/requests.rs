@@ -75,6 +75,13 @@ async fn observe_raw_values(
             }
         }
     }
+    if !seen.contains_key("header x-upstream") {
+        // Answered locally: an upstream may still be noticing a request the proxy gave up on.
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    if let Some(error) = seen.get_mut("error") {
+        *error = error_class(error).to_owned();
+    }
     let mut got = Vec::new();
     for ((_, upstream), before) in upstreams.iter().zip(before) {
         let count = upstream.count();
@@ -137,4 +144,16 @@ fn observe_raw(bytes: &[u8], seen: &mut Observation) {
         seen.insert(format!("header {name}"), if masked { "<masked>".into() } else { values.join(", ") });
     }
     seen.insert("body".into(), body.to_owned());
+}
+
+/// What a client can tell of a failed exchange; the wording of the client library's error
+/// (which depends on how the peer closed) is not compared.
+fn error_class(error: &str) -> &'static str {
+    if error.starts_with("connect:") {
+        "connection refused"
+    } else if error.starts_with("no complete response") {
+        "no response in time"
+    } else {
+        "connection closed without a response"
+    }
 }
