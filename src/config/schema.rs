@@ -128,9 +128,29 @@ fn bytes_to_json(desc: prost_reflect::MessageDescriptor, bytes: &[u8], skip_defa
         .use_proto_field_name(true)
         .stringify_64_bit_integers(true)
         .skip_default_fields(skip_defaults);
-    dynamic
+    let mut json = dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+    integral_doubles(&mut json);
+    json
+}
+
+/// Prints whole doubles as protobuf's C++ JSON printer does (`7`, not `7.0`): the numbers of
+/// `Struct` values (metadata, JSON log formats) and double fields.
+fn integral_doubles(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+                && f.abs() < 9_007_199_254_740_992.0
+            {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_doubles),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral_doubles),
+        _ => {}
+    }
 }
 
 /// Every message name in Envoy's API (sorted), including those outside the runtime pool.
@@ -141,4 +161,16 @@ static ENVOY_MESSAGE_NAMES: &str = include_str!(concat!(env!("OUT_DIR"), "/envoy
 pub fn knows_type(type_url: &str) -> bool {
     let name = type_url.rsplit('/').next().unwrap_or(type_url);
     pool().get_message_by_name(name).is_some() || ENVOY_MESSAGE_NAMES.lines().any(|known| known == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_doubles_print_without_a_fraction() {
+        let mut json = serde_json::json!({ "a": 7.0, "b": [0.5, -2.0], "c": { "d": 3 }, "e": "7.0" });
+        integral_doubles(&mut json);
+        assert_eq!(json.to_string(), r#"{"a":7,"b":[0.5,-2],"c":{"d":3},"e":"7.0"}"#);
+    }
 }
