@@ -39,6 +39,7 @@ async fn ready_server_info_and_health_check_toggles() {
     }
     assert_eq!(info["state"], "LIVE");
     assert_eq!(info["command_line_options"]["concurrency"], 2);
+    assert_eq!(info["command_line_options"]["file_flush_interval"], "1s");
 
     assert_eq!(legate.admin_get("/healthcheck/fail").await.0, 405, "mutating endpoints want POST");
     assert_eq!(legate.admin_post("/healthcheck/fail").await, (http::StatusCode::OK, "OK\n".to_owned()));
