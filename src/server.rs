@@ -15,7 +15,7 @@ use crate::admin;
 use crate::cli::Options;
 use crate::config::bootstrap::BootstrapSpec;
 use crate::listener::{HttpListener, bind_reuseport, serve_listener};
-use crate::stats::Store;
+use crate::stats::{HistogramUnit, Store};
 use crate::upstream::ClusterManager;
 use crate::worker::Worker;
 
@@ -114,6 +114,7 @@ pub struct Server {
 impl Server {
     /// Builds everything from a validated bootstrap and starts serving.
     pub fn start(spec: BootstrapSpec, options: Options) -> anyhow::Result<Server> {
+        let initializing = Instant::now();
         let concurrency =
             options.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
         let store = Store::new();
@@ -127,7 +128,7 @@ impl Server {
         let clusters = Arc::new(ClusterManager::new(&store, spec.clusters));
         let mut listeners = Vec::new();
         for listener in spec.listeners {
-            listeners.push(Arc::new(HttpListener::new(listener, &store, clusters.clone())?));
+            listeners.push(Arc::new(HttpListener::new(listener, &store, clusters.clone(), concurrency)?));
         }
         // The first socket of a listener resolves port 0; the other workers bind the same port.
         let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..concurrency).map(|_| Vec::new()).collect();
@@ -168,7 +169,7 @@ impl Server {
             let drain = drain_rx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wrk:worker_{index}"))
-                .spawn(move || run_worker(worker_sockets, listeners, drain))?;
+                .spawn(move || run_worker(index, worker_sockets, listeners, drain))?;
             workers.push(thread);
         }
         store.gauge("listener_manager.workers_started").set(1);
@@ -179,6 +180,9 @@ impl Server {
             }
             None => (None, None),
         };
+        store
+            .histogram("server.initialization_time_ms", HistogramUnit::Milliseconds)
+            .record(initializing.elapsed().as_millis() as u64);
         shared.live.store(true, Ordering::Release);
         store.gauge("server.state").set(ServerState::Live as i64);
         tracing::info!(concurrency, listeners = listener_addresses.len(), "legate started");
@@ -215,7 +219,12 @@ impl Server {
     }
 }
 
-fn run_worker(sockets: Vec<std::net::TcpListener>, listeners: Vec<Arc<HttpListener>>, drain: watch::Receiver<bool>) {
+fn run_worker(
+    index: usize,
+    sockets: Vec<std::net::TcpListener>,
+    listeners: Vec<Arc<HttpListener>>,
+    drain: watch::Receiver<bool>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -224,7 +233,7 @@ fn run_worker(sockets: Vec<std::net::TcpListener>, listeners: Vec<Arc<HttpListen
         }
     };
     let local = tokio::task::LocalSet::new();
-    let worker = Rc::new(Worker::default());
+    let worker = Rc::new(Worker { index, ..Worker::default() });
     local.block_on(&runtime, async move {
         let mut tasks = tokio::task::JoinSet::new();
         for (socket, listener) in sockets.into_iter().zip(listeners) {
@@ -242,6 +251,9 @@ fn register_server_stats(store: &Store, concurrency: usize) {
     store.gauge("server.uptime").set(0);
     store.gauge("server.memory_allocated").set(0);
     store.gauge("server.total_connections").set(0);
+    // No hot restart, no TLS certificates (Envoy's value with none is u32::MAX days).
+    store.gauge("server.hot_restart_epoch").set(0);
+    store.gauge("server.days_until_first_cert_expiring").set(i64::from(u32::MAX));
     store.gauge("listener_manager.total_listeners_warming").set(0);
     store.gauge("listener_manager.total_listeners_draining").set(0);
 }

@@ -25,4 +25,6 @@ where
 #[derive(Default)]
 pub struct Worker {
     pub pools: WorkerPools,
+    /// Which worker this is (`worker_<index>` in per-worker stats).
+    pub index: usize,
 }

@@ -26,7 +26,7 @@ use hyper_util::server::conn::auto;
 use crate::config::bootstrap::AdminSpec;
 use crate::http::access_log::{AccessLogger, LogContext, request_head};
 use crate::http::flags::ResponseFlags;
-use crate::listener::bind_reuseport;
+use crate::listener::{HcmStats, ListenerStats, bind_reuseport};
 use crate::server::ServerShared;
 use crate::worker::LocalExec;
 
@@ -53,18 +53,42 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
         tracing::error!("cannot register the admin socket");
         return;
     };
+    // Envoy's admin listener and connection manager stats: `listener.admin.*` (its one
+    // thread is `main_thread`) and `http.admin.*`.
+    let stats = Rc::new((
+        ListenerStats::new(&state.store, "admin", ["main_thread".to_owned()]),
+        HcmStats::new(&state.store, "admin"),
+    ));
     loop {
         let Ok((stream, remote)) = listener.accept().await else { continue };
         let local = stream.local_addr().unwrap_or(remote);
-        let (state, access_logs) = (state.clone(), access_logs.clone());
+        let (state, access_logs, stats) = (state.clone(), access_logs.clone(), stats.clone());
         tokio::task::spawn_local(async move {
+            let opened = Instant::now();
+            stats.0.opened(0);
+            stats.1.downstream_cx_total.inc();
+            stats.1.downstream_cx_active.inc();
+            let connection_stats = stats.clone();
             let service = service_fn(move |request: Request<Incoming>| {
-                let (state, access_logs) = (state.clone(), access_logs.clone());
+                let (state, access_logs, stats) = (state.clone(), access_logs.clone(), connection_stats.clone());
                 async move {
                     let start = (SystemTime::now(), Instant::now());
+                    let http = &stats.1;
+                    http.downstream_rq_total.inc();
+                    http.downstream_rq_active.inc();
+                    if request.version() == http::Version::HTTP_2 {
+                        http.downstream_rq_http2_total.inc();
+                    } else {
+                        http.downstream_rq_http1_total.inc();
+                    }
                     let logged = (!access_logs.is_empty())
                         .then(|| request_head(request.method(), request.uri(), request.version(), request.headers()));
                     let response = handle(&state, request);
+                    http.downstream_rq_active.dec();
+                    http.downstream_rq_completed.inc();
+                    let class = usize::from((response.status().as_u16() / 100).clamp(1, 5) - 1);
+                    http.downstream_rq_class[class].inc();
+                    http.downstream_rq_time.record(start.1.elapsed().as_millis() as u64);
                     if let Some(head) = logged {
                         let context = LogContext {
                             start_time: start.0,
@@ -89,6 +113,10 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
                 }
             });
             let _ = auto::Builder::new(LocalExec).serve_connection(TokioIo::new(stream), service).await;
+            stats.0.closed(0, opened.elapsed());
+            stats.1.downstream_cx_active.dec();
+            stats.1.downstream_cx_destroy.inc();
+            stats.1.downstream_cx_length_ms.record(opened.elapsed().as_millis() as u64);
         });
     }
 }

@@ -600,7 +600,10 @@ impl Exchange {
                 stats.downstream_rq_idle_timeout.inc();
                 flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
             }
-            EndReason::Reset => flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+            EndReason::Reset => {
+                stats.downstream_rq_rx_reset.inc();
+                flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            }
         }
         if listener.access_logs.is_empty() {
             return;

@@ -78,8 +78,8 @@ pub async fn serve_listener(
 async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let listener = ctx.listener.clone();
-    listener.stats.downstream_cx_total.inc();
-    listener.stats.downstream_cx_active.inc();
+    let opened = tokio::time::Instant::now();
+    listener.stats.opened(ctx.worker.index);
     let http = &listener.http_stats;
     http.downstream_cx_total.inc();
     http.downstream_cx_active.inc();
@@ -122,10 +122,10 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: wa
     if let Err(e) = result {
         tracing::debug!(remote = %ctx.remote, error = %e, "downstream connection ended with an error");
     }
-    listener.stats.downstream_cx_active.dec();
-    listener.stats.downstream_cx_destroy.inc();
+    listener.stats.closed(ctx.worker.index, opened.elapsed());
     http.downstream_cx_active.dec();
     http.downstream_cx_destroy.inc();
+    http.downstream_cx_length_ms.record(opened.elapsed().as_millis() as u64);
 }
 
 /// Sleeps until `deadline`, or forever when there is none.

@@ -17,6 +17,61 @@ pub struct ListenerStats {
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: Gauge,
     pub downstream_cx_destroy: Counter,
+    pub downstream_cx_length_ms: Histogram,
+    /// `listener.<prefix>.<worker>.downstream_cx_total` / `_active`, by worker index
+    /// (`worker_N`; the admin listener's one is `main_thread`).
+    pub per_worker: Vec<(Counter, Gauge)>,
+}
+
+impl ListenerStats {
+    /// The listener stats under `listener.<prefix>.`, with per-worker ones named `workers`.
+    /// Envoy's connection limit, overload and transport-socket counters are registered
+    /// too; legate has none of those mechanisms, so they stay 0.
+    pub fn new(store: &Store, prefix: &str, workers: impl IntoIterator<Item = String>) -> ListenerStats {
+        let name = |s: &str| format!("listener.{prefix}.{s}");
+        for never in [
+            "downstream_cx_overflow",
+            "downstream_cx_overload_reject",
+            "downstream_cx_transport_socket_connect_timeout",
+        ] {
+            store.counter(&name(never));
+        }
+        ListenerStats {
+            downstream_cx_total: store.counter(&name("downstream_cx_total")),
+            downstream_cx_active: store.gauge(&name("downstream_cx_active")),
+            downstream_cx_destroy: store.counter(&name("downstream_cx_destroy")),
+            downstream_cx_length_ms: store.histogram(&name("downstream_cx_length_ms"), HistogramUnit::Milliseconds),
+            per_worker: workers
+                .into_iter()
+                .map(|w| {
+                    (
+                        store.counter(&name(&format!("{w}.downstream_cx_total"))),
+                        store.gauge(&name(&format!("{w}.downstream_cx_active"))),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// A connection was accepted on worker `worker`.
+    pub fn opened(&self, worker: usize) {
+        self.downstream_cx_total.inc();
+        self.downstream_cx_active.inc();
+        if let Some((total, active)) = self.per_worker.get(worker) {
+            total.inc();
+            active.inc();
+        }
+    }
+
+    /// A connection of worker `worker` closed after `length`.
+    pub fn closed(&self, worker: usize, length: std::time::Duration) {
+        self.downstream_cx_active.dec();
+        self.downstream_cx_destroy.inc();
+        self.downstream_cx_length_ms.record(length.as_millis() as u64);
+        if let Some((_, active)) = self.per_worker.get(worker) {
+            active.dec();
+        }
+    }
 }
 
 /// `http.<stat_prefix>.*` stats of a connection manager and its router.
@@ -41,12 +96,36 @@ pub struct HcmStats {
     pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_timeout: Counter,
     pub downstream_cx_idle_timeout: Counter,
+    pub downstream_cx_length_ms: Histogram,
     pub downstream_rq_response_before_rq_complete: Counter,
+    pub downstream_rq_rx_reset: Counter,
 }
 
+/// `http.<prefix>.downstream_rq_*` counters of Envoy's that count what legate never does
+/// (HTTP/3, WebSocket upgrades, path normalization, header timeouts, overload, ...): they
+/// exist, at 0, so dashboards and alerts written for Envoy find them.
+const NEVER_COUNTED: &[&str] = &[
+    "downstream_rq_failed_path_normalization",
+    "downstream_rq_header_timeout",
+    "downstream_rq_http3_total",
+    "downstream_rq_max_duration_reached",
+    "downstream_rq_non_relative_path",
+    "downstream_rq_overload_close",
+    "downstream_rq_redirected_with_normalized_path",
+    "downstream_rq_rejected_via_ip_detection",
+    "downstream_rq_too_large",
+    "downstream_rq_too_many_premature_resets",
+    "downstream_rq_tx_reset",
+    "downstream_rq_ws_on_non_ws_route",
+];
+
 impl HcmStats {
-    fn new(store: &Store, prefix: &str) -> HcmStats {
+    /// The connection manager stats under `http.<prefix>.`.
+    pub fn new(store: &Store, prefix: &str) -> HcmStats {
         let c = |s: &str| store.counter(&format!("http.{prefix}.{s}"));
+        for never in NEVER_COUNTED {
+            c(never);
+        }
         let g = |s: &str| store.gauge(&format!("http.{prefix}.{s}"));
         HcmStats {
             downstream_cx_total: c("downstream_cx_total"),
@@ -70,7 +149,10 @@ impl HcmStats {
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_length_ms: store
+                .histogram(&format!("http.{prefix}.downstream_cx_length_ms"), HistogramUnit::Milliseconds),
             downstream_rq_response_before_rq_complete: c("downstream_rq_response_before_rq_complete"),
+            downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
         }
     }
 }
@@ -85,14 +167,15 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    /// Builds a listener's runtime: stats and access log writers.
-    pub fn new(spec: ListenerSpec, store: &Store, clusters: Arc<ClusterManager>) -> std::io::Result<HttpListener> {
-        let prefix = format!("listener.{}.", spec.stat_prefix);
-        let stats = ListenerStats {
-            downstream_cx_total: store.counter(&format!("{prefix}downstream_cx_total")),
-            downstream_cx_active: store.gauge(&format!("{prefix}downstream_cx_active")),
-            downstream_cx_destroy: store.counter(&format!("{prefix}downstream_cx_destroy")),
-        };
+    /// Builds a listener's runtime: stats (per-worker ones for `workers` workers) and access
+    /// log writers.
+    pub fn new(
+        spec: ListenerSpec,
+        store: &Store,
+        clusters: Arc<ClusterManager>,
+        workers: usize,
+    ) -> std::io::Result<HttpListener> {
+        let stats = ListenerStats::new(store, &spec.stat_prefix, (0..workers).map(|i| format!("worker_{i}")));
         let http_stats = HcmStats::new(store, &spec.hcm.stat_prefix);
         let access_logs = spec.hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
         Ok(HttpListener { spec, stats, http_stats, access_logs, clusters })

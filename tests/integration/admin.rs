@@ -161,6 +161,36 @@ async fn stats_in_every_format() {
     assert!(prometheus.lines().any(|l| l.starts_with("envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 3")));
 }
 
+/// The stats Envoy always has for listeners, connection managers (the admin's included) and
+/// the server exist in legate too, where dashboards written for Envoy look for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_listener_admin_and_server_stats_exist() {
+    let (legate, _up) = started().await;
+    let (_, text) = legate.admin_get("/stats").await;
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(": "))).map(str::to_owned)
+    };
+    for (name, expected) in [
+        ("server.hot_restart_epoch", "0"),
+        ("server.days_until_first_cert_expiring", "4294967295"),
+        ("http.ingress_http.downstream_rq_ws_on_non_ws_route", "0"),
+        ("http.ingress_http.downstream_rq_rx_reset", "0"),
+        ("listener.admin.main_thread.downstream_cx_active", "1"),
+        ("http.admin.downstream_rq_active", "1"),
+    ] {
+        assert_eq!(value(name).as_deref(), Some(expected), "{name}");
+    }
+    assert!(value("server.initialization_time_ms").is_some_and(|v| v.starts_with("P0(")), "a histogram");
+    assert!(value("http.admin.downstream_rq_2xx").is_some());
+    // Three connections, spread over the two workers.
+    let per_worker: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("listener.") && l.contains(".worker_") && l.contains(".downstream_cx_total: "))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(per_worker, 3, "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_dump_sections_resource_mask_and_name_regex() {
     let (legate, _up) = started().await;
