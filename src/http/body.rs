@@ -28,6 +28,9 @@ pub struct StreamState {
     pub request_done: Cell<bool>,
     /// `request_timeout` expired before the request body ended.
     pub request_timed_out: Cell<bool>,
+    /// The request was handed to an upstream connection (Envoy counts `upstream_rq_total`
+    /// and `upstream_rq_active` from then on, so a failed connect counts neither).
+    pub upstream_attached: Cell<bool>,
 }
 
 impl StreamState {
@@ -38,6 +41,7 @@ impl StreamState {
             last_activity: Cell::new(now),
             request_done: Cell::new(false),
             request_timed_out: Cell::new(false),
+            upstream_attached: Cell::new(false),
         }
     }
 }

@@ -73,6 +73,7 @@ pub async fn serve(
         head: parts.method == http::Method::HEAD,
         status: 0,
         flags: ResponseFlags::default(),
+        charged: false,
         details: Cow::Borrowed(""),
         route_name: None,
         cluster: None,
@@ -168,6 +169,9 @@ pub async fn serve(
     exchange.cluster = Some(cluster.clone());
     let Some(host_index) = picked else {
         cluster.stats.upstream_cx_none_healthy.inc();
+        // Envoy's router charges its own 503 to the cluster's response codes.
+        cluster.stats.record_response(503);
+        cluster.stats.upstream_rq_completed.inc();
         return Ok(exchange.local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from_static(b"no healthy upstream"),
@@ -216,13 +220,20 @@ pub async fn serve(
         IdleTimeout::After(t) => Some(t),
     };
 
-    cluster.stats.upstream_rq_total.inc();
-    cluster.stats.upstream_rq_active.inc();
-    host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
-    host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     let upstream_start = Instant::now();
     let pool = pools.host(&cluster, host_index);
-    let sent = pool.send(upstream_request, wire);
+    let attached = {
+        let (stream, cluster, host) = (exchange.stream.clone(), cluster.clone(), host.clone());
+        move || {
+            if !stream.upstream_attached.replace(true) {
+                cluster.stats.upstream_rq_total.inc();
+                cluster.stats.upstream_rq_active.inc();
+                host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+                host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    let sent = pool.send(upstream_request, wire, &attached);
     let result =
         await_response(sent, &exchange.stream, timeout.map(|t| upstream_start + t), request_deadline, idle_timeout)
             .await;
@@ -242,6 +253,7 @@ pub async fn serve(
             exchange.status = head.status.as_u16();
             exchange.lease = lease;
             exchange.details = Cow::Borrowed("via_upstream");
+            exchange.charged = true;
             if !listener.access_logs.is_empty() {
                 exchange.logged_response = Some(head.headers.clone());
             }
@@ -252,7 +264,12 @@ pub async fn serve(
         }
         Err(failure) => {
             let (status, body, flags, details) = failure_reply(&failure, &cluster, &host, stats);
-            cluster.stats.record_response(status.as_u16());
+            // The router charges its timeout and reset replies to the cluster; the connection
+            // manager's own timeouts are not the upstream's.
+            if matches!(failure, Failure::RouteTimeout | Failure::Upstream(_)) {
+                cluster.stats.record_response(status.as_u16());
+                exchange.charged = true;
+            }
             Ok(exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details))
         }
     }
@@ -473,6 +490,8 @@ struct Exchange {
     head: bool,
     status: u16,
     flags: ResponseFlags,
+    /// A response code was charged to the cluster (`upstream_rq_completed` at the end).
+    charged: bool,
     details: Cow<'static, str>,
     route_name: Option<String>,
     cluster: Option<Arc<Cluster>>,
@@ -568,24 +587,19 @@ impl Exchange {
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
         stats.downstream_rq_time.record(duration.as_millis() as u64);
-        if let Some(cluster) = &this.cluster
-            && let Some(host) = &this.host
-            && this.details == "via_upstream"
-        {
-            cluster.stats.upstream_rq_active.dec();
-            cluster.stats.upstream_rq_completed.inc();
-            host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
-            if complete && this.status < 500 {
+        if let (Some(cluster), Some(host)) = (&this.cluster, &this.host) {
+            if this.stream.upstream_attached.get() {
+                cluster.stats.upstream_rq_active.dec();
+                host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+            }
+            if this.charged {
+                cluster.stats.upstream_rq_completed.inc();
+            }
+            if this.details == "via_upstream" && complete && this.status < 500 {
                 host.stats.rq_success.fetch_add(1, Ordering::Relaxed);
             } else {
                 host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
             }
-        } else if let (Some(cluster), Some(host)) = (&this.cluster, &this.host) {
-            // Answered locally after the request was counted upstream.
-            cluster.stats.upstream_rq_active.dec();
-            cluster.stats.upstream_rq_completed.inc();
-            host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
-            host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(lease) = this.lease.take() {
             // Only a fully read response leaves the connection reusable.

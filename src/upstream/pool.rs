@@ -73,22 +73,25 @@ impl HostPool {
         HostPool { host, cluster, idle_h1: RefCell::new(Vec::new()), h2: RefCell::new(None) }
     }
 
-    /// Sends `request` to this host over `wire`. For HTTP/1.1 the lease must be released
-    /// once the response body has been read to its end.
+    /// Sends `request` to this host over `wire`, calling `attached` (possibly more than once)
+    /// when a connection takes it. For HTTP/1.1 the lease must be released once the
+    /// response body has been read to its end.
     pub async fn send(
         self: &Rc<Self>,
         request: Request<RequestBody>,
         wire: Wire,
+        attached: &dyn Fn(),
     ) -> Result<(Response<Incoming>, Option<H1Lease>), UpstreamError> {
         match wire {
-            Wire::Http1 => self.send_h1(request).await.map(|(r, l)| (r, Some(l))),
-            Wire::Http2 => self.send_h2(request).await.map(|r| (r, None)),
+            Wire::Http1 => self.send_h1(request, attached).await.map(|(r, l)| (r, Some(l))),
+            Wire::Http2 => self.send_h2(request, attached).await.map(|r| (r, None)),
         }
     }
 
     async fn send_h1(
         self: &Rc<Self>,
         mut request: Request<RequestBody>,
+        attached: &dyn Fn(),
     ) -> Result<(Response<Incoming>, H1Lease), UpstreamError> {
         // A pooled connection may have been closed by the upstream while idle; if the
         // request was not written, it goes out again on a fresh connection.
@@ -96,6 +99,7 @@ impl HostPool {
             if sender.ready().await.is_err() {
                 continue;
             }
+            attached();
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, H1Lease { pool: self.clone(), sender })),
                 Err(mut e) => match e.take_message() {
@@ -105,6 +109,7 @@ impl HostPool {
             }
         }
         let mut sender = self.pending(self.connect_h1()).await?;
+        attached();
         match sender.send_request(request).await {
             Ok(response) => Ok((response, H1Lease { pool: self.clone(), sender })),
             Err(e) => Err(UpstreamError::ResetBeforeHeaders(e)),
@@ -122,7 +127,11 @@ impl HostPool {
         None
     }
 
-    async fn send_h2(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_h2(
+        &self,
+        request: Request<RequestBody>,
+        attached: &dyn Fn(),
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let existing = self.h2.borrow().as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(sender) => sender,
@@ -133,6 +142,7 @@ impl HostPool {
             }
         };
         sender.ready().await.map_err(UpstreamError::ResetBeforeHeaders)?;
+        attached();
         sender.send_request(request).await.map_err(UpstreamError::ResetBeforeHeaders)
     }
 

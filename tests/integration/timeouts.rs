@@ -39,6 +39,9 @@ async fn stream_idle_timeout_before_and_during_the_response() {
         assert!(rest.is_err(), "the stalled body was reset, not completed");
     }
     assert!(legate.stat("http.ingress_http.downstream_rq_idle_timeout").await >= Some(4));
+    // The connection manager's timeout is not charged to the cluster, as in Envoy.
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_504").await, None);
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_active").await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
