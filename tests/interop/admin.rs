@@ -162,10 +162,9 @@ async fn clusters_json(report: &mut Report, config: &str, legate: (&Proxy, &Port
                 if let Some(hosts) = cluster["host_statuses"].as_array_mut() {
                     for host in hosts {
                         if let Some(stats) = host["stats"].as_array_mut() {
+                            // Masked whether set or not: a zero value is left out of the JSON.
                             for stat in stats {
-                                if stat.get("value").is_some() {
-                                    stat["value"] = Value::String("#".into());
-                                }
+                                stat["value"] = Value::String("#".into());
                             }
                         }
                     }

@@ -27,6 +27,7 @@ pub fn load_known(path: &Path) -> Vec<KnownEntry> {
     for (number, line) in text.lines().enumerate() {
         let Some(rest) = line.strip_prefix("| `") else { continue };
         let Some((pattern, rest)) = rest.split_once('`') else { continue };
+        let rest = rest.trim_end().strip_suffix('|').unwrap_or(rest);
         let cells: Vec<&str> = rest.split('|').map(str::trim).collect();
         let (kind, reason) = match cells.as_slice() {
             [_, kind, reason @ ..] => (kind.to_string(), reason.join("|").trim().to_owned()),
@@ -153,10 +154,11 @@ impl Report {
         }
         let items: usize = self.ran.values().sum();
         let known = self.diffs.len() - self.unknown().len();
+        let invalid = self.rows.iter().filter(|r| r.starts_with("invalid/")).count();
         let _ = writeln!(
             out,
-            "{} configs, {items} items compared, {known} known differences, {} new differences",
-            self.rows.len(),
+            "{} configs and {invalid} invalid configs, {items} items compared, {known} known differences, {} new differences",
+            self.rows.len() - invalid,
             self.unknown().len()
         );
         for entry in &self.known {
