@@ -62,6 +62,10 @@ pub struct RequestSpec {
     pub listener: Option<String>,
     /// Raw HTTP/1.x bytes to write instead (`\r\n` line ends); the raw reply is compared.
     pub raw: Option<String>,
+    /// How long to give the upstreams to notice a request after a local reply (a request
+    /// the proxy gave up on reaches the test upstream's log only when it is reset); 60 ms
+    /// unless given.
+    pub settle_ms: Option<u64>,
 }
 
 fn default_method() -> String {

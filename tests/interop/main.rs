@@ -47,8 +47,10 @@ fn legate_behaves_like_envoy() {
     let unknown = report.unknown();
     assert!(
         unknown.is_empty(),
-        "{} difference(s) between legate and Envoy are neither fixed nor in interop/KNOWN_DIFFERENCES.md:\n{}",
+        "{} difference(s) between legate and Envoy are neither fixed nor in interop/KNOWN_DIFFERENCES.md \
+         (configs and logs of the run kept in {}):\n{}",
         unknown.len(),
+        work.display(),
         unknown.iter().map(|d| d.key.as_str()).collect::<Vec<_>>().join("\n")
     );
     let _ = std::fs::remove_dir_all(&work);
@@ -113,33 +115,15 @@ async fn run_config(binaries: &Binaries, config: &Config, report: &mut Report) {
         shared.insert("closed".into(), port.to_string());
         shared_ports.insert(port, "closed".into());
     }
-    let own: Vec<&String> = names.iter().filter(|n| *n == "admin" || n.starts_with("listener")).collect();
-    assert!(own.iter().any(|n| *n == "admin"), "{}: the config needs an admin on ${{admin}}", config.name);
-    let extension = config.path.extension().unwrap().to_string_lossy().into_owned();
-    let sides: Vec<Side> = [Kind::Legate, Kind::Envoy]
-        .into_iter()
-        .map(|kind| {
-            let dir = binaries.work.join(&config.name).join(kind.name());
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut values = shared.clone();
-            let mut ports = BTreeMap::new();
-            let mut port_names = shared_ports.clone();
-            for (name, port) in own.iter().zip(proxy::free_ports(own.len())) {
-                values.insert((*name).clone(), port.to_string());
-                ports.insert((*name).clone(), port);
-                port_names.insert(port, (*name).clone());
-            }
-            values.insert("dir".into(), dir.display().to_string());
-            let path = dir.join(format!("config.{extension}"));
-            std::fs::write(&path, corpus::fill(&config.template, &values)).unwrap();
-            Side { kind, config: path, dir, ports, port_names }
-        })
-        .collect();
-    let (legate_side, envoy_side) = (&sides[0], &sides[1]);
+    let own: Vec<String> = names.iter().filter(|n| *n == "admin" || n.starts_with("listener")).cloned().collect();
+    assert!(own.iter().any(|n| n == "admin"), "{}: the config needs an admin on ${{admin}}", config.name);
+    let fresh_sides =
+        || [Kind::Legate, Kind::Envoy].map(|kind| side(binaries, config, kind, &own, &shared, &shared_ports));
+    let mut sides = fresh_sides();
 
     let (lv, ev) = {
         let (l, e) = (binaries.legate.clone(), binaries.envoy.clone());
-        let (lc, ec) = (legate_side.config.clone(), envoy_side.config.clone());
+        let (lc, ec) = (sides[0].config.clone(), sides[1].config.clone());
         let lt = tokio::task::spawn_blocking(move || proxy::validate(&l, &lc));
         let et = tokio::task::spawn_blocking(move || proxy::validate(&e, &ec));
         (lt.await.unwrap(), et.await.unwrap())
@@ -152,13 +136,24 @@ async fn run_config(binaries: &Binaries, config: &Config, report: &mut Report) {
     let start = |side: &Side| {
         Proxy::start(binaries, side.kind, &side.config, side.ports.clone(), side.dir.clone(), &config.spec.flags)
     };
-    let (mut legate, mut envoy) = (start(legate_side), start(envoy_side));
-    let (lr, er) = tokio::join!(legate.wait_ready(), envoy.wait_ready());
-    if let (Err(e), _) | (_, Err(e)) = (&lr, &er) {
-        report.differ(&config.name, "requests", "startup", &format!("{lr:?}"), &format!("{er:?}"));
-        let _ = e;
-        return;
-    }
+    // A port picked free may be taken by someone else before the proxy binds it: then both
+    // start again on fresh ports.
+    let mut attempt = 0;
+    let (legate, envoy) = loop {
+        let (mut legate, mut envoy) = (start(&sides[0]), start(&sides[1]));
+        let (lr, er) = tokio::join!(legate.wait_ready(), envoy.wait_ready());
+        if lr.is_ok() && er.is_ok() {
+            break (legate, envoy);
+        }
+        tokio::join!(legate.stop(), envoy.stop());
+        attempt += 1;
+        if attempt == 3 {
+            report.differ(&config.name, "requests", "startup", &format!("{lr:?}"), &format!("{er:?}"));
+            return;
+        }
+        sides = fresh_sides();
+    };
+    let [legate_side, envoy_side] = &sides;
 
     for request in &config.spec.requests {
         for protocol in request.protocols() {
@@ -178,6 +173,33 @@ async fn run_config(binaries: &Binaries, config: &Config, report: &mut Report) {
     admin::compare(report, &config.name, (&legate, &legate_side.port_names), (&envoy, &envoy_side.port_names)).await;
     tokio::join!(legate.stop(), envoy.stop());
     compare_access_logs(report, config, legate_side, envoy_side);
+}
+
+/// One proxy's filled config on fresh ports of its own (`own` placeholders), the shared
+/// upstream ports and its own directory.
+fn side(
+    binaries: &Binaries,
+    config: &Config,
+    kind: Kind,
+    own: &[String],
+    shared: &BTreeMap<String, String>,
+    shared_ports: &admin::PortNames,
+) -> Side {
+    let dir = binaries.work.join(&config.name).join(kind.name());
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut values = shared.clone();
+    let mut ports = BTreeMap::new();
+    let mut port_names = shared_ports.clone();
+    for (name, port) in own.iter().zip(proxy::free_ports(own.len())) {
+        values.insert(name.clone(), port.to_string());
+        ports.insert(name.clone(), port);
+        port_names.insert(port, name.clone());
+    }
+    values.insert("dir".into(), dir.display().to_string());
+    let extension = config.path.extension().unwrap().to_string_lossy();
+    let path = dir.join(format!("config.{extension}"));
+    std::fs::write(&path, corpus::fill(&config.template, &values)).unwrap();
+    Side { kind, config: path, dir, ports, port_names }
 }
 
 /// Access log lines after shutdown (both flush then), masked and port-normalized.

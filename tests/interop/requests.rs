@@ -77,7 +77,7 @@ async fn observe_raw_values(
     }
     if !seen.contains_key("header x-upstream") {
         // Answered locally: an upstream may still be noticing a request the proxy gave up on.
-        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(spec.settle_ms.unwrap_or(60))).await;
     }
     if let Some(error) = seen.get_mut("error") {
         *error = error_class(error).to_owned();
