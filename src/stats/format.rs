@@ -102,7 +102,7 @@ impl Snapshot {
     }
 
     /// Envoy's `/stats/prometheus`: counters, gauges, then histograms, each as families sorted
-    /// by tag-extracted name with one `# TYPE` line and a blank line after every family.
+    /// by tag-extracted name with one `# TYPE` line each (Envoy 1.40 writes no blank lines).
     pub(super) fn prometheus(&self) -> String {
         let mut out = String::new();
         push_families(&mut out, &self.counters, "counter", |out, stat, tagged| {
@@ -174,9 +174,6 @@ fn push_families<C>(
     let mut family: Option<&str> = None;
     for (tagged, stat) in &sorted {
         if family != Some(tagged.extracted.as_str()) {
-            if family.is_some() {
-                out.push('\n');
-            }
             family = Some(&tagged.extracted);
             out.push_str("# TYPE ");
             out.push_str(&tagged.family);
@@ -185,9 +182,6 @@ fn push_families<C>(
             out.push('\n');
         }
         push(out, stat, tagged);
-    }
-    if family.is_some() {
-        out.push('\n');
     }
 }
 

@@ -85,7 +85,7 @@ fn filter_searches_anywhere_in_the_name() {
     assert_eq!(
         prom,
         "# TYPE envoy_http_downstream_rq_total counter\n\
-         envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 1\n\n"
+         envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 1\n"
     );
 }
 
@@ -165,33 +165,24 @@ fn prometheus_matches_envoy_output() {
 
     let want = r#"# TYPE envoy_cluster_upstream_rq counter
 envoy_cluster_upstream_rq{envoy_response_code="200",envoy_cluster_name="foo"} 2
-
 # TYPE envoy_cluster_upstream_rq_total counter
 envoy_cluster_upstream_rq_total{envoy_cluster_name="bar"} 1
 envoy_cluster_upstream_rq_total{envoy_cluster_name="foo"} 3
-
 # TYPE envoy_cluster_upstream_rq_xx counter
 envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="foo"} 2
-
 # TYPE envoy_http_downstream_rq_total counter
 envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="admin"} 4
 envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="ingress_http"} 5
-
 # TYPE envoy_http_downstream_rq_xx counter
 envoy_http_downstream_rq_xx{envoy_response_code_class="5",envoy_http_conn_manager_prefix="ingress_http"} 1
-
 # TYPE envoy_listener_admin_http_downstream_rq_total counter
 envoy_listener_admin_http_downstream_rq_total{envoy_http_conn_manager_prefix="admin"} 4
-
 # TYPE envoy_listener_downstream_cx_total counter
 envoy_listener_downstream_cx_total{envoy_listener_address="0.0.0.0_10000"} 6
-
 # TYPE envoy_cluster_manager_active_clusters gauge
 envoy_cluster_manager_active_clusters{} 2
-
 # TYPE envoy_server_live gauge
 envoy_server_live{} 1
-
 # TYPE envoy_cluster_upstream_rq_time histogram
 envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="foo",le="0.5"} 0
 envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="foo",le="1"} 1
@@ -215,7 +206,6 @@ envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="foo",le="3600000"} 2
 envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="foo",le="+Inf"} 2
 envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="foo"} 8
 envoy_cluster_upstream_rq_time_count{envoy_cluster_name="foo"} 2
-
 # TYPE envoy_server_initialization_time_ms histogram
 envoy_server_initialization_time_ms_bucket{le="0.5"} 0
 envoy_server_initialization_time_ms_bucket{le="1"} 0
@@ -239,7 +229,6 @@ envoy_server_initialization_time_ms_bucket{le="3600000"} 0
 envoy_server_initialization_time_ms_bucket{le="+Inf"} 1
 envoy_server_initialization_time_ms_sum{} 4000000
 envoy_server_initialization_time_ms_count{} 1
-
 "#;
     assert_eq!(store.prometheus(None, false), want);
 }

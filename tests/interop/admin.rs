@@ -90,6 +90,7 @@ pub async fn compare(report: &mut Report, config: &str, legate: (&Proxy, &PortNa
     clusters_text(report, config, legate, envoy).await;
     clusters_json(report, config, legate, envoy).await;
     stats(report, config, legate, envoy).await;
+    prometheus(report, config, legate, envoy).await;
     config_dump(report, config, legate, envoy).await;
     listeners(report, config, legate, envoy).await;
     ready(report, config, legate.0, envoy.0).await;
@@ -236,6 +237,28 @@ async fn stats(report: &mut Report, config: &str, legate: (&Proxy, &PortNames), 
                 report.compare(config, "stats", &format!("value {name}"), lv, value)
             }
             Some(_) => report.ran(config, "stats"),
+        }
+    }
+}
+
+/// `/stats/prometheus`: the layout (Envoy writes no blank lines) and, for every family both
+/// have, its `# TYPE`.
+async fn prometheus(report: &mut Report, config: &str, legate: (&Proxy, &PortNames), envoy: (&Proxy, &PortNames)) {
+    let (_, l) = get_normalized(legate, "/stats/prometheus").await;
+    let (_, e) = get_normalized(envoy, "/stats/prometheus").await;
+    let blank = |text: &str| text.lines().filter(|line| line.is_empty()).count().to_string();
+    report.compare(config, "stats", "prometheus blank lines", &blank(&l), &blank(&e));
+    let types = |text: &str| -> BTreeMap<String, String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .map(|(family, kind)| (family.to_owned(), kind.to_owned()))
+            .collect()
+    };
+    let (l, e) = (types(&l), types(&e));
+    for (family, kind) in &e {
+        if let Some(legate_kind) = l.get(family) {
+            report.compare(config, "stats", &format!("prometheus type {family}"), legate_kind, kind);
         }
     }
 }
