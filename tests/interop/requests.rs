@@ -30,7 +30,7 @@ pub async fn observe(
     protocol: &str,
     upstreams: &BTreeMap<String, Upstream>,
 ) -> Observation {
-    let seen = observe_raw_values(proxy, spec, protocol, upstreams).await;
+    let seen = observe_unnormalized(proxy, spec, protocol, upstreams).await;
     seen.into_iter().map(|(item, value)| (item, normalize_text(&value, port_names))).collect()
 }
 
@@ -40,7 +40,7 @@ fn with_ports(text: &str, proxy: &Proxy) -> String {
     corpus::fill(text, &values)
 }
 
-async fn observe_raw_values(
+async fn observe_unnormalized(
     proxy: &Proxy,
     spec: &RequestSpec,
     protocol: &str,
@@ -89,7 +89,8 @@ async fn observe_raw_values(
             got.push(upstream);
         }
     }
-    let names: Vec<String> = got.iter().map(|u| upstream_label(u)).collect();
+    // Upstreams answer with their own name; several may share one.
+    let names: Vec<&str> = got.iter().map(|u| u.name.as_str()).collect();
     seen.insert("upstream".into(), if names.is_empty() { "(none)".into() } else { names.join(",") });
     if let [upstream] = got.as_slice() {
         let request = upstream.last();
@@ -112,11 +113,6 @@ async fn observe_raw_values(
 }
 
 static PORT_IN_XFF: LazyLock<regex::Regex> = LazyLock::new(|| regex::Regex::new(r"(\d+\.\d+\.\d+\.\d+):\d+").unwrap());
-
-/// The upstream's name: what it answers with (`x-upstream`).
-fn upstream_label(upstream: &Upstream) -> String {
-    upstream.name.clone()
-}
 
 fn response_headers(headers: &HeaderMap, seen: &mut Observation) {
     for name in headers.keys() {
