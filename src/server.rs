@@ -14,10 +14,12 @@ use tokio::sync::watch;
 use crate::admin;
 use crate::cli::Options;
 use crate::config::bootstrap::BootstrapSpec;
+use crate::config::xds::{AdsSpec, SourceSpec};
 use crate::listener::{HttpListener, bind_reuseport, serve_listener};
 use crate::stats::Store;
 use crate::upstream::ClusterManager;
 use crate::worker::Worker;
+use crate::xds::AdsClient;
 
 /// Envoy's `server.state` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +72,7 @@ impl ServerShared {
     pub fn state(&self) -> ServerState {
         if *self.drain.borrow() || self.health_check_failed.load(Ordering::Acquire) {
             ServerState::Draining
-        } else if self.live.load(Ordering::Acquire) {
+        } else if self.live.load(Ordering::Acquire) && self.clusters.is_initialized() {
             ServerState::Live
         } else {
             ServerState::Initializing
@@ -124,7 +126,7 @@ impl Server {
             statics.clusters.clear();
             statics.listeners.clear();
         }
-        let clusters = Arc::new(ClusterManager::new(&store, spec.clusters));
+        let clusters = Arc::new(ClusterManager::new(&store, spec.clusters, spec.dynamic.cds.is_some()));
         let mut listeners = Vec::new();
         for listener in spec.listeners {
             listeners.push(Arc::new(HttpListener::new(listener, &store, clusters.clone())?));
@@ -179,6 +181,9 @@ impl Server {
             }
             None => (None, None),
         };
+        if let Some(ads) = spec.dynamic.ads.clone() {
+            start_xds(ads, spec.dynamic.cds, &shared)?;
+        }
         shared.live.store(true, Ordering::Release);
         store.gauge("server.state").set(ServerState::Live as i64);
         tracing::info!(concurrency, listeners = listener_addresses.len(), "legate started");
@@ -244,4 +249,40 @@ fn register_server_stats(store: &Store, concurrency: usize) {
     store.gauge("server.total_connections").set(0);
     store.gauge("listener_manager.total_listeners_warming").set(0);
     store.gauge("listener_manager.total_listeners_draining").set(0);
+}
+
+/// Starts the ADS client on its own control thread, and the initial-fetch timer that
+/// lets the server go live without CDS when the control plane does not answer in time.
+fn start_xds(ads: AdsSpec, cds: Option<SourceSpec>, shared: &Arc<ServerShared>) -> anyhow::Result<()> {
+    let targets: Vec<SocketAddr> = shared
+        .clusters
+        .snapshot()
+        .get(&ads.cluster)
+        .map(|c| c.hosts.iter().map(|h| h.address).collect())
+        .unwrap_or_default();
+    let clusters = shared.clusters.clone();
+    let client = AdsClient::new(ads, shared.node.clone(), targets, clusters.clone());
+    let initial_fetch_timeout = cds.and_then(|c| c.initial_fetch_timeout);
+    std::thread::Builder::new().name("legate-xds".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the xDS runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            if let Some(timeout) = initial_fetch_timeout {
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    if !clusters.is_initialized() {
+                        tracing::warn!(?timeout, "CDS initial fetch timed out; going on without it");
+                        clusters.mark_initialized();
+                    }
+                });
+            }
+            client.run().await;
+        });
+    })?;
+    Ok(())
 }

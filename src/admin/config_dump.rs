@@ -81,9 +81,34 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
         pack_any(ClustersConfigDump {
             static_clusters: clusters
                 .iter()
+                .filter(|c| !c.added_via_api)
                 .map(|c| clusters_config_dump::StaticCluster {
                     cluster: Some(pack_any(c.proto.clone())),
                     last_updated: updated,
+                })
+                .collect(),
+            dynamic_active_clusters: clusters
+                .iter()
+                .filter(|c| c.added_via_api)
+                .map(|c| {
+                    let info = state.clusters.dynamic_info(&c.name);
+                    clusters_config_dump::DynamicCluster {
+                        version_info: info.as_ref().map(|i| i.version_info.clone()).unwrap_or_default(),
+                        cluster: Some(pack_any(c.proto.clone())),
+                        last_updated: info.map(|i| timestamp(i.last_updated)),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+            dynamic_warming_clusters: state
+                .clusters
+                .warming_protos()
+                .into_iter()
+                .map(|(version_info, proto, since)| clusters_config_dump::DynamicCluster {
+                    version_info,
+                    cluster: Some(pack_any(proto)),
+                    last_updated: Some(timestamp(since)),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()

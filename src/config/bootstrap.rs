@@ -14,6 +14,7 @@ use super::error::{ConfigError, Result};
 use super::listener::ListenerSpec;
 use super::proto::ensure_only;
 use super::schema::{self, Format};
+use super::xds::DynamicSpec;
 use crate::cli::Options;
 
 /// The admin interface's config.
@@ -30,6 +31,7 @@ pub struct BootstrapSpec {
     pub admin: Option<AdminSpec>,
     pub listeners: Vec<ListenerSpec>,
     pub clusters: Vec<ClusterSpec>,
+    pub dynamic: DynamicSpec,
     /// The effective bootstrap (after merges and overrides), for `/config_dump`.
     pub proto: Bootstrap,
 }
@@ -72,7 +74,7 @@ pub fn load(options: &Options) -> Result<Bootstrap> {
 }
 
 const SUPPORTED_BOOTSTRAP_FIELDS: &[&str] =
-    &["node", "static_resources", "admin", "layered_runtime", "stats_flush_interval"];
+    &["node", "static_resources", "dynamic_resources", "admin", "layered_runtime", "stats_flush_interval"];
 
 impl BootstrapSpec {
     /// Translates and cross-checks a bootstrap.
@@ -101,13 +103,17 @@ impl BootstrapSpec {
             }
             None => None,
         };
+        let dynamic = match &proto.dynamic_resources {
+            Some(d) => DynamicSpec::from_proto(d, "dynamic_resources")?,
+            None => DynamicSpec::default(),
+        };
         let statics = proto.static_resources.clone().unwrap_or_default();
         ensure_only(&statics, &["listeners", "clusters"], "static_resources")?;
         let mut clusters = Vec::with_capacity(statics.clusters.len());
         let mut cluster_names = HashSet::new();
         for (i, cluster) in statics.clusters.iter().enumerate() {
             let path = format!("static_resources.clusters[{i}]");
-            let spec = ClusterSpec::from_proto(cluster, &path)?;
+            let spec = ClusterSpec::from_proto(cluster, &path, dynamic.ads.is_some())?;
             if !cluster_names.insert(spec.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("{path}.name"),
@@ -138,6 +144,14 @@ impl BootstrapSpec {
             }
             listeners.push(spec);
         }
-        Ok(BootstrapSpec { node: proto.node.clone().unwrap_or_default(), admin, listeners, clusters, proto })
+        if let Some(ads) = &dynamic.ads
+            && !cluster_names.contains(&ads.cluster)
+        {
+            return Err(ConfigError::invalid(
+                "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                format!("Unknown gRPC client cluster '{}'", ads.cluster),
+            ));
+        }
+        Ok(BootstrapSpec { node: proto.node.clone().unwrap_or_default(), admin, listeners, clusters, dynamic, proto })
     }
 }

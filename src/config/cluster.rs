@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, ensure_only};
+use super::xds::{SourceSpec, ads_source};
 
 /// Envoy's default `connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,10 +54,20 @@ pub struct HostSpec {
     pub hostname: String,
 }
 
+/// Where a cluster's hosts come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// `load_assignment` in the cluster itself.
+    Static,
+    /// `ClusterLoadAssignment`s named `service_name` from EDS.
+    Eds { service_name: String, source: SourceSpec },
+}
+
 /// A validated cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub name: String,
+    pub discovery: Discovery,
     pub connect_timeout: Duration,
     pub lb: LbKind,
     pub protocol: UpstreamProtocol,
@@ -81,19 +92,22 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "metadata",
     "per_connection_buffer_limit_bytes",
     "dns_lookup_family",
+    "eds_cluster_config",
 ];
 
 impl ClusterSpec {
-    /// Translates and validates a cluster; `path` is where the cluster sits in the config.
-    pub fn from_proto(proto: &ClusterProto, path: &str) -> Result<ClusterSpec> {
+    /// Translates and validates a cluster; `path` is where the cluster sits in the config,
+    /// `ads_available` whether an ADS stream is configured (for EDS clusters).
+    pub fn from_proto(proto: &ClusterProto, path: &str, ads_available: bool) -> Result<ClusterSpec> {
         ensure_only(proto, SUPPORTED_CLUSTER_FIELDS, path)?;
         if proto.name.is_empty() {
             return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1 characters"));
         }
-        match &proto.cluster_discovery_type {
-            None => {}
+        let discovery = match &proto.cluster_discovery_type {
+            None => Discovery::Static,
             Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
-                Ok(DiscoveryType::Static) => {}
+                Ok(DiscoveryType::Static) => Discovery::Static,
+                Ok(DiscoveryType::Eds) => eds(proto, path, ads_available)?,
                 Ok(other) => {
                     return Err(ConfigError::unsupported(
                         join_path(path, "type"),
@@ -105,6 +119,12 @@ impl ClusterSpec {
             Some(ClusterDiscoveryType::ClusterType(custom)) => {
                 return Err(ConfigError::unsupported(join_path(path, "cluster_type"), custom.name.clone()));
             }
+        };
+        if discovery == Discovery::Static && proto.eds_cluster_config.is_some() {
+            return Err(ConfigError::invalid(
+                join_path(path, "eds_cluster_config"),
+                "eds_cluster_config is only valid for clusters of type EDS",
+            ));
         }
         let connect_timeout = match &proto.connect_timeout {
             Some(d) => {
@@ -139,6 +159,7 @@ impl ClusterSpec {
         };
         Ok(ClusterSpec {
             name: proto.name.clone(),
+            discovery,
             connect_timeout,
             lb,
             protocol,
@@ -147,6 +168,22 @@ impl ClusterSpec {
             proto: proto.clone(),
         })
     }
+}
+
+/// An EDS cluster's source: `eds_config` must be `ads: {}`; the service name defaults to
+/// the cluster's name.
+fn eds(proto: &ClusterProto, path: &str, ads_available: bool) -> Result<Discovery> {
+    let epath = join_path(path, "eds_cluster_config");
+    let Some(config) = &proto.eds_cluster_config else {
+        return Err(ConfigError::invalid(&epath, "EDS clusters need eds_cluster_config"));
+    };
+    ensure_only(config, &["eds_config", "service_name"], &epath)?;
+    let Some(source) = &config.eds_config else {
+        return Err(ConfigError::invalid(join_path(&epath, "eds_config"), "value is required"));
+    };
+    let source = ads_source(source, ads_available, &join_path(&epath, "eds_config"))?;
+    let service_name = if config.service_name.is_empty() { proto.name.clone() } else { config.service_name.clone() };
+    Ok(Discovery::Eds { service_name, source })
 }
 
 /// The upstream protocol and common HTTP options, from the typed extension options
@@ -200,7 +237,8 @@ fn upstream_protocol(proto: &ClusterProto, path: &str) -> Result<(UpstreamProtoc
     Ok((protocol, common))
 }
 
-fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
+/// The hosts of a load assignment (from a cluster, or from EDS).
+pub fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
     ensure_only(la, &["cluster_name", "endpoints"], path)?;
     let mut out = Vec::new();
     for (i, locality_endpoints) in la.endpoints.iter().enumerate() {

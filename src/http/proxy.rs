@@ -142,9 +142,12 @@ pub async fn serve(
         RouteAction::Forward(forward) => forward,
     };
     stats.rq_total.inc();
-    let Some(cluster) =
-        forward.cluster(&parts.headers).and_then(|name| listener.clusters.snapshot().get(name).cloned())
-    else {
+    let snapshot = listener.clusters.snapshot();
+    ctx.worker.pools.prune(&snapshot);
+    let cluster = forward.cluster(&parts.headers).and_then(|name| snapshot.get(name).cloned());
+    // The snapshot guard is not held across the awaits below.
+    drop(snapshot);
+    let Some(cluster) = cluster else {
         stats.no_cluster.inc();
         return Ok(exchange.local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -209,7 +212,7 @@ pub async fn serve(
     host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     let upstream_start = Instant::now();
     let pool = pools.host(&cluster, host_index);
-    let sent = pool.send(upstream_request, wire);
+    let sent = pool.send(&cluster, upstream_request, wire);
     let result =
         await_response(sent, &exchange.stream, timeout.map(|t| upstream_start + t), request_deadline, idle_timeout)
             .await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 
-use crate::config::cluster::{ClusterSpec, UpstreamProtocol};
+use crate::config::cluster::{ClusterSpec, Discovery, HostSpec, LbKind, UpstreamProtocol};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
 
 use super::host::Host;
@@ -111,6 +111,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub idle_timeout: Option<Duration>,
+    pub discovery: Discovery,
+    lb: LbKind,
     pub hosts: Vec<Arc<Host>>,
     /// Picks over `hosts` (healthy ones, or all of them in panic mode).
     schedule: Schedule,
@@ -123,9 +125,26 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds a cluster from its spec, registering its stats in `store`.
-    pub fn new(spec: ClusterSpec, store: &Store, added_via_api: bool) -> Cluster {
-        let hosts: Vec<Arc<Host>> = spec.hosts.iter().map(|h| Arc::new(Host::new(h))).collect();
+    /// Builds a cluster from its spec and host list (the spec's own, or an EDS
+    /// assignment's), registering its stats in `store`. Hosts that `previous` already had
+    /// are kept (same `Host`, so their pools and counters carry over).
+    pub fn new(
+        spec: ClusterSpec,
+        host_specs: &[HostSpec],
+        previous: Option<&Cluster>,
+        store: &Store,
+        added_via_api: bool,
+    ) -> Cluster {
+        let hosts: Vec<Arc<Host>> = host_specs
+            .iter()
+            .map(|h| match previous.and_then(|p| p.hosts.iter().find(|old| old.is_same_endpoint(h))) {
+                Some(old) => {
+                    old.set_eds_health(h.health_status);
+                    old.clone()
+                }
+                None => Arc::new(Host::new(h)),
+            })
+            .collect();
         let stats = ClusterStats::new(store, &spec.name);
         // Priority 0 first; a lower priority takes traffic only when no higher one has a
         // healthy host (Envoy's full priority-load spillover comes with EDS priorities).
@@ -147,12 +166,36 @@ impl Cluster {
             connect_timeout: spec.connect_timeout,
             protocol: spec.protocol,
             idle_timeout: spec.idle_timeout,
+            discovery: spec.discovery,
+            lb: spec.lb,
             hosts,
             schedule,
             panic,
             stats,
             proto: spec.proto,
             added_via_api,
+        }
+    }
+
+    /// The EDS service name, for an EDS cluster.
+    pub fn eds_service_name(&self) -> Option<&str> {
+        match &self.discovery {
+            Discovery::Eds { service_name, .. } => Some(service_name),
+            Discovery::Static => None,
+        }
+    }
+
+    /// The spec this cluster was built from (without hosts), to rebuild it with new ones.
+    pub fn spec(&self) -> ClusterSpec {
+        ClusterSpec {
+            name: self.name.clone(),
+            discovery: self.discovery.clone(),
+            connect_timeout: self.connect_timeout,
+            lb: self.lb,
+            protocol: self.protocol,
+            idle_timeout: self.idle_timeout,
+            hosts: Vec::new(),
+            proto: self.proto.clone(),
         }
     }
 

@@ -1,0 +1,135 @@
+//! `dynamic_resources` → `DynamicSpec`: where cluster (and later listener) state comes
+//! from. Supported today: an ADS stream (`api_type: GRPC`, state of the world) to a
+//! static cluster, with `cds_config` and EDS clusters' `eds_config` set to `ads: {}`.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
+use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{ApiConfigSource, ApiVersion, ConfigSource};
+
+use super::error::{ConfigError, Result, join_path};
+use super::proto::{self, ensure_only};
+
+/// Envoy's default `initial_fetch_timeout`.
+const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The aggregated discovery stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsSpec {
+    /// The static cluster that serves ADS (`envoy_grpc.cluster_name`).
+    pub cluster: String,
+    /// Send `node` only on a stream's first request.
+    pub set_node_on_first_message_only: bool,
+}
+
+/// One resource type's config source (only `ads: {}` today).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// How long to wait for the first response before going on without it; None waits forever.
+    pub initial_fetch_timeout: Option<Duration>,
+}
+
+/// Validated `dynamic_resources`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DynamicSpec {
+    pub ads: Option<AdsSpec>,
+    pub cds: Option<SourceSpec>,
+}
+
+impl DynamicSpec {
+    /// Translates `dynamic_resources` at `path`.
+    pub fn from_proto(proto: &DynamicResources, path: &str) -> Result<DynamicSpec> {
+        ensure_only(proto, &["ads_config", "cds_config"], path)?;
+        let ads = match &proto.ads_config {
+            Some(api) => Some(ads(api, &join_path(path, "ads_config"))?),
+            None => None,
+        };
+        let cds = match &proto.cds_config {
+            Some(source) => Some(ads_source(source, ads.is_some(), &join_path(path, "cds_config"))?),
+            None => None,
+        };
+        Ok(DynamicSpec { ads, cds })
+    }
+}
+
+fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
+    ensure_only(api, &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"], path)?;
+    match ApiType::try_from(api.api_type) {
+        Ok(ApiType::Grpc) => {}
+        Ok(ApiType::DeltaGrpc) => {
+            return Err(ConfigError::unsupported(join_path(path, "api_type"), "DELTA_GRPC (comes with delta xDS)"));
+        }
+        // Envoy 1.40 refuses the AGGREGATED_* values and REST in ads_config.
+        _ => {
+            return Err(ConfigError::invalid(
+                join_path(path, "api_type"),
+                "ads_config.api_type must be GRPC or DELTA_GRPC",
+            ));
+        }
+    }
+    if api.transport_api_version != ApiVersion::V3 as i32 {
+        return Err(ConfigError::invalid(
+            join_path(path, "transport_api_version"),
+            "V2 (and AUTO) xDS transport protocol versions are deprecated; use V3",
+        ));
+    }
+    let service = match api.grpc_services.as_slice() {
+        [service] => service,
+        [] => return Err(ConfigError::invalid(join_path(path, "grpc_services"), "one grpc_service is required")),
+        _ => {
+            return Err(ConfigError::invalid(
+                format!("{path}.grpc_services[1]"),
+                "only singleton grpc_services are supported",
+            ));
+        }
+    };
+    let spath = format!("{path}.grpc_services[0]");
+    ensure_only(service, &["envoy_grpc", "timeout"], &spath)?;
+    let cluster = match &service.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(envoy)) => {
+            ensure_only(envoy, &["cluster_name"], &format!("{spath}.envoy_grpc"))?;
+            envoy.cluster_name.clone()
+        }
+        Some(TargetSpecifier::GoogleGrpc(_)) => {
+            return Err(ConfigError::unsupported(format!("{spath}.google_grpc"), ""));
+        }
+        None => return Err(ConfigError::invalid(&spath, "target_specifier is required")),
+    };
+    if cluster.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{spath}.envoy_grpc.cluster_name"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    Ok(AdsSpec { cluster, set_node_on_first_message_only: api.set_node_on_first_message_only })
+}
+
+/// A config source that must be `ads: {}` with `resource_api_version: V3`.
+pub fn ads_source(source: &ConfigSource, have_ads: bool, path: &str) -> Result<SourceSpec> {
+    ensure_only(source, &["ads", "resource_api_version", "initial_fetch_timeout"], path)?;
+    match &source.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_)) if have_ads => {}
+        Some(ConfigSourceSpecifier::Ads(_)) => {
+            return Err(ConfigError::invalid(
+                join_path(path, "ads"),
+                "Cannot initialize ADS: dynamic_resources.ads_config is not set",
+            ));
+        }
+        Some(_) => return Err(ConfigError::unsupported(path, "config sources other than `ads: {}`")),
+        None => return Err(ConfigError::invalid(path, "config_source_specifier is required")),
+    }
+    if source.resource_api_version != ApiVersion::V3 as i32 {
+        return Err(ConfigError::invalid(
+            join_path(path, "resource_api_version"),
+            "V2 (and AUTO) xDS resource versions are deprecated; use V3",
+        ));
+    }
+    let initial_fetch_timeout = match &source.initial_fetch_timeout {
+        Some(d) => Some(proto::duration(d, &join_path(path, "initial_fetch_timeout"))?).filter(|t| !t.is_zero()),
+        None => Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
+    };
+    Ok(SourceSpec { initial_fetch_timeout })
+}

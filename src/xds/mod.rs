@@ -1,0 +1,13 @@
+//! The discovery clients: today the aggregated (ADS) stream in state-of-the-world mode,
+//! carrying CDS and EDS. Protocol only: per type URL it keeps `version_info`, the last
+//! nonce and the subscribed names, ACKs after applying and NACKs with `error_detail`;
+//! what the resources mean is the cluster manager's business.
+
+mod ads;
+
+pub use ads::AdsClient;
+
+/// `envoy.config.cluster.v3.Cluster`.
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// `envoy.config.endpoint.v3.ClusterLoadAssignment`.
+pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";

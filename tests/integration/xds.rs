@@ -1,0 +1,200 @@
+//! xDS over a real gRPC stream from the in-process control plane: warming, ACK/NACK with
+//! `error_detail`, EDS updates under the data path, static-cluster protection, removal
+//! and reconnection with the last accepted versions.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use http::{StatusCode, Version};
+use legate::config::schema::{self, Format};
+use legate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE};
+
+use crate::control_plane::{AdsStream, ControlPlane};
+use crate::support::{Legate, Upstream, bootstrap, get, routes, send, static_cluster};
+
+const H2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
+
+fn eds_cluster(name: &str) -> ClusterProto {
+    schema::parse(
+        &format!(
+            "name: {name}\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}"
+        ),
+        Format::Yaml,
+    )
+    .unwrap()
+}
+
+fn assignment(name: &str, hosts: &[SocketAddr]) -> ClusterLoadAssignment {
+    let endpoints: Vec<String> = hosts
+        .iter()
+        .map(|a| {
+            format!(
+                "{{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }} }}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    schema::parse(
+        &format!("cluster_name: {name}\nendpoints: [{{ lb_endpoints: [{}] }}]", endpoints.join(", ")),
+        Format::Yaml,
+    )
+    .unwrap()
+}
+
+/// legate with an ADS stream to `control_plane` and a listener routing `/` to cluster `dyn`.
+fn legate_with_ads(control_plane: &ControlPlane) -> Legate {
+    let route = format!(
+        "            validate_clusters: false\n{}",
+        routes("              - match: { prefix: \"/\" }\n                route: { cluster: dyn }\n")
+    );
+    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
+    let yaml = bootstrap("", &route, &clusters).replacen(
+        "static_resources:\n",
+        "dynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s }\nstatic_resources:\n",
+        1,
+    );
+    Legate::start(&yaml)
+}
+
+/// Polls until a request through `main` answers `status` with `body` (10 s at most).
+async fn wait_for_answer(legate: &Legate, status: u16, body: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = send(legate.listener("main"), Version::HTTP_11, get("/")).await;
+        if answer.status == status && answer.text() == body {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {} {:?}, want {status} {body:?}",
+            answer.status,
+            answer.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the initial exchange: CDS with `dyn` (EDS), EDS with `hosts`; returns the stream.
+async fn warm_up(control_plane: &ControlPlane, legate: &Legate, hosts: &[SocketAddr]) -> AdsStream {
+    let mut stream = control_plane.next_stream().await;
+    let first = stream.next_of(CLUSTER_TYPE).await;
+    assert!(first.node.is_some(), "the first request carries the node");
+    assert_eq!((first.version_info.as_str(), first.response_nonce.as_str()), ("", ""));
+    stream.push("1", "n1", vec![eds_cluster("dyn")]);
+    let ack = stream.next_of(CLUSTER_TYPE).await;
+    assert_eq!((ack.version_info.as_str(), ack.response_nonce.as_str()), ("1", "n1"));
+    assert!(ack.error_detail.is_none());
+    let eds = stream.next_of(ENDPOINT_TYPE).await;
+    assert_eq!(eds.resource_names, ["dyn"]);
+    // Warming: the cluster is not routable and the server not ready until EDS arrives.
+    assert_eq!(legate.admin_get("/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(send(legate.listener("main"), Version::HTTP_11, get("/")).await.status, 503);
+    let (_, clusters) = legate.admin_get("/clusters").await;
+    assert!(
+        clusters.contains("dyn::warming::waiting for the first ClusterLoadAssignment 'dyn' from EDS"),
+        "{clusters}"
+    );
+    stream.push("e1", "n2", vec![assignment("dyn", hosts)]);
+    let ack = stream.next_of(ENDPOINT_TYPE).await;
+    assert_eq!((ack.version_info.as_str(), ack.response_nonce.as_str()), ("e1", "n2"));
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cds_then_eds_warms_a_cluster_and_serves_it() {
+    let a = Upstream::start("a").await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let _stream = warm_up(&control_plane, &legate, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+    assert_eq!(legate.admin_get("/ready").await, (StatusCode::OK, "LIVE\n".to_owned()));
+    let (_, clusters) = legate.admin_get("/clusters").await;
+    assert!(clusters.lines().any(|l| l == "dyn::added_via_api::true"), "{clusters}");
+    let dump: serde_json::Value =
+        serde_json::from_str(&legate.admin_get("/config_dump?resource=dynamic_active_clusters").await.1).unwrap();
+    assert_eq!(dump["configs"][0]["version_info"], "1");
+    assert_eq!(dump["configs"][0]["cluster"]["name"], "dyn");
+    assert_eq!(legate.stat("cluster_manager.cds.update_success").await, Some(1));
+    assert_eq!(legate.stat("control_plane.connected_state").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cluster_is_nacked_and_the_old_state_keeps_serving() {
+    let a = Upstream::start("a").await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let mut stream = warm_up(&control_plane, &legate, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+
+    // One valid new cluster and one invalid one: the valid one applies, the response is NACKed.
+    let mut bad = eds_cluster("broken");
+    bad.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration { seconds: 0, nanos: 0 });
+    let mut static_clash = eds_cluster("xds");
+    static_clash.name = "xds".into();
+    stream.push("2", "n3", vec![eds_cluster("dyn"), eds_cluster("other"), bad, static_clash]);
+    let nack = stream.next_of(CLUSTER_TYPE).await;
+    assert_eq!(
+        (nack.version_info.as_str(), nack.response_nonce.as_str()),
+        ("1", "n3"),
+        "a NACK keeps the last good version"
+    );
+    let detail = nack.error_detail.expect("a NACK has error_detail").message;
+    assert!(detail.contains("cluster 'broken'") && detail.contains("connect_timeout"), "{detail}");
+    assert!(detail.contains("cluster 'xds'") && detail.contains("static cluster"), "{detail}");
+    let eds = stream.next_of(ENDPOINT_TYPE).await;
+    assert_eq!(eds.resource_names, ["dyn", "other"], "the valid new cluster was applied and subscribed");
+    // The old cluster keeps serving throughout.
+    wait_for_answer(&legate, 200, "a").await;
+    assert_eq!(legate.stat("cluster_manager.cds.update_rejected").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eds_updates_move_traffic_and_cds_removal_stops_it() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let mut stream = warm_up(&control_plane, &legate, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+
+    stream.push("e2", "n3", vec![assignment("dyn", &[b.address])]);
+    assert_eq!(stream.next_of(ENDPOINT_TYPE).await.version_info, "e2");
+    wait_for_answer(&legate, 200, "b").await;
+
+    // A bad assignment is NACKed; b keeps serving.
+    let mut bad = assignment("dyn", &[a.address]);
+    bad.endpoints[0].lb_endpoints[0].load_balancing_weight =
+        Some(envoy_types::pb::google::protobuf::UInt32Value { value: 0 });
+    stream.push("e3", "n4", vec![bad]);
+    let nack = stream.next_of(ENDPOINT_TYPE).await;
+    assert_eq!(nack.version_info, "e2");
+    assert!(nack.error_detail.unwrap().message.contains("load_balancing_weight"));
+    wait_for_answer(&legate, 200, "b").await;
+
+    // SotW CDS without `dyn` removes it: the route's cluster is unknown again.
+    stream.push::<ClusterProto>("3", "n5", vec![]);
+    assert_eq!(stream.next_of(CLUSTER_TYPE).await.version_info, "3");
+    wait_for_answer(&legate, 503, "").await;
+    assert_eq!(legate.stat("cluster_manager.cluster_removed").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_resubscribes_with_the_last_accepted_versions() {
+    let a = Upstream::start("a").await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let stream = warm_up(&control_plane, &legate, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+    stream.close();
+    let mut again = control_plane.next_stream().await;
+    let cds = again.next_of(CLUSTER_TYPE).await;
+    assert_eq!(cds.version_info, "1");
+    assert!(cds.node.is_some(), "each new stream starts with the node");
+    let eds = again.next_of(ENDPOINT_TYPE).await;
+    assert_eq!((eds.version_info.as_str(), eds.resource_names.as_slice()), ("e1", ["dyn".to_owned()].as_slice()));
+    // The last good state served while the control plane was away, and still does.
+    wait_for_answer(&legate, 200, "a").await;
+}
