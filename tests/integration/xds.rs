@@ -198,3 +198,85 @@ async fn a_reconnect_resubscribes_with_the_last_accepted_versions() {
     // The last good state served while the control plane was away, and still does.
     wait_for_answer(&legate, 200, "a").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_updates_under_load_fail_no_request() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let mut stream = warm_up(&control_plane, &legate, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let address = legate.listener("main");
+    let load: Vec<_> = [Version::HTTP_11, Version::HTTP_2]
+        .into_iter()
+        .map(|version| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut client = crate::support::Client::connect(address, version).await;
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let answer = client.send(get("/")).await;
+                    if answer.status == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push((answer.status, answer.text()));
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    for i in 0..100u32 {
+        // Alternate a cluster-level change (a rebuilt cluster) and an endpoint change.
+        let mut cluster = eds_cluster("dyn");
+        cluster.connect_timeout =
+            Some(envoy_types::pb::google::protobuf::Duration { seconds: 2 + i64::from(i % 2), nanos: 0 });
+        let version = format!("c{i}");
+        stream.push(&version, &format!("cn{i}"), vec![cluster]);
+        assert_eq!(stream.next_of(CLUSTER_TYPE).await.version_info, version);
+        let hosts = if i % 2 == 0 { [b.address] } else { [a.address] };
+        let version = format!("e{i}");
+        stream.push(&version, &format!("en{i}"), vec![assignment("dyn", &hosts)]);
+        assert_eq!(stream.next_of(ENDPOINT_TYPE).await.version_info, version);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        let (ok, failed) = task.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok > 100, "the load kept going ({ok} requests)");
+    }
+    assert!(a.count() > 10 && b.count() > 10, "traffic followed the updates: a {} b {}", a.count(), b.count());
+    assert_eq!(legate.stat("cluster_manager.cluster_modified").await, Some(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_fetch_timeout_lets_the_server_go_live_without_cds() {
+    let control_plane = ControlPlane::start().await;
+    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
+    let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters).replacen(
+        "static_resources:\n",
+        "dynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0.3s }\nstatic_resources:\n",
+        1,
+    );
+    let legate = Legate::start(&yaml);
+    let mut stream = control_plane.next_stream().await;
+    stream.next_of(CLUSTER_TYPE).await;
+    assert_eq!(legate.admin_get("/ready").await.0, StatusCode::SERVICE_UNAVAILABLE, "waiting for CDS");
+    // The control plane never answers; after initial_fetch_timeout legate goes live.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while legate.admin_get("/ready").await.0 != StatusCode::OK {
+        assert!(tokio::time::Instant::now() < deadline, "not live after initial_fetch_timeout");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
