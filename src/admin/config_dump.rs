@@ -127,24 +127,37 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             ..Default::default()
         }));
     }
+    let listeners = state.listeners.active();
     out.push(pack_any(ListenersConfigDump {
-        static_listeners: state
-            .listeners
+        static_listeners: listeners
             .iter()
+            .filter(|l| !l.added_via_api)
             .map(|l| listeners_config_dump::StaticListener {
-                listener: Some(pack_any(l.spec.proto.clone())),
+                listener: Some(pack_any(l.runtime.spec.proto.clone())),
                 last_updated: updated,
+            })
+            .collect(),
+        dynamic_listeners: listeners
+            .iter()
+            .filter(|l| l.added_via_api)
+            .map(|l| listeners_config_dump::DynamicListener {
+                name: l.runtime.spec.name.clone(),
+                active_state: Some(listeners_config_dump::DynamicListenerState {
+                    version_info: l.version_info.clone(),
+                    listener: Some(pack_any(l.runtime.spec.proto.clone())),
+                    last_updated: Some(timestamp(l.last_updated)),
+                }),
+                ..Default::default()
             })
             .collect(),
         ..Default::default()
     }));
     out.push(pack_any(ScopedRoutesConfigDump::default()));
     out.push(pack_any(RoutesConfigDump {
-        static_route_configs: state
-            .listeners
+        static_route_configs: listeners
             .iter()
             .map(|l| routes_config_dump::StaticRouteConfig {
-                route_config: Some(pack_any(l.spec.hcm.route_config.clone())),
+                route_config: Some(pack_any(l.runtime.spec.hcm.route_config.clone())),
                 last_updated: updated,
             })
             .collect(),

@@ -1,6 +1,6 @@
-//! `dynamic_resources` → `DynamicSpec`: where cluster (and later listener) state comes
-//! from. Supported today: an ADS stream (`api_type: GRPC`, state of the world) to a
-//! static cluster, with `cds_config` and EDS clusters' `eds_config` set to `ads: {}`.
+//! `dynamic_resources` → `DynamicSpec`: where cluster and listener state comes from.
+//! Supported today: an ADS stream (`api_type: GRPC`, state of the world) to a static
+//! cluster, with `cds_config`, `lds_config` and EDS clusters' `eds_config` set to `ads: {}`.
 
 use std::time::Duration;
 
@@ -37,12 +37,13 @@ pub struct SourceSpec {
 pub struct DynamicSpec {
     pub ads: Option<AdsSpec>,
     pub cds: Option<SourceSpec>,
+    pub lds: Option<SourceSpec>,
 }
 
 impl DynamicSpec {
     /// Translates `dynamic_resources` at `path`.
     pub fn from_proto(proto: &DynamicResources, path: &str) -> Result<DynamicSpec> {
-        ensure_only(proto, &["ads_config", "cds_config"], path)?;
+        ensure_only(proto, &["ads_config", "cds_config", "lds_config"], path)?;
         let ads = match &proto.ads_config {
             Some(api) => Some(ads(api, &join_path(path, "ads_config"))?),
             None => None,
@@ -51,7 +52,11 @@ impl DynamicSpec {
             Some(source) => Some(ads_source(source, ads.is_some(), &join_path(path, "cds_config"))?),
             None => None,
         };
-        Ok(DynamicSpec { ads, cds })
+        let lds = match &proto.lds_config {
+            Some(source) => Some(ads_source(source, ads.is_some(), &join_path(path, "lds_config"))?),
+            None => None,
+        };
+        Ok(DynamicSpec { ads, cds, lds })
     }
 }
 

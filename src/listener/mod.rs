@@ -2,8 +2,10 @@
 //! per-worker accept loops over `SO_REUSEPORT` sockets.
 
 mod accept;
+pub mod manager;
 
 pub use accept::{bind_reuseport, serve_listener};
+pub use manager::{ActiveListener, ListenerManager, WorkerCommand};
 
 use std::sync::Arc;
 

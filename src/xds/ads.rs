@@ -10,6 +10,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
@@ -17,8 +18,9 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use tokio::sync::mpsc;
 
-use super::{CLUSTER_TYPE, ENDPOINT_TYPE};
+use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 use crate::config::xds::AdsSpec;
+use crate::listener::ListenerManager;
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::ClusterManager;
 
@@ -67,10 +69,16 @@ pub struct AdsClient {
     /// The ADS cluster's hosts; each (re)connect takes the next one.
     targets: Vec<SocketAddr>,
     clusters: Arc<ClusterManager>,
+    listeners: Arc<ListenerManager>,
     cds: TypeState,
     eds: TypeState,
+    lds: TypeState,
     cds_stats: SubscriptionStats,
     eds_stats: SubscriptionStats,
+    lds_stats: SubscriptionStats,
+    /// LDS is configured; it is requested once the initial clusters are warm.
+    lds_wanted: bool,
+    lds_requested: bool,
     connected_state: Gauge,
     /// Set after the first CDS response has been applied.
     cds_received: bool,
@@ -95,7 +103,14 @@ impl std::fmt::Display for StreamEnd {
 
 impl AdsClient {
     /// A client for `spec`, dialing `targets` (the ADS cluster's hosts).
-    pub fn new(spec: AdsSpec, node: Node, targets: Vec<SocketAddr>, clusters: Arc<ClusterManager>) -> AdsClient {
+    pub fn new(
+        spec: AdsSpec,
+        node: Node,
+        targets: Vec<SocketAddr>,
+        clusters: Arc<ClusterManager>,
+        listeners: Arc<ListenerManager>,
+        lds_wanted: bool,
+    ) -> AdsClient {
         let store = clusters.store().clone();
         AdsClient {
             spec,
@@ -103,10 +118,15 @@ impl AdsClient {
             targets,
             cds_stats: SubscriptionStats::new(&store, "cluster_manager.cds"),
             eds_stats: SubscriptionStats::new(&store, "cluster_manager.eds"),
+            lds_stats: SubscriptionStats::new(&store, "listener_manager.lds"),
             connected_state: store.gauge("control_plane.connected_state"),
             clusters,
+            listeners,
             cds: TypeState::default(),
             eds: TypeState::default(),
+            lds: TypeState::default(),
+            lds_wanted,
+            lds_requested: false,
             cds_received: false,
         }
     }
@@ -170,6 +190,9 @@ impl AdsClient {
         if !self.eds.names.is_empty() {
             let _ = tx.send(self.request(ENDPOINT_TYPE, &self.eds, None, false));
         }
+        if self.lds_requested {
+            let _ = tx.send(self.request(LISTENER_TYPE, &self.lds, None, false));
+        }
         let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut inbound = match client.stream_aggregated_resources(outbound).await {
             Ok(response) => response.into_inner(),
@@ -185,6 +208,7 @@ impl AdsClient {
             let reply = match response.type_url.as_str() {
                 CLUSTER_TYPE => self.on_clusters(response),
                 ENDPOINT_TYPE => self.on_endpoints(response),
+                LISTENER_TYPE => self.on_listeners(response),
                 other => {
                     tracing::warn!(type_url = other, "ignoring a response of a type legate did not ask for");
                     continue;
@@ -211,7 +235,7 @@ impl AdsClient {
             self.eds.names = names;
             out.push(self.request(ENDPOINT_TYPE, &self.eds, None, false));
         }
-        self.check_initialized();
+        out.extend(self.check_initialized());
         out
     }
 
@@ -221,14 +245,29 @@ impl AdsClient {
         self.eds.nonce = response.nonce.clone();
         let result = decode_all::<ClusterLoadAssignment>(&response.resources, ENDPOINT_TYPE)
             .and_then(|assignments| self.clusters.apply_eds(assignments));
-        let reply = self.ack_or_nack(ENDPOINT_TYPE, &response.version_info, result);
-        self.check_initialized();
+        let mut out = vec![self.ack_or_nack(ENDPOINT_TYPE, &response.version_info, result)];
+        out.extend(self.check_initialized());
+        out
+    }
+
+    /// Applies an LDS response; replies with its ACK or NACK.
+    fn on_listeners(&mut self, response: DiscoveryResponse) -> Vec<DiscoveryRequest> {
+        self.lds_stats.update_attempt.inc();
+        self.lds.nonce = response.nonce.clone();
+        let result = decode_all::<ListenerProto>(&response.resources, LISTENER_TYPE)
+            .and_then(|listeners| self.listeners.apply_lds(&response.version_info, listeners));
+        let reply = self.ack_or_nack(LISTENER_TYPE, &response.version_info, result);
+        // Envoy's initialization waits for the first LDS response, accepted or not.
+        self.listeners.mark_initialized();
         vec![reply]
     }
 
     fn ack_or_nack(&mut self, type_url: &str, version: &str, result: Result<(), String>) -> DiscoveryRequest {
-        let (state, stats) =
-            if type_url == CLUSTER_TYPE { (&mut self.cds, &self.cds_stats) } else { (&mut self.eds, &self.eds_stats) };
+        let (state, stats) = match type_url {
+            CLUSTER_TYPE => (&mut self.cds, &self.cds_stats),
+            LISTENER_TYPE => (&mut self.lds, &self.lds_stats),
+            _ => (&mut self.eds, &self.eds_stats),
+        };
         let error = match result {
             Ok(()) => {
                 state.version = version.to_owned();
@@ -242,15 +281,26 @@ impl AdsClient {
                 Some(message)
             }
         };
-        let state = if type_url == CLUSTER_TYPE { &self.cds } else { &self.eds };
+        let state = match type_url {
+            CLUSTER_TYPE => &self.cds,
+            LISTENER_TYPE => &self.lds,
+            _ => &self.eds,
+        };
         self.request(type_url, state, error, false)
     }
 
-    /// Initialization ends once the first CDS round is applied and nothing is warming.
-    fn check_initialized(&self) {
-        if self.cds_received && !self.clusters.is_warming() {
-            self.clusters.mark_initialized();
+    /// Cluster initialization ends once the first CDS round is applied and nothing is
+    /// warming; then, as Envoy orders it, LDS is requested.
+    fn check_initialized(&mut self) -> Option<DiscoveryRequest> {
+        if !self.cds_received || self.clusters.is_warming() {
+            return None;
         }
+        self.clusters.mark_initialized();
+        if self.lds_wanted && !self.lds_requested {
+            self.lds_requested = true;
+            return Some(self.request(LISTENER_TYPE, &self.lds, None, false));
+        }
+        None
     }
 }
 

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use http::{StatusCode, Version};
 use legate::config::schema::{self, Format};
-use legate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE};
+use legate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 
 use crate::control_plane::{AdsStream, ControlPlane};
 use crate::support::{Legate, Upstream, bootstrap, get, routes, send, static_cluster};
@@ -279,4 +279,111 @@ async fn initial_fetch_timeout_lets_the_server_go_live_without_cds() {
         assert!(tokio::time::Instant::now() < deadline, "not live after initial_fetch_timeout");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn static_type_cluster(name: &str, host: SocketAddr) -> ClusterProto {
+    schema::parse(
+        &format!(
+            "name: {name}\ntype: STATIC\nconnect_timeout: 1s\nload_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }} }}] }}] }}",
+            host.ip(),
+            host.port()
+        ),
+        Format::Yaml,
+    )
+    .unwrap()
+}
+
+fn dynamic_listener(name: &str, route_action: &str) -> envoy_types::pb::envoy::config::listener::v3::Listener {
+    schema::parse(
+        &format!(
+            r#"
+name: {name}
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: {name}
+      route_config:
+        validate_clusters: false
+        virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, {route_action} }}] }}]
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+        ),
+        Format::Yaml,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lds_after_cds_adds_updates_and_removes_listeners() {
+    let a = Upstream::start("a").await;
+    let control_plane = ControlPlane::start().await;
+    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
+    let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters).replacen(
+        "static_resources:\n",
+        "dynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
+        1,
+    );
+    let legate = Legate::start(&yaml);
+    let mut stream = control_plane.next_stream().await;
+    stream.next_of(CLUSTER_TYPE).await;
+    stream.push("c1", "n1", vec![static_type_cluster("backend", a.address)]);
+    // CDS first; LDS is asked for only once the clusters are warm.
+    let first = stream.next_request().await;
+    assert_eq!((first.type_url.as_str(), first.version_info.as_str()), (CLUSTER_TYPE, "c1"));
+    let lds = stream.next_request().await;
+    assert_eq!(lds.type_url, LISTENER_TYPE);
+    assert_eq!(legate.admin_get("/ready").await.0, StatusCode::SERVICE_UNAVAILABLE, "waiting for LDS");
+
+    stream.push("l1", "n2", vec![dynamic_listener("dyn", "route: { cluster: backend }")]);
+    let ack = stream.next_request().await;
+    assert_eq!(
+        (ack.type_url.as_str(), ack.version_info.as_str()),
+        (LISTENER_TYPE, "l1"),
+        "{:?} {}",
+        ack.error_detail,
+        ack.response_nonce
+    );
+    assert_eq!(legate.admin_get("/ready").await.0, StatusCode::OK);
+    let address = legate.listener("dyn");
+    let answer = send(address, Version::HTTP_2, get("/")).await;
+    assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "a"));
+    let (_, listeners) = legate.admin_get("/listeners").await;
+    assert!(listeners.contains(&format!("dyn::{address}")), "{listeners}");
+
+    // An update swaps the listener on the same port; a client on a new connection sees it.
+    stream.push(
+        "l2",
+        "n3",
+        vec![dynamic_listener("dyn", "direct_response: { status: 202, body: { inline_string: v2 } }")],
+    );
+    assert_eq!(stream.next_of(LISTENER_TYPE).await.version_info, "l2");
+    assert_eq!(legate.listener("dyn"), address, "the update kept the port");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = send(address, Version::HTTP_11, get("/")).await;
+        if answer.status == 202 {
+            assert_eq!(answer.text(), "v2");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the update never took effect");
+    }
+    let dump: serde_json::Value =
+        serde_json::from_str(&legate.admin_get("/config_dump?resource=dynamic_listeners").await.1).unwrap();
+    assert_eq!(dump["configs"][0]["name"], "dyn");
+    assert_eq!(dump["configs"][0]["active_state"]["version_info"], "l2");
+
+    // A listener the update does not name is removed and stops accepting.
+    stream.push::<envoy_types::pb::envoy::config::listener::v3::Listener>("l3", "n4", vec![]);
+    assert_eq!(stream.next_of(LISTENER_TYPE).await.version_info, "l3");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(address).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the removed listener still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(legate.stat("listener_manager.listener_removed").await, Some(1));
 }

@@ -1,0 +1,224 @@
+//! The listener manager: the only writer of listener state. Adding a listener binds one
+//! `SO_REUSEPORT` socket per worker and hands each worker its socket; updating one binds
+//! the new version beside the old (same port, thanks to `SO_REUSEPORT`), then drains the
+//! old one; removing one drains it. Draining stops accepting and closes connections
+//! gracefully once their in-flight requests finish, as Envoy's listener drain does.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
+use tokio::sync::{mpsc, watch};
+
+use super::{HttpListener, bind_reuseport};
+use crate::config::listener::ListenerSpec;
+use crate::stats::{Counter, Gauge, Store};
+use crate::upstream::ClusterManager;
+
+/// What a worker is asked to do.
+pub enum WorkerCommand {
+    /// Accept on `socket` for `listener` until `drain` turns true.
+    Serve { socket: std::net::TcpListener, listener: Arc<HttpListener>, drain: watch::Receiver<bool> },
+}
+
+/// A listener that is accepting.
+#[derive(Clone)]
+pub struct ActiveListener {
+    pub runtime: Arc<HttpListener>,
+    /// The address actually bound (port 0 resolved).
+    pub bound: SocketAddr,
+    pub added_via_api: bool,
+    pub version_info: String,
+    pub last_updated: SystemTime,
+    drain: Arc<watch::Sender<bool>>,
+}
+
+#[derive(Default)]
+struct State {
+    active: HashMap<String, ActiveListener>,
+    /// Listener names in the order they were added (static first, in bootstrap order).
+    order: Vec<String>,
+    draining: bool,
+}
+
+struct ManagerStats {
+    listener_added: Counter,
+    listener_modified: Counter,
+    listener_removed: Counter,
+    total_listeners_active: Gauge,
+}
+
+/// Owns the listeners and the workers' command channels.
+pub struct ListenerManager {
+    store: Store,
+    clusters: Arc<ClusterManager>,
+    workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
+    state: Mutex<State>,
+    stats: ManagerStats,
+    /// True once the initial LDS round is applied (or not configured, or timed out).
+    initialized: watch::Sender<bool>,
+}
+
+impl ListenerManager {
+    /// A manager that hands sockets to `workers`.
+    /// `wait_for_lds` holds initialization until the first LDS round is applied.
+    pub fn new(
+        store: &Store,
+        clusters: Arc<ClusterManager>,
+        workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
+        wait_for_lds: bool,
+    ) -> Self {
+        let c = |s: &str| store.counter(&format!("listener_manager.{s}"));
+        let g = |s: &str| store.gauge(&format!("listener_manager.{s}"));
+        ListenerManager {
+            stats: ManagerStats {
+                listener_added: c("listener_added"),
+                listener_modified: c("listener_modified"),
+                listener_removed: c("listener_removed"),
+                total_listeners_active: g("total_listeners_active"),
+            },
+            store: store.clone(),
+            clusters,
+            workers,
+            state: Mutex::new(State::default()),
+            initialized: watch::Sender::new(!wait_for_lds),
+        }
+    }
+
+    /// Whether the initial LDS round is over.
+    pub fn is_initialized(&self) -> bool {
+        *self.initialized.borrow()
+    }
+
+    /// Ends initialization (first LDS round applied, or its fetch timed out).
+    pub fn mark_initialized(&self) {
+        self.initialized.send_replace(true);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds or replaces the listener `spec` describes; an unchanged one is left alone.
+    pub fn add_or_update(&self, spec: ListenerSpec, added_via_api: bool, version_info: &str) -> Result<(), String> {
+        let mut state = self.lock();
+        if state.draining {
+            return Err("the server is draining".to_owned());
+        }
+        let name = spec.name.clone();
+        let previous = state.active.get(&name).cloned();
+        if let Some(previous) = &previous {
+            if !previous.added_via_api && added_via_api {
+                return Err(format!("listener '{name}': a static listener cannot be updated by LDS"));
+            }
+            if previous.runtime.spec.proto == spec.proto {
+                return Ok(());
+            }
+        }
+        // An update keeps the port the old version bound, when it asked for port 0.
+        let address = match &previous {
+            Some(p) if spec.address.port() == 0 && p.runtime.spec.address == spec.address => p.bound,
+            _ => spec.address,
+        };
+        let runtime = Arc::new(
+            HttpListener::new(spec, &self.store, self.clusters.clone())
+                .map_err(|e| format!("listener '{name}': {e}"))?,
+        );
+        let first = bind_reuseport(address).map_err(|e| format!("listener '{name}': cannot bind {address}: {e}"))?;
+        let bound = first.local_addr().map_err(|e| e.to_string())?;
+        let mut sockets = vec![first];
+        for _ in 1..self.workers.len() {
+            sockets.push(bind_reuseport(bound).map_err(|e| format!("listener '{name}': cannot bind {bound}: {e}"))?);
+        }
+        let (drain, drain_rx) = watch::channel(false);
+        for (worker, socket) in self.workers.iter().zip(sockets) {
+            let _ = worker.send(WorkerCommand::Serve { socket, listener: runtime.clone(), drain: drain_rx.clone() });
+        }
+        let active = ActiveListener {
+            runtime,
+            bound,
+            added_via_api,
+            version_info: version_info.to_owned(),
+            last_updated: SystemTime::now(),
+            drain: Arc::new(drain),
+        };
+        match state.active.insert(name.clone(), active) {
+            Some(old) => {
+                self.stats.listener_modified.inc();
+                self.drain(old);
+            }
+            None => {
+                self.stats.listener_added.inc();
+                state.order.push(name);
+            }
+        }
+        self.stats.total_listeners_active.set(state.active.len() as i64);
+        Ok(())
+    }
+
+    /// State-of-the-world LDS: applies every valid listener, removes dynamic listeners
+    /// not named, and reports the invalid ones.
+    pub fn apply_lds(&self, version_info: &str, resources: Vec<ListenerProto>) -> Result<(), String> {
+        let mut errors = Vec::new();
+        let mut named = BTreeSet::new();
+        for proto in &resources {
+            named.insert(proto.name.clone());
+            let result = ListenerSpec::from_proto(proto, "")
+                .map_err(|e| format!("listener '{}': {e}", proto.name))
+                .and_then(|spec| self.add_or_update(spec, true, version_info));
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        let removed: Vec<String> = {
+            let state = self.lock();
+            state
+                .active
+                .iter()
+                .filter(|(n, l)| l.added_via_api && !named.contains(*n))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for name in removed {
+            self.remove(&name);
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+
+    /// Removes a listener, draining it.
+    pub fn remove(&self, name: &str) {
+        let mut state = self.lock();
+        if let Some(old) = state.active.remove(name) {
+            state.order.retain(|n| n != name);
+            self.stats.listener_removed.inc();
+            self.stats.total_listeners_active.set(state.active.len() as i64);
+            self.drain(old);
+        }
+    }
+
+    fn drain(&self, listener: ActiveListener) {
+        listener.drain.send_replace(true);
+    }
+
+    /// Drains every listener and refuses new ones (server shutdown).
+    pub fn drain_all(&self) {
+        let mut state = self.lock();
+        state.draining = true;
+        for listener in state.active.values() {
+            listener.drain.send_replace(true);
+        }
+    }
+
+    /// The active listeners in the order they were added.
+    pub fn active(&self) -> Vec<ActiveListener> {
+        let state = self.lock();
+        state.order.iter().filter_map(|n| state.active.get(n).cloned()).collect()
+    }
+
+    /// The bound address of listener `name`.
+    pub fn address(&self, name: &str) -> Option<SocketAddr> {
+        self.lock().active.get(name).map(|l| l.bound)
+    }
+}
