@@ -16,6 +16,7 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use super::{AdminRequest, AdminState, json, text};
+use crate::config::listener::RouteSpec;
 use crate::config::schema;
 
 pub(super) fn config_dump(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
@@ -156,12 +157,26 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
     out.push(pack_any(RoutesConfigDump {
         static_route_configs: listeners
             .iter()
-            .map(|l| routes_config_dump::StaticRouteConfig {
-                route_config: Some(pack_any(l.runtime.spec.hcm.route_config.clone())),
-                last_updated: updated,
+            .filter_map(|l| match &l.runtime.spec.hcm.routes {
+                RouteSpec::Inline(_, proto) => Some(routes_config_dump::StaticRouteConfig {
+                    route_config: Some(pack_any((**proto).clone())),
+                    last_updated: updated,
+                }),
+                RouteSpec::Rds { .. } => None,
             })
             .collect(),
-        ..Default::default()
+        dynamic_route_configs: state
+            .listeners
+            .rds()
+            .configs()
+            .into_iter()
+            .map(|config| routes_config_dump::DynamicRouteConfig {
+                version_info: config.version_info,
+                route_config: Some(pack_any((*config.proto).clone())),
+                last_updated: Some(timestamp(config.last_updated)),
+                ..Default::default()
+            })
+            .collect(),
     }));
     out.push(pack_any(SecretsConfigDump::default()));
     out

@@ -11,7 +11,7 @@ use prost::Message;
 use super::access_log::AccessLogSpec;
 use super::cluster::{ClusterSpec, socket_address};
 use super::error::{ConfigError, Result};
-use super::listener::ListenerSpec;
+use super::listener::{ListenerSpec, RouteSpec};
 use super::proto::ensure_only;
 use super::schema::{self, Format};
 use super::xds::DynamicSpec;
@@ -133,14 +133,24 @@ impl BootstrapSpec {
                     format!("error adding listener named '{}': listener with same name already exists", spec.name),
                 ));
             }
-            let routes = &spec.hcm.routes;
-            if routes.validate_clusters()
-                && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
-            {
-                return Err(ConfigError::invalid(
-                    format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
-                    format!("route: unknown cluster '{missing}'"),
-                ));
+            match &spec.hcm.routes {
+                RouteSpec::Inline(routes, _) => {
+                    if routes.validate_clusters()
+                        && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
+                    {
+                        return Err(ConfigError::invalid(
+                            format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
+                            format!("route: unknown cluster '{missing}'"),
+                        ));
+                    }
+                }
+                RouteSpec::Rds { .. } if dynamic.ads.is_none() => {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.filter_chains[0].filters[0].typed_config.rds.config_source.ads"),
+                        "Cannot initialize ADS: dynamic_resources.ads_config is not set",
+                    ));
+                }
+                RouteSpec::Rds { .. } => {}
             }
             listeners.push(spec);
         }

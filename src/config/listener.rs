@@ -20,6 +20,7 @@ use super::cluster::socket_address;
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, ensure_only};
 use super::route::{HostPortMatch, RouteTable};
+use super::xds::ads_source;
 
 const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
@@ -38,14 +39,22 @@ pub enum Codec {
     Http2,
 }
 
+/// Where an HCM's routes come from.
+#[derive(Debug)]
+pub enum RouteSpec {
+    /// An inline `route_config`, and its proto for `/config_dump`.
+    Inline(Arc<RouteTable>, Box<RouteConfiguration>),
+    /// `rds`: the route configuration named `name`, from RDS over ADS. `host_port` is how
+    /// this HCM matches Host ports, which a route table is built with.
+    Rds { name: String, host_port: HostPortMatch },
+}
+
 /// A validated HTTP connection manager.
 #[derive(Debug)]
 pub struct HcmSpec {
     pub stat_prefix: String,
     pub codec: Codec,
-    pub routes: Arc<RouteTable>,
-    /// The inline route configuration, for `/config_dump`.
-    pub route_config: RouteConfiguration,
+    pub routes: RouteSpec,
     pub server_name: String,
     pub generate_request_id: bool,
     pub use_remote_address: bool,
@@ -142,6 +151,7 @@ const SUPPORTED_HCM_FIELDS: &[&str] = &[
     "codec_type",
     "stat_prefix",
     "route_config",
+    "rds",
     "http_filters",
     "server_name",
     "generate_request_id",
@@ -190,12 +200,29 @@ impl HcmSpec {
             _ if proto.strip_matching_host_port => HostPortMatch::StripMatching(listener_port),
             _ => HostPortMatch::Keep,
         };
-        let (routes, route_config) = match &proto.route_specifier {
-            Some(RouteSpecifier::RouteConfig(rc)) => (
-                RouteTable::from_proto(rc, host_port).map_err(|e| e.within(&join_path(path, "route_config")))?,
-                rc.clone(),
+        let routes = match &proto.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSpec::Inline(
+                Arc::new(
+                    RouteTable::from_proto(rc, host_port).map_err(|e| e.within(&join_path(path, "route_config")))?,
+                ),
+                Box::new(rc.clone()),
             ),
-            Some(RouteSpecifier::Rds(_)) => return Err(ConfigError::unsupported(join_path(path, "rds"), "")),
+            Some(RouteSpecifier::Rds(rds)) => {
+                let rpath = join_path(path, "rds");
+                ensure_only(rds, &["config_source", "route_config_name"], &rpath)?;
+                let Some(source) = &rds.config_source else {
+                    return Err(ConfigError::invalid(join_path(&rpath, "config_source"), "value is required"));
+                };
+                // Whether ADS exists is checked with the bootstrap; here the source's shape.
+                ads_source(source, true, &join_path(&rpath, "config_source"))?;
+                if rds.route_config_name.is_empty() {
+                    return Err(ConfigError::invalid(
+                        join_path(&rpath, "route_config_name"),
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                RouteSpec::Rds { name: rds.route_config_name.clone(), host_port }
+            }
             Some(RouteSpecifier::ScopedRoutes(_)) => {
                 return Err(ConfigError::unsupported(join_path(path, "scoped_routes"), ""));
             }
@@ -240,8 +267,7 @@ impl HcmSpec {
         Ok(HcmSpec {
             stat_prefix: proto.stat_prefix.clone(),
             codec,
-            routes: Arc::new(routes),
-            route_config,
+            routes,
             server_name: if proto.server_name.is_empty() { "envoy".to_owned() } else { proto.server_name.clone() },
             generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),
             use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),

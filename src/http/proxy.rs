@@ -110,7 +110,9 @@ pub async fn serve(
     if !listener.access_logs.is_empty() {
         exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
     }
-    let Some(selected) = hcm.routes.select(&parts) else {
+    // A listener goes live only once its routes are in, so `current` is there.
+    let routes = listener.routes.current();
+    let Some(selected) = routes.as_deref().and_then(|routes| routes.select(&parts)) else {
         stats.no_route.inc();
         return Ok(exchange.local_reply(
             StatusCode::NOT_FOUND,

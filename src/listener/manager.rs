@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{HttpListener, bind_reuseport};
 use crate::config::listener::ListenerSpec;
+use crate::http::rds::RdsRegistry;
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::ClusterManager;
 
@@ -35,9 +36,17 @@ pub struct ActiveListener {
     drain: Arc<watch::Sender<bool>>,
 }
 
+/// A listener waiting for its RDS route configuration before it binds.
+struct WarmingListener {
+    runtime: Arc<HttpListener>,
+    added_via_api: bool,
+    version_info: String,
+}
+
 #[derive(Default)]
 struct State {
     active: HashMap<String, ActiveListener>,
+    warming: HashMap<String, WarmingListener>,
     /// Listener names in the order they were added (static first, in bootstrap order).
     order: Vec<String>,
     draining: bool,
@@ -54,6 +63,7 @@ struct ManagerStats {
 pub struct ListenerManager {
     store: Store,
     clusters: Arc<ClusterManager>,
+    rds: Arc<RdsRegistry>,
     workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
     state: Mutex<State>,
     stats: ManagerStats,
@@ -81,6 +91,7 @@ impl ListenerManager {
             },
             store: store.clone(),
             clusters,
+            rds: Arc::default(),
             workers,
             state: Mutex::new(State::default()),
             initialized: watch::Sender::new(!wait_for_lds),
@@ -101,31 +112,82 @@ impl ListenerManager {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds or replaces the listener `spec` describes; an unchanged one is left alone.
+    /// The RDS route configurations listeners use.
+    pub fn rds(&self) -> &Arc<RdsRegistry> {
+        &self.rds
+    }
+
+    /// Adds or replaces the listener `spec` describes; an unchanged one is left alone. A
+    /// listener whose RDS routes are not in yet warms (the old version, if any, keeps
+    /// serving) until `promote_warm` finds them.
     pub fn add_or_update(&self, spec: ListenerSpec, added_via_api: bool, version_info: &str) -> Result<(), String> {
         let mut state = self.lock();
         if state.draining {
             return Err("the server is draining".to_owned());
         }
         let name = spec.name.clone();
-        let previous = state.active.get(&name).cloned();
-        if let Some(previous) = &previous {
+        if let Some(previous) = state.active.get(&name) {
             if !previous.added_via_api && added_via_api {
                 return Err(format!("listener '{name}': a static listener cannot be updated by LDS"));
             }
             if previous.runtime.spec.proto == spec.proto {
+                state.warming.remove(&name);
                 return Ok(());
             }
         }
-        // An update keeps the port the old version bound, when it asked for port 0.
-        let address = match &previous {
-            Some(p) if spec.address.port() == 0 && p.runtime.spec.address == spec.address => p.bound,
-            _ => spec.address,
-        };
+        if state.warming.get(&name).is_some_and(|w| w.runtime.spec.proto == spec.proto) {
+            return Ok(());
+        }
         let runtime = Arc::new(
-            HttpListener::new(spec, &self.store, self.clusters.clone())
+            HttpListener::new(spec, &self.store, self.clusters.clone(), &self.rds)
                 .map_err(|e| format!("listener '{name}': {e}"))?,
         );
+        if !runtime.routes.is_ready() {
+            state
+                .warming
+                .insert(name, WarmingListener { runtime, added_via_api, version_info: version_info.to_owned() });
+            return Ok(());
+        }
+        state.warming.remove(&name);
+        self.start(&mut state, runtime, added_via_api, version_info)
+    }
+
+    /// Starts listeners whose routes have arrived.
+    pub fn promote_warm(&self) -> Result<(), String> {
+        let mut state = self.lock();
+        let ready: Vec<String> =
+            state.warming.iter().filter(|(_, w)| w.runtime.routes.is_ready()).map(|(n, _)| n.clone()).collect();
+        let mut errors = Vec::new();
+        for name in ready {
+            if let Some(warm) = state.warming.remove(&name)
+                && let Err(e) = self.start(&mut state, warm.runtime, warm.added_via_api, &warm.version_info)
+            {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+
+    /// Whether a listener waits for its routes.
+    pub fn is_warming(&self) -> bool {
+        !self.lock().warming.is_empty()
+    }
+
+    /// Binds a listener on every worker and drains the version it replaces.
+    fn start(
+        &self,
+        state: &mut State,
+        runtime: Arc<HttpListener>,
+        added_via_api: bool,
+        version_info: &str,
+    ) -> Result<(), String> {
+        let name = runtime.spec.name.clone();
+        let previous = state.active.get(&name).cloned();
+        // An update keeps the port the old version bound, when it asked for port 0.
+        let address = match &previous {
+            Some(p) if runtime.spec.address.port() == 0 && p.runtime.spec.address == runtime.spec.address => p.bound,
+            _ => runtime.spec.address,
+        };
         let first = bind_reuseport(address).map_err(|e| format!("listener '{name}': cannot bind {address}: {e}"))?;
         let bound = first.local_addr().map_err(|e| e.to_string())?;
         let mut sockets = vec![first];
@@ -190,6 +252,7 @@ impl ListenerManager {
     /// Removes a listener, draining it.
     pub fn remove(&self, name: &str) {
         let mut state = self.lock();
+        state.warming.remove(name);
         if let Some(old) = state.active.remove(name) {
             state.order.retain(|n| n != name);
             self.stats.listener_removed.inc();

@@ -9,8 +9,9 @@ pub use manager::{ActiveListener, ListenerManager, WorkerCommand};
 
 use std::sync::Arc;
 
-use crate::config::listener::ListenerSpec;
+use crate::config::listener::{ListenerSpec, RouteSpec};
 use crate::http::access_log::AccessLogger;
+use crate::http::rds::{RdsRegistry, Routes};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
 use crate::upstream::ClusterManager;
 
@@ -82,11 +83,17 @@ pub struct HttpListener {
     pub http_stats: HcmStats,
     pub access_logs: Vec<AccessLogger>,
     pub clusters: Arc<ClusterManager>,
+    pub routes: Routes,
 }
 
 impl HttpListener {
     /// Builds a listener's runtime: stats and access log writers.
-    pub fn new(spec: ListenerSpec, store: &Store, clusters: Arc<ClusterManager>) -> std::io::Result<HttpListener> {
+    pub fn new(
+        spec: ListenerSpec,
+        store: &Store,
+        clusters: Arc<ClusterManager>,
+        rds: &RdsRegistry,
+    ) -> std::io::Result<HttpListener> {
         let prefix = format!("listener.{}.", spec.stat_prefix);
         let stats = ListenerStats {
             downstream_cx_total: store.counter(&format!("{prefix}downstream_cx_total")),
@@ -95,6 +102,10 @@ impl HttpListener {
         };
         let http_stats = HcmStats::new(store, &spec.hcm.stat_prefix);
         let access_logs = spec.hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
-        Ok(HttpListener { spec, stats, http_stats, access_logs, clusters })
+        let routes = match &spec.hcm.routes {
+            RouteSpec::Inline(table, _) => Routes::Static(table.clone()),
+            RouteSpec::Rds { name, host_port } => Routes::Rds(rds.slot(name, *host_port)),
+        };
+        Ok(HttpListener { spec, stats, http_stats, access_logs, clusters, routes })
     }
 }

@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
@@ -18,7 +19,7 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use tokio::sync::mpsc;
 
-use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use crate::config::xds::AdsSpec;
 use crate::listener::ListenerManager;
 use crate::stats::{Counter, Gauge, Store};
@@ -73,12 +74,15 @@ pub struct AdsClient {
     cds: TypeState,
     eds: TypeState,
     lds: TypeState,
+    rds: TypeState,
     cds_stats: SubscriptionStats,
     eds_stats: SubscriptionStats,
     lds_stats: SubscriptionStats,
+    rds_stats: SubscriptionStats,
     /// LDS is configured; it is requested once the initial clusters are warm.
     lds_wanted: bool,
     lds_requested: bool,
+    lds_received: bool,
     connected_state: Gauge,
     /// Set after the first CDS response has been applied.
     cds_received: bool,
@@ -119,14 +123,17 @@ impl AdsClient {
             cds_stats: SubscriptionStats::new(&store, "cluster_manager.cds"),
             eds_stats: SubscriptionStats::new(&store, "cluster_manager.eds"),
             lds_stats: SubscriptionStats::new(&store, "listener_manager.lds"),
+            rds_stats: SubscriptionStats::new(&store, "listener_manager.rds"),
             connected_state: store.gauge("control_plane.connected_state"),
             clusters,
             listeners,
             cds: TypeState::default(),
             eds: TypeState::default(),
             lds: TypeState::default(),
+            rds: TypeState::default(),
             lds_wanted,
             lds_requested: false,
+            lds_received: false,
             cds_received: false,
         }
     }
@@ -193,6 +200,9 @@ impl AdsClient {
         if self.lds_requested {
             let _ = tx.send(self.request(LISTENER_TYPE, &self.lds, None, false));
         }
+        if !self.rds.names.is_empty() {
+            let _ = tx.send(self.request(ROUTE_TYPE, &self.rds, None, false));
+        }
         let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut inbound = match client.stream_aggregated_resources(outbound).await {
             Ok(response) => response.into_inner(),
@@ -209,6 +219,7 @@ impl AdsClient {
                 CLUSTER_TYPE => self.on_clusters(response),
                 ENDPOINT_TYPE => self.on_endpoints(response),
                 LISTENER_TYPE => self.on_listeners(response),
+                ROUTE_TYPE => self.on_routes(response),
                 other => {
                     tracing::warn!(type_url = other, "ignoring a response of a type legate did not ask for");
                     continue;
@@ -256,16 +267,45 @@ impl AdsClient {
         self.lds.nonce = response.nonce.clone();
         let result = decode_all::<ListenerProto>(&response.resources, LISTENER_TYPE)
             .and_then(|listeners| self.listeners.apply_lds(&response.version_info, listeners));
-        let reply = self.ack_or_nack(LISTENER_TYPE, &response.version_info, result);
-        // Envoy's initialization waits for the first LDS response, accepted or not.
-        self.listeners.mark_initialized();
+        let mut out = vec![self.ack_or_nack(LISTENER_TYPE, &response.version_info, result)];
+        self.lds_received = true;
+        let names = self.listeners.rds().names();
+        if names != self.rds.names {
+            self.rds.names = names;
+            out.push(self.request(ROUTE_TYPE, &self.rds, None, false));
+        }
+        self.check_listeners_initialized();
+        out
+    }
+
+    /// Applies an RDS response; replies with its ACK or NACK, and starts listeners whose
+    /// routes arrived.
+    fn on_routes(&mut self, response: DiscoveryResponse) -> Vec<DiscoveryRequest> {
+        self.rds_stats.update_attempt.inc();
+        self.rds.nonce = response.nonce.clone();
+        let result = decode_all::<RouteConfiguration>(&response.resources, ROUTE_TYPE)
+            .and_then(|configs| self.listeners.rds().apply(&response.version_info, configs));
+        let reply = self.ack_or_nack(ROUTE_TYPE, &response.version_info, result);
+        if let Err(e) = self.listeners.promote_warm() {
+            tracing::error!(error = %e, "cannot start a listener whose routes arrived");
+        }
+        self.check_listeners_initialized();
         vec![reply]
+    }
+
+    /// Listener initialization ends once the first LDS response is in (accepted or not,
+    /// as Envoy's init manager counts it) and no listener waits for its routes.
+    fn check_listeners_initialized(&self) {
+        if self.lds_received && !self.listeners.is_warming() {
+            self.listeners.mark_initialized();
+        }
     }
 
     fn ack_or_nack(&mut self, type_url: &str, version: &str, result: Result<(), String>) -> DiscoveryRequest {
         let (state, stats) = match type_url {
             CLUSTER_TYPE => (&mut self.cds, &self.cds_stats),
             LISTENER_TYPE => (&mut self.lds, &self.lds_stats),
+            ROUTE_TYPE => (&mut self.rds, &self.rds_stats),
             _ => (&mut self.eds, &self.eds_stats),
         };
         let error = match result {
@@ -284,6 +324,7 @@ impl AdsClient {
         let state = match type_url {
             CLUSTER_TYPE => &self.cds,
             LISTENER_TYPE => &self.lds,
+            ROUTE_TYPE => &self.rds,
             _ => &self.eds,
         };
         self.request(type_url, state, error, false)

@@ -11,5 +11,7 @@ pub use ads::AdsClient;
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// `envoy.config.listener.v3.Listener`.
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// `envoy.config.route.v3.RouteConfiguration`.
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// `envoy.config.endpoint.v3.ClusterLoadAssignment`.
 pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use http::{StatusCode, Version};
 use legate::config::schema::{self, Format};
-use legate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use legate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 
 use crate::control_plane::{AdsStream, ControlPlane};
 use crate::support::{Legate, Upstream, bootstrap, get, routes, send, static_cluster};
@@ -386,4 +386,94 @@ async fn lds_after_cds_adds_updates_and_removes_listeners() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(legate.stat("listener_manager.listener_removed").await, Some(1));
+}
+
+fn route_configuration(
+    name: &str,
+    route_action: &str,
+) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    schema::parse(
+        &format!(
+            "name: {name}\nvirtual_hosts: [{{ name: all, domains: [\"*\"], routes: [{{ match: {{ prefix: \"/\" }}, {route_action} }}] }}]"
+        ),
+        Format::Yaml,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rds_routes_warm_a_listener_and_swap_under_it() {
+    let a = Upstream::start("a").await;
+    let control_plane = ControlPlane::start().await;
+    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
+    let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters).replacen(
+        "static_resources:\n",
+        "dynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
+        1,
+    );
+    let legate = Legate::start(&yaml);
+    let mut stream = control_plane.next_stream().await;
+    stream.next_of(CLUSTER_TYPE).await;
+    stream.push("c1", "n1", vec![static_type_cluster("backend", a.address)]);
+    stream.next_of(LISTENER_TYPE).await;
+    let mut listener = dynamic_listener("dyn", "route: { cluster: backend }");
+    // Swap the inline routes for RDS.
+    let hcm_yaml = r#"
+"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+stat_prefix: dyn
+rds: { route_config_name: r1, config_source: { ads: {}, resource_api_version: V3 } }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+    let hcm: envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager =
+        schema::parse(hcm_yaml.replace("\"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n", "").as_str(), Format::Yaml).unwrap();
+    listener.filter_chains[0].filters[0].config_type = Some(
+        envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(envoy_types::util::pack_any(hcm)),
+    );
+    stream.push("l1", "n2", vec![listener]);
+    let mut lds_ack = None;
+    let mut rds_request = None;
+    while lds_ack.is_none() || rds_request.is_none() {
+        let request = stream.next_request().await;
+        match request.type_url.as_str() {
+            LISTENER_TYPE => lds_ack = Some(request),
+            ROUTE_TYPE => rds_request = Some(request),
+            _ => {}
+        }
+    }
+    assert_eq!(lds_ack.unwrap().version_info, "l1");
+    assert_eq!(rds_request.unwrap().resource_names, ["r1"]);
+    // The listener warms until its routes arrive: not bound, server not ready.
+    assert!(legate.try_listener("dyn").is_none());
+    assert_eq!(legate.admin_get("/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+
+    stream.push("r1", "n3", vec![route_configuration("r1", "route: { cluster: backend }")]);
+    assert_eq!(stream.next_of(ROUTE_TYPE).await.version_info, "r1");
+    assert_eq!(legate.admin_get("/ready").await.0, StatusCode::OK);
+    let address = legate.listener("dyn");
+    assert_eq!(send(address, Version::HTTP_11, get("/")).await.text(), "a");
+
+    // A new version swaps under the running listener, on the same connection too.
+    let mut client = crate::support::Client::connect(address, Version::HTTP_2).await;
+    assert_eq!(client.send(get("/")).await.status, 200);
+    stream.push("r2", "n4", vec![route_configuration("r1", "direct_response: { status: 203 }")]);
+    assert_eq!(stream.next_of(ROUTE_TYPE).await.version_info, "r2");
+    assert_eq!(client.send(get("/")).await.status, 203);
+
+    // A bad version is NACKed and the last good one keeps serving.
+    let bad: envoy_types::pb::envoy::config::route::v3::RouteConfiguration = schema::parse(
+        "name: r1\nvirtual_hosts: [{ name: all, domains: [\"*\"], routes: [{ match: { safe_regex: { regex: \"(\" } }, route: { cluster: backend } }] }]",
+        Format::Yaml,
+    )
+    .unwrap();
+    stream.push("r3", "n5", vec![bad]);
+    let nack = stream.next_of(ROUTE_TYPE).await;
+    assert_eq!(nack.version_info, "r2");
+    assert!(nack.error_detail.unwrap().message.contains("route configuration 'r1'"));
+    assert_eq!(client.send(get("/")).await.status, 203);
+    let dump: serde_json::Value =
+        serde_json::from_str(&legate.admin_get("/config_dump?resource=dynamic_route_configs").await.1).unwrap();
+    assert_eq!(dump["configs"][0]["version_info"], "r2");
+    assert_eq!(dump["configs"][0]["route_config"]["name"], "r1");
 }
