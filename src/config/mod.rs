@@ -11,4 +11,4 @@ pub mod route;
 pub mod schema;
 pub mod xds;
 
-pub use error::{ConfigError, ErrorKind, Result};
+pub use error::{ConfigError, ErrorKind, Rejected, Result};

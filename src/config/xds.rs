@@ -23,6 +23,8 @@ pub struct AdsSpec {
     pub cluster: String,
     /// Send `node` only on a stream's first request.
     pub set_node_on_first_message_only: bool,
+    /// Incremental xDS (`DELTA_GRPC`) instead of state of the world.
+    pub delta: bool,
 }
 
 /// One resource type's config source (only `ads: {}` today).
@@ -62,11 +64,9 @@ impl DynamicSpec {
 
 fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
     ensure_only(api, &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"], path)?;
-    match ApiType::try_from(api.api_type) {
-        Ok(ApiType::Grpc) => {}
-        Ok(ApiType::DeltaGrpc) => {
-            return Err(ConfigError::unsupported(join_path(path, "api_type"), "DELTA_GRPC (comes with delta xDS)"));
-        }
+    let delta = match ApiType::try_from(api.api_type) {
+        Ok(ApiType::Grpc) => false,
+        Ok(ApiType::DeltaGrpc) => true,
         // Envoy 1.40 refuses the AGGREGATED_* values and REST in ads_config.
         _ => {
             return Err(ConfigError::invalid(
@@ -74,7 +74,7 @@ fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
                 "ads_config.api_type must be GRPC or DELTA_GRPC",
             ));
         }
-    }
+    };
     if api.transport_api_version != ApiVersion::V3 as i32 {
         return Err(ConfigError::invalid(
             join_path(path, "transport_api_version"),
@@ -109,7 +109,7 @@ fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
             "value length must be at least 1 characters",
         ));
     }
-    Ok(AdsSpec { cluster, set_node_on_first_message_only: api.set_node_on_first_message_only })
+    Ok(AdsSpec { cluster, set_node_on_first_message_only: api.set_node_on_first_message_only, delta })
 }
 
 /// A config source that must be `ads: {}` with `resource_api_version: V3`.

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
+use crate::config::Rejected;
 use crate::config::route::{HostPortMatch, RouteTable};
 
 /// One HCM's view of an RDS route configuration.
@@ -112,8 +113,8 @@ impl RdsRegistry {
 
     /// Applies route configurations: each valid one replaces its slots' tables; an invalid
     /// one changes nothing and is reported for the NACK.
-    pub fn apply(&self, version_info: &str, configs: Vec<RouteConfiguration>) -> Result<(), String> {
-        let mut errors = Vec::new();
+    pub fn apply(&self, version_info: &str, configs: Vec<RouteConfiguration>) -> Result<(), Rejected> {
+        let mut errors = Rejected::default();
         let mut state = self.lock();
         for proto in configs {
             let slots: Vec<Arc<RdsSlot>> =
@@ -136,10 +137,10 @@ impl RdsRegistry {
                     };
                     state.configs.insert(config.proto.name.clone(), config);
                 }
-                Err(e) => errors.push(format!("route configuration '{}': {e}", proto.name)),
+                Err(e) => errors.push(&proto.name, format!("route configuration '{}': {e}", proto.name)),
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        errors.into_result()
     }
 
     /// The accepted route configurations, by name, for `/config_dump`.

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use tokio::sync::{mpsc, watch};
 
 use super::{HttpListener, bind_reuseport};
+use crate::config::Rejected;
 use crate::config::listener::ListenerSpec;
 use crate::http::rds::RdsRegistry;
 use crate::stats::{Counter, Gauge, Store};
@@ -34,6 +35,8 @@ pub struct ActiveListener {
     pub version_info: String,
     pub last_updated: SystemTime,
     drain: Arc<watch::Sender<bool>>,
+    /// One bound socket per worker; workers accept on duplicates of them.
+    sockets: Arc<Vec<std::net::TcpListener>>,
 }
 
 /// A listener waiting for its RDS route configuration before it binds.
@@ -183,19 +186,28 @@ impl ListenerManager {
     ) -> Result<(), String> {
         let name = runtime.spec.name.clone();
         let previous = state.active.get(&name).cloned();
-        // An update keeps the port the old version bound, when it asked for port 0.
-        let address = match &previous {
-            Some(p) if runtime.spec.address.port() == 0 && p.runtime.spec.address == runtime.spec.address => p.bound,
-            _ => runtime.spec.address,
+        // An update on the same address takes over the old version's sockets, as Envoy
+        // does: connections waiting in the accept queue are served by the new version
+        // instead of being reset when the old one closes its sockets.
+        let (sockets, bound) = match &previous {
+            Some(p) if p.runtime.spec.address == runtime.spec.address => (p.sockets.clone(), p.bound),
+            _ => {
+                let address = runtime.spec.address;
+                let first =
+                    bind_reuseport(address).map_err(|e| format!("listener '{name}': cannot bind {address}: {e}"))?;
+                let bound = first.local_addr().map_err(|e| e.to_string())?;
+                let mut sockets = vec![first];
+                for _ in 1..self.workers.len() {
+                    sockets.push(
+                        bind_reuseport(bound).map_err(|e| format!("listener '{name}': cannot bind {bound}: {e}"))?,
+                    );
+                }
+                (Arc::new(sockets), bound)
+            }
         };
-        let first = bind_reuseport(address).map_err(|e| format!("listener '{name}': cannot bind {address}: {e}"))?;
-        let bound = first.local_addr().map_err(|e| e.to_string())?;
-        let mut sockets = vec![first];
-        for _ in 1..self.workers.len() {
-            sockets.push(bind_reuseport(bound).map_err(|e| format!("listener '{name}': cannot bind {bound}: {e}"))?);
-        }
         let (drain, drain_rx) = watch::channel(false);
-        for (worker, socket) in self.workers.iter().zip(sockets) {
+        for (worker, socket) in self.workers.iter().zip(sockets.iter()) {
+            let socket = socket.try_clone().map_err(|e| format!("listener '{name}': {e}"))?;
             let _ = worker.send(WorkerCommand::Serve { socket, listener: runtime.clone(), drain: drain_rx.clone() });
         }
         let active = ActiveListener {
@@ -205,6 +217,7 @@ impl ListenerManager {
             version_info: version_info.to_owned(),
             last_updated: SystemTime::now(),
             drain: Arc::new(drain),
+            sockets,
         };
         match state.active.insert(name.clone(), active) {
             Some(old) => {
@@ -222,8 +235,8 @@ impl ListenerManager {
 
     /// State-of-the-world LDS: applies every valid listener, removes dynamic listeners
     /// not named, and reports the invalid ones.
-    pub fn apply_lds(&self, version_info: &str, resources: Vec<ListenerProto>) -> Result<(), String> {
-        let mut errors = Vec::new();
+    pub fn apply_lds(&self, version_info: &str, resources: Vec<ListenerProto>) -> Result<(), Rejected> {
+        let mut errors = Rejected::default();
         let mut named = BTreeSet::new();
         for proto in &resources {
             named.insert(proto.name.clone());
@@ -231,7 +244,7 @@ impl ListenerManager {
                 .map_err(|e| format!("listener '{}': {e}", proto.name))
                 .and_then(|spec| self.add_or_update(spec, true, version_info));
             if let Err(e) = result {
-                errors.push(e);
+                errors.push(&proto.name, e);
             }
         }
         let removed: Vec<String> = {
@@ -246,7 +259,7 @@ impl ListenerManager {
         for name in removed {
             self.remove(&name);
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        errors.into_result()
     }
 
     /// Removes a listener, draining it.

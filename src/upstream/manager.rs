@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use tokio::sync::watch;
 
+use crate::config::Rejected;
 use crate::config::cluster::{ClusterSpec, Discovery, HostSpec, hosts};
 use crate::stats::{Counter, Gauge, Store};
 
@@ -148,15 +149,15 @@ impl ClusterManager {
     /// Applies a state-of-the-world CDS update. Valid clusters apply even when others in
     /// the same update are invalid (as Envoy does); the error lists the invalid ones, for
     /// the NACK.
-    pub fn apply_cds(&self, version_info: &str, resources: Vec<ClusterProto>) -> Result<(), String> {
-        let mut errors = Vec::new();
+    pub fn apply_cds(&self, version_info: &str, resources: Vec<ClusterProto>) -> Result<(), Rejected> {
+        let mut errors = Rejected::default();
         let mut specs = Vec::with_capacity(resources.len());
         let mut named = BTreeSet::new();
         for proto in &resources {
             named.insert(proto.name.clone());
             match ClusterSpec::from_proto(proto, "", true) {
                 Ok(spec) => specs.push(spec),
-                Err(e) => errors.push(format!("cluster '{}': {e}", proto.name)),
+                Err(e) => errors.push(&proto.name, format!("cluster '{}': {e}", proto.name)),
             }
         }
         let now = SystemTime::now();
@@ -175,7 +176,7 @@ impl ClusterManager {
         for spec in specs {
             let name = spec.name.clone();
             if state.active.get(&name).is_some_and(|c| !c.added_via_api) {
-                errors.push(format!("cluster '{name}': a static cluster cannot be added or updated by CDS"));
+                errors.push(&name, format!("cluster '{name}': a static cluster cannot be added or updated by CDS"));
                 continue;
             }
             let unchanged = state.active.get(&name).is_some_and(|c| c.proto == spec.proto)
@@ -212,18 +213,18 @@ impl ClusterManager {
             }
         }
         self.publish(&state);
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        errors.into_result()
     }
 
     /// Applies EDS assignments: warming clusters that waited for them go active, active
     /// ones get the new hosts (keeping unchanged hosts and their pools).
-    pub fn apply_eds(&self, resources: Vec<ClusterLoadAssignment>) -> Result<(), String> {
-        let mut errors = Vec::new();
+    pub fn apply_eds(&self, resources: Vec<ClusterLoadAssignment>) -> Result<(), Rejected> {
+        let mut errors = Rejected::default();
         let mut valid = Vec::with_capacity(resources.len());
         for la in resources {
             match hosts(&la, "") {
                 Ok(host_specs) => valid.push((la, host_specs)),
-                Err(e) => errors.push(format!("ClusterLoadAssignment '{}': {e}", la.cluster_name)),
+                Err(e) => errors.push(&la.cluster_name, format!("ClusterLoadAssignment '{}': {e}", la.cluster_name)),
             }
         }
         let mut state = self.lock();
@@ -251,7 +252,7 @@ impl ClusterManager {
             }
         }
         self.publish(&state);
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        errors.into_result()
     }
 
     fn activate(&self, state: &mut State, spec: ClusterSpec, host_specs: &[HostSpec]) {

@@ -1,8 +1,12 @@
-//! The ADS client (state of the world). One task on the control thread owns the stream;
-//! it reconnects with jittered exponential backoff and re-subscribes with the last
-//! accepted versions, while the last good state keeps serving.
+//! The ADS client, state of the world (`GRPC`) or incremental (`DELTA_GRPC`). One task on
+//! the control thread owns the stream; it reconnects with jittered exponential backoff and
+//! re-subscribes with the last accepted versions, while the last good state keeps serving.
+//!
+//! Both wires share one apply path: a delta response is folded into the set of resources
+//! the client holds, and wildcard types (clusters, listeners) are applied as that whole
+//! set, so the managers see state-of-the-world semantics either way.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +17,17 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use crate::config::Rejected;
 use crate::config::xds::AdsSpec;
 use crate::listener::ListenerManager;
 use crate::stats::{Counter, Gauge, Store};
@@ -30,15 +38,39 @@ const INVALID_ARGUMENT: i32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// What the client remembers of one resource type across reconnects.
-#[derive(Default)]
-struct TypeState {
-    /// The last version ACKed.
-    version: String,
-    /// The nonce of the last response seen.
-    nonce: String,
-    /// Subscribed names; empty for a wildcard subscription.
-    names: BTreeSet<String>,
+/// The resource types legate subscribes to, in the order Envoy starts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+const KINDS: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+
+impl Kind {
+    fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => CLUSTER_TYPE,
+            Kind::Endpoint => ENDPOINT_TYPE,
+            Kind::Listener => LISTENER_TYPE,
+            Kind::Route => ROUTE_TYPE,
+        }
+    }
+
+    fn from_url(type_url: &str) -> Option<Kind> {
+        KINDS.into_iter().find(|k| k.type_url() == type_url)
+    }
+
+    /// Wildcard types get every resource; named ones only those subscribed.
+    fn is_wildcard(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// `<prefix>.update_*` stats of one subscription, Envoy's names.
@@ -46,7 +78,6 @@ struct SubscriptionStats {
     update_attempt: Counter,
     update_success: Counter,
     update_rejected: Counter,
-    update_failure: Counter,
     version: Gauge,
 }
 
@@ -57,35 +88,31 @@ impl SubscriptionStats {
             update_attempt: c("update_attempt"),
             update_success: c("update_success"),
             update_rejected: c("update_rejected"),
-            update_failure: c("update_failure"),
             version: store.gauge(&format!("{prefix}.version")),
         }
     }
 }
 
-/// The ADS stream client.
-pub struct AdsClient {
-    spec: AdsSpec,
-    node: Node,
-    /// The ADS cluster's hosts; each (re)connect takes the next one.
-    targets: Vec<SocketAddr>,
-    clusters: Arc<ClusterManager>,
-    listeners: Arc<ListenerManager>,
-    cds: TypeState,
-    eds: TypeState,
-    lds: TypeState,
-    rds: TypeState,
-    cds_stats: SubscriptionStats,
-    eds_stats: SubscriptionStats,
-    lds_stats: SubscriptionStats,
-    rds_stats: SubscriptionStats,
-    /// LDS is configured; it is requested once the initial clusters are warm.
-    lds_wanted: bool,
-    lds_requested: bool,
-    lds_received: bool,
-    connected_state: Gauge,
-    /// Set after the first CDS response has been applied.
-    cds_received: bool,
+/// What the client remembers of one resource type across reconnects.
+struct TypeState {
+    /// Subscribed (a request was sent on some stream).
+    active: bool,
+    /// The last version accepted (`version_info`, or delta's `system_version_info`).
+    version: String,
+    /// The nonce of the last response seen on the current stream.
+    nonce: String,
+    /// Subscribed names of a named type.
+    names: BTreeSet<String>,
+    /// Delta: the resources held, by name, with their versions.
+    held: BTreeMap<String, (String, Any)>,
+    stats: SubscriptionStats,
+}
+
+/// A subscription change to announce.
+struct Change {
+    kind: Kind,
+    subscribe: Vec<String>,
+    unsubscribe: Vec<String>,
 }
 
 /// Why a stream ended.
@@ -105,6 +132,23 @@ impl std::fmt::Display for StreamEnd {
     }
 }
 
+/// The ADS stream client.
+pub struct AdsClient {
+    spec: AdsSpec,
+    node: Node,
+    /// The ADS cluster's hosts; each (re)connect takes the next one.
+    targets: Vec<SocketAddr>,
+    clusters: Arc<ClusterManager>,
+    listeners: Arc<ListenerManager>,
+    types: [TypeState; 4],
+    connected_state: Gauge,
+    update_failure: Counter,
+    /// LDS is configured; it is requested once the initial clusters are warm.
+    lds_wanted: bool,
+    cds_received: bool,
+    lds_received: bool,
+}
+
 impl AdsClient {
     /// A client for `spec`, dialing `targets` (the ADS cluster's hosts).
     pub fn new(
@@ -116,26 +160,36 @@ impl AdsClient {
         lds_wanted: bool,
     ) -> AdsClient {
         let store = clusters.store().clone();
+        let state = |prefix: &str, active: bool| TypeState {
+            active,
+            version: String::new(),
+            nonce: String::new(),
+            names: BTreeSet::new(),
+            held: BTreeMap::new(),
+            stats: SubscriptionStats::new(&store, prefix),
+        };
         AdsClient {
+            types: [
+                state("cluster_manager.cds", true),
+                state("cluster_manager.eds", false),
+                state("listener_manager.lds", false),
+                state("listener_manager.rds", false),
+            ],
+            connected_state: store.gauge("control_plane.connected_state"),
+            update_failure: store.counter("cluster_manager.cds.update_failure"),
             spec,
             node,
             targets,
-            cds_stats: SubscriptionStats::new(&store, "cluster_manager.cds"),
-            eds_stats: SubscriptionStats::new(&store, "cluster_manager.eds"),
-            lds_stats: SubscriptionStats::new(&store, "listener_manager.lds"),
-            rds_stats: SubscriptionStats::new(&store, "listener_manager.rds"),
-            connected_state: store.gauge("control_plane.connected_state"),
             clusters,
             listeners,
-            cds: TypeState::default(),
-            eds: TypeState::default(),
-            lds: TypeState::default(),
-            rds: TypeState::default(),
             lds_wanted,
-            lds_requested: false,
-            lds_received: false,
             cds_received: false,
+            lds_received: false,
         }
+    }
+
+    fn state(&mut self, kind: Kind) -> &mut TypeState {
+        &mut self.types[kind.index()]
     }
 
     /// Runs forever: connect, stream, and on any failure back off and reconnect.
@@ -149,11 +203,15 @@ impl AdsClient {
             };
             target += 1;
             let started = tokio::time::Instant::now();
-            let end = self.stream(address).await;
+            let end = match self.connect(address).await {
+                Ok(client) if self.spec.delta => self.stream_delta(client).await,
+                Ok(client) => self.stream_sotw(client).await,
+                Err(e) => e,
+            };
             self.connected_state.set(0);
             tracing::warn!(%address, %end, "ADS stream ended");
             if !matches!(end, StreamEnd::Closed) {
-                self.cds_stats.update_failure.inc();
+                self.update_failure.inc();
             }
             // A stream that lived a while resets the backoff.
             if started.elapsed() > BACKOFF_MAX {
@@ -166,42 +224,35 @@ impl AdsClient {
         }
     }
 
-    fn request(&self, type_url: &str, state: &TypeState, error: Option<String>, first: bool) -> DiscoveryRequest {
-        DiscoveryRequest {
-            version_info: state.version.clone(),
-            node: (first || !self.spec.set_node_on_first_message_only).then(|| self.node.clone()),
-            resource_names: state.names.iter().cloned().collect(),
-            type_url: type_url.to_owned(),
-            response_nonce: state.nonce.clone(),
-            error_detail: error.map(|message| Status { code: INVALID_ARGUMENT, message, details: Vec::new() }),
-            ..Default::default()
-        }
+    async fn connect(&self, address: SocketAddr) -> Result<AggregatedDiscoveryServiceClient<Channel>, StreamEnd> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| StreamEnd::Connect(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| StreamEnd::Connect(e.to_string()))?;
+        // xDS responses can be large (tens of MB for big meshes): no small message limit.
+        Ok(AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
     }
 
-    async fn stream(&mut self, address: SocketAddr) -> StreamEnd {
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true),
-            Err(e) => return StreamEnd::Connect(e.to_string()),
-        };
-        let channel = match endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(e) => return StreamEnd::Connect(e.to_string()),
-        };
-        // xDS responses can be large (tens of MB for big meshes): no small message limit.
-        let mut client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+    /// Whether a request carries the node: the stream's first, or all of them unless
+    /// `set_node_on_first_message_only`.
+    fn node_for(&self, first: &mut bool) -> Option<Node> {
+        let send = *first || !self.spec.set_node_on_first_message_only;
+        *first = false;
+        send.then(|| self.node.clone())
+    }
+
+    async fn stream_sotw(&mut self, mut client: AggregatedDiscoveryServiceClient<Channel>) -> StreamEnd {
         let (tx, rx) = mpsc::unbounded_channel();
-        // Every stream starts with CDS (wildcard), and EDS when clusters already need it.
-        let _ = tx.send(self.request(CLUSTER_TYPE, &self.cds, None, true));
-        if !self.eds.names.is_empty() {
-            let _ = tx.send(self.request(ENDPOINT_TYPE, &self.eds, None, false));
-        }
-        if self.lds_requested {
-            let _ = tx.send(self.request(LISTENER_TYPE, &self.lds, None, false));
-        }
-        if !self.rds.names.is_empty() {
-            let _ = tx.send(self.request(ROUTE_TYPE, &self.rds, None, false));
+        let mut first = true;
+        for kind in KINDS {
+            let state = &self.types[kind.index()];
+            if state.active && (kind.is_wildcard() || !state.names.is_empty()) {
+                let request = self.sotw_request(kind, None, &mut first);
+                let _ = tx.send(request);
+            }
         }
         let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut inbound = match client.stream_aggregated_resources(outbound).await {
@@ -210,153 +261,240 @@ impl AdsClient {
         };
         self.connected_state.set(1);
         loop {
-            let response = match inbound.message().await {
+            let response: DiscoveryResponse = match inbound.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => return StreamEnd::Closed,
                 Err(status) => return StreamEnd::Stream(status),
             };
-            let reply = match response.type_url.as_str() {
-                CLUSTER_TYPE => self.on_clusters(response),
-                ENDPOINT_TYPE => self.on_endpoints(response),
-                LISTENER_TYPE => self.on_listeners(response),
-                ROUTE_TYPE => self.on_routes(response),
-                other => {
-                    tracing::warn!(type_url = other, "ignoring a response of a type legate did not ask for");
-                    continue;
-                }
+            let Some(kind) = Kind::from_url(&response.type_url) else {
+                tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
+                continue;
             };
-            for request in reply {
-                if tx.send(request).is_err() {
-                    return StreamEnd::Closed;
-                }
+            self.state(kind).nonce = response.nonce.clone();
+            let result = self.apply(kind, &response.version_info, &response.resources);
+            let error = self.record(kind, &response.version_info, result);
+            let mut out = vec![self.sotw_request(kind, error, &mut first)];
+            for change in self.follow_ups() {
+                out.push(self.sotw_request(change.kind, None, &mut first));
+            }
+            if out.into_iter().any(|request| tx.send(request).is_err()) {
+                return StreamEnd::Closed;
             }
         }
     }
 
-    /// Applies a CDS response; replies with its ACK or NACK, then any EDS subscription change.
-    fn on_clusters(&mut self, response: DiscoveryResponse) -> Vec<DiscoveryRequest> {
-        self.cds_stats.update_attempt.inc();
-        self.cds.nonce = response.nonce.clone();
-        let result = decode_all::<ClusterProto>(&response.resources, CLUSTER_TYPE)
-            .and_then(|clusters| self.clusters.apply_cds(&response.version_info, clusters));
-        let mut out = vec![self.ack_or_nack(CLUSTER_TYPE, &response.version_info, result)];
-        self.cds_received = true;
-        let names = self.clusters.eds_service_names();
-        if names != self.eds.names {
-            self.eds.names = names;
-            out.push(self.request(ENDPOINT_TYPE, &self.eds, None, false));
+    fn sotw_request(&self, kind: Kind, error: Option<String>, first: &mut bool) -> DiscoveryRequest {
+        let state = &self.types[kind.index()];
+        DiscoveryRequest {
+            version_info: state.version.clone(),
+            node: self.node_for(first),
+            resource_names: state.names.iter().cloned().collect(),
+            type_url: kind.type_url().to_owned(),
+            response_nonce: state.nonce.clone(),
+            error_detail: error.map(nack_status),
+            ..Default::default()
         }
-        out.extend(self.check_initialized());
-        out
     }
 
-    /// Applies an EDS response; replies with its ACK or NACK.
-    fn on_endpoints(&mut self, response: DiscoveryResponse) -> Vec<DiscoveryRequest> {
-        self.eds_stats.update_attempt.inc();
-        self.eds.nonce = response.nonce.clone();
-        let result = decode_all::<ClusterLoadAssignment>(&response.resources, ENDPOINT_TYPE)
-            .and_then(|assignments| self.clusters.apply_eds(assignments));
-        let mut out = vec![self.ack_or_nack(ENDPOINT_TYPE, &response.version_info, result)];
-        out.extend(self.check_initialized());
-        out
-    }
-
-    /// Applies an LDS response; replies with its ACK or NACK.
-    fn on_listeners(&mut self, response: DiscoveryResponse) -> Vec<DiscoveryRequest> {
-        self.lds_stats.update_attempt.inc();
-        self.lds.nonce = response.nonce.clone();
-        let result = decode_all::<ListenerProto>(&response.resources, LISTENER_TYPE)
-            .and_then(|listeners| self.listeners.apply_lds(&response.version_info, listeners));
-        let mut out = vec![self.ack_or_nack(LISTENER_TYPE, &response.version_info, result)];
-        self.lds_received = true;
-        let names = self.listeners.rds().names();
-        if names != self.rds.names {
-            self.rds.names = names;
-            out.push(self.request(ROUTE_TYPE, &self.rds, None, false));
+    async fn stream_delta(&mut self, mut client: AggregatedDiscoveryServiceClient<Channel>) -> StreamEnd {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut first = true;
+        for kind in KINDS {
+            let state = &self.types[kind.index()];
+            if state.active && (kind.is_wildcard() || !state.names.is_empty()) {
+                // A new stream re-subscribes and says what it holds, so the server sends
+                // only what changed.
+                let request = DeltaDiscoveryRequest {
+                    node: self.node_for(&mut first),
+                    type_url: kind.type_url().to_owned(),
+                    resource_names_subscribe: if kind.is_wildcard() {
+                        vec!["*".to_owned()]
+                    } else {
+                        state.names.iter().cloned().collect()
+                    },
+                    initial_resource_versions: state.held.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect(),
+                    ..Default::default()
+                };
+                let _ = tx.send(request);
+            }
         }
-        self.check_listeners_initialized();
-        out
-    }
-
-    /// Applies an RDS response; replies with its ACK or NACK, and starts listeners whose
-    /// routes arrived.
-    fn on_routes(&mut self, response: DiscoveryResponse) -> Vec<DiscoveryRequest> {
-        self.rds_stats.update_attempt.inc();
-        self.rds.nonce = response.nonce.clone();
-        let result = decode_all::<RouteConfiguration>(&response.resources, ROUTE_TYPE)
-            .and_then(|configs| self.listeners.rds().apply(&response.version_info, configs));
-        let reply = self.ack_or_nack(ROUTE_TYPE, &response.version_info, result);
-        if let Err(e) = self.listeners.promote_warm() {
-            tracing::error!(error = %e, "cannot start a listener whose routes arrived");
+        let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut inbound = match client.delta_aggregated_resources(outbound).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return StreamEnd::Stream(status),
+        };
+        self.connected_state.set(1);
+        loop {
+            let response: DeltaDiscoveryResponse = match inbound.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return StreamEnd::Closed,
+                Err(status) => return StreamEnd::Stream(status),
+            };
+            let Some(kind) = Kind::from_url(&response.type_url) else {
+                tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
+                continue;
+            };
+            let error =
+                self.on_delta(kind, response.resources, response.removed_resources, &response.system_version_info);
+            let mut out = vec![DeltaDiscoveryRequest {
+                node: self.node_for(&mut first),
+                type_url: kind.type_url().to_owned(),
+                response_nonce: response.nonce,
+                error_detail: error.map(nack_status),
+                ..Default::default()
+            }];
+            for change in self.follow_ups() {
+                out.push(DeltaDiscoveryRequest {
+                    node: self.node_for(&mut first),
+                    type_url: change.kind.type_url().to_owned(),
+                    resource_names_subscribe: if change.kind.is_wildcard() && change.subscribe.is_empty() {
+                        vec!["*".to_owned()]
+                    } else {
+                        change.subscribe
+                    },
+                    resource_names_unsubscribe: change.unsubscribe,
+                    ..Default::default()
+                });
+            }
+            if out.into_iter().any(|request| tx.send(request).is_err()) {
+                return StreamEnd::Closed;
+            }
         }
-        self.check_listeners_initialized();
-        vec![reply]
     }
 
-    /// Listener initialization ends once the first LDS response is in (accepted or not,
-    /// as Envoy's init manager counts it) and no listener waits for its routes.
-    fn check_listeners_initialized(&self) {
+    /// Folds a delta response into the held set and applies it. Rejected resources keep
+    /// their previous version (or stay absent); the rest are held from now on.
+    fn on_delta(
+        &mut self,
+        kind: Kind,
+        resources: Vec<envoy_types::pb::envoy::service::discovery::v3::Resource>,
+        removed: Vec<String>,
+        system_version: &str,
+    ) -> Option<String> {
+        let previous = self.state(kind).held.clone();
+        let mut held = previous.clone();
+        let mut updated = Vec::with_capacity(resources.len());
+        for resource in resources {
+            let any = resource.resource.unwrap_or_default();
+            updated.push(any.clone());
+            held.insert(resource.name, (resource.version, any));
+        }
+        for name in &removed {
+            held.remove(name);
+        }
+        // Wildcard types apply as the whole held set (removal is absence); named types
+        // apply just what changed.
+        let batch: Vec<Any> =
+            if kind.is_wildcard() { held.values().map(|(_, any)| any.clone()).collect() } else { updated };
+        let result = self.apply(kind, system_version, &batch);
+        if let Err(rejected) = &result {
+            for (name, _) in &rejected.0 {
+                match previous.get(name) {
+                    Some(old) => held.insert(name.clone(), old.clone()),
+                    None => held.remove(name),
+                };
+            }
+        }
+        self.state(kind).held = held;
+        self.record(kind, system_version, result)
+    }
+
+    /// Hands a batch to the manager that owns the type.
+    fn apply(&mut self, kind: Kind, version: &str, resources: &[Any]) -> Result<(), Rejected> {
+        self.state(kind).stats.update_attempt.inc();
+        let result = match kind {
+            Kind::Cluster => {
+                decode_all(resources, CLUSTER_TYPE).and_then(|c: Vec<ClusterProto>| self.clusters.apply_cds(version, c))
+            }
+            Kind::Endpoint => decode_all(resources, ENDPOINT_TYPE)
+                .and_then(|e: Vec<ClusterLoadAssignment>| self.clusters.apply_eds(e)),
+            Kind::Listener => decode_all(resources, LISTENER_TYPE)
+                .and_then(|l: Vec<ListenerProto>| self.listeners.apply_lds(version, l)),
+            Kind::Route => decode_all(resources, ROUTE_TYPE)
+                .and_then(|r: Vec<RouteConfiguration>| self.listeners.rds().apply(version, r)),
+        };
+        match kind {
+            Kind::Cluster => self.cds_received = true,
+            // Envoy's init counts the first LDS response, accepted or not.
+            Kind::Listener => self.lds_received = true,
+            Kind::Route => {
+                if let Err(e) = self.listeners.promote_warm() {
+                    tracing::error!(error = %e, "cannot start a listener whose routes arrived");
+                }
+            }
+            Kind::Endpoint => {}
+        }
+        result
+    }
+
+    /// Advances the version on success and counts the outcome; returns the NACK message.
+    fn record(&mut self, kind: Kind, version: &str, result: Result<(), Rejected>) -> Option<String> {
+        let state = self.state(kind);
+        match result {
+            Ok(()) => {
+                state.version = version.to_owned();
+                state.stats.update_success.inc();
+                state.stats.version.set(version_hash(version));
+                None
+            }
+            Err(rejected) => {
+                let message = rejected.to_string();
+                tracing::warn!(type_url = kind.type_url(), version, %message, "rejecting xDS update");
+                state.stats.update_rejected.inc();
+                Some(message)
+            }
+        }
+    }
+
+    /// What changes after an update: EDS and RDS names follow the clusters and listeners;
+    /// initialization advances (clusters, then LDS, then listeners), in Envoy's order.
+    fn follow_ups(&mut self) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (kind, wanted) in
+            [(Kind::Endpoint, self.clusters.eds_service_names()), (Kind::Route, self.listeners.rds().names())]
+        {
+            let state = self.state(kind);
+            if wanted != state.names {
+                let subscribe = wanted.difference(&state.names).cloned().collect();
+                let unsubscribe = state.names.difference(&wanted).cloned().collect();
+                state.names = wanted;
+                state.active = true;
+                changes.push(Change { kind, subscribe, unsubscribe });
+            }
+        }
+        if self.cds_received && !self.clusters.is_warming() {
+            self.clusters.mark_initialized();
+            if self.lds_wanted && !self.types[Kind::Listener.index()].active {
+                self.state(Kind::Listener).active = true;
+                changes.push(Change { kind: Kind::Listener, subscribe: Vec::new(), unsubscribe: Vec::new() });
+            }
+        }
         if self.lds_received && !self.listeners.is_warming() {
             self.listeners.mark_initialized();
         }
-    }
-
-    fn ack_or_nack(&mut self, type_url: &str, version: &str, result: Result<(), String>) -> DiscoveryRequest {
-        let (state, stats) = match type_url {
-            CLUSTER_TYPE => (&mut self.cds, &self.cds_stats),
-            LISTENER_TYPE => (&mut self.lds, &self.lds_stats),
-            ROUTE_TYPE => (&mut self.rds, &self.rds_stats),
-            _ => (&mut self.eds, &self.eds_stats),
-        };
-        let error = match result {
-            Ok(()) => {
-                state.version = version.to_owned();
-                stats.update_success.inc();
-                stats.version.set(version_hash(version));
-                None
-            }
-            Err(message) => {
-                tracing::warn!(type_url, version, %message, "rejecting xDS update");
-                stats.update_rejected.inc();
-                Some(message)
-            }
-        };
-        let state = match type_url {
-            CLUSTER_TYPE => &self.cds,
-            LISTENER_TYPE => &self.lds,
-            ROUTE_TYPE => &self.rds,
-            _ => &self.eds,
-        };
-        self.request(type_url, state, error, false)
-    }
-
-    /// Cluster initialization ends once the first CDS round is applied and nothing is
-    /// warming; then, as Envoy orders it, LDS is requested.
-    fn check_initialized(&mut self) -> Option<DiscoveryRequest> {
-        if !self.cds_received || self.clusters.is_warming() {
-            return None;
-        }
-        self.clusters.mark_initialized();
-        if self.lds_wanted && !self.lds_requested {
-            self.lds_requested = true;
-            return Some(self.request(LISTENER_TYPE, &self.lds, None, false));
-        }
-        None
+        changes
     }
 }
 
+fn nack_status(message: String) -> Status {
+    Status { code: INVALID_ARGUMENT, message, details: Vec::new() }
+}
+
 /// Decodes every resource of a response as `M`; one that fails rejects the response.
-fn decode_all<M: Message + Default>(resources: &[Any], type_url: &str) -> Result<Vec<M>, String> {
-    resources
-        .iter()
-        .enumerate()
-        .map(|(i, any)| {
-            if any.type_url != type_url {
-                return Err(format!("resources[{i}]: type {} in a response of type {type_url}", any.type_url));
-            }
-            M::decode(any.value.as_slice()).map_err(|e| format!("resources[{i}]: cannot decode: {e}"))
-        })
-        .collect()
+fn decode_all<M: Message + Default>(resources: &[Any], type_url: &str) -> Result<Vec<M>, Rejected> {
+    let mut rejected = Rejected::default();
+    let mut out = Vec::with_capacity(resources.len());
+    for (i, any) in resources.iter().enumerate() {
+        if any.type_url != type_url {
+            rejected.push("", format!("resources[{i}]: type {} in a response of type {type_url}", any.type_url));
+            continue;
+        }
+        match M::decode(any.value.as_slice()) {
+            Ok(m) => out.push(m),
+            Err(e) => rejected.push("", format!("resources[{i}]: cannot decode: {e}")),
+        }
+    }
+    rejected.into_result().map(|()| out)
 }
 
 /// Envoy's `version` gauge holds a hash of the accepted `version_info` (FNV-1a here,

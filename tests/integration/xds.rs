@@ -477,3 +477,75 @@ http_filters:
     assert_eq!(dump["configs"][0]["version_info"], "r2");
     assert_eq!(dump["configs"][0]["route_config"]["name"], "r1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_ads_subscribes_applies_removes_and_resumes_with_initial_versions() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let control_plane = ControlPlane::start().await;
+    let route = format!(
+        "            validate_clusters: false\n{}",
+        routes("              - match: { prefix: \"/\" }\n                route: { cluster: dyn }\n")
+    );
+    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
+    let yaml = bootstrap("", &route, &clusters).replacen(
+        "static_resources:\n",
+        "dynamic_resources:\n  ads_config: { api_type: DELTA_GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
+        1,
+    );
+    let legate = Legate::start(&yaml);
+    let mut stream = control_plane.next_delta_stream().await;
+    let first = stream.next_of(CLUSTER_TYPE).await;
+    assert!(first.node.is_some());
+    assert_eq!(first.resource_names_subscribe, ["*"], "clusters are a wildcard subscription");
+
+    stream.push("s1", "n1", vec![("dyn", "v1", eds_cluster("dyn")), ("spare", "v1", eds_cluster("spare"))], &[]);
+    let ack = stream.next_of(CLUSTER_TYPE).await;
+    assert_eq!(ack.response_nonce, "n1");
+    assert!(ack.error_detail.is_none());
+    let eds = stream.next_of(ENDPOINT_TYPE).await;
+    assert_eq!(eds.resource_names_subscribe, ["dyn", "spare"]);
+    stream.push(
+        "s1",
+        "n2",
+        vec![("dyn", "e1", assignment("dyn", &[a.address])), ("spare", "e1", assignment("spare", &[b.address]))],
+        &[],
+    );
+    assert!(stream.next_of(ENDPOINT_TYPE).await.error_detail.is_none());
+    wait_for_answer(&legate, 200, "a").await;
+    assert_eq!(legate.admin_get("/ready").await.0, StatusCode::OK);
+
+    // Only changes travel: an endpoint update for `dyn`, then `spare` removed.
+    stream.push("s2", "n3", vec![("dyn", "e2", assignment("dyn", &[b.address]))], &[]);
+    stream.next_of(ENDPOINT_TYPE).await;
+    wait_for_answer(&legate, 200, "b").await;
+    stream.push::<ClusterProto>("s3", "n4", vec![], &["spare"]);
+    assert!(stream.next_of(CLUSTER_TYPE).await.error_detail.is_none());
+    let unsubscribe = stream.next_of(ENDPOINT_TYPE).await;
+    assert_eq!(unsubscribe.resource_names_unsubscribe, ["spare"]);
+    let (_, clusters) = legate.admin_get("/clusters").await;
+    assert!(!clusters.contains("spare::"), "{clusters}");
+
+    // A bad cluster is NACKed with error_detail and the held one keeps serving.
+    let mut bad = eds_cluster("dyn");
+    bad.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration { seconds: 0, nanos: 0 });
+    stream.push("s4", "n5", vec![("dyn", "v2", bad)], &[]);
+    let nack = stream.next_of(CLUSTER_TYPE).await;
+    assert!(nack.error_detail.expect("NACK").message.contains("cluster 'dyn'"));
+    wait_for_answer(&legate, 200, "b").await;
+
+    // On a new stream legate says what it holds.
+    stream.close();
+    let mut again = control_plane.next_delta_stream().await;
+    let resume = again.next_of(CLUSTER_TYPE).await;
+    assert_eq!(
+        resume.initial_resource_versions.get("dyn").map(String::as_str),
+        Some("v1"),
+        "the rejected v2 is not held"
+    );
+    assert!(!resume.initial_resource_versions.contains_key("spare"));
+    let resume_eds = again.next_of(ENDPOINT_TYPE).await;
+    assert_eq!(resume_eds.resource_names_subscribe, ["dyn"]);
+    assert_eq!(resume_eds.initial_resource_versions.get("dyn").map(String::as_str), Some("e2"));
+    wait_for_answer(&legate, 200, "b").await;
+}
