@@ -52,6 +52,10 @@ pub struct ClusterStats {
     pub membership_excluded: Gauge,
     pub membership_change: Counter,
     pub max_host_weight: Gauge,
+    pub update_attempt: Counter,
+    pub update_success: Counter,
+    pub update_rejected: Counter,
+    pub update_empty: Counter,
     codes: OnceLock<CodeCounters>,
 }
 
@@ -84,6 +88,10 @@ impl ClusterStats {
             membership_excluded: g("membership_excluded"),
             membership_change: c("membership_change"),
             max_host_weight: g("max_host_weight"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_rejected: c("update_rejected"),
+            update_empty: c("update_empty"),
             codes: OnceLock::new(),
             store: store.clone(),
             prefix,

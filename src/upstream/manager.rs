@@ -228,27 +228,49 @@ impl ClusterManager {
             }
         }
         let mut state = self.lock();
+        // Which clusters use which service, indexed once per update (not per assignment:
+        // a 10 000-cluster update would otherwise scan every cluster for every assignment).
+        let mut waiting_by_service: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, warm) in &state.warming {
+            if let Discovery::Eds { service_name, .. } = &warm.spec.discovery {
+                waiting_by_service.entry(service_name.clone()).or_default().push(name.clone());
+            }
+        }
+        let mut active_by_service: HashMap<String, Vec<Arc<Cluster>>> = HashMap::new();
+        for cluster in state.active.values() {
+            if let Some(service) = cluster.eds_service_name() {
+                active_by_service.entry(service.to_owned()).or_default().push(cluster.clone());
+            }
+        }
+        for (service, _) in &errors.0 {
+            for cluster in active_by_service.get(service).into_iter().flatten() {
+                cluster.stats.update_attempt.inc();
+                cluster.stats.update_rejected.inc();
+            }
+        }
         for (la, host_specs) in valid {
             let service = la.cluster_name.clone();
             state.assignments.insert(service.clone(), Arc::new(la));
-            let waiting: Vec<String> = state
-                .warming
-                .iter()
-                .filter(|(_, w)| matches!(&w.spec.discovery, Discovery::Eds { service_name, .. } if *service_name == service))
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in waiting {
+            let mut updated = Vec::new();
+            for name in waiting_by_service.remove(&service).unwrap_or_default() {
                 if let Some(warm) = state.warming.remove(&name) {
                     self.activate(&mut state, warm.spec, &host_specs);
+                    updated.push(name);
                 }
             }
-            let active: Vec<Arc<Cluster>> =
-                state.active.values().filter(|c| c.eds_service_name() == Some(service.as_str())).cloned().collect();
-            for cluster in active {
+            for cluster in active_by_service.remove(&service).unwrap_or_default() {
                 let spec = cluster.spec();
                 let rebuilt = Cluster::new(spec, &host_specs, Some(&cluster), &self.store, cluster.added_via_api);
                 rebuilt.stats.membership_change.inc();
                 state.active.insert(cluster.name.clone(), Arc::new(rebuilt));
+                updated.push(cluster.name.clone());
+            }
+            for cluster in updated.iter().filter_map(|name| state.active.get(name)) {
+                cluster.stats.update_attempt.inc();
+                cluster.stats.update_success.inc();
+                if host_specs.is_empty() {
+                    cluster.stats.update_empty.inc();
+                }
             }
         }
         self.publish(&state);

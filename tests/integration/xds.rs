@@ -118,6 +118,9 @@ async fn cds_then_eds_warms_a_cluster_and_serves_it() {
     assert_eq!(dump["configs"][0]["version_info"], "1");
     assert_eq!(dump["configs"][0]["cluster"]["name"], "dyn");
     assert_eq!(legate.stat("cluster_manager.cds.update_success").await, Some(1));
+    assert_eq!(legate.stat("cluster.dyn.update_success").await, Some(1), "EDS updates count per cluster");
+    assert_eq!(legate.stat("cluster_manager.warming_clusters").await, Some(0));
+    assert_eq!(legate.stat("cluster_manager.active_clusters").await, Some(2));
     assert_eq!(legate.stat("control_plane.connected_state").await, Some(1));
 }
 
