@@ -142,8 +142,6 @@ pub struct AdsClient {
     listeners: Arc<ListenerManager>,
     types: [TypeState; 4],
     connected_state: Gauge,
-    _rate_limit_enforced: Counter,
-    _pending_requests: Gauge,
     update_failure: Counter,
     /// LDS is configured; it is requested once the initial clusters are warm.
     lds_wanted: bool,
@@ -162,6 +160,10 @@ impl AdsClient {
         lds_wanted: bool,
     ) -> AdsClient {
         let store = clusters.store().clone();
+        // Envoy's other control-plane stats; legate neither rate-limits nor queues its
+        // requests, so they are registered and stay zero.
+        store.counter("control_plane.rate_limit_enforced");
+        store.gauge("control_plane.pending_requests");
         let state = |prefix: &str, active: bool| TypeState {
             active,
             version: String::new(),
@@ -178,10 +180,6 @@ impl AdsClient {
                 state("listener_manager.rds", false),
             ],
             connected_state: store.gauge("control_plane.connected_state"),
-            // Envoy's other control-plane stats; legate neither rate-limits requests nor
-            // queues them, so they stay zero.
-            _rate_limit_enforced: store.counter("control_plane.rate_limit_enforced"),
-            _pending_requests: store.gauge("control_plane.pending_requests"),
             update_failure: store.counter("cluster_manager.cds.update_failure"),
             spec,
             node,
