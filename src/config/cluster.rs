@@ -54,6 +54,23 @@ pub struct HostSpec {
     pub hostname: String,
 }
 
+/// Envoy's default `overprovisioning_factor` (140 %).
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
+
+/// A validated load assignment: the hosts and how priorities spill over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub hosts: Vec<HostSpec>,
+    /// `policy.overprovisioning_factor`, in percent.
+    pub overprovisioning_factor: u32,
+}
+
+impl Default for Assignment {
+    fn default() -> Assignment {
+        Assignment { hosts: Vec::new(), overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR }
+    }
+}
+
 /// Where a cluster's hosts come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
@@ -73,7 +90,8 @@ pub struct ClusterSpec {
     pub protocol: UpstreamProtocol,
     /// How long an idle pooled upstream connection is kept.
     pub idle_timeout: Option<Duration>,
-    pub hosts: Vec<HostSpec>,
+    /// The hosts from `load_assignment` (empty for EDS clusters, whose come from EDS).
+    pub assignment: Assignment,
     /// The original proto, for `/config_dump`.
     pub proto: ClusterProto,
 }
@@ -154,8 +172,8 @@ impl ClusterSpec {
             None => Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
         };
         let hosts = match &proto.load_assignment {
-            Some(la) => hosts(la, &join_path(path, "load_assignment"))?,
-            None => Vec::new(),
+            Some(la) => assignment(la, &join_path(path, "load_assignment"))?,
+            None => Assignment::default(),
         };
         Ok(ClusterSpec {
             name: proto.name.clone(),
@@ -164,7 +182,7 @@ impl ClusterSpec {
             lb,
             protocol,
             idle_timeout,
-            hosts,
+            assignment: hosts,
             proto: proto.clone(),
         })
     }
@@ -237,9 +255,30 @@ fn upstream_protocol(proto: &ClusterProto, path: &str) -> Result<(UpstreamProtoc
     Ok((protocol, common))
 }
 
-/// The hosts of a load assignment (from a cluster, or from EDS).
-pub fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
-    ensure_only(la, &["cluster_name", "endpoints"], path)?;
+/// A load assignment's hosts and policy (from a cluster, or from EDS).
+pub fn assignment(la: &ClusterLoadAssignment, path: &str) -> Result<Assignment> {
+    ensure_only(la, &["cluster_name", "endpoints", "policy"], path)?;
+    let overprovisioning_factor = match &la.policy {
+        Some(policy) => {
+            let ppath = join_path(path, "policy");
+            ensure_only(policy, &["overprovisioning_factor"], &ppath)?;
+            match &policy.overprovisioning_factor {
+                Some(f) if f.value == 0 => {
+                    return Err(ConfigError::invalid(
+                        join_path(&ppath, "overprovisioning_factor"),
+                        "value must be greater than 0",
+                    ));
+                }
+                Some(f) => f.value,
+                None => DEFAULT_OVERPROVISIONING_FACTOR,
+            }
+        }
+        None => DEFAULT_OVERPROVISIONING_FACTOR,
+    };
+    Ok(Assignment { hosts: hosts(la, path)?, overprovisioning_factor })
+}
+
+fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
     let mut out = Vec::new();
     for (i, locality_endpoints) in la.endpoints.iter().enumerate() {
         let lpath = format!("{path}.endpoints[{i}]");

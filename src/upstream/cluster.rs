@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 
-use crate::config::cluster::{ClusterSpec, Discovery, HostSpec, LbKind, UpstreamProtocol};
+use crate::config::cluster::{Assignment, ClusterSpec, Discovery, LbKind, UpstreamProtocol};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
 
 use super::host::Host;
-use super::lb::Schedule;
-
-/// Envoy's default `healthy_panic_threshold`: below 50 % healthy hosts, balance over all.
-const HEALTHY_PANIC_THRESHOLD_PERCENT: usize = 50;
+use super::lb::{Candidate, HostSelector};
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -122,9 +119,9 @@ pub struct Cluster {
     pub discovery: Discovery,
     lb: LbKind,
     pub hosts: Vec<Arc<Host>>,
-    /// Picks over `hosts` (healthy ones, or all of them in panic mode).
-    schedule: Schedule,
-    panic: bool,
+    /// Picks over `hosts` across priorities (healthy ones, or all of a level in panic).
+    selector: HostSelector,
+    overprovisioning_factor: u32,
     pub stats: ClusterStats,
     /// The cluster's config as given, for `/config_dump`.
     pub proto: ClusterProto,
@@ -138,12 +135,13 @@ impl Cluster {
     /// are kept (same `Host`, so their pools and counters carry over).
     pub fn new(
         spec: ClusterSpec,
-        host_specs: &[HostSpec],
+        assignment: &Assignment,
         previous: Option<&Cluster>,
         store: &Store,
         added_via_api: bool,
     ) -> Cluster {
-        let hosts: Vec<Arc<Host>> = host_specs
+        let hosts: Vec<Arc<Host>> = assignment
+            .hosts
             .iter()
             .map(|h| match previous.and_then(|p| p.hosts.iter().find(|old| old.is_same_endpoint(h))) {
                 Some(old) => {
@@ -154,17 +152,17 @@ impl Cluster {
             })
             .collect();
         let stats = ClusterStats::new(store, &spec.name);
-        // Priority 0 first; a lower priority takes traffic only when no higher one has a
-        // healthy host (Envoy's full priority-load spillover comes with EDS priorities).
-        let priority = hosts.iter().filter(|h| h.is_healthy()).map(|h| h.priority).min().unwrap_or(0);
-        let level: Vec<(u32, &Arc<Host>)> =
-            hosts.iter().enumerate().filter(|(_, h)| h.priority == priority).map(|(i, h)| (i as u32, h)).collect();
-        let healthy: Vec<(u32, u32)> =
-            level.iter().filter(|(_, h)| h.is_healthy()).map(|(i, h)| (*i, h.weight)).collect();
-        let panic = !level.is_empty() && healthy.len() * 100 < level.len() * HEALTHY_PANIC_THRESHOLD_PERCENT;
-        let eligible: Vec<(u32, u32)> =
-            if panic { level.iter().map(|(i, h)| (*i, h.weight)).collect() } else { healthy };
-        let schedule = Schedule::new(spec.lb, &eligible);
+        let candidates: Vec<Candidate> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Candidate {
+                index: i as u32,
+                priority: h.priority,
+                weight: h.weight,
+                healthy: h.is_healthy(),
+            })
+            .collect();
+        let selector = HostSelector::new(spec.lb, &candidates, assignment.overprovisioning_factor);
         stats.membership_total.set(hosts.len() as i64);
         stats.membership_healthy.set(hosts.iter().filter(|h| h.is_healthy()).count() as i64);
         stats.max_host_weight.set(hosts.iter().map(|h| i64::from(h.weight)).max().unwrap_or(0));
@@ -177,8 +175,8 @@ impl Cluster {
             discovery: spec.discovery,
             lb: spec.lb,
             hosts,
-            schedule,
-            panic,
+            selector,
+            overprovisioning_factor: assignment.overprovisioning_factor,
             stats,
             proto: spec.proto,
             added_via_api,
@@ -202,7 +200,7 @@ impl Cluster {
             lb: self.lb,
             protocol: self.protocol,
             idle_timeout: self.idle_timeout,
-            hosts: Vec::new(),
+            assignment: Assignment { hosts: Vec::new(), overprovisioning_factor: self.overprovisioning_factor },
             proto: self.proto.clone(),
         }
     }
@@ -210,8 +208,8 @@ impl Cluster {
     /// Picks a host (an index into `hosts`) with the calling worker's cursor; `None`
     /// means no healthy upstream.
     pub fn pick(&self, cursor: &mut u64) -> Option<usize> {
-        let index = self.schedule.pick(cursor)?;
-        if self.panic {
+        let (index, panic) = self.selector.pick(cursor)?;
+        if panic {
             self.stats.lb_healthy_panic.inc();
         }
         Some(index as usize)

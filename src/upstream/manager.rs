@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use tokio::sync::watch;
 
 use crate::config::Rejected;
-use crate::config::cluster::{ClusterSpec, Discovery, HostSpec, hosts};
+use crate::config::cluster::{Assignment, ClusterSpec, Discovery, assignment};
 use crate::stats::{Counter, Gauge, Store};
 
 use super::cluster::Cluster;
@@ -98,9 +98,9 @@ impl ClusterManager {
         }
         let mut state = State::default();
         for mut spec in static_clusters {
-            let host_specs = std::mem::take(&mut spec.hosts);
+            let assignment = std::mem::take(&mut spec.assignment);
             let name = spec.name.clone();
-            state.active.insert(name, Arc::new(Cluster::new(spec, &host_specs, None, store, false)));
+            state.active.insert(name, Arc::new(Cluster::new(spec, &assignment, None, store, false)));
         }
         stats.cluster_added.add(state.active.len() as u64);
         let manager = ClusterManager {
@@ -187,16 +187,16 @@ impl ClusterManager {
             state
                 .dynamic
                 .insert(name.clone(), DynamicInfo { version_info: version_info.to_owned(), last_updated: now });
-            let ready_hosts = match &spec.discovery {
-                Discovery::Static => Some(spec.hosts.clone()),
+            let ready = match &spec.discovery {
+                Discovery::Static => Some(spec.assignment.clone()),
                 Discovery::Eds { service_name, .. } => {
-                    state.assignments.get(service_name).and_then(|la| hosts(la, "").ok())
+                    state.assignments.get(service_name).and_then(|la| assignment(la, "").ok())
                 }
             };
-            match ready_hosts {
-                Some(host_specs) => {
+            match ready {
+                Some(assigned) => {
                     state.warming.remove(&name);
-                    self.activate(&mut state, spec, &host_specs);
+                    self.activate(&mut state, spec, &assigned);
                 }
                 None => {
                     let reason = match &spec.discovery {
@@ -222,8 +222,8 @@ impl ClusterManager {
         let mut errors = Rejected::default();
         let mut valid = Vec::with_capacity(resources.len());
         for la in resources {
-            match hosts(&la, "") {
-                Ok(host_specs) => valid.push((la, host_specs)),
+            match assignment(&la, "") {
+                Ok(parsed) => valid.push((la, parsed)),
                 Err(e) => errors.push(&la.cluster_name, format!("ClusterLoadAssignment '{}': {e}", la.cluster_name)),
             }
         }
@@ -248,19 +248,19 @@ impl ClusterManager {
                 cluster.stats.update_rejected.inc();
             }
         }
-        for (la, host_specs) in valid {
+        for (la, assigned) in valid {
             let service = la.cluster_name.clone();
             state.assignments.insert(service.clone(), Arc::new(la));
             let mut updated = Vec::new();
             for name in waiting_by_service.remove(&service).unwrap_or_default() {
                 if let Some(warm) = state.warming.remove(&name) {
-                    self.activate(&mut state, warm.spec, &host_specs);
+                    self.activate(&mut state, warm.spec, &assigned);
                     updated.push(name);
                 }
             }
             for cluster in active_by_service.remove(&service).unwrap_or_default() {
                 let spec = cluster.spec();
-                let rebuilt = Cluster::new(spec, &host_specs, Some(&cluster), &self.store, cluster.added_via_api);
+                let rebuilt = Cluster::new(spec, &assigned, Some(&cluster), &self.store, cluster.added_via_api);
                 rebuilt.stats.membership_change.inc();
                 state.active.insert(cluster.name.clone(), Arc::new(rebuilt));
                 updated.push(cluster.name.clone());
@@ -268,7 +268,7 @@ impl ClusterManager {
             for cluster in updated.iter().filter_map(|name| state.active.get(name)) {
                 cluster.stats.update_attempt.inc();
                 cluster.stats.update_success.inc();
-                if host_specs.is_empty() {
+                if assigned.hosts.is_empty() {
                     cluster.stats.update_empty.inc();
                 }
             }
@@ -277,10 +277,10 @@ impl ClusterManager {
         errors.into_result()
     }
 
-    fn activate(&self, state: &mut State, spec: ClusterSpec, host_specs: &[HostSpec]) {
+    fn activate(&self, state: &mut State, spec: ClusterSpec, assignment: &Assignment) {
         let name = spec.name.clone();
         let previous = state.active.get(&name).cloned();
-        let cluster = Cluster::new(spec, host_specs, previous.as_deref(), &self.store, true);
+        let cluster = Cluster::new(spec, assignment, previous.as_deref(), &self.store, true);
         if previous.is_some() {
             self.stats.cluster_modified.inc();
         } else {

@@ -552,3 +552,43 @@ async fn delta_ads_subscribes_applies_removes_and_resumes_with_initial_versions(
     assert_eq!(resume_eds.initial_resource_versions.get("dyn").map(String::as_str), Some("e2"));
     wait_for_answer(&legate, 200, "b").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eds_priorities_spill_over_by_health_and_overprovisioning() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let down = Upstream::start("down").await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let mut stream = warm_up(&control_plane, &legate, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+    let endpoint = |address: SocketAddr, health: &str| {
+        format!(
+            "{{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}, health_status: {health} }}",
+            address.ip(),
+            address.port()
+        )
+    };
+    // P0: one of two hosts healthy → worth 50 % × 1.4 = 70 %; P1 takes the other 30 %.
+    let yaml = format!(
+        "cluster_name: dyn\nendpoints:\n- priority: 0\n  lb_endpoints: [{}, {}]\n- priority: 1\n  lb_endpoints: [{}]\npolicy: {{ overprovisioning_factor: 140 }}",
+        endpoint(a.address, "HEALTHY"),
+        endpoint(down.address, "UNHEALTHY"),
+        endpoint(b.address, "HEALTHY"),
+    );
+    let la: ClusterLoadAssignment = schema::parse(&yaml, Format::Yaml).unwrap();
+    stream.push("e2", "n3", vec![la]);
+    assert_eq!(stream.next_of(ENDPOINT_TYPE).await.version_info, "e2");
+    let (before_a, before_b) = (a.count(), b.count());
+    let mut client = crate::support::Client::connect(legate.listener("main"), Version::HTTP_2).await;
+    for _ in 0..1000 {
+        assert_eq!(client.send(get("/")).await.status, 200);
+    }
+    let (to_a, to_b) = (a.count() - before_a, b.count() - before_b);
+    assert_eq!(down.count(), 0, "the unhealthy host gets nothing");
+    assert_eq!(to_a + to_b, 1000);
+    assert!((630..=770).contains(&to_a), "P0 took {to_a} of 1000, P1 {to_b}");
+    let (_, clusters) = legate.admin_get("/clusters").await;
+    assert!(clusters.contains(&format!("dyn::{}::health_flags::/failed_eds_health", down.address)), "{clusters}");
+    assert!(clusters.contains(&format!("dyn::{}::priority::1", b.address)), "{clusters}");
+}
