@@ -88,7 +88,7 @@ impl HostSelector {
             let total = level.len() as u64;
             let healthy = level.iter().filter(|h| h.healthy).count() as u64;
             let health =
-                if total == 0 { 0 } else { (healthy * u64::from(overprovisioning_factor) / total).min(100) as u32 };
+                (healthy * u64::from(overprovisioning_factor)).checked_div(total).map_or(0, |h| h.min(100) as u32);
             let panic = total > 0 && healthy * 100 < total * u64::from(HEALTHY_PANIC_THRESHOLD_PERCENT);
             let eligible: Vec<(u32, u32)> =
                 level.iter().filter(|h| panic || h.healthy).map(|h| (h.index, h.weight)).collect();
@@ -96,21 +96,20 @@ impl HostSelector {
             levels.push(Level { load: 0, schedule: Schedule::new(kind, &eligible), panic });
         }
         let total_health: u32 = healths.iter().sum::<u32>().min(100);
-        if total_health == 0 {
-            // Nothing healthy anywhere: everything to the first level that has hosts, in panic.
-            if let Some(level) = levels.iter_mut().find(|l| !l.schedule.is_empty()) {
-                level.load = 100;
-            }
+        let mut remaining = 100;
+        for (level, health) in levels.iter_mut().zip(&healths) {
+            level.load = (health * 100).checked_div(total_health).unwrap_or(0).min(remaining);
+            remaining -= level.load;
+        }
+        // Rounding leftovers go to the first level that takes load; with nothing healthy
+        // anywhere, everything goes to the first level that has hosts, in panic.
+        let first = if total_health == 0 {
+            levels.iter_mut().find(|l| !l.schedule.is_empty())
         } else {
-            let mut remaining = 100;
-            for (level, health) in levels.iter_mut().zip(&healths) {
-                level.load = (health * 100 / total_health).min(remaining);
-                remaining -= level.load;
-            }
-            // Rounding leftovers go to the first level that takes load.
-            if let Some(level) = levels.iter_mut().find(|l| l.load > 0) {
-                level.load += remaining;
-            }
+            levels.iter_mut().find(|l| l.load > 0)
+        };
+        if let Some(level) = first {
+            level.load += remaining;
         }
         levels.retain(|l| l.load > 0);
         HostSelector { levels }
