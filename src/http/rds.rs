@@ -13,12 +13,22 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
 use crate::config::Rejected;
 use crate::config::route::{HostPortMatch, RouteTable};
+use crate::stats::{Counter, Store};
 
 /// One HCM's view of an RDS route configuration.
 pub struct RdsSlot {
     pub name: String,
     host_port: HostPortMatch,
     table: ArcSwapOption<RouteTable>,
+    stats: SlotStats,
+}
+
+/// `http.<stat_prefix>.rds.<route_config_name>.*`, Envoy's per-HCM RDS stats.
+struct SlotStats {
+    update_attempt: Counter,
+    update_success: Counter,
+    update_rejected: Counter,
+    config_reload: Counter,
 }
 
 /// An HCM's routes: inline, or from RDS.
@@ -88,10 +98,18 @@ impl RdsRegistry {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A slot for `name`, filled at once when that configuration is already known.
-    pub fn slot(&self, name: &str, host_port: HostPortMatch) -> Arc<RdsSlot> {
+    /// A slot for `name` for the HCM with `stat_prefix`, filled at once when that
+    /// configuration is already known.
+    pub fn slot(&self, name: &str, host_port: HostPortMatch, store: &Store, stat_prefix: &str) -> Arc<RdsSlot> {
         let mut state = self.lock();
-        let slot = Arc::new(RdsSlot { name: name.to_owned(), host_port, table: ArcSwapOption::empty() });
+        let c = |s: &str| store.counter(&format!("http.{stat_prefix}.rds.{name}.{s}"));
+        let stats = SlotStats {
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_rejected: c("update_rejected"),
+            config_reload: c("config_reload"),
+        };
+        let slot = Arc::new(RdsSlot { name: name.to_owned(), host_port, table: ArcSwapOption::empty(), stats });
         if let Some(config) = state.configs.get(name)
             && let Ok(table) = RouteTable::from_proto(&config.proto, host_port)
         {
@@ -125,10 +143,15 @@ impl RdsRegistry {
             } else {
                 slots.iter().map(|slot| RouteTable::from_proto(&proto, slot.host_port)).collect()
             };
+            for slot in &slots {
+                slot.stats.update_attempt.inc();
+            }
             match tables {
                 Ok(tables) => {
                     for (slot, table) in slots.iter().zip(tables) {
                         slot.table.store(Some(Arc::new(table)));
+                        slot.stats.update_success.inc();
+                        slot.stats.config_reload.inc();
                     }
                     let config = RdsConfig {
                         version_info: version_info.to_owned(),
@@ -137,7 +160,10 @@ impl RdsRegistry {
                     };
                     state.configs.insert(config.proto.name.clone(), config);
                 }
-                Err(e) => errors.push(&proto.name, format!("route configuration '{}': {e}", proto.name)),
+                Err(e) => {
+                    slots.iter().for_each(|slot| slot.stats.update_rejected.inc());
+                    errors.push(&proto.name, format!("route configuration '{}': {e}", proto.name));
+                }
             }
         }
         errors.into_result()

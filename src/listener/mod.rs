@@ -104,7 +104,7 @@ impl HttpListener {
         let access_logs = spec.hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
         let routes = match &spec.hcm.routes {
             RouteSpec::Inline(table, _) => Routes::Static(table.clone()),
-            RouteSpec::Rds { name, host_port } => Routes::Rds(rds.slot(name, *host_port)),
+            RouteSpec::Rds { name, host_port } => Routes::Rds(rds.slot(name, *host_port, store, &spec.hcm.stat_prefix)),
         };
         Ok(HttpListener { spec, stats, http_stats, access_logs, clusters, routes })
     }

@@ -79,6 +79,7 @@ struct SubscriptionStats {
     update_success: Counter,
     update_rejected: Counter,
     version: Gauge,
+    update_time: Gauge,
 }
 
 impl SubscriptionStats {
@@ -89,6 +90,7 @@ impl SubscriptionStats {
             update_success: c("update_success"),
             update_rejected: c("update_rejected"),
             version: store.gauge(&format!("{prefix}.version")),
+            update_time: store.gauge(&format!("{prefix}.update_time")),
         }
     }
 }
@@ -439,6 +441,8 @@ impl AdsClient {
                 state.version = version.to_owned();
                 state.stats.update_success.inc();
                 state.stats.version.set(version_hash(version));
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                state.stats.update_time.set(now.as_millis() as i64);
                 None
             }
             Err(rejected) => {

@@ -479,6 +479,8 @@ http_filters:
         serde_json::from_str(&legate.admin_get("/config_dump?resource=dynamic_route_configs").await.1).unwrap();
     assert_eq!(dump["configs"][0]["version_info"], "r2");
     assert_eq!(dump["configs"][0]["route_config"]["name"], "r1");
+    assert_eq!(legate.stat("http.dyn.rds.r1.update_success").await, Some(2));
+    assert_eq!(legate.stat("http.dyn.rds.r1.update_rejected").await, Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,4 +593,25 @@ async fn eds_priorities_spill_over_by_health_and_overprovisioning() {
     let (_, clusters) = legate.admin_get("/clusters").await;
     assert!(clusters.contains(&format!("dyn::{}::health_flags::/failed_eds_health", down.address)), "{clusters}");
     assert!(clusters.contains(&format!("dyn::{}::priority::1", b.address)), "{clusters}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_cluster_lets_in_flight_requests_finish() {
+    let a = Upstream::start("a").await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let mut stream = warm_up(&control_plane, &legate, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+    let address = legate.listener("main");
+    let in_flight = tokio::spawn(async move { send(address, Version::HTTP_2, get("/delay/600")).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !a.seen.lock().unwrap().iter().any(|s| s.path == "/delay/600") {
+        assert!(tokio::time::Instant::now() < deadline, "the slow request did not reach the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stream.push::<ClusterProto>("2", "n3", vec![]);
+    assert_eq!(stream.next_of(CLUSTER_TYPE).await.version_info, "2");
+    assert_eq!(send(address, Version::HTTP_11, get("/")).await.status, 503, "new requests: unknown cluster");
+    let answer = in_flight.await.unwrap();
+    assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "a"), "the in-flight request finished");
 }
