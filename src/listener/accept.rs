@@ -47,8 +47,7 @@ pub async fn serve_listener(
         }
     };
     let mut drain_accept = drain.clone();
-    let connections = tokio::task::JoinSet::new();
-    let mut connections = connections;
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {

@@ -208,6 +208,11 @@ impl AdsClient {
                 return;
             };
             target += 1;
+            // Nonces belong to a stream: a new stream's first requests carry none, or a
+            // control plane would take them for stale responses' ACKs.
+            for state in &mut self.types {
+                state.nonce.clear();
+            }
             let started = tokio::time::Instant::now();
             let end = match self.connect(address).await {
                 Ok(client) if self.spec.delta => self.stream_delta(client).await,

@@ -195,6 +195,7 @@ async fn a_reconnect_resubscribes_with_the_last_accepted_versions() {
     let mut again = control_plane.next_stream().await;
     let cds = again.next_of(CLUSTER_TYPE).await;
     assert_eq!(cds.version_info, "1");
+    assert_eq!(cds.response_nonce, "", "nonces do not carry over to a new stream");
     assert!(cds.node.is_some(), "each new stream starts with the node");
     let eds = again.next_of(ENDPOINT_TYPE).await;
     assert_eq!((eds.version_info.as_str(), eds.resource_names.as_slice()), ("e1", ["dyn".to_owned()].as_slice()));
