@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin;
 use crate::cli::Options;
 use crate::config::bootstrap::BootstrapSpec;
-use crate::config::xds::{AdsSpec, SourceSpec};
+use crate::config::xds::{AdsSpec, GrpcTarget, SourceSpec};
 use crate::listener::{ListenerManager, WorkerCommand, serve_listener};
 use crate::stats::Store;
 use crate::upstream::ClusterManager;
@@ -269,12 +269,16 @@ fn start_xds(
     lds: Option<SourceSpec>,
     shared: &Arc<ServerShared>,
 ) -> anyhow::Result<()> {
-    let targets: Vec<SocketAddr> = shared
-        .clusters
-        .snapshot()
-        .get(&ads.cluster)
-        .map(|c| c.hosts.iter().map(|h| h.address).collect())
-        .unwrap_or_default();
+    // Each (re)connect dials the next target: the ADS cluster's hosts, or the URI.
+    let targets: Vec<String> = match &ads.target {
+        GrpcTarget::Cluster(cluster) => shared
+            .clusters
+            .snapshot()
+            .get(cluster)
+            .map(|c| c.hosts.iter().map(|h| format!("http://{}", h.address)).collect())
+            .unwrap_or_default(),
+        GrpcTarget::Uri(uri) => vec![format!("http://{uri}")],
+    };
     let clusters = shared.clusters.clone();
     let listeners = shared.listeners.clone();
     let clusters_for_lds = shared.clusters.clone();

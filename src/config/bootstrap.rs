@@ -14,7 +14,7 @@ use super::error::{ConfigError, Result};
 use super::listener::{ListenerSpec, RouteSpec};
 use super::proto::ensure_only;
 use super::schema::{self, Format};
-use super::xds::DynamicSpec;
+use super::xds::{AdsSpec, DynamicSpec, GrpcTarget};
 use crate::cli::Options;
 
 /// The admin interface's config.
@@ -154,12 +154,12 @@ impl BootstrapSpec {
             }
             listeners.push(spec);
         }
-        if let Some(ads) = &dynamic.ads
-            && !cluster_names.contains(&ads.cluster)
+        if let Some(AdsSpec { target: GrpcTarget::Cluster(cluster), .. }) = &dynamic.ads
+            && !cluster_names.contains(cluster)
         {
             return Err(ConfigError::invalid(
                 "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
-                format!("Unknown gRPC client cluster '{}'", ads.cluster),
+                format!("Unknown gRPC client cluster '{cluster}'"),
             ));
         }
         Ok(BootstrapSpec { node: proto.node.clone().unwrap_or_default(), admin, listeners, clusters, dynamic, proto })

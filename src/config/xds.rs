@@ -16,11 +16,19 @@ use super::proto::{self, ensure_only};
 /// Envoy's default `initial_fetch_timeout`.
 const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Where a gRPC xDS service is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcTarget {
+    /// `envoy_grpc.cluster_name`: a static cluster's hosts.
+    Cluster(String),
+    /// `google_grpc.target_uri` (`host:port`, optionally `dns:///` prefixed).
+    Uri(String),
+}
+
 /// The aggregated discovery stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdsSpec {
-    /// The static cluster that serves ADS (`envoy_grpc.cluster_name`).
-    pub cluster: String,
+    pub target: GrpcTarget,
     /// Send `node` only on a stream's first request.
     pub set_node_on_first_message_only: bool,
     /// Incremental xDS (`DELTA_GRPC`) instead of state of the world.
@@ -92,24 +100,36 @@ fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
         }
     };
     let spath = format!("{path}.grpc_services[0]");
-    ensure_only(service, &["envoy_grpc", "timeout"], &spath)?;
-    let cluster = match &service.target_specifier {
+    ensure_only(service, &["envoy_grpc", "google_grpc", "timeout"], &spath)?;
+    let target = match &service.target_specifier {
         Some(TargetSpecifier::EnvoyGrpc(envoy)) => {
-            ensure_only(envoy, &["cluster_name"], &format!("{spath}.envoy_grpc"))?;
-            envoy.cluster_name.clone()
+            let epath = format!("{spath}.envoy_grpc");
+            ensure_only(envoy, &["cluster_name"], &epath)?;
+            if envoy.cluster_name.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{epath}.cluster_name"),
+                    "value length must be at least 1 characters",
+                ));
+            }
+            GrpcTarget::Cluster(envoy.cluster_name.clone())
         }
-        Some(TargetSpecifier::GoogleGrpc(_)) => {
-            return Err(ConfigError::unsupported(format!("{spath}.google_grpc"), ""));
+        Some(TargetSpecifier::GoogleGrpc(google)) => {
+            let gpath = format!("{spath}.google_grpc");
+            // Plaintext only: channel credentials (TLS) come with TLS support.
+            ensure_only(google, &["target_uri", "stat_prefix"], &gpath)?;
+            for (field, value) in [("target_uri", &google.target_uri), ("stat_prefix", &google.stat_prefix)] {
+                if value.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{gpath}.{field}"),
+                        "value length must be at least 1 characters",
+                    ));
+                }
+            }
+            GrpcTarget::Uri(google.target_uri.trim_start_matches("dns:///").trim_start_matches("dns:").to_owned())
         }
         None => return Err(ConfigError::invalid(&spath, "target_specifier is required")),
     };
-    if cluster.is_empty() {
-        return Err(ConfigError::invalid(
-            format!("{spath}.envoy_grpc.cluster_name"),
-            "value length must be at least 1 characters",
-        ));
-    }
-    Ok(AdsSpec { cluster, set_node_on_first_message_only: api.set_node_on_first_message_only, delta })
+    Ok(AdsSpec { target, set_node_on_first_message_only: api.set_node_on_first_message_only, delta })
 }
 
 /// A config source that must be `ads: {}` with `resource_api_version: V3`.

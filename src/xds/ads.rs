@@ -7,7 +7,6 @@
 //! set, so the managers see state-of-the-world semantics either way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,7 +138,7 @@ pub struct AdsClient {
     spec: AdsSpec,
     node: Node,
     /// The ADS cluster's hosts; each (re)connect takes the next one.
-    targets: Vec<SocketAddr>,
+    targets: Vec<String>,
     clusters: Arc<ClusterManager>,
     listeners: Arc<ListenerManager>,
     types: [TypeState; 4],
@@ -152,11 +151,11 @@ pub struct AdsClient {
 }
 
 impl AdsClient {
-    /// A client for `spec`, dialing `targets` (the ADS cluster's hosts).
+    /// A client for `spec`, dialing `targets` (`http://` URIs: the ADS cluster's hosts, or `google_grpc`'s target).
     pub fn new(
         spec: AdsSpec,
         node: Node,
-        targets: Vec<SocketAddr>,
+        targets: Vec<String>,
         clusters: Arc<ClusterManager>,
         listeners: Arc<ListenerManager>,
         lds_wanted: bool,
@@ -203,7 +202,7 @@ impl AdsClient {
         let mut attempt: u32 = 0;
         let mut target = 0;
         loop {
-            let Some(address) = self.targets.get(target % self.targets.len().max(1)).copied() else {
+            let Some(address) = self.targets.get(target % self.targets.len().max(1)).cloned() else {
                 tracing::error!("the ADS cluster has no hosts");
                 return;
             };
@@ -214,7 +213,7 @@ impl AdsClient {
                 state.nonce.clear();
             }
             let started = tokio::time::Instant::now();
-            let end = match self.connect(address).await {
+            let end = match self.connect(&address).await {
                 Ok(client) if self.spec.delta => self.stream_delta(client).await,
                 Ok(client) => self.stream_sotw(client).await,
                 Err(e) => e,
@@ -235,8 +234,8 @@ impl AdsClient {
         }
     }
 
-    async fn connect(&self, address: SocketAddr) -> Result<AggregatedDiscoveryServiceClient<Channel>, StreamEnd> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+    async fn connect(&self, uri: &str) -> Result<AggregatedDiscoveryServiceClient<Channel>, StreamEnd> {
+        let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
             .map_err(|e| StreamEnd::Connect(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);

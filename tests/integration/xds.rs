@@ -616,3 +616,24 @@ async fn a_removed_cluster_lets_in_flight_requests_finish() {
     let answer = in_flight.await.unwrap();
     assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "a"), "the in-flight request finished");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_grpc_target_uri_reaches_the_control_plane() {
+    let a = Upstream::start("a").await;
+    let control_plane = ControlPlane::start().await;
+    let route = format!(
+        "            validate_clusters: false\n{}",
+        routes("              - match: { prefix: \"/\" }\n                route: { cluster: dyn }\n")
+    );
+    let yaml = bootstrap("", &route, &static_cluster("unused", &[(a.address, 1)], "")).replacen(
+        "static_resources:\n",
+        &format!(
+            "dynamic_resources:\n  ads_config: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ google_grpc: {{ target_uri: \"{}\", stat_prefix: ads }} }}] }}\n  cds_config: {{ ads: {{}}, resource_api_version: V3 }}\nstatic_resources:\n",
+            control_plane.address
+        ),
+        1,
+    );
+    let legate = Legate::start(&yaml);
+    let _stream = warm_up(&control_plane, &legate, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+}
