@@ -21,12 +21,12 @@ use crate::upstream::ClusterManager;
 use crate::worker::Worker;
 use crate::xds::AdsClient;
 
-/// Envoy's `server.state` values.
+/// Envoy's `server.state` values (legate has no PRE_INITIALIZING = 2 phase: it parses
+/// its config before the admin endpoint exists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
     Live = 0,
     Draining = 1,
-    PreInitializing = 2,
     Initializing = 3,
 }
 
@@ -36,7 +36,6 @@ impl ServerState {
         match self {
             ServerState::Live => "LIVE",
             ServerState::Draining => "DRAINING",
-            ServerState::PreInitializing => "PRE_INITIALIZING",
             ServerState::Initializing => "INITIALIZING",
         }
     }
