@@ -55,7 +55,8 @@ pub struct HcmSpec {
     pub stat_prefix: String,
     pub codec: Codec,
     pub routes: RouteSpec,
-    pub server_name: String,
+    /// The `server` header value (validated at config time; cloning it does not allocate).
+    pub server_name: http::HeaderValue,
     pub generate_request_id: bool,
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
@@ -268,7 +269,12 @@ impl HcmSpec {
             stat_prefix: proto.stat_prefix.clone(),
             codec,
             routes,
-            server_name: if proto.server_name.is_empty() { "envoy".to_owned() } else { proto.server_name.clone() },
+            server_name: if proto.server_name.is_empty() {
+                http::HeaderValue::from_static("envoy")
+            } else {
+                http::HeaderValue::from_str(&proto.server_name)
+                    .map_err(|_| ConfigError::invalid(join_path(path, "server_name"), "not a valid header value"))?
+            },
             generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),
             use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
             xff_num_trusted_hops: proto.xff_num_trusted_hops,

@@ -368,34 +368,34 @@ fn failure_reply(
 /// Shapes the request for the upstream's wire: HTTP/1.1 wants origin-form with `Host`,
 /// HTTP/2 wants the authority in the URI (hyper sends it as `:authority`).
 fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<RequestBody> {
-    // Host rewrites land in the `host` header, so it wins over the downstream URI authority.
-    let authority = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()));
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     match wire {
         Wire::Http1 => {
-            if let Some(authority) = &authority
-                && let Ok(value) = HeaderValue::from_str(authority)
-            {
-                parts.headers.insert(header::HOST, value);
+            // The common HTTP/1.1 → HTTP/1.1 case needs nothing: origin-form URI, Host set.
+            if parts.uri.authority().is_some() {
+                if !parts.headers.contains_key(header::HOST)
+                    && let Some(authority) = parts.uri.authority()
+                    && let Ok(value) = HeaderValue::from_str(authority.as_str())
+                {
+                    parts.headers.insert(header::HOST, value);
+                }
+                let path_and_query = parts.uri.path_and_query().cloned();
+                parts.uri = path_and_query.map_or_else(|| Uri::from_static("/"), Uri::from);
             }
-            parts.uri = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
             parts.version = Version::HTTP_11;
         }
         Wire::Http2 => {
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(authority.as_deref().unwrap_or("localhost"))
-                .path_and_query(path_and_query)
-                .build();
-            if let Ok(uri) = uri {
-                parts.uri = uri;
+            // Host rewrites land in the `host` header, so it wins over the URI authority.
+            let authority = match parts.headers.remove(header::HOST) {
+                Some(host) => http::uri::Authority::try_from(host.as_bytes()).ok(),
+                None => parts.uri.authority().cloned(),
+            };
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(authority.unwrap_or_else(|| http::uri::Authority::from_static("localhost")));
+            if uri.path_and_query.is_none() {
+                uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
             }
-            parts.headers.remove(header::HOST);
+            parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
             parts.version = Version::HTTP_2;
         }
     }
@@ -410,10 +410,8 @@ fn class_index(status: StatusCode) -> usize {
     usize::from((status.as_u16() / 100).clamp(1, 5) - 1)
 }
 
-fn set_server(headers: &mut HeaderMap, server_name: &str) {
-    if let Ok(value) = HeaderValue::from_str(server_name) {
-        headers.insert(header::SERVER, value);
-    }
+fn set_server(headers: &mut HeaderMap, server_name: &HeaderValue) {
+    headers.insert(header::SERVER, server_name.clone());
 }
 
 fn empty_parts() -> Parts {
