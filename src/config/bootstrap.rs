@@ -107,6 +107,16 @@ impl BootstrapSpec {
             Some(d) => DynamicSpec::from_proto(d, "dynamic_resources")?,
             None => DynamicSpec::default(),
         };
+        let node = proto.node.clone().unwrap_or_default();
+        if (dynamic.ads.is_some() || dynamic.cds.is_some() || dynamic.lds.is_some())
+            && (node.id.is_empty() || node.cluster.is_empty())
+        {
+            // Envoy needs both to identify itself to a control plane.
+            return Err(ConfigError::invalid(
+                "node",
+                "node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options.",
+            ));
+        }
         let statics = proto.static_resources.clone().unwrap_or_default();
         ensure_only(&statics, &["listeners", "clusters"], "static_resources")?;
         let mut clusters = Vec::with_capacity(statics.clusters.len());
@@ -162,6 +172,6 @@ impl BootstrapSpec {
                 format!("Unknown gRPC client cluster '{cluster}'"),
             ));
         }
-        Ok(BootstrapSpec { node: proto.node.clone().unwrap_or_default(), admin, listeners, clusters, dynamic, proto })
+        Ok(BootstrapSpec { node, admin, listeners, clusters, dynamic, proto })
     }
 }

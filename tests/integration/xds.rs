@@ -53,7 +53,7 @@ fn legate_with_ads(control_plane: &ControlPlane) -> Legate {
     let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
     let yaml = bootstrap("", &route, &clusters).replacen(
         "static_resources:\n",
-        "dynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s }\nstatic_resources:\n",
+        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s }\nstatic_resources:\n",
         1,
     );
     Legate::start(&yaml)
@@ -270,7 +270,7 @@ async fn initial_fetch_timeout_lets_the_server_go_live_without_cds() {
     let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
     let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters).replacen(
         "static_resources:\n",
-        "dynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0.3s }\nstatic_resources:\n",
+        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0.3s }\nstatic_resources:\n",
         1,
     );
     let legate = Legate::start(&yaml);
@@ -329,7 +329,7 @@ async fn lds_after_cds_adds_updates_and_removes_listeners() {
     let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
     let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters).replacen(
         "static_resources:\n",
-        "dynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
+        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
         1,
     );
     let legate = Legate::start(&yaml);
@@ -412,7 +412,7 @@ async fn rds_routes_warm_a_listener_and_swap_under_it() {
     let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
     let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters).replacen(
         "static_resources:\n",
-        "dynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
+        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
         1,
     );
     let legate = Legate::start(&yaml);
@@ -496,7 +496,7 @@ async fn delta_ads_subscribes_applies_removes_and_resumes_with_initial_versions(
     let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
     let yaml = bootstrap("", &route, &clusters).replacen(
         "static_resources:\n",
-        "dynamic_resources:\n  ads_config: { api_type: DELTA_GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
+        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: DELTA_GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
         1,
     );
     let legate = Legate::start(&yaml);
@@ -628,7 +628,7 @@ async fn google_grpc_target_uri_reaches_the_control_plane() {
     let yaml = bootstrap("", &route, &static_cluster("unused", &[(a.address, 1)], "")).replacen(
         "static_resources:\n",
         &format!(
-            "dynamic_resources:\n  ads_config: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ google_grpc: {{ target_uri: \"{}\", stat_prefix: ads }} }}] }}\n  cds_config: {{ ads: {{}}, resource_api_version: V3 }}\nstatic_resources:\n",
+            "node: {{ id: legate-test, cluster: test }}\ndynamic_resources:\n  ads_config: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ google_grpc: {{ target_uri: \"{}\", stat_prefix: ads }} }}] }}\n  cds_config: {{ ads: {{}}, resource_api_version: V3 }}\nstatic_resources:\n",
             control_plane.address
         ),
         1,
