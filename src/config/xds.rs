@@ -83,10 +83,11 @@ fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
             ));
         }
     };
-    if api.transport_api_version != ApiVersion::V3 as i32 {
+    // Envoy 1.40 takes AUTO (unset) as V3; only an explicit V2 is refused.
+    if api.transport_api_version == ApiVersion::V2 as i32 {
         return Err(ConfigError::invalid(
             join_path(path, "transport_api_version"),
-            "V2 (and AUTO) xDS transport protocol versions are deprecated; use V3",
+            "the V2 xDS transport protocol is no longer supported; use V3",
         ));
     }
     let service = match api.grpc_services.as_slice() {
@@ -146,10 +147,10 @@ pub fn ads_source(source: &ConfigSource, have_ads: bool, path: &str) -> Result<S
         Some(_) => return Err(ConfigError::unsupported(path, "config sources other than `ads: {}`")),
         None => return Err(ConfigError::invalid(path, "config_source_specifier is required")),
     }
-    if source.resource_api_version != ApiVersion::V3 as i32 {
+    if source.resource_api_version == ApiVersion::V2 as i32 {
         return Err(ConfigError::invalid(
             join_path(path, "resource_api_version"),
-            "V2 (and AUTO) xDS resource versions are deprecated; use V3",
+            "V2 xDS resources are no longer supported; use V3",
         ));
     }
     let initial_fetch_timeout = match &source.initial_fetch_timeout {
