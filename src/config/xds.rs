@@ -70,6 +70,7 @@ impl DynamicSpec {
     }
 }
 
+#[allow(deprecated)] // refusing the deprecated V2 means naming it
 fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
     ensure_only(api, &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"], path)?;
     let delta = match ApiType::try_from(api.api_type) {
@@ -134,6 +135,7 @@ fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
 }
 
 /// A config source that must be `ads: {}` with `resource_api_version: V3`.
+#[allow(deprecated)] // refusing the deprecated V2 means naming it
 pub fn ads_source(source: &ConfigSource, have_ads: bool, path: &str) -> Result<SourceSpec> {
     ensure_only(source, &["ads", "resource_api_version", "initial_fetch_timeout"], path)?;
     match &source.config_source_specifier {
