@@ -71,7 +71,8 @@ pub(super) fn clusters(state: &AdminState, request: &AdminRequest) -> Response<F
     }
 }
 
-fn host_counters(host: &Host) -> [(&'static str, u64, simple_metric::Type); 8] {
+/// A host's stats in Envoy's `/clusters` text order (by name).
+fn host_counters(host: &Host) -> [(&'static str, u64, simple_metric::Type); 9] {
     use simple_metric::Type::{Counter, Gauge};
     let s = &host.stats;
     let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -81,15 +82,21 @@ fn host_counters(host: &Host) -> [(&'static str, u64, simple_metric::Type); 8] {
         ("cx_total", v(&s.cx_total), Counter),
         ("rq_active", v(&s.rq_active), Gauge),
         ("rq_error", v(&s.rq_error), Counter),
+        ("rq_pending_active", v(&s.rq_pending_active), Gauge),
         ("rq_success", v(&s.rq_success), Counter),
         ("rq_timeout", v(&s.rq_timeout), Counter),
         ("rq_total", v(&s.rq_total), Counter),
     ]
 }
 
+/// The name stats go under: `alt_stat_name` when set, as Envoy's `observability_name`.
+fn observability_name(cluster: &Cluster) -> &str {
+    if cluster.proto.alt_stat_name.is_empty() { &cluster.name } else { &cluster.proto.alt_stat_name }
+}
+
 fn write_text(out: &mut String, cluster: &Cluster) {
     let name = &cluster.name;
-    let _ = writeln!(out, "{name}::observability_name::{name}");
+    let _ = writeln!(out, "{name}::observability_name::{}", observability_name(cluster));
     for priority in ["default_priority", "high_priority"] {
         for (threshold, value) in DEFAULT_THRESHOLDS {
             let _ = writeln!(out, "{name}::{priority}::{threshold}::{value}");
@@ -125,7 +132,7 @@ fn status(cluster: &Cluster) -> ClusterStatus {
     };
     ClusterStatus {
         name: cluster.name.clone(),
-        observability_name: cluster.name.clone(),
+        observability_name: observability_name(cluster).to_owned(),
         added_via_api: cluster.added_via_api,
         host_statuses: cluster.hosts.iter().map(|h| host_status(h)).collect(),
         circuit_breakers: Some(CircuitBreakers {
@@ -155,10 +162,15 @@ fn host_status(host: &Host) -> HostStatus {
                 ..Default::default()
             })),
         }),
-        stats: host_counters(host)
-            .into_iter()
-            .map(|(name, value, kind)| SimpleMetric { r#type: kind as i32, value, name: name.to_owned() })
-            .collect(),
+        // Envoy's JSON lists the counters first, then the gauges.
+        stats: {
+            let mut stats: Vec<SimpleMetric> = host_counters(host)
+                .into_iter()
+                .map(|(name, value, kind)| SimpleMetric { r#type: kind as i32, value, name: name.to_owned() })
+                .collect();
+            stats.sort_by_key(|m| m.r#type);
+            stats
+        },
         health_status: Some(HostHealthStatus {
             failed_active_health_check: flags & health_flag::FAILED_ACTIVE_HC != 0,
             failed_outlier_check: flags & health_flag::FAILED_OUTLIER_CHECK != 0,

@@ -52,6 +52,8 @@ pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<Full
             service_node: options.service_node.clone().unwrap_or_default(),
             service_zone: options.service_zone.clone().unwrap_or_default(),
             drain_time: seconds(options.drain_time_s),
+            // legate's access log writers flush on their own interval (no flag sets it).
+            file_flush_interval: seconds(crate::http::access_log::FLUSH_INTERVAL.as_secs()),
             parent_shutdown_time: seconds(options.parent_shutdown_time_s),
             disable_hot_restart: options.disable_hot_restart,
             mode: match options.mode {

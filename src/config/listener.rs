@@ -66,6 +66,9 @@ pub struct HcmSpec {
     pub access_logs: Vec<AccessLogSpec>,
     /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time`.
     pub suppress_envoy_headers: bool,
+    /// `strip_any_host_port` / `strip_matching_host_port`: the port Envoy removes from the
+    /// request's host before routing (the upstream sees the host without it too).
+    pub strip_host_port: HostPortMatch,
 }
 
 /// A validated listener.
@@ -283,6 +286,7 @@ impl HcmSpec {
             idle_timeout,
             access_logs,
             suppress_envoy_headers,
+            strip_host_port: host_port,
         })
     }
 }

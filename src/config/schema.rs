@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use prost::{Message, Name};
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
+use serde::Deserialize;
 
 use super::error::ConfigError;
 
@@ -54,21 +55,24 @@ pub fn parse_with<M: Message + Name + Default>(
         Format::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
             let wrapped = serde_path_to_error::Deserializer::new(&mut de, &mut track);
-            DynamicMessage::deserialize_with_options(desc, wrapped, &options)
+            DynamicMessage::deserialize_with_options(desc.clone(), wrapped, &options)
                 .and_then(|m| de.end().map(|()| m))
                 .map_err(|e| e.to_string())
         }
-        Format::Yaml => {
-            let mut budget = serde_saphyr::Budget::default();
-            budget.max_nodes = 50_000_000;
-            budget.max_events = 100_000_000;
-            let yaml_options = serde_saphyr::options! { budget: Some(budget) };
-            serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options, |de| {
-                let wrapped = serde_path_to_error::Deserializer::new(de, &mut track);
-                DynamicMessage::deserialize_with_options(desc.clone(), wrapped, &options)
-            })
-            .map_err(|e| e.to_string())
+        Format::Yaml => serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
+            let wrapped = serde_path_to_error::Deserializer::new(de, &mut track);
+            DynamicMessage::deserialize_with_options(desc.clone(), wrapped, &options)
+        })
+        .map_err(|e| e.to_string()),
+    };
+    // Envoy's reader (protobuf's JSON parser) takes a single value where a list is expected
+    // as a list of one. Tried only when the strict parse fails on that, so that the errors of
+    // every other config keep their YAML line and column.
+    let parsed = match parsed {
+        Err(message) if message.contains("expected a list") => {
+            singletons_as_lists(text, format, &desc, &options).ok_or(message)
         }
+        other => other,
     };
     match parsed {
         Ok(dynamic) => M::decode(dynamic.encode_to_vec().as_slice())
@@ -87,6 +91,70 @@ pub fn parse_with<M: Message + Name + Default>(
             match missing_type {
                 Some(name) => Err(ConfigError::unsupported(path, format!("@type {name}"))),
                 None => Err(ConfigError::invalid(path, message)),
+            }
+        }
+    }
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 50_000_000;
+    budget.max_events = 100_000_000;
+    serde_saphyr::options! { budget: Some(budget) }
+}
+
+/// Parses `text` with every single value given for a repeated field read as a list of one.
+fn singletons_as_lists(
+    text: &str,
+    format: Format,
+    desc: &MessageDescriptor,
+    options: &DeserializeOptions,
+) -> Option<DynamicMessage> {
+    let mut value: serde_json::Value = match format {
+        Format::Json => serde_json::from_str(text).ok()?,
+        Format::Yaml => serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
+            serde_json::Value::deserialize(de)
+        })
+        .ok()?,
+    };
+    wrap_singletons(&mut value, desc);
+    DynamicMessage::deserialize_with_options(desc.clone(), value, options).ok()
+}
+
+/// Wraps the non-list values of repeated fields in a list, through nested messages, map
+/// values and `Any` (by its `@type`); well-known types with their own JSON form are left alone.
+fn wrap_singletons(value: &mut serde_json::Value, desc: &MessageDescriptor) {
+    let serde_json::Value::Object(map) = value else { return };
+    let desc = if desc.full_name() == "google.protobuf.Any" {
+        let inner =
+            map.get("@type").and_then(|t| t.as_str()).and_then(|t| pool().get_message_by_name(t.rsplit('/').next()?));
+        match inner {
+            Some(inner) => inner,
+            None => return,
+        }
+    } else {
+        desc.clone()
+    };
+    if desc.full_name().starts_with("google.protobuf.") {
+        return;
+    }
+    for (key, item) in map.iter_mut() {
+        let Some(field) = desc.get_field_by_name(key).or_else(|| desc.get_field_by_json_name(key)) else { continue };
+        if field.is_map() {
+            if let (Kind::Message(entry), serde_json::Value::Object(entries)) = (field.kind(), &mut *item)
+                && let Kind::Message(values) = entry.map_entry_value_field().kind()
+            {
+                entries.values_mut().for_each(|v| wrap_singletons(v, &values));
+            }
+            continue;
+        }
+        if field.is_list() && !item.is_array() && !item.is_null() {
+            *item = serde_json::Value::Array(vec![item.take()]);
+        }
+        if let Kind::Message(message) = field.kind() {
+            match item {
+                serde_json::Value::Array(items) => items.iter_mut().for_each(|v| wrap_singletons(v, &message)),
+                other => wrap_singletons(other, &message),
             }
         }
     }
@@ -128,9 +196,29 @@ fn bytes_to_json(desc: prost_reflect::MessageDescriptor, bytes: &[u8], skip_defa
         .use_proto_field_name(true)
         .stringify_64_bit_integers(true)
         .skip_default_fields(skip_defaults);
-    dynamic
+    let mut json = dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+    integral_doubles(&mut json);
+    json
+}
+
+/// Prints whole doubles as protobuf's C++ JSON printer does (`7`, not `7.0`): the numbers of
+/// `Struct` values (metadata, JSON log formats) and double fields.
+fn integral_doubles(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+                && f.abs() < 9_007_199_254_740_992.0
+            {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_doubles),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral_doubles),
+        _ => {}
+    }
 }
 
 /// Every message name in Envoy's API (sorted), including those outside the runtime pool.
@@ -141,4 +229,45 @@ static ENVOY_MESSAGE_NAMES: &str = include_str!(concat!(env!("OUT_DIR"), "/envoy
 pub fn knows_type(type_url: &str) -> bool {
     let name = type_url.rsplit('/').next().unwrap_or(type_url);
     pool().get_message_by_name(name).is_some() || ENVOY_MESSAGE_NAMES.lines().any(|known| known == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_value_for_a_repeated_field_is_a_list_of_one() {
+        use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+        let yaml = r#"
+static_resources:
+  listeners:
+    name: main
+    address: { socket_address: { address: 127.0.0.1, port_value: 1 } }
+    filter_chains:
+      filters:
+        name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: p
+          route_config: { virtual_hosts: { name: all, domains: "*" } }
+"#;
+        let bootstrap: Bootstrap = parse(yaml, Format::Yaml).expect("Envoy accepts singletons for lists");
+        let listeners = &bootstrap.static_resources.unwrap().listeners;
+        assert_eq!(listeners.len(), 1);
+        assert_eq!(listeners[0].filter_chains[0].filters.len(), 1);
+        let json = r#"{"static_resources": {"clusters": {"name": "a", "connect_timeout": "1s"}}}"#;
+        let bootstrap: Bootstrap = parse(json, Format::Json).expect("in JSON too");
+        assert_eq!(bootstrap.static_resources.unwrap().clusters[0].name, "a");
+        // A value of the wrong type inside the list is still an error naming the field.
+        let bad = "static_resources: { clusters: [{ name: a, dns_resolvers: 5 }] }";
+        let error = parse::<Bootstrap>(bad, Format::Yaml).unwrap_err();
+        assert!(error.to_string().contains("dns_resolvers"), "{error}");
+    }
+
+    #[test]
+    fn whole_doubles_print_without_a_fraction() {
+        let mut json = serde_json::json!({ "a": 7.0, "b": [0.5, -2.0], "c": { "d": 3 }, "e": "7.0" });
+        integral_doubles(&mut json);
+        assert_eq!(json.to_string(), r#"{"a":7,"b":[0.5,-2],"c":{"d":3},"e":"7.0"}"#);
+    }
 }

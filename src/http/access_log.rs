@@ -21,7 +21,7 @@ use crate::config::access_log::{
 };
 
 /// How long a line may sit in the writer's buffer, like Envoy's `file_flush_interval_msec`.
-const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// A buffer this big is written at once instead of waiting for the interval (Envoy's
 /// `min_flush_size`).
 const FLUSH_SIZE: usize = 64 * 1024;

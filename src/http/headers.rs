@@ -3,8 +3,13 @@
 
 use std::net::SocketAddr;
 
-use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{HeaderMap, Uri};
+
+use crate::config::route::HostPortMatch;
+use crate::http::route::strip_port;
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -43,48 +48,151 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Envoy's `x-forwarded-for`/`x-forwarded-proto` handling: with `use_remote_address`
-/// the connection's peer is appended to XFF and XFP is set from the connection; without
-/// it XFF is left alone and XFP is set only when absent.
-pub fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr, use_remote_address: bool) {
+/// `x-envoy-external-address`.
+pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+/// Headers only a trusted (internal) hop may set; Envoy removes them from external requests,
+/// and with no `internal_address_config` (which legate does not implement) Envoy 1.40 treats
+/// every request as external.
+static INTERNAL_ONLY: [HeaderName; 15] = [
+    HeaderName::from_static("x-envoy-internal"),
+    HeaderName::from_static("x-envoy-retriable-status-codes"),
+    HeaderName::from_static("x-envoy-retriable-header-names"),
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-retry-grpc-on"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-force-trace"),
+    HeaderName::from_static("x-envoy-ip-tags"),
+    HeaderName::from_static("x-envoy-original-url"),
+    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
+];
+
+/// Removed as well at the edge (`use_remote_address`), where clients could inject them.
+static EDGE_ONLY: [HeaderName; 3] = [
+    HeaderName::from_static("x-envoy-decorator-operation"),
+    HeaderName::from_static("x-envoy-downstream-service-cluster"),
+    HeaderName::from_static("x-envoy-downstream-service-node"),
+];
+
+/// Envoy's request header sanitizing and forwarding headers, after the connection manager's
+/// `mutateRequestHeaders`. With `use_remote_address` (an edge): the peer is appended to
+/// `x-forwarded-for` (a loopback peer as this host's own address), `x-forwarded-proto` is set
+/// from the connection unless a trusted hop sent one, and `x-envoy-external-address` names the
+/// trusted client. Without it, XFF is left alone and XFP set only when absent. Every request
+/// is external, so the internal-only `x-envoy-*` headers are removed. Returns the trusted
+/// client address (`%DOWNSTREAM_REMOTE_ADDRESS%`).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    use_remote_address: bool,
+    trusted_hops: u32,
+) -> SocketAddr {
+    let client = original_client(headers, peer, use_remote_address, trusted_hops);
     let proto = HeaderValue::from_static("http");
+    for name in &INTERNAL_ONLY {
+        headers.remove(name);
+    }
     if use_remote_address {
-        headers.insert(X_FORWARDED_PROTO.clone(), proto);
-        let ip = remote.ip().to_string();
+        for name in &EDGE_ONLY {
+            headers.remove(name);
+        }
+        let appended = if peer.ip().is_loopback() { local_address() } else { peer.ip() };
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
-            _ => ip,
+            Some(existing) if !existing.is_empty() => format!("{existing},{appended}"),
+            _ => appended.to_string(),
         };
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
+        if trusted_hops == 0 || !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        }
+        if let Ok(value) = HeaderValue::from_str(&client.ip().to_string()) {
+            headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), value);
+        }
     } else if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), proto);
     }
+    client
 }
 
-/// The client address as Envoy determines it: the connection's peer with
-/// `use_remote_address`, otherwise the XFF entry `xff_num_trusted_hops` places from the
-/// right (the peer when XFF has no usable entry there).
+/// The address Envoy appends to XFF for a loopback peer: this host's first non-loopback
+/// IPv4 address (the source of its default route here), or 127.0.0.1 without one.
+fn local_address() -> std::net::IpAddr {
+    static LOCAL: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+    *LOCAL.get_or_init(|| {
+        // Connecting a UDP socket sends nothing; it only picks the route's source address.
+        std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|socket| socket.connect("203.0.113.1:9").map(|()| socket))
+            .and_then(|socket| socket.local_addr())
+            .map(|address| address.ip())
+            .ok()
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    })
+}
+
+/// The client address as Envoy determines it: with `use_remote_address`, the XFF entry
+/// `xff_num_trusted_hops - 1` places from the right when there are trusted hops, else the
+/// connection's peer; without it, the XFF entry `xff_num_trusted_hops` places from the right
+/// (the peer when XFF has no usable entry there).
 pub fn original_client(
     headers: &HeaderMap,
     peer: SocketAddr,
     use_remote_address: bool,
     trusted_hops: u32,
 ) -> SocketAddr {
-    if use_remote_address {
-        return peer;
-    }
+    let from_right = match (use_remote_address, trusted_hops) {
+        (true, 0) => return peer,
+        (true, hops) => hops - 1,
+        (false, hops) => hops,
+    };
     let Some(xff) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) else { return peer };
     xff.rsplit(',')
-        .nth(trusted_hops as usize)
+        .nth(from_right as usize)
         .and_then(|entry| entry.trim().parse::<std::net::IpAddr>().ok())
         .map_or(peer, |ip| SocketAddr::new(ip, 0))
 }
 
-/// Adds a random UUID v4 `x-request-id` when the request has none.
-pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if headers.contains_key(&X_REQUEST_ID) {
+/// Envoy's `strip_any_host_port` / `strip_matching_host_port`: removes the port from the
+/// request's host (the `Host` header and the URI authority) before routing, so the upstream
+/// and the access log see the host without it.
+pub fn strip_host_port(parts: &mut Parts, mode: HostPortMatch) {
+    if mode == HostPortMatch::Keep {
+        return;
+    }
+    if let Some(host) = parts.headers.get(header::HOST) {
+        let stripped = strip_port(host.as_bytes(), mode);
+        if stripped.len() != host.len()
+            && let Ok(value) = HeaderValue::from_bytes(stripped)
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    if let Some(authority) = parts.uri.authority() {
+        let text = authority.as_str();
+        let stripped = strip_port(text.as_bytes(), mode);
+        if stripped.len() != text.len()
+            && let Ok(authority) = Authority::try_from(stripped)
+        {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.authority = Some(authority);
+            if let Ok(uri) = Uri::from_parts(uri) {
+                parts.uri = uri;
+            }
+        }
+    }
+}
+
+/// Adds a random UUID v4 `x-request-id` when the request has none, or always when `replace`
+/// (Envoy regenerates it for edge requests, where the client's id is not trusted).
+pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
+    if headers.contains_key(&X_REQUEST_ID) && !replace {
         return;
     }
     let bits = fastrand::u128(..) & !(0xf000 << 64) & !(0xc000 << 48) | (0x4000 << 64) | (0x8000 << 48);
@@ -127,11 +235,75 @@ mod tests {
         let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        set_forwarded(&mut h, peer, false);
+        set_forwarded(&mut h, peer, false, 0);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
-        set_forwarded(&mut h, peer, true);
+        assert!(h.get(&X_ENVOY_EXTERNAL_ADDRESS).is_none());
+        set_forwarded(&mut h, peer, true, 0);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1,10.1.2.3");
+        assert_eq!(h[&X_ENVOY_EXTERNAL_ADDRESS], "10.1.2.3");
+    }
+
+    #[test]
+    fn a_loopback_peer_is_appended_as_this_hosts_address() {
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "127.0.0.1:4000".parse().unwrap(), true, 0);
+        assert_eq!(h[&X_FORWARDED_FOR], local_address().to_string().as_str());
+        assert_eq!(h[&X_ENVOY_EXTERNAL_ADDRESS], "127.0.0.1");
+    }
+
+    #[test]
+    fn a_trusted_hop_keeps_its_forwarded_proto_and_names_the_client() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let client = set_forwarded(&mut h.clone(), peer, true, 0);
+        assert_eq!(client, peer);
+        let mut untrusted = h.clone();
+        set_forwarded(&mut untrusted, peer, true, 0);
+        assert_eq!(untrusted[&X_FORWARDED_PROTO], "http");
+        let client = set_forwarded(&mut h, peer, true, 1);
+        assert_eq!(client.ip().to_string(), "203.0.113.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_ENVOY_EXTERNAL_ADDRESS], "203.0.113.7");
+    }
+
+    #[test]
+    fn internal_only_headers_are_removed_and_edge_ones_at_the_edge() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-envoy-internal",
+            "x-envoy-upstream-rq-timeout-ms",
+            "x-envoy-downstream-service-node",
+            "x-envoy-original-path",
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        let mut inner = h.clone();
+        set_forwarded(&mut inner, peer, false, 0);
+        assert!(inner.get("x-envoy-internal").is_none() && inner.get("x-envoy-upstream-rq-timeout-ms").is_none());
+        assert!(inner.get("x-envoy-downstream-service-node").is_some() && inner.get("x-envoy-original-path").is_some());
+        set_forwarded(&mut h, peer, true, 0);
+        assert!(h.get("x-envoy-downstream-service-node").is_none());
+    }
+
+    #[test]
+    fn host_ports_are_stripped_from_the_header_and_the_authority() {
+        let (mut parts, ()) = http::Request::get("http://api.example.com:8443/x?y=1")
+            .header("host", "api.example.com:8443")
+            .body(())
+            .unwrap()
+            .into_parts();
+        strip_host_port(&mut parts, HostPortMatch::StripMatching(9999));
+        assert_eq!(parts.headers[header::HOST], "api.example.com:8443");
+        strip_host_port(&mut parts, HostPortMatch::StripMatching(8443));
+        assert_eq!(parts.headers[header::HOST], "api.example.com");
+        assert_eq!(parts.uri.to_string(), "http://api.example.com/x?y=1");
+        let (mut parts, ()) = http::Request::get("/").header("host", "[::1]:80").body(()).unwrap().into_parts();
+        strip_host_port(&mut parts, HostPortMatch::StripAny);
+        assert_eq!(parts.headers[header::HOST], "[::1]");
     }
 
     #[test]
@@ -143,17 +315,20 @@ mod tests {
         assert_eq!(original_client(&h, peer, false, 2).ip().to_string(), "198.51.100.7");
         assert_eq!(original_client(&h, peer, false, 3), peer);
         assert_eq!(original_client(&h, peer, true, 0), peer);
+        assert_eq!(original_client(&h, peer, true, 1).ip().to_string(), "10.0.0.9");
     }
 
     #[test]
     fn request_id_is_a_v4_uuid_and_kept_when_present() {
         let mut h = HeaderMap::new();
-        ensure_request_id(&mut h);
+        ensure_request_id(&mut h, false);
         let id = h[&X_REQUEST_ID].to_str().unwrap().to_owned();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-        ensure_request_id(&mut h);
+        ensure_request_id(&mut h, false);
         assert_eq!(h[&X_REQUEST_ID], id.as_str());
+        ensure_request_id(&mut h, true);
+        assert_ne!(h[&X_REQUEST_ID], id.as_str());
     }
 }

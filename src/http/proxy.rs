@@ -3,6 +3,7 @@
 //! Each stage reads immutable snapshots; per-request state lives in `Exchange`, which
 //! finishes the stream's accounting when the response body ends.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -69,9 +70,10 @@ pub async fn serve(
         start,
         start_time: SystemTime::now(),
         version: parts.version,
+        head: parts.method == http::Method::HEAD,
         status: 0,
         flags: ResponseFlags::default(),
-        details: "",
+        details: Cow::Borrowed(""),
         route_name: None,
         cluster: None,
         host: None,
@@ -82,15 +84,20 @@ pub async fn serve(
         logged_request: None,
         logged_response: None,
     };
+    // A bodiless request is complete at its headers; a body sets this when it ends.
+    exchange.stream.request_done.set(http_body::Body::is_end_stream(&body));
     let hcm = &listener.spec.hcm;
     if parts.version < Version::HTTP_11 {
-        // Envoy refuses HTTP/1.0 and 0.9 unless `http_protocol_options.accept_http_10`.
-        return Ok(exchange.local_reply(
+        // Envoy refuses HTTP/1.0 and 0.9 unless `http_protocol_options.accept_http_10`, with
+        // the status text as body, and closes the connection.
+        let mut response = exchange.local_reply(
             StatusCode::UPGRADE_REQUIRED,
-            Bytes::new(),
+            Bytes::from_static(b"Upgrade Required"),
             ResponseFlags::NONE,
             "low_version",
-        ));
+        );
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
     }
     if parts.version != Version::HTTP_2 && !parts.headers.contains_key(header::HOST) {
         // HTTP/1.1 requires Host (RFC 9112 §3.2); Envoy answers 400.
@@ -101,11 +108,12 @@ pub async fn serve(
             "missing_host_header",
         ));
     }
+    headers::strip_host_port(&mut parts, hcm.strip_host_port);
     exchange.client =
-        headers::original_client(&parts.headers, ctx.remote, hcm.use_remote_address, hcm.xff_num_trusted_hops);
-    headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address);
+        headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address, hcm.xff_num_trusted_hops);
     if hcm.generate_request_id {
-        headers::ensure_request_id(&mut parts.headers);
+        // Edge requests (use_remote_address; every request is external) get a fresh id.
+        headers::ensure_request_id(&mut parts.headers, hcm.use_remote_address);
     }
     if !listener.access_logs.is_empty() {
         exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
@@ -183,7 +191,7 @@ pub async fn serve(
         && !host.hostname.is_empty()
         && let Ok(value) = HeaderValue::from_str(&host.hostname)
     {
-        parts.headers.insert(header::HOST, value);
+        forward.set_host(&mut parts, value, !hcm.suppress_envoy_headers);
     }
     let timeout = forward.timeout();
     if !hcm.suppress_envoy_headers
@@ -192,6 +200,11 @@ pub async fn serve(
         parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(t.as_millis() as u64));
     }
     headers::remove_hop_by_hop(&mut parts.headers);
+    if !listener.access_logs.is_empty() {
+        // Envoy's access log reads the request headers the router mutated in place: the
+        // rewritten host and path, the added headers.
+        exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
+    }
     let wire = match cluster.protocol {
         UpstreamProtocol::Http1 => Wire::Http1,
         UpstreamProtocol::Http2 => Wire::Http2,
@@ -233,7 +246,7 @@ pub async fn serve(
             cluster.stats.record_response(head.status.as_u16());
             exchange.status = head.status.as_u16();
             exchange.lease = lease;
-            exchange.details = "via_upstream";
+            exchange.details = Cow::Borrowed("via_upstream");
             if !listener.access_logs.is_empty() {
                 exchange.logged_response = Some(head.headers.clone());
             }
@@ -255,8 +268,11 @@ enum Failure {
     Upstream(UpstreamError),
     /// The route timeout passed before response headers.
     RouteTimeout,
-    /// Nothing moved on the stream for the stream idle timeout.
-    StreamIdle,
+    /// Nothing moved on the stream for the stream idle timeout; whether the whole request
+    /// had arrived by then.
+    StreamIdle {
+        request_complete: bool,
+    },
     /// `request_timeout` passed before the whole request arrived.
     RequestTimeout,
 }
@@ -297,7 +313,7 @@ where
                 }
                 // Request body activity may have moved the idle deadline; re-check it.
                 if idle_timeout.is_some_and(|t| stream.last_activity.get() + t <= now) {
-                    return Err(Failure::StreamIdle);
+                    return Err(Failure::StreamIdle { request_complete: stream.request_done.get() });
                 }
             }
         }
@@ -310,7 +326,7 @@ fn failure_reply(
     cluster: &Cluster,
     host: &Host,
     stats: &crate::listener::HcmStats,
-) -> (StatusCode, &'static str, ResponseFlags, &'static str) {
+) -> (StatusCode, &'static str, ResponseFlags, Cow<'static, str>) {
     let upstream = match failure {
         Failure::RouteTimeout => {
             cluster.stats.upstream_rq_timeout.inc();
@@ -319,49 +335,65 @@ fn failure_reply(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream request timeout",
                 ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-                "upstream_response_timeout",
+                Cow::Borrowed("response_timeout"),
             );
         }
-        Failure::StreamIdle => {
+        Failure::StreamIdle { request_complete } => {
             stats.downstream_rq_idle_timeout.inc();
+            // Envoy: 504 once the whole request arrived (the wait is on the upstream), else 408.
+            let status = if *request_complete { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
             return (
-                StatusCode::REQUEST_TIMEOUT,
+                status,
                 "stream timeout",
                 ResponseFlags::STREAM_IDLE_TIMEOUT,
-                "stream_idle_timeout",
+                Cow::Borrowed("stream_idle_timeout"),
             );
         }
         Failure::RequestTimeout => {
             stats.downstream_rq_timeout.inc();
-            return (StatusCode::REQUEST_TIMEOUT, "request timeout", ResponseFlags::NONE, "request_overall_timeout");
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "request timeout",
+                ResponseFlags::NONE,
+                Cow::Borrowed("request_overall_timeout"),
+            );
         }
         Failure::Upstream(e) => e,
     };
     match upstream {
-        UpstreamError::ConnectFailure(e) if e.raw_os_error() == Some(111) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: 111",
-            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{remote_connection_failure}",
-        ),
-        UpstreamError::ConnectFailure(_) => (
+        // Envoy 1.40 keeps the transport failure reason out of the body and puts it in the
+        // details: `{remote_connection_failure|delayed_connect_error:_Connection_refused}`.
+        UpstreamError::ConnectFailure(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{remote_connection_failure}",
+            Cow::Owned(format!(
+                "upstream_reset_before_response_started{{remote_connection_failure|delayed_connect_error:_{}}}",
+                os_error_text(e).replace(' ', "_")
+            )),
         ),
         UpstreamError::ConnectTimeout => (
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{connection_timeout}",
+            Cow::Borrowed("upstream_reset_before_response_started{connection_timeout}"),
         ),
         UpstreamError::ResetBeforeHeaders(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
             ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-            "upstream_reset_before_response_started{connection_termination}",
+            Cow::Borrowed("upstream_reset_before_response_started{connection_termination}"),
         ),
+    }
+}
+
+/// An OS error as `strerror` words it (`Connection refused`), without Rust's
+/// ` (os error N)` suffix.
+fn os_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
@@ -370,7 +402,23 @@ fn failure_reply(
 fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<RequestBody> {
     match wire {
         Wire::Http1 => {
-            // The common HTTP/1.1 → HTTP/1.1 case needs nothing: origin-form URI, Host set.
+            // Envoy's HTTP/1 codec frames a bodiless request whose method may carry a body
+            // (POST, PUT, ...) with `content-length: 0`.
+            if http_body::Body::is_end_stream(&body)
+                && !parts.headers.contains_key(header::CONTENT_LENGTH)
+                && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+                && !matches!(
+                    parts.method,
+                    http::Method::GET
+                        | http::Method::HEAD
+                        | http::Method::DELETE
+                        | http::Method::TRACE
+                        | http::Method::CONNECT
+                )
+            {
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+            // The common HTTP/1.1 → HTTP/1.1 case needs nothing more: origin-form URI, Host set.
             if parts.uri.authority().is_some() {
                 if !parts.headers.contains_key(header::HOST)
                     && let Some(authority) = parts.uri.authority()
@@ -424,9 +472,11 @@ struct Exchange {
     start: Instant,
     start_time: SystemTime,
     version: Version,
+    /// A HEAD request: local replies keep their headers and drop their body.
+    head: bool,
     status: u16,
     flags: ResponseFlags,
-    details: &'static str,
+    details: Cow<'static, str>,
     route_name: Option<String>,
     cluster: Option<Arc<Cluster>>,
     host: Option<Arc<Host>>,
@@ -448,23 +498,37 @@ impl Exchange {
         status: StatusCode,
         body: Bytes,
         flags: ResponseFlags,
-        details: &'static str,
+        details: impl Into<Cow<'static, str>>,
     ) -> Response<ResponseBody> {
         let listener = &self.ctx.listener;
         let body_len = body.len();
+        let body = if self.head { Bytes::new() } else { body };
         let mut response = Response::new(ResponseBody::local(body));
         *response.status_mut() = status;
         *response.version_mut() = downstream_version(self.version);
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+        // Envoy's HTTP/2 codec ends the stream with the headers of an empty local reply and
+        // sends no content-length; HTTP/1.1 says `content-length: 0`, except to HEAD, where
+        // Envoy announces chunked framing (which hyper leaves out for a bodiless response).
+        if body_len > 0 || (self.version != Version::HTTP_2 && !self.head) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+        }
         if body_len > 0 {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         set_server(headers, &listener.spec.hcm.server_name);
+        if !self.stream.request_done.get() {
+            // Answered before the request body arrived: Envoy closes an HTTP/1 connection
+            // rather than read and discard the rest.
+            listener.http_stats.downstream_rq_response_before_rq_complete.inc();
+            if self.version != Version::HTTP_2 {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
         listener.http_stats.downstream_rq_class[class_index(status)].inc();
         self.status = status.as_u16();
         self.flags.insert(flags);
-        self.details = details;
+        self.details = details.into();
         if !listener.access_logs.is_empty() {
             self.logged_response = Some(response.headers().clone());
         }
@@ -551,7 +615,7 @@ impl Exchange {
             response_headers: this.logged_response.as_ref(),
             response_code: this.status,
             response_flags: flags,
-            response_code_details: this.details,
+            response_code_details: &this.details,
             bytes_received: this.stream.received.get(),
             bytes_sent,
             duration,

@@ -14,6 +14,8 @@ mod tests;
 use http::HeaderMap;
 use http::request::Parts;
 
+pub(crate) use matching::strip_port;
+
 use crate::config::route::HeaderMutations;
 pub use crate::config::route::{
     ClusterRef, ForwardAction, HostPortMatch, IdleTimeout, RedirectAction, Route, RouteAction, RouteTable, VirtualHost,

@@ -44,6 +44,7 @@ pub struct HcmStats {
     pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_timeout: Counter,
     pub downstream_cx_idle_timeout: Counter,
+    pub downstream_rq_response_before_rq_complete: Counter,
 }
 
 impl HcmStats {
@@ -72,6 +73,7 @@ impl HcmStats {
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_rq_response_before_rq_complete: c("downstream_rq_response_before_rq_complete"),
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct HostStats {
     pub cx_total: AtomicU64,
     pub rq_active: AtomicU64,
     pub rq_error: AtomicU64,
+    /// Requests waiting for a new connection to this host.
+    pub rq_pending_active: AtomicU64,
     pub rq_success: AtomicU64,
     pub rq_timeout: AtomicU64,
     pub rq_total: AtomicU64,

@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -147,17 +147,19 @@ impl HostPool {
     /// Counts a request as pending while it waits for a new connection, as Envoy's
     /// `upstream_rq_pending_*` do.
     async fn pending<T>(&self, cluster: &Cluster, connect: impl Future<Output = T>) -> T {
-        struct Pending<'a>(&'a crate::stats::Gauge);
+        struct Pending<'a>(&'a crate::stats::Gauge, &'a AtomicU64);
         impl Drop for Pending<'_> {
             // Also when the request is abandoned mid-connect.
             fn drop(&mut self) {
                 self.0.dec();
+                self.1.fetch_sub(1, Ordering::Relaxed);
             }
         }
         let stats = &cluster.stats;
         stats.upstream_rq_pending_total.inc();
         stats.upstream_rq_pending_active.inc();
-        let _pending = Pending(&stats.upstream_rq_pending_active);
+        self.host.stats.rq_pending_active.fetch_add(1, Ordering::Relaxed);
+        let _pending = Pending(&stats.upstream_rq_pending_active, &self.host.stats.rq_pending_active);
         connect.await
     }
 

@@ -39,6 +39,7 @@ async fn ready_server_info_and_health_check_toggles() {
     }
     assert_eq!(info["state"], "LIVE");
     assert_eq!(info["command_line_options"]["concurrency"], 2);
+    assert_eq!(info["command_line_options"]["file_flush_interval"], "1s");
 
     assert_eq!(legate.admin_get("/healthcheck/fail").await.0, 405, "mutating endpoints want POST");
     assert_eq!(legate.admin_post("/healthcheck/fail").await, (http::StatusCode::OK, "OK\n".to_owned()));
@@ -62,6 +63,7 @@ async fn clusters_text_and_json() {
         format!("svc::{host}::rq_total::3"),
         format!("svc::{host}::rq_success::3"),
         format!("svc::{host}::rq_error::0"),
+        format!("svc::{host}::rq_pending_active::0"),
         format!("svc::{host}::health_flags::healthy"),
         format!("svc::{host}::weight::2"),
         format!("svc::{host}::region::"),
@@ -82,6 +84,35 @@ async fn clusters_text_and_json() {
     assert_eq!(host_status["weight"], 2);
     let rq_total = host_status["stats"].as_array().unwrap().iter().find(|s| s["name"] == "rq_total").unwrap();
     assert_eq!(rq_total["value"], "3");
+    // Envoy lists the counters first, then the gauges, each by name.
+    let names: Vec<&str> =
+        host_status["stats"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "cx_connect_fail",
+            "cx_total",
+            "rq_error",
+            "rq_success",
+            "rq_timeout",
+            "rq_total",
+            "cx_active",
+            "rq_active",
+            "rq_pending_active"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_observability_name_is_its_alt_stat_name() {
+    let upstream = crate::support::Upstream::start("svc").await;
+    let clusters = crate::support::static_cluster("svc", &[(upstream.address, 1)], "    alt_stat_name: service\n");
+    let legate =
+        crate::support::Legate::start(&crate::support::bootstrap("", &crate::support::route_all_to("svc"), &clusters));
+    let (_, text) = legate.admin_get("/clusters").await;
+    assert!(text.lines().any(|l| l == "svc::observability_name::service"), "{text}");
+    let (_, body) = legate.admin_get("/clusters?format=json").await;
+    assert_eq!(json(&body)["cluster_statuses"][0]["observability_name"], "service");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use crate::support::{
     Legate, Upstream, bootstrap, get, legate_to_one_upstream, raw_exchange, routes, send, static_cluster,
 };
 
-const ACCESS_LOG: &str = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: { text_format_source: { inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:PATH)%\\n\" } }\n";
+const ACCESS_LOG: &str = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: { text_format_source: { inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:PATH)% %RESPONSE_CODE_DETAILS%\\n\" } }\n";
 
 fn closed_port() -> std::net::SocketAddr {
     // Bind and drop: nothing listens there afterwards.
@@ -53,11 +53,17 @@ async fn each_failure_gets_envoys_status_body_and_flag() {
         for (path, status, body) in cases {
             let answer = send(address, version, get(path)).await;
             assert_eq!(answer.status, status, "{path} over {version:?}");
-            assert!(answer.text().starts_with(body), "{path}: body {:?}", answer.text());
+            assert_eq!(answer.text(), body, "{path} over {version:?}");
             if !body.is_empty() && status != 200 {
                 assert_eq!(answer.header("content-type"), "text/plain");
             }
-            assert_eq!(answer.header("content-length"), answer.body.len().to_string());
+            // Envoy's HTTP/2 codec sends no content-length on an empty local reply.
+            let length = if answer.body.is_empty() && version == Version::HTTP_2 {
+                String::new()
+            } else {
+                answer.body.len().to_string()
+            };
+            assert_eq!(answer.header("content-length"), length, "{path} over {version:?}");
             assert_eq!(answer.header("server"), "envoy");
         }
     }
@@ -76,16 +82,40 @@ async fn each_failure_gets_envoys_status_body_and_flag() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for expected in [
-        "404 NR - /nowhere",
-        "503 NC - /by-header",
-        "503 UH empty /empty",
-        "503 UF refused /refused",
-        "504 UT svc /slow",
-        "200 - svc /ok",
+        "404 NR - /nowhere route_not_found",
+        "503 NC - /by-header cluster_not_found",
+        "503 UH empty /empty no_healthy_upstream",
+        "503 UF refused /refused upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+        // Envoy logs the request as the router rewrote it.
+        "504 UT svc /delay/3000 response_timeout",
+        "200 - svc /ok via_upstream",
     ] {
         assert_eq!(log.lines().filter(|l| *l == expected).count(), 2, "{expected:?} twice in:\n{log}");
     }
     let _ = std::fs::remove_file(&log_path);
+}
+
+/// A local reply to HEAD keeps the headers a GET would get and sends no body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_to_head_requests_keep_their_headers_without_a_body() {
+    let clusters = "  - name: empty\n    type: STATIC\n    load_assignment: { cluster_name: empty }\n";
+    let route = routes("              - match: { prefix: \"/empty\" }\n                route: { cluster: empty }\n");
+    let legate = Legate::start(&bootstrap("", &route, clusters));
+    let head = |path: &str| {
+        http::Request::head(path)
+            .header("host", "example.com")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let answer = send(legate.listener("main"), version, head("/empty")).await;
+        assert_eq!((answer.status.as_u16(), answer.text().as_str()), (503, ""), "{version:?}");
+        assert_eq!(answer.header("content-length"), "19", "{version:?}");
+        assert_eq!(answer.header("content-type"), "text/plain", "{version:?}");
+        let answer = send(legate.listener("main"), version, head("/nowhere")).await;
+        assert_eq!((answer.status.as_u16(), answer.text().as_str()), (404, ""), "{version:?}");
+        assert_eq!(answer.header("content-length"), "", "{version:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +131,11 @@ async fn http_1_0_is_refused_with_426_as_envoy_does_by_default() {
     let (legate, upstream) = legate_to_one_upstream().await;
     let reply = raw_exchange(legate.listener("main"), b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.0 426") || reply.starts_with("HTTP/1.1 426"), "{reply}");
+    let head = reply.to_ascii_lowercase();
+    for header in ["connection: close\r\n", "content-type: text/plain\r\n", "content-length: 16\r\n"] {
+        assert!(head.contains(header), "{header:?} in {reply}");
+    }
+    assert!(reply.ends_with("\r\n\r\nUpgrade Required"), "{reply}");
     assert_eq!(upstream.count(), 0);
 }
 
@@ -119,4 +154,20 @@ async fn a_route_to_an_undefined_cluster_answers_503_when_validate_clusters_is_o
         assert_eq!(answer.text(), "");
     }
     assert_eq!(legate.stat("http.ingress_http.no_cluster").await, Some(2));
+}
+
+/// A local reply sent before the request body was read closes an HTTP/1 connection, as
+/// Envoy's does, instead of reading and discarding the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_reply_before_the_request_body_closes_the_connection() {
+    let route = routes(
+        "              - match: { prefix: \"/\" }\n                direct_response: { status: 200, body: { inline_string: \"ok\" } }\n",
+    );
+    let legate = Legate::start(&bootstrap("", &route, ""));
+    let reply =
+        raw_exchange(legate.listener("main"), b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 12\r\n\r\nignored body")
+            .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{reply}");
+    assert_eq!(legate.stat("http.ingress_http.downstream_rq_response_before_rq_complete").await, Some(1));
 }

@@ -145,6 +145,8 @@ async fn envoy_request_and_response_headers_are_added() {
     let request = Request::get("/")
         .header("host", "example.com")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-envoy-internal", "true")
+        .header("x-envoy-expected-rq-timeout-ms", "5")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "1")
         .body(Full::new(Bytes::new()))
@@ -156,11 +158,15 @@ async fn envoy_request_and_response_headers_are_added() {
     assert!(!answer.header("date").is_empty());
     let seen = upstream.last();
     assert_eq!(seen.method, "GET");
-    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9,127.0.0.1");
+    // A loopback peer is appended as this host's own address, as Envoy does.
+    let xff = &seen.headers["x-forwarded-for"];
+    assert!(xff.starts_with("203.0.113.9,") && xff.split(',').count() == 2, "{xff}");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-envoy-external-address"], "127.0.0.1");
     assert_eq!(seen.headers["x-request-id"].len(), 36);
     assert_eq!(seen.headers["x-envoy-expected-rq-timeout-ms"], "15000");
     assert!(!seen.headers.contains_key("x-hop"), "headers named in Connection are hop-by-hop");
+    assert!(!seen.headers.contains_key("x-envoy-internal"), "every request is external");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,5 +190,17 @@ async fn response_trailers_pass_through() {
                 !extra.is_empty()
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodiless_post_reaches_an_http1_upstream_with_content_length_zero() {
+    let (legate, upstream) = crate::support::legate_to_one_upstream().await;
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let post = Request::post("/p").header("host", "example.com").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(send(legate.listener("main"), version, post).await.status, 200);
+        assert_eq!(upstream.last().headers.get("content-length").map(String::as_str), Some("0"), "{version:?}");
+        assert_eq!(send(legate.listener("main"), version, get("/g")).await.status, 200);
+        assert_eq!(upstream.last().headers.get("content-length"), None, "GET has no body to frame");
     }
 }

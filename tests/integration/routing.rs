@@ -205,13 +205,36 @@ async fn direct_responses_redirects_and_weighted_clusters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strip_any_host_port_ignores_the_port_in_domain_matching() {
-    let (_ups, clusters) = upstreams(&["exact", "fallback"]).await;
+async fn strip_any_host_port_ignores_the_port_in_domain_matching_and_removes_it() {
+    let (ups, clusters) = upstreams(&["exact", "fallback"]).await;
     let route = fill(
         "            virtual_hosts:\n            - name: a\n              domains: [\"api.example.com\"]\n              routes: [{ match: { prefix: \"/\" }, route: { cluster: exact } }]\n            - name: b\n              domains: [\"*\"]\n              routes: [{ match: { prefix: \"/\" }, route: { cluster: {fb} } }]\n",
         &[("fb", "fallback".into())],
     );
     let legate = Legate::start(&bootstrap("          strip_any_host_port: true\n", &route, &clusters));
-    let answer = send(legate.listener("main"), Version::HTTP_11, request("/", "api.example.com:1234", &[])).await;
-    assert_eq!(answer.text(), "exact");
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let answer = send(legate.listener("main"), version, request("/", "api.example.com:1234", &[])).await;
+        assert_eq!(answer.text(), "exact");
+        // Envoy strips the port from the request itself: the upstream sees the bare host.
+        assert_eq!(ups[0].last().authority, "api.example.com", "{version:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_host_rewrite_uses_the_endpoint_hostname_and_keeps_the_original_host() {
+    let upstream = Upstream::start("named").await;
+    let clusters = format!(
+        "  - name: named\n    type: STATIC\n    load_assignment:\n      cluster_name: named\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            hostname: backend.svc.local\n            address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }}\n",
+        upstream.address.port()
+    );
+    let route = crate::support::routes(
+        "              - match: { prefix: \"/\" }\n                route: { cluster: named, auto_host_rewrite: true }\n",
+    );
+    let legate = Legate::start(&bootstrap("", &route, &clusters));
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        assert_eq!(send(legate.listener("main"), version, get("/x")).await.status, 200);
+        let seen = upstream.last();
+        assert_eq!(seen.authority, "backend.svc.local", "{version:?}");
+        assert_eq!(seen.headers["x-envoy-original-host"], "example.com", "{version:?}");
+    }
 }

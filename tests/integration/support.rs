@@ -101,6 +101,8 @@ pub struct Seen {
 
 /// A real HTTP/1.1 + h2c upstream that answers with its own name.
 pub struct Upstream {
+    #[allow(dead_code)] // read by the interop suite, which shares these helpers
+    pub name: String,
     pub address: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -130,7 +132,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { address, seen }
+        Upstream { name, address, seen }
     }
 
     /// How many requests this upstream has seen.

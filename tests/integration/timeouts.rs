@@ -24,8 +24,9 @@ async fn legate_with(hcm_extra: &str) -> (Legate, Upstream) {
 async fn stream_idle_timeout_before_and_during_the_response() {
     let (legate, _upstream) = legate_with("").await;
     for version in [Version::HTTP_11, Version::HTTP_2] {
+        // The whole request arrived: the wait is on the upstream, and Envoy says 504.
         let answer = send(legate.listener("main"), version, get("/idle")).await;
-        assert_eq!(answer.status, 408);
+        assert_eq!(answer.status, 504);
         assert_eq!(answer.text(), "stream timeout");
 
         let mut client = Client::connect(legate.listener("main"), version).await;
@@ -38,6 +39,18 @@ async fn stream_idle_timeout_before_and_during_the_response() {
         assert!(rest.is_err(), "the stalled body was reset, not completed");
     }
     assert!(legate.stat("http.ingress_http.downstream_rq_idle_timeout").await >= Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_while_the_request_body_stalls_answers_408() {
+    let (legate, _upstream) = legate_with("").await;
+    let reply = raw_exchange(
+        legate.listener("main"),
+        b"POST /idle HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.ends_with("stream timeout"), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,7 +59,8 @@ pub(crate) fn split_port(host: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
-fn strip_port(host: &[u8], mode: HostPortMatch) -> &[u8] {
+/// `host` without its port when `mode` says the port goes.
+pub(crate) fn strip_port(host: &[u8], mode: HostPortMatch) -> &[u8] {
     match (mode, split_port(host)) {
         (HostPortMatch::Keep, _) | (_, (_, None)) => host,
         (HostPortMatch::StripAny, (bare, Some(_))) => bare,

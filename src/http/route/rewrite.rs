@@ -86,8 +86,10 @@ impl ForwardAction {
         }
     }
 
-    /// Sets the Host header and, when the request carries one, the URI's authority.
-    fn set_host(&self, parts: &mut Parts, host: HeaderValue, envoy_headers: bool) {
+    /// Sets the Host header and, when the request carries one, the URI's authority; keeps the
+    /// original in `x-envoy-original-host` (and `x-forwarded-host` when asked), as Envoy's
+    /// router does for every host rewrite.
+    pub fn set_host(&self, parts: &mut Parts, host: HeaderValue, envoy_headers: bool) {
         if let Some(original) = request_authority(parts).and_then(|h| HeaderValue::from_bytes(h).ok()) {
             if self.append_x_forwarded_host {
                 let forwarded = match parts.headers.get(&X_FORWARDED_HOST) {
