@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin;
 use crate::cli::Options;
 use crate::config::bootstrap::BootstrapSpec;
-use crate::config::xds::{AdsSpec, GrpcTarget, SourceSpec};
+use crate::config::xds::{GrpcSource, GrpcTarget, SourceSpec};
 use crate::listener::{ListenerManager, WorkerCommand, serve_listener};
 use crate::stats::Store;
 use crate::upstream::ClusterManager;
@@ -129,7 +129,12 @@ impl Server {
             statics.clusters.clear();
             statics.listeners.clear();
         }
-        let clusters = Arc::new(ClusterManager::new(&store, spec.clusters, spec.dynamic.cds.is_some()));
+        let clusters = Arc::new(ClusterManager::new(
+            &store,
+            spec.clusters,
+            spec.dynamic.cds.is_some(),
+            spec.dynamic.sources.clone(),
+        ));
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut workers = Vec::with_capacity(concurrency);
         let mut commands = Vec::with_capacity(concurrency);
@@ -141,7 +146,13 @@ impl Server {
                 std::thread::Builder::new().name(format!("wrk:worker_{index}")).spawn(move || run_worker(rx, drain))?;
             workers.push(thread);
         }
-        let listeners = Arc::new(ListenerManager::new(&store, clusters.clone(), commands, spec.dynamic.lds.is_some()));
+        let listeners = Arc::new(ListenerManager::new(
+            &store,
+            clusters.clone(),
+            commands,
+            spec.dynamic.lds.is_some(),
+            spec.dynamic.sources.clone(),
+        ));
         for listener in spec.listeners {
             let name = listener.name.clone();
             listeners
@@ -171,8 +182,14 @@ impl Server {
             }
             None => (None, None),
         };
-        if let Some(ads) = spec.dynamic.ads.clone() {
-            start_xds(ads, spec.dynamic.cds, spec.dynamic.lds, &shared)?;
+        // One management server: over ADS, or over per-type streams.
+        let server = match (&spec.dynamic.sources.ads, &spec.dynamic.sources.grpc) {
+            (Some(ads), _) => Some((ads.clone(), true)),
+            (None, Some(grpc)) => Some((grpc.clone(), false)),
+            (None, None) => None,
+        };
+        if let Some((source, aggregated)) = server {
+            start_xds(source, aggregated, spec.dynamic.cds, spec.dynamic.lds, &shared)?;
         }
         shared.live.store(true, Ordering::Release);
         store.gauge("server.state").set(ServerState::Live as i64);
@@ -260,10 +277,11 @@ fn register_server_stats(store: &Store, concurrency: usize) {
     store.gauge("listener_manager.total_listeners_draining").set(0);
 }
 
-/// Starts the ADS client on its own control thread, and the initial-fetch timer that
-/// lets the server go live without CDS when the control plane does not answer in time.
+/// Starts the xDS client on its own control thread, and the initial-fetch timers that
+/// let the server go live without CDS or LDS when the control plane does not answer in time.
 fn start_xds(
-    ads: AdsSpec,
+    ads: GrpcSource,
+    aggregated: bool,
     cds: Option<SourceSpec>,
     lds: Option<SourceSpec>,
     shared: &Arc<ServerShared>,
@@ -281,7 +299,15 @@ fn start_xds(
     let clusters = shared.clusters.clone();
     let listeners = shared.listeners.clone();
     let clusters_for_lds = shared.clusters.clone();
-    let client = AdsClient::new(ads, shared.node.clone(), targets, clusters.clone(), listeners.clone(), lds.is_some());
+    let client = AdsClient::new(
+        ads,
+        aggregated,
+        shared.node.clone(),
+        targets,
+        clusters.clone(),
+        listeners.clone(),
+        lds.is_some(),
+    );
     let cds_timeout = cds.and_then(|c| c.initial_fetch_timeout);
     let lds_timeout = lds.and_then(|l| l.initial_fetch_timeout);
     std::thread::Builder::new().name("legate-xds".into()).spawn(move || {

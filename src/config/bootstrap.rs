@@ -14,7 +14,7 @@ use super::error::{ConfigError, Result};
 use super::listener::{ListenerSpec, RouteSpec};
 use super::proto::ensure_only;
 use super::schema::{self, Format};
-use super::xds::{AdsSpec, DynamicSpec, GrpcTarget};
+use super::xds::{DynamicSpec, GrpcSource, GrpcTarget};
 use crate::cli::Options;
 
 /// The admin interface's config.
@@ -108,7 +108,7 @@ impl BootstrapSpec {
             None => DynamicSpec::default(),
         };
         let node = proto.node.clone().unwrap_or_default();
-        if (dynamic.ads.is_some() || dynamic.cds.is_some() || dynamic.lds.is_some())
+        if (dynamic.sources.ads.is_some() || dynamic.cds.is_some() || dynamic.lds.is_some())
             && (node.id.is_empty() || node.cluster.is_empty())
         {
             // Envoy needs both to identify itself to a control plane.
@@ -123,7 +123,7 @@ impl BootstrapSpec {
         let mut cluster_names = HashSet::new();
         for (i, cluster) in statics.clusters.iter().enumerate() {
             let path = format!("static_resources.clusters[{i}]");
-            let spec = ClusterSpec::from_proto(cluster, &path, dynamic.ads.is_some())?;
+            let spec = ClusterSpec::from_proto(cluster, &path, &dynamic.sources)?;
             if !cluster_names.insert(spec.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("{path}.name"),
@@ -136,7 +136,7 @@ impl BootstrapSpec {
         let mut listener_names = HashSet::new();
         for (i, listener) in statics.listeners.iter().enumerate() {
             let path = format!("static_resources.listeners[{i}]");
-            let spec = ListenerSpec::from_proto(listener, &path)?;
+            let spec = ListenerSpec::from_proto(listener, &path, &dynamic.sources)?;
             if !listener_names.insert(spec.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("{path}.name"),
@@ -154,23 +154,22 @@ impl BootstrapSpec {
                         ));
                     }
                 }
-                RouteSpec::Rds { .. } if dynamic.ads.is_none() => {
-                    return Err(ConfigError::invalid(
-                        format!("{path}.filter_chains[0].filters[0].typed_config.rds.config_source.ads"),
-                        "Cannot initialize ADS: dynamic_resources.ads_config is not set",
-                    ));
-                }
                 RouteSpec::Rds { .. } => {}
             }
             listeners.push(spec);
         }
-        if let Some(AdsSpec { target: GrpcTarget::Cluster(cluster), .. }) = &dynamic.ads
-            && !cluster_names.contains(cluster)
-        {
-            return Err(ConfigError::invalid(
-                "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
-                format!("Unknown gRPC client cluster '{cluster}'"),
-            ));
+        for (source, path) in [
+            (&dynamic.sources.ads, "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name"),
+            (
+                &dynamic.sources.grpc,
+                "dynamic_resources.cds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name",
+            ),
+        ] {
+            if let Some(GrpcSource { target: GrpcTarget::Cluster(cluster), .. }) = source
+                && !cluster_names.contains(cluster)
+            {
+                return Err(ConfigError::invalid(path, format!("Unknown gRPC client cluster '{cluster}'")));
+            }
         }
         Ok(BootstrapSpec { node, admin, listeners, clusters, dynamic, proto })
     }

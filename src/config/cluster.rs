@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, ensure_only};
-use super::xds::{SourceSpec, ads_source};
+use super::xds::{SourceSpec, XdsSources, config_source};
 
 /// Envoy's default `connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,8 +115,8 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
 
 impl ClusterSpec {
     /// Translates and validates a cluster; `path` is where the cluster sits in the config,
-    /// `ads_available` whether an ADS stream is configured (for EDS clusters).
-    pub fn from_proto(proto: &ClusterProto, path: &str, ads_available: bool) -> Result<ClusterSpec> {
+    /// `sources` the management servers an EDS cluster may name.
+    pub fn from_proto(proto: &ClusterProto, path: &str, sources: &XdsSources) -> Result<ClusterSpec> {
         ensure_only(proto, SUPPORTED_CLUSTER_FIELDS, path)?;
         if proto.name.is_empty() {
             return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1 characters"));
@@ -125,7 +125,7 @@ impl ClusterSpec {
             None => Discovery::Static,
             Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
                 Ok(DiscoveryType::Static) => Discovery::Static,
-                Ok(DiscoveryType::Eds) => eds(proto, path, ads_available)?,
+                Ok(DiscoveryType::Eds) => eds(proto, path, sources)?,
                 Ok(other) => {
                     return Err(ConfigError::unsupported(
                         join_path(path, "type"),
@@ -188,9 +188,9 @@ impl ClusterSpec {
     }
 }
 
-/// An EDS cluster's source: `eds_config` must be `ads: {}`; the service name defaults to
+/// An EDS cluster's source (ADS or the per-type server); the service name defaults to
 /// the cluster's name.
-fn eds(proto: &ClusterProto, path: &str, ads_available: bool) -> Result<Discovery> {
+fn eds(proto: &ClusterProto, path: &str, sources: &XdsSources) -> Result<Discovery> {
     let epath = join_path(path, "eds_cluster_config");
     let Some(config) = &proto.eds_cluster_config else {
         return Err(ConfigError::invalid(&epath, "EDS clusters need eds_cluster_config"));
@@ -199,7 +199,7 @@ fn eds(proto: &ClusterProto, path: &str, ads_available: bool) -> Result<Discover
     let Some(source) = &config.eds_config else {
         return Err(ConfigError::invalid(join_path(&epath, "eds_config"), "value is required"));
     };
-    let source = ads_source(source, ads_available, &join_path(&epath, "eds_config"))?;
+    let source = config_source(source, sources, &join_path(&epath, "eds_config"))?;
     let service_name = if config.service_name.is_empty() { proto.name.clone() } else { config.service_name.clone() };
     Ok(Discovery::Eds { service_name, source })
 }

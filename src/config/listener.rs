@@ -20,7 +20,7 @@ use super::cluster::socket_address;
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, ensure_only};
 use super::route::{HostPortMatch, RouteTable};
-use super::xds::ads_source;
+use super::xds::{XdsSources, config_source};
 
 const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
@@ -99,7 +99,7 @@ const SUPPORTED_LISTENER_FIELDS: &[&str] = &[
 
 impl ListenerSpec {
     /// Translates and validates a listener at `path`.
-    pub fn from_proto(proto: &ListenerProto, path: &str) -> Result<ListenerSpec> {
+    pub fn from_proto(proto: &ListenerProto, path: &str, sources: &XdsSources) -> Result<ListenerSpec> {
         ensure_only(proto, SUPPORTED_LISTENER_FIELDS, path)?;
         if proto.bind_to_port.as_ref().is_some_and(|b| !b.value) {
             return Err(ConfigError::unsupported(join_path(path, "bind_to_port"), ""));
@@ -145,7 +145,7 @@ impl ListenerSpec {
             return Err(proto::unexpected_type(any, &filter_path));
         }
         let hcm_proto: HcmProto = proto::unpack(any, &filter_path)?;
-        let hcm = HcmSpec::from_proto(&hcm_proto, address.port(), &format!("{filter_path}.typed_config"))?;
+        let hcm = HcmSpec::from_proto(&hcm_proto, address.port(), &format!("{filter_path}.typed_config"), sources)?;
         let name = if proto.name.is_empty() { format!("{address}") } else { proto.name.clone() };
         Ok(ListenerSpec { name, address, stat_prefix, hcm, proto: proto.clone() })
     }
@@ -173,7 +173,7 @@ const SUPPORTED_HCM_FIELDS: &[&str] = &[
 
 impl HcmSpec {
     /// Translates an HCM; `listener_port` serves `strip_matching_host_port`.
-    pub fn from_proto(proto: &HcmProto, listener_port: u16, path: &str) -> Result<HcmSpec> {
+    pub fn from_proto(proto: &HcmProto, listener_port: u16, path: &str, sources: &XdsSources) -> Result<HcmSpec> {
         ensure_only(proto, SUPPORTED_HCM_FIELDS, path)?;
         if proto.stat_prefix.is_empty() {
             return Err(ConfigError::invalid(
@@ -217,8 +217,7 @@ impl HcmSpec {
                 let Some(source) = &rds.config_source else {
                     return Err(ConfigError::invalid(join_path(&rpath, "config_source"), "value is required"));
                 };
-                // Whether ADS exists is checked with the bootstrap; here the source's shape.
-                ads_source(source, true, &join_path(&rpath, "config_source"))?;
+                config_source(source, sources, &join_path(&rpath, "config_source"))?;
                 if rds.route_config_name.is_empty() {
                     return Err(ConfigError::invalid(
                         join_path(&rpath, "route_config_name"),

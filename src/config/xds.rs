@@ -1,6 +1,8 @@
 //! `dynamic_resources` → `DynamicSpec`: where cluster and listener state comes from.
-//! Supported today: an ADS stream (`api_type: GRPC`, state of the world) to a static
-//! cluster, with `cds_config`, `lds_config` and EDS clusters' `eds_config` set to `ads: {}`.
+//! Supported: one management server, reached either over ADS (`ads_config`, with sources
+//! set to `ads: {}`) or over per-type streams (sources with an `api_config_source`), in
+//! state-of-the-world (`GRPC`) or incremental (`DELTA_GRPC`) mode, through `envoy_grpc`
+//! (a static cluster) or `google_grpc` (a target URI).
 
 use std::time::Duration;
 
@@ -25,9 +27,9 @@ pub enum GrpcTarget {
     Uri(String),
 }
 
-/// The aggregated discovery stream.
+/// A gRPC management server and how to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdsSpec {
+pub struct GrpcSource {
     pub target: GrpcTarget,
     /// Send `node` only on a stream's first request.
     pub set_node_on_first_message_only: bool,
@@ -35,17 +37,36 @@ pub struct AdsSpec {
     pub delta: bool,
 }
 
-/// One resource type's config source (only `ads: {}` today).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How one resource type is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// The ADS stream (`ads: {}`).
+    Ads,
+    /// Its own stream to this server (`api_config_source`).
+    Grpc(GrpcSource),
+}
+
+/// One resource type's config source.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSpec {
+    pub via: Via,
     /// How long to wait for the first response before going on without it; None waits forever.
     pub initial_fetch_timeout: Option<Duration>,
+}
+
+/// The management servers a resource may name as its source: EDS sources of clusters
+/// and RDS sources of listeners must be the ones the bootstrap set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdsSources {
+    pub ads: Option<GrpcSource>,
+    /// The per-type server (from `cds_config`/`lds_config`).
+    pub grpc: Option<GrpcSource>,
 }
 
 /// Validated `dynamic_resources`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DynamicSpec {
-    pub ads: Option<AdsSpec>,
+    pub sources: XdsSources,
     pub cds: Option<SourceSpec>,
     pub lds: Option<SourceSpec>,
 }
@@ -54,34 +75,43 @@ impl DynamicSpec {
     /// Translates `dynamic_resources` at `path`.
     pub fn from_proto(proto: &DynamicResources, path: &str) -> Result<DynamicSpec> {
         ensure_only(proto, &["ads_config", "cds_config", "lds_config"], path)?;
-        let ads = match &proto.ads_config {
-            Some(api) => Some(ads(api, &join_path(path, "ads_config"))?),
-            None => None,
+        let mut sources = XdsSources::default();
+        if let Some(api) = &proto.ads_config {
+            sources.ads = Some(grpc_source(api, &join_path(path, "ads_config"), true)?);
+        }
+        let mut parse = |source: &Option<ConfigSource>, field: &str| -> Result<Option<SourceSpec>> {
+            let Some(source) = source else { return Ok(None) };
+            let spath = join_path(path, field);
+            // The first per-type source defines the server; the others must name the same one.
+            if let Some(ConfigSourceSpecifier::ApiConfigSource(api)) = &source.config_source_specifier
+                && sources.grpc.is_none()
+            {
+                sources.grpc = Some(grpc_source(api, &join_path(&spath, "api_config_source"), false)?);
+            }
+            config_source(source, &sources, &spath).map(Some)
         };
-        let cds = match &proto.cds_config {
-            Some(source) => Some(ads_source(source, ads.is_some(), &join_path(path, "cds_config"))?),
-            None => None,
-        };
-        let lds = match &proto.lds_config {
-            Some(source) => Some(ads_source(source, ads.is_some(), &join_path(path, "lds_config"))?),
-            None => None,
-        };
-        Ok(DynamicSpec { ads, cds, lds })
+        let cds = parse(&proto.cds_config, "cds_config")?;
+        let lds = parse(&proto.lds_config, "lds_config")?;
+        if sources.ads.is_some() && sources.grpc.is_some() {
+            return Err(ConfigError::unsupported(path, "ADS together with per-type xDS streams"));
+        }
+        Ok(DynamicSpec { sources, cds, lds })
     }
 }
 
+/// An `ApiConfigSource` for gRPC: `ads_config` (`aggregated`) or a per-type source.
 #[allow(deprecated)] // refusing the deprecated V2 means naming it
-fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
+fn grpc_source(api: &ApiConfigSource, path: &str, aggregated: bool) -> Result<GrpcSource> {
     ensure_only(api, &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"], path)?;
     let delta = match ApiType::try_from(api.api_type) {
         Ok(ApiType::Grpc) => false,
         Ok(ApiType::DeltaGrpc) => true,
-        // Envoy 1.40 refuses the AGGREGATED_* values and REST in ads_config.
+        Ok(ApiType::Rest) if !aggregated => {
+            return Err(ConfigError::unsupported(join_path(path, "api_type"), "REST"));
+        }
+        // Envoy 1.40 refuses the AGGREGATED_* values (and REST in ads_config).
         _ => {
-            return Err(ConfigError::invalid(
-                join_path(path, "api_type"),
-                "ads_config.api_type must be GRPC or DELTA_GRPC",
-            ));
+            return Err(ConfigError::invalid(join_path(path, "api_type"), "api_type must be GRPC or DELTA_GRPC"));
         }
     };
     // Envoy 1.40 takes AUTO (unset) as V3; only an explicit V2 is refused.
@@ -131,24 +161,36 @@ fn ads(api: &ApiConfigSource, path: &str) -> Result<AdsSpec> {
         }
         None => return Err(ConfigError::invalid(&spath, "target_specifier is required")),
     };
-    Ok(AdsSpec { target, set_node_on_first_message_only: api.set_node_on_first_message_only, delta })
+    Ok(GrpcSource { target, set_node_on_first_message_only: api.set_node_on_first_message_only, delta })
 }
 
-/// A config source that must be `ads: {}` with `resource_api_version: V3`.
+/// A resource type's config source: `ads: {}` when ADS is set up, or an
+/// `api_config_source` naming the per-type server the bootstrap set up.
 #[allow(deprecated)] // refusing the deprecated V2 means naming it
-pub fn ads_source(source: &ConfigSource, have_ads: bool, path: &str) -> Result<SourceSpec> {
-    ensure_only(source, &["ads", "resource_api_version", "initial_fetch_timeout"], path)?;
-    match &source.config_source_specifier {
-        Some(ConfigSourceSpecifier::Ads(_)) if have_ads => {}
+pub fn config_source(source: &ConfigSource, sources: &XdsSources, path: &str) -> Result<SourceSpec> {
+    ensure_only(source, &["ads", "api_config_source", "resource_api_version", "initial_fetch_timeout"], path)?;
+    let via = match &source.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_)) if sources.ads.is_some() => Via::Ads,
         Some(ConfigSourceSpecifier::Ads(_)) => {
             return Err(ConfigError::invalid(
                 join_path(path, "ads"),
                 "Cannot initialize ADS: dynamic_resources.ads_config is not set",
             ));
         }
-        Some(_) => return Err(ConfigError::unsupported(path, "config sources other than `ads: {}`")),
+        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
+            let apath = join_path(path, "api_config_source");
+            let grpc = grpc_source(api, &apath, false)?;
+            if sources.grpc.as_ref() != Some(&grpc) {
+                return Err(ConfigError::unsupported(
+                    apath,
+                    "a management server other than the one cds_config/lds_config name",
+                ));
+            }
+            Via::Grpc(grpc)
+        }
+        Some(_) => return Err(ConfigError::unsupported(path, "path and self config sources")),
         None => return Err(ConfigError::invalid(path, "config_source_specifier is required")),
-    }
+    };
     if source.resource_api_version == ApiVersion::V2 as i32 {
         return Err(ConfigError::invalid(
             join_path(path, "resource_api_version"),
@@ -159,5 +201,5 @@ pub fn ads_source(source: &ConfigSource, have_ads: bool, path: &str) -> Result<S
         Some(d) => Some(proto::duration(d, &join_path(path, "initial_fetch_timeout"))?).filter(|t| !t.is_zero()),
         None => Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
     };
-    Ok(SourceSpec { initial_fetch_timeout })
+    Ok(SourceSpec { via, initial_fetch_timeout })
 }

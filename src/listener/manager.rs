@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::{HttpListener, bind_reuseport};
 use crate::config::Rejected;
 use crate::config::listener::ListenerSpec;
+use crate::config::xds::XdsSources;
 use crate::http::rds::RdsRegistry;
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::ClusterManager;
@@ -72,6 +73,8 @@ pub struct ListenerManager {
     stats: ManagerStats,
     /// True once the initial LDS round is applied (or not configured, or timed out).
     initialized: watch::Sender<bool>,
+    /// The management servers LDS listeners may name for RDS.
+    sources: XdsSources,
 }
 
 impl ListenerManager {
@@ -82,6 +85,7 @@ impl ListenerManager {
         clusters: Arc<ClusterManager>,
         workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
         wait_for_lds: bool,
+        sources: XdsSources,
     ) -> Self {
         let c = |s: &str| store.counter(&format!("listener_manager.{s}"));
         let g = |s: &str| store.gauge(&format!("listener_manager.{s}"));
@@ -98,6 +102,7 @@ impl ListenerManager {
             workers,
             state: Mutex::new(State::default()),
             initialized: watch::Sender::new(!wait_for_lds),
+            sources,
         }
     }
 
@@ -240,7 +245,7 @@ impl ListenerManager {
         let mut named = BTreeSet::new();
         for proto in &resources {
             named.insert(proto.name.clone());
-            let result = ListenerSpec::from_proto(proto, "")
+            let result = ListenerSpec::from_proto(proto, "", &self.sources)
                 .map_err(|e| format!("listener '{}': {e}", proto.name))
                 .and_then(|spec| self.add_or_update(spec, true, version_info));
             if let Err(e) = result {

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::config::Rejected;
 use crate::config::cluster::{Assignment, ClusterSpec, Discovery, assignment};
+use crate::config::xds::XdsSources;
 use crate::stats::{Counter, Gauge, Store};
 
 use super::cluster::Cluster;
@@ -80,12 +81,19 @@ pub struct ClusterManager {
     stats: ManagerStats,
     /// True once the initial CDS round (and its clusters' warming) is done or timed out.
     initialized: watch::Sender<bool>,
+    /// The management servers CDS clusters may name for EDS.
+    sources: XdsSources,
 }
 
 impl ClusterManager {
     /// Builds the static clusters of the bootstrap. `wait_for_cds` holds initialization
     /// until the first CDS round is applied.
-    pub fn new(store: &Store, static_clusters: Vec<ClusterSpec>, wait_for_cds: bool) -> ClusterManager {
+    pub fn new(
+        store: &Store,
+        static_clusters: Vec<ClusterSpec>,
+        wait_for_cds: bool,
+        sources: XdsSources,
+    ) -> ClusterManager {
         let stats = ManagerStats {
             cluster_added: store.counter("cluster_manager.cluster_added"),
             cluster_modified: store.counter("cluster_manager.cluster_modified"),
@@ -109,6 +117,7 @@ impl ClusterManager {
             state: Mutex::new(State::default()),
             stats,
             initialized: watch::Sender::new(!wait_for_cds),
+            sources,
         };
         manager.publish(&state);
         *manager.lock() = state;
@@ -155,7 +164,7 @@ impl ClusterManager {
         let mut named = BTreeSet::new();
         for proto in &resources {
             named.insert(proto.name.clone());
-            match ClusterSpec::from_proto(proto, "", true) {
+            match ClusterSpec::from_proto(proto, "", &self.sources) {
                 Ok(spec) => specs.push(spec),
                 Err(e) => errors.push(&proto.name, format!("cluster '{}': {e}", proto.name)),
             }

@@ -15,19 +15,26 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
+use futures_util::stream::SelectAll;
+use futures_util::{Stream, StreamExt};
 use prost::Message;
+use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use crate::config::Rejected;
-use crate::config::xds::AdsSpec;
+use crate::config::xds::GrpcSource;
 use crate::listener::ListenerManager;
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::ClusterManager;
@@ -133,9 +140,11 @@ impl std::fmt::Display for StreamEnd {
     }
 }
 
-/// The ADS stream client.
+/// The xDS client: one ADS stream, or one stream per resource type to the same server.
 pub struct AdsClient {
-    spec: AdsSpec,
+    spec: GrpcSource,
+    /// ADS (one stream for every type) rather than per-type streams.
+    aggregated: bool,
     node: Node,
     /// The ADS cluster's hosts; each (re)connect takes the next one.
     targets: Vec<String>,
@@ -153,7 +162,8 @@ pub struct AdsClient {
 impl AdsClient {
     /// A client for `spec`, dialing `targets` (`http://` URIs: the ADS cluster's hosts, or `google_grpc`'s target).
     pub fn new(
-        spec: AdsSpec,
+        spec: GrpcSource,
+        aggregated: bool,
         node: Node,
         targets: Vec<String>,
         clusters: Arc<ClusterManager>,
@@ -183,6 +193,7 @@ impl AdsClient {
             connected_state: store.gauge("control_plane.connected_state"),
             update_failure: store.counter("cluster_manager.cds.update_failure"),
             spec,
+            aggregated,
             node,
             targets,
             clusters,
@@ -214,8 +225,8 @@ impl AdsClient {
             }
             let started = tokio::time::Instant::now();
             let end = match self.connect(&address).await {
-                Ok(client) if self.spec.delta => self.stream_delta(client).await,
-                Ok(client) => self.stream_sotw(client).await,
+                Ok(channel) if self.spec.delta => self.stream_delta(channel).await,
+                Ok(channel) => self.stream_sotw(channel).await,
                 Err(e) => e,
             };
             self.connected_state.set(0);
@@ -234,16 +245,17 @@ impl AdsClient {
         }
     }
 
-    async fn connect(&self, uri: &str) -> Result<AggregatedDiscoveryServiceClient<Channel>, StreamEnd> {
+    async fn connect(&self, uri: &str) -> Result<Channel, StreamEnd> {
         let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
             .map_err(|e| StreamEnd::Connect(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| StreamEnd::Connect(e.to_string()))?;
-        // xDS responses can be large (tens of MB for big meshes): no small message limit.
-        Ok(AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+        endpoint.connect().await.map_err(|e| StreamEnd::Connect(e.to_string()))
+    }
+
+    /// The link (stream) a type's requests go on: the one ADS stream, or the type's own.
+    fn link(&self, kind: Kind) -> usize {
+        if self.aggregated { 0 } else { kind.index() }
     }
 
     /// Whether a request carries the node: the stream's first, or all of them unless
@@ -254,27 +266,53 @@ impl AdsClient {
         send.then(|| self.node.clone())
     }
 
-    async fn stream_sotw(&mut self, mut client: AggregatedDiscoveryServiceClient<Channel>) -> StreamEnd {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut first = true;
+    async fn stream_sotw(&mut self, channel: Channel) -> StreamEnd {
+        let links = Links::new(self.aggregated);
+        let mut first = vec![true; links.senders.len()];
         for kind in KINDS {
             let state = &self.types[kind.index()];
             if state.active && (kind.is_wildcard() || !state.names.is_empty()) {
-                let request = self.sotw_request(kind, None, &mut first);
-                let _ = tx.send(request);
+                let link = self.link(kind);
+                let request = self.sotw_request(kind, None, &mut first[link]);
+                links.send(link, request);
             }
         }
-        let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let mut inbound = match client.stream_aggregated_resources(outbound).await {
-            Ok(response) => response.into_inner(),
+        let aggregated = self.aggregated;
+        let opened = links
+            .open(|link, outbound| {
+                let channel = channel.clone();
+                async move {
+                    let response = match (aggregated, link) {
+                        (true, _) => {
+                            limits!(AggregatedDiscoveryServiceClient::new(channel))
+                                .stream_aggregated_resources(outbound)
+                                .await
+                        }
+                        (false, 0) => {
+                            limits!(ClusterDiscoveryServiceClient::new(channel)).stream_clusters(outbound).await
+                        }
+                        (false, 1) => {
+                            limits!(EndpointDiscoveryServiceClient::new(channel)).stream_endpoints(outbound).await
+                        }
+                        (false, 2) => {
+                            limits!(ListenerDiscoveryServiceClient::new(channel)).stream_listeners(outbound).await
+                        }
+                        (false, _) => limits!(RouteDiscoveryServiceClient::new(channel)).stream_routes(outbound).await,
+                    };
+                    response.map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+        let (links, mut inbound) = match opened {
+            Ok(opened) => opened,
             Err(status) => return StreamEnd::Stream(status),
         };
         self.connected_state.set(1);
         loop {
-            let response: DiscoveryResponse = match inbound.message().await {
-                Ok(Some(response)) => response,
-                Ok(None) => return StreamEnd::Closed,
-                Err(status) => return StreamEnd::Stream(status),
+            let response: DiscoveryResponse = match inbound.next().await {
+                Some(Ok(response)) => response,
+                None => return StreamEnd::Closed,
+                Some(Err(status)) => return StreamEnd::Stream(status),
             };
             let Some(kind) = Kind::from_url(&response.type_url) else {
                 tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
@@ -283,11 +321,13 @@ impl AdsClient {
             self.state(kind).nonce = response.nonce.clone();
             let result = self.apply(kind, &response.version_info, &response.resources);
             let error = self.record(kind, &response.version_info, result);
-            let mut out = vec![self.sotw_request(kind, error, &mut first)];
+            let link = self.link(kind);
+            let mut ok = links.send(link, self.sotw_request(kind, error, &mut first[link]));
             for change in self.follow_ups() {
-                out.push(self.sotw_request(change.kind, None, &mut first));
+                let link = self.link(change.kind);
+                ok &= links.send(link, self.sotw_request(change.kind, None, &mut first[link]));
             }
-            if out.into_iter().any(|request| tx.send(request).is_err()) {
+            if !ok {
                 return StreamEnd::Closed;
             }
         }
@@ -306,16 +346,17 @@ impl AdsClient {
         }
     }
 
-    async fn stream_delta(&mut self, mut client: AggregatedDiscoveryServiceClient<Channel>) -> StreamEnd {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut first = true;
+    async fn stream_delta(&mut self, channel: Channel) -> StreamEnd {
+        let links = Links::new(self.aggregated);
+        let mut first = vec![true; links.senders.len()];
         for kind in KINDS {
             let state = &self.types[kind.index()];
             if state.active && (kind.is_wildcard() || !state.names.is_empty()) {
+                let link = self.link(kind);
                 // A new stream re-subscribes and says what it holds, so the server sends
                 // only what changed.
                 let request = DeltaDiscoveryRequest {
-                    node: self.node_for(&mut first),
+                    node: self.node_for(&mut first[link]),
                     type_url: kind.type_url().to_owned(),
                     resource_names_subscribe: if kind.is_wildcard() {
                         vec!["*".to_owned()]
@@ -325,20 +366,45 @@ impl AdsClient {
                     initial_resource_versions: state.held.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect(),
                     ..Default::default()
                 };
-                let _ = tx.send(request);
+                links.send(link, request);
             }
         }
-        let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let mut inbound = match client.delta_aggregated_resources(outbound).await {
-            Ok(response) => response.into_inner(),
+        let aggregated = self.aggregated;
+        let opened = links
+            .open(|link, outbound| {
+                let channel = channel.clone();
+                async move {
+                    let response = match (aggregated, link) {
+                        (true, _) => {
+                            limits!(AggregatedDiscoveryServiceClient::new(channel))
+                                .delta_aggregated_resources(outbound)
+                                .await
+                        }
+                        (false, 0) => {
+                            limits!(ClusterDiscoveryServiceClient::new(channel)).delta_clusters(outbound).await
+                        }
+                        (false, 1) => {
+                            limits!(EndpointDiscoveryServiceClient::new(channel)).delta_endpoints(outbound).await
+                        }
+                        (false, 2) => {
+                            limits!(ListenerDiscoveryServiceClient::new(channel)).delta_listeners(outbound).await
+                        }
+                        (false, _) => limits!(RouteDiscoveryServiceClient::new(channel)).delta_routes(outbound).await,
+                    };
+                    response.map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+        let (links, mut inbound) = match opened {
+            Ok(opened) => opened,
             Err(status) => return StreamEnd::Stream(status),
         };
         self.connected_state.set(1);
         loop {
-            let response: DeltaDiscoveryResponse = match inbound.message().await {
-                Ok(Some(response)) => response,
-                Ok(None) => return StreamEnd::Closed,
-                Err(status) => return StreamEnd::Stream(status),
+            let response: DeltaDiscoveryResponse = match inbound.next().await {
+                Some(Ok(response)) => response,
+                None => return StreamEnd::Closed,
+                Some(Err(status)) => return StreamEnd::Stream(status),
             };
             let Some(kind) = Kind::from_url(&response.type_url) else {
                 tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
@@ -346,27 +412,35 @@ impl AdsClient {
             };
             let error =
                 self.on_delta(kind, response.resources, response.removed_resources, &response.system_version_info);
-            let mut out = vec![DeltaDiscoveryRequest {
-                node: self.node_for(&mut first),
-                type_url: kind.type_url().to_owned(),
-                response_nonce: response.nonce,
-                error_detail: error.map(nack_status),
-                ..Default::default()
-            }];
-            for change in self.follow_ups() {
-                out.push(DeltaDiscoveryRequest {
-                    node: self.node_for(&mut first),
-                    type_url: change.kind.type_url().to_owned(),
-                    resource_names_subscribe: if change.kind.is_wildcard() && change.subscribe.is_empty() {
-                        vec!["*".to_owned()]
-                    } else {
-                        change.subscribe
-                    },
-                    resource_names_unsubscribe: change.unsubscribe,
+            let link = self.link(kind);
+            let mut ok = links.send(
+                link,
+                DeltaDiscoveryRequest {
+                    node: self.node_for(&mut first[link]),
+                    type_url: kind.type_url().to_owned(),
+                    response_nonce: response.nonce,
+                    error_detail: error.map(nack_status),
                     ..Default::default()
-                });
+                },
+            );
+            for change in self.follow_ups() {
+                let link = self.link(change.kind);
+                ok &= links.send(
+                    link,
+                    DeltaDiscoveryRequest {
+                        node: self.node_for(&mut first[link]),
+                        type_url: change.kind.type_url().to_owned(),
+                        resource_names_subscribe: if change.kind.is_wildcard() && change.subscribe.is_empty() {
+                            vec!["*".to_owned()]
+                        } else {
+                            change.subscribe
+                        },
+                        resource_names_unsubscribe: change.unsubscribe,
+                        ..Default::default()
+                    },
+                );
             }
-            if out.into_iter().any(|request| tx.send(request).is_err()) {
+            if !ok {
                 return StreamEnd::Closed;
             }
         }
@@ -485,6 +559,51 @@ impl AdsClient {
             self.listeners.mark_initialized();
         }
         changes
+    }
+}
+
+/// Lifts gRPC's message size limits on a client: xDS responses can be tens of MB.
+macro_rules! limits {
+    ($client:expr) => {
+        $client.max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
+    };
+}
+use limits;
+
+type Inbound<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// The outbound halves of a session's streams: one for ADS, one per type otherwise.
+/// Requests queue before the streams open, so each stream's first request is ready.
+struct Links<Req> {
+    senders: Vec<mpsc::UnboundedSender<Req>>,
+    receivers: Vec<mpsc::UnboundedReceiver<Req>>,
+}
+
+impl<Req: Send + 'static> Links<Req> {
+    fn new(aggregated: bool) -> Links<Req> {
+        let (senders, receivers) =
+            (0..if aggregated { 1 } else { KINDS.len() }).map(|_| mpsc::unbounded_channel()).unzip();
+        Links { senders, receivers }
+    }
+
+    /// Queues a request on a link; false once the stream is gone.
+    fn send(&self, link: usize, request: Req) -> bool {
+        self.senders[link].send(request).is_ok()
+    }
+
+    /// Opens every link with `call` (link index, outbound requests) and merges the replies.
+    async fn open<Resp, F, Fut>(mut self, mut call: F) -> Result<(Links<Req>, SelectAll<Inbound<Resp>>), tonic::Status>
+    where
+        F: FnMut(usize, futures_util::stream::BoxStream<'static, Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Streaming<Resp>, tonic::Status>>,
+        Resp: Send + 'static,
+    {
+        let mut inbound: Vec<Inbound<Resp>> = Vec::with_capacity(self.receivers.len());
+        for (link, rx) in std::mem::take(&mut self.receivers).into_iter().enumerate() {
+            let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+            inbound.push(Box::pin(call(link, Box::pin(outbound)).await?));
+        }
+        Ok((self, futures_util::stream::select_all(inbound)))
     }
 }
 

@@ -637,3 +637,42 @@ async fn google_grpc_target_uri_reaches_the_control_plane() {
     let _stream = warm_up(&control_plane, &legate, &[a.address]).await;
     wait_for_answer(&legate, 200, "a").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_type_streams_carry_cds_eds_and_lds_each_on_its_own_stream() {
+    let a = Upstream::start("a").await;
+    let control_plane = ControlPlane::start().await;
+    let api = "{ api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";
+    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
+    let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters)
+        .replacen(
+            "static_resources:\n",
+            &format!("node: {{ id: legate-test, cluster: test }}\ndynamic_resources:\n  cds_config: {api}\n  lds_config: {api}\nstatic_resources:\n"),
+            1,
+        );
+    let legate = Legate::start(&yaml);
+    let mut cds = control_plane.next_typed_stream(CLUSTER_TYPE).await;
+    let first = cds.next_request().await;
+    assert_eq!(first.type_url, CLUSTER_TYPE);
+    assert!(first.node.is_some());
+    let mut cluster = eds_cluster("dyn");
+    // The cluster's EDS source is the same per-type server.
+    let eds_source: envoy_types::pb::envoy::config::core::v3::ConfigSource = schema::parse(api, Format::Yaml).unwrap();
+    cluster.eds_cluster_config.as_mut().unwrap().eds_config = Some(eds_source);
+    cds.push("c1", "n1", vec![cluster]);
+    assert_eq!(cds.next_request().await.version_info, "c1");
+
+    let mut eds = control_plane.next_typed_stream(ENDPOINT_TYPE).await;
+    let subscribe = eds.next_request().await;
+    assert_eq!(subscribe.resource_names, ["dyn"]);
+    assert!(subscribe.node.is_some(), "each stream's first request carries the node");
+    eds.push("e1", "n1", vec![assignment("dyn", &[a.address])]);
+    assert_eq!(eds.next_request().await.version_info, "e1");
+
+    let mut lds = control_plane.next_typed_stream(LISTENER_TYPE).await;
+    assert_eq!(lds.next_request().await.type_url, LISTENER_TYPE, "LDS follows once the clusters are warm");
+    lds.push("l1", "n1", vec![dynamic_listener("dyn", "route: { cluster: dyn }")]);
+    assert_eq!(lds.next_request().await.version_info, "l1");
+    assert_eq!(legate.admin_get("/ready").await.0, StatusCode::OK);
+    assert_eq!(send(legate.listener("dyn"), Version::HTTP_11, get("/")).await.text(), "a");
+}
