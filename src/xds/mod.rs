@@ -1,7 +1,7 @@
-//! The discovery clients: today the aggregated (ADS) stream in state-of-the-world mode,
-//! carrying CDS and EDS. Protocol only: per type URL it keeps `version_info`, the last
-//! nonce and the subscribed names, ACKs after applying and NACKs with `error_detail`;
-//! what the resources mean is the cluster manager's business.
+//! The discovery client: ADS or per-type gRPC streams, state of the world or delta,
+//! carrying CDS, EDS, LDS and RDS. Protocol only: per type URL it keeps `version_info`,
+//! the last nonce and the subscribed names, ACKs after applying and NACKs with
+//! `error_detail`; what the resources mean is the cluster and listener managers' business.
 
 mod ads;
 
