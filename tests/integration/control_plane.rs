@@ -37,6 +37,8 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct AdsStream {
     requests: mpsc::UnboundedReceiver<DiscoveryRequest>,
     responses: mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>,
+    /// Requests `next_keeping` passed over, oldest first.
+    kept: std::collections::VecDeque<DiscoveryRequest>,
 }
 
 impl AdsStream {
@@ -55,6 +57,21 @@ impl AdsStream {
             if request.type_url == type_url {
                 return request;
             }
+        }
+    }
+
+    /// The next request of `type_url`, keeping the others for later calls (for peers that
+    /// interleave types in their own order, like Envoy).
+    pub async fn next_keeping(&mut self, type_url: &str) -> DiscoveryRequest {
+        if let Some(at) = self.kept.iter().position(|r| r.type_url == type_url) {
+            return self.kept.remove(at).expect("position is in range");
+        }
+        loop {
+            let request = self.next_request().await;
+            if request.type_url == type_url {
+                return request;
+            }
+            self.kept.push_back(request);
         }
     }
 
@@ -246,7 +263,7 @@ impl Ads {
     ) -> Result<Response<ResponseStream<DiscoveryResponse>>, Status> {
         let requests = forward(request.into_inner());
         let (responses, responses_rx) = mpsc::unbounded_channel();
-        let _ = self.streams.send(AdsStream { requests, responses });
+        let _ = self.streams.send(AdsStream { requests, responses, kept: Default::default() });
         Ok(Response::new(Box::pin(futures_util::stream::unfold(responses_rx, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         }))))

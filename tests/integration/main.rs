@@ -10,3 +10,4 @@ mod routing;
 mod support;
 mod timeouts;
 mod xds;
+mod xds_envoy;

@@ -14,9 +14,9 @@ use legate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use crate::control_plane::{AdsStream, ControlPlane};
 use crate::support::{Legate, Upstream, bootstrap, get, routes, send, static_cluster};
 
-const H2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
+pub(crate) const H2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
 
-fn eds_cluster(name: &str) -> ClusterProto {
+pub(crate) fn eds_cluster(name: &str) -> ClusterProto {
     schema::parse(
         &format!(
             "name: {name}\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}"
@@ -26,7 +26,7 @@ fn eds_cluster(name: &str) -> ClusterProto {
     .unwrap()
 }
 
-fn assignment(name: &str, hosts: &[SocketAddr]) -> ClusterLoadAssignment {
+pub(crate) fn assignment(name: &str, hosts: &[SocketAddr]) -> ClusterLoadAssignment {
     let endpoints: Vec<String> = hosts
         .iter()
         .map(|a| {
@@ -297,7 +297,10 @@ fn static_type_cluster(name: &str, host: SocketAddr) -> ClusterProto {
     .unwrap()
 }
 
-fn dynamic_listener(name: &str, route_action: &str) -> envoy_types::pb::envoy::config::listener::v3::Listener {
+pub(crate) fn dynamic_listener(
+    name: &str,
+    route_action: &str,
+) -> envoy_types::pb::envoy::config::listener::v3::Listener {
     schema::parse(
         &format!(
             r#"
