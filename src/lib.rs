@@ -14,3 +14,4 @@ pub mod server;
 pub mod stats;
 pub mod upstream;
 pub mod worker;
+pub mod xds;

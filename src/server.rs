@@ -9,22 +9,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::admin;
 use crate::cli::Options;
 use crate::config::bootstrap::BootstrapSpec;
-use crate::listener::{HttpListener, bind_reuseport, serve_listener};
+use crate::config::xds::{GrpcSource, GrpcTarget, SourceSpec};
+use crate::listener::{ListenerManager, WorkerCommand, serve_listener};
 use crate::stats::{HistogramUnit, Store};
 use crate::upstream::ClusterManager;
 use crate::worker::Worker;
+use crate::xds::AdsClient;
 
-/// Envoy's `server.state` values.
+/// Envoy's `server.state` values (legate has no PRE_INITIALIZING = 2 phase: it parses
+/// its config before the admin endpoint exists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
     Live = 0,
     Draining = 1,
-    PreInitializing = 2,
     Initializing = 3,
 }
 
@@ -34,7 +36,6 @@ impl ServerState {
         match self {
             ServerState::Live => "LIVE",
             ServerState::Draining => "DRAINING",
-            ServerState::PreInitializing => "PRE_INITIALIZING",
             ServerState::Initializing => "INITIALIZING",
         }
     }
@@ -44,9 +45,7 @@ impl ServerState {
 pub struct ServerShared {
     pub store: Store,
     pub clusters: Arc<ClusterManager>,
-    pub listeners: Vec<Arc<HttpListener>>,
-    /// The address each listener bound (port 0 resolved), in `listeners` order.
-    pub listener_bound: Vec<SocketAddr>,
+    pub listeners: Arc<ListenerManager>,
     /// The bootstrap without its static clusters and listeners, which live (once) in the
     /// cluster manager and listeners; `bootstrap()` puts them back for `/config_dump`.
     bootstrap_rest: Bootstrap,
@@ -70,7 +69,8 @@ impl ServerShared {
     pub fn state(&self) -> ServerState {
         if *self.drain.borrow() || self.health_check_failed.load(Ordering::Acquire) {
             ServerState::Draining
-        } else if self.live.load(Ordering::Acquire) {
+        } else if self.live.load(Ordering::Acquire) && self.clusters.is_initialized() && self.listeners.is_initialized()
+        {
             ServerState::Live
         } else {
             ServerState::Initializing
@@ -89,13 +89,20 @@ impl ServerShared {
                 .filter(|c| !c.added_via_api)
                 .map(|c| c.proto.clone())
                 .collect();
-            statics.listeners = self.listeners.iter().map(|l| l.spec.proto.clone()).collect();
+            statics.listeners = self
+                .listeners
+                .active()
+                .iter()
+                .filter(|l| !l.added_via_api)
+                .map(|l| l.runtime.spec.proto.clone())
+                .collect();
         }
         bootstrap
     }
 
     /// Starts the drain: workers stop accepting and close connections gracefully.
     pub fn begin_drain(&self) {
+        self.listeners.drain_all();
         self.drain.send_replace(true);
     }
 }
@@ -105,8 +112,6 @@ pub struct Server {
     pub shared: Arc<ServerShared>,
     /// The admin address actually bound (port 0 resolved), if admin is configured.
     pub admin_address: Option<SocketAddr>,
-    /// Each listener's name and the address actually bound.
-    pub listener_addresses: Vec<(String, SocketAddr)>,
     workers: Vec<JoinHandle<()>>,
     admin_thread: Option<JoinHandle<()>>,
 }
@@ -125,33 +130,41 @@ impl Server {
             statics.clusters.clear();
             statics.listeners.clear();
         }
-        let clusters = Arc::new(ClusterManager::new(&store, spec.clusters));
-        let mut listeners = Vec::new();
-        for listener in spec.listeners {
-            listeners.push(Arc::new(HttpListener::new(listener, &store, clusters.clone(), concurrency)?));
-        }
-        // The first socket of a listener resolves port 0; the other workers bind the same port.
-        let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..concurrency).map(|_| Vec::new()).collect();
-        let mut listener_addresses = Vec::new();
-        for listener in &listeners {
-            let first = bind_reuseport(listener.spec.address).map_err(|e| {
-                anyhow::anyhow!("cannot bind listener '{}' to {}: {e}", listener.spec.name, listener.spec.address)
-            })?;
-            let bound = first.local_addr()?;
-            listener_addresses.push((listener.spec.name.clone(), bound));
-            sockets[0].push(first);
-            for worker_sockets in sockets.iter_mut().skip(1) {
-                worker_sockets.push(bind_reuseport(bound)?);
-            }
-        }
-        store.gauge("listener_manager.total_listeners_active").set(listeners.len() as i64);
-        store.counter("listener_manager.listener_added").add(listeners.len() as u64);
+        let clusters = Arc::new(ClusterManager::new(
+            &store,
+            spec.clusters,
+            spec.dynamic.cds.is_some(),
+            spec.dynamic.sources.clone(),
+        ));
         let (drain_tx, drain_rx) = watch::channel(false);
+        let mut workers = Vec::with_capacity(concurrency);
+        let mut commands = Vec::with_capacity(concurrency);
+        for index in 0..concurrency {
+            let (tx, rx) = mpsc::unbounded_channel();
+            commands.push(tx);
+            let drain = drain_rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("wrk:worker_{index}"))
+                .spawn(move || run_worker(index, rx, drain))?;
+            workers.push(thread);
+        }
+        let listeners = Arc::new(ListenerManager::new(
+            &store,
+            clusters.clone(),
+            commands,
+            spec.dynamic.lds.is_some(),
+            spec.dynamic.sources.clone(),
+        ));
+        for listener in spec.listeners {
+            let name = listener.name.clone();
+            listeners
+                .add_or_update(listener, false, "")
+                .map_err(|e| anyhow::anyhow!("cannot start listener '{name}': {e}"))?;
+        }
         let shared = Arc::new(ServerShared {
             store: store.clone(),
             clusters,
-            listeners: listeners.clone(),
-            listener_bound: listener_addresses.iter().map(|(_, a)| *a).collect(),
+            listeners,
             bootstrap_rest,
             node: spec.node,
             static_cluster_order,
@@ -163,15 +176,6 @@ impl Server {
             health_check_failed: AtomicBool::new(false),
             drain: drain_tx,
         });
-        let mut workers = Vec::with_capacity(concurrency);
-        for (index, worker_sockets) in sockets.into_iter().enumerate() {
-            let listeners = listeners.clone();
-            let drain = drain_rx.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("wrk:worker_{index}"))
-                .spawn(move || run_worker(index, worker_sockets, listeners, drain))?;
-            workers.push(thread);
-        }
         store.gauge("listener_manager.workers_started").set(1);
         let (admin_address, admin_thread) = match &spec.admin {
             Some(admin) => {
@@ -180,18 +184,27 @@ impl Server {
             }
             None => (None, None),
         };
+        // One management server: over ADS, or over per-type streams.
+        let server = match (&spec.dynamic.sources.ads, &spec.dynamic.sources.grpc) {
+            (Some(ads), _) => Some((ads.clone(), true)),
+            (None, Some(grpc)) => Some((grpc.clone(), false)),
+            (None, None) => None,
+        };
+        if let Some((source, aggregated)) = server {
+            start_xds(source, aggregated, spec.dynamic.cds, spec.dynamic.lds, &shared)?;
+        }
         store
             .histogram("server.initialization_time_ms", HistogramUnit::Milliseconds)
             .record(initializing.elapsed().as_millis() as u64);
         shared.live.store(true, Ordering::Release);
         store.gauge("server.state").set(ServerState::Live as i64);
-        tracing::info!(concurrency, listeners = listener_addresses.len(), "legate started");
-        Ok(Server { shared, admin_address, listener_addresses, workers, admin_thread })
+        tracing::info!(concurrency, listeners = shared.listeners.active().len(), "legate started");
+        Ok(Server { shared, admin_address, workers, admin_thread })
     }
 
     /// The bound address of the listener named `name`.
     pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
-        self.listener_addresses.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.shared.listeners.address(name)
     }
 
     /// Waits for a drain started elsewhere (signal, `/quitquitquit`) to finish, at most
@@ -209,8 +222,8 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        for listener in &self.shared.listeners {
-            for log in &listener.access_logs {
+        for listener in self.shared.listeners.active() {
+            for log in &listener.runtime.access_logs {
                 log.flush();
             }
         }
@@ -219,12 +232,9 @@ impl Server {
     }
 }
 
-fn run_worker(
-    index: usize,
-    sockets: Vec<std::net::TcpListener>,
-    listeners: Vec<Arc<HttpListener>>,
-    drain: watch::Receiver<bool>,
-) {
+/// A worker: serves the listeners the listener manager hands it until the server drains
+/// and every listener it served has finished draining.
+fn run_worker(index: usize, mut commands: mpsc::UnboundedReceiver<WorkerCommand>, mut drain: watch::Receiver<bool>) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -236,10 +246,27 @@ fn run_worker(
     let worker = Rc::new(Worker { index, ..Worker::default() });
     local.block_on(&runtime, async move {
         let mut tasks = tokio::task::JoinSet::new();
-        for (socket, listener) in sockets.into_iter().zip(listeners) {
-            tasks.spawn_local(serve_listener(socket, listener, worker.clone(), drain.clone()));
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                Some(command) = commands.recv(), if !draining => match command {
+                    WorkerCommand::Serve { socket, listener, drain } => {
+                        tasks.spawn_local(serve_listener(socket, listener, worker.clone(), drain));
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                    if draining && tasks.is_empty() {
+                        return;
+                    }
+                }
+                _ = drain.wait_for(|d| *d), if !draining => {
+                    draining = true;
+                    if tasks.is_empty() {
+                        return;
+                    }
+                }
+            }
         }
-        while tasks.join_next().await.is_some() {}
     });
 }
 
@@ -256,4 +283,72 @@ fn register_server_stats(store: &Store, concurrency: usize) {
     store.gauge("server.days_until_first_cert_expiring").set(i64::from(u32::MAX));
     store.gauge("listener_manager.total_listeners_warming").set(0);
     store.gauge("listener_manager.total_listeners_draining").set(0);
+}
+
+/// Starts the xDS client on its own control thread, and the initial-fetch timers that
+/// let the server go live without CDS or LDS when the control plane does not answer in time.
+fn start_xds(
+    ads: GrpcSource,
+    aggregated: bool,
+    cds: Option<SourceSpec>,
+    lds: Option<SourceSpec>,
+    shared: &Arc<ServerShared>,
+) -> anyhow::Result<()> {
+    // Each (re)connect dials the next target: the ADS cluster's hosts, or the URI.
+    let targets: Vec<String> = match &ads.target {
+        GrpcTarget::Cluster(cluster) => shared
+            .clusters
+            .snapshot()
+            .get(cluster)
+            .map(|c| c.hosts.iter().map(|h| format!("http://{}", h.address)).collect())
+            .unwrap_or_default(),
+        GrpcTarget::Uri(uri) => vec![format!("http://{uri}")],
+    };
+    let clusters = shared.clusters.clone();
+    let listeners = shared.listeners.clone();
+    let clusters_for_lds = shared.clusters.clone();
+    let client = AdsClient::new(
+        ads,
+        aggregated,
+        shared.node.clone(),
+        targets,
+        clusters.clone(),
+        listeners.clone(),
+        lds.is_some(),
+    );
+    let cds_timeout = cds.and_then(|c| c.initial_fetch_timeout);
+    let lds_timeout = lds.and_then(|l| l.initial_fetch_timeout);
+    std::thread::Builder::new().name("legate-xds".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the xDS runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            if let Some(timeout) = cds_timeout {
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    if !clusters.is_initialized() {
+                        tracing::warn!(?timeout, "CDS initial fetch timed out; going on without it");
+                        clusters.mark_initialized();
+                    }
+                });
+            }
+            if let Some(timeout) = lds_timeout {
+                tokio::spawn(async move {
+                    // LDS starts once CDS is initialized; its own timeout counts from then.
+                    let _ = clusters_for_lds.initialized().wait_for(|done| *done).await;
+                    tokio::time::sleep(timeout).await;
+                    if !listeners.is_initialized() {
+                        tracing::warn!(?timeout, "LDS initial fetch timed out; going on without it");
+                        listeners.mark_initialized();
+                    }
+                });
+            }
+            client.run().await;
+        });
+    })?;
+    Ok(())
 }

@@ -31,14 +31,39 @@ pub(super) fn clusters(state: &AdminState, request: &AdminRequest) -> Response<F
     let snapshot = state.clusters.snapshot();
     let mut clusters: Vec<_> = snapshot.clusters.values().collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    // Beyond Envoy: warming clusters are listed with what they wait for and since when,
+    // so a cluster stuck warming explains itself.
+    let warming = state.clusters.warming();
     match request.param("format") {
         Some("json") => {
-            json(&schema::to_json(&Clusters { cluster_statuses: clusters.iter().map(|c| status(c)).collect() }))
+            let mut body =
+                schema::to_json(&Clusters { cluster_statuses: clusters.iter().map(|c| status(c)).collect() });
+            if !warming.is_empty()
+                && let Some(object) = body.as_object_mut()
+            {
+                let entries = warming
+                    .iter()
+                    .map(|(name, version, since, reason)| {
+                        serde_json::json!({
+                            "name": name,
+                            "version_info": version,
+                            "warming_since": httpdate::fmt_http_date(*since),
+                            "waiting_for": reason,
+                        })
+                    })
+                    .collect();
+                object.insert("warming_clusters".into(), serde_json::Value::Array(entries));
+            }
+            json(&body)
         }
         None | Some("text") => {
             let mut out = String::new();
             for cluster in clusters {
                 write_text(&mut out, cluster);
+            }
+            for (name, version, since, reason) in &warming {
+                let since = httpdate::fmt_http_date(*since);
+                let _ = writeln!(out, "{name}::warming::{reason}, since {since} (version {version})");
             }
             text(StatusCode::OK, out)
         }

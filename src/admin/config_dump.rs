@@ -16,6 +16,7 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use super::{AdminRequest, AdminState, json, text};
+use crate::config::listener::RouteSpec;
 use crate::config::schema;
 
 pub(super) fn config_dump(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
@@ -81,9 +82,34 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
         pack_any(ClustersConfigDump {
             static_clusters: clusters
                 .iter()
+                .filter(|c| !c.added_via_api)
                 .map(|c| clusters_config_dump::StaticCluster {
                     cluster: Some(pack_any(c.proto.clone())),
                     last_updated: updated,
+                })
+                .collect(),
+            dynamic_active_clusters: clusters
+                .iter()
+                .filter(|c| c.added_via_api)
+                .map(|c| {
+                    let info = state.clusters.dynamic_info(&c.name);
+                    clusters_config_dump::DynamicCluster {
+                        version_info: info.as_ref().map(|i| i.version_info.clone()).unwrap_or_default(),
+                        cluster: Some(pack_any(c.proto.clone())),
+                        last_updated: info.map(|i| timestamp(i.last_updated)),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+            dynamic_warming_clusters: state
+                .clusters
+                .warming_protos()
+                .into_iter()
+                .map(|(version_info, proto, since)| clusters_config_dump::DynamicCluster {
+                    version_info,
+                    cluster: Some(pack_any(proto)),
+                    last_updated: Some(timestamp(since)),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()
@@ -102,28 +128,55 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             ..Default::default()
         }));
     }
+    let listeners = state.listeners.active();
     out.push(pack_any(ListenersConfigDump {
-        static_listeners: state
-            .listeners
+        static_listeners: listeners
             .iter()
+            .filter(|l| !l.added_via_api)
             .map(|l| listeners_config_dump::StaticListener {
-                listener: Some(pack_any(l.spec.proto.clone())),
+                listener: Some(pack_any(l.runtime.spec.proto.clone())),
                 last_updated: updated,
+            })
+            .collect(),
+        dynamic_listeners: listeners
+            .iter()
+            .filter(|l| l.added_via_api)
+            .map(|l| listeners_config_dump::DynamicListener {
+                name: l.runtime.spec.name.clone(),
+                active_state: Some(listeners_config_dump::DynamicListenerState {
+                    version_info: l.version_info.clone(),
+                    listener: Some(pack_any(l.runtime.spec.proto.clone())),
+                    last_updated: Some(timestamp(l.last_updated)),
+                }),
+                ..Default::default()
             })
             .collect(),
         ..Default::default()
     }));
     out.push(pack_any(ScopedRoutesConfigDump::default()));
     out.push(pack_any(RoutesConfigDump {
-        static_route_configs: state
-            .listeners
+        static_route_configs: listeners
             .iter()
-            .map(|l| routes_config_dump::StaticRouteConfig {
-                route_config: Some(pack_any(l.spec.hcm.route_config.clone())),
-                last_updated: updated,
+            .filter_map(|l| match &l.runtime.spec.hcm.routes {
+                RouteSpec::Inline(_, proto) => Some(routes_config_dump::StaticRouteConfig {
+                    route_config: Some(pack_any((**proto).clone())),
+                    last_updated: updated,
+                }),
+                RouteSpec::Rds { .. } => None,
             })
             .collect(),
-        ..Default::default()
+        dynamic_route_configs: state
+            .listeners
+            .rds()
+            .configs()
+            .into_iter()
+            .map(|config| routes_config_dump::DynamicRouteConfig {
+                version_info: config.version_info,
+                route_config: Some(pack_any((*config.proto).clone())),
+                last_updated: Some(timestamp(config.last_updated)),
+                ..Default::default()
+            })
+            .collect(),
     }));
     out.push(pack_any(SecretsConfigDump::default()));
     out

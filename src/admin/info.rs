@@ -69,7 +69,8 @@ pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<Full
 }
 
 pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
-    let statuses = state.listeners.iter().zip(&state.listener_bound).map(|(l, bound)| ListenerStatus {
+    let active = state.listeners.active();
+    let statuses = active.iter().map(|l| (&l.runtime, &l.bound)).map(|(l, bound)| ListenerStatus {
         name: l.spec.name.clone(),
         local_address: Some(Address {
             address: Some(address::Address::SocketAddress(SocketAddress {
@@ -84,7 +85,7 @@ pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<
         return json(&schema::to_json(&Listeners { listener_statuses: statuses.collect() }));
     }
     let mut out = String::new();
-    for (listener, bound) in state.listeners.iter().zip(&state.listener_bound) {
+    for (listener, bound) in active.iter().map(|l| (&l.runtime, &l.bound)) {
         out.push_str(&format!("{}::{}\n", listener.spec.name, bound));
     }
     text(StatusCode::OK, out)

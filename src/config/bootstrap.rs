@@ -11,9 +11,10 @@ use prost::Message;
 use super::access_log::AccessLogSpec;
 use super::cluster::{ClusterSpec, socket_address};
 use super::error::{ConfigError, Result};
-use super::listener::ListenerSpec;
+use super::listener::{ListenerSpec, RouteSpec};
 use super::proto::ensure_only;
 use super::schema::{self, Format};
+use super::xds::{DynamicSpec, GrpcSource, GrpcTarget};
 use crate::cli::Options;
 
 /// The admin interface's config.
@@ -30,6 +31,7 @@ pub struct BootstrapSpec {
     pub admin: Option<AdminSpec>,
     pub listeners: Vec<ListenerSpec>,
     pub clusters: Vec<ClusterSpec>,
+    pub dynamic: DynamicSpec,
     /// The effective bootstrap (after merges and overrides), for `/config_dump`.
     pub proto: Bootstrap,
 }
@@ -72,7 +74,7 @@ pub fn load(options: &Options) -> Result<Bootstrap> {
 }
 
 const SUPPORTED_BOOTSTRAP_FIELDS: &[&str] =
-    &["node", "static_resources", "admin", "layered_runtime", "stats_flush_interval"];
+    &["node", "static_resources", "dynamic_resources", "admin", "layered_runtime", "stats_flush_interval"];
 
 impl BootstrapSpec {
     /// Translates and cross-checks a bootstrap.
@@ -101,13 +103,27 @@ impl BootstrapSpec {
             }
             None => None,
         };
+        let dynamic = match &proto.dynamic_resources {
+            Some(d) => DynamicSpec::from_proto(d, "dynamic_resources")?,
+            None => DynamicSpec::default(),
+        };
+        let node = proto.node.clone().unwrap_or_default();
+        if (dynamic.sources.ads.is_some() || dynamic.cds.is_some() || dynamic.lds.is_some())
+            && (node.id.is_empty() || node.cluster.is_empty())
+        {
+            // Envoy needs both to identify itself to a control plane.
+            return Err(ConfigError::invalid(
+                "node",
+                "node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options.",
+            ));
+        }
         let statics = proto.static_resources.clone().unwrap_or_default();
         ensure_only(&statics, &["listeners", "clusters"], "static_resources")?;
         let mut clusters = Vec::with_capacity(statics.clusters.len());
         let mut cluster_names = HashSet::new();
         for (i, cluster) in statics.clusters.iter().enumerate() {
             let path = format!("static_resources.clusters[{i}]");
-            let spec = ClusterSpec::from_proto(cluster, &path)?;
+            let spec = ClusterSpec::from_proto(cluster, &path, &dynamic.sources)?;
             if !cluster_names.insert(spec.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("{path}.name"),
@@ -120,24 +136,41 @@ impl BootstrapSpec {
         let mut listener_names = HashSet::new();
         for (i, listener) in statics.listeners.iter().enumerate() {
             let path = format!("static_resources.listeners[{i}]");
-            let spec = ListenerSpec::from_proto(listener, &path)?;
+            let spec = ListenerSpec::from_proto(listener, &path, &dynamic.sources)?;
             if !listener_names.insert(spec.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("{path}.name"),
                     format!("error adding listener named '{}': listener with same name already exists", spec.name),
                 ));
             }
-            let routes = &spec.hcm.routes;
-            if routes.validate_clusters()
-                && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
-            {
-                return Err(ConfigError::invalid(
-                    format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
-                    format!("route: unknown cluster '{missing}'"),
-                ));
+            match &spec.hcm.routes {
+                RouteSpec::Inline(routes, _) => {
+                    if routes.validate_clusters()
+                        && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
+                    {
+                        return Err(ConfigError::invalid(
+                            format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
+                            format!("route: unknown cluster '{missing}'"),
+                        ));
+                    }
+                }
+                RouteSpec::Rds { .. } => {}
             }
             listeners.push(spec);
         }
-        Ok(BootstrapSpec { node: proto.node.clone().unwrap_or_default(), admin, listeners, clusters, proto })
+        for (source, path) in [
+            (&dynamic.sources.ads, "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name"),
+            (
+                &dynamic.sources.grpc,
+                "dynamic_resources.cds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name",
+            ),
+        ] {
+            if let Some(GrpcSource { target: GrpcTarget::Cluster(cluster), .. }) = source
+                && !cluster_names.contains(cluster)
+            {
+                return Err(ConfigError::invalid(path, format!("Unknown gRPC client cluster '{cluster}'")));
+            }
+        }
+        Ok(BootstrapSpec { node, admin, listeners, clusters, dynamic, proto })
     }
 }

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, ensure_only};
+use super::xds::{SourceSpec, XdsSources, config_source};
 
 /// Envoy's default `connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,16 +54,44 @@ pub struct HostSpec {
     pub hostname: String,
 }
 
+/// Envoy's default `overprovisioning_factor` (140 %).
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
+
+/// A validated load assignment: the hosts and how priorities spill over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub hosts: Vec<HostSpec>,
+    /// `policy.overprovisioning_factor`, in percent.
+    pub overprovisioning_factor: u32,
+}
+
+impl Default for Assignment {
+    fn default() -> Assignment {
+        Assignment { hosts: Vec::new(), overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR }
+    }
+}
+
+/// Where a cluster's hosts come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// `load_assignment` in the cluster itself.
+    Static,
+    /// `ClusterLoadAssignment`s named `service_name` from EDS.
+    Eds { service_name: String, source: SourceSpec },
+}
+
 /// A validated cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub name: String,
+    pub discovery: Discovery,
     pub connect_timeout: Duration,
     pub lb: LbKind,
     pub protocol: UpstreamProtocol,
     /// How long an idle pooled upstream connection is kept.
     pub idle_timeout: Option<Duration>,
-    pub hosts: Vec<HostSpec>,
+    /// The hosts from `load_assignment` (empty for EDS clusters, whose come from EDS).
+    pub assignment: Assignment,
     /// The original proto, for `/config_dump`.
     pub proto: ClusterProto,
 }
@@ -81,19 +110,22 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "metadata",
     "per_connection_buffer_limit_bytes",
     "dns_lookup_family",
+    "eds_cluster_config",
 ];
 
 impl ClusterSpec {
-    /// Translates and validates a cluster; `path` is where the cluster sits in the config.
-    pub fn from_proto(proto: &ClusterProto, path: &str) -> Result<ClusterSpec> {
+    /// Translates and validates a cluster; `path` is where the cluster sits in the config,
+    /// `sources` the management servers an EDS cluster may name.
+    pub fn from_proto(proto: &ClusterProto, path: &str, sources: &XdsSources) -> Result<ClusterSpec> {
         ensure_only(proto, SUPPORTED_CLUSTER_FIELDS, path)?;
         if proto.name.is_empty() {
             return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1 characters"));
         }
-        match &proto.cluster_discovery_type {
-            None => {}
+        let discovery = match &proto.cluster_discovery_type {
+            None => Discovery::Static,
             Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
-                Ok(DiscoveryType::Static) => {}
+                Ok(DiscoveryType::Static) => Discovery::Static,
+                Ok(DiscoveryType::Eds) => eds(proto, path, sources)?,
                 Ok(other) => {
                     return Err(ConfigError::unsupported(
                         join_path(path, "type"),
@@ -105,6 +137,12 @@ impl ClusterSpec {
             Some(ClusterDiscoveryType::ClusterType(custom)) => {
                 return Err(ConfigError::unsupported(join_path(path, "cluster_type"), custom.name.clone()));
             }
+        };
+        if discovery == Discovery::Static && proto.eds_cluster_config.is_some() {
+            return Err(ConfigError::invalid(
+                join_path(path, "eds_cluster_config"),
+                "eds_cluster_config is only valid for clusters of type EDS",
+            ));
         }
         let connect_timeout = match &proto.connect_timeout {
             Some(d) => {
@@ -134,19 +172,36 @@ impl ClusterSpec {
             None => Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
         };
         let hosts = match &proto.load_assignment {
-            Some(la) => hosts(la, &join_path(path, "load_assignment"))?,
-            None => Vec::new(),
+            Some(la) => assignment(la, &join_path(path, "load_assignment"))?,
+            None => Assignment::default(),
         };
         Ok(ClusterSpec {
             name: proto.name.clone(),
+            discovery,
             connect_timeout,
             lb,
             protocol,
             idle_timeout,
-            hosts,
+            assignment: hosts,
             proto: proto.clone(),
         })
     }
+}
+
+/// An EDS cluster's source (ADS or the per-type server); the service name defaults to
+/// the cluster's name.
+fn eds(proto: &ClusterProto, path: &str, sources: &XdsSources) -> Result<Discovery> {
+    let epath = join_path(path, "eds_cluster_config");
+    let Some(config) = &proto.eds_cluster_config else {
+        return Err(ConfigError::invalid(&epath, "EDS clusters need eds_cluster_config"));
+    };
+    ensure_only(config, &["eds_config", "service_name"], &epath)?;
+    let Some(source) = &config.eds_config else {
+        return Err(ConfigError::invalid(join_path(&epath, "eds_config"), "value is required"));
+    };
+    let source = config_source(source, sources, &join_path(&epath, "eds_config"))?;
+    let service_name = if config.service_name.is_empty() { proto.name.clone() } else { config.service_name.clone() };
+    Ok(Discovery::Eds { service_name, source })
 }
 
 /// The upstream protocol and common HTTP options, from the typed extension options
@@ -200,8 +255,30 @@ fn upstream_protocol(proto: &ClusterProto, path: &str) -> Result<(UpstreamProtoc
     Ok((protocol, common))
 }
 
+/// A load assignment's hosts and policy (from a cluster, or from EDS).
+pub fn assignment(la: &ClusterLoadAssignment, path: &str) -> Result<Assignment> {
+    ensure_only(la, &["cluster_name", "endpoints", "policy"], path)?;
+    let overprovisioning_factor = match &la.policy {
+        Some(policy) => {
+            let ppath = join_path(path, "policy");
+            ensure_only(policy, &["overprovisioning_factor"], &ppath)?;
+            match &policy.overprovisioning_factor {
+                Some(f) if f.value == 0 => {
+                    return Err(ConfigError::invalid(
+                        join_path(&ppath, "overprovisioning_factor"),
+                        "value must be greater than 0",
+                    ));
+                }
+                Some(f) => f.value,
+                None => DEFAULT_OVERPROVISIONING_FACTOR,
+            }
+        }
+        None => DEFAULT_OVERPROVISIONING_FACTOR,
+    };
+    Ok(Assignment { hosts: hosts(la, path)?, overprovisioning_factor })
+}
+
 fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
-    ensure_only(la, &["cluster_name", "endpoints"], path)?;
     let mut out = Vec::new();
     for (i, locality_endpoints) in la.endpoints.iter().enumerate() {
         let lpath = format!("{path}.endpoints[{i}]");

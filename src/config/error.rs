@@ -66,3 +66,38 @@ impl std::error::Error for ConfigError {}
 
 /// Result alias for config translation.
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// The resources of an xDS update that were rejected, by name, with why. The valid ones in
+/// the same update were applied (as Envoy does); these make the update a NACK.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejected(pub Vec<(String, String)>);
+
+impl Rejected {
+    /// Adds a rejected resource.
+    pub fn push(&mut self, name: impl Into<String>, message: impl Into<String>) {
+        self.0.push((name.into(), message.into()));
+    }
+
+    /// `Ok` when nothing was rejected.
+    pub fn into_result(self) -> std::result::Result<(), Rejected> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+
+    /// Whether `name` was rejected.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+}
+
+impl fmt::Display for Rejected {
+    /// The NACK's `error_detail` message: every rejected resource and why.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (_, message)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            f.write_str(message)?;
+        }
+        Ok(())
+    }
+}

@@ -20,6 +20,7 @@ use super::cluster::socket_address;
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, ensure_only};
 use super::route::{HostPortMatch, RouteTable};
+use super::xds::{XdsSources, config_source};
 
 const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
@@ -38,15 +39,24 @@ pub enum Codec {
     Http2,
 }
 
+/// Where an HCM's routes come from.
+#[derive(Debug)]
+pub enum RouteSpec {
+    /// An inline `route_config`, and its proto for `/config_dump`.
+    Inline(Arc<RouteTable>, Box<RouteConfiguration>),
+    /// `rds`: the route configuration named `name`, from RDS over ADS. `host_port` is how
+    /// this HCM matches Host ports, which a route table is built with.
+    Rds { name: String, host_port: HostPortMatch },
+}
+
 /// A validated HTTP connection manager.
 #[derive(Debug)]
 pub struct HcmSpec {
     pub stat_prefix: String,
     pub codec: Codec,
-    pub routes: Arc<RouteTable>,
-    /// The inline route configuration, for `/config_dump`.
-    pub route_config: RouteConfiguration,
-    pub server_name: String,
+    pub routes: RouteSpec,
+    /// The `server` header value (validated at config time; cloning it does not allocate).
+    pub server_name: http::HeaderValue,
     pub generate_request_id: bool,
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
@@ -89,7 +99,7 @@ const SUPPORTED_LISTENER_FIELDS: &[&str] = &[
 
 impl ListenerSpec {
     /// Translates and validates a listener at `path`.
-    pub fn from_proto(proto: &ListenerProto, path: &str) -> Result<ListenerSpec> {
+    pub fn from_proto(proto: &ListenerProto, path: &str, sources: &XdsSources) -> Result<ListenerSpec> {
         ensure_only(proto, SUPPORTED_LISTENER_FIELDS, path)?;
         if proto.bind_to_port.as_ref().is_some_and(|b| !b.value) {
             return Err(ConfigError::unsupported(join_path(path, "bind_to_port"), ""));
@@ -135,7 +145,7 @@ impl ListenerSpec {
             return Err(proto::unexpected_type(any, &filter_path));
         }
         let hcm_proto: HcmProto = proto::unpack(any, &filter_path)?;
-        let hcm = HcmSpec::from_proto(&hcm_proto, address.port(), &format!("{filter_path}.typed_config"))?;
+        let hcm = HcmSpec::from_proto(&hcm_proto, address.port(), &format!("{filter_path}.typed_config"), sources)?;
         let name = if proto.name.is_empty() { format!("{address}") } else { proto.name.clone() };
         Ok(ListenerSpec { name, address, stat_prefix, hcm, proto: proto.clone() })
     }
@@ -145,6 +155,7 @@ const SUPPORTED_HCM_FIELDS: &[&str] = &[
     "codec_type",
     "stat_prefix",
     "route_config",
+    "rds",
     "http_filters",
     "server_name",
     "generate_request_id",
@@ -162,7 +173,7 @@ const SUPPORTED_HCM_FIELDS: &[&str] = &[
 
 impl HcmSpec {
     /// Translates an HCM; `listener_port` serves `strip_matching_host_port`.
-    pub fn from_proto(proto: &HcmProto, listener_port: u16, path: &str) -> Result<HcmSpec> {
+    pub fn from_proto(proto: &HcmProto, listener_port: u16, path: &str, sources: &XdsSources) -> Result<HcmSpec> {
         ensure_only(proto, SUPPORTED_HCM_FIELDS, path)?;
         if proto.stat_prefix.is_empty() {
             return Err(ConfigError::invalid(
@@ -193,12 +204,28 @@ impl HcmSpec {
             _ if proto.strip_matching_host_port => HostPortMatch::StripMatching(listener_port),
             _ => HostPortMatch::Keep,
         };
-        let (routes, route_config) = match &proto.route_specifier {
-            Some(RouteSpecifier::RouteConfig(rc)) => (
-                RouteTable::from_proto(rc, host_port).map_err(|e| e.within(&join_path(path, "route_config")))?,
-                rc.clone(),
+        let routes = match &proto.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSpec::Inline(
+                Arc::new(
+                    RouteTable::from_proto(rc, host_port).map_err(|e| e.within(&join_path(path, "route_config")))?,
+                ),
+                Box::new(rc.clone()),
             ),
-            Some(RouteSpecifier::Rds(_)) => return Err(ConfigError::unsupported(join_path(path, "rds"), "")),
+            Some(RouteSpecifier::Rds(rds)) => {
+                let rpath = join_path(path, "rds");
+                ensure_only(rds, &["config_source", "route_config_name"], &rpath)?;
+                let Some(source) = &rds.config_source else {
+                    return Err(ConfigError::invalid(join_path(&rpath, "config_source"), "value is required"));
+                };
+                config_source(source, sources, &join_path(&rpath, "config_source"))?;
+                if rds.route_config_name.is_empty() {
+                    return Err(ConfigError::invalid(
+                        join_path(&rpath, "route_config_name"),
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                RouteSpec::Rds { name: rds.route_config_name.clone(), host_port }
+            }
             Some(RouteSpecifier::ScopedRoutes(_)) => {
                 return Err(ConfigError::unsupported(join_path(path, "scoped_routes"), ""));
             }
@@ -243,9 +270,13 @@ impl HcmSpec {
         Ok(HcmSpec {
             stat_prefix: proto.stat_prefix.clone(),
             codec,
-            routes: Arc::new(routes),
-            route_config,
-            server_name: if proto.server_name.is_empty() { "envoy".to_owned() } else { proto.server_name.clone() },
+            routes,
+            server_name: if proto.server_name.is_empty() {
+                http::HeaderValue::from_static("envoy")
+            } else {
+                http::HeaderValue::from_str(&proto.server_name)
+                    .map_err(|_| ConfigError::invalid(join_path(path, "server_name"), "not a valid header value"))?
+            },
             generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),
             use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
             xff_num_trusted_hops: proto.xff_num_trusted_hops,

@@ -9,5 +9,6 @@ pub mod listener;
 pub mod proto;
 pub mod route;
 pub mod schema;
+pub mod xds;
 
-pub use error::{ConfigError, ErrorKind, Result};
+pub use error::{ConfigError, ErrorKind, Rejected, Result};

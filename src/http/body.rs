@@ -138,8 +138,36 @@ pub trait StreamEnd {
     fn finish(self: Box<Self>, bytes_sent: u64, reason: EndReason);
 }
 
+/// The stream idle timeout of a response body. The timer is made only when the body
+/// first has to wait (most responses end in their first poll), and is not moved on every
+/// frame: frames only note the time, and an expiring timer re-arms itself from there.
+struct IdleTimer {
+    timeout: Duration,
+    last_activity: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    /// Whether the body has been idle for the timeout (registering a wake-up if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let deadline = self.last_activity + self.timeout;
+            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= self.last_activity + self.timeout {
+                return true;
+            }
+        }
+    }
+}
+
 enum Source {
-    Upstream { body: Incoming, idle: Option<(Duration, Pin<Box<Sleep>>)> },
+    Upstream { body: Incoming, idle: Option<IdleTimer> },
     Local(Option<Bytes>),
 }
 
@@ -158,7 +186,7 @@ impl ResponseBody {
 
     /// A body streamed from upstream, reset when no data moves for `idle_timeout`.
     pub fn upstream(body: Incoming, idle_timeout: Option<Duration>) -> ResponseBody {
-        let idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        let idle = idle_timeout.map(|timeout| IdleTimer { timeout, last_activity: Instant::now(), sleep: None });
         ResponseBody { source: Source::Upstream { body, idle }, sent: 0, end: None }
     }
 
@@ -183,15 +211,15 @@ impl Body for ResponseBody {
         let polled = match &mut this.source {
             Source::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some((timeout, sleep)) = idle {
-                        sleep.as_mut().reset(Instant::now() + *timeout);
+                    if let Some(idle) = idle {
+                        idle.last_activity = Instant::now();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::from(e)))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
-                    let expired = idle.as_mut().is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready());
+                    let expired = idle.as_mut().is_some_and(|idle| idle.expired(cx));
                     if expired {
                         this.finish(EndReason::IdleTimeout);
                         return Poll::Ready(Some(Err(Box::new(TimedOut("stream idle timeout")))));

@@ -6,4 +6,5 @@ pub mod body;
 pub mod flags;
 pub mod headers;
 pub mod proxy;
+pub mod rds;
 pub mod route;

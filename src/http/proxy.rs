@@ -119,7 +119,9 @@ pub async fn serve(
     if !listener.access_logs.is_empty() {
         exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
     }
-    let Some(selected) = hcm.routes.select(&parts) else {
+    // A listener goes live only once its routes are in, so `current` is there.
+    let routes = listener.routes.current();
+    let Some(selected) = routes.as_deref().and_then(|routes| routes.select(&parts)) else {
         stats.no_route.inc();
         return Ok(exchange.local_reply(
             StatusCode::NOT_FOUND,
@@ -151,9 +153,12 @@ pub async fn serve(
         RouteAction::Forward(forward) => forward,
     };
     stats.rq_total.inc();
-    let Some(cluster) =
-        forward.cluster(&parts.headers).and_then(|name| listener.clusters.snapshot().get(name).cloned())
-    else {
+    let snapshot = listener.clusters.snapshot();
+    ctx.worker.pools.prune(&snapshot);
+    let cluster = forward.cluster(&parts.headers).and_then(|name| snapshot.get(name).cloned());
+    // The snapshot guard is not held across the awaits below.
+    drop(snapshot);
+    let Some(cluster) = cluster else {
         stats.no_cluster.inc();
         return Ok(exchange.local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -233,7 +238,7 @@ pub async fn serve(
             }
         }
     };
-    let sent = pool.send(upstream_request, wire, &attached);
+    let sent = pool.send(&cluster, upstream_request, wire, &attached);
     let result =
         await_response(sent, &exchange.stream, timeout.map(|t| upstream_start + t), request_deadline, idle_timeout)
             .await;
@@ -412,14 +417,6 @@ fn os_error_text(e: &std::io::Error) -> String {
 /// Shapes the request for the upstream's wire: HTTP/1.1 wants origin-form with `Host`,
 /// HTTP/2 wants the authority in the URI (hyper sends it as `:authority`).
 fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<RequestBody> {
-    // Host rewrites land in the `host` header, so it wins over the downstream URI authority.
-    let authority = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()));
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     match wire {
         Wire::Http1 => {
             // Envoy's HTTP/1 codec frames a bodiless request whose method may carry a body
@@ -438,24 +435,32 @@ fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<
             {
                 parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
-            if let Some(authority) = &authority
-                && let Ok(value) = HeaderValue::from_str(authority)
-            {
-                parts.headers.insert(header::HOST, value);
+            // The common HTTP/1.1 → HTTP/1.1 case needs nothing more: origin-form URI, Host set.
+            if parts.uri.authority().is_some() {
+                if !parts.headers.contains_key(header::HOST)
+                    && let Some(authority) = parts.uri.authority()
+                    && let Ok(value) = HeaderValue::from_str(authority.as_str())
+                {
+                    parts.headers.insert(header::HOST, value);
+                }
+                let path_and_query = parts.uri.path_and_query().cloned();
+                parts.uri = path_and_query.map_or_else(|| Uri::from_static("/"), Uri::from);
             }
-            parts.uri = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
             parts.version = Version::HTTP_11;
         }
         Wire::Http2 => {
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(authority.as_deref().unwrap_or("localhost"))
-                .path_and_query(path_and_query)
-                .build();
-            if let Ok(uri) = uri {
-                parts.uri = uri;
+            // Host rewrites land in the `host` header, so it wins over the URI authority.
+            let authority = match parts.headers.remove(header::HOST) {
+                Some(host) => http::uri::Authority::try_from(host.as_bytes()).ok(),
+                None => parts.uri.authority().cloned(),
+            };
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(authority.unwrap_or_else(|| http::uri::Authority::from_static("localhost")));
+            if uri.path_and_query.is_none() {
+                uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
             }
-            parts.headers.remove(header::HOST);
+            parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
             parts.version = Version::HTTP_2;
         }
     }
@@ -470,10 +475,8 @@ fn class_index(status: StatusCode) -> usize {
     usize::from((status.as_u16() / 100).clamp(1, 5) - 1)
 }
 
-fn set_server(headers: &mut HeaderMap, server_name: &str) {
-    if let Ok(value) = HeaderValue::from_str(server_name) {
-        headers.insert(header::SERVER, value);
-    }
+fn set_server(headers: &mut HeaderMap, server_name: &HeaderValue) {
+    headers.insert(header::SERVER, server_name.clone());
 }
 
 fn empty_parts() -> Parts {

@@ -17,6 +17,9 @@ use crate::config::listener::Codec;
 use crate::http::proxy::{self, ConnContext};
 use crate::worker::{LocalExec, Worker};
 
+/// How long a draining listener waits for a just-accepted connection's first request.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Binds a listening socket with `SO_REUSEPORT`, so each worker can bind the same address.
 pub fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
@@ -44,8 +47,7 @@ pub async fn serve_listener(
         }
     };
     let mut drain_accept = drain.clone();
-    let connections = tokio::task::JoinSet::new();
-    let mut connections = connections;
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
@@ -103,6 +105,14 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: wa
         tokio::select! {
             result = connection.as_mut() => break result,
             _ = drain.wait_for(|d| *d) => {
+                // A connection accepted just before the drain may not have sent its first
+                // request yet; serve that request rather than close under it.
+                if !ctx.codec_counted.get() {
+                    tokio::select! {
+                        result = connection.as_mut() => break result,
+                        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                    }
+                }
                 connection.as_mut().graceful_shutdown();
                 break connection.await;
             }

@@ -2,13 +2,16 @@
 //! per-worker accept loops over `SO_REUSEPORT` sockets.
 
 mod accept;
+pub mod manager;
 
 pub use accept::{bind_reuseport, serve_listener};
+pub use manager::{ActiveListener, ListenerManager, WorkerCommand};
 
 use std::sync::Arc;
 
-use crate::config::listener::ListenerSpec;
+use crate::config::listener::{ListenerSpec, RouteSpec};
 use crate::http::access_log::AccessLogger;
+use crate::http::rds::{RdsRegistry, Routes};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
 use crate::upstream::ClusterManager;
 
@@ -164,6 +167,7 @@ pub struct HttpListener {
     pub http_stats: HcmStats,
     pub access_logs: Vec<AccessLogger>,
     pub clusters: Arc<ClusterManager>,
+    pub routes: Routes,
 }
 
 impl HttpListener {
@@ -173,11 +177,16 @@ impl HttpListener {
         spec: ListenerSpec,
         store: &Store,
         clusters: Arc<ClusterManager>,
+        rds: &RdsRegistry,
         workers: usize,
     ) -> std::io::Result<HttpListener> {
         let stats = ListenerStats::new(store, &spec.stat_prefix, (0..workers).map(|i| format!("worker_{i}")));
         let http_stats = HcmStats::new(store, &spec.hcm.stat_prefix);
         let access_logs = spec.hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
-        Ok(HttpListener { spec, stats, http_stats, access_logs, clusters })
+        let routes = match &spec.hcm.routes {
+            RouteSpec::Inline(table, _) => Routes::Static(table.clone()),
+            RouteSpec::Rds { name, host_port } => Routes::Rds(rds.slot(name, *host_port, store, &spec.hcm.stat_prefix)),
+        };
+        Ok(HttpListener { spec, stats, http_stats, access_logs, clusters, routes })
     }
 }

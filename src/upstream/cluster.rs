@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 
-use crate::config::cluster::{ClusterSpec, UpstreamProtocol};
+use crate::config::cluster::{Assignment, ClusterSpec, Discovery, LbKind, UpstreamProtocol};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
 
 use super::host::Host;
-use super::lb::Schedule;
-
-/// Envoy's default `healthy_panic_threshold`: below 50 % healthy hosts, balance over all.
-const HEALTHY_PANIC_THRESHOLD_PERCENT: usize = 50;
+use super::lb::{Candidate, HostSelector};
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -52,6 +49,10 @@ pub struct ClusterStats {
     pub membership_excluded: Gauge,
     pub membership_change: Counter,
     pub max_host_weight: Gauge,
+    pub update_attempt: Counter,
+    pub update_success: Counter,
+    pub update_rejected: Counter,
+    pub update_empty: Counter,
     codes: OnceLock<CodeCounters>,
 }
 
@@ -84,6 +85,10 @@ impl ClusterStats {
             membership_excluded: g("membership_excluded"),
             membership_change: c("membership_change"),
             max_host_weight: g("max_host_weight"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_rejected: c("update_rejected"),
+            update_empty: c("update_empty"),
             codes: OnceLock::new(),
             store: store.clone(),
             prefix,
@@ -111,10 +116,12 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub idle_timeout: Option<Duration>,
+    pub discovery: Discovery,
+    lb: LbKind,
     pub hosts: Vec<Arc<Host>>,
-    /// Picks over `hosts` (healthy ones, or all of them in panic mode).
-    schedule: Schedule,
-    panic: bool,
+    /// Picks over `hosts` across priorities (healthy ones, or all of a level in panic).
+    selector: HostSelector,
+    overprovisioning_factor: u32,
     pub stats: ClusterStats,
     /// The cluster's config as given, for `/config_dump`.
     pub proto: ClusterProto,
@@ -123,21 +130,39 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds a cluster from its spec, registering its stats in `store`.
-    pub fn new(spec: ClusterSpec, store: &Store, added_via_api: bool) -> Cluster {
-        let hosts: Vec<Arc<Host>> = spec.hosts.iter().map(|h| Arc::new(Host::new(h))).collect();
+    /// Builds a cluster from its spec and host list (the spec's own, or an EDS
+    /// assignment's), registering its stats in `store`. Hosts that `previous` already had
+    /// are kept (same `Host`, so their pools and counters carry over).
+    pub fn new(
+        spec: ClusterSpec,
+        assignment: &Assignment,
+        previous: Option<&Cluster>,
+        store: &Store,
+        added_via_api: bool,
+    ) -> Cluster {
+        let hosts: Vec<Arc<Host>> = assignment
+            .hosts
+            .iter()
+            .map(|h| match previous.and_then(|p| p.hosts.iter().find(|old| old.is_same_endpoint(h))) {
+                Some(old) => {
+                    old.set_eds_health(h.health_status);
+                    old.clone()
+                }
+                None => Arc::new(Host::new(h)),
+            })
+            .collect();
         let stats = ClusterStats::new(store, &spec.name);
-        // Priority 0 first; a lower priority takes traffic only when no higher one has a
-        // healthy host (Envoy's full priority-load spillover comes with EDS priorities).
-        let priority = hosts.iter().filter(|h| h.is_healthy()).map(|h| h.priority).min().unwrap_or(0);
-        let level: Vec<(u32, &Arc<Host>)> =
-            hosts.iter().enumerate().filter(|(_, h)| h.priority == priority).map(|(i, h)| (i as u32, h)).collect();
-        let healthy: Vec<(u32, u32)> =
-            level.iter().filter(|(_, h)| h.is_healthy()).map(|(i, h)| (*i, h.weight)).collect();
-        let panic = !level.is_empty() && healthy.len() * 100 < level.len() * HEALTHY_PANIC_THRESHOLD_PERCENT;
-        let eligible: Vec<(u32, u32)> =
-            if panic { level.iter().map(|(i, h)| (*i, h.weight)).collect() } else { healthy };
-        let schedule = Schedule::new(spec.lb, &eligible);
+        let candidates: Vec<Candidate> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Candidate {
+                index: i as u32,
+                priority: h.priority,
+                weight: h.weight,
+                healthy: h.is_healthy(),
+            })
+            .collect();
+        let selector = HostSelector::new(spec.lb, &candidates, assignment.overprovisioning_factor);
         stats.membership_total.set(hosts.len() as i64);
         stats.membership_healthy.set(hosts.iter().filter(|h| h.is_healthy()).count() as i64);
         stats.max_host_weight.set(hosts.iter().map(|h| i64::from(h.weight)).max().unwrap_or(0));
@@ -147,20 +172,44 @@ impl Cluster {
             connect_timeout: spec.connect_timeout,
             protocol: spec.protocol,
             idle_timeout: spec.idle_timeout,
+            discovery: spec.discovery,
+            lb: spec.lb,
             hosts,
-            schedule,
-            panic,
+            selector,
+            overprovisioning_factor: assignment.overprovisioning_factor,
             stats,
             proto: spec.proto,
             added_via_api,
         }
     }
 
+    /// The EDS service name, for an EDS cluster.
+    pub fn eds_service_name(&self) -> Option<&str> {
+        match &self.discovery {
+            Discovery::Eds { service_name, .. } => Some(service_name),
+            Discovery::Static => None,
+        }
+    }
+
+    /// The spec this cluster was built from (without hosts), to rebuild it with new ones.
+    pub fn spec(&self) -> ClusterSpec {
+        ClusterSpec {
+            name: self.name.clone(),
+            discovery: self.discovery.clone(),
+            connect_timeout: self.connect_timeout,
+            lb: self.lb,
+            protocol: self.protocol,
+            idle_timeout: self.idle_timeout,
+            assignment: Assignment { hosts: Vec::new(), overprovisioning_factor: self.overprovisioning_factor },
+            proto: self.proto.clone(),
+        }
+    }
+
     /// Picks a host (an index into `hosts`) with the calling worker's cursor; `None`
     /// means no healthy upstream.
     pub fn pick(&self, cursor: &mut u64) -> Option<usize> {
-        let index = self.schedule.pick(cursor)?;
-        if self.panic {
+        let (index, panic) = self.selector.pick(cursor)?;
+        if panic {
             self.stats.lb_healthy_panic.inc();
         }
         Some(index as usize)

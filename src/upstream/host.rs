@@ -58,12 +58,7 @@ pub struct Host {
 impl Host {
     /// A host from its spec, with health flags from the configured health status.
     pub fn new(spec: &HostSpec) -> Host {
-        let health = match spec.health_status {
-            HealthStatus::Unhealthy | HealthStatus::Timeout => health_flag::FAILED_EDS_HEALTH,
-            HealthStatus::Draining => health_flag::EDS_STATUS_DRAINING,
-            HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,
-            HealthStatus::Unknown | HealthStatus::Healthy => 0,
-        };
+        let health = eds_flags(spec.health_status);
         Host {
             address: spec.address,
             address_text: spec.address.to_string(),
@@ -76,6 +71,25 @@ impl Host {
             health: AtomicU32::new(health),
             stats: HostStats::default(),
         }
+    }
+
+    /// Whether this host is the endpoint `spec` describes, apart from its health, so a
+    /// rebuilt cluster keeps the same `Host` (its pools and counters) for it.
+    pub fn is_same_endpoint(&self, spec: &HostSpec) -> bool {
+        self.address == spec.address
+            && self.weight == spec.weight
+            && self.priority == spec.priority
+            && self.hostname == spec.hostname
+            && (self.region.as_str(), self.zone.as_str(), self.sub_zone.as_str())
+                == (spec.region.as_str(), spec.zone.as_str(), spec.sub_zone.as_str())
+    }
+
+    /// Sets the control plane's health verdict, keeping the flags other checkers own.
+    pub fn set_eds_health(&self, status: HealthStatus) {
+        let eds = eds_flags(status);
+        let owned =
+            health_flag::FAILED_EDS_HEALTH | health_flag::EDS_STATUS_DRAINING | health_flag::DEGRADED_EDS_HEALTH;
+        let _ = self.health.fetch_update(Ordering::AcqRel, Ordering::Acquire, |flags| Some(flags & !owned | eds));
     }
 
     /// The current health flags (`health_flag::*`).
@@ -105,5 +119,15 @@ impl Host {
             (health_flag::EDS_STATUS_DRAINING, "/eds_status_draining"),
         ];
         names.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect()
+    }
+}
+
+/// The health flags an EDS (or static) health status sets.
+fn eds_flags(status: HealthStatus) -> u32 {
+    match status {
+        HealthStatus::Unhealthy | HealthStatus::Timeout => health_flag::FAILED_EDS_HEALTH,
+        HealthStatus::Draining => health_flag::EDS_STATUS_DRAINING,
+        HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,
+        HealthStatus::Unknown | HealthStatus::Healthy => 0,
     }
 }

@@ -46,6 +46,90 @@ impl Schedule {
     }
 }
 
+/// Envoy's default `healthy_panic_threshold`: below 50 % healthy hosts, a priority level
+/// balances over all its hosts.
+const HEALTHY_PANIC_THRESHOLD_PERCENT: u32 = 50;
+
+/// What the selector needs to know of a host.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    /// Index into the cluster's hosts.
+    pub index: u32,
+    pub priority: u32,
+    pub weight: u32,
+    pub healthy: bool,
+}
+
+/// One priority level: its share of requests (percent) and its pick order.
+#[derive(Debug)]
+struct Level {
+    load: u32,
+    schedule: Schedule,
+    panic: bool,
+}
+
+/// Picks a host across priority levels the way Envoy does: each level is worth
+/// `healthy / total × overprovisioning_factor` (capped at 100 %), levels take load in
+/// priority order up to their worth, and a level with fewer than half its hosts healthy
+/// balances over all of them (panic mode).
+#[derive(Debug)]
+pub struct HostSelector {
+    levels: Vec<Level>,
+}
+
+impl HostSelector {
+    /// Builds the selector for `hosts` with `overprovisioning_factor` in percent.
+    pub fn new(kind: LbKind, hosts: &[Candidate], overprovisioning_factor: u32) -> HostSelector {
+        let max_priority = hosts.iter().map(|h| h.priority).max();
+        let mut levels = Vec::new();
+        let mut healths = Vec::new();
+        for priority in 0..=max_priority.unwrap_or(0) {
+            let level: Vec<&Candidate> = hosts.iter().filter(|h| h.priority == priority).collect();
+            let total = level.len() as u64;
+            let healthy = level.iter().filter(|h| h.healthy).count() as u64;
+            let health =
+                (healthy * u64::from(overprovisioning_factor)).checked_div(total).map_or(0, |h| h.min(100) as u32);
+            let panic = total > 0 && healthy * 100 < total * u64::from(HEALTHY_PANIC_THRESHOLD_PERCENT);
+            let eligible: Vec<(u32, u32)> =
+                level.iter().filter(|h| panic || h.healthy).map(|h| (h.index, h.weight)).collect();
+            healths.push(health);
+            levels.push(Level { load: 0, schedule: Schedule::new(kind, &eligible), panic });
+        }
+        let total_health: u32 = healths.iter().sum::<u32>().min(100);
+        let mut remaining = 100;
+        for (level, health) in levels.iter_mut().zip(&healths) {
+            level.load = (health * 100).checked_div(total_health).unwrap_or(0).min(remaining);
+            remaining -= level.load;
+        }
+        // Rounding leftovers go to the first level that takes load; with nothing healthy
+        // anywhere, everything goes to the first level that has hosts, in panic.
+        let first = if total_health == 0 {
+            levels.iter_mut().find(|l| !l.schedule.is_empty())
+        } else {
+            levels.iter_mut().find(|l| l.load > 0)
+        };
+        if let Some(level) = first {
+            level.load += remaining;
+        }
+        levels.retain(|l| l.load > 0);
+        HostSelector { levels }
+    }
+
+    /// Picks a host index with the worker's `cursor`; also says whether the level was in
+    /// panic. `None`: no host to pick.
+    pub fn pick(&self, cursor: &mut u64) -> Option<(u32, bool)> {
+        let level = match self.levels.as_slice() {
+            [] => return None,
+            [only] => only,
+            levels => {
+                let mut draw = fastrand::u32(..100);
+                levels.iter().find(|l| draw.checked_sub(l.load).map(|rest| draw = rest).is_none())?
+            }
+        };
+        level.schedule.pick(cursor).map(|index| (index, level.panic))
+    }
+}
+
 /// Smooth weighted round robin (each step: add every weight to its current value, pick
 /// the largest, subtract the total), which spreads a heavy host's turns evenly instead of
 /// sending it a burst. With equal weights it is plain round robin.
@@ -121,6 +205,54 @@ mod tests {
         let s = Schedule::new(LbKind::RoundRobin, &[(0, 1_000_000), (1, 1)]);
         assert!(s.order.len() as u64 <= MAX_SCHEDULE_LEN + 1);
         assert!(s.order.contains(&1));
+    }
+
+    fn candidates(spec: &[(u32, bool)]) -> Vec<Candidate> {
+        spec.iter()
+            .enumerate()
+            .map(|(i, &(priority, healthy))| Candidate { index: i as u32, priority, weight: 1, healthy })
+            .collect()
+    }
+
+    fn spread(selector: &HostSelector, picks: usize, hosts: usize) -> Vec<usize> {
+        let mut cursor = 0;
+        let mut counts = vec![0; hosts];
+        for _ in 0..picks {
+            counts[selector.pick(&mut cursor).unwrap().0 as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn a_healthy_first_priority_takes_everything() {
+        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, true), (1, true)]), 140);
+        assert_eq!(spread(&s, 100, 3), [50, 50, 0]);
+    }
+
+    #[test]
+    fn a_degraded_first_priority_spills_over_by_the_overprovisioning_factor() {
+        // P0: 1 of 2 healthy → worth 70 %; P1 healthy takes the remaining 30 %.
+        let hosts = candidates(&[(0, true), (0, false), (1, true)]);
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140);
+        let counts = spread(&s, 10_000, 3);
+        assert_eq!(counts[1], 0, "the unhealthy host gets nothing");
+        assert!((6_500..7_500).contains(&counts[0]), "{counts:?}");
+        // With a factor of 100, P0 is worth only 50 %.
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 100);
+        let counts = spread(&s, 10_000, 3);
+        assert!((4_500..5_500).contains(&counts[0]), "{counts:?}");
+    }
+
+    #[test]
+    fn panic_mode_balances_over_all_hosts_of_a_level() {
+        // 1 of 3 healthy in the only level: below 50 %, so all three take traffic.
+        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, false), (0, false)]), 140);
+        let mut cursor = 0;
+        assert!(s.pick(&mut cursor).unwrap().1, "the pick reports panic mode");
+        assert_eq!(spread(&s, 300, 3), [100, 100, 100]);
+        // Nothing healthy at all: still served, in panic, by the first level.
+        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, false), (1, false)]), 140);
+        assert_eq!(spread(&s, 10, 2), [10, 0]);
     }
 
     #[test]

@@ -1,14 +1,25 @@
 //! The cluster manager: the only writer of cluster state. It publishes an immutable
 //! `ClusterSnapshot` through one `ArcSwap`, so a request loads one consistent view with a
-//! single atomic read and never locks.
+//! single atomic read and never locks. Updates (CDS, EDS) are converted and validated
+//! before the writer lock is taken, and a batch is published at once.
+//!
+//! Warming follows Envoy: a new or changed EDS cluster stays out of the snapshot (the old
+//! version keeps serving) until its first `ClusterLoadAssignment` is in; then it swaps in
+//! atomically. Static clusters cannot be changed or removed by CDS.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use tokio::sync::watch;
 
-use crate::config::cluster::ClusterSpec;
-use crate::stats::Store;
+use crate::config::Rejected;
+use crate::config::cluster::{Assignment, ClusterSpec, Discovery, assignment};
+use crate::config::xds::XdsSources;
+use crate::stats::{Counter, Gauge, Store};
 
 use super::cluster::Cluster;
 
@@ -16,6 +27,8 @@ use super::cluster::Cluster;
 #[derive(Default)]
 pub struct ClusterSnapshot {
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Increases with every publish, so workers notice removed clusters cheaply.
+    pub generation: u64,
 }
 
 impl ClusterSnapshot {
@@ -25,34 +38,90 @@ impl ClusterSnapshot {
     }
 }
 
+/// A cluster added or changed by CDS that waits for its endpoints.
+pub struct WarmingCluster {
+    pub spec: ClusterSpec,
+    pub version_info: String,
+    pub since: SystemTime,
+    /// What it waits for, shown by `/clusters` so a stuck cluster explains itself.
+    pub reason: String,
+}
+
+/// When and at which version a dynamic cluster was last accepted.
+#[derive(Clone)]
+pub struct DynamicInfo {
+    pub version_info: String,
+    pub last_updated: SystemTime,
+}
+
+/// The writer's state; only the control thread takes this lock.
+#[derive(Default)]
+struct State {
+    active: HashMap<String, Arc<Cluster>>,
+    warming: HashMap<String, WarmingCluster>,
+    dynamic: HashMap<String, DynamicInfo>,
+    /// The last accepted assignment of each EDS service name.
+    assignments: HashMap<String, Arc<ClusterLoadAssignment>>,
+}
+
+/// `cluster_manager.*` stats, and the `cds.` subscription's.
+struct ManagerStats {
+    cluster_added: Counter,
+    cluster_modified: Counter,
+    cluster_removed: Counter,
+    active_clusters: Gauge,
+    warming_clusters: Gauge,
+}
+
 /// Owns cluster state and publishes snapshots.
 pub struct ClusterManager {
     snapshot: ArcSwap<ClusterSnapshot>,
     store: Store,
+    state: Mutex<State>,
+    stats: ManagerStats,
+    /// True once the initial CDS round (and its clusters' warming) is done or timed out.
+    initialized: watch::Sender<bool>,
+    /// The management servers CDS clusters may name for EDS.
+    sources: XdsSources,
 }
 
 impl ClusterManager {
-    /// Builds the static clusters of the bootstrap.
-    pub fn new(store: &Store, static_clusters: Vec<ClusterSpec>) -> ClusterManager {
-        let added = store.counter("cluster_manager.cluster_added");
-        let active_clusters = store.gauge("cluster_manager.active_clusters");
-        store.gauge("cluster_manager.warming_clusters").set(0);
-        for name in [
-            "cluster_modified",
-            "cluster_removed",
-            "cluster_updated",
-            "update_out_of_merge_window",
-            "update_merge_cancelled",
-        ] {
+    /// Builds the static clusters of the bootstrap. `wait_for_cds` holds initialization
+    /// until the first CDS round is applied.
+    pub fn new(
+        store: &Store,
+        static_clusters: Vec<ClusterSpec>,
+        wait_for_cds: bool,
+        sources: XdsSources,
+    ) -> ClusterManager {
+        let stats = ManagerStats {
+            cluster_added: store.counter("cluster_manager.cluster_added"),
+            cluster_modified: store.counter("cluster_manager.cluster_modified"),
+            cluster_removed: store.counter("cluster_manager.cluster_removed"),
+            active_clusters: store.gauge("cluster_manager.active_clusters"),
+            warming_clusters: store.gauge("cluster_manager.warming_clusters"),
+        };
+        for name in ["cluster_updated", "update_out_of_merge_window", "update_merge_cancelled"] {
             store.counter(&format!("cluster_manager.{name}"));
         }
-        let clusters: HashMap<String, Arc<Cluster>> = static_clusters
-            .into_iter()
-            .map(|spec| (spec.name.clone(), Arc::new(Cluster::new(spec, store, false))))
-            .collect();
-        added.add(clusters.len() as u64);
-        active_clusters.set(clusters.len() as i64);
-        ClusterManager { snapshot: ArcSwap::from_pointee(ClusterSnapshot { clusters }), store: store.clone() }
+        let mut state = State::default();
+        for mut spec in static_clusters {
+            let assignment = std::mem::take(&mut spec.assignment);
+            let name = spec.name.clone();
+            state.active.insert(name, Arc::new(Cluster::new(spec, &assignment, None, store, false)));
+        }
+        stats.cluster_added.add(state.active.len() as u64);
+        let manager = ClusterManager {
+            snapshot: ArcSwap::from_pointee(ClusterSnapshot::default()),
+            store: store.clone(),
+            state: Mutex::new(State::default()),
+            stats,
+            initialized: watch::Sender::new(!wait_for_cds),
+            sources,
+        };
+        manager.publish(&state);
+        *manager.lock() = state;
+        manager
     }
 
     /// The current snapshot (one atomic load; cheap enough for every request).
@@ -63,5 +132,217 @@ impl ClusterManager {
     /// The stats store clusters register in.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each update is applied to a local copy of what it changes and published whole,
+        // so a panic mid-update cannot leave half a state behind.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the initial CDS round is applied (or gave up).
+    pub fn initialized(&self) -> watch::Receiver<bool> {
+        self.initialized.subscribe()
+    }
+
+    /// Whether initialization is over.
+    pub fn is_initialized(&self) -> bool {
+        *self.initialized.borrow()
+    }
+
+    /// Ends initialization (first CDS round applied and warm, or its fetch timed out).
+    pub fn mark_initialized(&self) {
+        self.initialized.send_replace(true);
+    }
+
+    /// Applies a state-of-the-world CDS update. Valid clusters apply even when others in
+    /// the same update are invalid (as Envoy does); the error lists the invalid ones, for
+    /// the NACK.
+    pub fn apply_cds(&self, version_info: &str, resources: Vec<ClusterProto>) -> Result<(), Rejected> {
+        let mut errors = Rejected::default();
+        let mut specs = Vec::with_capacity(resources.len());
+        let mut named = BTreeSet::new();
+        for proto in &resources {
+            named.insert(proto.name.clone());
+            match ClusterSpec::from_proto(proto, "", &self.sources) {
+                Ok(spec) => specs.push(spec),
+                Err(e) => errors.push(&proto.name, format!("cluster '{}': {e}", proto.name)),
+            }
+        }
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        // SotW: dynamic clusters missing from the update are removed. A cluster whose new
+        // version is invalid is still named, and keeps its old version.
+        let removed: Vec<String> = state.dynamic.keys().filter(|name| !named.contains(*name)).cloned().collect();
+        for name in removed {
+            state.dynamic.remove(&name);
+            state.warming.remove(&name);
+            if state.active.remove(&name).is_some() {
+                self.stats.cluster_removed.inc();
+                self.store.remove_prefix(&format!("cluster.{name}."));
+            }
+        }
+        for spec in specs {
+            let name = spec.name.clone();
+            if state.active.get(&name).is_some_and(|c| !c.added_via_api) {
+                errors.push(&name, format!("cluster '{name}': a static cluster cannot be added or updated by CDS"));
+                continue;
+            }
+            let unchanged = state.active.get(&name).is_some_and(|c| c.proto == spec.proto)
+                || state.warming.get(&name).is_some_and(|w| w.spec.proto == spec.proto);
+            if unchanged {
+                continue;
+            }
+            state
+                .dynamic
+                .insert(name.clone(), DynamicInfo { version_info: version_info.to_owned(), last_updated: now });
+            let ready = match &spec.discovery {
+                Discovery::Static => Some(spec.assignment.clone()),
+                Discovery::Eds { service_name, .. } => {
+                    state.assignments.get(service_name).and_then(|la| assignment(la, "").ok())
+                }
+            };
+            match ready {
+                Some(assigned) => {
+                    state.warming.remove(&name);
+                    self.activate(&mut state, spec, &assigned);
+                }
+                None => {
+                    let reason = match &spec.discovery {
+                        Discovery::Eds { service_name, .. } => {
+                            format!("waiting for the first ClusterLoadAssignment '{service_name}' from EDS")
+                        }
+                        Discovery::Static => String::new(),
+                    };
+                    state.warming.insert(
+                        name,
+                        WarmingCluster { spec, version_info: version_info.to_owned(), since: now, reason },
+                    );
+                }
+            }
+        }
+        self.publish(&state);
+        errors.into_result()
+    }
+
+    /// Applies EDS assignments: warming clusters that waited for them go active, active
+    /// ones get the new hosts (keeping unchanged hosts and their pools).
+    pub fn apply_eds(&self, resources: Vec<ClusterLoadAssignment>) -> Result<(), Rejected> {
+        let mut errors = Rejected::default();
+        let mut valid = Vec::with_capacity(resources.len());
+        for la in resources {
+            match assignment(&la, "") {
+                Ok(parsed) => valid.push((la, parsed)),
+                Err(e) => errors.push(&la.cluster_name, format!("ClusterLoadAssignment '{}': {e}", la.cluster_name)),
+            }
+        }
+        let mut state = self.lock();
+        // Which clusters use which service, indexed once per update (not per assignment:
+        // a 10 000-cluster update would otherwise scan every cluster for every assignment).
+        let mut waiting_by_service: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, warm) in &state.warming {
+            if let Discovery::Eds { service_name, .. } = &warm.spec.discovery {
+                waiting_by_service.entry(service_name.clone()).or_default().push(name.clone());
+            }
+        }
+        let mut active_by_service: HashMap<String, Vec<Arc<Cluster>>> = HashMap::new();
+        for cluster in state.active.values() {
+            if let Some(service) = cluster.eds_service_name() {
+                active_by_service.entry(service.to_owned()).or_default().push(cluster.clone());
+            }
+        }
+        for (service, _) in &errors.0 {
+            for cluster in active_by_service.get(service).into_iter().flatten() {
+                cluster.stats.update_attempt.inc();
+                cluster.stats.update_rejected.inc();
+            }
+        }
+        for (la, assigned) in valid {
+            let service = la.cluster_name.clone();
+            state.assignments.insert(service.clone(), Arc::new(la));
+            let mut updated = Vec::new();
+            for name in waiting_by_service.remove(&service).unwrap_or_default() {
+                if let Some(warm) = state.warming.remove(&name) {
+                    self.activate(&mut state, warm.spec, &assigned);
+                    updated.push(name);
+                }
+            }
+            for cluster in active_by_service.remove(&service).unwrap_or_default() {
+                let spec = cluster.spec();
+                let rebuilt = Cluster::new(spec, &assigned, Some(&cluster), &self.store, cluster.added_via_api);
+                rebuilt.stats.membership_change.inc();
+                state.active.insert(cluster.name.clone(), Arc::new(rebuilt));
+                updated.push(cluster.name.clone());
+            }
+            for cluster in updated.iter().filter_map(|name| state.active.get(name)) {
+                cluster.stats.update_attempt.inc();
+                cluster.stats.update_success.inc();
+                if assigned.hosts.is_empty() {
+                    cluster.stats.update_empty.inc();
+                }
+            }
+        }
+        self.publish(&state);
+        errors.into_result()
+    }
+
+    fn activate(&self, state: &mut State, spec: ClusterSpec, assignment: &Assignment) {
+        let name = spec.name.clone();
+        let previous = state.active.get(&name).cloned();
+        let cluster = Cluster::new(spec, assignment, previous.as_deref(), &self.store, true);
+        if previous.is_some() {
+            self.stats.cluster_modified.inc();
+        } else {
+            self.stats.cluster_added.inc();
+        }
+        state.active.insert(name, Arc::new(cluster));
+    }
+
+    /// The EDS service names the active and warming clusters need.
+    pub fn eds_service_names(&self) -> BTreeSet<String> {
+        let state = self.lock();
+        let warming = state.warming.values().filter_map(|w| match &w.spec.discovery {
+            Discovery::Eds { service_name, .. } => Some(service_name.clone()),
+            Discovery::Static => None,
+        });
+        state.active.values().filter_map(|c| c.eds_service_name().map(str::to_owned)).chain(warming).collect()
+    }
+
+    /// Whether any cluster is still warming.
+    pub fn is_warming(&self) -> bool {
+        !self.lock().warming.is_empty()
+    }
+
+    /// Warming clusters: name, version, since when and why.
+    pub fn warming(&self) -> Vec<(String, String, SystemTime, String)> {
+        let state = self.lock();
+        let mut out: Vec<_> = state
+            .warming
+            .iter()
+            .map(|(name, w)| (name.clone(), w.version_info.clone(), w.since, w.reason.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Version and update time of a dynamic cluster.
+    pub fn dynamic_info(&self, name: &str) -> Option<DynamicInfo> {
+        self.lock().dynamic.get(name).cloned()
+    }
+
+    /// The warming cluster's proto, for `/config_dump`'s `dynamic_warming_clusters`.
+    pub fn warming_protos(&self) -> Vec<(String, ClusterProto, SystemTime)> {
+        let state = self.lock();
+        let mut out: Vec<_> =
+            state.warming.values().map(|w| (w.version_info.clone(), w.spec.proto.clone(), w.since)).collect();
+        out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        out
+    }
+
+    fn publish(&self, state: &State) {
+        self.stats.active_clusters.set(state.active.len() as i64);
+        self.stats.warming_clusters.set(state.warming.len() as i64);
+        let generation = self.snapshot.load().generation + 1;
+        self.snapshot.store(Arc::new(ClusterSnapshot { clusters: state.active.clone(), generation }));
     }
 }

@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 use super::cluster::Cluster;
 use super::host::Host;
+use super::manager::ClusterSnapshot;
 use crate::http::body::RequestBody;
 use crate::worker::LocalExec;
 
@@ -48,7 +50,6 @@ struct IdleH1 {
 /// One host's connections on one worker.
 pub struct HostPool {
     host: Arc<Host>,
-    cluster: Arc<Cluster>,
     idle_h1: RefCell<Vec<IdleH1>>,
     h2: RefCell<Option<http2::SendRequest<RequestBody>>>,
 }
@@ -69,33 +70,36 @@ impl H1Lease {
 }
 
 impl HostPool {
-    fn new(cluster: Arc<Cluster>, host: Arc<Host>) -> HostPool {
-        HostPool { host, cluster, idle_h1: RefCell::new(Vec::new()), h2: RefCell::new(None) }
+    fn new(host: Arc<Host>) -> HostPool {
+        HostPool { host, idle_h1: RefCell::new(Vec::new()), h2: RefCell::new(None) }
     }
 
-    /// Sends `request` to this host over `wire`, calling `attached` (possibly more than once)
-    /// when a connection takes it. For HTTP/1.1 the lease must be released once the
+    /// Sends `request` to this host of `cluster` (whose current version sets timeouts and
+    /// counts stats) over `wire`, calling `attached` (possibly more than once) when a
+    /// connection takes it. For HTTP/1.1 the lease must be released once the
     /// response body has been read to its end.
     pub async fn send(
         self: &Rc<Self>,
+        cluster: &Arc<Cluster>,
         request: Request<RequestBody>,
         wire: Wire,
         attached: &dyn Fn(),
     ) -> Result<(Response<Incoming>, Option<H1Lease>), UpstreamError> {
         match wire {
-            Wire::Http1 => self.send_h1(request, attached).await.map(|(r, l)| (r, Some(l))),
-            Wire::Http2 => self.send_h2(request, attached).await.map(|r| (r, None)),
+            Wire::Http1 => self.send_h1(cluster, request, attached).await.map(|(r, l)| (r, Some(l))),
+            Wire::Http2 => self.send_h2(cluster, request, attached).await.map(|r| (r, None)),
         }
     }
 
     async fn send_h1(
         self: &Rc<Self>,
+        cluster: &Arc<Cluster>,
         mut request: Request<RequestBody>,
         attached: &dyn Fn(),
     ) -> Result<(Response<Incoming>, H1Lease), UpstreamError> {
         // A pooled connection may have been closed by the upstream while idle; if the
         // request was not written, it goes out again on a fresh connection.
-        while let Some(mut sender) = self.checkout_idle_h1() {
+        while let Some(mut sender) = self.checkout_idle_h1(cluster) {
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -108,7 +112,7 @@ impl HostPool {
                 },
             }
         }
-        let mut sender = self.pending(self.connect_h1()).await?;
+        let mut sender = self.pending(cluster, self.connect_h1(cluster)).await?;
         attached();
         match sender.send_request(request).await {
             Ok(response) => Ok((response, H1Lease { pool: self.clone(), sender })),
@@ -116,10 +120,10 @@ impl HostPool {
         }
     }
 
-    fn checkout_idle_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn checkout_idle_h1(&self, cluster: &Cluster) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle_h1.borrow_mut();
         while let Some(conn) = idle.pop() {
-            let expired = self.cluster.idle_timeout.is_some_and(|t| conn.since.elapsed() >= t);
+            let expired = cluster.idle_timeout.is_some_and(|t| conn.since.elapsed() >= t);
             if !expired && !conn.sender.is_closed() {
                 return Some(conn.sender);
             }
@@ -129,6 +133,7 @@ impl HostPool {
 
     async fn send_h2(
         &self,
+        cluster: &Arc<Cluster>,
         request: Request<RequestBody>,
         attached: &dyn Fn(),
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -136,7 +141,7 @@ impl HostPool {
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let sender = self.pending(self.connect_h2()).await?;
+                let sender = self.pending(cluster, self.connect_h2(cluster)).await?;
                 *self.h2.borrow_mut() = Some(sender.clone());
                 sender
             }
@@ -148,7 +153,7 @@ impl HostPool {
 
     /// Counts a request as pending while it waits for a new connection, as Envoy's
     /// `upstream_rq_pending_*` do.
-    async fn pending<T>(&self, connect: impl Future<Output = T>) -> T {
+    async fn pending<T>(&self, cluster: &Cluster, connect: impl Future<Output = T>) -> T {
         struct Pending<'a>(&'a crate::stats::Gauge, &'a AtomicU64);
         impl Drop for Pending<'_> {
             // Also when the request is abandoned mid-connect.
@@ -157,7 +162,7 @@ impl HostPool {
                 self.1.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let stats = &self.cluster.stats;
+        let stats = &cluster.stats;
         stats.upstream_rq_pending_total.inc();
         stats.upstream_rq_pending_active.inc();
         self.host.stats.rq_pending_active.fetch_add(1, Ordering::Relaxed);
@@ -165,11 +170,11 @@ impl HostPool {
         connect.await
     }
 
-    async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
-        let stats = &self.cluster.stats;
+    async fn connect_tcp(&self, cluster: &Cluster) -> Result<TcpStream, UpstreamError> {
+        let stats = &cluster.stats;
         stats.upstream_cx_total.inc();
         self.host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(self.cluster.connect_timeout, TcpStream::connect(self.host.address)).await;
+        let result = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(self.host.address)).await;
         let stream = match result {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -189,33 +194,33 @@ impl HostPool {
         Ok(stream)
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let stream = self.connect_tcp().await?;
+    async fn connect_h1(&self, cluster: &Arc<Cluster>) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.connect_tcp(cluster).await?;
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::ResetBeforeHeaders)?;
-        self.cluster.stats.upstream_cx_http1_total.inc();
-        self.spawn_connection(conn);
+        cluster.stats.upstream_cx_http1_total.inc();
+        self.spawn_connection(cluster, conn);
         Ok(sender)
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        let stream = self.connect_tcp().await?;
+    async fn connect_h2(&self, cluster: &Arc<Cluster>) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.connect_tcp(cluster).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::ResetBeforeHeaders)?;
-        self.cluster.stats.upstream_cx_http2_total.inc();
-        self.spawn_connection(conn);
+        cluster.stats.upstream_cx_http2_total.inc();
+        self.spawn_connection(cluster, conn);
         Ok(sender)
     }
 
     /// Drives a connection on this worker, keeping the active-connection gauges true.
-    fn spawn_connection<F>(&self, conn: F)
+    fn spawn_connection<F>(&self, cluster: &Arc<Cluster>, conn: F)
     where
         F: Future + 'static,
     {
-        let cluster = self.cluster.clone();
+        let cluster = cluster.clone();
         let host = self.host.clone();
         cluster.stats.upstream_cx_active.inc();
         host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
@@ -228,38 +233,63 @@ impl HostPool {
     }
 }
 
-/// A worker's state for one cluster: its round-robin cursor and host pools.
+/// A worker's state for one version of a cluster: its round-robin cursor and host pools.
 pub struct ClusterPools {
+    /// Which cluster version this is for.
+    cluster_id: u64,
     pub cursor: Cell<u64>,
-    hosts: RefCell<HashMap<usize, Rc<HostPool>>>,
+    /// By host address, holding the `Host` the pool was made for.
+    hosts: RefCell<HashMap<SocketAddr, Rc<HostPool>>>,
 }
 
 impl ClusterPools {
     /// The pool for the host at `index` of `cluster.hosts`.
-    pub fn host(&self, cluster: &Arc<Cluster>, index: usize) -> Rc<HostPool> {
-        self.hosts
-            .borrow_mut()
-            .entry(index)
-            .or_insert_with(|| Rc::new(HostPool::new(cluster.clone(), cluster.hosts[index].clone())))
-            .clone()
+    pub fn host(&self, cluster: &Cluster, index: usize) -> Rc<HostPool> {
+        let host = &cluster.hosts[index];
+        self.hosts.borrow_mut().entry(host.address).or_insert_with(|| Rc::new(HostPool::new(host.clone()))).clone()
     }
 }
 
-/// All of one worker's pools, by cluster id.
+/// All of one worker's pools, by cluster name.
 #[derive(Default)]
 pub struct WorkerPools {
-    clusters: RefCell<HashMap<u64, Rc<ClusterPools>>>,
+    clusters: RefCell<HashMap<String, Rc<ClusterPools>>>,
+    /// The snapshot generation the pools were last pruned against.
+    generation: Cell<u64>,
 }
 
 impl WorkerPools {
-    /// This worker's state for `cluster`, created on first use.
+    /// This worker's state for `cluster`, created on first use. When the cluster was
+    /// rebuilt (an update), the pools of hosts it kept carry over; pools of hosts it
+    /// dropped are closed.
     pub fn cluster(&self, cluster: &Cluster) -> Rc<ClusterPools> {
-        self.clusters
-            .borrow_mut()
-            .entry(cluster.id)
-            .or_insert_with(|| {
-                Rc::new(ClusterPools { cursor: Cell::new(fastrand::u64(..)), hosts: RefCell::new(HashMap::new()) })
-            })
-            .clone()
+        let mut clusters = self.clusters.borrow_mut();
+        if let Some(pools) = clusters.get(&cluster.name)
+            && pools.cluster_id == cluster.id
+        {
+            return pools.clone();
+        }
+        let previous = clusters.remove(&cluster.name);
+        let mut hosts = HashMap::new();
+        if let Some(previous) = &previous {
+            for (address, pool) in previous.hosts.borrow_mut().drain() {
+                if cluster.hosts.iter().any(|h| Arc::ptr_eq(h, &pool.host)) {
+                    hosts.insert(address, pool);
+                }
+            }
+        }
+        let cursor = previous.map_or_else(|| fastrand::u64(..), |p| p.cursor.get());
+        let pools =
+            Rc::new(ClusterPools { cluster_id: cluster.id, cursor: Cell::new(cursor), hosts: RefCell::new(hosts) });
+        clusters.insert(cluster.name.clone(), pools.clone());
+        pools
+    }
+
+    /// Drops the pools of clusters no longer in `snapshot` (removed by CDS); a no-op
+    /// unless the snapshot changed since the last call.
+    pub fn prune(&self, snapshot: &ClusterSnapshot) {
+        if self.generation.replace(snapshot.generation) != snapshot.generation {
+            self.clusters.borrow_mut().retain(|name, _| snapshot.clusters.contains_key(name));
+        }
     }
 }

@@ -3,8 +3,11 @@
 
 mod admin;
 mod cli;
+mod control_plane;
 mod local_replies;
 mod proxying;
 mod routing;
 mod support;
 mod timeouts;
+mod xds;
+mod xds_envoy;

@@ -48,6 +48,11 @@ impl Legate {
         self.server().listener_address(name).unwrap_or_else(|| panic!("no listener {name}"))
     }
 
+    /// The bound address of listener `name`, if it is active.
+    pub fn try_listener(&self, name: &str) -> Option<SocketAddr> {
+        self.server().listener_address(name)
+    }
+
     /// The admin address.
     pub fn admin(&self) -> SocketAddr {
         self.server().admin_address.expect("admin configured")
