@@ -151,7 +151,9 @@ impl Cluster {
                 None => Arc::new(Host::new(h)),
             })
             .collect();
-        let stats = ClusterStats::new(store, &spec.name);
+        // Envoy names a cluster's stats by `alt_stat_name` when it is set.
+        let stat_name = if spec.proto.alt_stat_name.is_empty() { &spec.name } else { &spec.proto.alt_stat_name };
+        let stats = ClusterStats::new(store, stat_name);
         let candidates: Vec<Candidate> = hosts
             .iter()
             .enumerate()

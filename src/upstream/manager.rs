@@ -177,9 +177,10 @@ impl ClusterManager {
         for name in removed {
             state.dynamic.remove(&name);
             state.warming.remove(&name);
-            if state.active.remove(&name).is_some() {
+            if let Some(old) = state.active.remove(&name) {
                 self.stats.cluster_removed.inc();
-                self.store.remove_prefix(&format!("cluster.{name}."));
+                let stat_name = if old.proto.alt_stat_name.is_empty() { &name } else { &old.proto.alt_stat_name };
+                self.store.remove_prefix(&format!("cluster.{stat_name}."));
             }
         }
         for spec in specs {
