@@ -277,32 +277,16 @@ impl AdsClient {
                 links.send(link, request);
             }
         }
-        let aggregated = self.aggregated;
-        let opened = links
-            .open(|link, outbound| {
-                let channel = channel.clone();
-                async move {
-                    let response = match (aggregated, link) {
-                        (true, _) => {
-                            limits!(AggregatedDiscoveryServiceClient::new(channel))
-                                .stream_aggregated_resources(outbound)
-                                .await
-                        }
-                        (false, 0) => {
-                            limits!(ClusterDiscoveryServiceClient::new(channel)).stream_clusters(outbound).await
-                        }
-                        (false, 1) => {
-                            limits!(EndpointDiscoveryServiceClient::new(channel)).stream_endpoints(outbound).await
-                        }
-                        (false, 2) => {
-                            limits!(ListenerDiscoveryServiceClient::new(channel)).stream_listeners(outbound).await
-                        }
-                        (false, _) => limits!(RouteDiscoveryServiceClient::new(channel)).stream_routes(outbound).await,
-                    };
-                    response.map(tonic::Response::into_inner)
-                }
-            })
-            .await;
+        let opened = open_links!(
+            links,
+            channel,
+            self.aggregated,
+            stream_aggregated_resources,
+            stream_clusters,
+            stream_endpoints,
+            stream_listeners,
+            stream_routes
+        );
         let (links, mut inbound) = match opened {
             Ok(opened) => opened,
             Err(status) => return StreamEnd::Stream(status),
@@ -369,32 +353,16 @@ impl AdsClient {
                 links.send(link, request);
             }
         }
-        let aggregated = self.aggregated;
-        let opened = links
-            .open(|link, outbound| {
-                let channel = channel.clone();
-                async move {
-                    let response = match (aggregated, link) {
-                        (true, _) => {
-                            limits!(AggregatedDiscoveryServiceClient::new(channel))
-                                .delta_aggregated_resources(outbound)
-                                .await
-                        }
-                        (false, 0) => {
-                            limits!(ClusterDiscoveryServiceClient::new(channel)).delta_clusters(outbound).await
-                        }
-                        (false, 1) => {
-                            limits!(EndpointDiscoveryServiceClient::new(channel)).delta_endpoints(outbound).await
-                        }
-                        (false, 2) => {
-                            limits!(ListenerDiscoveryServiceClient::new(channel)).delta_listeners(outbound).await
-                        }
-                        (false, _) => limits!(RouteDiscoveryServiceClient::new(channel)).delta_routes(outbound).await,
-                    };
-                    response.map(tonic::Response::into_inner)
-                }
-            })
-            .await;
+        let opened = open_links!(
+            links,
+            channel,
+            self.aggregated,
+            delta_aggregated_resources,
+            delta_clusters,
+            delta_endpoints,
+            delta_listeners,
+            delta_routes
+        );
         let (links, mut inbound) = match opened {
             Ok(opened) => opened,
             Err(status) => return StreamEnd::Stream(status),
@@ -569,6 +537,30 @@ macro_rules! limits {
     };
 }
 use limits;
+
+/// Opens a session's links: the ADS method on one stream, or each type's own service
+/// method (`$cds`, `$eds`, `$lds`, `$rds`) on its stream.
+macro_rules! open_links {
+    ($links:expr, $channel:expr, $aggregated:expr, $ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident) => {{
+        let (channel, aggregated) = ($channel, $aggregated);
+        $links
+            .open(|link, outbound| {
+                let channel = channel.clone();
+                async move {
+                    let response = match (aggregated, link) {
+                        (true, _) => limits!(AggregatedDiscoveryServiceClient::new(channel)).$ads(outbound).await,
+                        (false, 0) => limits!(ClusterDiscoveryServiceClient::new(channel)).$cds(outbound).await,
+                        (false, 1) => limits!(EndpointDiscoveryServiceClient::new(channel)).$eds(outbound).await,
+                        (false, 2) => limits!(ListenerDiscoveryServiceClient::new(channel)).$lds(outbound).await,
+                        (false, _) => limits!(RouteDiscoveryServiceClient::new(channel)).$rds(outbound).await,
+                    };
+                    response.map(tonic::Response::into_inner)
+                }
+            })
+            .await
+    }};
+}
+use open_links;
 
 type Inbound<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
 

@@ -59,6 +59,18 @@ fn legate_with_ads(control_plane: &ControlPlane) -> Legate {
     Legate::start(&yaml)
 }
 
+/// legate with ADS carrying CDS and LDS (its static listener answers directly).
+fn legate_with_ads_and_lds(control_plane: &ControlPlane) -> Legate {
+    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
+    let direct = routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n");
+    let yaml = bootstrap("", &direct, &clusters).replacen(
+        "static_resources:\n",
+        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
+        1,
+    );
+    Legate::start(&yaml)
+}
+
 /// Polls until a request through `main` answers `status` with `body` (10 s at most).
 async fn wait_for_answer(legate: &Legate, status: u16, body: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -329,13 +341,7 @@ filter_chains:
 async fn lds_after_cds_adds_updates_and_removes_listeners() {
     let a = Upstream::start("a").await;
     let control_plane = ControlPlane::start().await;
-    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
-    let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters).replacen(
-        "static_resources:\n",
-        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
-        1,
-    );
-    let legate = Legate::start(&yaml);
+    let legate = legate_with_ads_and_lds(&control_plane);
     let mut stream = control_plane.next_stream().await;
     stream.next_of(CLUSTER_TYPE).await;
     stream.push("c1", "n1", vec![static_type_cluster("backend", a.address)]);
@@ -412,13 +418,7 @@ fn route_configuration(
 async fn rds_routes_warm_a_listener_and_swap_under_it() {
     let a = Upstream::start("a").await;
     let control_plane = ControlPlane::start().await;
-    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
-    let yaml = bootstrap("", &routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n"), &clusters).replacen(
-        "static_resources:\n",
-        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
-        1,
-    );
-    let legate = Legate::start(&yaml);
+    let legate = legate_with_ads_and_lds(&control_plane);
     let mut stream = control_plane.next_stream().await;
     stream.next_of(CLUSTER_TYPE).await;
     stream.push("c1", "n1", vec![static_type_cluster("backend", a.address)]);
