@@ -180,16 +180,27 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_example_answers_through_the_proxy() {
-    let config = root().join("examples/quickstart.yaml");
-    let mut child = spawn_ready(&config, "127.0.0.1:9901".parse().unwrap(), &["--concurrency", "1"]).await;
-    let answer = send("127.0.0.1:10000".parse().unwrap(), Version::HTTP_11, get("/")).await;
+    // The example as shipped, on free ports so that nothing else on the machine interferes.
+    let (front, backend, admin) = (free_port(), free_port(), free_port());
+    let example = std::fs::read_to_string(root().join("examples/quickstart.yaml")).unwrap();
+    let rewritten = example
+        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace("port_value: 10000", &format!("port_value: {front}"))
+        .replace("port_value: 10001", &format!("port_value: {backend}"));
+    assert_ne!(rewritten, example, "the example's ports were found");
+    let config = std::env::temp_dir().join(format!("legate-quickstart-{}.yaml", std::process::id()));
+    std::fs::write(&config, rewritten).unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut child = spawn_ready(&config, admin, &["--concurrency", "1"]).await;
+    let answer = send(format!("127.0.0.1:{front}").parse().unwrap(), Version::HTTP_11, get("/")).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.text(), "Hello from legate!\n");
     let quit = http::Request::post("/quitquitquit")
         .header("host", "admin")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
-    assert_eq!(send("127.0.0.1:9901".parse().unwrap(), Version::HTTP_11, quit).await.status, 200);
+    assert_eq!(send(admin, Version::HTTP_11, quit).await.status, 200);
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_file(&config);
 }
