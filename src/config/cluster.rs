@@ -286,7 +286,10 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
         let locality = locality_endpoints.locality.clone().unwrap_or_default();
         for (j, lb_endpoint) in locality_endpoints.lb_endpoints.iter().enumerate() {
             let epath = format!("{lpath}.lb_endpoints[{j}]");
-            ensure_only(lb_endpoint, &["endpoint", "health_status", "load_balancing_weight", "metadata"], &epath)?;
+            // Endpoints come by the hundred thousand over EDS, so their fields are checked
+            // directly rather than through `ensure_only`'s reflection. Every LbEndpoint field
+            // is handled below; of Endpoint's, health_check_config and additional_addresses
+            // are not.
             use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
             let endpoint = match &lb_endpoint.host_identifier {
                 Some(HostIdentifier::Endpoint(e)) => e,
@@ -295,6 +298,12 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
                 }
                 None => return Err(ConfigError::invalid(epath, "endpoint is required")),
             };
+            if endpoint.health_check_config.is_some() {
+                return Err(ConfigError::unsupported(format!("{epath}.endpoint.health_check_config"), ""));
+            }
+            if !endpoint.additional_addresses.is_empty() {
+                return Err(ConfigError::unsupported(format!("{epath}.endpoint.additional_addresses"), ""));
+            }
             let apath = format!("{epath}.endpoint.address");
             let address = socket_address(endpoint.address.as_ref(), &apath)?;
             let weight = match &lb_endpoint.load_balancing_weight {
@@ -339,7 +348,14 @@ pub fn socket_address(address: Option<&Address>, path: &str) -> Result<SocketAdd
         None => return Err(ConfigError::invalid(path, "value is required")),
     };
     let spath = format!("{path}.socket_address");
-    ensure_only(socket, &["address", "port_value", "protocol", "ipv4_compat"], &spath)?;
+    // Checked directly (not by reflection): addresses are parsed for every endpoint.
+    for (field, value) in
+        [("resolver_name", &socket.resolver_name), ("network_namespace_filepath", &socket.network_namespace_filepath)]
+    {
+        if !value.is_empty() {
+            return Err(ConfigError::unsupported(format!("{spath}.{field}"), ""));
+        }
+    }
     let port = match &socket.port_specifier {
         Some(PortSpecifier::PortValue(p)) if *p <= 65535 => *p as u16,
         Some(PortSpecifier::PortValue(_)) => {
