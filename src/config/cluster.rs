@@ -257,11 +257,20 @@ fn upstream_protocol(proto: &ClusterProto, path: &str) -> Result<(UpstreamProtoc
 
 /// A load assignment's hosts and policy (from a cluster, or from EDS).
 pub fn assignment(la: &ClusterLoadAssignment, path: &str) -> Result<Assignment> {
-    ensure_only(la, &["cluster_name", "endpoints", "policy"], path)?;
+    // Checked field by field rather than by reflection: EDS delivers these by the
+    // ten thousand (every field of ClusterLoadAssignment and its Policy is named here).
+    if !la.named_endpoints.is_empty() {
+        return Err(ConfigError::unsupported(join_path(path, "named_endpoints"), ""));
+    }
     let overprovisioning_factor = match &la.policy {
         Some(policy) => {
             let ppath = join_path(path, "policy");
-            ensure_only(policy, &["overprovisioning_factor"], &ppath)?;
+            if !policy.drop_overloads.is_empty() {
+                return Err(ConfigError::unsupported(join_path(&ppath, "drop_overloads"), ""));
+            }
+            if policy.endpoint_stale_after.is_some() {
+                return Err(ConfigError::unsupported(join_path(&ppath, "endpoint_stale_after"), ""));
+            }
             match &policy.overprovisioning_factor {
                 Some(f) if f.value == 0 => {
                     return Err(ConfigError::invalid(
@@ -282,7 +291,22 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
     let mut out = Vec::new();
     for (i, locality_endpoints) in la.endpoints.iter().enumerate() {
         let lpath = format!("{path}.endpoints[{i}]");
-        ensure_only(locality_endpoints, &["locality", "lb_endpoints", "load_balancing_weight", "priority"], &lpath)?;
+        // Every LocalityLbEndpoints field is named here (see `assignment`).
+        use envoy_types::pb::envoy::config::endpoint::v3::locality_lb_endpoints::LbConfig;
+        let lb_config = match &locality_endpoints.lb_config {
+            Some(LbConfig::LoadBalancerEndpoints(_)) => Some("load_balancer_endpoints"),
+            Some(LbConfig::LedsClusterLocalityConfig(_)) => Some("leds_cluster_locality_config"),
+            None => None,
+        };
+        for (field, set) in [
+            ("metadata", locality_endpoints.metadata.is_some()),
+            ("proximity", locality_endpoints.proximity.is_some()),
+            (lb_config.unwrap_or_default(), lb_config.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(format!("{lpath}.{field}"), ""));
+            }
+        }
         let locality = locality_endpoints.locality.clone().unwrap_or_default();
         for (j, lb_endpoint) in locality_endpoints.lb_endpoints.iter().enumerate() {
             let epath = format!("{lpath}.lb_endpoints[{j}]");
