@@ -293,6 +293,7 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
         let lpath = format!("{path}.endpoints[{i}]");
         // Every LocalityLbEndpoints field is named here (see `assignment`).
         use envoy_types::pb::envoy::config::endpoint::v3::locality_lb_endpoints::LbConfig;
+        #[allow(deprecated)] // naming the deprecated variant to refuse it
         let lb_config = match &locality_endpoints.lb_config {
             Some(LbConfig::LoadBalancerEndpoints(_)) => Some("load_balancer_endpoints"),
             Some(LbConfig::LedsClusterLocalityConfig(_)) => Some("leds_cluster_locality_config"),
