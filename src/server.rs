@@ -87,7 +87,7 @@ impl ServerShared {
                 .iter()
                 .filter_map(|name| snapshot.get(name))
                 .filter(|c| !c.added_via_api)
-                .map(|c| c.proto.clone())
+                .map(|c| c.proto.decode())
                 .collect();
             statics.listeners = self
                 .listeners

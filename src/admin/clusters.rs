@@ -89,14 +89,9 @@ fn host_counters(host: &Host) -> [(&'static str, u64, simple_metric::Type); 9] {
     ]
 }
 
-/// The name stats go under: `alt_stat_name` when set, as Envoy's `observability_name`.
-fn observability_name(cluster: &Cluster) -> &str {
-    if cluster.proto.alt_stat_name.is_empty() { &cluster.name } else { &cluster.proto.alt_stat_name }
-}
-
 fn write_text(out: &mut String, cluster: &Cluster) {
     let name = &cluster.name;
-    let _ = writeln!(out, "{name}::observability_name::{}", observability_name(cluster));
+    let _ = writeln!(out, "{name}::observability_name::{}", cluster.stat_name);
     for priority in ["default_priority", "high_priority"] {
         for (threshold, value) in DEFAULT_THRESHOLDS {
             let _ = writeln!(out, "{name}::{priority}::{threshold}::{value}");
@@ -132,7 +127,7 @@ fn status(cluster: &Cluster) -> ClusterStatus {
     };
     ClusterStatus {
         name: cluster.name.clone(),
-        observability_name: observability_name(cluster).to_owned(),
+        observability_name: cluster.stat_name.clone(),
         added_via_api: cluster.added_via_api,
         host_statuses: cluster.hosts.iter().map(|h| host_status(h)).collect(),
         circuit_breakers: Some(CircuitBreakers {

@@ -84,7 +84,7 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
                 .iter()
                 .filter(|c| !c.added_via_api)
                 .map(|c| clusters_config_dump::StaticCluster {
-                    cluster: Some(pack_any(c.proto.clone())),
+                    cluster: Some(pack_any(c.proto.decode())),
                     last_updated: updated,
                 })
                 .collect(),
@@ -94,8 +94,8 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
                 .map(|c| {
                     let info = state.clusters.dynamic_info(&c.name);
                     clusters_config_dump::DynamicCluster {
-                        version_info: info.as_ref().map(|i| i.version_info.clone()).unwrap_or_default(),
-                        cluster: Some(pack_any(c.proto.clone())),
+                        version_info: info.as_ref().map(|i| i.version_info.to_string()).unwrap_or_default(),
+                        cluster: Some(pack_any(c.proto.decode())),
                         last_updated: info.map(|i| timestamp(i.last_updated)),
                         ..Default::default()
                     }
@@ -119,7 +119,7 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
         out.push(pack_any(EndpointsConfigDump {
             static_endpoint_configs: clusters
                 .iter()
-                .filter_map(|c| c.proto.load_assignment.clone())
+                .filter_map(|c| c.proto.decode().load_assignment)
                 .map(|la| endpoints_config_dump::StaticEndpointConfig {
                     endpoint_config: Some(pack_any(la)),
                     last_updated: updated,

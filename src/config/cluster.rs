@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 
 use super::error::{ConfigError, Result, join_path};
-use super::proto::{self, ensure_only};
+use super::proto::{self, Encoded, ensure_only};
 use super::xds::{SourceSpec, XdsSources, config_source};
 
 /// Envoy's default `connect_timeout`.
@@ -92,8 +92,10 @@ pub struct ClusterSpec {
     pub idle_timeout: Option<Duration>,
     /// The hosts from `load_assignment` (empty for EDS clusters, whose come from EDS).
     pub assignment: Assignment,
-    /// The original proto, for `/config_dump`.
-    pub proto: ClusterProto,
+    /// The name its stats go under: `alt_stat_name`, or the name.
+    pub stat_name: String,
+    /// The original proto, for `/config_dump` and change detection.
+    pub proto: Encoded<ClusterProto>,
 }
 
 /// Fields of `Cluster` legate implements; any other set field is rejected as unsupported.
@@ -117,6 +119,17 @@ impl ClusterSpec {
     /// Translates and validates a cluster; `path` is where the cluster sits in the config,
     /// `sources` the management servers an EDS cluster may name.
     pub fn from_proto(proto: &ClusterProto, path: &str, sources: &XdsSources) -> Result<ClusterSpec> {
+        ClusterSpec::from_proto_encoded(proto, Encoded::new(proto), path, sources)
+    }
+
+    /// As `from_proto`, for a proto whose encoding the caller already has (`proto` decoded
+    /// from `encoded`'s bytes).
+    pub fn from_proto_encoded(
+        proto: &ClusterProto,
+        encoded: Encoded<ClusterProto>,
+        path: &str,
+        sources: &XdsSources,
+    ) -> Result<ClusterSpec> {
         ensure_only(proto, SUPPORTED_CLUSTER_FIELDS, path)?;
         if proto.name.is_empty() {
             return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1 characters"));
@@ -183,7 +196,8 @@ impl ClusterSpec {
             protocol,
             idle_timeout,
             assignment: hosts,
-            proto: proto.clone(),
+            stat_name: if proto.alt_stat_name.is_empty() { &proto.name } else { &proto.alt_stat_name }.clone(),
+            proto: encoded,
         })
     }
 }

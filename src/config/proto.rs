@@ -1,5 +1,9 @@
-//! Small helpers over envoy-types' well-known types: durations and `Any` unpacking.
+//! Small helpers over envoy-types' well-known types: durations, `Any` unpacking, and
+//! messages kept encoded.
 
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::google::protobuf::{Any, Duration as DurationProto};
@@ -7,6 +11,51 @@ use prost::{Message, Name};
 
 use super::error::{ConfigError, Result};
 use super::schema;
+
+/// A message kept in its wire encoding, for config that is held long and read rarely (a
+/// cluster's proto, kept for `/config_dump`): a decoded `Cluster` is about 3.3 KB inline,
+/// its encoding about 100 B, and 10 000 clusters hold one each.
+pub struct Encoded<M> {
+    bytes: Arc<[u8]>,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<M: Message + Default + PartialEq> Encoded<M> {
+    /// Encodes `message`.
+    pub fn new(message: &M) -> Encoded<M> {
+        Encoded { bytes: message.encode_to_vec().into(), message: PhantomData }
+    }
+
+    /// Keeps `bytes`, which the caller has just decoded as an `M` (so `decode` gives it
+    /// back), without encoding again.
+    pub fn from_decoded(bytes: &[u8]) -> Encoded<M> {
+        Encoded { bytes: bytes.into(), message: PhantomData }
+    }
+
+    /// The message. The bytes were checked when kept, so this cannot fail; were it to,
+    /// an empty message is shown rather than a crash.
+    pub fn decode(&self) -> M {
+        M::decode(&*self.bytes).unwrap_or_default()
+    }
+
+    /// Whether both hold the same message. Equal bytes decide at once; otherwise the
+    /// decoded messages are compared, since map fields may be encoded in any order.
+    pub fn same_message(&self, other: &Encoded<M>) -> bool {
+        self.bytes == other.bytes || self.decode() == other.decode()
+    }
+}
+
+impl<M> Clone for Encoded<M> {
+    fn clone(&self) -> Encoded<M> {
+        Encoded { bytes: self.bytes.clone(), message: PhantomData }
+    }
+}
+
+impl<M> fmt::Debug for Encoded<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Encoded({} bytes)", self.bytes.len())
+    }
+}
 
 /// Converts a proto duration; negative durations are invalid in Envoy.
 pub fn duration(d: &DurationProto, path: &str) -> Result<Duration> {

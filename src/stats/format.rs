@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use super::metric::{CounterCell, GaugeCell, HistogramCell, HistogramSnapshot, SUPPORTED_PERCENTILES, Stat};
 use super::tags::TaggedName;
 
-/// The stats selected for one admin request, each list sorted by name.
+/// The stats selected for one admin request; histograms sorted by name (the renderers
+/// sort counters and gauges together).
 pub(super) struct Snapshot {
     pub(super) counters: Vec<Arc<Stat<CounterCell>>>,
     pub(super) gauges: Vec<Arc<Stat<GaugeCell>>>,

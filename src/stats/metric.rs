@@ -42,37 +42,89 @@ fn mark_used(used: &AtomicBool) {
     }
 }
 
-/// The atomics of a counter.
+/// The atomics of a counter: what a [`Counter`] handle points to, or a member of a
+/// [`StatGroup`](super::StatGroup) held inline.
 #[derive(Debug, Default)]
-pub(super) struct CounterCell {
+pub struct CounterCell {
     value: AtomicU64,
     used: AtomicBool,
 }
 
 impl CounterCell {
-    pub(super) fn value(&self) -> u64 {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `amount`; like Envoy, adding zero still marks the counter used.
+    pub fn add(&self, amount: u64) {
+        self.value.fetch_add(amount, Relaxed);
+        mark_used(&self.used);
+    }
+
+    /// The current count.
+    pub fn value(&self) -> u64 {
         self.value.load(Relaxed)
     }
 
     pub(super) fn used(&self) -> bool {
         self.used.load(Relaxed)
     }
+
+    /// A copy of the current value, for a render snapshot.
+    pub(super) fn copy(&self) -> CounterCell {
+        CounterCell { value: AtomicU64::new(self.value()), used: AtomicBool::new(self.used()) }
+    }
 }
 
-/// The atomics of a gauge.
+/// The atomics of a gauge: what a [`Gauge`] handle points to, or a group member.
 #[derive(Debug, Default)]
-pub(super) struct GaugeCell {
+pub struct GaugeCell {
     value: AtomicI64,
     used: AtomicBool,
 }
 
 impl GaugeCell {
-    pub(super) fn value(&self) -> i64 {
+    /// Replaces the value.
+    pub fn set(&self, value: i64) {
+        self.value.store(value, Relaxed);
+        mark_used(&self.used);
+    }
+
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.sub(1);
+    }
+
+    /// Adds `amount`.
+    pub fn add(&self, amount: i64) {
+        self.value.fetch_add(amount, Relaxed);
+        mark_used(&self.used);
+    }
+
+    /// Subtracts `amount`.
+    pub fn sub(&self, amount: i64) {
+        self.value.fetch_sub(amount, Relaxed);
+        mark_used(&self.used);
+    }
+
+    /// The current value.
+    pub fn value(&self) -> i64 {
         self.value.load(Relaxed)
     }
 
     pub(super) fn used(&self) -> bool {
         self.used.load(Relaxed)
+    }
+
+    /// A copy of the current value, for a render snapshot.
+    pub(super) fn copy(&self) -> GaugeCell {
+        GaugeCell { value: AtomicI64::new(self.value()), used: AtomicBool::new(self.used()) }
     }
 }
 
@@ -87,9 +139,10 @@ pub enum HistogramUnit {
     Milliseconds,
 }
 
-/// The atomics of a histogram: per-bucket counts, the sum and the observed extremes.
+/// The atomics of a histogram: per-bucket counts, the sum and the observed extremes; what a
+/// [`Histogram`] handle points to, or a group member.
 #[derive(Debug)]
-pub(super) struct HistogramCell {
+pub struct HistogramCell {
     unit: HistogramUnit,
     /// Disjoint counts: bucket `i` holds values in `(BUCKET_BOUNDS[i-1], BUCKET_BOUNDS[i]]`.
     buckets: [AtomicU64; BUCKETS],
@@ -100,7 +153,8 @@ pub(super) struct HistogramCell {
 }
 
 impl HistogramCell {
-    pub(super) fn new(unit: HistogramUnit) -> HistogramCell {
+    /// An empty histogram of values in `unit`.
+    pub fn new(unit: HistogramUnit) -> HistogramCell {
         HistogramCell {
             unit,
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -113,6 +167,36 @@ impl HistogramCell {
     /// Whether anything was ever recorded.
     pub(super) fn used(&self) -> bool {
         self.buckets.iter().any(|b| b.load(Relaxed) > 0)
+    }
+
+    /// Records one value.
+    pub fn record(&self, value: u64) {
+        self.buckets[bucket_index(value)].fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
+        // Read first: extremes rarely change, so most records only load these.
+        if value < self.min.load(Relaxed) {
+            self.min.fetch_min(value, Relaxed);
+        }
+        if value > self.max.load(Relaxed) {
+            self.max.fetch_max(value, Relaxed);
+        }
+    }
+
+    /// The unit the histogram was registered with, for sinks that label values.
+    pub fn unit(&self) -> HistogramUnit {
+        self.unit
+    }
+
+    /// A copy of the current values, for a render snapshot.
+    pub(super) fn copy(&self) -> HistogramCell {
+        let load = |a: &AtomicU64| AtomicU64::new(a.load(Relaxed));
+        HistogramCell {
+            unit: self.unit,
+            buckets: std::array::from_fn(|i| load(&self.buckets[i])),
+            sum: load(&self.sum),
+            min: load(&self.min),
+            max: load(&self.max),
+        }
     }
 
     /// Copies the atomics out so quantiles are computed from one set of numbers.
@@ -191,95 +275,31 @@ fn bucket_index(value: u64) -> usize {
     BUCKET_BOUNDS.partition_point(|&bound| bound < value as f64)
 }
 
-/// A monotonically increasing count; cloning shares the same counter.
+/// A registered counter; cloning shares the same counter. Its operations are
+/// [`CounterCell`]'s.
 #[derive(Debug, Clone)]
 pub struct Counter(pub(super) Arc<Stat<CounterCell>>);
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    /// Adds `amount`; like Envoy, adding zero still marks the counter used.
-    pub fn add(&self, amount: u64) {
-        let cell = &self.0.cell;
-        cell.value.fetch_add(amount, Relaxed);
-        mark_used(&cell.used);
-    }
-
-    /// The current count.
-    pub fn value(&self) -> u64 {
-        self.0.cell.value()
-    }
-}
-
-/// A value that goes up and down; cloning shares the same gauge.
+/// A registered gauge; cloning shares the same gauge. Its operations are [`GaugeCell`]'s.
 #[derive(Debug, Clone)]
 pub struct Gauge(pub(super) Arc<Stat<GaugeCell>>);
 
-impl Gauge {
-    /// Replaces the value.
-    pub fn set(&self, value: i64) {
-        let cell = &self.0.cell;
-        cell.value.store(value, Relaxed);
-        mark_used(&cell.used);
-    }
-
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    /// Subtracts one.
-    pub fn dec(&self) {
-        self.sub(1);
-    }
-
-    /// Adds `amount`.
-    pub fn add(&self, amount: i64) {
-        let cell = &self.0.cell;
-        cell.value.fetch_add(amount, Relaxed);
-        mark_used(&cell.used);
-    }
-
-    /// Subtracts `amount`.
-    pub fn sub(&self, amount: i64) {
-        let cell = &self.0.cell;
-        cell.value.fetch_sub(amount, Relaxed);
-        mark_used(&cell.used);
-    }
-
-    /// The current value.
-    pub fn value(&self) -> i64 {
-        self.0.cell.value()
-    }
-}
-
-/// A distribution of values in Envoy's default buckets; cloning shares the same histogram.
+/// A registered histogram in Envoy's default buckets; cloning shares the same histogram.
+/// Its operations are [`HistogramCell`]'s.
 #[derive(Debug, Clone)]
 pub struct Histogram(pub(super) Arc<Stat<HistogramCell>>);
 
-impl Histogram {
-    /// Records one value.
-    pub fn record(&self, value: u64) {
-        let cell = &self.0.cell;
-        cell.buckets[bucket_index(value)].fetch_add(1, Relaxed);
-        cell.sum.fetch_add(value, Relaxed);
-        // Read first: extremes rarely change, so most records only load these.
-        if value < cell.min.load(Relaxed) {
-            cell.min.fetch_min(value, Relaxed);
+macro_rules! deref_to_cell {
+    ($($handle:ident => $cell:ident),*) => {$(
+        impl std::ops::Deref for $handle {
+            type Target = $cell;
+            fn deref(&self) -> &$cell {
+                &self.0.cell
+            }
         }
-        if value > cell.max.load(Relaxed) {
-            cell.max.fetch_max(value, Relaxed);
-        }
-    }
-
-    /// The unit the histogram was registered with, for sinks that label values.
-    pub fn unit(&self) -> HistogramUnit {
-        self.0.cell.unit
-    }
+    )*};
 }
+deref_to_cell!(Counter => CounterCell, Gauge => GaugeCell, Histogram => HistogramCell);
 
 #[cfg(test)]
 mod tests {

@@ -280,3 +280,67 @@ fn concurrent_increments_are_exact() {
     let count_line = format!("envoy_server_latency_count{{}} {}\n", THREADS * PER_THREAD);
     assert!(prom.contains(&count_line), "{prom}");
 }
+
+/// A group like a cluster's: two counters and a histogram under one prefix.
+struct Pair {
+    sent: CounterCell,
+    open: GaugeCell,
+    time: HistogramCell,
+}
+
+impl StatGroup for Pair {
+    fn members(&self, visit: &mut dyn FnMut(&str, Member<'_>)) {
+        visit("sent", Member::Counter(&self.sent));
+        visit("open", Member::Gauge(&self.open));
+        visit("time", Member::Histogram(&self.time));
+    }
+}
+
+fn pair() -> Pair {
+    Pair {
+        sent: CounterCell::default(),
+        open: GaugeCell::default(),
+        time: HistogramCell::new(HistogramUnit::Milliseconds),
+    }
+}
+
+#[test]
+fn group_members_render_and_read_like_single_stats() {
+    let store = Store::new();
+    let group = store.group("cluster.a.", pair);
+    group.sent.add(3);
+    group.open.set(2);
+    group.time.record(7);
+    store.counter("cluster.a.single").inc();
+    // The same prefix and type gives the same group.
+    assert!(Arc::ptr_eq(&group, &store.group("cluster.a.", pair)));
+
+    assert_eq!(store.counter_value("cluster.a.sent"), Some(3));
+    assert_eq!(store.gauge_value("cluster.a.open"), Some(2));
+    assert_eq!(store.counter_value("cluster.a.open"), None);
+    assert_eq!(store.counter_value("cluster.b.sent"), None);
+
+    let text = store.text(None, false);
+    assert!(text.contains("cluster.a.open: 2\ncluster.a.sent: 3\ncluster.a.single: 1\n"), "{text}");
+    assert!(text.contains("cluster.a.time: P0(7,7)"), "{text}");
+    let filtered = store.text(Some(&Regex::new("sent").unwrap()), false);
+    assert_eq!(filtered, "cluster.a.sent: 3\n");
+    let prometheus = store.prometheus(None, false);
+    assert!(prometheus.contains("envoy_cluster_sent{envoy_cluster_name=\"a\"} 3\n"), "{prometheus}");
+    assert!(prometheus.contains("envoy_cluster_time_count{envoy_cluster_name=\"a\"} 1\n"), "{prometheus}");
+
+    store.remove_prefix("cluster.a.");
+    assert_eq!(store.counter_value("cluster.a.sent"), None);
+    assert_eq!(store.text(None, false), "");
+    // A handle kept after removal still counts, unseen.
+    group.sent.inc();
+    assert!(!Arc::ptr_eq(&group, &store.group("cluster.a.", pair)));
+}
+
+#[test]
+fn unused_group_members_are_left_out_of_usedonly() {
+    let store = Store::new();
+    let group = store.group("cluster.a.", pair);
+    group.sent.add(0);
+    assert_eq!(store.text(None, true), "cluster.a.sent: 0\n");
+}

@@ -2,6 +2,7 @@
 //! traffic, and its Envoy-named stats. Immutable once built; health changes publish a
 //! new cluster (later issues), so a request reads one consistent view.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -9,102 +10,111 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 
 use crate::config::cluster::{Assignment, ClusterSpec, Discovery, LbKind, UpstreamProtocol};
-use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
+use crate::config::proto::Encoded;
+use crate::stats::{CounterCell, GaugeCell, HistogramCell, HistogramUnit, Member, StatGroup, Store};
 
 use super::host::Host;
 use super::lb::{Candidate, HostSelector};
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Counters for `upstream_rq_<code>` of one cluster, made on the first response so that
-/// idle clusters cost nothing.
-struct CodeCounters {
-    by_code: Box<[OnceLock<Counter>]>,
+/// Declares `ClusterStats` from the lists of its counters and gauges, so each stat's name
+/// and its field are written once.
+macro_rules! cluster_stats {
+    (counters: [$($counter:ident),* $(,)?], gauges: [$($gauge:ident),* $(,)?] $(,)?) => {
+        /// The Envoy-named stats of a cluster (`cluster.<stat name>.*`), registered as one
+        /// stat group: a rebuilt cluster (EDS update, CDS change) keeps them, so an update
+        /// touches no stat registry.
+        pub struct ClusterStats {
+            $(pub $counter: CounterCell,)*
+            $(pub $gauge: GaugeCell,)*
+            pub upstream_rq_time: HistogramCell,
+            /// `upstream_rq_1xx` … `upstream_rq_5xx`.
+            pub upstream_rq_class: [CounterCell; 5],
+            /// `upstream_rq_<code>` by class, made on the class's first response (as Envoy
+            /// makes these counters on first use) so that idle clusters cost nothing.
+            codes: [OnceLock<Box<[CounterCell; 100]>>; 5],
+        }
+
+        impl ClusterStats {
+            fn new() -> ClusterStats {
+                ClusterStats {
+                    $($counter: CounterCell::default(),)*
+                    $($gauge: GaugeCell::default(),)*
+                    upstream_rq_time: HistogramCell::new(HistogramUnit::Milliseconds),
+                    upstream_rq_class: Default::default(),
+                    codes: Default::default(),
+                }
+            }
+        }
+
+        impl StatGroup for ClusterStats {
+            fn members(&self, visit: &mut dyn FnMut(&str, Member<'_>)) {
+                $(visit(stringify!($counter), Member::Counter(&self.$counter));)*
+                $(visit(stringify!($gauge), Member::Gauge(&self.$gauge));)*
+                visit("upstream_rq_time", Member::Histogram(&self.upstream_rq_time));
+                let mut name = String::new();
+                for (class, counter) in self.upstream_rq_class.iter().enumerate() {
+                    name.clear();
+                    let _ = write!(name, "upstream_rq_{}xx", class + 1);
+                    visit(&name, Member::Counter(counter));
+                }
+                for (class, codes) in self.codes.iter().enumerate() {
+                    for (code, counter) in codes.get().into_iter().flat_map(|c| c.iter().enumerate()) {
+                        if counter.value() > 0 {
+                            name.clear();
+                            let _ = write!(name, "upstream_rq_{}", (class + 1) * 100 + code);
+                            visit(&name, Member::Counter(counter));
+                        }
+                    }
+                }
+            }
+        }
+    };
 }
 
-/// The Envoy-named stats of a cluster (`cluster.<name>.*`).
-pub struct ClusterStats {
-    prefix: String,
-    store: Store,
-    pub upstream_cx_total: Counter,
-    pub upstream_cx_active: Gauge,
-    pub upstream_cx_http1_total: Counter,
-    pub upstream_cx_http2_total: Counter,
-    pub upstream_cx_connect_fail: Counter,
-    pub upstream_cx_connect_timeout: Counter,
-    pub upstream_cx_destroy: Counter,
-    pub upstream_cx_none_healthy: Counter,
-    pub upstream_rq_total: Counter,
-    pub upstream_rq_active: Gauge,
-    pub upstream_rq_completed: Counter,
-    pub upstream_rq_timeout: Counter,
-    pub upstream_rq_pending_total: Counter,
-    pub upstream_rq_pending_active: Gauge,
-    pub upstream_rq_time: Histogram,
-    pub upstream_rq_class: [Counter; 5],
-    pub lb_healthy_panic: Counter,
-    pub membership_total: Gauge,
-    pub membership_healthy: Gauge,
-    pub membership_degraded: Gauge,
-    pub membership_excluded: Gauge,
-    pub membership_change: Counter,
-    pub max_host_weight: Gauge,
-    pub update_attempt: Counter,
-    pub update_success: Counter,
-    pub update_rejected: Counter,
-    pub update_empty: Counter,
-    codes: OnceLock<CodeCounters>,
+cluster_stats! {
+    counters: [
+        upstream_cx_total,
+        upstream_cx_http1_total,
+        upstream_cx_http2_total,
+        upstream_cx_connect_fail,
+        upstream_cx_connect_timeout,
+        upstream_cx_destroy,
+        upstream_cx_none_healthy,
+        upstream_rq_total,
+        upstream_rq_completed,
+        upstream_rq_timeout,
+        upstream_rq_pending_total,
+        lb_healthy_panic,
+        membership_change,
+        update_attempt,
+        update_success,
+        update_rejected,
+        update_empty,
+    ],
+    gauges: [
+        upstream_cx_active,
+        upstream_rq_active,
+        upstream_rq_pending_active,
+        membership_total,
+        membership_healthy,
+        membership_degraded,
+        membership_excluded,
+        max_host_weight,
+    ],
 }
 
 impl ClusterStats {
-    fn new(store: &Store, name: &str) -> ClusterStats {
-        let prefix = format!("cluster.{name}.");
-        let c = |s: &str| store.counter(&format!("{prefix}{s}"));
-        let g = |s: &str| store.gauge(&format!("{prefix}{s}"));
-        ClusterStats {
-            upstream_cx_total: c("upstream_cx_total"),
-            upstream_cx_active: g("upstream_cx_active"),
-            upstream_cx_http1_total: c("upstream_cx_http1_total"),
-            upstream_cx_http2_total: c("upstream_cx_http2_total"),
-            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
-            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
-            upstream_cx_destroy: c("upstream_cx_destroy"),
-            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
-            upstream_rq_total: c("upstream_rq_total"),
-            upstream_rq_active: g("upstream_rq_active"),
-            upstream_rq_completed: c("upstream_rq_completed"),
-            upstream_rq_timeout: c("upstream_rq_timeout"),
-            upstream_rq_pending_total: c("upstream_rq_pending_total"),
-            upstream_rq_pending_active: g("upstream_rq_pending_active"),
-            upstream_rq_time: store.histogram(&format!("{prefix}upstream_rq_time"), HistogramUnit::Milliseconds),
-            upstream_rq_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| c(&format!("upstream_rq_{class}"))),
-            lb_healthy_panic: c("lb_healthy_panic"),
-            membership_total: g("membership_total"),
-            membership_healthy: g("membership_healthy"),
-            membership_degraded: g("membership_degraded"),
-            membership_excluded: g("membership_excluded"),
-            membership_change: c("membership_change"),
-            max_host_weight: g("max_host_weight"),
-            update_attempt: c("update_attempt"),
-            update_success: c("update_success"),
-            update_rejected: c("update_rejected"),
-            update_empty: c("update_empty"),
-            codes: OnceLock::new(),
-            store: store.clone(),
-            prefix,
-        }
-    }
-
     /// Counts a response by class and exact code (`upstream_rq_2xx`, `upstream_rq_200`).
     pub fn record_response(&self, status: u16) {
         if !(100..600).contains(&status) {
             return;
         }
-        self.upstream_rq_class[usize::from(status / 100 - 1)].inc();
-        let codes = self.codes.get_or_init(|| CodeCounters { by_code: (100..600).map(|_| OnceLock::new()).collect() });
-        codes.by_code[usize::from(status - 100)]
-            .get_or_init(|| self.store.counter(&format!("{}upstream_rq_{status}", self.prefix)))
-            .inc();
+        let class = usize::from(status / 100 - 1);
+        self.upstream_rq_class[class].inc();
+        let codes = self.codes[class].get_or_init(|| Box::new(std::array::from_fn(|_| CounterCell::default())));
+        codes[usize::from(status % 100)].inc();
     }
 }
 
@@ -122,17 +132,20 @@ pub struct Cluster {
     /// Picks over `hosts` across priorities (healthy ones, or all of a level in panic).
     selector: HostSelector,
     overprovisioning_factor: u32,
-    pub stats: ClusterStats,
-    /// The cluster's config as given, for `/config_dump`.
-    pub proto: ClusterProto,
+    pub stats: Arc<ClusterStats>,
+    /// The name its stats go under: `alt_stat_name`, or the name.
+    pub stat_name: String,
+    /// The cluster's config as given, for `/config_dump` and change detection.
+    pub proto: Encoded<ClusterProto>,
     /// Whether the cluster came from `static_resources` (false: added via API).
     pub added_via_api: bool,
 }
 
 impl Cluster {
     /// Builds a cluster from its spec and host list (the spec's own, or an EDS
-    /// assignment's), registering its stats in `store`. Hosts that `previous` already had
-    /// are kept (same `Host`, so their pools and counters carry over).
+    /// assignment's). Hosts that `previous` already had are kept (same `Host`, so their
+    /// pools and counters carry over), and so are its stats; a new cluster registers its
+    /// stats in `store`.
     pub fn new(
         spec: ClusterSpec,
         assignment: &Assignment,
@@ -151,9 +164,10 @@ impl Cluster {
                 None => Arc::new(Host::new(h)),
             })
             .collect();
-        // Envoy names a cluster's stats by `alt_stat_name` when it is set.
-        let stat_name = if spec.proto.alt_stat_name.is_empty() { &spec.name } else { &spec.proto.alt_stat_name };
-        let stats = ClusterStats::new(store, stat_name);
+        let stats = match previous {
+            Some(previous) if previous.stat_name == spec.stat_name => previous.stats.clone(),
+            _ => store.group(&format!("cluster.{}.", spec.stat_name), ClusterStats::new),
+        };
         let candidates: Vec<Candidate> = hosts
             .iter()
             .enumerate()
@@ -180,6 +194,7 @@ impl Cluster {
             selector,
             overprovisioning_factor: assignment.overprovisioning_factor,
             stats,
+            stat_name: spec.stat_name,
             proto: spec.proto,
             added_via_api,
         }
@@ -203,6 +218,7 @@ impl Cluster {
             protocol: self.protocol,
             idle_timeout: self.idle_timeout,
             assignment: Assignment { hosts: Vec::new(), overprovisioning_factor: self.overprovisioning_factor },
+            stat_name: self.stat_name.clone(),
             proto: self.proto.clone(),
         }
     }

@@ -14,12 +14,15 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::watch;
 
 use crate::config::Rejected;
 use crate::config::cluster::{Assignment, ClusterSpec, Discovery, assignment};
+use crate::config::proto::Encoded;
 use crate::config::xds::XdsSources;
 use crate::stats::{Counter, Gauge, Store};
+use crate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, decode_each};
 
 use super::cluster::Cluster;
 
@@ -39,18 +42,30 @@ impl ClusterSnapshot {
 }
 
 /// A cluster added or changed by CDS that waits for its endpoints.
-pub struct WarmingCluster {
-    pub spec: ClusterSpec,
-    pub version_info: String,
-    pub since: SystemTime,
+struct WarmingCluster {
+    spec: ClusterSpec,
+    /// Shared by every cluster of the same CDS update.
+    version_info: Arc<str>,
+    since: SystemTime,
+}
+
+impl WarmingCluster {
     /// What it waits for, shown by `/clusters` so a stuck cluster explains itself.
-    pub reason: String,
+    fn reason(&self) -> String {
+        match &self.spec.discovery {
+            Discovery::Eds { service_name, .. } => {
+                format!("waiting for the first ClusterLoadAssignment '{service_name}' from EDS")
+            }
+            Discovery::Static => String::new(),
+        }
+    }
 }
 
 /// When and at which version a dynamic cluster was last accepted.
 #[derive(Clone)]
 pub struct DynamicInfo {
-    pub version_info: String,
+    /// Shared by every cluster of the same CDS update.
+    pub version_info: Arc<str>,
     pub last_updated: SystemTime,
 }
 
@@ -60,8 +75,9 @@ struct State {
     active: HashMap<String, Arc<Cluster>>,
     warming: HashMap<String, WarmingCluster>,
     dynamic: HashMap<String, DynamicInfo>,
-    /// The last accepted assignment of each EDS service name.
-    assignments: HashMap<String, Arc<ClusterLoadAssignment>>,
+    /// The last accepted assignment of each EDS service name, kept encoded: it is read
+    /// again only when a cluster using it is re-created.
+    assignments: HashMap<String, Encoded<ClusterLoadAssignment>>,
 }
 
 /// `cluster_manager.*` stats, and the `cds.` subscription's.
@@ -119,7 +135,7 @@ impl ClusterManager {
             initialized: watch::Sender::new(!wait_for_cds),
             sources,
         };
-        manager.publish(&state);
+        manager.publish(&mut state);
         *manager.lock() = state;
         manager
     }
@@ -158,17 +174,18 @@ impl ClusterManager {
     /// Applies a state-of-the-world CDS update. Valid clusters apply even when others in
     /// the same update are invalid (as Envoy does); the error lists the invalid ones, for
     /// the NACK.
-    pub fn apply_cds(&self, version_info: &str, resources: Vec<ClusterProto>) -> Result<(), Rejected> {
+    pub fn apply_cds(&self, version_info: &str, resources: &[Any]) -> Result<(), Rejected> {
         let mut errors = Rejected::default();
         let mut specs = Vec::with_capacity(resources.len());
         let mut named = BTreeSet::new();
-        for proto in &resources {
-            named.insert(proto.name.clone());
-            match ClusterSpec::from_proto(proto, "", &self.sources) {
+        decode_each(resources, CLUSTER_TYPE, |proto: ClusterProto, bytes| {
+            match ClusterSpec::from_proto_encoded(&proto, Encoded::from_decoded(bytes), "", &self.sources) {
                 Ok(spec) => specs.push(spec),
                 Err(e) => errors.push(&proto.name, format!("cluster '{}': {e}", proto.name)),
             }
-        }
+            named.insert(proto.name);
+        })?;
+        let version_info: Arc<str> = version_info.into();
         let now = SystemTime::now();
         let mut state = self.lock();
         // SotW: dynamic clusters missing from the update are removed. A cluster whose new
@@ -179,8 +196,7 @@ impl ClusterManager {
             state.warming.remove(&name);
             if let Some(old) = state.active.remove(&name) {
                 self.stats.cluster_removed.inc();
-                let stat_name = if old.proto.alt_stat_name.is_empty() { &name } else { &old.proto.alt_stat_name };
-                self.store.remove_prefix(&format!("cluster.{stat_name}."));
+                self.store.remove_prefix(&format!("cluster.{}.", old.stat_name));
             }
         }
         for spec in specs {
@@ -189,18 +205,16 @@ impl ClusterManager {
                 errors.push(&name, format!("cluster '{name}': a static cluster cannot be added or updated by CDS"));
                 continue;
             }
-            let unchanged = state.active.get(&name).is_some_and(|c| c.proto == spec.proto)
-                || state.warming.get(&name).is_some_and(|w| w.spec.proto == spec.proto);
+            let unchanged = state.active.get(&name).is_some_and(|c| c.proto.same_message(&spec.proto))
+                || state.warming.get(&name).is_some_and(|w| w.spec.proto.same_message(&spec.proto));
             if unchanged {
                 continue;
             }
-            state
-                .dynamic
-                .insert(name.clone(), DynamicInfo { version_info: version_info.to_owned(), last_updated: now });
+            state.dynamic.insert(name.clone(), DynamicInfo { version_info: version_info.clone(), last_updated: now });
             let ready = match &spec.discovery {
                 Discovery::Static => Some(spec.assignment.clone()),
                 Discovery::Eds { service_name, .. } => {
-                    state.assignments.get(service_name).and_then(|la| assignment(la, "").ok())
+                    state.assignments.get(service_name).and_then(|la| assignment(&la.decode(), "").ok())
                 }
             };
             match ready {
@@ -209,34 +223,23 @@ impl ClusterManager {
                     self.activate(&mut state, spec, &assigned);
                 }
                 None => {
-                    let reason = match &spec.discovery {
-                        Discovery::Eds { service_name, .. } => {
-                            format!("waiting for the first ClusterLoadAssignment '{service_name}' from EDS")
-                        }
-                        Discovery::Static => String::new(),
-                    };
-                    state.warming.insert(
-                        name,
-                        WarmingCluster { spec, version_info: version_info.to_owned(), since: now, reason },
-                    );
+                    state.warming.insert(name, WarmingCluster { spec, version_info: version_info.clone(), since: now });
                 }
             }
         }
-        self.publish(&state);
+        self.publish(&mut state);
         errors.into_result()
     }
 
     /// Applies EDS assignments: warming clusters that waited for them go active, active
     /// ones get the new hosts (keeping unchanged hosts and their pools).
-    pub fn apply_eds(&self, resources: Vec<ClusterLoadAssignment>) -> Result<(), Rejected> {
+    pub fn apply_eds(&self, resources: &[Any]) -> Result<(), Rejected> {
         let mut errors = Rejected::default();
         let mut valid = Vec::with_capacity(resources.len());
-        for la in resources {
-            match assignment(&la, "") {
-                Ok(parsed) => valid.push((la, parsed)),
-                Err(e) => errors.push(&la.cluster_name, format!("ClusterLoadAssignment '{}': {e}", la.cluster_name)),
-            }
-        }
+        decode_each(resources, ENDPOINT_TYPE, |la: ClusterLoadAssignment, bytes| match assignment(&la, "") {
+            Ok(parsed) => valid.push((la.cluster_name, Encoded::from_decoded(bytes), parsed)),
+            Err(e) => errors.push(&la.cluster_name, format!("ClusterLoadAssignment '{}': {e}", la.cluster_name)),
+        })?;
         let mut state = self.lock();
         // Which clusters use which service, indexed once per update (not per assignment:
         // a 10 000-cluster update would otherwise scan every cluster for every assignment).
@@ -258,9 +261,8 @@ impl ClusterManager {
                 cluster.stats.update_rejected.inc();
             }
         }
-        for (la, assigned) in valid {
-            let service = la.cluster_name.clone();
-            state.assignments.insert(service.clone(), Arc::new(la));
+        for (service, encoded, assigned) in valid {
+            state.assignments.insert(service.clone(), encoded);
             let mut updated = Vec::new();
             for name in waiting_by_service.remove(&service).unwrap_or_default() {
                 if let Some(warm) = state.warming.remove(&name) {
@@ -283,7 +285,7 @@ impl ClusterManager {
                 }
             }
         }
-        self.publish(&state);
+        self.publish(&mut state);
         errors.into_result()
     }
 
@@ -320,7 +322,7 @@ impl ClusterManager {
         let mut out: Vec<_> = state
             .warming
             .iter()
-            .map(|(name, w)| (name.clone(), w.version_info.clone(), w.since, w.reason.clone()))
+            .map(|(name, w)| (name.clone(), w.version_info.to_string(), w.since, w.reason()))
             .collect();
         out.sort();
         out
@@ -335,12 +337,16 @@ impl ClusterManager {
     pub fn warming_protos(&self) -> Vec<(String, ClusterProto, SystemTime)> {
         let state = self.lock();
         let mut out: Vec<_> =
-            state.warming.values().map(|w| (w.version_info.clone(), w.spec.proto.clone(), w.since)).collect();
+            state.warming.values().map(|w| (w.version_info.to_string(), w.spec.proto.decode(), w.since)).collect();
         out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         out
     }
 
-    fn publish(&self, state: &State) {
+    fn publish(&self, state: &mut State) {
+        // A map keeps its table when emptied: after 10 000 clusters warmed, tens of MiB.
+        if state.warming.is_empty() {
+            state.warming.shrink_to_fit();
+        }
         self.stats.active_clusters.set(state.active.len() as i64);
         self.stats.warming_clusters.set(state.warming.len() as i64);
         let generation = self.snapshot.load().generation + 1;

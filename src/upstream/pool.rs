@@ -154,7 +154,7 @@ impl HostPool {
     /// Counts a request as pending while it waits for a new connection, as Envoy's
     /// `upstream_rq_pending_*` do.
     async fn pending<T>(&self, cluster: &Cluster, connect: impl Future<Output = T>) -> T {
-        struct Pending<'a>(&'a crate::stats::Gauge, &'a AtomicU64);
+        struct Pending<'a>(&'a crate::stats::GaugeCell, &'a AtomicU64);
         impl Drop for Pending<'_> {
             // Also when the request is abandoned mid-connect.
             fn drop(&mut self) {

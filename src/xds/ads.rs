@@ -10,9 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
@@ -32,7 +30,7 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, decode_each};
 use crate::config::Rejected;
 use crate::config::xds::GrpcSource;
 use crate::listener::ListenerManager;
@@ -455,11 +453,8 @@ impl AdsClient {
     fn apply(&mut self, kind: Kind, version: &str, resources: &[Any]) -> Result<(), Rejected> {
         self.state(kind).stats.update_attempt.inc();
         let result = match kind {
-            Kind::Cluster => {
-                decode_all(resources, CLUSTER_TYPE).and_then(|c: Vec<ClusterProto>| self.clusters.apply_cds(version, c))
-            }
-            Kind::Endpoint => decode_all(resources, ENDPOINT_TYPE)
-                .and_then(|e: Vec<ClusterLoadAssignment>| self.clusters.apply_eds(e)),
+            Kind::Cluster => self.clusters.apply_cds(version, resources),
+            Kind::Endpoint => self.clusters.apply_eds(resources),
             Kind::Listener => decode_all(resources, LISTENER_TYPE)
                 .and_then(|l: Vec<ListenerProto>| self.listeners.apply_lds(version, l)),
             Kind::Route => decode_all(resources, ROUTE_TYPE)
@@ -605,19 +600,8 @@ fn nack_status(message: String) -> Status {
 
 /// Decodes every resource of a response as `M`; one that fails rejects the response.
 fn decode_all<M: Message + Default>(resources: &[Any], type_url: &str) -> Result<Vec<M>, Rejected> {
-    let mut rejected = Rejected::default();
     let mut out = Vec::with_capacity(resources.len());
-    for (i, any) in resources.iter().enumerate() {
-        if any.type_url != type_url {
-            rejected.push("", format!("resources[{i}]: type {} in a response of type {type_url}", any.type_url));
-            continue;
-        }
-        match M::decode(any.value.as_slice()) {
-            Ok(m) => out.push(m),
-            Err(e) => rejected.push("", format!("resources[{i}]: cannot decode: {e}")),
-        }
-    }
-    rejected.into_result().map(|()| out)
+    decode_each(resources, type_url, |m, _| out.push(m)).map(|()| out)
 }
 
 /// Envoy's `version` gauge holds a hash of the accepted `version_info` (FNV-1a here,
