@@ -2,6 +2,7 @@
 //! `envoy.admin.v3.Clusters` proto renders.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -15,19 +16,21 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 use http::{Response, StatusCode};
-use http_body_util::Full;
 
-use super::{AdminRequest, AdminState, json, text};
+use super::{AdminBody, AdminRequest, AdminState, TEXT, json, streamed, text, with_headers};
 use crate::config::schema;
 use crate::upstream::Cluster;
 use crate::upstream::host::{Host, health_flag};
 
 /// Envoy's default circuit-breaker thresholds, shown for every cluster until circuit
 /// breakers are configurable.
+/// Clusters written per chunk of streamed `/clusters` text (about 8 KB each with 10 hosts).
+const CLUSTERS_PER_CHUNK: usize = 64;
+
 const DEFAULT_THRESHOLDS: [(&str, u32); 4] =
     [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)];
 
-pub(super) fn clusters(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn clusters(state: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     let snapshot = state.clusters.snapshot();
     let mut clusters: Vec<_> = snapshot.clusters.values().collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -57,15 +60,24 @@ pub(super) fn clusters(state: &AdminState, request: &AdminRequest) -> Response<F
             json(&body)
         }
         None | Some("text") => {
-            let mut out = String::new();
-            for cluster in clusters {
-                write_text(&mut out, cluster);
-            }
-            for (name, version, since, reason) in &warming {
-                let since = httpdate::fmt_http_date(*since);
-                let _ = writeln!(out, "{name}::warming::{reason}, since {since} (version {version})");
-            }
-            text(StatusCode::OK, out)
+            // Written a few clusters at a time as the client reads, from the snapshot taken
+            // now: the whole text of 100 000 clusters would be about 1 GB.
+            let mut clusters = clusters.into_iter().map(Arc::clone).collect::<Vec<_>>().into_iter();
+            let mut warming = Some(warming);
+            let chunks = std::iter::from_fn(move || {
+                let mut out = String::new();
+                for cluster in clusters.by_ref().take(CLUSTERS_PER_CHUNK) {
+                    write_text(&mut out, &cluster);
+                }
+                if out.is_empty() {
+                    for (name, version, since, reason) in warming.take()? {
+                        let since = httpdate::fmt_http_date(since);
+                        let _ = writeln!(out, "{name}::warming::{reason}, since {since} (version {version})");
+                    }
+                }
+                Some(Bytes::from(out))
+            });
+            with_headers(StatusCode::OK, TEXT, streamed(chunks.filter(|chunk| !chunk.is_empty())))
         }
         Some(other) => text(StatusCode::BAD_REQUEST, format!("unsupported format '{other}': use text or json\n")),
     }
@@ -99,16 +111,16 @@ fn write_text(out: &mut String, cluster: &Cluster) {
     }
     let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
     for host in &cluster.hosts {
-        let prefix = format!("{name}::{}", host.address_text);
+        let prefix = format!("{name}::{}", host.address);
         for (stat, value, _) in host_counters(host) {
             let _ = writeln!(out, "{prefix}::{stat}::{value}");
         }
         let _ = writeln!(out, "{prefix}::hostname::{}", host.hostname);
         let _ = writeln!(out, "{prefix}::health_flags::{}", host.health_flags_text());
         let _ = writeln!(out, "{prefix}::weight::{}", host.weight);
-        let _ = writeln!(out, "{prefix}::region::{}", host.region);
-        let _ = writeln!(out, "{prefix}::zone::{}", host.zone);
-        let _ = writeln!(out, "{prefix}::sub_zone::{}", host.sub_zone);
+        let _ = writeln!(out, "{prefix}::region::{}", host.locality.region);
+        let _ = writeln!(out, "{prefix}::zone::{}", host.locality.zone);
+        let _ = writeln!(out, "{prefix}::sub_zone::{}", host.locality.sub_zone);
         let _ = writeln!(out, "{prefix}::canary::false");
         let _ = writeln!(out, "{prefix}::priority::{}", host.priority);
         let _ = writeln!(out, "{prefix}::success_rate::-1");
@@ -177,9 +189,9 @@ fn host_status(host: &Host) -> HostStatus {
         hostname: host.hostname.clone(),
         priority: host.priority,
         locality: Some(Locality {
-            region: host.region.clone(),
-            zone: host.zone.clone(),
-            sub_zone: host.sub_zone.clone(),
+            region: host.locality.region.clone(),
+            zone: host.locality.zone.clone(),
+            sub_zone: host.locality.sub_zone.clone(),
         }),
         ..Default::default()
     }

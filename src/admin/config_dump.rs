@@ -3,7 +3,6 @@
 
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use envoy_types::pb::envoy::admin::v3::{
     BootstrapConfigDump, ClustersConfigDump, ConfigDump, EndpointsConfigDump, ListenersConfigDump, RoutesConfigDump,
     ScopedRoutesConfigDump, SecretsConfigDump, clusters_config_dump, endpoints_config_dump, listeners_config_dump,
@@ -12,14 +11,13 @@ use envoy_types::pb::envoy::admin::v3::{
 use envoy_types::pb::google::protobuf::{Any, Timestamp};
 use envoy_types::util::pack_any;
 use http::{Response, StatusCode};
-use http_body_util::Full;
 use serde_json::Value;
 
-use super::{AdminRequest, AdminState, json, text};
+use super::{AdminBody, AdminRequest, AdminState, json, text};
 use crate::config::listener::RouteSpec;
 use crate::config::schema;
 
-pub(super) fn config_dump(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn config_dump(state: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     let name_regex = match request.param("name_regex").filter(|r| !r.is_empty()).map(regex::Regex::new) {
         Some(Ok(re)) => Some(re),
         Some(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("Error while parsing name_regex: {e}\n")),

@@ -3,14 +3,12 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use envoy_types::pb::envoy::admin::v3::{CommandLineOptions, ListenerStatus, Listeners, ServerInfo};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::google::protobuf::Duration as DurationProto;
 use http::{Response, StatusCode};
-use http_body_util::Full;
 
-use super::{AdminRequest, AdminState, help_text, json, text};
+use super::{AdminBody, AdminRequest, AdminState, help_text, json, text};
 use crate::config::schema;
 use crate::logging;
 use crate::server::ServerState;
@@ -18,17 +16,17 @@ use crate::server::ServerState;
 /// The version string in Envoy's shape: `<revision>/<version>/<status>/<build>/<tls>`.
 pub const VERSION: &str = concat!("legate/", env!("CARGO_PKG_VERSION"), "/Clean/RELEASE/rustls");
 
-pub(super) fn help(_: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn help(_: &AdminState, _: &AdminRequest) -> Response<AdminBody> {
     text(StatusCode::OK, format!("admin commands are:\n{}", help_text()))
 }
 
-pub(super) fn ready(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn ready(state: &AdminState, _: &AdminRequest) -> Response<AdminBody> {
     let server_state = state.state();
     let status = if server_state == ServerState::Live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     text(status, format!("{}\n", server_state.name()))
 }
 
-pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<AdminBody> {
     let options = &state.options;
     let uptime = DurationProto { seconds: state.started.elapsed().as_secs() as i64, nanos: 0 };
     let seconds = |s: u64| Some(DurationProto { seconds: s as i64, nanos: 0 });
@@ -68,7 +66,7 @@ pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<Full
     json(&schema::to_json_with_defaults(&info))
 }
 
-pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     let active = state.listeners.active();
     let statuses = active.iter().map(|l| (&l.runtime, &l.bound)).map(|(l, bound)| ListenerStatus {
         name: l.spec.name.clone(),
@@ -108,7 +106,7 @@ pub fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-fn stats_filter(request: &AdminRequest) -> Result<Option<regex::Regex>, Box<Response<Full<Bytes>>>> {
+fn stats_filter(request: &AdminRequest) -> Result<Option<regex::Regex>, Box<Response<AdminBody>>> {
     match request.param("filter").filter(|f| !f.is_empty()) {
         Some(f) => regex::Regex::new(f)
             .map(Some)
@@ -117,7 +115,7 @@ fn stats_filter(request: &AdminRequest) -> Result<Option<regex::Regex>, Box<Resp
     }
 }
 
-pub(super) fn stats(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn stats(state: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     refresh_server_gauges(state);
     let filter = match stats_filter(request) {
         Ok(f) => f,
@@ -135,7 +133,7 @@ pub(super) fn stats(state: &AdminState, request: &AdminRequest) -> Response<Full
     }
 }
 
-pub(super) fn stats_prometheus(state: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn stats_prometheus(state: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     refresh_server_gauges(state);
     let filter = match stats_filter(request) {
         Ok(f) => f,
@@ -144,22 +142,22 @@ pub(super) fn stats_prometheus(state: &AdminState, request: &AdminRequest) -> Re
     text(StatusCode::OK, state.store.prometheus(filter.as_ref(), request.params.contains_key("usedonly")))
 }
 
-pub(super) fn healthcheck_fail(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn healthcheck_fail(state: &AdminState, _: &AdminRequest) -> Response<AdminBody> {
     state.health_check_failed.store(true, Ordering::Release);
     text(StatusCode::OK, "OK\n")
 }
 
-pub(super) fn healthcheck_ok(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn healthcheck_ok(state: &AdminState, _: &AdminRequest) -> Response<AdminBody> {
     state.health_check_failed.store(false, Ordering::Release);
     text(StatusCode::OK, "OK\n")
 }
 
-pub(super) fn quit(state: &AdminState, _: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn quit(state: &AdminState, _: &AdminRequest) -> Response<AdminBody> {
     state.begin_drain();
     text(StatusCode::OK, "OK\n")
 }
 
-pub(super) fn logging(_: &AdminState, request: &AdminRequest) -> Response<Full<Bytes>> {
+pub(super) fn logging(_: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     for (key, value) in &request.params {
         let result =
             if key == "level" { logging::set_level(None, value) } else { logging::set_level(Some(key), value) };

@@ -17,7 +17,9 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
-use http_body_util::Full;
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -32,6 +34,15 @@ use crate::worker::LocalExec;
 
 /// Shared state the handlers read.
 pub type AdminState = Arc<ServerShared>;
+
+/// An admin response body: whole, or made chunk by chunk while it is sent (`/clusters` of
+/// 100 000 clusters is about 1 GB of text, which must not be held at once).
+pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A body of the chunks `chunks` yields, made as the client reads them.
+pub fn streamed(chunks: impl Iterator<Item = Bytes> + Send + 'static) -> AdminBody {
+    StreamBody::new(futures_util::stream::iter(chunks.map(|chunk| Ok(Frame::data(chunk))))).boxed_unsync()
+}
 
 /// Binds the admin address and serves it on its own thread (Envoy's main thread runs
 /// admin; here the worker threads are never disturbed by admin work).
@@ -145,7 +156,7 @@ struct Endpoint {
     path: &'static str,
     help: &'static str,
     mutates: bool,
-    handler: fn(&AdminState, &AdminRequest) -> Response<Full<Bytes>>,
+    handler: fn(&AdminState, &AdminRequest) -> Response<AdminBody>,
 }
 
 const ENDPOINTS: &[Endpoint] = &[
@@ -194,7 +205,7 @@ const ENDPOINTS: &[Endpoint] = &[
     },
 ];
 
-fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(state: &AdminState, request: Request<Incoming>) -> Response<AdminBody> {
     let path = request.uri().path().to_owned();
     let params = request
         .uri()
@@ -230,19 +241,27 @@ fn help_text() -> String {
     out
 }
 
+/// The content type of text responses.
+pub const TEXT: &str = "text/plain; charset=UTF-8";
+
 /// A `text/plain` response.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    respond(status, "text/plain; charset=UTF-8", body.into())
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
+    respond(status, TEXT, body.into())
 }
 
 /// An `application/json` response, pretty-printed as Envoy prints it.
-pub fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+pub fn json(value: &serde_json::Value) -> Response<AdminBody> {
     let body = serde_json::to_string_pretty(value).unwrap_or_default();
     respond(StatusCode::OK, "application/json", body.into())
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<AdminBody> {
+    with_headers(status, content_type, Full::new(body).boxed_unsync())
+}
+
+/// A response of `body` with Envoy's admin headers.
+pub fn with_headers(status: StatusCode, content_type: &'static str, body: AdminBody) -> Response<AdminBody> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));

@@ -2,6 +2,7 @@
 //! upstream HTTP protocol.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
@@ -46,12 +47,18 @@ pub struct HostSpec {
     /// `load_balancing_weight`, 1 when unset.
     pub weight: u32,
     pub priority: u32,
-    pub region: String,
-    pub zone: String,
-    pub sub_zone: String,
+    pub locality: Arc<HostLocality>,
     /// EDS health status; STATIC hosts are HEALTHY unless the config says otherwise.
     pub health_status: HealthStatus,
     pub hostname: String,
+}
+
+/// Where an endpoint runs; one per locality group, shared by its hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostLocality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
 }
 
 /// Envoy's default `overprovisioning_factor` (140 %).
@@ -323,6 +330,8 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
             }
         }
         let locality = locality_endpoints.locality.clone().unwrap_or_default();
+        let locality =
+            Arc::new(HostLocality { region: locality.region, zone: locality.zone, sub_zone: locality.sub_zone });
         for (j, lb_endpoint) in locality_endpoints.lb_endpoints.iter().enumerate() {
             let epath = format!("{lpath}.lb_endpoints[{j}]");
             // Endpoints come by the hundred thousand over EDS, so their fields are checked
@@ -360,9 +369,7 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
                 address,
                 weight,
                 priority: locality_endpoints.priority,
-                region: locality.region.clone(),
-                zone: locality.zone.clone(),
-                sub_zone: locality.sub_zone.clone(),
+                locality: locality.clone(),
                 health_status,
                 hostname: endpoint.hostname.clone(),
             });

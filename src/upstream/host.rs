@@ -2,11 +2,12 @@
 //! that live in atomics, so they survive cluster rebuilds and need no lock.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 
-use crate::config::cluster::HostSpec;
+use crate::config::cluster::{HostLocality, HostSpec};
 
 /// Health flags, as Envoy names them in `/clusters`.
 pub mod health_flag {
@@ -43,14 +44,10 @@ pub struct HostStats {
 #[derive(Debug)]
 pub struct Host {
     pub address: SocketAddr,
-    /// `ip:port`, precomputed for access logs, `/clusters` and `auto_host_rewrite`.
-    pub address_text: String,
     pub hostname: String,
     pub weight: u32,
     pub priority: u32,
-    pub region: String,
-    pub zone: String,
-    pub sub_zone: String,
+    pub locality: Arc<HostLocality>,
     health: AtomicU32,
     pub stats: HostStats,
 }
@@ -61,13 +58,10 @@ impl Host {
         let health = eds_flags(spec.health_status);
         Host {
             address: spec.address,
-            address_text: spec.address.to_string(),
             hostname: spec.hostname.clone(),
             weight: spec.weight,
             priority: spec.priority,
-            region: spec.region.clone(),
-            zone: spec.zone.clone(),
-            sub_zone: spec.sub_zone.clone(),
+            locality: spec.locality.clone(),
             health: AtomicU32::new(health),
             stats: HostStats::default(),
         }
@@ -80,8 +74,7 @@ impl Host {
             && self.weight == spec.weight
             && self.priority == spec.priority
             && self.hostname == spec.hostname
-            && (self.region.as_str(), self.zone.as_str(), self.sub_zone.as_str())
-                == (spec.region.as_str(), spec.zone.as_str(), spec.sub_zone.as_str())
+            && self.locality == spec.locality
     }
 
     /// Sets the control plane's health verdict, keeping the flags other checkers own.
