@@ -240,7 +240,9 @@ QUIET_BUDGET="${BENCH_QUIET_BUDGET:-300}"  # over the whole script: past it, no 
 QUIET_WAITED=0
 foreign_snapshot() { # prints "pid ticks" for processes not ours
     local ours=" $$ ${UPSTREAM_PID:-} ${LEGATE_PID:-} ${XCPU_UPSTREAM_PID:-} "
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v ours="$ours" '{
+    # A process may exit between the glob and the read: cat then fails, which must not end
+    # the script (pipefail).
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v ours="$ours" '{
         pid = $1; line = $0; sub(/^.*\) /, "", line); split(line, f, " ")
         if (index(ours, " " pid " ")) next
         print pid, f[12] + f[13] + f[14] + f[15] }'
