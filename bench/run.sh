@@ -28,6 +28,10 @@
 #   CPU 1: the proxy under test (the whole process, all its threads)
 # The same layout is used for the direct runs, so there CPU 1 is idle.
 # All traffic is to 127.0.0.1.
+#
+# Output in bench/out/: results.md (the tables), machine.txt, the proxies' configs
+# (legate.yaml, envoy.yaml: the same bootstrap; haproxy.cfg: its equivalent) and stderr,
+# and the raw wrk/h2load output of every run (<target>.<workload>.run<N>.txt, .reqlog).
 
 set -euo pipefail
 
@@ -61,8 +65,9 @@ ENVOY_H1UP_PORT=$((18100 + PORT_OFFSET)) ENVOY_H2UP_PORT=$((18101 + PORT_OFFSET)
 ENVOY_ADMIN_PORT=$((19902 + PORT_OFFSET))
 HAPROXY_H1UP_PORT=$((18200 + PORT_OFFSET)) HAPROXY_H2UP_PORT=$((18201 + PORT_OFFSET))
 
-LEGATE_BIN="$ROOT/target/release/legate"
-UPSTREAM_BIN="$ROOT/target/release/examples/bench_upstream"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"   # where cargo build puts them (we are in $ROOT)
+LEGATE_BIN="$TARGET_DIR/release/legate"
+UPSTREAM_BIN="$TARGET_DIR/release/examples/bench_upstream"
 ENVOY_BIN=""    # set by ensure_envoy
 HAPROXY_BIN=""  # set by ensure_tools
 WRK_SCRIPT="$OUT/report.lua"
@@ -668,7 +673,7 @@ main() {
     # ------------------------------------------------------------ tables
     {
         echo
-        echo "Throughput: RPS of 2xx responses (in brackets: fraction of the direct rate), and legate's rate relative to each peer's."
+        echo "Throughput: RPS of 2xx responses (in brackets: fraction of the direct rate); legate/peer = legate's rate ÷ the peer's (> 1: legate is faster)."
         echo
         echo "| workload | direct | legate | envoy | haproxy | legate/envoy | legate/haproxy | errors / non-2xx |"
         echo "|---|---:|---:|---:|---:|---:|---:|---|"
@@ -688,7 +693,7 @@ main() {
                 "$(lat_cell direct "$wl")" "$(lat_cell legate "$wl")" "$(lat_cell envoy "$wl")" "$(lat_cell haproxy "$wl")"
         done
         echo
-        echo "CPU time per request (the proxy process, all threads) and memory."
+        echo "CPU time per request (the proxy process, all threads) and memory; legate/peer < 1: legate uses less."
         echo
         echo "| workload | legate | envoy | haproxy | legate/envoy | legate/haproxy |"
         echo "|---|---:|---:|---:|---:|---:|"
