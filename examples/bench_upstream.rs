@@ -6,6 +6,9 @@
 //! - `GET /`      → 200, `ok\n`
 //! - `GET /16k`   → 200, 16 KiB body
 //! - `POST /post` → reads the request body fully, then 200, `ok\n`
+//! - `GET /_accepted` → 200, the number of connections accepted so far (including the one
+//!   asking), in decimal: `bench/run.sh` reads it before and after a run to show how many
+//!   connections a proxy opened to the upstream during it
 //! - anything else → 404
 //!
 //! With `threads` = 1 (the default) it runs on a current-thread runtime, which is what the
@@ -15,6 +18,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -28,6 +32,7 @@ use tokio::net::TcpListener;
 
 static SMALL: &[u8] = b"ok\n";
 static BIG: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 
 fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body));
@@ -40,6 +45,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => respond(StatusCode::OK, Bytes::from_static(SMALL)),
         (&Method::GET, "/16k") => respond(StatusCode::OK, Bytes::from_static(&BIG)),
+        (&Method::GET, "/_accepted") => {
+            respond(StatusCode::OK, Bytes::from(ACCEPTED.load(Ordering::Relaxed).to_string()))
+        }
         (&Method::POST, "/post") => match req.into_body().collect().await {
             Ok(_) => respond(StatusCode::OK, Bytes::from_static(SMALL)),
             Err(_) => respond(StatusCode::BAD_REQUEST, Bytes::new()),
@@ -58,6 +66,7 @@ async fn serve(port: u16) -> std::io::Result<()> {
             Ok(s) => s,
             Err(_) => continue,
         };
+        ACCEPTED.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         tokio::spawn(async move {
