@@ -14,12 +14,16 @@ use tokio::sync::{mpsc, watch};
 use crate::admin;
 use crate::cli::Options;
 use crate::config::bootstrap::BootstrapSpec;
+use crate::config::schema;
 use crate::config::xds::{GrpcSource, GrpcTarget, SourceSpec};
 use crate::listener::{ListenerManager, WorkerCommand, serve_listener};
 use crate::stats::{HistogramUnit, Store};
 use crate::upstream::ClusterManager;
 use crate::worker::Worker;
 use crate::xds::AdsClient;
+
+/// How long the config schema stays decoded after its last use (see `schema::pool`).
+const SCHEMA_IDLE: Duration = Duration::from_secs(5);
 
 /// Envoy's `server.state` values (legate has no PRE_INITIALIZING = 2 phase: it parses
 /// its config before the admin endpoint exists).
@@ -213,7 +217,16 @@ impl Server {
         let mut drain = self.shared.drain.subscribe();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
-            let _ = drain.wait_for(|d| *d).await;
+            // The config schema is needed again only for xDS updates and admin JSON; held
+            // while idle it would be most of legate's memory.
+            schema::release_idle_pool(Duration::ZERO);
+            let mut check = tokio::time::interval(SCHEMA_IDLE / 5);
+            loop {
+                tokio::select! {
+                    _ = drain.wait_for(|d| *d) => break,
+                    _ = check.tick() => schema::release_idle_pool(SCHEMA_IDLE),
+                }
+            }
         });
         self.shared.store.gauge("server.state").set(ServerState::Draining as i64);
         let deadline = Instant::now() + drain_time;

@@ -2,7 +2,8 @@
 //! read YAML/JSON config through the proto3 JSON mapping and to render protos back to
 //! Envoy's JSON for `/config_dump`.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
@@ -12,10 +13,38 @@ use super::error::ConfigError;
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
 
-/// The pool of every Envoy message, decoded once on first use.
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTOR_SET).expect("build.rs wrote a valid descriptor set"))
+/// The decoded pool while it is in use, and when it was last asked for. Decoded, the pool
+/// takes about 17 MiB, more than half of an idle legate, and decoding it takes about 20 ms;
+/// it is needed only to read config (the bootstrap, xDS resources) and to render admin JSON.
+/// So it is decoded on demand and released by `release_idle_pool` once unused for a while.
+static POOL: Mutex<Option<(DescriptorPool, Instant)>> = Mutex::new(None);
+
+/// The pool of every message legate reads or renders, decoded if it is not held now.
+pub fn pool() -> DescriptorPool {
+    let mut held = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let (pool, last_used) = held.get_or_insert_with(|| {
+        (DescriptorPool::decode(DESCRIPTOR_SET).expect("build.rs wrote a valid descriptor set"), Instant::now())
+    });
+    *last_used = Instant::now();
+    pool.clone()
+}
+
+/// Releases the pool if it has not been asked for in `idle`, and hands the freed memory back
+/// to the system (glibc keeps freed heap pages otherwise). A caller still using a clone
+/// keeps it alive until it is done.
+pub fn release_idle_pool(idle: Duration) {
+    let released = {
+        let mut held = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.as_ref().is_some_and(|(_, last_used)| last_used.elapsed() >= idle) { held.take() } else { None }
+    };
+    if released.is_some() {
+        drop(released);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free pages of the allocator's arenas to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// The text formats Envoy reads config in.
@@ -234,6 +263,20 @@ pub fn knows_type(type_url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_is_decoded_again_after_release() {
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        let held = pool();
+        release_idle_pool(Duration::ZERO);
+        // A clone taken before the release keeps working, and the next use decodes anew.
+        assert!(held.get_message_by_name("envoy.config.core.v3.Node").is_some());
+        let node: Node = parse("id: a", Format::Yaml).expect("parses after release");
+        assert_eq!(node.id, "a");
+        // Not idle long enough: kept.
+        release_idle_pool(Duration::from_secs(3600));
+        assert!(POOL.lock().unwrap().is_some());
+    }
 
     #[test]
     fn a_single_value_for_a_repeated_field_is_a_list_of_one() {
