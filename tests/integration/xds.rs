@@ -174,10 +174,15 @@ async fn eds_updates_move_traffic_and_cds_removal_stops_it() {
     let legate = legate_with_ads(&control_plane);
     let mut stream = warm_up(&control_plane, &legate, &[a.address]).await;
     wait_for_answer(&legate, 200, "a").await;
+    let served_by_a = legate.stat("cluster.dyn.upstream_rq_total").await.expect("registered");
 
     stream.push("e2", "n3", vec![assignment("dyn", &[b.address])]);
     assert_eq!(stream.next_of(ENDPOINT_TYPE).await.version_info, "e2");
     wait_for_answer(&legate, 200, "b").await;
+    // The rebuilt cluster kept its stats: counts go on from where they were.
+    assert!(legate.stat("cluster.dyn.upstream_rq_total").await.unwrap() > served_by_a);
+    assert_eq!(legate.stat("cluster.dyn.update_success").await, Some(2));
+    assert_eq!(legate.stat("cluster.dyn.membership_change").await, Some(1));
 
     // A bad assignment is NACKed; b keeps serving.
     let mut bad = assignment("dyn", &[a.address]);
@@ -194,6 +199,7 @@ async fn eds_updates_move_traffic_and_cds_removal_stops_it() {
     assert_eq!(stream.next_of(CLUSTER_TYPE).await.version_info, "3");
     wait_for_answer(&legate, 503, "").await;
     assert_eq!(legate.stat("cluster_manager.cluster_removed").await, Some(1));
+    assert_eq!(legate.stat("cluster.dyn.upstream_rq_total").await, None, "a removed cluster's stats go");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
