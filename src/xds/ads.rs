@@ -421,16 +421,21 @@ impl AdsClient {
         removed: Vec<String>,
         system_version: &str,
     ) -> Option<String> {
-        let previous = self.state(kind).held.clone();
-        let mut held = previous.clone();
+        let mut held = std::mem::take(&mut self.state(kind).held);
+        // What each change replaced, to put back for the resources the manager rejects
+        // (not a copy of the whole held set: with 10 000 clusters that would be most of
+        // the cost of a one-resource update).
+        let mut replaced = Vec::with_capacity(resources.len() + removed.len());
         let mut updated = Vec::with_capacity(resources.len());
         for resource in resources {
             let any = resource.resource.unwrap_or_default();
             updated.push(any.clone());
-            held.insert(resource.name, (resource.version, any));
+            let old = held.insert(resource.name.clone(), (resource.version, any));
+            replaced.push((resource.name, old));
         }
-        for name in &removed {
-            held.remove(name);
+        for name in removed {
+            let old = held.remove(&name);
+            replaced.push((name, old));
         }
         // Wildcard types apply as the whole held set (removal is absence); named types
         // apply just what changed.
@@ -438,10 +443,12 @@ impl AdsClient {
             if kind.is_wildcard() { held.values().map(|(_, any)| any.clone()).collect() } else { updated };
         let result = self.apply(kind, system_version, &batch);
         if let Err(rejected) = &result {
-            for (name, _) in &rejected.0 {
-                match previous.get(name) {
-                    Some(old) => held.insert(name.clone(), old.clone()),
-                    None => held.remove(name),
+            let rejected: BTreeSet<&str> = rejected.0.iter().map(|(name, _)| name.as_str()).collect();
+            // Newest first, so a name changed twice in one response ends at its old value.
+            for (name, old) in replaced.into_iter().rev().filter(|(name, _)| rejected.contains(name.as_str())) {
+                match old {
+                    Some(old) => held.insert(name, old),
+                    None => held.remove(&name),
                 };
             }
         }
