@@ -61,6 +61,14 @@ impl WarmingCluster {
     }
 }
 
+/// Which dynamic clusters a CDS update removes.
+pub enum CdsRemoval<'a> {
+    /// State of the world: every dynamic cluster the update does not name.
+    Unnamed,
+    /// Delta: the named ones.
+    Named(&'a [String]),
+}
+
 /// When and at which version a dynamic cluster was last accepted.
 #[derive(Clone)]
 pub struct DynamicInfo {
@@ -171,10 +179,10 @@ impl ClusterManager {
         self.initialized.send_replace(true);
     }
 
-    /// Applies a state-of-the-world CDS update. Valid clusters apply even when others in
-    /// the same update are invalid (as Envoy does); the error lists the invalid ones, for
-    /// the NACK.
-    pub fn apply_cds(&self, version_info: &str, resources: &[Any]) -> Result<(), Rejected> {
+    /// Applies a CDS update: the clusters in `resources` are added or updated, and
+    /// `removal` says which go. Valid clusters apply even when others in the same update
+    /// are invalid (as Envoy does); the error lists the invalid ones, for the NACK.
+    pub fn apply_cds(&self, version_info: &str, resources: &[Any], removal: CdsRemoval<'_>) -> Result<(), Rejected> {
         let mut errors = Rejected::default();
         let mut specs = Vec::with_capacity(resources.len());
         let mut named = BTreeSet::new();
@@ -189,8 +197,14 @@ impl ClusterManager {
         let now = SystemTime::now();
         let mut state = self.lock();
         // SotW: dynamic clusters missing from the update are removed. A cluster whose new
-        // version is invalid is still named, and keeps its old version.
-        let removed: Vec<String> = state.dynamic.keys().filter(|name| !named.contains(*name)).cloned().collect();
+        // version is invalid is still named, and keeps its old version. Static clusters are
+        // never in `dynamic`, so neither mode can remove them.
+        let removed: Vec<String> = match removal {
+            CdsRemoval::Unnamed => state.dynamic.keys().filter(|name| !named.contains(*name)).cloned().collect(),
+            CdsRemoval::Named(names) => {
+                names.iter().filter(|name| state.dynamic.contains_key(*name)).cloned().collect()
+            }
+        };
         for name in removed {
             state.dynamic.remove(&name);
             state.warming.remove(&name);

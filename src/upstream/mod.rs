@@ -10,4 +10,4 @@ pub mod pool;
 
 pub use cluster::Cluster;
 pub use host::Host;
-pub use manager::{ClusterManager, ClusterSnapshot};
+pub use manager::{CdsRemoval, ClusterManager, ClusterSnapshot};

@@ -35,7 +35,7 @@ use crate::config::Rejected;
 use crate::config::xds::GrpcSource;
 use crate::listener::ListenerManager;
 use crate::stats::{Counter, Gauge, Store};
-use crate::upstream::ClusterManager;
+use crate::upstream::{CdsRemoval, ClusterManager};
 
 /// gRPC's INVALID_ARGUMENT, the code Envoy puts in a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
@@ -301,7 +301,7 @@ impl AdsClient {
                 continue;
             };
             self.state(kind).nonce = response.nonce.clone();
-            let result = self.apply(kind, &response.version_info, &response.resources);
+            let result = self.apply(kind, &response.version_info, &response.resources, None);
             let error = self.record(kind, &response.version_info, result);
             let link = self.link(kind);
             let mut ok = links.send(link, self.sotw_request(kind, error, &mut first[link]));
@@ -433,15 +433,22 @@ impl AdsClient {
             let old = held.insert(resource.name.clone(), (resource.version, any));
             replaced.push((resource.name, old));
         }
-        for name in removed {
-            let old = held.remove(&name);
-            replaced.push((name, old));
+        for name in &removed {
+            let old = held.remove(name);
+            replaced.push((name.clone(), old));
         }
-        // Wildcard types apply as the whole held set (removal is absence); named types
+        // Clusters apply as the change itself (at 10 000 clusters, re-applying the whole
+        // held set would cost a full CDS update per changed cluster). Listeners, the other
+        // wildcard type, apply as the whole held set (removal is absence); named types
         // apply just what changed.
-        let batch: Vec<Any> =
-            if kind.is_wildcard() { held.values().map(|(_, any)| any.clone()).collect() } else { updated };
-        let result = self.apply(kind, system_version, &batch);
+        let result = match kind {
+            Kind::Cluster => self.apply(kind, system_version, &updated, Some(&removed)),
+            Kind::Listener => {
+                let batch: Vec<Any> = held.values().map(|(_, any)| any.clone()).collect();
+                self.apply(kind, system_version, &batch, None)
+            }
+            Kind::Endpoint | Kind::Route => self.apply(kind, system_version, &updated, None),
+        };
         if let Err(rejected) = &result {
             let rejected: BTreeSet<&str> = rejected.0.iter().map(|(name, _)| name.as_str()).collect();
             // Newest first, so a name changed twice in one response ends at its old value.
@@ -456,11 +463,20 @@ impl AdsClient {
         self.record(kind, system_version, result)
     }
 
-    /// Hands a batch to the manager that owns the type.
-    fn apply(&mut self, kind: Kind, version: &str, resources: &[Any]) -> Result<(), Rejected> {
+    /// Hands a batch to the manager that owns the type. `removed` is a delta update's
+    /// removed clusters; without it, a CDS batch is the state of the world.
+    fn apply(
+        &mut self,
+        kind: Kind,
+        version: &str,
+        resources: &[Any],
+        removed: Option<&[String]>,
+    ) -> Result<(), Rejected> {
         self.state(kind).stats.update_attempt.inc();
         let result = match kind {
-            Kind::Cluster => self.clusters.apply_cds(version, resources),
+            Kind::Cluster => {
+                self.clusters.apply_cds(version, resources, removed.map_or(CdsRemoval::Unnamed, CdsRemoval::Named))
+            }
             Kind::Endpoint => self.clusters.apply_eds(resources),
             Kind::Listener => decode_all(resources, LISTENER_TYPE)
                 .and_then(|l: Vec<ListenerProto>| self.listeners.apply_lds(version, l)),
