@@ -11,13 +11,11 @@ use envoy_types::pb::envoy::admin::v3::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, HealthStatus, Locality, RoutingPriority, SocketAddress, address, socket_address,
-};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, RoutingPriority};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use http::{Response, StatusCode};
 
-use super::{AdminBody, AdminRequest, AdminState, TEXT, json, streamed, text, with_headers};
+use super::{AdminBody, AdminRequest, AdminState, TEXT, json, socket_address, streamed, text, with_headers};
 use crate::config::schema;
 use crate::upstream::Cluster;
 use crate::upstream::host::{Host, health_flag};
@@ -162,13 +160,7 @@ fn host_status(host: &Host) -> HostStatus {
         HealthStatus::Healthy
     };
     HostStatus {
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: host.address.ip().to_string(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(host.address.port()))),
-                ..Default::default()
-            })),
-        }),
+        address: Some(socket_address(host.address)),
         // Envoy's JSON lists the counters first, then the gauges.
         stats: {
             let mut stats: Vec<SimpleMetric> = host_counters(host)

@@ -1,6 +1,7 @@
 //! `/config_dump`: the `envoy.admin.v3.ConfigDump` JSON, with `?resource=`, `?mask=`,
 //! `?name_regex=` and `?include_eds`, rendered through Envoy's own schema.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::admin::v3::{
@@ -8,14 +9,21 @@ use envoy_types::pb::envoy::admin::v3::{
     ScopedRoutesConfigDump, SecretsConfigDump, clusters_config_dump, endpoints_config_dump, listeners_config_dump,
     routes_config_dump,
 };
-use envoy_types::pb::google::protobuf::{Any, Timestamp};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality};
+use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
+use envoy_types::pb::google::protobuf::{Any, Timestamp, UInt32Value};
 use envoy_types::util::pack_any;
 use http::{Response, StatusCode};
 use serde_json::Value;
 
-use super::{AdminBody, AdminRequest, AdminState, json, text};
+use super::{AdminBody, AdminRequest, AdminState, json, socket_address, text};
+use crate::config::cluster::HostLocality;
 use crate::config::listener::RouteSpec;
 use crate::config::schema;
+use crate::upstream::Cluster;
+use crate::upstream::host::{Host, health_flag};
 
 pub(super) fn config_dump(state: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     let name_regex = match request.param("name_regex").filter(|r| !r.is_empty()).map(regex::Regex::new) {
@@ -114,16 +122,22 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
         }),
     ];
     if include_eds {
+        let (dynamic, fixed): (Vec<&Arc<Cluster>>, Vec<_>) = clusters.iter().partition(|c| c.added_via_api);
         out.push(pack_any(EndpointsConfigDump {
-            static_endpoint_configs: clusters
+            static_endpoint_configs: fixed
                 .iter()
-                .filter_map(|c| c.proto.decode().load_assignment)
-                .map(|la| endpoints_config_dump::StaticEndpointConfig {
-                    endpoint_config: Some(pack_any(la)),
-                    last_updated: updated,
+                .map(|c| endpoints_config_dump::StaticEndpointConfig {
+                    endpoint_config: Some(pack_any(load_assignment(c))),
+                    last_updated: None,
                 })
                 .collect(),
-            ..Default::default()
+            dynamic_endpoint_configs: dynamic
+                .iter()
+                .map(|c| endpoints_config_dump::DynamicEndpointConfig {
+                    endpoint_config: Some(pack_any(load_assignment(c))),
+                    ..Default::default()
+                })
+                .collect(),
         }));
     }
     let listeners = state.listeners.active();
@@ -178,6 +192,62 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
     }));
     out.push(pack_any(SecretsConfigDump::default()));
     out
+}
+
+/// The hosts a cluster balances over now, as the `ClusterLoadAssignment` Envoy's
+/// `?include_eds` shows: rebuilt from the live hosts (by priority, then locality group), so
+/// it says what legate uses, not what it was sent.
+fn load_assignment(cluster: &Cluster) -> ClusterLoadAssignment {
+    let mut hosts: Vec<&Arc<Host>> = cluster.hosts.iter().collect();
+    hosts.sort_by_key(|h| h.priority);
+    let mut endpoints: Vec<LocalityLbEndpoints> = Vec::new();
+    let mut group: Option<(&Arc<HostLocality>, u32)> = None;
+    for host in hosts {
+        if group.is_none_or(|(locality, priority)| !Arc::ptr_eq(locality, &host.locality) || priority != host.priority)
+        {
+            let locality = &host.locality;
+            endpoints.push(LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region: locality.region.clone(),
+                    zone: locality.zone.clone(),
+                    sub_zone: locality.sub_zone.clone(),
+                }),
+                priority: host.priority,
+                load_balancing_weight: Some(UInt32Value { value: locality.weight }),
+                ..Default::default()
+            });
+            group = Some((locality, host.priority));
+        }
+        let flags = host.health_flags();
+        let health_status = if !host.is_healthy() {
+            HealthStatus::Unhealthy
+        } else if flags & health_flag::DEGRADED_EDS_HEALTH != 0 {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Healthy
+        };
+        let endpoint = Endpoint {
+            address: Some(socket_address(host.address)),
+            hostname: host.hostname.clone(),
+            health_check_config: Some(Default::default()),
+            ..Default::default()
+        };
+        endpoints.last_mut().expect("a group was opened above").lb_endpoints.push(LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(endpoint)),
+            health_status: health_status as i32,
+            load_balancing_weight: Some(UInt32Value { value: host.weight }),
+            ..Default::default()
+        });
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.eds_service_name().unwrap_or(&cluster.name).to_owned(),
+        endpoints,
+        policy: Some(Policy {
+            overprovisioning_factor: Some(UInt32Value { value: cluster.overprovisioning_factor() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The items of field `resource` across the configs, each tagged with its own `@type`

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body::Frame;
@@ -243,6 +244,17 @@ fn help_text() -> String {
 
 /// The content type of text responses.
 pub const TEXT: &str = "text/plain; charset=UTF-8";
+
+/// An address as Envoy's admin protos show it.
+pub fn socket_address(address: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(address.port()))),
+            ..Default::default()
+        })),
+    }
+}
 
 /// A `text/plain` response.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {

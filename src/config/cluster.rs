@@ -59,6 +59,9 @@ pub struct HostLocality {
     pub region: String,
     pub zone: String,
     pub sub_zone: String,
+    /// The group's `load_balancing_weight` (0 when unset). Only shown: without locality
+    /// weighted balancing, which legate does not offer, Envoy does not use it either.
+    pub weight: u32,
 }
 
 /// Envoy's default `overprovisioning_factor` (140 %).
@@ -330,8 +333,12 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
             }
         }
         let locality = locality_endpoints.locality.clone().unwrap_or_default();
-        let locality =
-            Arc::new(HostLocality { region: locality.region, zone: locality.zone, sub_zone: locality.sub_zone });
+        let locality = Arc::new(HostLocality {
+            region: locality.region,
+            zone: locality.zone,
+            sub_zone: locality.sub_zone,
+            weight: locality_endpoints.load_balancing_weight.map_or(0, |w| w.value),
+        });
         for (j, lb_endpoint) in locality_endpoints.lb_endpoints.iter().enumerate() {
             let epath = format!("{lpath}.lb_endpoints[{j}]");
             // Endpoints come by the hundred thousand over EDS, so their fields are checked

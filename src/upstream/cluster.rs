@@ -200,6 +200,11 @@ impl Cluster {
         }
     }
 
+    /// `policy.overprovisioning_factor` of its assignment, in percent.
+    pub fn overprovisioning_factor(&self) -> u32 {
+        self.overprovisioning_factor
+    }
+
     /// The EDS service name, for an EDS cluster.
     pub fn eds_service_name(&self) -> Option<&str> {
         match &self.discovery {

@@ -129,6 +129,15 @@ async fn cds_then_eds_warms_a_cluster_and_serves_it() {
         serde_json::from_str(&legate.admin_get("/config_dump?resource=dynamic_active_clusters").await.1).unwrap();
     assert_eq!(dump["configs"][0]["version_info"], "1");
     assert_eq!(dump["configs"][0]["cluster"]["name"], "dyn");
+    // `?include_eds` shows the hosts the cluster balances over, among the dynamic configs.
+    let dump: serde_json::Value =
+        serde_json::from_str(&legate.admin_get("/config_dump?resource=dynamic_endpoint_configs&include_eds").await.1)
+            .unwrap();
+    let assignment = &dump["configs"][0]["endpoint_config"];
+    assert_eq!(assignment["cluster_name"], "dyn");
+    let endpoint = &assignment["endpoints"][0]["lb_endpoints"][0];
+    assert_eq!(endpoint["endpoint"]["address"]["socket_address"]["port_value"], a.address.port());
+    assert_eq!(endpoint["health_status"], "HEALTHY");
     assert_eq!(legate.stat("cluster_manager.cds.update_success").await, Some(1));
     assert_eq!(legate.stat("cluster.dyn.update_success").await, Some(1), "EDS updates count per cluster");
     assert_eq!(legate.stat("cluster_manager.warming_clusters").await, Some(0));
