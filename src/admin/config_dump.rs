@@ -121,7 +121,8 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             ..Default::default()
         }),
     ];
-    if include_eds {
+    // Envoy leaves the section out when there is no active cluster.
+    if include_eds && !clusters.is_empty() {
         let (dynamic, fixed): (Vec<&Arc<Cluster>>, Vec<_>) = clusters.iter().partition(|c| c.added_via_api);
         out.push(pack_any(EndpointsConfigDump {
             static_endpoint_configs: fixed

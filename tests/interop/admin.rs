@@ -263,7 +263,7 @@ async fn prometheus(report: &mut Report, config: &str, legate: (&Proxy, &PortNam
     }
 }
 
-/// The `/config_dump` sections by `@type`, dynamic ones aside.
+/// The `/config_dump?include_eds` sections by `@type`, dynamic ones aside.
 async fn config_dump(report: &mut Report, config: &str, legate: (&Proxy, &PortNames), envoy: (&Proxy, &PortNames)) {
     let sections = |v: Value| -> BTreeMap<String, Value> {
         v["configs"]
@@ -277,14 +277,15 @@ async fn config_dump(report: &mut Report, config: &str, legate: (&Proxy, &PortNa
                         sort_by(&mut c, "static_route_configs", &["route_config", "name"]);
                         sort_by(&mut c, "static_clusters", &["cluster", "name"]);
                         sort_by(&mut c, "static_listeners", &["listener", "name"]);
+                        sort_by(&mut c, "static_endpoint_configs", &["endpoint_config", "cluster_name"]);
                         (ty, c)
                     })
                     .collect()
             })
             .unwrap_or_default()
     };
-    let l = sections(get_json(legate, "/config_dump").await);
-    let e = sections(get_json(envoy, "/config_dump").await);
+    let l = sections(get_json(legate, "/config_dump?include_eds").await);
+    let e = sections(get_json(envoy, "/config_dump?include_eds").await);
     let types: BTreeSet<&String> = l.keys().chain(e.keys()).collect();
     for ty in types {
         let null = Value::Null;
