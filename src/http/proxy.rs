@@ -201,7 +201,9 @@ pub async fn serve(
     if !hcm.suppress_envoy_headers
         && let Some(t) = timeout
     {
-        parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(t.as_millis() as u64));
+        parts
+            .headers
+            .insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), headers::decimal_value(t.as_millis() as u64));
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     if !listener.access_logs.is_empty() {
@@ -246,14 +248,15 @@ pub async fn serve(
         Ok((response, lease)) => {
             let (mut head, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut head.headers);
+            let upstream_ms = upstream_start.elapsed().as_millis() as u64;
             if !hcm.suppress_envoy_headers {
-                let elapsed = upstream_start.elapsed().as_millis() as u64;
-                head.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(elapsed));
+                head.headers
+                    .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::decimal_value(upstream_ms));
             }
             set_server(&mut head.headers, &hcm.server_name);
             selected.apply_response_headers(&mut head.headers);
             head.version = downstream_version(exchange.version);
-            cluster.stats.upstream_rq_time.record(upstream_start.elapsed().as_millis() as u64);
+            cluster.stats.upstream_rq_time.record(upstream_ms);
             cluster.stats.record_response(head.status.as_u16());
             exchange.status = head.status.as_u16();
             exchange.lease = lease;
@@ -530,7 +533,7 @@ impl Exchange {
         // sends no content-length; HTTP/1.1 says `content-length: 0`, except to HEAD, where
         // Envoy announces chunked framing (which hyper leaves out for a bodiless response).
         if body_len > 0 || (self.version != Version::HTTP_2 && !self.head) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+            headers.insert(header::CONTENT_LENGTH, super::headers::decimal_value(body_len as u64));
         }
         if body_len > 0 {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
