@@ -27,7 +27,7 @@ use crate::config::cluster::UpstreamProtocol;
 use crate::listener::HttpListener;
 use crate::upstream::pool::{H1Lease, UpstreamError, Wire};
 use crate::upstream::{Cluster, Host};
-use crate::worker::Worker;
+use crate::worker::{LentTimer, Worker};
 
 /// What a connection knows that every request on it needs.
 pub struct ConnContext {
@@ -241,9 +241,9 @@ pub async fn serve(
         }
     };
     let sent = pool.send(&cluster, upstream_request, wire, &attached);
-    let result =
-        await_response(sent, &exchange.stream, timeout.map(|t| upstream_start + t), request_deadline, idle_timeout)
-            .await;
+    let deadlines =
+        Deadlines { route: timeout.map(|t| upstream_start + t), request: request_deadline, idle: idle_timeout };
+    let result = await_response(sent, &exchange.stream, deadlines, ctx.worker.timers.lend()).await;
     match result {
         Ok((response, lease)) => {
             let (mut head, body) = response.into_parts();
@@ -266,7 +266,7 @@ pub async fn serve(
                 exchange.logged_response = Some(head.headers.clone());
             }
             stats.downstream_rq_class[class_index(head.status)].inc();
-            let mut body = ResponseBody::upstream(body, idle_timeout);
+            let mut body = ResponseBody::upstream(body, idle_timeout, &ctx.worker.timers);
             body.on_end(Box::new(exchange));
             Ok(Response::from_parts(head, body))
         }
@@ -297,18 +297,29 @@ enum Failure {
     RequestTimeout,
 }
 
+/// The deadlines a stream waits for its response headers under.
+struct Deadlines {
+    /// The route timeout, from when the request went upstream.
+    route: Option<Instant>,
+    /// `request_timeout`: the whole request must have arrived by then.
+    request: Option<Instant>,
+    /// The stream idle timeout (request body activity counts).
+    idle: Option<std::time::Duration>,
+}
+
 /// Waits for the upstream's response headers under the route timeout, the stream idle
-/// timeout (request body activity counts) and `request_timeout`.
+/// timeout and `request_timeout`, on one timer lent by the worker (which may fire early;
+/// each wake-up re-checks the deadlines against the clock).
 async fn await_response<F, T>(
     sent: F,
     stream: &StreamState,
-    route_deadline: Option<Instant>,
-    request_deadline: Option<Instant>,
-    idle_timeout: Option<std::time::Duration>,
+    deadlines: Deadlines,
+    mut timer: LentTimer,
 ) -> Result<T, Failure>
 where
     F: Future<Output = Result<T, UpstreamError>>,
 {
+    let Deadlines { route: route_deadline, request: request_deadline, idle: idle_timeout } = deadlines;
     tokio::pin!(sent);
     loop {
         let idle_deadline = idle_timeout.map(|t| stream.last_activity.get() + t);
@@ -318,12 +329,13 @@ where
             return sent.await.map_err(Failure::Upstream);
         };
         tokio::select! {
+            biased;
             result = &mut sent => {
                 return result.map_err(|e| {
                     if stream.request_timed_out.get() { Failure::RequestTimeout } else { Failure::Upstream(e) }
                 });
             }
-            _ = tokio::time::sleep_until(wake) => {
+            _ = timer.until(wake) => {
                 let now = Instant::now();
                 if route_deadline.is_some_and(|d| d <= now) {
                     return Err(Failure::RouteTimeout);

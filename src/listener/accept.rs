@@ -87,7 +87,11 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: wa
     http.downstream_cx_active.inc();
 
     let mut builder = auto::Builder::new(LocalExec);
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    // No header read timeout: Envoy has none unless `request_headers_timeout` is set (which
+    // legate does not implement); an idle keep-alive connection is closed by the
+    // connection idle timeout below, as Envoy closes it. hyper's default (30 s) would also
+    // box and register a timer for every request head.
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     match listener.spec.hcm.codec {
         Codec::Auto => {}
