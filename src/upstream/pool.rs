@@ -112,7 +112,10 @@ impl HostPool {
                 },
             }
         }
-        let mut sender = self.pending(cluster, self.connect_h1(cluster)).await?;
+        // Boxed: a connect (TCP, handshake, timeout) is a large state machine that would
+        // otherwise sit inline in every request's future, which hyper moves around (an
+        // HTTP/2 stream's future is copied into its task when spawned).
+        let mut sender = self.pending(cluster, Box::pin(self.connect_h1(cluster))).await?;
         attached();
         match sender.send_request(request).await {
             Ok(response) => Ok((response, H1Lease { pool: self.clone(), sender })),
@@ -141,7 +144,8 @@ impl HostPool {
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let sender = self.pending(cluster, self.connect_h2(cluster)).await?;
+                // Boxed for the same reason as the HTTP/1.1 connect.
+                let sender = self.pending(cluster, Box::pin(self.connect_h2(cluster))).await?;
                 *self.h2.borrow_mut() = Some(sender.clone());
                 sender
             }
