@@ -65,7 +65,9 @@ pub async fn serve(
     ctx.active_streams.set(ctx.active_streams.get() + 1);
     let (mut parts, body) = request.into_parts();
     let start = Instant::now();
-    let mut exchange = Exchange {
+    // Boxed from the start (the response body's end hook owns it in the end anyway): it is
+    // large, and inline it would make this future larger, which hyper moves around.
+    let mut exchange = Box::new(Exchange {
         ctx: ctx.clone(),
         start,
         start_time: SystemTime::now(),
@@ -84,7 +86,7 @@ pub async fn serve(
         client: ctx.remote,
         logged_request: None,
         logged_response: None,
-    };
+    });
     // A bodiless request is complete at its headers; a body sets this when it ends.
     exchange.stream.request_done.set(http_body::Body::is_end_stream(&body));
     let hcm = &listener.spec.hcm;
@@ -267,7 +269,7 @@ pub async fn serve(
             }
             stats.downstream_rq_class[class_index(head.status)].inc();
             let mut body = ResponseBody::upstream(body, idle_timeout, &ctx.worker.timers);
-            body.on_end(Box::new(exchange));
+            body.on_end(exchange);
             Ok(Response::from_parts(head, body))
         }
         Err(failure) => {
@@ -528,7 +530,7 @@ impl Exchange {
     /// Envoy's local reply: status, `text/plain` body when there is one, `server`, and
     /// the response flag for the access log.
     fn local_reply(
-        mut self,
+        mut self: Box<Self>,
         status: StatusCode,
         body: Bytes,
         flags: ResponseFlags,
@@ -566,7 +568,7 @@ impl Exchange {
         if !listener.access_logs.is_empty() {
             self.logged_response = Some(response.headers().clone());
         }
-        response.body_mut().on_end(Box::new(self));
+        response.body_mut().on_end(self);
         response
     }
 }
