@@ -14,6 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::worker::{LentTimer, TimerPool};
+
 /// The error type of both bodies: hyper's, or one of legate's timeouts.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -138,13 +140,13 @@ pub trait StreamEnd {
     fn finish(self: Box<Self>, bytes_sent: u64, reason: EndReason);
 }
 
-/// The stream idle timeout of a response body. The timer is made only when the body
-/// first has to wait (most responses end in their first poll), and is not moved on every
-/// frame: frames only note the time, and an expiring timer re-arms itself from there.
+/// The stream idle timeout of a response body. Its timer is lent by the worker and armed
+/// only when the body first has to wait (most responses end in their first poll); frames
+/// only note the time, and a timer that fires early is re-armed from there.
 struct IdleTimer {
     timeout: Duration,
     last_activity: Instant,
-    sleep: Option<Pin<Box<Sleep>>>,
+    timer: LentTimer,
 }
 
 impl IdleTimer {
@@ -152,11 +154,7 @@ impl IdleTimer {
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             let deadline = self.last_activity + self.timeout;
-            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if sleep.deadline() != deadline {
-                sleep.as_mut().reset(deadline);
-            }
-            if sleep.as_mut().poll(cx).is_pending() {
+            if self.timer.until(deadline).poll(cx).is_pending() {
                 return false;
             }
             if Instant::now() >= self.last_activity + self.timeout {
@@ -185,8 +183,9 @@ impl ResponseBody {
     }
 
     /// A body streamed from upstream, reset when no data moves for `idle_timeout`.
-    pub fn upstream(body: Incoming, idle_timeout: Option<Duration>) -> ResponseBody {
-        let idle = idle_timeout.map(|timeout| IdleTimer { timeout, last_activity: Instant::now(), sleep: None });
+    pub fn upstream(body: Incoming, idle_timeout: Option<Duration>, timers: &Rc<TimerPool>) -> ResponseBody {
+        let idle =
+            idle_timeout.map(|timeout| IdleTimer { timeout, last_activity: Instant::now(), timer: timers.lend() });
         ResponseBody { source: Source::Upstream { body, idle }, sent: 0, end: None }
     }
 

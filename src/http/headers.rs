@@ -28,6 +28,19 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes connection-specific headers, which never cross a proxy (RFC 9110 §7.6.1) and
 /// which HTTP/2 forbids; `te: trailers` is the one value kept, as Envoy keeps it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names (cheap comparisons of
+    // standard names) spares the hashed removals below.
+    let present = headers.keys().any(|name| {
+        name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::TE
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+    });
+    if !present {
+        return;
+    }
     if let Some(listed) = headers.remove(header::CONNECTION)
         && let Ok(listed) = listed.to_str()
     {
@@ -94,12 +107,19 @@ pub fn set_forwarded(
 ) -> SocketAddr {
     let client = original_client(headers, peer, use_remote_address, trusted_hops);
     let proto = HeaderValue::from_static("http");
-    for name in &INTERNAL_ONLY {
-        headers.remove(name);
+    // Every name removed below starts with `x-envoy-`; a request with none (nearly all)
+    // skips the 18 hashed removals.
+    let envoy_headers = headers.keys().any(|name| name.as_str().starts_with("x-envoy-"));
+    if envoy_headers {
+        for name in &INTERNAL_ONLY {
+            headers.remove(name);
+        }
     }
     if use_remote_address {
-        for name in &EDGE_ONLY {
-            headers.remove(name);
+        if envoy_headers {
+            for name in &EDGE_ONLY {
+                headers.remove(name);
+            }
         }
         let appended = if peer.ip().is_loopback() { local_address() } else { peer.ip() };
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -196,20 +216,62 @@ pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
         return;
     }
     let bits = fastrand::u128(..) & !(0xf000 << 64) & !(0xc000 << 48) | (0x4000 << 64) | (0x8000 << 48);
-    let mut text = [0u8; 36];
+    // Where each byte's two hex digits go in `8-4-4-4-12`.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let hex = b"0123456789abcdef";
-    let mut nibble = 0;
-    for (i, slot) in text.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
-        }
-        *slot = hex[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
+    let mut text = *b"00000000-0000-0000-0000-000000000000";
+    for (byte, at) in bits.to_be_bytes().into_iter().zip(AT) {
+        text[at] = hex[usize::from(byte >> 4)];
+        text[at + 1] = hex[usize::from(byte & 0xf)];
     }
-    if let Ok(value) = HeaderValue::from_bytes(&text) {
+    if let Ok(mut value) = HeaderValue::from_bytes(&text) {
+        // A fresh id never repeats: an HTTP/2 upstream's HPACK encoder would add every one
+        // to its dynamic table, evicting the entries that do repeat (a full turnover of the
+        // 4 KiB table every ~50 requests). Never-indexed, it is sent as a literal.
+        value.set_sensitive(true);
         headers.insert(X_REQUEST_ID.clone(), value);
     }
+}
+
+/// A decimal header value (`x-envoy-upstream-service-time`, `...-expected-rq-timeout-ms`)
+/// without allocating: values under 1000 come from a static table, others from a
+/// per-thread cache of the last one made (a route timeout repeats on every request).
+pub fn decimal_value(n: u64) -> HeaderValue {
+    const SMALL: usize = 1000;
+    static TABLE: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
+    if n < SMALL as u64 {
+        let table = TABLE.get_or_init(|| {
+            // One string holding every number, so each value is a static slice of it and
+            // cloning one is a copy, with no reference count.
+            let mut digits = String::new();
+            let mut ends = Vec::with_capacity(SMALL);
+            for i in 0..SMALL {
+                digits.push_str(itoa::Buffer::new().format(i));
+                ends.push(digits.len());
+            }
+            let digits: &'static str = Box::leak(digits.into_boxed_str());
+            let mut start = 0;
+            ends.into_iter()
+                .map(|end| {
+                    let value = &digits[start..end];
+                    start = end;
+                    HeaderValue::from_static(value)
+                })
+                .collect()
+        });
+        return table[n as usize].clone();
+    }
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((0, HeaderValue::from_static("0"))) };
+    }
+    LAST.with_borrow_mut(|(last, value)| {
+        if *last != n {
+            *last = n;
+            *value = HeaderValue::from(n);
+        }
+        value.clone()
+    })
 }
 
 #[cfg(test)]
@@ -316,6 +378,18 @@ mod tests {
         assert_eq!(original_client(&h, peer, false, 3), peer);
         assert_eq!(original_client(&h, peer, true, 0), peer);
         assert_eq!(original_client(&h, peer, true, 1).ip().to_string(), "10.0.0.9");
+    }
+
+    #[test]
+    fn removed_envoy_headers_all_share_the_prefix_the_fast_path_checks() {
+        assert!(INTERNAL_ONLY.iter().chain(&EDGE_ONLY).all(|name| name.as_str().starts_with("x-envoy-")));
+    }
+
+    #[test]
+    fn decimal_values_match_their_numbers() {
+        for n in [0, 7, 10, 99, 100, 999, 1000, 15000, 15000, 15001, u64::MAX] {
+            assert_eq!(decimal_value(n), HeaderValue::from(n), "{n}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::config::cluster::UpstreamProtocol;
 use crate::listener::HttpListener;
 use crate::upstream::pool::{H1Lease, UpstreamError, Wire};
 use crate::upstream::{Cluster, Host};
-use crate::worker::Worker;
+use crate::worker::{LentTimer, Worker};
 
 /// What a connection knows that every request on it needs.
 pub struct ConnContext {
@@ -65,7 +65,9 @@ pub async fn serve(
     ctx.active_streams.set(ctx.active_streams.get() + 1);
     let (mut parts, body) = request.into_parts();
     let start = Instant::now();
-    let mut exchange = Exchange {
+    // Boxed from the start (the response body's end hook owns it in the end anyway): it is
+    // large, and inline it would make this future larger, which hyper moves around.
+    let mut exchange = Box::new(Exchange {
         ctx: ctx.clone(),
         start,
         start_time: SystemTime::now(),
@@ -84,7 +86,7 @@ pub async fn serve(
         client: ctx.remote,
         logged_request: None,
         logged_response: None,
-    };
+    });
     // A bodiless request is complete at its headers; a body sets this when it ends.
     exchange.stream.request_done.set(http_body::Body::is_end_stream(&body));
     let hcm = &listener.spec.hcm;
@@ -201,7 +203,9 @@ pub async fn serve(
     if !hcm.suppress_envoy_headers
         && let Some(t) = timeout
     {
-        parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(t.as_millis() as u64));
+        parts
+            .headers
+            .insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), headers::decimal_value(t.as_millis() as u64));
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     if !listener.access_logs.is_empty() {
@@ -239,21 +243,22 @@ pub async fn serve(
         }
     };
     let sent = pool.send(&cluster, upstream_request, wire, &attached);
-    let result =
-        await_response(sent, &exchange.stream, timeout.map(|t| upstream_start + t), request_deadline, idle_timeout)
-            .await;
+    let deadlines =
+        Deadlines { route: timeout.map(|t| upstream_start + t), request: request_deadline, idle: idle_timeout };
+    let result = await_response(sent, &exchange.stream, deadlines, ctx.worker.timers.lend()).await;
     match result {
         Ok((response, lease)) => {
             let (mut head, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut head.headers);
+            let upstream_ms = upstream_start.elapsed().as_millis() as u64;
             if !hcm.suppress_envoy_headers {
-                let elapsed = upstream_start.elapsed().as_millis() as u64;
-                head.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(elapsed));
+                head.headers
+                    .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::decimal_value(upstream_ms));
             }
             set_server(&mut head.headers, &hcm.server_name);
             selected.apply_response_headers(&mut head.headers);
             head.version = downstream_version(exchange.version);
-            cluster.stats.upstream_rq_time.record(upstream_start.elapsed().as_millis() as u64);
+            cluster.stats.upstream_rq_time.record(upstream_ms);
             cluster.stats.record_response(head.status.as_u16());
             exchange.status = head.status.as_u16();
             exchange.lease = lease;
@@ -263,8 +268,8 @@ pub async fn serve(
                 exchange.logged_response = Some(head.headers.clone());
             }
             stats.downstream_rq_class[class_index(head.status)].inc();
-            let mut body = ResponseBody::upstream(body, idle_timeout);
-            body.on_end(Box::new(exchange));
+            let mut body = ResponseBody::upstream(body, idle_timeout, &ctx.worker.timers);
+            body.on_end(exchange);
             Ok(Response::from_parts(head, body))
         }
         Err(failure) => {
@@ -294,18 +299,29 @@ enum Failure {
     RequestTimeout,
 }
 
+/// The deadlines a stream waits for its response headers under.
+struct Deadlines {
+    /// The route timeout, from when the request went upstream.
+    route: Option<Instant>,
+    /// `request_timeout`: the whole request must have arrived by then.
+    request: Option<Instant>,
+    /// The stream idle timeout (request body activity counts).
+    idle: Option<std::time::Duration>,
+}
+
 /// Waits for the upstream's response headers under the route timeout, the stream idle
-/// timeout (request body activity counts) and `request_timeout`.
+/// timeout and `request_timeout`, on one timer lent by the worker (which may fire early;
+/// each wake-up re-checks the deadlines against the clock).
 async fn await_response<F, T>(
     sent: F,
     stream: &StreamState,
-    route_deadline: Option<Instant>,
-    request_deadline: Option<Instant>,
-    idle_timeout: Option<std::time::Duration>,
+    deadlines: Deadlines,
+    mut timer: LentTimer,
 ) -> Result<T, Failure>
 where
     F: Future<Output = Result<T, UpstreamError>>,
 {
+    let Deadlines { route: route_deadline, request: request_deadline, idle: idle_timeout } = deadlines;
     tokio::pin!(sent);
     loop {
         let idle_deadline = idle_timeout.map(|t| stream.last_activity.get() + t);
@@ -315,12 +331,13 @@ where
             return sent.await.map_err(Failure::Upstream);
         };
         tokio::select! {
+            biased;
             result = &mut sent => {
                 return result.map_err(|e| {
                     if stream.request_timed_out.get() { Failure::RequestTimeout } else { Failure::Upstream(e) }
                 });
             }
-            _ = tokio::time::sleep_until(wake) => {
+            _ = timer.until(wake) => {
                 let now = Instant::now();
                 if route_deadline.is_some_and(|d| d <= now) {
                     return Err(Failure::RouteTimeout);
@@ -513,7 +530,7 @@ impl Exchange {
     /// Envoy's local reply: status, `text/plain` body when there is one, `server`, and
     /// the response flag for the access log.
     fn local_reply(
-        mut self,
+        mut self: Box<Self>,
         status: StatusCode,
         body: Bytes,
         flags: ResponseFlags,
@@ -530,7 +547,7 @@ impl Exchange {
         // sends no content-length; HTTP/1.1 says `content-length: 0`, except to HEAD, where
         // Envoy announces chunked framing (which hyper leaves out for a bodiless response).
         if body_len > 0 || (self.version != Version::HTTP_2 && !self.head) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+            headers.insert(header::CONTENT_LENGTH, super::headers::decimal_value(body_len as u64));
         }
         if body_len > 0 {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -551,7 +568,7 @@ impl Exchange {
         if !listener.access_logs.is_empty() {
             self.logged_response = Some(response.headers().clone());
         }
-        response.body_mut().on_end(Box::new(self));
+        response.body_mut().on_end(self);
         response
     }
 }

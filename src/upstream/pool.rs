@@ -112,7 +112,10 @@ impl HostPool {
                 },
             }
         }
-        let mut sender = self.pending(cluster, self.connect_h1(cluster)).await?;
+        // Boxed: a connect (TCP, handshake, timeout) is a large state machine that would
+        // otherwise sit inline in every request's future, which hyper moves around (an
+        // HTTP/2 stream's future is copied into its task when spawned).
+        let mut sender = self.pending(cluster, Box::pin(self.connect_h1(cluster))).await?;
         attached();
         match sender.send_request(request).await {
             Ok(response) => Ok((response, H1Lease { pool: self.clone(), sender })),
@@ -141,7 +144,8 @@ impl HostPool {
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let sender = self.pending(cluster, self.connect_h2(cluster)).await?;
+                // Boxed for the same reason as the HTTP/1.1 connect.
+                let sender = self.pending(cluster, Box::pin(self.connect_h2(cluster))).await?;
                 *self.h2.borrow_mut() = Some(sender.clone());
                 sender
             }
@@ -239,21 +243,60 @@ pub struct ClusterPools {
     cluster_id: u64,
     pub cursor: Cell<u64>,
     /// By host address, holding the `Host` the pool was made for.
-    hosts: RefCell<HashMap<SocketAddr, Rc<HostPool>>>,
+    hosts: RefCell<FnvMap<SocketAddr, Rc<HostPool>>>,
+    /// The same pools by index in this cluster version's `hosts` (fixed for a version), so
+    /// a request finds its pool without hashing the address.
+    by_index: RefCell<Vec<Option<Rc<HostPool>>>>,
 }
 
 impl ClusterPools {
     /// The pool for the host at `index` of `cluster.hosts`.
     pub fn host(&self, cluster: &Cluster, index: usize) -> Rc<HostPool> {
+        debug_assert_eq!(cluster.id, self.cluster_id);
+        let mut by_index = self.by_index.borrow_mut();
+        if let Some(Some(pool)) = by_index.get(index) {
+            return pool.clone();
+        }
         let host = &cluster.hosts[index];
-        self.hosts.borrow_mut().entry(host.address).or_insert_with(|| Rc::new(HostPool::new(host.clone()))).clone()
+        let pool =
+            self.hosts.borrow_mut().entry(host.address).or_insert_with(|| Rc::new(HostPool::new(host.clone()))).clone();
+        if by_index.len() < cluster.hosts.len() {
+            by_index.resize(cluster.hosts.len(), None);
+        }
+        by_index[index] = Some(pool.clone());
+        pool
     }
 }
+
+/// FNV-1a: the pool maps are keyed by cluster names and host addresses from config, not
+/// by anything a client sends, so they need no DoS-resistant (and slower) SipHash.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// All of one worker's pools, by cluster name.
 #[derive(Default)]
 pub struct WorkerPools {
-    clusters: RefCell<HashMap<String, Rc<ClusterPools>>>,
+    clusters: RefCell<FnvMap<String, Rc<ClusterPools>>>,
     /// The snapshot generation the pools were last pruned against.
     generation: Cell<u64>,
 }
@@ -270,7 +313,7 @@ impl WorkerPools {
             return pools.clone();
         }
         let previous = clusters.remove(&cluster.name);
-        let mut hosts = HashMap::new();
+        let mut hosts = FnvMap::default();
         if let Some(previous) = &previous {
             for (address, pool) in previous.hosts.borrow_mut().drain() {
                 if cluster.hosts.iter().any(|h| Arc::ptr_eq(h, &pool.host)) {
@@ -279,8 +322,12 @@ impl WorkerPools {
             }
         }
         let cursor = previous.map_or_else(|| fastrand::u64(..), |p| p.cursor.get());
-        let pools =
-            Rc::new(ClusterPools { cluster_id: cluster.id, cursor: Cell::new(cursor), hosts: RefCell::new(hosts) });
+        let pools = Rc::new(ClusterPools {
+            cluster_id: cluster.id,
+            cursor: Cell::new(cursor),
+            hosts: RefCell::new(hosts),
+            by_index: RefCell::new(Vec::new()),
+        });
         clusters.insert(cluster.name.clone(), pools.clone());
         pools
     }
