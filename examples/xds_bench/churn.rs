@@ -250,13 +250,13 @@ impl Phase {
 }
 
 /// Latency percentiles of `latencies` (ns, sorted), in µs.
-fn percentiles(latencies: &[u32]) -> Value {
+fn percentiles(latencies: &[u64]) -> Value {
     let at = |q: f64| {
         if latencies.is_empty() {
             return Value::Null;
         }
         let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        json!(round(f64::from(latencies[rank - 1]) / 1000.0, 1))
+        json!(round(latencies[rank - 1] as f64 / 1000.0, 1))
     };
     json!({ "p50_us": at(0.50), "p99_us": at(0.99), "p999_us": at(0.999), "max_us": at(1.0) })
 }
@@ -401,7 +401,7 @@ fn offset(t0: Instant, t: Instant) -> u64 {
 
 /// Latency summary of some samples: count and percentiles.
 fn latency(samples: &[&Sample]) -> Value {
-    let mut latencies: Vec<u32> = samples.iter().map(|s| s.latency_ns).collect();
+    let mut latencies: Vec<u64> = samples.iter().map(|s| s.latency_ns).collect();
     latencies.sort_unstable();
     let mut out = percentiles(&latencies);
     out["requests"] = json!(samples.len());

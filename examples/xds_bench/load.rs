@@ -36,15 +36,15 @@ use hyper_util::rt::TokioIo;
 pub struct Sample {
     /// When the request counts from, µs after the generator's `t0` (see the module doc).
     pub start_us: u32,
-    /// From `start` to the end of the response body, ns (saturating at 4.29 s).
-    pub latency_ns: u32,
+    /// From `start` to the end of the response body, ns.
+    pub latency_ns: u64,
     /// The response's status, or 0 when the request failed (connect, I/O or protocol error).
     pub status: u16,
 }
 
 impl Sample {
     pub fn end_us(&self) -> u64 {
-        u64::from(self.start_us) + u64::from(self.latency_ns / 1000)
+        u64::from(self.start_us) + self.latency_ns / 1000
     }
 }
 
@@ -123,7 +123,7 @@ async fn connection(
         previous_done = done;
         samples.push(Sample {
             start_us: start.saturating_duration_since(t0).as_micros() as u32,
-            latency_ns: done.saturating_duration_since(start).as_nanos().min(u128::from(u32::MAX)) as u32,
+            latency_ns: done.saturating_duration_since(start).as_nanos() as u64,
             status,
         });
     }
