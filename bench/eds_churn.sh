@@ -20,8 +20,10 @@
 #   EDS_CHURN_QUIET_WAIT    seconds to wait at most before each run for the machine to be
 #                           nearly idle (default 120)
 #   EDS_CHURN_OUTSIDE_MAX_PCT, EDS_CHURN_RETRIES  a run in which other work used more than
-#                           this % of a CPU during some phase (default 5) is repeated, up to
-#                           this many times (default 2); the least disturbed run is kept
+#                           this % of a CPU during some phase (default 10) is repeated, up to
+#                           this many times (default 2); the least disturbed run is kept. The
+#                           kernel's softirq time for the benchmark's own loopback traffic
+#                           counts as other work: 3-6 % on a quiet machine
 #   LEGATE_BIN, ENVOY_BIN   use these binaries instead of building / installing them
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,7 +104,7 @@ for proxy in $proxies; do
     grep -E '^xds_scale: ' "$out/$proxy.driver.log" | cut -c1-200 >&2 || true
     pct=$(outside_pct "$run")
     if [ -z "$best" ] || [ "$pct" -lt "$best_pct" ]; then best=$run best_pct=$pct; fi
-    [ "$pct" -gt "${EDS_CHURN_OUTSIDE_MAX_PCT:-5}" ] || break
+    [ "$pct" -gt "${EDS_CHURN_OUTSIDE_MAX_PCT:-10}" ] || break
     echo "eds_churn.sh: $proxy: other work used up to $pct % of a CPU during a phase" >&2
   done
   echo "eds_churn.sh: $proxy: keeping $best (other work at most $best_pct % of a CPU in a phase)" >&2
