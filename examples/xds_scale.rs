@@ -55,7 +55,7 @@
 //! ```text
 //! xds_scale --churn --proxy legate|envoy --bin PATH --upstream-bin PATH [--clusters 1000]
 //!     [--upstreams 3] [--rate 5000] [--connections 10] [--phase-s 20] [--cycles 3]
-//!     [--warmup-s 3] [--pushes-per-s 1] [--routed-steady] [... the flags above]
+//!     [--warmup-s 3] [--pushes-per-s 1] [--routed-steady] [--samples FILE] [... the flags above]
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
@@ -142,7 +142,7 @@ fn usage(problem: &str) -> ! {
         "xds_scale: {problem}\nusage: xds_scale --proxy legate|envoy --bin PATH --clusters N [--endpoints 10] \
          [--deadline-s 300] [--workdir DIR] [--base-id ID] [--proxy-cpu CPU] [--log-level LEVEL] [--stats-update-max N] [--perf FILE] [--load-only] [-- PROXY ARGS...]\n       \
          xds_scale --churn --proxy legate|envoy --bin PATH --upstream-bin PATH [--clusters 1000] [--upstreams 3] [--rate 5000] \
-         [--connections 10] [--phase-s 20] [--cycles 3] [--warmup-s 3] [--pushes-per-s 1] [--routed-steady] [...]"
+         [--connections 10] [--phase-s 20] [--cycles 3] [--warmup-s 3] [--pushes-per-s 1] [--routed-steady] [--samples FILE] [...]"
     );
     std::process::exit(2)
 }

@@ -38,11 +38,13 @@
 //! overlapped an apply (push to ACK) against the others.
 //!
 //! Summary: the medians over baseline phases and over churn phases, the ratio of the churn
-//! p99 median to the baseline p99 median (the target: ≤ 1.10), and, for each churn
-//! phase, its p99 over the mean of the two baselines around it. A `/clusters` spot check at
+//! p99 median to the baseline p99 median (the target: ≤ 1.10), for each churn phase
+//! its p99 over the mean of the two baselines around it, and the same percentiles over all
+//! the requests of each kind of phase pooled (with their p99 ratio). A `/clusters` spot check at
 //! the end checks `cluster_0` and two other clusters against the last push.
 //!
-//! With `--perf FILE`, `perf record` is attached to the proxy for the first churn phase only.
+//! With `--perf FILE`, `perf record` is attached to the proxy for the first churn phase only;
+//! `--samples FILE` writes every request and push as CSV, to look at when the slow ones happen.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -72,6 +74,8 @@ pub struct ChurnArgs {
     pub warmup: Duration,
     pub pushes_per_s: usize,
     pub routed_steady: bool,
+    /// Writes every request (start µs, latency µs, status) and push (µs, ACK µs) here, as CSV.
+    pub samples: Option<PathBuf>,
 }
 
 impl Default for ChurnArgs {
@@ -86,6 +90,7 @@ impl Default for ChurnArgs {
             warmup: Duration::from_secs(3),
             pushes_per_s: 1,
             routed_steady: false,
+            samples: None,
         }
     }
 }
@@ -102,6 +107,7 @@ impl ChurnArgs {
             "--cycles" => self.cycles = number(value) as usize,
             "--warmup-s" => self.warmup = Duration::from_secs(number(value)),
             "--pushes-per-s" => self.pushes_per_s = number(value) as usize,
+            "--samples" => self.samples = Some(value.into()),
             _ => return false,
         }
         true
@@ -376,10 +382,27 @@ pub async fn run(
     let samples = generator.stop();
     let progress = setup.progress.borrow().clone();
 
+    if let Some(file) = &churn.samples {
+        write_samples(file, &samples, t0, &progress).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     let phases: Vec<Value> = measured.iter().map(|m| phase_report(m, &samples, t0, &progress)).collect();
     report.set("phases", phases.clone());
     report.set("load_requests", samples.len());
-    report.set("summary", summary(&phases));
+    let mut summary = summary(&phases);
+    // Every request of every phase of a kind together: more samples than any one phase, for
+    // a second look at the ratio (the medians above resist one disturbed phase; this does not).
+    let pooled = |churning: bool| {
+        let all: Vec<&Sample> =
+            measured.iter().filter(|m| m.churn == churning).flat_map(|m| in_phase(m, &samples, t0)).collect();
+        latency(&all)
+    };
+    let (baseline, churning) = (pooled(false), pooled(true));
+    summary["p99_ratio_pooled"] = match (churning["p99_us"].as_f64(), baseline["p99_us"].as_f64()) {
+        (Some(c), Some(b)) if b > 0.0 => json!(round(c / b, 3)),
+        _ => Value::Null,
+    };
+    summary["pooled"] = json!({ "baseline": baseline, "churn": churning });
+    report.set("summary", summary);
     report.set("eds_pushes", progress.eds_pushes);
     report.set("nacks", progress.nacks.clone());
     report.set("streams", progress.streams);
@@ -392,6 +415,14 @@ pub async fn run(
     eprintln!("xds_scale: {label}: /clusters spot check {check}");
     report.set("spot_check", check);
     Ok(())
+}
+
+/// The requests that started in phase `m` (`samples` are in order of start).
+fn in_phase<'a>(m: &Measured, samples: &'a [Sample], t0: Instant) -> &'a [Sample] {
+    let (from, to) = (offset(t0, m.from), offset(t0, m.to));
+    let first = samples.partition_point(|s| u64::from(s.start_us) < from);
+    let last = samples.partition_point(|s| u64::from(s.start_us) < to);
+    &samples[first..last]
 }
 
 /// µs from `t0` to `t`.
@@ -413,9 +444,7 @@ fn latency(samples: &[&Sample]) -> Value {
 fn phase_report(m: &Measured, samples: &[Sample], t0: Instant, progress: &super::Progress) -> Value {
     let (from, to) = (offset(t0, m.from), offset(t0, m.to));
     let seconds = m.to.duration_since(m.from).as_secs_f64();
-    let first = samples.partition_point(|s| u64::from(s.start_us) < from);
-    let last = samples.partition_point(|s| u64::from(s.start_us) < to);
-    let selected: Vec<&Sample> = samples[first..last].iter().collect();
+    let selected: Vec<&Sample> = in_phase(m, samples, t0).iter().collect();
     let errors = selected.iter().filter(|s| s.status == 0).count();
     let non_2xx = selected.iter().filter(|s| s.status != 0 && !(200..300).contains(&s.status)).count();
     let mut out = json!({
@@ -511,4 +540,20 @@ fn summary(phases: &[Value]) -> Value {
         "non_2xx": count("non_2xx"),
         "skipped_ticks": count("skipped_ticks"),
     })
+}
+
+/// `--samples`: one line per request (`request,<start µs>,<latency µs>,<status>`) and per
+/// push (`push,<pushed µs>,<ACK µs>,<step>`), times from the generator's `t0`.
+fn write_samples(file: &Path, samples: &[Sample], t0: Instant, progress: &super::Progress) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    for s in samples {
+        writeln!(out, "request,{},{:.1},{}", s.start_us, s.latency_ns as f64 / 1000.0, s.status)?;
+    }
+    for (step, pushed) in progress.eds_pushed.iter().enumerate().skip(1) {
+        if let (Some(pushed), Some(acked)) = (pushed, progress.acked(step)) {
+            writeln!(out, "push,{},{},{step}", offset(t0, *pushed), offset(t0, acked))?;
+        }
+    }
+    out.flush()
 }
