@@ -48,6 +48,15 @@
 //! misses `--deadline-s` (counted from the proxy's start) ends the run with `"error"` and the
 //! figures gathered so far. The machine's busy CPU outside the proxy and this driver is
 //! reported per phase (`outside_cpu_s`), to spot runs disturbed by other work.
+//!
+//! `--churn` runs the EDS churn benchmark instead of steps 4 to 7 (for `bench/eds_churn.sh`;
+//! the phases, the load and what is reported are documented in `examples/xds_bench/churn.rs`):
+//!
+//! ```text
+//! xds_scale --churn --proxy legate|envoy --bin PATH --upstream-bin PATH [--clusters 1000]
+//!     [--upstreams 3] [--rate 5000] [--connections 10] [--phase-s 20] [--cycles 3]
+//!     [--warmup-s 3] [--pushes-per-s 1] [--routed-steady] [--samples FILE] [... the flags above]
+//! ```
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -90,6 +99,11 @@ const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluste
 /// Assignment versions built up front: the initial one and two updates.
 const VERSIONS: usize = 4;
 
+#[path = "xds_bench/churn.rs"]
+mod churn;
+#[path = "xds_bench/load.rs"]
+mod load;
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 // ---------------------------------------------------------------------------------------
@@ -118,13 +132,17 @@ struct Args {
     perf: Option<PathBuf>,
     /// Ends the run after the load phase (for profiling the load alone).
     load_only: bool,
+    /// `--churn`: the EDS churn benchmark instead of the updates.
+    churn: Option<churn::ChurnArgs>,
     extra: Vec<String>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "xds_scale: {problem}\nusage: xds_scale --proxy legate|envoy --bin PATH --clusters N [--endpoints 10] \
-         [--deadline-s 300] [--workdir DIR] [--base-id ID] [--proxy-cpu CPU] [--log-level LEVEL] [--stats-update-max N] [--perf FILE] [--load-only] [-- PROXY ARGS...]"
+         [--deadline-s 300] [--workdir DIR] [--base-id ID] [--proxy-cpu CPU] [--log-level LEVEL] [--stats-update-max N] [--perf FILE] [--load-only] [-- PROXY ARGS...]\n       \
+         xds_scale --churn --proxy legate|envoy --bin PATH --upstream-bin PATH [--clusters 1000] [--upstreams 3] [--rate 5000] \
+         [--connections 10] [--phase-s 20] [--cycles 3] [--warmup-s 3] [--pushes-per-s 1] [--routed-steady] [--samples FILE] [...]"
     );
     std::process::exit(2)
 }
@@ -143,6 +161,7 @@ fn parse_args() -> Args {
         stats_update_max: 10_000,
         perf: None,
         load_only: false,
+        churn: None,
         extra: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -153,6 +172,11 @@ fn parse_args() -> Args {
         }
         if flag == "--load-only" {
             args.load_only = true;
+            continue;
+        }
+        if flag == "--churn" || flag == "--routed-steady" {
+            let churn = args.churn.get_or_insert_with(churn::ChurnArgs::default);
+            churn.routed_steady |= flag == "--routed-steady";
             continue;
         }
         let value = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
@@ -175,11 +199,21 @@ fn parse_args() -> Args {
             "--log-level" => args.log_level = value,
             "--stats-update-max" => args.stats_update_max = number(&value) as usize,
             "--perf" => args.perf = Some(value.into()),
-            other => usage(&format!("unknown flag {other}")),
+            other => {
+                let churn = args.churn.get_or_insert_with(churn::ChurnArgs::default);
+                if !churn.flag(other, &value, &number) {
+                    usage(&format!("unknown flag {other}"))
+                }
+            }
         }
     }
     if args.bin.as_os_str().is_empty() {
         usage("--bin is required");
+    }
+    if let Some(churn) = &args.churn
+        && let Err(problem) = churn.check(args.clusters)
+    {
+        usage(&problem)
     }
     args
 }
@@ -219,14 +253,20 @@ fn eds_cluster(i: usize) -> Cluster {
     }
 }
 
+/// Assignment version `v` of cluster `i` in the scale runs: every endpoint moves between versions.
 fn assignment(v: usize, i: usize, endpoints: usize) -> ClusterLoadAssignment {
-    let lb_endpoints = (0..endpoints)
-        .map(|j| LbEndpoint {
+    load_assignment(i, (0..endpoints).map(|j| port(v, i, j)))
+}
+
+/// Cluster `i`'s assignment: one locality with an endpoint on 127.0.0.1 for each port.
+fn load_assignment(i: usize, ports: impl Iterator<Item = u32>) -> ClusterLoadAssignment {
+    let lb_endpoints = ports
+        .map(|port| LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
                 address: Some(Address {
                     address: Some(AddressKind::SocketAddress(SocketAddress {
                         address: "127.0.0.1".into(),
-                        port_specifier: Some(PortSpecifier::PortValue(port(v, i, j))),
+                        port_specifier: Some(PortSpecifier::PortValue(port)),
                         ..Default::default()
                     })),
                 }),
@@ -243,10 +283,19 @@ fn assignment(v: usize, i: usize, endpoints: usize) -> ClusterLoadAssignment {
 }
 
 /// Everything the control plane serves, encoded once before the proxy starts.
+///
+/// EDS pushes are numbered: step 0 is the initial push, each later step a new version of
+/// the assignments. Step `s` changes the clusters `i` with `(s - 1) % batches == i % batches`
+/// (every cluster when `batches` is 1, as in the scale runs), and cluster `i` after its
+/// `m`-th change serves `assignments[m % len][i]` (or `routed[m % len]` for `cluster_0`).
 struct Resources {
     clusters: Vec<Any>,
-    /// `assignments[v][i]`.
+    /// `assignments[m][i]`: cluster `i` after `m` changes (modulo the table's length).
     assignments: Vec<Vec<Any>>,
+    /// Churn: `cluster_0`'s versions (its endpoints are the live upstreams), by `m % len`.
+    routed: Option<Vec<Any>>,
+    /// Pushes that one round of changes (one change to every cluster) is spread over.
+    batches: usize,
     index: HashMap<String, usize>,
 }
 
@@ -255,8 +304,44 @@ impl Resources {
         Resources {
             clusters: (0..n).map(|i| any(&eds_cluster(i))).collect(),
             assignments: (0..VERSIONS).map(|v| (0..n).map(|i| any(&assignment(v, i, endpoints))).collect()).collect(),
+            routed: None,
+            batches: 1,
             index: (0..n).map(|i| (cluster_name(i), i)).collect(),
         }
+    }
+
+    /// How many times cluster `i` has changed once step `step` is applied.
+    fn changes(&self, step: usize, i: usize) -> usize {
+        let batch = i % self.batches;
+        if step > batch { (step - 1 - batch) / self.batches + 1 } else { 0 }
+    }
+
+    /// Cluster `i`'s assignment at step `step`.
+    fn assignment(&self, step: usize, i: usize) -> &Any {
+        let m = self.changes(step, i);
+        match &self.routed {
+            Some(routed) if i == 0 => &routed[m % routed.len()],
+            _ => &self.assignments[m % self.assignments.len()][i],
+        }
+    }
+
+    /// The ports of cluster `i`'s endpoints at step `step`.
+    fn ports(&self, step: usize, i: usize) -> BTreeSet<u32> {
+        let la = ClusterLoadAssignment::decode(self.assignment(step, i).value.as_slice()).expect("our own encoding");
+        la.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .filter_map(|e| match &e.host_identifier {
+                Some(HostIdentifier::Endpoint(Endpoint { address: Some(a), .. })) => match &a.address {
+                    Some(AddressKind::SocketAddress(SocketAddress {
+                        port_specifier: Some(PortSpecifier::PortValue(p)),
+                        ..
+                    })) => Some(*p),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
     }
 
     fn bytes(&self) -> (usize, usize) {
@@ -284,16 +369,35 @@ struct Progress {
     first_eds_names: usize,
     eds_requests: u32,
     eds_pushes: u32,
-    /// First push and ACK of each assignment version.
-    eds_pushed: [Option<Instant>; VERSIONS],
-    eds_ack: [Option<Instant>; VERSIONS],
+    /// First push and ACK of each EDS step (by step; see [`Resources`]).
+    eds_pushed: Vec<Option<Instant>>,
+    eds_ack: Vec<Option<Instant>>,
     nacks: Vec<String>,
+}
+
+impl Progress {
+    /// When step `step` was first pushed / ACKed.
+    fn pushed(&self, step: usize) -> Option<Instant> {
+        self.eds_pushed.get(step).copied().flatten()
+    }
+
+    fn acked(&self, step: usize) -> Option<Instant> {
+        self.eds_ack.get(step).copied().flatten()
+    }
+}
+
+/// Records `at` as the first time of `step` in `times`.
+fn first_time(times: &mut Vec<Option<Instant>>, step: usize, at: Instant) {
+    if times.len() <= step {
+        times.resize(step + 1, None);
+    }
+    times[step].get_or_insert(at);
 }
 
 struct ControlPlane {
     resources: Arc<Resources>,
     progress: watch::Sender<Progress>,
-    /// The assignment version the driver wants served.
+    /// The EDS step the driver wants served.
     target: watch::Receiver<usize>,
     /// The proxy's pid, to read its CPU time when its stream starts.
     pid: Arc<AtomicU32>,
@@ -342,7 +446,7 @@ impl AggregatedDiscoveryService for Ads {
             nonce: 0,
             cds_nonce: String::new(),
             eds_nonce: String::new(),
-            eds_version: 0,
+            eds_step: 0,
             eds_names: Vec::new(),
             eds_pushed_names: None,
         };
@@ -371,8 +475,8 @@ struct Session {
     nonce: u64,
     cds_nonce: String,
     eds_nonce: String,
-    /// The assignment version last pushed.
-    eds_version: usize,
+    /// The EDS step last pushed.
+    eds_step: usize,
     /// The names of the proxy's last EDS request.
     eds_names: Vec<String>,
     /// The names of the last EDS push (sorted), if any.
@@ -392,9 +496,9 @@ impl Session {
                     if changed.is_err() {
                         return;
                     }
-                    let version = *target.borrow_and_update();
-                    if self.eds_pushed_names.is_some() && version != self.eds_version {
-                        self.push_eds(version);
+                    let step = *target.borrow_and_update();
+                    if self.eds_pushed_names.is_some() && step != self.eds_step {
+                        self.push_eds(step, true);
                     }
                 }
             }
@@ -453,40 +557,41 @@ impl Session {
                 });
                 if acked
                     && request.response_nonce == self.eds_nonce
-                    && request.version_info == format!("e{}", self.eds_version + 1)
+                    && request.version_info == format!("e{}", self.eds_step + 1)
                 {
-                    let version = self.eds_version;
-                    self.cp.progress.send_modify(|p| {
-                        p.eds_ack[version].get_or_insert(at);
-                    });
+                    let step = self.eds_step;
+                    self.cp.progress.send_modify(|p| first_time(&mut p.eds_ack, step, at));
                 }
                 let mut sorted = request.resource_names.clone();
                 sorted.sort_unstable();
                 self.eds_names = request.resource_names;
                 if self.eds_pushed_names.as_ref() != Some(&sorted) {
-                    let version =
-                        if self.eds_pushed_names.is_none() { *self.cp.target.borrow() } else { self.eds_version };
+                    let step = if self.eds_pushed_names.is_none() { *self.cp.target.borrow() } else { self.eds_step };
                     self.eds_pushed_names = Some(sorted);
-                    self.push_eds(version);
+                    self.push_eds(step, false);
                 }
             }
             _ => {}
         }
     }
 
-    /// Pushes assignment version `version` for the names last requested.
-    fn push_eds(&mut self, version: usize) {
+    /// Pushes step `step`'s assignments for the names last requested: all of them, or
+    /// (`changed_only`) those that changed since the last push (SotW EDS responses need not
+    /// repeat unchanged resources).
+    fn push_eds(&mut self, step: usize, changed_only: bool) {
         let resources = &self.cp.resources;
+        let last = self.eds_step;
         let batch: Vec<Any> = self
             .eds_names
             .iter()
             .filter_map(|name| resources.index.get(name))
-            .map(|&i| resources.assignments[version][i].clone())
+            .filter(|&&i| !changed_only || resources.changes(step, i) != resources.changes(last, i))
+            .map(|&i| resources.assignment(step, i).clone())
             .collect();
-        self.eds_version = version;
+        self.eds_step = step;
         self.eds_nonce = self.next_nonce();
         let response = DiscoveryResponse {
-            version_info: format!("e{}", version + 1),
+            version_info: format!("e{}", step + 1),
             resources: batch,
             type_url: ENDPOINT_TYPE.into(),
             nonce: self.eds_nonce.clone(),
@@ -496,7 +601,7 @@ impl Session {
         let pushed = Instant::now();
         self.cp.progress.send_modify(|p| {
             p.eds_pushes += 1;
-            p.eds_pushed[version].get_or_insert(pushed);
+            first_time(&mut p.eds_pushed, step, pushed);
         });
     }
 }
@@ -562,24 +667,29 @@ fn machine_busy() -> f64 {
     busy / clock_ticks()
 }
 
-/// CPU used by everything but the proxy and this driver, for the noise column.
+/// CPU used by everything but the proxy, this driver and its other children (the churn
+/// runs' upstreams), for the noise column.
 struct Outside {
     busy: f64,
-    proxy: f64,
-    me: f64,
+    /// The processes that are ours (0: this driver), with their CPU seconds at the start.
+    ours: Vec<(u32, f64)>,
 }
 
 impl Outside {
-    fn start(pid: u32) -> Outside {
-        Outside { busy: machine_busy(), proxy: proc_cpu(pid).unwrap_or(0.0), me: proc_cpu(0).unwrap_or(0.0) }
+    fn start(proxy: u32) -> Outside {
+        let mut ours = vec![proxy, 0];
+        ours.extend(OURS.lock().unwrap().iter().copied());
+        Outside { busy: machine_busy(), ours: ours.into_iter().map(|p| (p, proc_cpu(p).unwrap_or(0.0))).collect() }
     }
 
-    fn seconds(&self, pid: u32) -> f64 {
-        let proxy = proc_cpu(pid).unwrap_or(self.proxy) - self.proxy;
-        let me = proc_cpu(0).unwrap_or(self.me) - self.me;
-        (machine_busy() - self.busy - proxy - me).max(0.0)
+    fn seconds(&self) -> f64 {
+        let ours: f64 = self.ours.iter().map(|&(pid, start)| proc_cpu(pid).unwrap_or(start) - start).sum();
+        (machine_busy() - self.busy - ours).max(0.0)
     }
 }
+
+/// Other processes of this run whose CPU is not "outside" (the churn runs' upstreams).
+static OURS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 fn mib(kib: Option<u64>) -> Value {
     kib.map_or(Value::Null, |k| json!(round(k as f64 / 1024.0, 1)))
@@ -715,7 +825,41 @@ fn stat_value(body: &[u8], name: &str) -> Option<i64> {
 // The run
 // ---------------------------------------------------------------------------------------
 
-fn bootstrap(admin_port: u16, xds: SocketAddr) -> String {
+/// The bootstrap both proxies get; `listener`: a static listener on that port whose one route
+/// sends everything to `cluster_0` (a CDS cluster, hence `validate_clusters: false`).
+fn bootstrap(admin_port: u16, xds: SocketAddr, listener: Option<u16>) -> String {
+    // YAML takes JSON as it is: the listener is built as a value and written on one line.
+    let listeners = match listener {
+        None => String::new(),
+        Some(port) => {
+            let hcm = json!({
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "codec_type": "AUTO",
+                "route_config": {
+                    "name": "ingress",
+                    "validate_clusters": false,
+                    "virtual_hosts": [{
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster_name(0) } }],
+                    }],
+                },
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                }],
+            });
+            let listener = json!({
+                "name": "ingress",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+                "filter_chains": [{
+                    "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }],
+                }],
+            });
+            format!("  listeners: [{listener}]\n")
+        }
+    };
     format!(
         r#"node: {{ id: xds-scale, cluster: xds-scale }}
 admin:
@@ -727,7 +871,7 @@ dynamic_resources:
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
   cds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s }}
 static_resources:
-  clusters:
+{listeners}  clusters:
   - name: xds
     type: STATIC
     connect_timeout: 1s
@@ -826,8 +970,9 @@ fn since(start: Option<Instant>, t: Option<Instant>) -> Value {
     }
 }
 
-/// Streams `/clusters` and checks the sampled clusters list exactly version `v`'s ports.
-async fn spot_check(admin: SocketAddr, n: usize, endpoints: usize, v: usize) -> Value {
+/// Streams `/clusters` and checks the sampled clusters list exactly step `step`'s ports.
+async fn spot_check(admin: SocketAddr, resources: &Resources, step: usize) -> Value {
+    let n = resources.clusters.len();
     let samples: Vec<usize> = BTreeSet::from([0, n / 2, n - 1]).into_iter().collect();
     let mut seen: HashMap<String, BTreeSet<u32>> =
         samples.iter().map(|&i| (cluster_name(i), BTreeSet::new())).collect();
@@ -859,11 +1004,7 @@ async fn spot_check(admin: SocketAddr, n: usize, endpoints: usize, v: usize) -> 
         Ok(())
     }
     .await;
-    let ok = result.is_ok()
-        && samples.iter().all(|&i| {
-            let want: BTreeSet<u32> = (0..endpoints).map(|j| port(v, i, j)).collect();
-            seen[&cluster_name(i)] == want
-        });
+    let ok = result.is_ok() && samples.iter().all(|&i| seen[&cluster_name(i)] == resources.ports(step, i));
     json!({
         "ok": ok,
         "error": result.err(),
@@ -886,8 +1027,20 @@ async fn main() {
     report.set("clusters", n);
     report.set("endpoints_per_cluster", args.endpoints);
 
+    std::fs::create_dir_all(&args.workdir).expect("create the work directory");
+    // Churn: the upstreams behind cluster_0, started first (their ports go into the resources).
+    let mut upstreams = Vec::new();
+    if let Some(churn) = &args.churn {
+        upstreams = churn::start_upstreams(churn, &args.workdir);
+        OURS.lock().unwrap().extend(upstreams.iter().map(|(child, _)| child.id()));
+    }
+    let upstream_ports: Vec<u16> = upstreams.iter().map(|&(_, port)| port).collect();
+
     let built = Instant::now();
-    let resources = Arc::new(Resources::build(n, args.endpoints));
+    let resources = Arc::new(match &args.churn {
+        None => Resources::build(n, args.endpoints),
+        Some(churn) => Resources::churn(n, args.endpoints, &upstream_ports, churn),
+    });
     let (cds_bytes, eds_bytes) = resources.bytes();
     eprintln!(
         "xds_scale: {label} N={n}: built resources in {:.0} ms (CDS {:.1} MiB, EDS {:.1} MiB per version)",
@@ -898,39 +1051,58 @@ async fn main() {
     report.set("cds_mib", round(cds_bytes as f64 / 1048576.0, 2));
     report.set("eds_mib", round(eds_bytes as f64 / 1048576.0, 2));
 
-    let (progress_tx, mut progress) = watch::channel(Progress::default());
+    let (progress_tx, progress) = watch::channel(Progress::default());
     let (target_tx, target) = watch::channel(0usize);
     let pid_cell = Arc::new(AtomicU32::new(0));
     let hold = if args.perf.is_some() { Duration::from_secs(1) } else { Duration::ZERO };
-    let cp = Arc::new(ControlPlane { resources, progress: progress_tx, target, pid: pid_cell.clone(), hold });
+    let cp = Arc::new(ControlPlane {
+        resources: resources.clone(),
+        progress: progress_tx,
+        target,
+        pid: pid_cell.clone(),
+        hold,
+    });
     let xds = serve(cp).await;
 
-    std::fs::create_dir_all(&args.workdir).expect("create the work directory");
     let admin_port = free_port();
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let listener = args.churn.as_ref().map(|_| free_port());
     let config = args.workdir.join(format!("{label}_{n}.yaml"));
     let log = args.workdir.join(format!("{label}_{n}.log"));
-    std::fs::write(&config, bootstrap(admin_port, xds)).expect("write the bootstrap");
+    std::fs::write(&config, bootstrap(admin_port, xds, listener)).expect("write the bootstrap");
 
     let spawned = Instant::now();
     let mut child = start_proxy(&args, &config, &log);
     let pid = child.id();
     pid_cell.store(pid, Ordering::Relaxed);
-    // For the caller's clean-up, should this driver be killed before it kills the proxy.
+    // For the caller's clean-up, should this driver be killed before it kills the proxy (and
+    // the upstreams, on the next lines).
     let pid_file = args.workdir.join(format!("{label}_{n}.pid"));
-    std::fs::write(&pid_file, format!("{pid}\n")).expect("write the pid file");
+    let pids: String =
+        std::iter::once(pid).chain(OURS.lock().unwrap().iter().copied()).map(|p| format!("{p}\n")).collect();
+    std::fs::write(&pid_file, pids).expect("write the pid file");
     let deadline = spawned + args.deadline;
     let mut perf = None;
     let outside = Outside::start(pid);
 
-    let result = run(&args, admin, pid, spawned, deadline, &mut progress, &target_tx, &mut report, &mut perf).await;
+    let mut setup = Run {
+        args: &args,
+        admin,
+        pid,
+        deadline,
+        progress: progress.clone(),
+        target: &target_tx,
+        resources,
+        listener: listener.map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+    };
+    let result = run(&mut setup, spawned, &mut report, &mut perf).await;
     if let Err(e) = &result {
         eprintln!("xds_scale: {label} N={n}: {e}");
         report.set("error", e.as_str());
         let p = progress.borrow().clone();
         report.set("nacks", p.nacks.clone());
     }
-    report.set("outside_cpu_s", round(outside.seconds(pid), 2));
+    report.set("outside_cpu_s", round(outside.seconds(), 2));
     report.set("proxy_cpu_total_s", proc_cpu(pid).map(|c| round(c, 2)));
     report.set("proxy_hwm_end_mib", mib(proc_kib(pid, "VmHWM")));
     if let Some(mut perf) = perf {
@@ -940,6 +1112,10 @@ async fn main() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    for (mut upstream, _) in upstreams {
+        let _ = upstream.kill();
+        let _ = upstream.wait();
+    }
     let _ = std::fs::remove_file(&pid_file);
     println!("{}", Value::Object(report.0));
 }
@@ -952,6 +1128,9 @@ struct Run<'a> {
     deadline: Instant,
     progress: watch::Receiver<Progress>,
     target: &'a watch::Sender<usize>,
+    resources: Arc<Resources>,
+    /// Churn: the proxy's listener (routes to `cluster_0`).
+    listener: Option<SocketAddr>,
 }
 
 /// Which admin pollers run during an update.
@@ -987,13 +1166,13 @@ impl Run<'_> {
         self.target.send_replace(version);
         let nacks = self.progress.borrow().nacks.len();
         let p =
-            wait_progress(&mut self.progress, self.deadline, |p| p.eds_ack[version].is_some() || p.nacks.len() > nacks)
+            wait_progress(&mut self.progress, self.deadline, |p| p.acked(version).is_some() || p.nacks.len() > nacks)
                 .await;
         let cpu1 = proc_cpu(self.pid).unwrap_or(0.0);
-        let outside = outside.seconds(self.pid);
+        let outside = outside.seconds();
         stop.store(true, Ordering::Relaxed);
         let p = p.map_err(|()| format!("update to e{} not ACKed before the deadline", version + 1))?;
-        let Some(acked) = p.eds_ack[version] else { return Err(format!("update to e{} NACKed", version + 1)) };
+        let Some(acked) = p.acked(version) else { return Err(format!("update to e{} NACKed", version + 1)) };
         let mut out = json!({
             "ms": ms(acked.saturating_duration_since(pushed)),
             "cpu_s": round(cpu1 - cpu0, 2),
@@ -1009,18 +1188,15 @@ impl Run<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
-    args: &Args,
-    admin: SocketAddr,
-    pid: u32,
+    setup: &mut Run<'_>,
     spawned: Instant,
-    deadline: Instant,
-    progress: &mut watch::Receiver<Progress>,
-    target: &watch::Sender<usize>,
     report: &mut Report,
     perf: &mut Option<Child>,
 ) -> Result<(), String> {
+    let (args, admin, pid, deadline) = (setup.args, setup.admin, setup.pid, setup.deadline);
+    let mut progress = setup.progress.clone();
+    let progress = &mut progress;
     let n = args.clusters;
     let label = report.0["proxy"].as_str().unwrap_or_default().to_owned();
     let want_active = n as i64 + 1;
@@ -1060,7 +1236,9 @@ async fn run(
         .await
         .map_err(|()| "no ADS stream before the deadline".to_owned())?;
     let start = p.started.expect("started");
-    if let Some(file) = &args.perf {
+    if let Some(file) = &args.perf
+        && args.churn.is_none()
+    {
         // Attached once the stream is open: `perf record -p` follows the threads that exist
         // when it attaches, and by now the proxy has started all of its own. The control
         // plane holds the stream's first answer back 1 s meanwhile (load times then include
@@ -1074,13 +1252,13 @@ async fn run(
     let (p, ready) = loop {
         let p = progress.borrow().clone();
         let ready = *ready_at.lock().unwrap();
-        if let (Some(r), Some(_)) = (ready, p.eds_ack[0]) {
+        if let (Some(r), Some(_)) = (ready, p.acked(0)) {
             break (p, r);
         }
         if Instant::now() > deadline {
             report.set("load_active_clusters_last", *last_active.lock().unwrap());
             report.set("load_ready", ready.is_some());
-            report.set("load_eds_ack_ms", since(Some(start), p.eds_ack[0]));
+            report.set("load_eds_ack_ms", since(Some(start), p.acked(0)));
             report.set("load_cds_ack_ms", since(Some(start), p.cds_ack));
             report.set("proxy_cpu_s_so_far", proc_cpu(pid).map(|c| round(c - p.cpu_at_start, 2)));
             report.set("proxy_hwm_mib_so_far", mib(proc_kib(pid, "VmHWM")));
@@ -1090,7 +1268,7 @@ async fn run(
     };
     let cpu_ready = proc_cpu(pid).unwrap_or(0.0);
     let hwm_ready = proc_kib(pid, "VmHWM");
-    report.set("load_outside_cpu_s", round(outside.seconds(pid), 2));
+    report.set("load_outside_cpu_s", round(outside.seconds(), 2));
     stop.store(true, Ordering::Relaxed);
     let ready_lat = ready_poller.await.unwrap_or_default();
     let stats_lat = stats_poller.await.unwrap_or_default();
@@ -1118,8 +1296,8 @@ async fn run(
             "eds_request": since(Some(start), p.first_eds_request),
             "eds_request_names": p.first_eds_names,
             "cds_ack": since(Some(start), p.cds_ack),
-            "eds_pushed": since(Some(start), p.eds_pushed[0]),
-            "eds_ack": since(Some(start), p.eds_ack[0]),
+            "eds_pushed": since(Some(start), p.pushed(0)),
+            "eds_ack": since(Some(start), p.acked(0)),
             "eds_requests": p.eds_requests,
             "eds_pushes": p.eds_pushes,
         }),
@@ -1136,7 +1314,7 @@ async fn run(
         "xds_scale: {label} N={n}: ready {} ms after the stream opened (CDS ACK {}, EDS ACK {}), {:.2} CPU s, HWM {} MiB",
         report.0["load_ms"],
         since(Some(start), p.cds_ack),
-        since(Some(start), p.eds_ack[0]),
+        since(Some(start), p.acked(0)),
         cpu_ready - p.cpu_at_start,
         report.0["load_hwm_mib"],
     );
@@ -1145,8 +1323,11 @@ async fn run(
     if args.load_only {
         return Ok(());
     }
+    if let Some(churn) = &args.churn {
+        return churn::run(setup, churn, report, perf).await;
+    }
 
-    let mut run = Run { args, admin, pid, deadline, progress: progress.clone(), target };
+    let run = setup;
     // ---- update 1: quiet ----
     let mut update = run.update(1, Watch::Quiet).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1171,7 +1352,7 @@ async fn run(
     // ---- spot check ----
     let check = tokio::time::timeout(
         deadline.saturating_duration_since(Instant::now()),
-        spot_check(admin, n, args.endpoints, last),
+        spot_check(admin, &run.resources, last),
     )
     .await
     .unwrap_or_else(|_| json!({ "ok": false, "error": "deadline" }));
