@@ -12,8 +12,10 @@
 #   EDS_CHURN_CLUSTERS      clusters                     (default 1000)
 #   EDS_CHURN_RATE          requests per second offered  (default 5000)
 #   EDS_CHURN_CONNECTIONS   client connections           (default 10)
-#   EDS_CHURN_PHASE_S       seconds per phase            (default 20)
-#   EDS_CHURN_CYCLES        baseline+churn cycles, then a last baseline (default 3)
+#   EDS_CHURN_PHASE_S       seconds per phase            (default 10)
+#   EDS_CHURN_CYCLES        baseline+churn cycles, then a last baseline (default 12: this
+#                           VM's own p99 drifts ±30 % between phases, and many short
+#                           alternations average that out where 3 long ones did not)
 #   EDS_CHURN_PUSHES_PER_S  EDS responses per second the 1 000 changes are spread over (default 1)
 #   EDS_CHURN_ARGS          more driver flags (e.g. --routed-steady; --perf FILE)
 #   EDS_CHURN_PIN           1 (default): driver, load and upstreams on CPU 0, proxy on CPU 1
@@ -40,8 +42,8 @@ ENVOY_BIN=${ENVOY_BIN:-$(bash interop/install-envoy.sh)}
 command -v taskset >/dev/null || { echo "eds_churn.sh: taskset (util-linux) is needed" >&2; exit 1; }
 
 proxies=${EDS_CHURN_PROXIES:-"legate envoy"}
-phase_s=${EDS_CHURN_PHASE_S:-20}
-cycles=${EDS_CHURN_CYCLES:-3}
+phase_s=${EDS_CHURN_PHASE_S:-10}
+cycles=${EDS_CHURN_CYCLES:-12}
 pin=${EDS_CHURN_PIN:-1}
 [ "$(nproc)" -ge 2 ] || pin=0
 read -r -a extra <<< "${EDS_CHURN_ARGS:-}"

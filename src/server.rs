@@ -245,17 +245,25 @@ impl Server {
     }
 }
 
-/// Lowers the calling thread's scheduling priority (nice 10), for the threads that apply xDS
-/// and serve admin: when they share a CPU with a worker, applying 1 000 endpoint updates
-/// would otherwise hold the CPU for a whole scheduler slice while requests wait, and
-/// requests that arrive during an apply showed a p99 several times higher (BENCHMARKS.md,
-/// EDS churn). The worker preempts them now; they still get the CPU the workers leave.
-pub fn yield_to_workers() {
+/// The xDS thread's nice value: the lowest priority, so a worker that shares its CPU
+/// preempts it as soon as a request arrives. Applying 1 000 endpoint updates would otherwise
+/// hold the CPU for a scheduler slice while requests wait; requests that arrived during an
+/// apply showed a p99 several times higher, and nice 10 still left the churn p99 ratio above
+/// 1.10 where 19 met it (BENCHMARKS.md, EDS churn). The thread still gets every cycle the
+/// workers leave, so updates land as fast when the workers are not saturated.
+pub const XDS_NICE: i32 = 19;
+/// The admin thread's nice value: below the workers, but high enough that `/ready` and
+/// `/stats` still answer promptly while the workers saturate the CPU.
+pub const ADMIN_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to `nice`, for the control threads that
+/// must not delay requests on a CPU they share with a worker.
+pub fn yield_to_workers(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority on the calling thread's own id changes only that thread's nice value.
     unsafe {
         let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
             tracing::debug!("cannot lower the priority of a control thread");
         }
     }
@@ -348,7 +356,7 @@ fn start_xds(
     let cds_timeout = cds.and_then(|c| c.initial_fetch_timeout);
     let lds_timeout = lds.and_then(|l| l.initial_fetch_timeout);
     std::thread::Builder::new().name("legate-xds".into()).spawn(move || {
-        yield_to_workers();
+        yield_to_workers(XDS_NICE);
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {

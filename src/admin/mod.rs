@@ -53,7 +53,7 @@ pub fn start(spec: &AdminSpec, state: AdminState) -> std::io::Result<(SocketAddr
     let access_logs: Vec<AccessLogger> =
         spec.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<_>>()?;
     let thread = std::thread::Builder::new().name("legate-admin".into()).spawn(move || {
-        crate::server::yield_to_workers();
+        crate::server::yield_to_workers(crate::server::ADMIN_NICE);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("admin runtime");
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, serve(socket, state, access_logs.into()));
