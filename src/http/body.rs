@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::pool::UpstreamBody;
 use crate::worker::{LentTimer, TimerPool};
 
 /// The error type of both bodies: hyper's, or one of legate's timeouts.
@@ -165,7 +166,7 @@ impl IdleTimer {
 }
 
 enum Source {
-    Upstream { body: Incoming, idle: Option<IdleTimer> },
+    Upstream { body: UpstreamBody, idle: Option<IdleTimer> },
     Local(Option<Bytes>),
 }
 
@@ -183,7 +184,7 @@ impl ResponseBody {
     }
 
     /// A body streamed from upstream, reset when no data moves for `idle_timeout`.
-    pub fn upstream(body: Incoming, idle_timeout: Option<Duration>, timers: &Rc<TimerPool>) -> ResponseBody {
+    pub fn upstream(body: UpstreamBody, idle_timeout: Option<Duration>, timers: &Rc<TimerPool>) -> ResponseBody {
         let idle =
             idle_timeout.map(|timeout| IdleTimer { timeout, last_activity: Instant::now(), timer: timers.lend() });
         ResponseBody { source: Source::Upstream { body, idle }, sent: 0, end: None }
@@ -215,7 +216,7 @@ impl Body for ResponseBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::from(e)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
                     let expired = idle.as_mut().is_some_and(|idle| idle.expired(cx));

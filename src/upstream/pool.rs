@@ -13,16 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::cluster::Cluster;
+use super::h2_client::{H2Body, H2Connection};
 use super::host::Host;
 use super::manager::ClusterSnapshot;
-use crate::http::body::RequestBody;
-use crate::worker::LocalExec;
+use crate::http::body::{BodyError, RequestBody};
 
 /// Why a request could not get a response from its upstream.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub enum UpstreamError {
     /// The TCP connect did not finish within `connect_timeout`.
     ConnectTimeout,
     /// The connection or stream was reset before response headers arrived.
-    ResetBeforeHeaders(hyper::Error),
+    ResetBeforeHeaders(BodyError),
 }
 
 /// Which wire protocol a request goes out on.
@@ -40,6 +40,41 @@ pub enum UpstreamError {
 pub enum Wire {
     Http1,
     Http2,
+}
+
+/// A response body from upstream, as the protocol it came over delivers it.
+pub enum UpstreamBody {
+    Http1(Incoming),
+    Http2(H2Body),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(BodyError::from),
+            UpstreamBody::Http2(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Http2(body) => body.size_hint(),
+        }
+    }
 }
 
 struct IdleH1 {
@@ -51,7 +86,7 @@ struct IdleH1 {
 pub struct HostPool {
     host: Arc<Host>,
     idle_h1: RefCell<Vec<IdleH1>>,
-    h2: RefCell<Option<http2::SendRequest<RequestBody>>>,
+    h2: RefCell<Option<H2Connection>>,
 }
 
 /// A checked-out HTTP/1.1 connection, returned to the idle set when its response body ends.
@@ -84,10 +119,12 @@ impl HostPool {
         request: Request<RequestBody>,
         wire: Wire,
         attached: &dyn Fn(),
-    ) -> Result<(Response<Incoming>, Option<H1Lease>), UpstreamError> {
+    ) -> Result<(Response<UpstreamBody>, Option<H1Lease>), UpstreamError> {
         match wire {
-            Wire::Http1 => self.send_h1(cluster, request, attached).await.map(|(r, l)| (r, Some(l))),
-            Wire::Http2 => self.send_h2(cluster, request, attached).await.map(|r| (r, None)),
+            Wire::Http1 => {
+                self.send_h1(cluster, request, attached).await.map(|(r, l)| (r.map(UpstreamBody::Http1), Some(l)))
+            }
+            Wire::Http2 => self.send_h2(cluster, request, attached).await.map(|r| (r.map(UpstreamBody::Http2), None)),
         }
     }
 
@@ -108,7 +145,7 @@ impl HostPool {
                 Ok(response) => return Ok((response, H1Lease { pool: self.clone(), sender })),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::ResetBeforeHeaders(e.into_error())),
+                    None => return Err(UpstreamError::ResetBeforeHeaders(e.into_error().into())),
                 },
             }
         }
@@ -119,7 +156,7 @@ impl HostPool {
         attached();
         match sender.send_request(request).await {
             Ok(response) => Ok((response, H1Lease { pool: self.clone(), sender })),
-            Err(e) => Err(UpstreamError::ResetBeforeHeaders(e)),
+            Err(e) => Err(UpstreamError::ResetBeforeHeaders(e.into())),
         }
     }
 
@@ -139,20 +176,18 @@ impl HostPool {
         cluster: &Arc<Cluster>,
         request: Request<RequestBody>,
         attached: &dyn Fn(),
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let existing = self.h2.borrow().as_ref().filter(|s| !s.is_closed()).cloned();
-        let mut sender = match existing {
-            Some(sender) => sender,
+    ) -> Result<Response<H2Body>, UpstreamError> {
+        let existing = self.h2.borrow().as_ref().filter(|c| !c.is_closed()).cloned();
+        let connection = match existing {
+            Some(connection) => connection,
             None => {
                 // Boxed for the same reason as the HTTP/1.1 connect.
-                let sender = self.pending(cluster, Box::pin(self.connect_h2(cluster))).await?;
-                *self.h2.borrow_mut() = Some(sender.clone());
-                sender
+                let connection = self.pending(cluster, Box::pin(self.connect_h2(cluster))).await?;
+                *self.h2.borrow_mut() = Some(connection.clone());
+                connection
             }
         };
-        sender.ready().await.map_err(UpstreamError::ResetBeforeHeaders)?;
-        attached();
-        sender.send_request(request).await.map_err(UpstreamError::ResetBeforeHeaders)
+        connection.send(request, attached).await.map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))
     }
 
     /// Counts a request as pending while it waits for a new connection, as Envoy's
@@ -200,23 +235,22 @@ impl HostPool {
 
     async fn connect_h1(&self, cluster: &Arc<Cluster>) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let stream = self.connect_tcp(cluster).await?;
-        let (sender, conn) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::ResetBeforeHeaders)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))?;
         cluster.stats.upstream_cx_http1_total.inc();
         self.spawn_connection(cluster, conn);
         Ok(sender)
     }
 
-    async fn connect_h2(&self, cluster: &Arc<Cluster>) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+    async fn connect_h2(&self, cluster: &Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
         let stream = self.connect_tcp(cluster).await?;
-        let (sender, conn) = http2::Builder::new(LocalExec)
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::ResetBeforeHeaders)?;
+        let (connection, driver) =
+            H2Connection::handshake(stream).await.map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))?;
         cluster.stats.upstream_cx_http2_total.inc();
-        self.spawn_connection(cluster, conn);
-        Ok(sender)
+        self.spawn_connection(cluster, driver);
+        Ok(connection)
     }
 
     /// Drives a connection on this worker, keeping the active-connection gauges true.

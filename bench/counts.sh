@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Load-independent counts per request on legate's data path (BENCHMARKS.md, "Counts per
+# request"): legate --concurrency 1 under callgrind in front of bench_upstream; counters are
+# zeroed after a warm-up, then a fixed number of requests is sent and the profile dumped.
+# Prints instructions (Ir) and allocator calls (malloc, calloc, realloc, posix_memalign,
+# aligned_alloc) per request for each workload. Wall-clock figures on a shared VM move
+# ±10-30 % with outside load; these do not, so data-path changes are compared with them.
+#
+#   bash bench/counts.sh            # all workloads
+#   COUNTS_WORKLOADS="h2c" bash bench/counts.sh
+#
+# Knobs: COUNTS_WORKLOADS (h1 h1_16k h2c h2c_h1up), COUNTS_REQUESTS (20000),
+# COUNTS_WARMUP (2000), COUNTS_SKIP_BUILD=1, COUNTS_PORT_BASE (19080).
+# Needs valgrind and h2load (nghttp2-client); the profiles stay in bench/out/counts/ for
+# callgrind_annotate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=bench/out/counts
+mkdir -p "$out"
+workloads=${COUNTS_WORKLOADS:-"h1 h1_16k h2c h2c_h1up"}
+requests=${COUNTS_REQUESTS:-20000}
+warmup=${COUNTS_WARMUP:-2000}
+base=${COUNTS_PORT_BASE:-19080}
+up_port=$base h1_port=$((base + 1)) h2_port=$((base + 2)) admin_port=$((base + 3))
+
+for tool in valgrind callgrind_control h2load; do
+  command -v "$tool" >/dev/null || { echo "counts.sh: $tool is needed (apt-get install valgrind nghttp2-client)" >&2; exit 1; }
+done
+[ -n "${COUNTS_SKIP_BUILD:-}" ] || cargo build --release -j2 --bin legate --example bench_upstream
+
+cat >"$out/legate.yaml" <<EOF
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $admin_port } }
+static_resources:
+  listeners:
+$(for l in "h1up $h1_port up_h1" "h2up $h2_port up_h2"; do set -- $l; cat <<L
+  - name: $1
+    address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: $1
+          route_config:
+            virtual_hosts:
+            - { name: all, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: $3 } }] }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+L
+done)
+  clusters:
+$(for c in up_h1 up_h2; do cat <<C
+  - name: $c
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: $c
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $up_port } } } }] }]
+C
+[ "$c" = up_h2 ] && cat <<C
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+C
+done)
+EOF
+
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+wait_up() { for _ in $(seq 1 600); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+target/release/examples/bench_upstream "$up_port" 1 >"$out/upstream.log" 2>&1 &
+pids+=($!)
+wait_up "http://127.0.0.1:$up_port/"
+
+# Allocator calls in a callgrind profile: the `calls=` lines under a call to one of them.
+alloc_calls() {
+  python3 - "$1" <<'PY'
+import re, sys
+names, total, callee = {}, 0, None
+alloc = {"malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc"}
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("cfn="):
+        m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.strip())
+        if m:
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            callee = names.get(m.group(1))
+        else:
+            callee = line[4:].strip()
+    elif line.startswith("calls=") and callee in alloc:
+        total += int(line[6:].split()[0])
+        callee = None
+    elif line.startswith("fn="):
+        m = re.match(r"fn=\((\d+)\) (.*)", line.strip())
+        if m:
+            names[m.group(1)] = m.group(2)
+print(total)
+PY
+}
+
+printf '| workload | Ir/request | allocator calls/request |\n|---|---:|---:|\n' | tee "$out/results.md"
+for w in $workloads; do
+  case $w in
+    h1) load=(--h1 -c10 -m1); url=http://127.0.0.1:$h1_port/ ;;
+    h1_16k) load=(--h1 -c10 -m1); url=http://127.0.0.1:$h1_port/16k ;;
+    h2c) load=(-c10 -m10); url=http://127.0.0.1:$h2_port/ ;;
+    h2c_h1up) load=(-c10 -m10); url=http://127.0.0.1:$h1_port/ ;;
+    *) echo "counts.sh: unknown workload $w" >&2; exit 1 ;;
+  esac
+  profile=$out/callgrind.$w.out
+  rm -f "$profile"*
+  valgrind --tool=callgrind --callgrind-out-file="$profile" \
+    target/release/legate -c "$out/legate.yaml" --concurrency 1 --log-level error >"$out/legate.$w.log" 2>&1 &
+  legate=$!
+  pids+=($legate)
+  wait_up "http://127.0.0.1:$admin_port/ready"
+  h2load -t1 "${load[@]}" -n "$warmup" "$url" >/dev/null
+  callgrind_control -z "$legate" >/dev/null 2>&1
+  h2load -t1 "${load[@]}" -n "$requests" "$url" | grep -q "$requests succeeded" \
+    || { echo "counts.sh: $w: not every request succeeded" >&2; exit 1; }
+  callgrind_control -d "$legate" >/dev/null 2>&1
+  kill "$legate"; wait "$legate" 2>/dev/null || true
+  dump=$(ls -t "$profile".* | head -1)
+  ir=$(awk '/^summary:/ {print $2}' "$dump")
+  allocs=$(alloc_calls "$dump")
+  printf '| %s | %d | %.1f |\n' "$w" $((ir / requests)) "$(echo "$allocs / $requests" | bc -l)" | tee -a "$out/results.md"
+done
