@@ -11,8 +11,8 @@
 #
 # Knobs: COUNTS_WORKLOADS (h1 h1_16k h2c h2c_h1up), COUNTS_REQUESTS (20000),
 # COUNTS_WARMUP (2000), COUNTS_SKIP_BUILD=1, COUNTS_PORT_BASE (19080).
-# Needs valgrind and h2load (nghttp2-client); the profiles stay in bench/out/counts/ for
-# callgrind_annotate.
+# Installs valgrind, nghttp2-client (h2load) and bc from Debian if missing; the profiles stay
+# in bench/out/counts/ for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/out/counts
@@ -23,9 +23,15 @@ warmup=${COUNTS_WARMUP:-2000}
 base=${COUNTS_PORT_BASE:-19080}
 up_port=$base h1_port=$((base + 1)) h2_port=$((base + 2)) admin_port=$((base + 3))
 
-for tool in valgrind callgrind_control h2load; do
-  command -v "$tool" >/dev/null || { echo "counts.sh: $tool is needed (apt-get install valgrind nghttp2-client)" >&2; exit 1; }
-done
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v bc >/dev/null || missing+=(bc)
+if ((${#missing[@]})); then
+  echo "counts.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; }
+fi
 [ -n "${COUNTS_SKIP_BUILD:-}" ] || cargo build --release -j2 --bin legate --example bench_upstream
 
 cat >"$out/legate.yaml" <<EOF
