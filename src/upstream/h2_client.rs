@@ -25,8 +25,8 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
-/// One HTTP/2 connection to a host: a handle to open streams on it, and whether the task
-/// driving it has ended (a closed connection is replaced, not reused).
+/// One HTTP/2 connection to a host: a handle to open streams on it, and whether it can take
+/// no more (its task ended, or it refused a stream); such a connection is replaced.
 #[derive(Clone)]
 pub struct H2Connection {
     sender: SendRequest<Bytes>,
@@ -69,11 +69,18 @@ impl H2Connection {
         request: Request<RequestBody>,
         attached: &dyn Fn(),
     ) -> Result<Response<H2Body>, h2::Error> {
-        let mut sender = self.sender.clone().ready().await?;
+        // A connection that cannot open a stream (GOAWAY received, broken) is not offered
+        // again, even while its task still finishes the streams it has.
+        let retire = |e: h2::Error| {
+            self.closed.set(true);
+            e
+        };
+        let mut sender = self.sender.clone().ready().await.map_err(retire)?;
         attached();
         let (head, body) = request.into_parts();
         let end_of_stream = body.is_end_stream();
-        let (response, send_stream) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
+        let (response, send_stream) =
+            sender.send_request(Request::from_parts(head, ()), end_of_stream).map_err(retire)?;
         if !end_of_stream {
             tokio::task::spawn_local(SendBody { body, stream: send_stream, pending: None });
         }

@@ -7,11 +7,15 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -48,17 +52,14 @@ pub enum UpstreamBody {
     Http2(H2Body),
 }
 
-impl http_body::Body for UpstreamBody {
-    type Data = bytes::Bytes;
+impl Body for UpstreamBody {
+    type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Http1(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(BodyError::from),
-            UpstreamBody::Http2(body) => std::pin::Pin::new(body).poll_frame(cx),
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
+            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -69,7 +70,7 @@ impl http_body::Body for UpstreamBody {
         }
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
+    fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Http1(body) => body.size_hint(),
             UpstreamBody::Http2(body) => body.size_hint(),
