@@ -34,44 +34,10 @@ if ((${#missing[@]})); then
 fi
 [ -n "${COUNTS_SKIP_BUILD:-}" ] || cargo build --release -j2 --bin legate --example bench_upstream
 
-cat >"$out/legate.yaml" <<EOF
-admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: $admin_port } }
-static_resources:
-  listeners:
-$(for l in "h1up $h1_port up_h1" "h2up $h2_port up_h2"; do set -- $l; cat <<L
-  - name: $1
-    address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: $1
-          route_config:
-            virtual_hosts:
-            - { name: all, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: $3 } }] }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-L
-done)
-  clusters:
-$(for c in up_h1 up_h2; do cat <<C
-  - name: $c
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: $c
-      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $up_port } } } }] }]
-C
-[ "$c" = up_h2 ] && cat <<C
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }
-C
-done)
-EOF
+# The side-by-side benchmark's bootstrap: "h1up" → the upstream over HTTP/1.1, "h2up" over h2c.
+UP_PORT=$up_port
+source bench/bootstrap.sh
+write_xds_config "$out/legate.yaml" "$h1_port" "$h2_port" "$admin_port"
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
