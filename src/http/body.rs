@@ -25,7 +25,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct StreamState {
     /// Request body bytes received so far.
     pub received: Cell<u64>,
-    /// The last time either body moved, for the stream idle timeout.
+    /// When the request body last moved (or the stream started): for the stream idle
+    /// timeout, and, once the request is done, the start of the route timeout.
     pub last_activity: Cell<Instant>,
     /// The downstream request body has ended.
     pub request_done: Cell<bool>,
@@ -110,6 +111,7 @@ impl Body for RequestBody {
             }
             Poll::Ready(None) => {
                 this.state.request_done.set(true);
+                this.state.last_activity.set(Instant::now());
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),

@@ -246,8 +246,7 @@ pub async fn serve(
     // Boxed: the send future (≈ 1.3 KB) would otherwise sit inline in this future, which
     // hyper moves into every HTTP/2 stream's task; one allocation is cheaper than the copies.
     let sent = Box::pin(sent);
-    let deadlines =
-        Deadlines { route: timeout.map(|t| upstream_start + t), request: request_deadline, idle: idle_timeout };
+    let deadlines = Deadlines { route: timeout, request: request_deadline, idle: idle_timeout };
     let result = await_response(sent, &exchange.stream, deadlines, ctx.worker.timers.lend()).await;
     match result {
         Ok((response, lease)) => {
@@ -304,8 +303,9 @@ enum Failure {
 
 /// The deadlines a stream waits for its response headers under.
 struct Deadlines {
-    /// The route timeout, from when the request went upstream.
-    route: Option<Instant>,
+    /// The route timeout. Envoy's runs from the end of the downstream request (an upload
+    /// slower than it is not cut), which is the request body's last activity once it is done.
+    route: Option<std::time::Duration>,
     /// `request_timeout`: the whole request must have arrived by then.
     request: Option<Instant>,
     /// The stream idle timeout (request body activity counts).
@@ -324,11 +324,14 @@ async fn await_response<F, T>(
 where
     F: Future<Output = Result<T, UpstreamError>>,
 {
-    let Deadlines { route: route_deadline, request: request_deadline, idle: idle_timeout } = deadlines;
+    let Deadlines { route: route_timeout, request: request_deadline, idle: idle_timeout } = deadlines;
     tokio::pin!(sent);
     loop {
         let idle_deadline = idle_timeout.map(|t| stream.last_activity.get() + t);
         let request_deadline = request_deadline.filter(|_| !stream.request_done.get());
+        // While the body is still arriving this is only a time to look again: the deadline
+        // moves with each body frame and holds from the last one.
+        let route_deadline = route_timeout.map(|t| stream.last_activity.get() + t);
         let wake = [route_deadline, idle_deadline, request_deadline].into_iter().flatten().min();
         let Some(wake) = wake else {
             return sent.await.map_err(Failure::Upstream);
@@ -342,7 +345,7 @@ where
             }
             _ = timer.until(wake) => {
                 let now = Instant::now();
-                if route_deadline.is_some_and(|d| d <= now) {
+                if stream.request_done.get() && route_timeout.is_some_and(|t| stream.last_activity.get() + t <= now) {
                     return Err(Failure::RouteTimeout);
                 }
                 if request_deadline.is_some_and(|d| d <= now) && !stream.request_done.get() {

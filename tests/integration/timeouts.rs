@@ -84,3 +84,39 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(closed.unwrap(), 0, "the server closed the idle connection");
     assert_eq!(legate.stat("http.ingress_http.downstream_cx_idle_timeout").await, Some(1));
 }
+
+/// Sends a 30-byte POST body in three parts 300 ms apart and returns the start of the reply.
+async fn slow_upload(address: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 30\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A proxy that answers early closes the connection under the rest of the body.
+        if stream.write_all(b"0123456789").await.is_err() {
+            break;
+        }
+    }
+    let mut reply = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut reply)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_runs_from_the_end_of_the_request() {
+    // Envoy's route timeout spans from the end of the downstream request to the response, so
+    // an upload slower than the timeout is not cut by it; a response slower than it still is.
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
+    let route = routes(concat!(
+        "              - match: { prefix: \"/late\" }\n                route: { cluster: svc, timeout: 0.5s, prefix_rewrite: \"/delay/3000\" }\n",
+        "              - match: { prefix: \"/\" }\n                route: { cluster: svc, timeout: 0.5s }\n",
+    ));
+    let legate = Legate::start(&bootstrap("", &route, &clusters));
+    let reply = slow_upload(legate.listener("main"), "/upload").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(upstream.last().body_len, 30);
+    let reply = slow_upload(legate.listener("main"), "/late").await;
+    assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+    assert!(reply.ends_with("upstream request timeout"), "{reply}");
+}
