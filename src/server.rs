@@ -259,6 +259,8 @@ pub const ADMIN_NICE: i32 = 10;
 /// Lowers the calling thread's scheduling priority to `nice`, for the control threads that
 /// must not delay requests on a CPU they share with a worker.
 pub fn yield_to_workers(nice: i32) {
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority on the calling thread's own id changes only that thread's nice value.
     unsafe {

@@ -20,11 +20,11 @@ use crate::config::schema;
 use crate::upstream::Cluster;
 use crate::upstream::host::{Host, health_flag};
 
-/// Envoy's default circuit-breaker thresholds, shown for every cluster until circuit
-/// breakers are configurable.
 /// Clusters written per chunk of streamed `/clusters` text (about 8 KB each with 10 hosts).
 const CLUSTERS_PER_CHUNK: usize = 64;
 
+/// Envoy's default circuit-breaker thresholds, shown for every cluster until circuit
+/// breakers are configurable.
 const DEFAULT_THRESHOLDS: [(&str, u32); 4] =
     [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)];
 

@@ -4,11 +4,10 @@
 use std::sync::atomic::Ordering;
 
 use envoy_types::pb::envoy::admin::v3::{CommandLineOptions, ListenerStatus, Listeners, ServerInfo};
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::google::protobuf::Duration as DurationProto;
 use http::{Response, StatusCode};
 
-use super::{AdminBody, AdminRequest, AdminState, help_text, json, text};
+use super::{AdminBody, AdminRequest, AdminState, help_text, json, socket_address, text};
 use crate::config::schema;
 use crate::logging;
 use crate::server::ServerState;
@@ -70,13 +69,7 @@ pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<
     let active = state.listeners.active();
     let statuses = active.iter().map(|l| (&l.runtime, &l.bound)).map(|(l, bound)| ListenerStatus {
         name: l.spec.name.clone(),
-        local_address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: bound.ip().to_string(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(bound.port()))),
-                ..Default::default()
-            })),
-        }),
+        local_address: Some(socket_address(*bound)),
         ..Default::default()
     });
     if request.wants_json() {

@@ -4,7 +4,6 @@
 //! connection. Everything here is `!Send` and lives on its worker's thread.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+// FNV-1a: the pool maps are keyed by cluster names and host addresses from config, not by
+// anything a client sends, so they need no DoS-resistant (and slower) SipHash.
+use fnv::FnvHashMap;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -278,7 +280,7 @@ pub struct ClusterPools {
     cluster_id: u64,
     pub cursor: Cell<u64>,
     /// By host address, holding the `Host` the pool was made for.
-    hosts: RefCell<FnvMap<SocketAddr, Rc<HostPool>>>,
+    hosts: RefCell<FnvHashMap<SocketAddr, Rc<HostPool>>>,
     /// The same pools by index in this cluster version's `hosts` (fixed for a version), so
     /// a request finds its pool without hashing the address.
     by_index: RefCell<Vec<Option<Rc<HostPool>>>>,
@@ -303,35 +305,10 @@ impl ClusterPools {
     }
 }
 
-/// FNV-1a: the pool maps are keyed by cluster names and host addresses from config, not
-/// by anything a client sends, so they need no DoS-resistant (and slower) SipHash.
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
-
 /// All of one worker's pools, by cluster name.
 #[derive(Default)]
 pub struct WorkerPools {
-    clusters: RefCell<FnvMap<String, Rc<ClusterPools>>>,
+    clusters: RefCell<FnvHashMap<String, Rc<ClusterPools>>>,
     /// The snapshot generation the pools were last pruned against.
     generation: Cell<u64>,
 }
@@ -348,7 +325,7 @@ impl WorkerPools {
             return pools.clone();
         }
         let previous = clusters.remove(&cluster.name);
-        let mut hosts = FnvMap::default();
+        let mut hosts = FnvHashMap::default();
         if let Some(previous) = &previous {
             for (address, pool) in previous.hosts.borrow_mut().drain() {
                 if cluster.hosts.iter().any(|h| Arc::ptr_eq(h, &pool.host)) {

@@ -630,6 +630,7 @@ fn decode_all<M: Message + Default>(resources: &[Any], type_url: &str) -> Result
 /// Envoy's `version` gauge holds a hash of the accepted `version_info` (FNV-1a here,
 /// kept positive for the signed gauge).
 fn version_hash(version: &str) -> i64 {
-    let hash = version.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    (hash >> 1) as i64
+    let mut hasher = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut hasher, version.as_bytes());
+    (std::hash::Hasher::finish(&hasher) >> 1) as i64
 }
