@@ -9,7 +9,7 @@
 #   bash bench/counts.sh            # all workloads
 #   COUNTS_WORKLOADS="h2c" bash bench/counts.sh
 #
-# Knobs: COUNTS_WORKLOADS (h1 h1_16k h2c h2c_h1up), COUNTS_REQUESTS (20000),
+# Knobs: COUNTS_WORKLOADS (h1 h1_16k h2c h2c_h1up h1_post64k), COUNTS_REQUESTS (20000),
 # COUNTS_WARMUP (2000), COUNTS_SKIP_BUILD=1, COUNTS_PORT_BASE (19080).
 # Installs valgrind, nghttp2-client (h2load) and bc from Debian if missing; the profiles stay
 # in bench/out/counts/ for callgrind_annotate.
@@ -38,6 +38,7 @@ fi
 UP_PORT=$up_port
 source bench/bootstrap.sh
 write_xds_config "$out/legate.yaml" "$h1_port" "$h2_port" "$admin_port"
+head -c 65536 /dev/zero | tr '\0' x >"$out/post64k.body"
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
@@ -79,6 +80,7 @@ for w in $workloads; do
     h1_16k) load=(--h1 -c10 -m1); url=http://127.0.0.1:$h1_port/16k ;;
     h2c) load=(-c10 -m10); url=http://127.0.0.1:$h2_port/ ;;
     h2c_h1up) load=(-c10 -m10); url=http://127.0.0.1:$h1_port/ ;;
+    h1_post64k) load=(--h1 -c10 -m1 -d "$out/post64k.body"); url=http://127.0.0.1:$h1_port/post ;;
     *) echo "counts.sh: unknown workload $w" >&2; exit 1 ;;
   esac
   profile=$out/callgrind.$w.out

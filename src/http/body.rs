@@ -61,17 +61,18 @@ pub enum EndReason {
     IdleTimeout,
 }
 
-/// A legate timeout, surfaced as a body error so hyper resets the stream.
+/// A body error legate raises itself (a timeout, an upstream breaking its framing), which
+/// makes hyper reset the stream.
 #[derive(Debug)]
-struct TimedOut(&'static str);
+pub struct StreamError(pub &'static str);
 
-impl std::fmt::Display for TimedOut {
+impl std::fmt::Display for StreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.0)
     }
 }
 
-impl std::error::Error for TimedOut {}
+impl std::error::Error for StreamError {}
 
 /// The downstream request body as sent upstream.
 pub struct RequestBody {
@@ -119,7 +120,7 @@ impl Body for RequestBody {
                 let expired = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
                 if expired {
                     this.state.request_timed_out.set(true);
-                    return Poll::Ready(Some(Err(Box::new(TimedOut("request timeout")))));
+                    return Poll::Ready(Some(Err(Box::new(StreamError("request timeout")))));
                 }
                 Poll::Pending
             }
@@ -224,7 +225,7 @@ impl Body for ResponseBody {
                     let expired = idle.as_mut().is_some_and(|idle| idle.expired(cx));
                     if expired {
                         this.finish(EndReason::IdleTimeout);
-                        return Poll::Ready(Some(Err(Box::new(TimedOut("stream idle timeout")))));
+                        return Poll::Ready(Some(Err(Box::new(StreamError("stream idle timeout")))));
                     }
                     Poll::Pending
                 }

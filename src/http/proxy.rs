@@ -25,7 +25,7 @@ use super::headers;
 use super::route::{IdleTimeout, RouteAction};
 use crate::config::cluster::UpstreamProtocol;
 use crate::listener::HttpListener;
-use crate::upstream::pool::{H1Lease, UpstreamError, Wire};
+use crate::upstream::pool::{UpstreamError, Wire};
 use crate::upstream::{Cluster, Host};
 use crate::worker::{LentTimer, Worker};
 
@@ -80,7 +80,6 @@ pub async fn serve(
         route_name: None,
         cluster: None,
         host: None,
-        lease: None,
         stream: Rc::new(StreamState::new(start)),
         done: false,
         client: ctx.remote,
@@ -249,7 +248,7 @@ pub async fn serve(
     let deadlines = Deadlines { route: timeout, request: request_deadline, idle: idle_timeout };
     let result = await_response(sent, &exchange.stream, deadlines, ctx.worker.timers.lend()).await;
     match result {
-        Ok((response, lease)) => {
+        Ok(response) => {
             let (mut head, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut head.headers);
             let upstream_ms = upstream_start.elapsed().as_millis() as u64;
@@ -263,7 +262,6 @@ pub async fn serve(
             cluster.stats.upstream_rq_time.record(upstream_ms);
             cluster.stats.record_response(head.status.as_u16());
             exchange.status = head.status.as_u16();
-            exchange.lease = lease;
             exchange.details = Cow::Borrowed("via_upstream");
             exchange.charged = true;
             if !listener.access_logs.is_empty() {
@@ -522,7 +520,6 @@ struct Exchange {
     route_name: Option<String>,
     cluster: Option<Arc<Cluster>>,
     host: Option<Arc<Host>>,
-    lease: Option<H1Lease>,
     stream: Rc<StreamState>,
     /// The accounting in `complete` has run.
     done: bool,
@@ -625,12 +622,6 @@ impl Exchange {
                 host.stats.rq_success.fetch_add(1, Ordering::Relaxed);
             } else {
                 host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if let Some(lease) = this.lease.take() {
-            // Only a fully read response leaves the connection reusable.
-            if complete {
-                lease.release();
             }
         }
         let mut flags = this.flags;

@@ -3,6 +3,7 @@
 //! writer of cluster state; workers read published snapshots.
 
 pub mod cluster;
+mod h1_client;
 mod h2_client;
 pub mod host;
 pub mod lb;

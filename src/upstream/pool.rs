@@ -7,10 +7,10 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 // FNV-1a: the pool maps are keyed by cluster names and host addresses from config, not by
@@ -18,13 +18,11 @@ use bytes::Bytes;
 use fnv::FnvHashMap;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::cluster::Cluster;
+use super::h1_client::{H1Body, H1Connection, SendError};
 use super::h2_client::{H2Body, H2Connection};
 use super::host::Host;
 use super::manager::ClusterSnapshot;
@@ -50,7 +48,7 @@ pub enum Wire {
 
 /// A response body from upstream, as the protocol it came over delivers it.
 pub enum UpstreamBody {
-    Http1(Incoming),
+    Http1(H1Body),
     Http2(H2Body),
 }
 
@@ -60,7 +58,7 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
             UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -81,7 +79,7 @@ impl Body for UpstreamBody {
 }
 
 struct IdleH1 {
-    sender: http1::SendRequest<RequestBody>,
+    connection: Box<H1Connection>,
     since: Instant,
 }
 
@@ -89,32 +87,20 @@ struct IdleH1 {
 pub struct HostPool {
     host: Arc<Host>,
     idle_h1: RefCell<Vec<IdleH1>>,
+    /// Wakes the task that closes idle connections the upstream closed (`watch_idle`), once
+    /// it runs; every idle connection's read readiness is registered with it.
+    idle_watcher: RefCell<Option<Waker>>,
     h2: RefCell<Option<H2Connection>>,
-}
-
-/// A checked-out HTTP/1.1 connection, returned to the idle set when its response body ends.
-pub struct H1Lease {
-    pool: Rc<HostPool>,
-    sender: http1::SendRequest<RequestBody>,
-}
-
-impl H1Lease {
-    /// Gives the connection back for reuse (its response is fully read).
-    pub fn release(self) {
-        if !self.sender.is_closed() {
-            self.pool.idle_h1.borrow_mut().push(IdleH1 { sender: self.sender, since: Instant::now() });
-        }
-    }
 }
 
 impl HostPool {
     fn new(host: Arc<Host>) -> HostPool {
-        HostPool { host, idle_h1: RefCell::new(Vec::new()), h2: RefCell::new(None) }
+        HostPool { host, idle_h1: RefCell::new(Vec::new()), idle_watcher: RefCell::new(None), h2: RefCell::new(None) }
     }
 
     /// Sends `request` to this host of `cluster` (whose current version sets timeouts and
     /// counts stats) over `wire`, calling `attached` (possibly more than once) when a
-    /// connection takes it. For HTTP/1.1 the lease must be released once the
+    /// connection takes it. An HTTP/1.1 connection comes back to the pool when the
     /// response body has been read to its end.
     pub async fn send(
         self: &Rc<Self>,
@@ -122,12 +108,10 @@ impl HostPool {
         request: Request<RequestBody>,
         wire: Wire,
         attached: &dyn Fn(),
-    ) -> Result<(Response<UpstreamBody>, Option<H1Lease>), UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match wire {
-            Wire::Http1 => {
-                self.send_h1(cluster, request, attached).await.map(|(r, l)| (r.map(UpstreamBody::Http1), Some(l)))
-            }
-            Wire::Http2 => self.send_h2(cluster, request, attached).await.map(|r| (r.map(UpstreamBody::Http2), None)),
+            Wire::Http1 => self.send_h1(cluster, request, attached).await.map(|r| r.map(UpstreamBody::Http1)),
+            Wire::Http2 => self.send_h2(cluster, request, attached).await.map(|r| r.map(UpstreamBody::Http2)),
         }
     }
 
@@ -136,42 +120,57 @@ impl HostPool {
         cluster: &Arc<Cluster>,
         mut request: Request<RequestBody>,
         attached: &dyn Fn(),
-    ) -> Result<(Response<Incoming>, H1Lease), UpstreamError> {
+    ) -> Result<Response<H1Body>, UpstreamError> {
         // A pooled connection may have been closed by the upstream while idle; if the
         // request was not written, it goes out again on a fresh connection.
-        while let Some(mut sender) = self.checkout_idle_h1(cluster) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
+        while let Some(connection) = self.checkout_idle_h1(cluster) {
             attached();
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, H1Lease { pool: self.clone(), sender })),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::ResetBeforeHeaders(e.into_error().into())),
-                },
+            match connection.send(request, self).await {
+                Ok(response) => return Ok(response),
+                Err(SendError::Unsent(unsent)) => request = *unsent,
+                Err(SendError::Failed(e)) => return Err(UpstreamError::ResetBeforeHeaders(e)),
             }
         }
-        // Boxed: a connect (TCP, handshake, timeout) is a large state machine that would
-        // otherwise sit inline in every request's future, which hyper moves around (an
-        // HTTP/2 stream's future is copied into its task when spawned).
-        let mut sender = self.pending(cluster, Box::pin(self.connect_h1(cluster))).await?;
+        // Boxed: a connect (TCP, timeout) is a large state machine that would otherwise sit
+        // inline in every request's future, which hyper moves around (an HTTP/2 stream's
+        // future is copied into its task when spawned).
+        let connection = self.pending(cluster, Box::pin(self.connect_h1(cluster))).await?;
         attached();
-        match sender.send_request(request).await {
-            Ok(response) => Ok((response, H1Lease { pool: self.clone(), sender })),
-            Err(e) => Err(UpstreamError::ResetBeforeHeaders(e.into())),
+        match connection.send(request, self).await {
+            Ok(response) => Ok(response),
+            Err(SendError::Unsent(_)) => Err(UpstreamError::ResetBeforeHeaders("connection closed".into())),
+            Err(SendError::Failed(e)) => Err(UpstreamError::ResetBeforeHeaders(e)),
         }
     }
 
-    fn checkout_idle_h1(&self, cluster: &Cluster) -> Option<http1::SendRequest<RequestBody>> {
+    fn checkout_idle_h1(&self, cluster: &Cluster) -> Option<Box<H1Connection>> {
         let mut idle = self.idle_h1.borrow_mut();
-        while let Some(conn) = idle.pop() {
-            let expired = cluster.idle_timeout.is_some_and(|t| conn.since.elapsed() >= t);
-            if !expired && !conn.sender.is_closed() {
-                return Some(conn.sender);
+        while let Some(IdleH1 { mut connection, since }) = idle.pop() {
+            let expired = cluster.idle_timeout.is_some_and(|t| since.elapsed() >= t);
+            if !expired && connection.is_alive(&mut Context::from_waker(Waker::noop())) {
+                return Some(connection);
             }
         }
         None
+    }
+
+    /// Takes back a connection whose response has ended, to be reused.
+    pub fn release_h1(self: &Rc<Self>, mut connection: Box<H1Connection>) {
+        let watcher = self.idle_watcher.borrow().clone();
+        match watcher {
+            Some(waker) => {
+                if !connection.is_alive(&mut Context::from_waker(&waker)) {
+                    return;
+                }
+            }
+            None => {
+                // Until its first poll (which registers every connection idle by then) the
+                // watcher is known by a waker that does nothing.
+                *self.idle_watcher.borrow_mut() = Some(Waker::noop().clone());
+                tokio::task::spawn_local(watch_idle(Rc::downgrade(self)));
+            }
+        }
+        self.idle_h1.borrow_mut().push(IdleH1 { connection, since: Instant::now() });
     }
 
     async fn send_h2(
@@ -236,15 +235,10 @@ impl HostPool {
         Ok(stream)
     }
 
-    async fn connect_h1(&self, cluster: &Arc<Cluster>) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+    async fn connect_h1(&self, cluster: &Arc<Cluster>) -> Result<Box<H1Connection>, UpstreamError> {
         let stream = self.connect_tcp(cluster).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))?;
         cluster.stats.upstream_cx_http1_total.inc();
-        self.spawn_connection(cluster, conn);
-        Ok(sender)
+        Ok(H1Connection::new(stream, LiveConnection::new(cluster, &self.host)))
     }
 
     async fn connect_h2(&self, cluster: &Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
@@ -256,21 +250,64 @@ impl HostPool {
         Ok(connection)
     }
 
-    /// Drives a connection on this worker, keeping the active-connection gauges true.
+    /// Drives a connection on this worker, counted as active until it ends.
     fn spawn_connection<F>(&self, cluster: &Arc<Cluster>, conn: F)
     where
         F: Future + 'static,
     {
-        let cluster = cluster.clone();
-        let host = self.host.clone();
-        cluster.stats.upstream_cx_active.inc();
-        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        let live = LiveConnection::new(cluster, &self.host);
         tokio::task::spawn_local(async move {
             let _ = conn.await;
-            cluster.stats.upstream_cx_active.dec();
-            cluster.stats.upstream_cx_destroy.inc();
-            host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+            drop(live);
         });
+    }
+}
+
+impl Drop for HostPool {
+    fn drop(&mut self) {
+        // Lets the watcher see the pool is gone and end.
+        if let Some(watcher) = self.idle_watcher.take() {
+            watcher.wake();
+        }
+    }
+}
+
+/// Closes the pool's idle HTTP/1.1 connections that the upstream closed (or wrote to out
+/// of turn) as soon as the reactor reports them readable, so the active-connection gauges
+/// and `/clusters` count only live ones. Ends with the pool.
+async fn watch_idle(pool: Weak<HostPool>) {
+    std::future::poll_fn(|cx| {
+        let Some(pool) = pool.upgrade() else { return Poll::Ready(()) };
+        pool.idle_h1.borrow_mut().retain_mut(|idle| idle.connection.is_alive(cx));
+        let mut watcher = pool.idle_watcher.borrow_mut();
+        if !watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *watcher = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Counts an upstream connection in the active gauges from its connect until it is
+/// dropped, then as destroyed.
+pub struct LiveConnection {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+}
+
+impl LiveConnection {
+    fn new(cluster: &Arc<Cluster>, host: &Arc<Host>) -> LiveConnection {
+        cluster.stats.upstream_cx_active.inc();
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        LiveConnection { cluster: cluster.clone(), host: host.clone() }
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_cx_active.dec();
+        self.cluster.stats.upstream_cx_destroy.inc();
+        self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

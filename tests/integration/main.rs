@@ -9,5 +9,6 @@ mod proxying;
 mod routing;
 mod support;
 mod timeouts;
+mod upstream_http1;
 mod xds;
 mod xds_envoy;
