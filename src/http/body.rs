@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::h2_body::H2Body;
 use crate::upstream::pool::UpstreamBody;
 use crate::worker::{LentTimer, TimerPool};
 
@@ -74,9 +76,13 @@ impl std::fmt::Display for StreamError {
 
 impl std::error::Error for StreamError {}
 
+/// A downstream request body as its codec delivers it: hyper's HTTP/1.1 server, or
+/// legate's HTTP/2 one.
+pub type DownstreamBody = Either<Incoming, H2Body>;
+
 /// The downstream request body as sent upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: DownstreamBody,
     state: Rc<StreamState>,
     /// `request_timeout`: the whole request must have arrived by then.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -84,7 +90,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// Wraps a downstream body; `deadline` is when `request_timeout` expires, if set.
-    pub fn new(inner: Incoming, state: Rc<StreamState>, deadline: Option<Instant>) -> RequestBody {
+    pub fn new(inner: DownstreamBody, state: Rc<StreamState>, deadline: Option<Instant>) -> RequestBody {
         if inner.is_end_stream() {
             state.request_done.set(true);
         }
@@ -115,7 +121,7 @@ impl Body for RequestBody {
                 this.state.last_activity.set(Instant::now());
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Pending => {
                 let expired = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
                 if expired {

@@ -4,6 +4,8 @@
 pub mod access_log;
 pub mod body;
 pub mod flags;
+pub mod h2_body;
+pub mod h2_server;
 pub mod headers;
 pub mod proxy;
 pub mod rds;

@@ -15,11 +15,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::access_log::{LogContext, request_head};
-use super::body::{EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
+use super::body::{DownstreamBody, EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
 use super::flags::ResponseFlags;
 use super::headers;
 use super::route::{IdleTimeout, RouteAction};
@@ -47,7 +46,7 @@ pub struct ConnContext {
 /// Serves one downstream request. Never fails: every error becomes Envoy's local reply.
 pub async fn serve(
     ctx: Rc<ConnContext>,
-    request: Request<Incoming>,
+    request: Request<DownstreamBody>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let listener = &ctx.listener;
     let stats = &listener.http_stats;

@@ -2,31 +2,38 @@
 //! the kernel spreads connections and no accept queue is shared between threads.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-
+use http::Request;
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::HttpListener;
 use crate::config::listener::Codec;
+use crate::http::body::BodyError;
+use crate::http::h2_server::{self, H2Server};
 use crate::http::proxy::{self, ConnContext};
-use crate::worker::{LocalExec, Worker};
+use crate::worker::Worker;
 
 /// How long a draining listener waits for a just-accepted connection's first request.
 const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Binds a listening socket with `SO_REUSEPORT`, so each worker can bind the same address.
 pub fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -81,7 +88,7 @@ pub async fn serve_listener(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: watch::Receiver<bool>) {
+async fn serve_connection(mut stream: TcpStream, ctx: Rc<ConnContext>, mut drain: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let listener = ctx.listener.clone();
     let opened = tokio::time::Instant::now();
@@ -90,26 +97,102 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: wa
     http.downstream_cx_total.inc();
     http.downstream_cx_active.inc();
 
-    let mut builder = auto::Builder::new(LocalExec);
-    // No header read timeout: Envoy has none unless `request_headers_timeout` is set (which
-    // legate does not implement); an idle keep-alive connection is closed by the
-    // connection idle timeout below, as Envoy closes it. hyper's default (30 s) would also
-    // box and register a timer for every request head.
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(None);
-    builder.http2().timer(TokioTimer::new());
-    match listener.spec.hcm.codec {
-        Codec::Auto => {}
-        Codec::Http1 => builder = builder.http1_only(),
-        Codec::Http2 => builder = builder.http2_only(),
+    let mut prefix = BytesMut::new();
+    let protocol = match listener.spec.hcm.codec {
+        Codec::Http1 => Some(Protocol::Http1),
+        Codec::Http2 => Some(Protocol::Http2),
+        Codec::Auto => {
+            prefix.reserve(SNIFF_READ);
+            let sniff = sniff(&mut stream, &mut prefix);
+            tokio::pin!(sniff);
+            let idle = sleep_until_some(listener.spec.hcm.idle_timeout.map(|t| ctx.idle_since.get() + t));
+            tokio::select! {
+                protocol = &mut sniff => protocol.ok(),
+                _ = idle => {
+                    http.downstream_cx_idle_timeout.inc();
+                    None
+                }
+                // A connection accepted just before the drain gets a moment to say what it is.
+                _ = drain.wait_for(|d| *d) => tokio::time::timeout(FIRST_REQUEST_GRACE, sniff).await.ok().and_then(Result::ok),
+            }
+        }
+    };
+    let io = Rewind { prefix: prefix.freeze(), stream };
+    let result = match protocol {
+        Some(Protocol::Http2) => {
+            let stream_ctx = ctx.clone();
+            let server = H2Server::new(io, move |request, respond| {
+                h2_server::serve_stream(stream_ctx.clone(), request, respond)
+            });
+            drive(server, |server| server.get_mut().graceful_shutdown(), &ctx, drain).await.map_err(BodyError::from)
+        }
+        Some(Protocol::Http1) => {
+            let service_ctx = ctx.clone();
+            let service = service_fn(move |request: Request<Incoming>| {
+                proxy::serve(service_ctx.clone(), request.map(Either::Left))
+            });
+            // No header read timeout: Envoy has none unless `request_headers_timeout` is set
+            // (which legate does not implement); an idle keep-alive connection is closed by
+            // the connection idle timeout, as Envoy closes it. hyper's default (30 s) would
+            // also box and register a timer for every request head.
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .header_read_timeout(None)
+                .serve_connection(TokioIo::new(io), service);
+            drive(connection, |connection| connection.graceful_shutdown(), &ctx, drain).await.map_err(BodyError::from)
+        }
+        None => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(remote = %ctx.remote, error = %e, "downstream connection ended with an error");
     }
-    let service_ctx = ctx.clone();
-    let service = service_fn(move |request| proxy::serve(service_ctx.clone(), request));
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    listener.stats.closed(ctx.worker.index, opened.elapsed());
+    http.downstream_cx_active.dec();
+    http.downstream_cx_destroy.inc();
+    http.downstream_cx_length_ms.record(opened.elapsed().as_millis() as u64);
+}
+
+/// What a connection speaks.
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// HTTP/2's connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The first read of a connection whose codec is detected: enough for a request head.
+const SNIFF_READ: usize = 1024;
+
+/// Reads until the first bytes tell HTTP/2's preface from anything else (HTTP/1.1).
+async fn sniff(stream: &mut TcpStream, read: &mut BytesMut) -> std::io::Result<Protocol> {
+    loop {
+        if read.len() >= PREFACE.len() || !PREFACE.starts_with(read) {
+            return Ok(if read.starts_with(PREFACE) { Protocol::Http2 } else { Protocol::Http1 });
+        }
+        if stream.read_buf(read).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Serves a connection until it ends, closing it gracefully (with `shutdown`) when the
+/// listener drains or the connection idle timeout passes.
+async fn drive<C, E>(
+    connection: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    ctx: &ConnContext,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let http = &ctx.listener.http_stats;
     tokio::pin!(connection);
-    let idle_timeout = listener.spec.hcm.idle_timeout;
+    let idle_timeout = ctx.listener.spec.hcm.idle_timeout;
     let side = Arc::new(SideWake::default());
     let side_waker = Waker::from(side.clone());
-    let result = loop {
+    loop {
         // Envoy's connection idle timeout counts from the moment no stream is in progress.
         let idle_deadline = idle_timeout.map(|t| ctx.idle_since.get() + t);
         let drained = drain.wait_for(|d| *d);
@@ -136,24 +219,24 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: wa
         })
         .await;
         match event {
-            ConnEvent::Done(result) => break result,
+            ConnEvent::Done(result) => return result,
             ConnEvent::Drain => {
                 // A connection accepted just before the drain may not have sent its first
                 // request yet; serve that request rather than close under it.
                 if !ctx.codec_counted.get() {
                     tokio::select! {
-                        result = connection.as_mut() => break result,
+                        result = connection.as_mut() => return result,
                         _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
                     }
                 }
-                connection.as_mut().graceful_shutdown();
-                break connection.await;
+                shutdown(connection.as_mut());
+                return connection.await;
             }
             ConnEvent::Idle => {
                 if ctx.active_streams.get() == 0 && idle_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
                     http.downstream_cx_idle_timeout.inc();
-                    connection.as_mut().graceful_shutdown();
-                    break connection.await;
+                    shutdown(connection.as_mut());
+                    return connection.await;
                 }
                 if ctx.active_streams.get() > 0 {
                     // Busy: look again one timeout from now.
@@ -161,14 +244,56 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>, mut drain: wa
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(remote = %ctx.remote, error = %e, "downstream connection ended with an error");
     }
-    listener.stats.closed(ctx.worker.index, opened.elapsed());
-    http.downstream_cx_active.dec();
-    http.downstream_cx_destroy.inc();
-    http.downstream_cx_length_ms.record(opened.elapsed().as_millis() as u64);
+}
+
+/// The connection's socket, with the bytes read to tell its protocol put back in front.
+struct Rewind {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        if this.prefix.is_empty() {
+            // Let the buffer go.
+            this.prefix = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 /// What ended a connection's wait.

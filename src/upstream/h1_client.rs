@@ -31,7 +31,6 @@ const READ_SIZE: usize = 16 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 
-
 /// An upstream that broke HTTP/1.1 framing, or closed the connection early.
 fn protocol_error(what: &'static str) -> BodyError {
     Box::new(StreamError(what))

@@ -6,27 +6,26 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
 // FNV-1a: the pool maps are keyed by cluster names and host addresses from config, not by
 // anything a client sends, so they need no DoS-resistant (and slower) SipHash.
 use fnv::FnvHashMap;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::cluster::Cluster;
 use super::h1_client::{H1Body, H1Connection, SendError};
-use super::h2_client::{H2Body, H2Connection};
+use super::h2_client::H2Connection;
 use super::host::Host;
 use super::manager::ClusterSnapshot;
 use crate::http::body::{BodyError, RequestBody};
+use crate::http::h2_body::H2Body;
 
 /// Why a request could not get a response from its upstream.
 #[derive(Debug)]
@@ -47,36 +46,7 @@ pub enum Wire {
 }
 
 /// A response body from upstream, as the protocol it came over delivers it.
-pub enum UpstreamBody {
-    Http1(H1Body),
-    Http2(H2Body),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Http1(body) => body.is_end_stream(),
-            UpstreamBody::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Http1(body) => body.size_hint(),
-            UpstreamBody::Http2(body) => body.size_hint(),
-        }
-    }
-}
+pub type UpstreamBody = Either<H1Body, H2Body>;
 
 struct IdleH1 {
     connection: Box<H1Connection>,
@@ -110,8 +80,8 @@ impl HostPool {
         attached: &dyn Fn(),
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match wire {
-            Wire::Http1 => self.send_h1(cluster, request, attached).await.map(|r| r.map(UpstreamBody::Http1)),
-            Wire::Http2 => self.send_h2(cluster, request, attached).await.map(|r| r.map(UpstreamBody::Http2)),
+            Wire::Http1 => self.send_h1(cluster, request, attached).await.map(|r| r.map(Either::Left)),
+            Wire::Http2 => self.send_h2(cluster, request, attached).await.map(|r| r.map(Either::Right)),
         }
     }
 

@@ -204,3 +204,33 @@ async fn a_bodiless_post_reaches_an_http1_upstream_with_content_length_zero() {
         assert_eq!(upstream.last().headers.get("content-length"), None, "GET has no body to frame");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_the_client_resets_is_abandoned_and_the_connection_serves_on() {
+    let (legate, _upstream) = crate::support::legate_to_one_upstream().await;
+    let mut client = Client::connect(legate.listener("main"), Version::HTTP_2).await;
+    // Dropping the response future makes hyper's client send RST_STREAM (CANCEL).
+    let abandoned =
+        tokio::time::timeout(std::time::Duration::from_millis(200), client.send_streaming(get("/delay/3000")));
+    assert!(abandoned.await.is_err(), "the slow upstream answered within 200 ms");
+    let mut accounted = false;
+    for _ in 0..100 {
+        if legate.stat("http.ingress_http.downstream_rq_rx_reset").await == Some(1)
+            && legate.stat("http.ingress_http.downstream_rq_active").await == Some(0)
+        {
+            accounted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(accounted, "the reset stream was not accounted as a downstream reset");
+    // The other streams of the connection are untouched; a response carries what hyper's
+    // HTTP/2 server used to add.
+    let answer = client.send(get("/")).await;
+    assert_eq!((answer.status.as_u16(), answer.version), (200, Version::HTTP_2));
+    assert_eq!(answer.text(), "svc");
+    assert_eq!(answer.header("content-length"), "3");
+    assert!(httpdate::parse_http_date(answer.header("date")).is_ok(), "{}", answer.header("date"));
+    assert_eq!(legate.stat("http.ingress_http.downstream_rq_http2_total").await, Some(2));
+    assert_eq!(legate.stat("http.ingress_http.downstream_cx_http2_total").await, Some(1));
+}
