@@ -55,7 +55,7 @@ pub struct H1Connection {
     /// upstream may answer (an echo, a stream) before the whole request arrived.
     sending: Option<RequestBody>,
     chunked: bool,
-    /// A frame of the request body was taken (the request can no longer be resent).
+    /// A frame, or the end, of the request body was taken (it can no longer be resent).
     body_taken: bool,
     /// Writing the request failed; the response may still come.
     write_failed: bool,
@@ -117,12 +117,21 @@ impl H1Connection {
             None
         };
         let head_request = parts.method == Method::HEAD;
+        // Held until the head is written, to hand the request back if it cannot be; then
+        // dropped at once, as its header values are slices of the downstream codec's read
+        // buffer, which is reused only once nothing refers to it.
+        let mut unsent = Some(parts);
         let response = std::future::poll_fn(|cx| {
             if self.is_sending() {
                 match self.poll_send(cx) {
                     Poll::Ready(Err(WriteFailure::Body(e))) => return Poll::Ready(Err(Some(e))),
-                    Poll::Ready(Err(WriteFailure::Io)) if !self.body_taken => return Poll::Ready(Err(None)),
+                    Poll::Ready(Err(WriteFailure::Io)) if !self.body_taken && unsent.is_some() => {
+                        return Poll::Ready(Err(None));
+                    }
                     Poll::Ready(_) | Poll::Pending => {}
+                }
+                if self.out.head_at == self.out.head.len() {
+                    unsent = None;
                 }
             }
             self.poll_read_head(cx, head_request)
@@ -132,7 +141,9 @@ impl H1Connection {
             Ok(response) => response,
             Err(Some(e)) => return Err(SendError::Failed(e)),
             Err(None) => {
-                let body = bodiless.or_else(|| self.sending.take()).expect("an unsent request still has its body");
+                let (Some(parts), Some(body)) = (unsent, bodiless.or_else(|| self.sending.take())) else {
+                    unreachable!("a request is handed back only while its head and body are untouched");
+                };
                 return Err(SendError::Unsent(Box::new(Request::from_parts(parts, body))));
             }
         };
@@ -172,6 +183,7 @@ impl H1Connection {
                     }
                     Poll::Ready(Some(Err(e))) => break Err(WriteFailure::Body(e)),
                     Poll::Ready(None) => {
+                        self.body_taken = true;
                         self.sending = None;
                         if self.chunked {
                             self.out.set_last_chunk();
