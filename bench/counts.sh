@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/out/counts
 mkdir -p "$out"
-workloads=${COUNTS_WORKLOADS:-"h1 h1_16k h2c h2c_h1up"}
+workloads=${COUNTS_WORKLOADS:-"h1 h1_16k h2c h2c_h1up h1_post64k"}
 requests=${COUNTS_REQUESTS:-20000}
 warmup=${COUNTS_WARMUP:-2000}
 base=${COUNTS_PORT_BASE:-19080}
