@@ -1,0 +1,429 @@
+//! HTTP/1.1 to upstreams, written for a proxy. hyper's client drives each connection in a
+//! task of its own, hands it every request over a channel and answers through a oneshot:
+//! two task hops, two allocations and a fresh read buffer per request (BENCHMARKS.md,
+//! "Counts per request"). Here the request's own task writes the request and reads the
+//! response head on the connection it checked out; the response body reads the rest and
+//! gives the connection back to its pool once the response has ended. The read buffer
+//! and the buffer the request head is written into stay with the connection.
+
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::HeaderName;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::net::TcpStream;
+
+use super::pool::{HostPool, LiveConnection};
+use crate::http::body::{BodyError, RequestBody};
+use codec::{
+    Chunk, Decoded, HeadFraming, MAX_HEAD_BYTES, RequestFraming, ResponseFraming, chunk_size_line, decode_chunked,
+    encode_head, parse_head, protocol_error,
+};
+
+mod codec;
+#[cfg(test)]
+mod tests;
+
+/// What one read asks the socket for.
+const READ_SIZE: usize = 16 * 1024;
+/// Why a request got no response on a connection.
+pub enum SendError {
+    /// Writing the request head failed, so nothing of the request was taken: it can go
+    /// out on another connection (a pooled one the upstream had closed).
+    Unsent(Box<Request<RequestBody>>),
+    Failed(BodyError),
+}
+
+/// One HTTP/1.1 connection to a host, idle or carrying one request.
+pub struct H1Connection {
+    io: TcpStream,
+    /// Bytes read and not yet consumed; kept (and its allocation reused) across requests.
+    read: BytesMut,
+    /// What of the request is yet to be written.
+    out: Outgoing,
+    /// The request body still being sent; it streams while the response is read, as an
+    /// upstream may answer (an echo, a stream) before the whole request arrived.
+    sending: Option<RequestBody>,
+    chunked: bool,
+    /// A frame, or the end, of the request body was taken (it can no longer be resent).
+    body_taken: bool,
+    /// Writing the request failed; the response may still come.
+    write_failed: bool,
+    /// Header names and value positions of the response head being parsed.
+    fields: Vec<(HeaderName, usize, usize)>,
+    _live: LiveConnection,
+}
+
+impl H1Connection {
+    /// Boxed: it moves between the pool and response bodies, which stay small.
+    pub fn new(io: TcpStream, live: LiveConnection) -> Box<H1Connection> {
+        Box::new(H1Connection {
+            io,
+            read: BytesMut::new(),
+            out: Outgoing::default(),
+            sending: None,
+            chunked: false,
+            body_taken: false,
+            write_failed: false,
+            fields: Vec::new(),
+            _live: live,
+        })
+    }
+
+    /// Whether the idle connection can still carry a request: false once the upstream
+    /// closed it or sent bytes nobody asked for. Registers `cx` to be woken when that
+    /// changes; a read is tried only when the reactor saw the socket become readable.
+    pub fn is_alive(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            match self.io.poll_read_ready(cx) {
+                Poll::Pending => return true,
+                Poll::Ready(Err(_)) => return false,
+                Poll::Ready(Ok(())) => match self.io.try_read_buf(&mut self.read) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    _ => return false,
+                },
+            }
+        }
+    }
+
+    /// Sends `request` and reads the response head. The response body holds the
+    /// connection (and sends what is left of the request body) and returns it to `pool`
+    /// once the response has ended.
+    pub async fn send(
+        mut self: Box<Self>,
+        request: Request<RequestBody>,
+        pool: &Rc<HostPool>,
+    ) -> Result<Response<H1Body>, SendError> {
+        self.chunked = encode_head(&mut self.out.head, &request) == RequestFraming::Chunked;
+        self.out.head_at = 0;
+        self.body_taken = false;
+        self.write_failed = false;
+        let (parts, body) = request.into_parts();
+        // Kept to give the request back if it could not be written at all.
+        let bodiless = if body.is_end_stream() {
+            Some(body)
+        } else {
+            self.sending = Some(body);
+            None
+        };
+        let head_request = parts.method == Method::HEAD;
+        // Held until the head is written, to hand the request back if it cannot be; then
+        // dropped at once, as its header values are slices of the downstream codec's read
+        // buffer, which is reused only once nothing refers to it.
+        let mut unsent = Some(parts);
+        let response = std::future::poll_fn(|cx| {
+            if self.is_sending() {
+                match self.poll_send(cx) {
+                    Poll::Ready(Err(WriteFailure::Body(e))) => return Poll::Ready(Err(Some(e))),
+                    Poll::Ready(Err(WriteFailure::Io)) if !self.body_taken && unsent.is_some() => {
+                        return Poll::Ready(Err(None));
+                    }
+                    Poll::Ready(_) | Poll::Pending => {}
+                }
+                if self.out.head_at == self.out.head.len() {
+                    unsent = None;
+                }
+            }
+            self.poll_read_head(cx, head_request)
+        })
+        .await;
+        let (head, framing) = match response {
+            Ok(response) => response,
+            Err(Some(e)) => return Err(SendError::Failed(e)),
+            Err(None) => {
+                let (Some(parts), Some(body)) = (unsent, bodiless.or_else(|| self.sending.take())) else {
+                    unreachable!("a request is handed back only while its head and body are untouched");
+                };
+                return Err(SendError::Unsent(Box::new(Request::from_parts(parts, body))));
+            }
+        };
+        let state = match framing.body {
+            ResponseFraming::Empty => BodyState::Done,
+            ResponseFraming::Length(n) => BodyState::Length(n),
+            ResponseFraming::Chunked => BodyState::Chunked(Chunk::Size),
+            ResponseFraming::UntilClose => BodyState::UntilClose,
+        };
+        let mut body = H1Body { connection: Some(self), pool: pool.clone(), state, keep_alive: framing.keep_alive };
+        if body.state == BodyState::Done {
+            body.end();
+        }
+        Ok(Response::from_parts(head, body))
+    }
+
+    /// The request is not all written yet, and writing has not failed.
+    fn is_sending(&self) -> bool {
+        !self.write_failed && (self.sending.is_some() || !self.out.is_empty())
+    }
+
+    /// Writes what is left of the request: Ready once it is all written (or failed). The
+    /// head waits for the body's first data when that is already there, to go in the same
+    /// write.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteFailure>> {
+        let result = loop {
+            if let Some(body) = &mut self.sending
+                && self.out.frame_is_empty()
+            {
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.body_taken = true;
+                        // Request trailers are dropped, as Envoy's HTTP/1 codec drops them.
+                        if let Ok(data) = frame.into_data() {
+                            self.out.set_frame(data, self.chunked);
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => break Err(WriteFailure::Body(e)),
+                    Poll::Ready(None) => {
+                        self.body_taken = true;
+                        self.sending = None;
+                        if self.chunked {
+                            self.out.set_last_chunk();
+                        }
+                    }
+                    Poll::Pending if self.out.is_empty() => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+            }
+            if let Err(e) = ready!(self.out.poll_flush(&mut self.io, cx)) {
+                tracing::debug!(error = %e, "writing the request upstream failed");
+                break Err(WriteFailure::Io);
+            }
+            if self.sending.is_none() {
+                return Poll::Ready(Ok(()));
+            }
+        };
+        // The body stays (unpolled): an untouched one goes out again on another connection.
+        self.write_failed = true;
+        Poll::Ready(result)
+    }
+
+    /// Reads until a final (non-1xx) response head is parsed; informational responses
+    /// (100 Continue, 103 Early Hints) are skipped, as Envoy does by default.
+    fn poll_read_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+    ) -> Poll<Result<(http::response::Parts, HeadFraming), Option<BodyError>>> {
+        loop {
+            if !self.read.is_empty()
+                && let Some(parsed) = parse_head(&mut self.read, &mut self.fields, head_request)?
+            {
+                return Poll::Ready(Ok(parsed));
+            }
+            if self.read.len() >= MAX_HEAD_BYTES {
+                return Poll::Ready(Err(Some(protocol_error("upstream response headers too large"))));
+            }
+            if ready!(self.poll_read(cx)).map_err(|e| Some(e.into()))? == 0 {
+                return Poll::Ready(Err(Some(protocol_error("upstream closed the connection before a response"))));
+            }
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read.reserve(READ_SIZE);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+}
+
+enum WriteFailure {
+    /// Writing to the upstream failed (logged; the response may still come).
+    Io,
+    /// The downstream request body failed (a reset, `request_timeout`).
+    Body(BodyError),
+}
+
+/// What of a request is left to write: the rest of its head, then the current body frame
+/// (with its chunk-size line and CRLF when chunked). Written with one vectored write, and
+/// no copy of the data.
+struct Outgoing {
+    head: Vec<u8>,
+    head_at: usize,
+    line: [u8; 18],
+    line_at: usize,
+    data: Bytes,
+    /// Bytes of the frame's closing CRLF left.
+    crlf: usize,
+}
+
+impl Default for Outgoing {
+    fn default() -> Outgoing {
+        Outgoing { head: Vec::new(), head_at: 0, line: [0; 18], line_at: 18, data: Bytes::new(), crlf: 0 }
+    }
+}
+
+impl Outgoing {
+    fn frame_is_empty(&self) -> bool {
+        self.line_at == self.line.len() && self.data.is_empty() && self.crlf == 0
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head_at == self.head.len() && self.frame_is_empty()
+    }
+
+    fn set_frame(&mut self, data: Bytes, chunked: bool) {
+        if data.is_empty() {
+            return;
+        }
+        if chunked {
+            self.line_at = chunk_size_line(data.len(), &mut self.line);
+            self.crlf = 2;
+        }
+        self.data = data;
+    }
+
+    fn set_last_chunk(&mut self) {
+        self.line_at = chunk_size_line(0, &mut self.line);
+        self.crlf = 2;
+    }
+
+    fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut unsent = Buf::chain(&self.head[self.head_at..], &self.line[self.line_at..])
+                .chain(&self.data[..])
+                .chain(&b"\r\n"[2 - self.crlf..]);
+            if !unsent.has_remaining() {
+                return Poll::Ready(Ok(()));
+            }
+            let written = ready!(tokio_util::io::poll_write_buf(Pin::new(&mut *io), cx, &mut unsent))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(written);
+        }
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        let head = n.min(self.head.len() - self.head_at);
+        self.head_at += head;
+        n -= head;
+        let line = n.min(self.line.len() - self.line_at);
+        self.line_at += line;
+        n -= line;
+        let data = n.min(self.data.len());
+        self.data.advance(data);
+        self.crlf -= n - data;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// A response body read from an HTTP/1.1 connection, which it owns until the body ends;
+/// polling it also sends what is left of the request body.
+pub struct H1Body {
+    /// `None` once the body ended (the connection went back to the pool, or was closed).
+    connection: Option<Box<H1Connection>>,
+    pool: Rc<HostPool>,
+    state: BodyState,
+    /// The response lets the connection carry another request.
+    keep_alive: bool,
+}
+
+impl H1Body {
+    /// The body has ended: the connection goes back to the pool if the whole request went
+    /// out, the response allows it and nothing beyond the response was read; otherwise it
+    /// is closed (Envoy, too, resets an HTTP/1.1 request answered before it was sent).
+    fn end(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(connection) = self.connection.take()
+            && self.keep_alive
+            && !connection.write_failed
+            && !connection.is_sending()
+            && connection.read.is_empty()
+        {
+            self.pool.release_h1(connection);
+        }
+    }
+
+    fn decode(&mut self) -> Result<Decoded, BodyError> {
+        let Some(connection) = self.connection.as_mut() else { return Ok(Decoded::End) };
+        let read = &mut connection.read;
+        match &mut self.state {
+            BodyState::Done => Ok(Decoded::End),
+            _ if read.is_empty() => Ok(Decoded::NeedMore),
+            BodyState::Length(left) => {
+                let take = read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                Ok(Decoded::Frame(Frame::data(read.split_to(take).freeze())))
+            }
+            BodyState::UntilClose => Ok(Decoded::Frame(Frame::data(read.split().freeze()))),
+            BodyState::Chunked(chunk) => match decode_chunked(read, chunk)? {
+                // The trailers are the body's last frame.
+                Decoded::Frame(frame) if frame.is_trailers() => {
+                    self.state = BodyState::Done;
+                    Ok(Decoded::Frame(frame))
+                }
+                decoded => Ok(decoded),
+            },
+        }
+    }
+
+    fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.connection = None;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(connection) = this.connection.as_mut()
+            && connection.is_sending()
+            && let Poll::Ready(Err(WriteFailure::Body(e))) = connection.poll_send(cx)
+        {
+            // The downstream request failed mid-body: the upstream exchange cannot finish.
+            return this.fail(e);
+        }
+        loop {
+            match this.decode() {
+                Ok(Decoded::Frame(frame)) => {
+                    if this.state == BodyState::Done || this.state == BodyState::Length(0) {
+                        this.end();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Decoded::Again) => continue,
+                Ok(Decoded::End) => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => return this.fail(e),
+            }
+            let Some(connection) = this.connection.as_mut() else { return Poll::Ready(None) };
+            match ready!(connection.poll_read(cx)) {
+                Ok(0) if this.state == BodyState::UntilClose => {
+                    this.keep_alive = false;
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(protocol_error("upstream closed the connection mid-body")),
+                Ok(_) => {}
+                Err(e) => return this.fail(e.into()),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Length(left) => SizeHint::with_exact(left),
+            BodyState::Chunked(_) | BodyState::UntilClose => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The HTTP/1.1 codec against the framings RFC 9112 allows, and some it does not.
+
+use bytes::BytesMut;
+use http::{HeaderMap, StatusCode};
+
+use super::codec::{
+    Chunk, Decoded, HeadFraming, ResponseFraming, chunk_size_line, decode_chunked, itoa_u64, parse_head, protocol_error,
+};
+use crate::http::body::BodyError;
+
+fn head(raw: &[u8], head_request: bool) -> Result<Option<(http::response::Parts, HeadFraming)>, BodyError> {
+    parse_head(&mut BytesMut::from(raw), &mut Vec::new(), head_request)
+}
+
+fn framing(raw: &[u8]) -> (ResponseFraming, bool) {
+    let (_, framing) = head(raw, false).unwrap().unwrap();
+    (framing.body, framing.keep_alive)
+}
+
+#[test]
+fn response_framing_follows_rfc_9112() {
+    assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"), (ResponseFraming::Length(3), true));
+    assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), (ResponseFraming::Empty, true));
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+        (ResponseFraming::Chunked, true)
+    );
+    // Both framing headers: chunked wins, the connection is not reused.
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"),
+        (ResponseFraming::Chunked, false)
+    );
+    assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), (ResponseFraming::UntilClose, false));
+    assert_eq!(framing(b"HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"), (ResponseFraming::Empty, true));
+    assert!(!framing(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n").1);
+    assert!(!framing(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").1);
+    assert!(framing(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n").1);
+    let (_, head_framing) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", true).unwrap().unwrap();
+    assert_eq!(head_framing.body, ResponseFraming::Empty);
+}
+
+#[test]
+fn bad_heads_are_protocol_errors() {
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+    ] {
+        assert!(head(raw, false).is_err(), "{}", String::from_utf8_lossy(raw));
+    }
+}
+
+#[test]
+fn informational_responses_are_skipped() {
+    let mut read =
+        BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n"[..]);
+    let (parts, _) = parse_head(&mut read, &mut Vec::new(), false).unwrap().unwrap();
+    assert_eq!(parts.status, StatusCode::CREATED);
+    assert!(read.is_empty());
+    // An informational response alone is not the answer yet.
+    let mut read = BytesMut::from(&b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200"[..]);
+    assert!(parse_head(&mut read, &mut Vec::new(), false).unwrap().is_none());
+    assert_eq!(&read[..], b"HTTP/1.1 200");
+}
+
+#[test]
+fn header_values_are_kept_byte_for_byte() {
+    let (parts, _) =
+        head(b"HTTP/1.1 200 OK\r\nx-a: one\r\nx-a: two\r\nServer:  nginx \r\ncontent-length: 0\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+    let values: Vec<_> = parts.headers.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(values, ["one", "two"]);
+    assert_eq!(parts.headers["server"], "nginx");
+}
+
+/// Decodes all of `wire`, fed `step` bytes at a time, into data and trailers.
+fn dechunk(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), BodyError> {
+    let (mut data, mut trailers) = (Vec::new(), None);
+    let mut read = BytesMut::new();
+    let mut chunk = Chunk::Size;
+    let mut fed = 0;
+    loop {
+        match decode_chunked(&mut read, &mut chunk)? {
+            Decoded::Frame(frame) => match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok();
+                    return Ok((data, trailers));
+                }
+            },
+            Decoded::Again => {}
+            Decoded::End => return Ok((data, trailers)),
+            Decoded::NeedMore => {
+                if fed == wire.len() {
+                    return Err(protocol_error("truncated"));
+                }
+                let next = (fed + step).min(wire.len());
+                read.extend_from_slice(&wire[fed..next]);
+                fed = next;
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_bodies_decode_however_they_are_split() {
+    let wire = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
+    for step in [1, 2, 7, wire.len()] {
+        let (data, trailers) = dechunk(wire, step).unwrap();
+        assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz");
+        assert!(trailers.is_none());
+    }
+    let (data, trailers) = dechunk(b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\n\r\n", 4).unwrap();
+    assert_eq!(data, b"abc");
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    for bad in [&b"x\r\n"[..], b"3\r\nabcXY", b"3\nabc\r\n", b"fffffffffffffffff\r\n"] {
+        assert!(dechunk(bad, 1).is_err(), "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn chunk_size_lines_and_lengths_are_formatted() {
+    let mut line = [0; 18];
+    let at = chunk_size_line(0x1a2b, &mut line);
+    assert_eq!(&line[at..], b"1a2b\r\n");
+    assert_eq!(chunk_size_line(usize::MAX, &mut line), 0);
+    assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
+    assert_eq!(itoa_u64(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+}
