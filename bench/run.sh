@@ -10,7 +10,13 @@
 #   BENCH_DURATION=10   seconds per measured run
 #   BENCH_WARMUP=2      seconds of warm-up before the measured runs of each (workload, target)
 #   BENCH_REPS=3        measured runs per (workload, target); the table shows the median
-#   BENCH_TARGETS="direct legate envoy haproxy"   which targets to run, in this order
+#   BENCH_TARGETS="direct legate envoy haproxy"   which targets to run
+#   BENCH_ORDER=workload  workload: each workload runs against every target in turn (direct
+#                       first, the proxies' order rotated from one workload to the next, each
+#                       proxy started for that workload's runs only), so a workload's runs on
+#                       different proxies are minutes apart, not a quarter of an hour: this VM's
+#                       speed drifts by 10-30 % over that time. target: each target runs all
+#                       workloads before the next one starts (BENCH_TARGETS order).
 #   BENCH_WORKLOADS="h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k"
 #   BENCH_XCPU=1        also run the cross-CPU control (upstream alone on the proxy's CPU,
 #                       h1_seq_h2load direct): what one client->server hop across the two
@@ -46,6 +52,7 @@ mkdir -p "$OUT"
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 REPS="${BENCH_REPS:-3}"
+ORDER="${BENCH_ORDER:-workload}"
 TARGETS="${BENCH_TARGETS:-direct legate envoy haproxy}"
 WORKLOADS="${BENCH_WORKLOADS:-h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k}"
 PROXIES="legate envoy haproxy"   # every proxy target, in table order
@@ -279,7 +286,8 @@ start_proxy() { # legate|envoy|haproxy
         die "pid $PROXY_PID is $(cat "/proc/$PROXY_PID/comm"), not $t"
     if [[ -n "$(pgrep -P "$PROXY_PID" || true)" ]]; then die "$t has child processes; its pid would not cover them"; fi
     sleep 1
-    RES[$t.rss_idle]=$(proc_status_kb "$PROXY_PID" VmRSS)
+    # The first start's: later starts (BENCH_ORDER=workload) look the same.
+    RES[$t.rss_idle]=${RES[$t.rss_idle]:-$(proc_status_kb "$PROXY_PID" VmRSS)}
     RES[$t.threads]=$(proc_status_kb "$PROXY_PID" Threads)
     log "$t up: pid $PROXY_PID, $(proc_status_kb "$PROXY_PID" Threads) threads, idle RSS ${RES[$t.rss_idle]} KiB"
 }
@@ -287,7 +295,10 @@ start_proxy() { # legate|envoy|haproxy
 stop_proxy() {
     local t=$PROXY_NAME
     proxy_alive || die "$t exited before the end of its runs (see $OUT/$t.stderr)"
-    RES[$t.rss_peak]=$(proc_status_kb "$PROXY_PID" VmHWM)
+    local peak
+    peak=$(proc_status_kb "$PROXY_PID" VmHWM)
+    # The highest over the proxy's starts (one per workload with BENCH_ORDER=workload).
+    ((peak > ${RES[$t.rss_peak]:-0})) && RES[$t.rss_peak]=$peak
     RES[$t.rss_end]=$(proc_status_kb "$PROXY_PID" VmRSS)
     log "$t: peak RSS (VmHWM) ${RES[$t.rss_peak]} KiB, RSS at end ${RES[$t.rss_end]} KiB; stopping it"
     kill "$PROXY_PID" 2>/dev/null || true
@@ -562,8 +573,9 @@ main() {
         case "$t" in direct | legate | envoy | haproxy) ;; *) die "unknown target $t" ;; esac
     done
     for wl in $WORKLOADS; do wl_desc "$wl" >/dev/null; done
+    [[ "$ORDER" == workload || "$ORDER" == target ]] || die "BENCH_ORDER must be workload or target, not $ORDER"
     {
-        echo "command: bash bench/run.sh  (BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_REPS=$REPS BENCH_TARGETS=\"$TARGETS\")"
+        echo "command: bash bench/run.sh  (BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_REPS=$REPS BENCH_TARGETS=\"$TARGETS\" BENCH_ORDER=$ORDER)"
         echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "machine: nproc=$(nproc), cpu=\"$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)\", kernel=$(uname -r), mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
         echo "layout: load generator CPU $LG_CPU, upstream CPU $UP_CPU, proxy CPU $PROXY_CPU"
@@ -580,17 +592,35 @@ main() {
     } | tee -a "$OUT/machine.txt"
     write_wrk_scripts
 
-    # One target at a time, in BENCH_TARGETS order: all workloads against the upstream
-    # directly, then each proxy started for its own runs only and stopped after them.
     start_upstream
-    for t in $TARGETS; do
-        if [[ "$t" != direct ]]; then start_proxy "$t"; fi
-        for wl in $WORKLOADS; do
-            if [[ "$t" == direct && "$(wl_direct_key "$wl")" != "$wl" ]]; then continue; fi
-            bench_one "$t" "$wl"
+    if [[ "$ORDER" == target ]]; then
+        # One target at a time, in BENCH_TARGETS order: all workloads against the upstream
+        # directly, then each proxy started for its own runs only and stopped after them.
+        for t in $TARGETS; do
+            if [[ "$t" != direct ]]; then start_proxy "$t"; fi
+            for wl in $WORKLOADS; do
+                if [[ "$t" == direct && "$(wl_direct_key "$wl")" != "$wl" ]]; then continue; fi
+                bench_one "$t" "$wl"
+            done
+            if [[ "$t" != direct ]]; then stop_proxy; fi
         done
-        if [[ "$t" != direct ]]; then stop_proxy; fi
-    done
+    else
+        # One workload at a time: direct first, then the proxies, whose order rotates by one
+        # with each workload so that none always runs first or last.
+        local proxies=() n rotation=0 i t
+        for t in $TARGETS; do [[ "$t" == direct ]] || proxies+=("$t"); done
+        n=${#proxies[@]}
+        for wl in $WORKLOADS; do
+            if has_target direct && [[ "$(wl_direct_key "$wl")" == "$wl" ]]; then bench_one direct "$wl"; fi
+            for ((i = 0; i < n; i++)); do
+                t=${proxies[$(((i + rotation) % n))]}
+                start_proxy "$t"
+                bench_one "$t" "$wl"
+                stop_proxy
+            done
+            rotation=$((rotation + 1))
+        done
+    fi
     if [[ "${BENCH_XCPU:-1}" == 1 && " $WORKLOADS " == *" h1_seq_h2load "* ]]; then
         taskset -c "$PROXY_CPU" "$UPSTREAM_BIN" "$XCPU_UP_PORT" 1 >"$OUT/upstream_xcpu.log" 2>&1 &
         XCPU_UPSTREAM_PID=$!
@@ -665,7 +695,11 @@ main() {
             done
         done
         echo "medians of $REPS runs of ${DURATION}s after ${WARMUP}s warm-up; each cell's median is taken on its own."
-        echo "Targets run one after the other (${TARGETS}), one proxy process at a time, each with one worker on CPU $PROXY_CPU."
+        if [[ "$ORDER" == target ]]; then
+            echo "Targets run one after the other (${TARGETS}), one proxy process at a time, each with one worker on CPU $PROXY_CPU."
+        else
+            echo "Workloads run one after the other, each against ${TARGETS} in turn (the proxies' order rotated by one per workload), one proxy process at a time (started for each workload), each with one worker on CPU $PROXY_CPU."
+        fi
         echo "RPS and CPU/req count 2xx responses only; errors = connect/read/write/timeout, non-2xx = wrk's status >= 400 or h2load's non-2xx, summed over the measured runs."
         echo "wrk latency percentiles are wrk's own, which include its coordinated-omission correction"
         echo "(stats_correct adds synthetic samples for requests slower than twice the mean interval);"
