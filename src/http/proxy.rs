@@ -65,7 +65,8 @@ pub async fn serve(
     let (mut parts, body) = request.into_parts();
     let start = Instant::now();
     // Boxed from the start (the response body's end hook owns it in the end anyway): it is
-    // large, and inline it would make this future larger, which hyper moves around.
+    // large, and inline it would make this future larger, and the future is moved whole
+    // when its stream starts (into hyper's HTTP/1.1 dispatcher, into the HTTP/2 server's set).
     let mut exchange = Box::new(Exchange {
         ctx: ctx.clone(),
         start,
@@ -241,8 +242,7 @@ pub async fn serve(
         }
     };
     let sent = pool.send(&cluster, upstream_request, wire, &attached);
-    // Boxed: the send future (≈ 1.3 KB) would otherwise sit inline in this future, which
-    // hyper moves into every HTTP/2 stream's task; one allocation is cheaper than the copies.
+    // Boxed for the same reason: the send future is ≈ 1.3 KB.
     let sent = Box::pin(sent);
     let deadlines = Deadlines { route: timeout, request: request_deadline, idle: idle_timeout };
     let result = await_response(sent, &exchange.stream, deadlines, ctx.worker.timers.lend()).await;

@@ -91,25 +91,23 @@ impl HostPool {
         mut request: Request<RequestBody>,
         attached: &dyn Fn(),
     ) -> Result<Response<H1Body>, UpstreamError> {
-        // A pooled connection may have been closed by the upstream while idle; if the
-        // request was not written, it goes out again on a fresh connection.
-        while let Some(connection) = self.checkout_idle_h1(cluster) {
+        loop {
+            let (connection, pooled) = match self.checkout_idle_h1(cluster) {
+                Some(connection) => (connection, true),
+                // Boxed: a connect (TCP, timeout) is a large state machine that would otherwise
+                // sit inline in every request's future, which is moved whole when its stream
+                // starts.
+                None => (self.pending(cluster, Box::pin(self.connect_h1(cluster))).await?, false),
+            };
             attached();
             match connection.send(request, self).await {
                 Ok(response) => return Ok(response),
-                Err(SendError::Unsent(unsent)) => request = *unsent,
+                // A pooled connection may have been closed by the upstream while idle: a
+                // request it could not take goes out on another one.
+                Err(SendError::Unsent(unsent)) if pooled => request = *unsent,
+                Err(SendError::Unsent(_)) => return Err(UpstreamError::ResetBeforeHeaders("connection closed".into())),
                 Err(SendError::Failed(e)) => return Err(UpstreamError::ResetBeforeHeaders(e)),
             }
-        }
-        // Boxed: a connect (TCP, timeout) is a large state machine that would otherwise sit
-        // inline in every request's future, which hyper moves around (an HTTP/2 stream's
-        // future is copied into its task when spawned).
-        let connection = self.pending(cluster, Box::pin(self.connect_h1(cluster))).await?;
-        attached();
-        match connection.send(request, self).await {
-            Ok(response) => Ok(response),
-            Err(SendError::Unsent(_)) => Err(UpstreamError::ResetBeforeHeaders("connection closed".into())),
-            Err(SendError::Failed(e)) => Err(UpstreamError::ResetBeforeHeaders(e)),
         }
     }
 
@@ -126,20 +124,21 @@ impl HostPool {
 
     /// Takes back a connection whose response has ended, to be reused.
     pub fn release_h1(self: &Rc<Self>, mut connection: Box<H1Connection>) {
-        let watcher = self.idle_watcher.borrow().clone();
-        match watcher {
+        let mut watcher = self.idle_watcher.borrow_mut();
+        match watcher.as_ref() {
             Some(waker) => {
-                if !connection.is_alive(&mut Context::from_waker(&waker)) {
+                if !connection.is_alive(&mut Context::from_waker(waker)) {
                     return;
                 }
             }
             None => {
                 // Until its first poll (which registers every connection idle by then) the
                 // watcher is known by a waker that does nothing.
-                *self.idle_watcher.borrow_mut() = Some(Waker::noop().clone());
+                *watcher = Some(Waker::noop().clone());
                 tokio::task::spawn_local(watch_idle(Rc::downgrade(self)));
             }
         }
+        drop(watcher);
         self.idle_h1.borrow_mut().push(IdleH1 { connection, since: Instant::now() });
     }
 
@@ -153,7 +152,7 @@ impl HostPool {
         let connection = match existing {
             Some(connection) => connection,
             None => {
-                // Boxed for the same reason as the HTTP/1.1 connect.
+                // Boxed, as the HTTP/1.1 connect is.
                 let connection = self.pending(cluster, Box::pin(self.connect_h2(cluster))).await?;
                 *self.h2.borrow_mut() = Some(connection.clone());
                 connection
