@@ -14,6 +14,8 @@ use std::task::{Context, Poll, Waker};
 // FNV-1a: the pool maps are keyed by cluster names and host addresses from config, not by
 // anything a client sends, so they need no DoS-resistant (and slower) SipHash.
 use fnv::FnvHashMap;
+use futures_util::FutureExt;
+use futures_util::future::{LocalBoxFuture, Shared};
 use http::{Request, Response};
 use http_body_util::Either;
 use tokio::net::TcpStream;
@@ -38,6 +40,20 @@ pub enum UpstreamError {
     ResetBeforeHeaders(BodyError),
 }
 
+impl UpstreamError {
+    /// The same failure again, for every request that waited on one shared connect.
+    fn duplicate(&self) -> UpstreamError {
+        match self {
+            UpstreamError::ConnectFailure(e) => UpstreamError::ConnectFailure(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
+            UpstreamError::ConnectTimeout => UpstreamError::ConnectTimeout,
+            UpstreamError::ResetBeforeHeaders(e) => UpstreamError::ResetBeforeHeaders(e.to_string().into()),
+        }
+    }
+}
+
 /// Which wire protocol a request goes out on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
@@ -53,6 +69,17 @@ struct IdleH1 {
     since: Instant,
 }
 
+/// An HTTP/2 connect in progress, awaited by every request that arrives before it is done.
+type H2Connect = Shared<LocalBoxFuture<'static, Result<H2Connection, Rc<UpstreamError>>>>;
+
+/// A host's HTTP/2 connection on one worker. As Envoy's pool does, requests that arrive
+/// while it connects wait for that connection instead of each opening their own.
+enum H2Slot {
+    Empty,
+    Connecting(H2Connect),
+    Ready(H2Connection),
+}
+
 /// One host's connections on one worker.
 pub struct HostPool {
     host: Arc<Host>,
@@ -60,12 +87,17 @@ pub struct HostPool {
     /// Wakes the task that closes idle connections the upstream closed (`watch_idle`), once
     /// it runs; every idle connection's read readiness is registered with it.
     idle_watcher: RefCell<Option<Waker>>,
-    h2: RefCell<Option<H2Connection>>,
+    h2: RefCell<H2Slot>,
 }
 
 impl HostPool {
     fn new(host: Arc<Host>) -> HostPool {
-        HostPool { host, idle_h1: RefCell::new(Vec::new()), idle_watcher: RefCell::new(None), h2: RefCell::new(None) }
+        HostPool {
+            host,
+            idle_h1: RefCell::new(Vec::new()),
+            idle_watcher: RefCell::new(None),
+            h2: RefCell::new(H2Slot::Empty),
+        }
     }
 
     /// Sends `request` to this host of `cluster` (whose current version sets timeouts and
@@ -148,17 +180,34 @@ impl HostPool {
         request: Request<RequestBody>,
         attached: &dyn Fn(),
     ) -> Result<Response<H2Body>, UpstreamError> {
-        let existing = self.h2.borrow().as_ref().filter(|c| !c.is_closed()).cloned();
-        let connection = match existing {
-            Some(connection) => connection,
-            None => {
-                // Boxed, as the HTTP/1.1 connect is.
-                let connection = self.pending(cluster, Box::pin(self.connect_h2(cluster))).await?;
-                *self.h2.borrow_mut() = Some(connection.clone());
-                connection
+        let connection = match self.h2_connection(cluster) {
+            Ok(connection) => connection,
+            Err(connect) => {
+                let result = self.pending(cluster, connect.clone()).await;
+                let mut slot = self.h2.borrow_mut();
+                // The first waiter to see the outcome records it; a failed connect leaves
+                // the slot empty so that the next request tries again.
+                if matches!(&*slot, H2Slot::Connecting(c) if c.ptr_eq(&connect)) {
+                    *slot = result.as_ref().map_or(H2Slot::Empty, |c| H2Slot::Ready(c.clone()));
+                }
+                result.map_err(|e| e.duplicate())?
             }
         };
         connection.send(request, attached).await.map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))
+    }
+
+    /// The open HTTP/2 connection, or the connect to wait for (started here if none is
+    /// under way).
+    fn h2_connection(&self, cluster: &Arc<Cluster>) -> Result<H2Connection, H2Connect> {
+        let mut slot = self.h2.borrow_mut();
+        match &*slot {
+            H2Slot::Ready(connection) if !connection.is_closed() => return Ok(connection.clone()),
+            H2Slot::Connecting(connect) => return Err(connect.clone()),
+            _ => {}
+        }
+        let connect = connect_h2(self.host.clone(), cluster.clone()).map(|r| r.map_err(Rc::new)).boxed_local().shared();
+        *slot = H2Slot::Connecting(connect.clone());
+        Err(connect)
     }
 
     /// Counts a request as pending while it waits for a new connection, as Envoy's
@@ -180,56 +229,51 @@ impl HostPool {
         connect.await
     }
 
-    async fn connect_tcp(&self, cluster: &Cluster) -> Result<TcpStream, UpstreamError> {
-        let stats = &cluster.stats;
-        stats.upstream_cx_total.inc();
-        self.host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(self.host.address)).await;
-        let stream = match result {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                stats.upstream_cx_connect_fail.inc();
-                self.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                return Err(UpstreamError::ConnectFailure(e));
-            }
-            Err(_) => {
-                stats.upstream_cx_connect_fail.inc();
-                stats.upstream_cx_connect_timeout.inc();
-                self.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                return Err(UpstreamError::ConnectTimeout);
-            }
-        };
-        // Small request/response exchanges must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-
     async fn connect_h1(&self, cluster: &Arc<Cluster>) -> Result<Box<H1Connection>, UpstreamError> {
-        let stream = self.connect_tcp(cluster).await?;
+        let stream = connect_tcp(&self.host, cluster).await?;
         cluster.stats.upstream_cx_http1_total.inc();
         Ok(H1Connection::new(stream, LiveConnection::new(cluster, &self.host)))
     }
+}
 
-    async fn connect_h2(&self, cluster: &Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
-        let stream = self.connect_tcp(cluster).await?;
-        let (connection, driver) =
-            H2Connection::handshake(stream).await.map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))?;
-        cluster.stats.upstream_cx_http2_total.inc();
-        self.spawn_connection(cluster, driver);
-        Ok(connection)
-    }
+async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<TcpStream, UpstreamError> {
+    let stats = &cluster.stats;
+    stats.upstream_cx_total.inc();
+    host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+    let result = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(host.address)).await;
+    let stream = match result {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            stats.upstream_cx_connect_fail.inc();
+            host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+            return Err(UpstreamError::ConnectFailure(e));
+        }
+        Err(_) => {
+            stats.upstream_cx_connect_fail.inc();
+            stats.upstream_cx_connect_timeout.inc();
+            host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+            return Err(UpstreamError::ConnectTimeout);
+        }
+    };
+    // Small request/response exchanges must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
 
-    /// Drives a connection on this worker, counted as active until it ends.
-    fn spawn_connection<F>(&self, cluster: &Arc<Cluster>, conn: F)
-    where
-        F: Future + 'static,
-    {
-        let live = LiveConnection::new(cluster, &self.host);
-        tokio::task::spawn_local(async move {
-            let _ = conn.await;
-            drop(live);
-        });
-    }
+/// Connects and hands the connection's driver to a task on this worker, counted as an
+/// active connection until it ends. Owns what it uses: the connect is shared by the
+/// requests that wait on it, and outlives any one of them.
+async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
+    let stream = connect_tcp(&host, &cluster).await?;
+    let (connection, driver) =
+        H2Connection::handshake(stream).await.map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))?;
+    cluster.stats.upstream_cx_http2_total.inc();
+    let live = LiveConnection::new(&cluster, &host);
+    tokio::task::spawn_local(async move {
+        driver.await;
+        drop(live);
+    });
+    Ok(connection)
 }
 
 impl Drop for HostPool {

@@ -138,6 +138,32 @@ async fn upstream_connections_are_pooled_and_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_while_an_http2_upstream_connects_share_that_one_connection() {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], H2_UPSTREAM);
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+    // Twenty streams in one write, so that legate takes them all in before it has any
+    // upstream connection.
+    let stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let responses: Vec<_> = (0..20)
+        .map(|_| {
+            let request = Request::get("http://example.com/").body(()).unwrap();
+            sender.send_request(request, true).unwrap().0
+        })
+        .collect();
+    tokio::spawn(connection);
+    for response in futures_util::future::join_all(responses).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(upstream.count(), 20);
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(1), "one connection, not one per request");
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_http2_total").await, Some(1));
+    assert!(legate.stat("cluster.svc.upstream_rq_pending_total").await.unwrap() >= 1);
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_active").await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_request_and_response_headers_are_added() {
     let upstream = Upstream::start("svc").await;
     let clusters = static_cluster("svc", &[(upstream.address, 1)], "");
