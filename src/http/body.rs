@@ -12,14 +12,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::h1::server::H1RequestBody;
 use super::h2_body::H2Body;
 use crate::upstream::pool::UpstreamBody;
 use crate::worker::{LentTimer, TimerPool};
 
-/// The error type of both bodies: hyper's, or one of legate's timeouts.
+/// The error type of both bodies: a codec's, or one of legate's timeouts.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the request and response sides of one stream share.
@@ -76,9 +76,8 @@ impl std::fmt::Display for StreamError {
 
 impl std::error::Error for StreamError {}
 
-/// A downstream request body as its codec delivers it: hyper's HTTP/1.1 server, or
-/// legate's HTTP/2 one.
-pub type DownstreamBody = Either<Incoming, H2Body>;
+/// A downstream request body as its codec delivers it.
+pub type DownstreamBody = Either<H1RequestBody, H2Body>;
 
 /// The downstream request body as sent upstream.
 pub struct RequestBody {

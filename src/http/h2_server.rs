@@ -3,18 +3,16 @@
 //! inside the connection's task (a `FuturesUnordered` polled next to the connection), so a
 //! stream costs no task spawn, and a response is written by the same poll that produced it.
 
-use std::cell::RefCell;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use h2::RecvStream;
 use h2::server::{Connection, Handshake, SendResponse};
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Either;
@@ -140,7 +138,7 @@ pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<RecvStream>, mu
     // `date`, and a `content-length` when the body's size is known.
     headers::remove_hop_by_hop(&mut head.headers);
     if !head.headers.contains_key(header::DATE) {
-        head.headers.insert(header::DATE, date_value());
+        head.headers.insert(header::DATE, headers::date_value());
     }
     let end_of_stream = body.is_end_stream();
     if !end_of_stream
@@ -154,21 +152,4 @@ pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<RecvStream>, mu
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "sending the response headers failed"),
     }
-}
-
-/// The `date` header's value, formatted at most once a second on each worker.
-fn date_value() -> HeaderValue {
-    thread_local! {
-        static CACHED: RefCell<(u64, HeaderValue)> = const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
-    }
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHED.with_borrow_mut(|(cached_second, value)| {
-        if *cached_second != second {
-            *cached_second = second;
-            *value =
-                HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap_or_else(|_| HeaderValue::from_static(""));
-        }
-        value.clone()
-    })
 }

@@ -1,7 +1,9 @@
 //! Header policy Envoy applies on the way through: hop-by-hop removal, `x-forwarded-*`,
 //! `x-request-id`.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -269,6 +271,23 @@ pub fn decimal_value(n: u64) -> HeaderValue {
         if *last != n {
             *last = n;
             *value = HeaderValue::from(n);
+        }
+        value.clone()
+    })
+}
+
+/// The `date` header's value, formatted at most once a second on each worker.
+pub fn date_value() -> HeaderValue {
+    thread_local! {
+        static CACHED: RefCell<(u64, HeaderValue)> = const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(cached_second, value)| {
+        if *cached_second != second {
+            *cached_second = second;
+            *value =
+                HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap_or_else(|_| HeaderValue::from_static(""));
         }
         value.clone()
     })

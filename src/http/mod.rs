@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod body;
 pub mod flags;
+pub mod h1;
 pub mod h2_body;
 pub mod h2_server;
 pub mod headers;

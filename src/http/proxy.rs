@@ -48,44 +48,10 @@ pub async fn serve(
     ctx: Rc<ConnContext>,
     request: Request<DownstreamBody>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let (mut parts, body) = request.into_parts();
+    let mut exchange = begin(&ctx, parts.version, parts.method == http::Method::HEAD);
     let listener = &ctx.listener;
     let stats = &listener.http_stats;
-    stats.downstream_rq_total.inc();
-    stats.downstream_rq_active.inc();
-    let is_http2 = request.version() == Version::HTTP_2;
-    if is_http2 {
-        stats.downstream_rq_http2_total.inc();
-    } else {
-        stats.downstream_rq_http1_total.inc();
-    }
-    if !ctx.codec_counted.replace(true) {
-        if is_http2 { stats.downstream_cx_http2_total.inc() } else { stats.downstream_cx_http1_total.inc() }
-    }
-    ctx.active_streams.set(ctx.active_streams.get() + 1);
-    let (mut parts, body) = request.into_parts();
-    let start = Instant::now();
-    // Boxed from the start (the response body's end hook owns it in the end anyway): it is
-    // large, and inline it would make this future larger, and the future is moved whole
-    // when its stream starts (into hyper's HTTP/1.1 dispatcher, into the HTTP/2 server's set).
-    let mut exchange = Box::new(Exchange {
-        ctx: ctx.clone(),
-        start,
-        start_time: SystemTime::now(),
-        version: parts.version,
-        head: parts.method == http::Method::HEAD,
-        status: 0,
-        flags: ResponseFlags::default(),
-        charged: false,
-        details: Cow::Borrowed(""),
-        route_name: None,
-        cluster: None,
-        host: None,
-        stream: Rc::new(StreamState::new(start)),
-        done: false,
-        client: ctx.remote,
-        logged_request: None,
-        logged_response: None,
-    });
     // A bodiless request is complete at its headers; a body sets this when it ends.
     exchange.stream.request_done.set(http_body::Body::is_end_stream(&body));
     let hcm = &listener.spec.hcm;
@@ -282,6 +248,59 @@ pub async fn serve(
             Ok(exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details))
         }
     }
+}
+
+/// Counts a new stream and opens its exchange.
+fn begin(ctx: &Rc<ConnContext>, version: Version, head: bool) -> Box<Exchange> {
+    let stats = &ctx.listener.http_stats;
+    stats.downstream_rq_total.inc();
+    stats.downstream_rq_active.inc();
+    let is_http2 = version == Version::HTTP_2;
+    if is_http2 {
+        stats.downstream_rq_http2_total.inc();
+    } else {
+        stats.downstream_rq_http1_total.inc();
+    }
+    if !ctx.codec_counted.replace(true) {
+        if is_http2 { stats.downstream_cx_http2_total.inc() } else { stats.downstream_cx_http1_total.inc() }
+    }
+    ctx.active_streams.set(ctx.active_streams.get() + 1);
+    let start = Instant::now();
+    // Boxed from the start (the response body's end hook owns it in the end anyway): it is
+    // large, and inline it would make the request's future larger, which is moved whole
+    // when its stream starts (into the HTTP/1.1 connection's stage, the HTTP/2 server's set).
+    Box::new(Exchange {
+        ctx: ctx.clone(),
+        start,
+        start_time: SystemTime::now(),
+        version,
+        head,
+        status: 0,
+        flags: ResponseFlags::default(),
+        charged: false,
+        details: Cow::Borrowed(""),
+        route_name: None,
+        cluster: None,
+        host: None,
+        stream: Rc::new(StreamState::new(start)),
+        done: false,
+        client: ctx.remote,
+        logged_request: None,
+        logged_response: None,
+    })
+}
+
+/// A request the HTTP/1.1 codec refused (malformed, too large, an unsupported transfer
+/// coding): as in Envoy, a local reply with the status text as body, counted as a request,
+/// and the connection closes after it.
+pub fn codec_error(ctx: &Rc<ConnContext>, status: StatusCode, details: &'static str) -> Response<ResponseBody> {
+    ctx.listener.http_stats.downstream_cx_protocol_error.inc();
+    let exchange = begin(ctx, Version::HTTP_11, false);
+    exchange.stream.request_done.set(true);
+    let body = Bytes::from_static(status.canonical_reason().unwrap_or_default().as_bytes());
+    let mut response = exchange.local_reply(status, body, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, details);
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Why a forwarded request got no upstream response.

@@ -10,12 +10,6 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-use http::Request;
-use http_body_util::Either;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +18,7 @@ use tokio::sync::watch;
 use super::HttpListener;
 use crate::config::listener::Codec;
 use crate::http::body::BodyError;
+use crate::http::h1::server::H1Server;
 use crate::http::h2_server::{self, H2Server};
 use crate::http::proxy::{self, ConnContext};
 use crate::worker::Worker;
@@ -117,30 +112,23 @@ async fn serve_connection(mut stream: TcpStream, ctx: Rc<ConnContext>, mut drain
             }
         }
     };
-    let io = Rewind { prefix: prefix.freeze(), stream };
     let result = match protocol {
         Some(Protocol::Http2) => {
             let stream_ctx = ctx.clone();
+            let io = Rewind { prefix: prefix.freeze(), stream };
             let server = H2Server::new(io, move |request, respond| {
                 h2_server::serve_stream(stream_ctx.clone(), request, respond)
             });
             drive(server, |server| server.get_mut().graceful_shutdown(), &ctx, drain).await.map_err(BodyError::from)
         }
         Some(Protocol::Http1) => {
-            let service_ctx = ctx.clone();
-            let service = service_fn(move |request: Request<Incoming>| {
-                proxy::serve(service_ctx.clone(), request.map(Either::Left))
-            });
             // No header read timeout: Envoy has none unless `request_headers_timeout` is set
             // (which legate does not implement); an idle keep-alive connection is closed by
-            // the connection idle timeout, as Envoy closes it. hyper's default (30 s) would
-            // also box and register a timer for every request head.
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .keep_alive(true)
-                .header_read_timeout(None)
-                .serve_connection(TokioIo::new(io), service);
-            drive(connection, |connection| connection.graceful_shutdown(), &ctx, drain).await.map_err(BodyError::from)
+            // the connection idle timeout, as Envoy closes it.
+            let service_ctx = ctx.clone();
+            let server =
+                H1Server::new(stream, prefix, ctx.clone(), move |request| proxy::serve(service_ctx.clone(), request));
+            drive(server, H1Server::graceful_shutdown, &ctx, drain).await.map_err(BodyError::from)
         }
         None => Ok(()),
     };

@@ -101,6 +101,7 @@ pub struct HcmStats {
     pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_length_ms: Histogram,
     pub downstream_rq_response_before_rq_complete: Counter,
+    pub downstream_cx_protocol_error: Counter,
     pub downstream_rq_rx_reset: Counter,
 }
 
@@ -155,6 +156,7 @@ impl HcmStats {
             downstream_cx_length_ms: store
                 .histogram(&format!("http.{prefix}.downstream_cx_length_ms"), HistogramUnit::Milliseconds),
             downstream_rq_response_before_rq_complete: c("downstream_rq_response_before_rq_complete"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
         }
     }

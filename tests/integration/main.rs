@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod control_plane;
+mod downstream_http1;
 mod local_replies;
 mod proxying;
 mod routing;

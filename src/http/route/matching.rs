@@ -135,9 +135,10 @@ impl PathMatch {
 }
 
 /// CONNECT and CONNECT-UDP; other extended CONNECT protocols (websocket) are upgrades to Envoy.
+/// (The HTTP/2 server does not offer extended CONNECT, so no `:protocol` arrives yet.)
 fn is_connect(req: &Parts) -> bool {
     req.method == Method::CONNECT
-        && req.extensions.get::<hyper::ext::Protocol>().is_none_or(|p| p.as_str() == "connect-udp")
+        && req.extensions.get::<h2::ext::Protocol>().is_none_or(|p| p.as_str() == "connect-udp")
 }
 
 /// gRPC's content types: `application/grpc` and `application/grpc+<codec>`.

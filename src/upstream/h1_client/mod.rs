@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::HeaderName;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -19,17 +19,14 @@ use tokio::net::TcpStream;
 
 use super::pool::{HostPool, LiveConnection};
 use crate::http::body::{BodyError, RequestBody};
-use codec::{
-    Chunk, Decoded, HeadFraming, MAX_HEAD_BYTES, RequestFraming, ResponseFraming, chunk_size_line, decode_chunked,
-    encode_head, parse_head, protocol_error,
-};
+use crate::http::h1::framing::{Chunk, Decoded, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
+use crate::http::h1::outgoing::Outgoing;
+use codec::{HeadFraming, RequestFraming, ResponseFraming, encode_head, parse_head};
 
 mod codec;
 #[cfg(test)]
 mod tests;
 
-/// What one read asks the socket for.
-const READ_SIZE: usize = 16 * 1024;
 /// Why a request got no response on a connection.
 pub enum SendError {
     /// Writing the request head failed, so nothing of the request was taken: it can go
@@ -43,6 +40,7 @@ pub struct H1Connection {
     io: TcpStream,
     /// Bytes read and not yet consumed; kept (and its allocation reused) across requests.
     read: BytesMut,
+    read_size: ReadSize,
     /// What of the request is yet to be written.
     out: Outgoing,
     /// The request body still being sent; it streams while the response is read, as an
@@ -64,6 +62,7 @@ impl H1Connection {
         Box::new(H1Connection {
             io,
             read: BytesMut::new(),
+            read_size: ReadSize::default(),
             out: Outgoing::default(),
             sending: None,
             chunked: false,
@@ -98,8 +97,7 @@ impl H1Connection {
         request: Request<RequestBody>,
         pool: &Rc<HostPool>,
     ) -> Result<Response<H1Body>, SendError> {
-        self.chunked = encode_head(&mut self.out.head, &request) == RequestFraming::Chunked;
-        self.out.head_at = 0;
+        self.chunked = encode_head(self.out.start_head(), &request) == RequestFraming::Chunked;
         self.body_taken = false;
         self.write_failed = false;
         let (parts, body) = request.into_parts();
@@ -124,7 +122,7 @@ impl H1Connection {
                     }
                     Poll::Ready(_) | Poll::Pending => {}
                 }
-                if self.out.head_at == self.out.head.len() {
+                if self.out.head_is_written() {
                     unsent = None;
                 }
             }
@@ -180,7 +178,7 @@ impl H1Connection {
                         self.body_taken = true;
                         self.sending = None;
                         if self.chunked {
-                            self.out.set_last_chunk();
+                            self.out.set_last_chunk(None);
                         }
                     }
                     Poll::Pending if self.out.is_empty() => return Poll::Pending,
@@ -223,8 +221,10 @@ impl H1Connection {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.read.reserve(READ_SIZE);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        let room = self.read_size.make_room(&mut self.read);
+        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read))?;
+        self.read_size.record(room, read);
+        Poll::Ready(Ok(read))
     }
 }
 
@@ -233,79 +233,6 @@ enum WriteFailure {
     Io,
     /// The downstream request body failed (a reset, `request_timeout`).
     Body(BodyError),
-}
-
-/// What of a request is left to write: the rest of its head, then the current body frame
-/// (with its chunk-size line and CRLF when chunked). Written with one vectored write, and
-/// no copy of the data.
-struct Outgoing {
-    head: Vec<u8>,
-    head_at: usize,
-    line: [u8; 18],
-    line_at: usize,
-    data: Bytes,
-    /// Bytes of the frame's closing CRLF left.
-    crlf: usize,
-}
-
-impl Default for Outgoing {
-    fn default() -> Outgoing {
-        Outgoing { head: Vec::new(), head_at: 0, line: [0; 18], line_at: 18, data: Bytes::new(), crlf: 0 }
-    }
-}
-
-impl Outgoing {
-    fn frame_is_empty(&self) -> bool {
-        self.line_at == self.line.len() && self.data.is_empty() && self.crlf == 0
-    }
-
-    fn is_empty(&self) -> bool {
-        self.head_at == self.head.len() && self.frame_is_empty()
-    }
-
-    fn set_frame(&mut self, data: Bytes, chunked: bool) {
-        if data.is_empty() {
-            return;
-        }
-        if chunked {
-            self.line_at = chunk_size_line(data.len(), &mut self.line);
-            self.crlf = 2;
-        }
-        self.data = data;
-    }
-
-    fn set_last_chunk(&mut self) {
-        self.line_at = chunk_size_line(0, &mut self.line);
-        self.crlf = 2;
-    }
-
-    fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            let mut unsent = Buf::chain(&self.head[self.head_at..], &self.line[self.line_at..])
-                .chain(&self.data[..])
-                .chain(&b"\r\n"[2 - self.crlf..]);
-            if !unsent.has_remaining() {
-                return Poll::Ready(Ok(()));
-            }
-            let written = ready!(tokio_util::io::poll_write_buf(Pin::new(&mut *io), cx, &mut unsent))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.consume(written);
-        }
-    }
-
-    fn consume(&mut self, mut n: usize) {
-        let head = n.min(self.head.len() - self.head_at);
-        self.head_at += head;
-        n -= head;
-        let line = n.min(self.line.len() - self.line_at);
-        self.line_at += line;
-        n -= line;
-        let data = n.min(self.data.len());
-        self.data.advance(data);
-        self.crlf -= n - data;
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

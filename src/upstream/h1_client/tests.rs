@@ -1,11 +1,9 @@
 //! The HTTP/1.1 codec against the framings RFC 9112 allows, and some it does not.
 
 use bytes::BytesMut;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
-use super::codec::{
-    Chunk, Decoded, HeadFraming, ResponseFraming, chunk_size_line, decode_chunked, itoa_u64, parse_head, protocol_error,
-};
+use super::codec::{HeadFraming, ResponseFraming, parse_head};
 use crate::http::body::BodyError;
 
 fn head(raw: &[u8], head_request: bool) -> Result<Option<(http::response::Parts, HeadFraming)>, BodyError> {
@@ -74,59 +72,4 @@ fn header_values_are_kept_byte_for_byte() {
     let values: Vec<_> = parts.headers.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
     assert_eq!(values, ["one", "two"]);
     assert_eq!(parts.headers["server"], "nginx");
-}
-
-/// Decodes all of `wire`, fed `step` bytes at a time, into data and trailers.
-fn dechunk(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), BodyError> {
-    let (mut data, mut trailers) = (Vec::new(), None);
-    let mut read = BytesMut::new();
-    let mut chunk = Chunk::Size;
-    let mut fed = 0;
-    loop {
-        match decode_chunked(&mut read, &mut chunk)? {
-            Decoded::Frame(frame) => match frame.into_data() {
-                Ok(bytes) => data.extend_from_slice(&bytes),
-                Err(frame) => {
-                    trailers = frame.into_trailers().ok();
-                    return Ok((data, trailers));
-                }
-            },
-            Decoded::Again => {}
-            Decoded::End => return Ok((data, trailers)),
-            Decoded::NeedMore => {
-                if fed == wire.len() {
-                    return Err(protocol_error("truncated"));
-                }
-                let next = (fed + step).min(wire.len());
-                read.extend_from_slice(&wire[fed..next]);
-                fed = next;
-            }
-        }
-    }
-}
-
-#[test]
-fn chunked_bodies_decode_however_they_are_split() {
-    let wire = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
-    for step in [1, 2, 7, wire.len()] {
-        let (data, trailers) = dechunk(wire, step).unwrap();
-        assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz");
-        assert!(trailers.is_none());
-    }
-    let (data, trailers) = dechunk(b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\n\r\n", 4).unwrap();
-    assert_eq!(data, b"abc");
-    assert_eq!(trailers.unwrap()["grpc-status"], "0");
-    for bad in [&b"x\r\n"[..], b"3\r\nabcXY", b"3\nabc\r\n", b"fffffffffffffffff\r\n"] {
-        assert!(dechunk(bad, 1).is_err(), "{}", String::from_utf8_lossy(bad));
-    }
-}
-
-#[test]
-fn chunk_size_lines_and_lengths_are_formatted() {
-    let mut line = [0; 18];
-    let at = chunk_size_line(0x1a2b, &mut line);
-    assert_eq!(&line[at..], b"1a2b\r\n");
-    assert_eq!(chunk_size_line(usize::MAX, &mut line), 0);
-    assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
-    assert_eq!(itoa_u64(u64::MAX, &mut [0; 20]), b"18446744073709551615");
 }
