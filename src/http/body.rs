@@ -61,6 +61,8 @@ pub enum EndReason {
     Reset,
     /// No data moved for the stream idle timeout.
     IdleTimeout,
+    /// The route timeout passed before the response ended.
+    RouteTimeout,
 }
 
 /// A body error legate raises itself (a timeout, an upstream breaking its framing), which
@@ -149,32 +151,43 @@ pub trait StreamEnd {
     fn finish(self: Box<Self>, bytes_sent: u64, reason: EndReason);
 }
 
-/// The stream idle timeout of a response body. Its timer is lent by the worker and armed
-/// only when the body first has to wait (most responses end in their first poll); frames
-/// only note the time, and a timer that fires early is re-armed from there.
-struct IdleTimer {
-    timeout: Duration,
+/// The timeouts that still run while a response body streams: the stream idle timeout, and
+/// the route timeout, which Envoy applies until the response has ended (counted from the end
+/// of the request). Their one timer is lent by the worker and armed only when the body first
+/// has to wait (most responses end in their first poll); frames only note the time, and a
+/// timer that fires early is re-armed from there.
+struct BodyTimer {
+    idle: Option<Duration>,
     last_activity: Instant,
+    /// The route timeout, and the stream whose request's end starts it.
+    route: Option<(Duration, Rc<StreamState>)>,
     timer: LentTimer,
 }
 
-impl IdleTimer {
-    /// Whether the body has been idle for the timeout (registering a wake-up if not).
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+impl BodyTimer {
+    /// Which timeout has passed, if one has (registering a wake-up if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<EndReason> {
         loop {
-            let deadline = self.last_activity + self.timeout;
-            if self.timer.until(deadline).poll(cx).is_pending() {
-                return false;
+            let idle = self.idle.map(|t| self.last_activity + t);
+            // While the request body still arrives, only a time to look again.
+            let route = self.route.as_ref().map(|(t, stream)| (stream.last_activity.get() + *t, stream));
+            let next = [idle, route.map(|(at, _)| at)].into_iter().flatten().min()?;
+            if self.timer.until(next).poll(cx).is_pending() {
+                return None;
             }
-            if Instant::now() >= self.last_activity + self.timeout {
-                return true;
+            let now = Instant::now();
+            if route.is_some_and(|(at, stream)| at <= now && stream.request_done.get()) {
+                return Some(EndReason::RouteTimeout);
+            }
+            if idle.is_some_and(|at| at <= now) {
+                return Some(EndReason::IdleTimeout);
             }
         }
     }
 }
 
 enum Source {
-    Upstream { body: UpstreamBody, idle: Option<IdleTimer> },
+    Upstream { body: UpstreamBody, timer: Option<BodyTimer> },
     Local(Option<Bytes>),
 }
 
@@ -191,11 +204,21 @@ impl ResponseBody {
         ResponseBody { source: Source::Local((!body.is_empty()).then_some(body)), sent: 0, end: None }
     }
 
-    /// A body streamed from upstream, reset when no data moves for `idle_timeout`.
-    pub fn upstream(body: UpstreamBody, idle_timeout: Option<Duration>, timers: &Rc<TimerPool>) -> ResponseBody {
-        let idle =
-            idle_timeout.map(|timeout| IdleTimer { timeout, last_activity: Instant::now(), timer: timers.lend() });
-        ResponseBody { source: Source::Upstream { body, idle }, sent: 0, end: None }
+    /// A body streamed from upstream, reset when no data moves for `idle_timeout` or when
+    /// the route timeout (`route_timeout` after the end of `stream`'s request) passes.
+    pub fn upstream(
+        body: UpstreamBody,
+        idle_timeout: Option<Duration>,
+        route_timeout: Option<(Duration, Rc<StreamState>)>,
+        timers: &Rc<TimerPool>,
+    ) -> ResponseBody {
+        let timer = (idle_timeout.is_some() || route_timeout.is_some()).then(|| BodyTimer {
+            idle: idle_timeout,
+            last_activity: Instant::now(),
+            route: route_timeout,
+            timer: timers.lend(),
+        });
+        ResponseBody { source: Source::Upstream { body, timer }, sent: 0, end: None }
     }
 
     /// Sets what runs when the body ends.
@@ -217,22 +240,22 @@ impl Body for ResponseBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
-            Source::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
+            Source::Upstream { body, timer } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(idle) = idle {
-                        idle.last_activity = Instant::now();
+                    if let Some(timer) = timer {
+                        timer.last_activity = Instant::now();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
-                    let expired = idle.as_mut().is_some_and(|idle| idle.expired(cx));
-                    if expired {
-                        this.finish(EndReason::IdleTimeout);
-                        return Poll::Ready(Some(Err(Box::new(StreamError("stream idle timeout")))));
-                    }
-                    Poll::Pending
+                    let Some(reason) = timer.as_mut().and_then(|timer| timer.expired(cx)) else {
+                        return Poll::Pending;
+                    };
+                    this.finish(reason);
+                    let what = if reason == EndReason::IdleTimeout { "stream idle timeout" } else { "route timeout" };
+                    return Poll::Ready(Some(Err(Box::new(StreamError(what)))));
                 }
             },
             Source::Local(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),

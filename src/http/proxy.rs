@@ -233,7 +233,8 @@ pub async fn serve(
                 exchange.logged_response = Some(head.headers.clone());
             }
             stats.downstream_rq_class[class_index(head.status)].inc();
-            let mut body = ResponseBody::upstream(body, idle_timeout, &ctx.worker.timers);
+            let route_timeout = timeout.map(|t| (t, exchange.stream.clone()));
+            let mut body = ResponseBody::upstream(body, idle_timeout, route_timeout, &ctx.worker.timers);
             body.on_end(exchange);
             Ok(Response::from_parts(head, body))
         }
@@ -645,6 +646,15 @@ impl Exchange {
         let mut flags = this.flags;
         match reason {
             EndReason::Complete => {}
+            EndReason::RouteTimeout => {
+                // Envoy's router resets a response still streaming when its timeout passes.
+                if let (Some(cluster), Some(host)) = (&this.cluster, &this.host) {
+                    cluster.stats.upstream_rq_timeout.inc();
+                    host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                }
+                flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                this.details = Cow::Borrowed("response_timeout");
+            }
             EndReason::IdleTimeout => {
                 stats.downstream_rq_idle_timeout.inc();
                 flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);

@@ -15,6 +15,7 @@ async fn legate_with(hcm_extra: &str) -> (Legate, Upstream) {
     let route = routes(concat!(
         "              - match: { prefix: \"/idle\" }\n                route: { cluster: svc, timeout: 0s, idle_timeout: 0.3s, prefix_rewrite: \"/delay/3000\" }\n",
         "              - match: { prefix: \"/trickle\" }\n                route: { cluster: svc, idle_timeout: 0.3s, prefix_rewrite: \"/trickle/1500\" }\n",
+        "              - match: { prefix: \"/slow-body\" }\n                route: { cluster: svc, timeout: 0.3s, prefix_rewrite: \"/trickle/1500\" }\n",
         "              - match: { prefix: \"/\" }\n                route: { cluster: svc }\n",
     ));
     (Legate::start(&bootstrap(hcm_extra, &route, &clusters)), upstream)
@@ -42,6 +43,26 @@ async fn stream_idle_timeout_before_and_during_the_response() {
     // The connection manager's timeout is not charged to the cluster, as in Envoy.
     assert_eq!(legate.stat("cluster.svc.upstream_rq_504").await, None);
     assert_eq!(legate.stat("cluster.svc.upstream_rq_active").await, Some(0));
+}
+
+/// Envoy's route timeout runs until the response has ended, not only until its headers: a
+/// body still streaming when it passes is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_resets_a_response_body_that_outlasts_it() {
+    let (legate, _upstream) = legate_with("").await;
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let mut client = Client::connect(legate.listener("main"), version).await;
+        let response = client.send_streaming(get("/slow-body")).await;
+        assert_eq!(response.status(), 200, "headers arrive within the timeout");
+        let mut body = response.into_body();
+        let first = body.frame().await.expect("a first frame").expect("first chunk arrives");
+        assert_eq!(first.into_data().unwrap(), "first");
+        let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("the reset came in time");
+        assert!(rest.is_err(), "{version:?}: the body was reset at the route timeout, not completed");
+    }
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_timeout").await, Some(2));
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_active").await, Some(0));
+    assert_eq!(legate.stat("http.ingress_http.downstream_rq_idle_timeout").await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
