@@ -14,6 +14,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tokio::net::TcpStream;
 
+use super::pool::SendError;
 use crate::http::body::RequestBody;
 use crate::http::h2_body::{H2Body, SendBody};
 
@@ -61,28 +62,34 @@ impl H2Connection {
     }
 
     /// Opens a stream for `request` once the connection has room for one, calling
-    /// `attached` when it does, and waits for the response headers.
+    /// `attached` when it does, and waits for the response headers. A connection that can
+    /// open no more streams (after a GOAWAY, or broken) is retired, even while its task still
+    /// finishes the streams it has, and hands the request back: nothing of it was sent.
     pub async fn send(
         &self,
         request: Request<RequestBody>,
         attached: &dyn Fn(),
-    ) -> Result<Response<H2Body>, h2::Error> {
-        // A connection that cannot open a stream (GOAWAY received, broken) is not offered
-        // again, even while its task still finishes the streams it has.
-        let retire = |e: h2::Error| {
-            self.closed.set(true);
-            e
+    ) -> Result<Response<H2Body>, SendError> {
+        let mut sender = match self.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection takes no new streams");
+                self.closed.set(true);
+                return Err(SendError::Unsent(Box::new(request)));
+            }
         };
-        let mut sender = self.sender.clone().ready().await.map_err(retire)?;
         attached();
         let (head, body) = request.into_parts();
         let end_of_stream = body.is_end_stream();
         let (response, send_stream) =
-            sender.send_request(Request::from_parts(head, ()), end_of_stream).map_err(retire)?;
+            sender.send_request(Request::from_parts(head, ()), end_of_stream).map_err(|e| {
+                self.closed.set(true);
+                SendError::Failed(e.into())
+            })?;
         if !end_of_stream {
             tokio::task::spawn_local(SendBody::new(body, send_stream, h2::Reason::CANCEL));
         }
-        let response = response.await?;
+        let response = response.await.map_err(|e| SendError::Failed(e.into()))?;
         let (head, stream) = response.into_parts();
         let body = H2Body::new(stream, &head.headers);
         Ok(Response::from_parts(head, body))

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::cluster::Cluster;
-use super::h1_client::{H1Body, H1Connection, SendError};
+use super::h1_client::{H1Body, H1Connection};
 use super::h2_client::H2Connection;
 use super::host::Host;
 use super::manager::ClusterSnapshot;
@@ -52,6 +52,14 @@ impl UpstreamError {
             UpstreamError::ResetBeforeHeaders(e) => UpstreamError::ResetBeforeHeaders(e.to_string().into()),
         }
     }
+}
+
+/// Why a request got no response on a connection.
+pub enum SendError {
+    /// Nothing of the request was taken (its head could not be written, or the connection
+    /// takes no new streams): it can go out on another connection.
+    Unsent(Box<Request<RequestBody>>),
+    Failed(BodyError),
 }
 
 /// Which wire protocol a request goes out on.
@@ -177,23 +185,39 @@ impl HostPool {
     async fn send_h2(
         &self,
         cluster: &Arc<Cluster>,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         attached: &dyn Fn(),
     ) -> Result<Response<H2Body>, UpstreamError> {
-        let connection = match self.h2_connection(cluster) {
-            Ok(connection) => connection,
-            Err(connect) => {
-                let result = self.pending(cluster, connect.clone()).await;
-                let mut slot = self.h2.borrow_mut();
-                // The first waiter to see the outcome records it; a failed connect leaves
-                // the slot empty so that the next request tries again.
-                if matches!(&*slot, H2Slot::Connecting(c) if c.ptr_eq(&connect)) {
-                    *slot = result.as_ref().map_or(H2Slot::Empty, |c| H2Slot::Ready(c.clone()));
+        // A connection that stopped taking streams (a GOAWAY from the upstream) hands the
+        // request back and is retired: the request goes out on a new connection, as in
+        // Envoy's pool, which sends nothing more on a draining connection.
+        let mut retried = false;
+        loop {
+            let connection = match self.h2_connection(cluster) {
+                Ok(connection) => connection,
+                Err(connect) => {
+                    let result = self.pending(cluster, connect.clone()).await;
+                    let mut slot = self.h2.borrow_mut();
+                    // The first waiter to see the outcome records it; a failed connect leaves
+                    // the slot empty so that the next request tries again.
+                    if matches!(&*slot, H2Slot::Connecting(c) if c.ptr_eq(&connect)) {
+                        *slot = result.as_ref().map_or(H2Slot::Empty, |c| H2Slot::Ready(c.clone()));
+                    }
+                    result.map_err(|e| e.duplicate())?
                 }
-                result.map_err(|e| e.duplicate())?
+            };
+            match connection.send(request, attached).await {
+                Ok(response) => return Ok(response),
+                Err(SendError::Unsent(unsent)) if !retried => {
+                    retried = true;
+                    request = *unsent;
+                }
+                Err(SendError::Unsent(_)) => {
+                    return Err(UpstreamError::ResetBeforeHeaders("connection takes no new streams".into()));
+                }
+                Err(SendError::Failed(e)) => return Err(UpstreamError::ResetBeforeHeaders(e)),
             }
-        };
-        connection.send(request, attached).await.map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))
+        }
     }
 
     /// The open HTTP/2 connection, or the connect to wait for (started here if none is

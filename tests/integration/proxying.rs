@@ -163,6 +163,58 @@ async fn requests_arriving_while_an_http2_upstream_connects_share_that_one_conne
     assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_active").await, Some(0));
 }
 
+/// An HTTP/2 upstream that answers `/hold` with headers and a first chunk, sends GOAWAY (a
+/// graceful shutdown: the held stream stays open for a second), and answers anything else
+/// at once.
+async fn draining_h2_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else { return };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let hold = request.uri().path() == "/hold";
+                    let mut body = respond.send_response(http::Response::new(()), false).unwrap();
+                    if hold {
+                        body.send_data(Bytes::from_static(b"held"), false).unwrap();
+                        connection.graceful_shutdown();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            let _ = body.send_data(Bytes::new(), true);
+                        });
+                    } else {
+                        body.send_data(Bytes::from_static(b"ok"), true).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (address, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_an_http2_upstreams_goaway_goes_out_on_a_new_connection() {
+    let (address, connections) = draining_h2_upstream().await;
+    let clusters = static_cluster("svc", &[(address, 1)], H2_UPSTREAM);
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+    let mut held = Client::connect(legate.listener("main"), Version::HTTP_11).await;
+    let response = held.send_streaming(get("/hold")).await;
+    assert_eq!(response.status(), 200);
+    // The GOAWAY is in; the first connection still carries the held stream.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let answer = send(legate.listener("main"), Version::HTTP_11, get("/next")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.text(), "ok");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(2));
+    let held_body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(held_body, "held", "the draining connection finished its stream");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_request_and_response_headers_are_added() {
     let upstream = Upstream::start("svc").await;

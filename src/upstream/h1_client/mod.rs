@@ -17,7 +17,7 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::pool::{HostPool, LiveConnection};
+use super::pool::{HostPool, LiveConnection, SendError};
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::h1::framing::{Chunk, Decoded, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
 use crate::http::h1::outgoing::Outgoing;
@@ -26,14 +26,6 @@ use codec::{HeadFraming, RequestFraming, ResponseFraming, encode_head, parse_hea
 mod codec;
 #[cfg(test)]
 mod tests;
-
-/// Why a request got no response on a connection.
-pub enum SendError {
-    /// Writing the request head failed, so nothing of the request was taken: it can go
-    /// out on another connection (a pooled one the upstream had closed).
-    Unsent(Box<Request<RequestBody>>),
-    Failed(BodyError),
-}
 
 /// One HTTP/1.1 connection to a host, idle or carrying one request.
 pub struct H1Connection {
