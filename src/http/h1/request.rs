@@ -3,9 +3,10 @@
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 
 use super::framing::{FramingHeaders, MAX_HEADERS};
+use crate::http::headers;
 
 /// Request headers the proxy typically adds (`x-forwarded-for`, `x-forwarded-proto`,
 /// `x-request-id`, `x-envoy-expected-rq-timeout-ms`), reserved when a head is parsed:
@@ -101,7 +102,7 @@ pub fn parse(
     };
     let bytes = read.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.0 + target.1)).map_err(|_| BAD_REQUEST)?;
-    let mut map = HeaderMap::with_capacity(fields.len() + REQUEST_HEADERS_ADDED);
+    let mut map = headers::spare_map(fields.len() + REQUEST_HEADERS_ADDED);
     for (name, from, to) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(bytes.slice(from..to)).map_err(|_| BAD_REQUEST)?;
         map.append(name, value);

@@ -294,6 +294,7 @@ impl Conn {
             write_field(out, b"date", headers::date_value().as_bytes());
         }
         out.extend_from_slice(b"\r\n");
+        headers::recycle_map(parts.headers);
         Outbound { body, chunked, ended, close }
     }
 

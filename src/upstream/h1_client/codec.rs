@@ -3,11 +3,12 @@
 
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::h1::framing::{FramingHeaders, MAX_HEADERS, itoa_u64, protocol_error};
+use crate::http::headers;
 
 /// Response headers the proxy typically adds, reserved for when a head is parsed.
 const RESPONSE_HEADERS_ADDED: usize = 4;
@@ -114,7 +115,7 @@ pub(super) fn parse_head(
         let bytes = read.split_to(length).freeze();
         // Room for what the proxy adds (`server`, `x-envoy-upstream-service-time`, ...):
         // growing a full map re-hashes it.
-        let mut map = HeaderMap::with_capacity(fields.len() + RESPONSE_HEADERS_ADDED);
+        let mut map = headers::spare_map(fields.len() + RESPONSE_HEADERS_ADDED);
         for (name, from, to) in fields.drain(..) {
             let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
                 .map_err(|_| protocol_error("malformed upstream response header value"))?;

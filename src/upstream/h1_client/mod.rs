@@ -21,6 +21,7 @@ use super::pool::{HostPool, LiveConnection, SendError};
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::h1::framing::{Chunk, Decoded, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
 use crate::http::h1::outgoing::Outgoing;
+use crate::http::headers;
 use codec::{HeadFraming, RequestFraming, ResponseFraming, encode_head, parse_head};
 
 mod codec;
@@ -114,8 +115,10 @@ impl H1Connection {
                     }
                     Poll::Ready(_) | Poll::Pending => {}
                 }
-                if self.out.head_is_written() {
-                    unsent = None;
+                if self.out.head_is_written()
+                    && let Some(parts) = unsent.take()
+                {
+                    headers::recycle_map(parts.headers);
                 }
             }
             self.poll_read_head(cx, head_request)
