@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
@@ -211,6 +212,13 @@ pub fn strip_host_port(parts: &mut Parts, mode: HostPortMatch) {
     }
 }
 
+/// How many request ids one allocation holds.
+const IDS_PER_ARENA: usize = 64;
+
+thread_local! {
+    static ID_ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
 /// Adds a random UUID v4 `x-request-id` when the request has none, or always when `replace`
 /// (Envoy regenerates it for edge requests, where the client's id is not trusted).
 pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
@@ -226,7 +234,16 @@ pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
         text[at] = hex[usize::from(byte >> 4)];
         text[at + 1] = hex[usize::from(byte & 0xf)];
     }
-    if let Ok(mut value) = HeaderValue::from_bytes(&text) {
+    // Ids are cut from a per-worker buffer that holds many, so that one costs no allocation
+    // of its own; a buffer is freed once the last id cut from it is.
+    let id = ID_ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < text.len() {
+            *arena = BytesMut::with_capacity(IDS_PER_ARENA * text.len());
+        }
+        arena.extend_from_slice(&text);
+        arena.split().freeze()
+    });
+    if let Ok(mut value) = HeaderValue::from_maybe_shared(id) {
         // A fresh id never repeats: an HTTP/2 upstream's HPACK encoder would add every one
         // to its dynamic table, evicting the entries that do repeat (a full turnover of the
         // 4 KiB table every ~50 requests). Never-indexed, it is sent as a literal.
