@@ -312,8 +312,10 @@ pub fn date_value() -> HeaderValue {
 
 /// How many cleared header maps a worker keeps for the next message heads.
 const SPARE_MAPS: usize = 64;
-/// A map grown past this many entries (an unusual message) is not kept.
-const SPARE_MAP_CAPACITY: usize = 64;
+/// The room a kept map must have: enough for a typical head and what the proxy adds (smaller
+/// maps, as the h2 crate builds them, would only be dropped by `spare_map`); a map grown past
+/// the upper bound (an unusual message) is not kept either.
+const SPARE_MAP_CAPACITY: std::ops::RangeInclusive<usize> = 12..=64;
 
 thread_local! {
     /// Header maps of messages whose heads were written, cleared: on an HTTP/1.1 to
@@ -323,20 +325,18 @@ thread_local! {
     static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A header map with room for `capacity` entries, reused when this worker has one spare.
+/// A header map with room for `capacity` entries, reused when this worker has one spare
+/// that large (growing a smaller one would re-hash it: dearer than a new map).
 pub fn spare_map(capacity: usize) -> HeaderMap {
     match SPARE.with_borrow_mut(Vec::pop) {
-        Some(mut map) => {
-            map.reserve(capacity);
-            map
-        }
-        None => HeaderMap::with_capacity(capacity),
+        Some(map) if map.capacity() >= capacity => map,
+        _ => HeaderMap::with_capacity(capacity),
     }
 }
 
 /// Keeps `map` (cleared) for a later `spare_map`.
 pub fn recycle_map(mut map: HeaderMap) {
-    if map.capacity() > SPARE_MAP_CAPACITY {
+    if !SPARE_MAP_CAPACITY.contains(&map.capacity()) {
         return;
     }
     map.clear();
