@@ -296,10 +296,35 @@ fn begin(ctx: &Rc<ConnContext>, version: Version, head: bool) -> Box<Exchange> {
 /// and the connection closes after it.
 pub fn codec_error(ctx: &Rc<ConnContext>, status: StatusCode, details: &'static str) -> Response<ResponseBody> {
     ctx.listener.http_stats.downstream_cx_protocol_error.inc();
+    let body = Bytes::from_static(status.canonical_reason().unwrap_or_default().as_bytes());
+    unfinished_head_reply(ctx, status, body, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, details)
+}
+
+/// A request head still incomplete when the stream idle timeout passed: Envoy opens the
+/// stream at the head's first byte, so its idle timeout answers `408 stream timeout`.
+pub fn head_timeout(ctx: &Rc<ConnContext>) -> Response<ResponseBody> {
+    ctx.listener.http_stats.downstream_rq_idle_timeout.inc();
+    let body = Bytes::from_static(b"stream timeout");
+    unfinished_head_reply(
+        ctx,
+        StatusCode::REQUEST_TIMEOUT,
+        body,
+        ResponseFlags::STREAM_IDLE_TIMEOUT,
+        "stream_idle_timeout",
+    )
+}
+
+/// The local reply to a request whose head never became a request; the connection closes.
+fn unfinished_head_reply(
+    ctx: &Rc<ConnContext>,
+    status: StatusCode,
+    body: Bytes,
+    flags: ResponseFlags,
+    details: &'static str,
+) -> Response<ResponseBody> {
     let exchange = begin(ctx, Version::HTTP_11, false);
     exchange.stream.request_done.set(true);
-    let body = Bytes::from_static(status.canonical_reason().unwrap_or_default().as_bytes());
-    let mut response = exchange.local_reply(status, body, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, details);
+    let mut response = exchange.local_reply(status, body, flags, details);
     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }

@@ -65,6 +65,22 @@ async fn the_route_timeout_resets_a_response_body_that_outlasts_it() {
     assert_eq!(legate.stat("http.ingress_http.downstream_rq_idle_timeout").await, Some(0));
 }
 
+/// Envoy opens a stream at a request's first byte: a head that stops arriving halfway gets
+/// the stream idle timeout's 408, and the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_stops_halfway_gets_408_at_the_stream_idle_timeout() {
+    let (legate, upstream) = legate_with("          stream_idle_timeout: 0.3s\n").await;
+    let started = std::time::Instant::now();
+    let reply = raw_exchange(legate.listener("main"), b"GET / HTTP/1.1\r\nhost: x\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{reply}");
+    assert!(reply.contains("\r\nconnection: close\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nstream timeout"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered at the timeout, not at the client's");
+    assert_eq!(upstream.count(), 0);
+    assert_eq!(legate.stat("http.ingress_http.downstream_rq_idle_timeout").await, Some(1));
+    assert_eq!(legate.stat("http.ingress_http.downstream_rq_4xx").await, Some(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_idle_timeout_while_the_request_body_stalls_answers_408() {
     let (legate, _upstream) = legate_with("").await;

@@ -20,6 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::framing::{Chunk, Decoded, MAX_HEAD_BYTES, ReadSize, decode_chunked, itoa_u64, protocol_error};
 use super::outgoing::Outgoing;
@@ -27,6 +28,7 @@ use super::request::{self, BodyFraming, HEADERS_TOO_LARGE, HeadError};
 use crate::http::body::{BodyError, DownstreamBody, ResponseBody};
 use crate::http::headers;
 use crate::http::proxy::{self, ConnContext};
+use crate::worker::LentTimer;
 
 pin_project! {
     /// One downstream HTTP/1.1 connection: a future that ends when the connection does.
@@ -52,6 +54,13 @@ pin_project! {
     }
 }
 
+/// Why a head did not become a request.
+enum Refused {
+    Codec(HeadError),
+    /// It was still incomplete when the stream idle timeout passed.
+    TimedOut,
+}
+
 /// What the connection keeps from request to request.
 struct Conn {
     inbound: Rc<Inbound>,
@@ -65,6 +74,9 @@ struct Conn {
     trailers: bool,
     /// A graceful shutdown was asked for: no request after the current one.
     draining: bool,
+    /// When a head that arrived in part must be complete (the stream idle timeout from its
+    /// first bytes), and the timer for it; none while heads arrive whole.
+    head_deadline: Option<(Instant, LentTimer)>,
 }
 
 /// The socket's read side, shared by the connection and the current request's body.
@@ -124,6 +136,7 @@ where
                 head_request: false,
                 trailers: false,
                 draining: false,
+                head_deadline: None,
             },
             serve,
             stage: Stage::Head,
@@ -152,7 +165,10 @@ where
                 StageProj::Head => match ready!(conn.poll_head(cx)) {
                     Some(Ok(request)) => this.stage.set(Stage::Serving { future: (this.serve)(request) }),
                     Some(Err(refused)) => {
-                        let response = proxy::codec_error(&conn.ctx, refused.status, refused.details);
+                        let response = match refused {
+                            Refused::Codec(e) => proxy::codec_error(&conn.ctx, e.status, e.details),
+                            Refused::TimedOut => proxy::head_timeout(&conn.ctx),
+                        };
                         conn.keep_alive = false;
                         let response = conn.start_response(response);
                         this.stage.set(Stage::Responding { response });
@@ -193,7 +209,7 @@ where
 impl Conn {
     /// Reads the next request head: `None` when the connection should close instead (the
     /// client closed it, or a shutdown was asked for).
-    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Request<DownstreamBody>, HeadError>>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Request<DownstreamBody>, Refused>>> {
         loop {
             if self.draining {
                 return Poll::Ready(None);
@@ -204,17 +220,36 @@ impl Conn {
                     match request::parse(&mut read, &mut self.fields) {
                         Ok(Some(head)) => {
                             drop(read);
+                            self.head_deadline = None;
                             return Poll::Ready(Some(Ok(self.start_request(head))));
                         }
-                        Ok(None) if read.len() >= MAX_HEAD_BYTES => return Poll::Ready(Some(Err(HEADERS_TOO_LARGE))),
-                        Ok(None) => {}
-                        Err(refused) => return Poll::Ready(Some(Err(refused))),
+                        Ok(None) if read.len() >= MAX_HEAD_BYTES => {
+                            return Poll::Ready(Some(Err(Refused::Codec(HEADERS_TOO_LARGE))));
+                        }
+                        Ok(None) => {
+                            if let Some(timeout) = self.ctx.listener.spec.hcm.stream_idle_timeout
+                                && self.head_deadline.is_none()
+                            {
+                                self.head_deadline = Some((Instant::now() + timeout, self.ctx.worker.timers.lend()));
+                            }
+                        }
+                        Err(refused) => return Poll::Ready(Some(Err(Refused::Codec(refused)))),
                     }
                 }
             }
-            match ready!(self.inbound.poll_read(cx)) {
-                Ok(0) | Err(_) => return Poll::Ready(None),
-                Ok(_) => {}
+            match self.inbound.poll_read(cx) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => {
+                    if let Some((deadline, timer)) = &mut self.head_deadline
+                        && timer.until(*deadline).poll(cx).is_ready()
+                        && Instant::now() >= *deadline
+                    {
+                        self.head_deadline = None;
+                        return Poll::Ready(Some(Err(Refused::TimedOut)));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
