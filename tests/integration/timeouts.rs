@@ -7,7 +7,9 @@ use http::Version;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Client, Legate, Upstream, bootstrap, get, raw_exchange, routes, send, static_cluster};
+use crate::support::{
+    Client, Legate, Upstream, bootstrap, get, raw_exchange, route_all_to, routes, send, static_cluster,
+};
 
 async fn legate_with(hcm_extra: &str) -> (Legate, Upstream) {
     let upstream = Upstream::start("svc").await;
@@ -91,6 +93,31 @@ async fn stream_idle_timeout_while_the_request_body_stalls_answers_408() {
     .await;
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.ends_with("stream timeout"), "{reply}");
+}
+
+/// After the 408 for a stalled request body, the part of the request already forwarded to an
+/// HTTP/2 upstream is reset (Envoy resets the upstream stream), even while the client keeps
+/// its connection open: the upstream sees its request end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_abandoned_at_the_stream_idle_timeout_is_reset_upstream() {
+    let upstream = Upstream::start("svc").await;
+    let h2 = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], h2);
+    let legate = Legate::start(&bootstrap("          stream_idle_timeout: 0.3s\n", &route_all_to("svc"), &clusters));
+    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
+    stream.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789").await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    // The client keeps its socket open; the upstream still learns the request is over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while upstream.count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the upstream stream was left open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.last().body_len, 0, "the body did not complete: it was reset");
+    drop(stream);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

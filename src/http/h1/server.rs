@@ -379,6 +379,17 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    /// A request body still held elsewhere (the task sending it to an HTTP/2 upstream) keeps
+    /// the socket open: ending its read side wakes that reader with an end of stream, so it
+    /// fails, resets its upstream stream, and lets the socket close.
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.inbound) > 1 {
+            let _ = socket2::SockRef::from(&*self.inbound.stream.borrow()).shutdown(std::net::Shutdown::Read);
+        }
+    }
+}
+
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
