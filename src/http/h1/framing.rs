@@ -16,12 +16,14 @@ pub const MAX_HEAD_BYTES: usize = 60 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// What a connection's first read asks the socket for.
 const READ_SIZE: usize = 16 * 1024;
-/// The most one read asks for, reached while reads keep filling the room they are given.
-const MAX_READ: usize = 256 * 1024;
+/// The most one read asks for, reached while reads keep filling the room they are given. A
+/// connection keeps the buffer it grew, so this bounds what an idle one holds.
+const MAX_READ: usize = 128 * 1024;
 /// Below this much room, the read buffer grows even when that allocates.
 const MIN_READ: usize = 4 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
+
 /// How much room a connection's reads get in its buffer. Reads that fill the room double it
 /// (a large body streaming in is read, and forwarded, in fewer and larger pieces); one that
 /// fills less than half halves it again.
