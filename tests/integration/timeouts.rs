@@ -23,6 +23,19 @@ async fn legate_with(hcm_extra: &str) -> (Legate, Upstream) {
     (Legate::start(&bootstrap(hcm_extra, &route, &clusters)), upstream)
 }
 
+/// Gets `path` (an upstream `/trickle`: a chunk, a pause, a chunk): the headers and the first
+/// chunk arrive, then the body is reset by a timeout instead of completing.
+async fn assert_first_chunk_then_reset(legate: &Legate, version: Version, path: &str) {
+    let mut client = Client::connect(legate.listener("main"), version).await;
+    let response = client.send_streaming(get(path)).await;
+    assert_eq!(response.status(), 200, "{version:?} {path}: headers arrive before the body stalls");
+    let mut body = response.into_body();
+    let first = body.frame().await.expect("a first frame").expect("first chunk arrives");
+    assert_eq!(first.into_data().unwrap(), "first");
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("the reset came in time");
+    assert!(rest.is_err(), "{version:?} {path}: the body was reset, not completed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_idle_timeout_before_and_during_the_response() {
     let (legate, _upstream) = legate_with("").await;
@@ -32,14 +45,7 @@ async fn stream_idle_timeout_before_and_during_the_response() {
         assert_eq!(answer.status, 504);
         assert_eq!(answer.text(), "stream timeout");
 
-        let mut client = Client::connect(legate.listener("main"), version).await;
-        let response = client.send_streaming(get("/trickle")).await;
-        assert_eq!(response.status(), 200, "headers arrive before the body stalls");
-        let mut body = response.into_body();
-        let first = body.frame().await.expect("a first frame").expect("first chunk arrives");
-        assert_eq!(first.into_data().unwrap(), "first");
-        let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("the reset came in time");
-        assert!(rest.is_err(), "the stalled body was reset, not completed");
+        assert_first_chunk_then_reset(&legate, version, "/trickle").await;
     }
     assert!(legate.stat("http.ingress_http.downstream_rq_idle_timeout").await >= Some(4));
     // The connection manager's timeout is not charged to the cluster, as in Envoy.
@@ -53,14 +59,7 @@ async fn stream_idle_timeout_before_and_during_the_response() {
 async fn the_route_timeout_resets_a_response_body_that_outlasts_it() {
     let (legate, _upstream) = legate_with("").await;
     for version in [Version::HTTP_11, Version::HTTP_2] {
-        let mut client = Client::connect(legate.listener("main"), version).await;
-        let response = client.send_streaming(get("/slow-body")).await;
-        assert_eq!(response.status(), 200, "headers arrive within the timeout");
-        let mut body = response.into_body();
-        let first = body.frame().await.expect("a first frame").expect("first chunk arrives");
-        assert_eq!(first.into_data().unwrap(), "first");
-        let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("the reset came in time");
-        assert!(rest.is_err(), "{version:?}: the body was reset at the route timeout, not completed");
+        assert_first_chunk_then_reset(&legate, version, "/slow-body").await;
     }
     assert_eq!(legate.stat("cluster.svc.upstream_rq_timeout").await, Some(2));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_active").await, Some(0));
