@@ -307,6 +307,7 @@ impl Conn {
         let mut chunked = false;
         let mut ended = true;
         if bodiless_status || status == StatusCode::NOT_MODIFIED {
+            // No body, whatever the headers say (RFC 9112 §6.3); a 304 keeps its length.
         } else if self.head_request {
             // Envoy's codec announces chunked framing on a response to HEAD that has no
             // length, and sends no body either way.
