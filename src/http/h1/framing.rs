@@ -9,6 +9,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http_body::Frame;
 
 use crate::http::body::{BodyError, StreamError};
+use crate::http::headers;
 
 /// Envoy's defaults for message heads: `max_request_headers_kb` (and
 /// `max_response_headers_kb`) 60, and at most 100 header fields.
@@ -71,19 +72,6 @@ pub fn protocol_error(what: &'static str) -> BodyError {
     Box::new(StreamError(what))
 }
 
-/// `n` in decimal, at the end of `buf`.
-pub fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 /// Writes `{len:x}\r\n` at the end of `buf`; returns where it starts.
 pub fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> usize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -98,6 +86,20 @@ pub fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> usize {
             return at;
         }
     }
+}
+
+/// Header field names of a head being parsed, and where their values lie in its bytes.
+pub type FieldSpans = Vec<(HeaderName, usize, usize)>;
+
+/// The header map of a head whose values lie at `fields` in `head`: slices of it, not copies
+/// (`fields` is emptied). Room is left for `added` more entries, as growing a full map
+/// re-hashes it. `None` when a value is not a valid header value.
+pub fn header_map(head: &Bytes, fields: &mut FieldSpans, added: usize) -> Option<HeaderMap> {
+    let mut map = headers::spare_map(fields.len() + added);
+    for (name, from, to) in fields.drain(..) {
+        map.append(name, HeaderValue::from_maybe_shared(head.slice(from..to)).ok()?);
+    }
+    Some(map)
 }
 
 /// What a message head says about its framing and connection.

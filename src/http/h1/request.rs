@@ -2,15 +2,13 @@
 //! the request target stay slices of the bytes read; only unusual header names allocate.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use super::framing::{FramingHeaders, MAX_HEADERS};
-use crate::http::headers;
+use super::framing::{FieldSpans, FramingHeaders, MAX_HEADERS, header_map};
 
 /// Request headers the proxy typically adds (`x-forwarded-for`, `x-forwarded-proto`,
-/// `x-request-id`, `x-envoy-expected-rq-timeout-ms`), reserved when a head is parsed:
-/// growing a full map re-hashes it.
+/// `x-request-id`, `x-envoy-expected-rq-timeout-ms`), reserved when a head is parsed.
 const REQUEST_HEADERS_ADDED: usize = 4;
 
 /// How a request's body is framed.
@@ -47,10 +45,7 @@ pub const HEADERS_TOO_LARGE: HeadError =
 
 /// Parses the request head at the front of `read` and takes it off (`None` until it is
 /// all there). `fields` is scratch space kept by the connection.
-pub fn parse(
-    read: &mut BytesMut,
-    fields: &mut Vec<(HeaderName, usize, usize)>,
-) -> Result<Option<RequestHead>, HeadError> {
+pub fn parse(read: &mut BytesMut, fields: &mut FieldSpans) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let length = match request.parse(read) {
@@ -102,11 +97,7 @@ pub fn parse(
     };
     let bytes = read.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.0 + target.1)).map_err(|_| BAD_REQUEST)?;
-    let mut map = headers::spare_map(fields.len() + REQUEST_HEADERS_ADDED);
-    for (name, from, to) in fields.drain(..) {
-        let value = HeaderValue::from_maybe_shared(bytes.slice(from..to)).map_err(|_| BAD_REQUEST)?;
-        map.append(name, value);
-    }
+    let map = header_map(&bytes, fields, REQUEST_HEADERS_ADDED).ok_or(BAD_REQUEST)?;
     let mut parts = Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
@@ -22,7 +22,7 @@ use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::framing::{Chunk, Decoded, MAX_HEAD_BYTES, ReadSize, decode_chunked, itoa_u64, protocol_error};
+use super::framing::{Chunk, Decoded, FieldSpans, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
 use super::outgoing::Outgoing;
 use super::request::{self, BodyFraming, HEADERS_TOO_LARGE, HeadError};
 use crate::http::body::{BodyError, DownstreamBody, ResponseBody};
@@ -67,7 +67,7 @@ struct Conn {
     ctx: Rc<ConnContext>,
     out: Outgoing,
     /// Scratch space for parsing request heads.
-    fields: Vec<(HeaderName, usize, usize)>,
+    fields: FieldSpans,
     /// The current request's head said.
     keep_alive: bool,
     head_request: bool,
@@ -319,7 +319,7 @@ impl Conn {
         } else if body.is_end_stream() {
             write_field(out, b"content-length", b"0");
         } else if let Some(length) = body.size_hint().exact() {
-            write_field(out, b"content-length", itoa_u64(length, &mut [0; 20]));
+            write_field(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
             ended = false;
         } else {
             write_field(out, b"transfer-encoding", b"chunked");
@@ -443,16 +443,10 @@ impl H1RequestBody {
     fn decode(&self) -> Result<Decoded, BodyError> {
         let inbound = &self.inbound;
         let mut read = inbound.read.borrow_mut();
-        let progress = self.progress();
-        match progress {
-            BodyProgress::Done => return Ok(Decoded::End),
-            BodyProgress::Failed => return Err(protocol_error("downstream request body failed")),
-            _ => {}
-        }
-        if read.is_empty() {
-            return Ok(Decoded::NeedMore);
-        }
-        match progress {
+        match self.progress() {
+            BodyProgress::Done => Ok(Decoded::End),
+            BodyProgress::Failed => Err(protocol_error("downstream request body failed")),
+            _ if read.is_empty() => Ok(Decoded::NeedMore),
             BodyProgress::Length(left) => {
                 let take = read.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                 let left = left - take as u64;
@@ -469,7 +463,6 @@ impl H1RequestBody {
                 inbound.body.set(if done { BodyProgress::Done } else { BodyProgress::Chunked(chunk) });
                 Ok(decoded)
             }
-            BodyProgress::Done | BodyProgress::Failed => unreachable!("handled above"),
         }
     }
 

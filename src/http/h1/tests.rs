@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use http::{HeaderMap, Method, StatusCode, Version};
 
-use super::framing::{Chunk, Decoded, chunk_size_line, decode_chunked, itoa_u64, protocol_error};
+use super::framing::{Chunk, Decoded, chunk_size_line, decode_chunked, protocol_error};
 use super::request::{self, BodyFraming, HeadError, RequestHead};
 use crate::http::body::BodyError;
 
@@ -54,13 +54,11 @@ fn chunked_bodies_decode_however_they_are_split() {
 }
 
 #[test]
-fn chunk_size_lines_and_lengths_are_formatted() {
+fn chunk_size_lines_are_formatted() {
     let mut line = [0; 18];
     let at = chunk_size_line(0x1a2b, &mut line);
     assert_eq!(&line[at..], b"1a2b\r\n");
     assert_eq!(chunk_size_line(usize::MAX, &mut line), 0);
-    assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
-    assert_eq!(itoa_u64(u64::MAX, &mut [0; 20]), b"18446744073709551615");
 }
 
 fn parse(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {

@@ -2,13 +2,12 @@
 //! chunked bodies, as pure functions over buffers.
 
 use bytes::{Buf, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 
 use crate::http::body::{BodyError, RequestBody};
-use crate::http::h1::framing::{FramingHeaders, MAX_HEADERS, itoa_u64, protocol_error};
-use crate::http::headers;
+use crate::http::h1::framing::{FieldSpans, FramingHeaders, MAX_HEADERS, header_map, protocol_error};
 
 /// Response headers the proxy typically adds, reserved for when a head is parsed.
 const RESPONSE_HEADERS_ADDED: usize = 4;
@@ -50,7 +49,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, request: &Request<RequestBody>) -> 
         RequestFraming::Length
     } else if let Some(length) = body.size_hint().exact() {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa_u64(length, &mut [0; 20]));
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
         out.extend_from_slice(b"\r\n");
         RequestFraming::Length
     } else {
@@ -79,7 +78,7 @@ pub(super) struct HeadFraming {
 /// consuming informational responses before it.
 pub(super) fn parse_head(
     read: &mut BytesMut,
-    fields: &mut Vec<(HeaderName, usize, usize)>,
+    fields: &mut FieldSpans,
     head_request: bool,
 ) -> Result<Option<(http::response::Parts, HeadFraming)>, BodyError> {
     loop {
@@ -113,14 +112,8 @@ pub(super) fn parse_head(
         }
         let status = StatusCode::from_u16(code).map_err(|_| protocol_error("malformed upstream status code"))?;
         let bytes = read.split_to(length).freeze();
-        // Room for what the proxy adds (`server`, `x-envoy-upstream-service-time`, ...):
-        // growing a full map re-hashes it.
-        let mut map = headers::spare_map(fields.len() + RESPONSE_HEADERS_ADDED);
-        for (name, from, to) in fields.drain(..) {
-            let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
-                .map_err(|_| protocol_error("malformed upstream response header value"))?;
-            map.append(name, value);
-        }
+        let map = header_map(&bytes, fields, RESPONSE_HEADERS_ADDED)
+            .ok_or_else(|| protocol_error("malformed upstream response header value"))?;
         let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             ResponseFraming::Empty
         } else if framing.chunked {

@@ -12,14 +12,13 @@ use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::HeaderName;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::pool::{HostPool, LiveConnection, SendError};
 use crate::http::body::{BodyError, RequestBody};
-use crate::http::h1::framing::{Chunk, Decoded, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
+use crate::http::h1::framing::{Chunk, Decoded, FieldSpans, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
 use crate::http::h1::outgoing::Outgoing;
 use crate::http::headers;
 use codec::{HeadFraming, RequestFraming, ResponseFraming, encode_head, parse_head};
@@ -45,7 +44,7 @@ pub struct H1Connection {
     /// Writing the request failed; the response may still come.
     write_failed: bool,
     /// Header names and value positions of the response head being parsed.
-    fields: Vec<(HeaderName, usize, usize)>,
+    fields: FieldSpans,
     _live: LiveConnection,
 }
 
