@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions as Http2ProtocolOptionsProto;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -69,6 +70,70 @@ pub struct HcmSpec {
     /// `strip_any_host_port` / `strip_matching_host_port`: the port Envoy removes from the
     /// request's host before routing (the upstream sees the host without it too).
     pub strip_host_port: HostPortMatch,
+    pub http2: Http2Settings,
+}
+
+/// The downstream HTTP/2 settings `http2_protocol_options` may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window: u32,
+    pub initial_connection_window: u32,
+}
+
+/// Unset, legate keeps the settings its HTTP/2 server has always had (hyper's: 200 streams,
+/// 1 MiB windows) rather than Envoy's (2^31 - 1 streams, 256 MiB windows): a window is how
+/// much request data a client may make legate buffer per stream.
+impl Default for Http2Settings {
+    fn default() -> Http2Settings {
+        Http2Settings {
+            max_concurrent_streams: 200,
+            initial_stream_window: 1 << 20,
+            initial_connection_window: 1 << 20,
+        }
+    }
+}
+
+impl Http2Settings {
+    fn from_proto(proto: &Http2ProtocolOptionsProto, path: &str) -> Result<Http2Settings> {
+        ensure_only(
+            proto,
+            &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
+            path,
+        )?;
+        // The bounds of Envoy's protocol.proto.
+        let window = |value: Option<u32>, field: &str, default: u32| match value {
+            None => Ok(default),
+            Some(v) if (65_535..=0x7fff_ffff).contains(&v) => Ok(v),
+            Some(_) => {
+                Err(ConfigError::invalid(join_path(path, field), "value must be inside range [65535, 2147483647]"))
+            }
+        };
+        let defaults = Http2Settings::default();
+        let max_concurrent_streams = match proto.max_concurrent_streams.map(|v| v.value) {
+            None => defaults.max_concurrent_streams,
+            Some(v) if (1..=0x7fff_ffff).contains(&v) => v,
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    join_path(path, "max_concurrent_streams"),
+                    "value must be inside range [1, 2147483647]",
+                ));
+            }
+        };
+        Ok(Http2Settings {
+            max_concurrent_streams,
+            initial_stream_window: window(
+                proto.initial_stream_window_size.map(|v| v.value),
+                "initial_stream_window_size",
+                defaults.initial_stream_window,
+            )?,
+            initial_connection_window: window(
+                proto.initial_connection_window_size.map(|v| v.value),
+                "initial_connection_window_size",
+                defaults.initial_connection_window,
+            )?,
+        })
+    }
 }
 
 /// A validated listener.
@@ -185,13 +250,10 @@ impl HcmSpec {
         if let Some(h1) = &proto.http_protocol_options {
             ensure_only(h1, &[], &join_path(path, "http_protocol_options"))?;
         }
-        if let Some(h2) = &proto.http2_protocol_options {
-            ensure_only(
-                h2,
-                &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
-                &join_path(path, "http2_protocol_options"),
-            )?;
-        }
+        let http2 = match &proto.http2_protocol_options {
+            Some(h2) => Http2Settings::from_proto(h2, &join_path(path, "http2_protocol_options"))?,
+            None => Http2Settings::default(),
+        };
         let codec = match CodecType::try_from(proto.codec_type) {
             Ok(CodecType::Auto) => Codec::Auto,
             Ok(CodecType::Http1) => Codec::Http1,
@@ -286,6 +348,7 @@ impl HcmSpec {
             access_logs,
             suppress_envoy_headers,
             strip_host_port: host_port,
+            http2,
         })
     }
 }

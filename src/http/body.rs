@@ -15,7 +15,7 @@ use http_body_util::Either;
 use tokio::time::{Instant, Sleep};
 
 use super::h1::server::H1RequestBody;
-use super::h2_body::H2Body;
+use super::h2;
 use crate::upstream::pool::UpstreamBody;
 use crate::worker::{LentTimer, TimerPool};
 
@@ -79,7 +79,7 @@ impl std::fmt::Display for StreamError {
 impl std::error::Error for StreamError {}
 
 /// A downstream request body as its codec delivers it.
-pub type DownstreamBody = Either<H1RequestBody, H2Body>;
+pub type DownstreamBody = Either<H1RequestBody, h2::stream::RequestBody>;
 
 /// The downstream request body as sent upstream.
 pub struct RequestBody {

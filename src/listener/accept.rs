@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
 use socket2::{Domain, Socket, Type};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -19,7 +19,8 @@ use super::HttpListener;
 use crate::config::listener::Codec;
 use crate::http::body::BodyError;
 use crate::http::h1::server::H1Server;
-use crate::http::h2_server::{self, H2Server};
+use crate::http::h2::server::{H2Server, PREFACE};
+use crate::http::h2::stream;
 use crate::http::proxy::{self, ConnContext};
 use crate::worker::Worker;
 
@@ -115,10 +116,10 @@ async fn serve_connection(mut stream: TcpStream, ctx: Rc<ConnContext>, mut drain
     let result = match protocol {
         Some(Protocol::Http2) => {
             let stream_ctx = ctx.clone();
-            let io = Rewind { prefix: prefix.freeze(), stream };
-            let server = H2Server::new(io, move |request, respond| {
-                h2_server::serve_stream(stream_ctx.clone(), request, respond)
-            });
+            let server =
+                H2Server::new(stream, prefix, ctx.clone(), listener.spec.hcm.http2, move |request, responder| {
+                    stream::serve_stream(stream_ctx.clone(), request, responder)
+                });
             drive(server, |server| server.get_mut().graceful_shutdown(), &ctx, drain).await.map_err(BodyError::from)
         }
         Some(Protocol::Http1) => {
@@ -147,8 +148,6 @@ enum Protocol {
     Http2,
 }
 
-/// HTTP/2's connection preface (RFC 9113 §3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The first read of a connection whose codec is detected: enough for a request head.
 const SNIFF_READ: usize = 1024;
 
@@ -232,55 +231,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// The connection's socket, with the bytes read to tell its protocol put back in front.
-struct Rewind {
-    prefix: Bytes,
-    stream: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        if this.prefix.is_empty() {
-            // Let the buffer go.
-            this.prefix = Bytes::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod control_plane;
 mod downstream_http1;
+mod downstream_http2;
 mod local_replies;
 mod proxying;
 mod routing;

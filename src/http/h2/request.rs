@@ -1,0 +1,160 @@
+//! A request header block's fields gathered into a request head, checked as RFC 9113
+//! §8.2–8.3 require: a malformed request resets its stream with PROTOCOL_ERROR.
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Uri, Version};
+
+use super::hpack::{Field, Name};
+use crate::http::h1::framing::{MAX_HEAD_BYTES, MAX_HEADERS};
+use crate::http::headers;
+
+/// Why a header block did not become a request (or trailers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Malformed(&'static str),
+    /// More than Envoy's `max_request_headers_kb` (60 KiB) or `max_headers_count` (100).
+    TooLarge,
+}
+
+/// The fields of one header block as they are decoded.
+pub struct Fields {
+    method: Option<Bytes>,
+    scheme: Option<Bytes>,
+    authority: Option<Bytes>,
+    path: Option<Bytes>,
+    pub headers: HeaderMap,
+    pub content_length: Option<u64>,
+    size: usize,
+    count: usize,
+    refusal: Option<Refusal>,
+    /// A regular field was seen: pseudo-header fields must all come before.
+    regular: bool,
+    trailers: bool,
+}
+
+impl Fields {
+    /// Fields of a request's headers, or (`trailers`) of its trailers.
+    pub fn new(trailers: bool) -> Fields {
+        Fields {
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            headers: headers::spare_map(16),
+            content_length: None,
+            size: 0,
+            count: 0,
+            refusal: None,
+            regular: false,
+            trailers,
+        }
+    }
+
+    fn refuse(&mut self, refusal: Refusal) {
+        self.refusal.get_or_insert(refusal);
+    }
+
+    /// Takes one decoded field. Decoding goes on after a refusal (the HPACK table must stay
+    /// in step), but nothing more is kept.
+    pub fn add(&mut self, field: Field) {
+        let Field { name, value, size, never_indexed } = field;
+        self.size += size;
+        self.count += 1;
+        if self.size > MAX_HEAD_BYTES || self.count > MAX_HEADERS {
+            self.refuse(Refusal::TooLarge);
+        }
+        if self.refusal.is_some() {
+            return;
+        }
+        let slot = match name {
+            Name::Header(name) => return self.add_regular(name, value, never_indexed),
+            _ if self.regular => return self.refuse(Refusal::Malformed("pseudo-header field after a regular one")),
+            _ if self.trailers => return self.refuse(Refusal::Malformed("pseudo-header field in trailers")),
+            Name::Method => &mut self.method,
+            Name::Scheme => &mut self.scheme,
+            Name::Authority => &mut self.authority,
+            Name::Path => &mut self.path,
+            // Extended CONNECT (RFC 8441) is not offered.
+            Name::Protocol => return self.refuse(Refusal::Malformed(":protocol without extended CONNECT")),
+            Name::Status => return self.refuse(Refusal::Malformed(":status in a request")),
+            Name::Malformed => return self.refuse(Refusal::Malformed("invalid field name")),
+        };
+        if slot.replace(value).is_some() {
+            self.refuse(Refusal::Malformed("repeated pseudo-header field"));
+        }
+    }
+
+    fn add_regular(&mut self, name: HeaderName, value: Bytes, never_indexed: bool) {
+        self.regular = true;
+        // Connection-specific fields make a message malformed in HTTP/2 (RFC 9113 §8.2.2).
+        let connection_specific = name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == "keep-alive"
+            || name == "proxy-connection"
+            || (name == header::TE && value.as_ref() != b"trailers");
+        if connection_specific {
+            return self.refuse(Refusal::Malformed("connection-specific header field"));
+        }
+        let Ok(mut value) = HeaderValue::from_maybe_shared(value) else {
+            return self.refuse(Refusal::Malformed("invalid field value"));
+        };
+        // Kept out of the next hop's HPACK tables too (RFC 7541 §7.1.3).
+        value.set_sensitive(never_indexed);
+        if name == header::CONTENT_LENGTH && !self.trailers {
+            let length = value.to_str().ok().and_then(|v| v.parse().ok());
+            match (length, self.content_length) {
+                (Some(length), None) => self.content_length = Some(length),
+                (Some(length), Some(seen)) if length == seen => {}
+                _ => return self.refuse(Refusal::Malformed("invalid content-length")),
+            }
+        }
+        self.headers.append(name, value);
+    }
+
+    /// The trailers, unless the block was refused.
+    pub fn into_trailers(self) -> Result<HeaderMap, Refusal> {
+        match self.refusal {
+            Some(refusal) => Err(refusal),
+            None => Ok(self.headers),
+        }
+    }
+
+    /// The request head, unless the block was refused.
+    pub fn into_request(self) -> Result<http::request::Parts, Refusal> {
+        if let Some(refusal) = self.refusal {
+            return Err(refusal);
+        }
+        let method = self.method.ok_or(Refusal::Malformed("missing :method"))?;
+        let method = Method::from_bytes(&method).map_err(|_| Refusal::Malformed("invalid :method"))?;
+        let mut uri = http::uri::Parts::default();
+        if let Some(authority) = self.authority {
+            uri.authority =
+                Some(Authority::from_maybe_shared(authority).map_err(|_| Refusal::Malformed("invalid :authority"))?);
+        }
+        if method == Method::CONNECT {
+            if uri.authority.is_none() || self.scheme.is_some() || self.path.is_some() {
+                return Err(Refusal::Malformed("CONNECT needs :authority alone"));
+            }
+        } else {
+            let scheme = self.scheme.ok_or(Refusal::Malformed("missing :scheme"))?;
+            let path = self.path.filter(|p| !p.is_empty()).ok_or(Refusal::Malformed("missing :path"))?;
+            // A URI has a scheme only beside an authority; without `:authority` the request
+            // names its host in `host`.
+            if uri.authority.is_some() {
+                uri.scheme = Some(Scheme::try_from(&scheme[..]).map_err(|_| Refusal::Malformed("invalid :scheme"))?);
+            }
+            uri.path_and_query =
+                Some(PathAndQuery::from_maybe_shared(path).map_err(|_| Refusal::Malformed("invalid :path"))?);
+        }
+        let uri = Uri::from_parts(uri).map_err(|_| Refusal::Malformed("invalid request target"))?;
+        let mut request = http::Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = self.headers;
+        Ok(request.into_parts().0)
+    }
+}

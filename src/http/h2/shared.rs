@@ -1,0 +1,527 @@
+//! What an HTTP/2 connection shares with the handles of its streams (a request body, a
+//! response being sent): the frames waiting to be written, the stream table, and flow
+//! control in both directions. One `Rc<RefCell<Shared>>` per connection, on its worker;
+//! no borrow is held across a wait, and waking a waker never polls anything in place, so
+//! waking under a borrow is safe.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fnv::FnvHashMap;
+use http::HeaderMap;
+use tokio::io::AsyncWrite;
+
+use super::frame::{self, Reason};
+use super::request::Refusal;
+
+/// Queued output beyond which streams wait before sending more data: the socket is slower
+/// than the peer's flow-control windows allow (a client with huge windows that reads slowly).
+pub const OUTPUT_LIMIT: usize = 1024 * 1024;
+/// Data this large is queued as its own segment rather than copied behind its frame header.
+const COPY_LIMIT: usize = 1024;
+/// The most segments one vectored write takes.
+const MAX_SLICES: usize = 64;
+
+pub struct Shared {
+    pub out: Output,
+    pub streams: FnvHashMap<u32, Stream>,
+    /// Streams neither closed at both ends nor reset: what MAX_CONCURRENT_STREAMS bounds.
+    pub open: u32,
+    /// What the peer lets legate send on the connection.
+    pub send_window: i64,
+    /// The peer's SETTINGS_INITIAL_WINDOW_SIZE: each new stream's send window.
+    pub peer_initial_window: i64,
+    pub peer_max_frame: usize,
+    /// The window legate advertises for each stream, and for the connection.
+    pub stream_window: u32,
+    pub connection_window: u32,
+    /// What the peer may still send on the connection.
+    pub recv_window: i64,
+    /// Data taken by readers (or discarded) and not yet given back to the peer.
+    pub recv_unacked: u32,
+    /// Streams waiting for connection window or output room.
+    pub blocked: Vec<Waker>,
+    /// The connection's task, to flush what a handle polled in another task queued.
+    pub task: Option<Waker>,
+    /// The connection's task is polling now (and flushes before it returns).
+    pub polling: bool,
+    /// The connection is gone: every handle sees its stream reset.
+    pub closed: bool,
+}
+
+/// One stream's state, kept while a handle refers to it.
+#[derive(Default)]
+pub struct Stream {
+    /// Request data received and not yet taken by the body.
+    pub recv: VecDeque<Bytes>,
+    pub trailers: Option<HeaderMap>,
+    /// The peer ended its side (END_STREAM received).
+    pub recv_closed: bool,
+    /// What the peer may still send on this stream.
+    pub recv_window: i64,
+    pub recv_unacked: u32,
+    /// What is left of a declared `content-length`; the body must match it exactly.
+    pub content_left: Option<u64>,
+    pub reader: Option<Waker>,
+    /// The request body was dropped: what still arrives is discarded.
+    pub reader_gone: bool,
+    /// What legate may send on this stream.
+    pub send_window: i64,
+    /// Legate ended its side (END_STREAM sent).
+    pub send_closed: bool,
+    /// The task sending the response, waiting for window or watching for a reset.
+    pub sender: Option<Waker>,
+    pub reset: Option<Reason>,
+    /// Counted out of `Shared::open` already.
+    closed_counted: bool,
+    /// Handles (request body, responder) still referring to the stream.
+    pub handles: u8,
+}
+
+impl Stream {
+    fn wake(&mut self) {
+        if let Some(waker) = self.reader.take() {
+            waker.wake();
+        }
+        if let Some(waker) = self.sender.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Keeps `slot` holding a waker for `cx`'s task, cloning only when it changed.
+pub fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+impl Shared {
+    pub fn new(stream_window: u32, connection_window: u32) -> Shared {
+        Shared {
+            out: Output::default(),
+            streams: FnvHashMap::default(),
+            open: 0,
+            send_window: frame::DEFAULT_WINDOW,
+            peer_initial_window: frame::DEFAULT_WINDOW,
+            peer_max_frame: frame::DEFAULT_MAX_FRAME,
+            stream_window,
+            connection_window,
+            recv_window: i64::from(connection_window),
+            recv_unacked: 0,
+            blocked: Vec::new(),
+            task: None,
+            polling: false,
+            closed: false,
+        }
+    }
+
+    /// Opens a stream whose request headers arrived; `end` if they ended it.
+    pub fn open_stream(&mut self, id: u32, end: bool, content_length: Option<u64>) {
+        let stream = Stream {
+            recv_closed: end,
+            recv_window: i64::from(self.stream_window),
+            content_left: content_length,
+            send_window: self.peer_initial_window,
+            handles: 2,
+            ..Stream::default()
+        };
+        self.streams.insert(id, stream);
+        self.open += 1;
+    }
+
+    /// Wakes the connection's task if the caller runs outside it, so what was queued gets
+    /// written.
+    pub fn wake_task(&mut self) {
+        if !self.polling
+            && let Some(task) = self.task.take()
+        {
+            task.wake();
+        }
+    }
+
+    /// Wakes the streams waiting for connection window or output room.
+    pub fn wake_blocked(&mut self) {
+        for waker in self.blocked.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Counts the stream out of the open ones if it has just closed.
+    fn note_closed(&mut self, id: u32) {
+        if let Some(stream) = self.streams.get_mut(&id)
+            && !stream.closed_counted
+            && (stream.reset.is_some() || (stream.recv_closed && stream.send_closed))
+        {
+            stream.closed_counted = true;
+            self.open -= 1;
+        }
+    }
+
+    /// Resets a stream: RST_STREAM goes out, its handles see the reset, and what it had
+    /// received unread is given back to the connection's window.
+    pub fn reset(&mut self, id: u32, reason: Reason) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if stream.reset.is_some() || (stream.recv_closed && stream.send_closed) {
+            return;
+        }
+        stream.reset = Some(reason);
+        let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
+        stream.wake();
+        frame::put_rst_stream(&mut self.out.buf, id, reason);
+        self.note_closed(id);
+        self.give_back(unread);
+    }
+
+    /// The peer reset a stream.
+    pub fn peer_reset(&mut self, id: u32, reason: Reason) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if stream.reset.is_none() {
+            stream.reset = Some(reason);
+            let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
+            stream.wake();
+            self.note_closed(id);
+            self.give_back(unread);
+        }
+    }
+
+    /// A handle let go of its stream; the stream is forgotten once none refers to it.
+    pub fn drop_handle(&mut self, id: u32) {
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.handles -= 1;
+            if stream.handles == 0 {
+                // Counted out already unless the connection is going away under it.
+                if !stream.closed_counted {
+                    self.open -= 1;
+                }
+                self.streams.remove(&id);
+            }
+        }
+    }
+
+    /// The request body was dropped. Data still in flight is discarded; once the response
+    /// is complete too, the client is told to stop sending (RFC 9113 §8.1: RST_STREAM with
+    /// NO_ERROR after a complete response).
+    pub fn drop_reader(&mut self, id: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
+        stream.reader_gone = true;
+        let stop_peer = stream.send_closed && !stream.recv_closed;
+        self.give_back(unread);
+        if stop_peer {
+            self.reset(id, Reason::NO_ERROR);
+        }
+        self.drop_handle(id);
+        self.wake_task();
+    }
+
+    /// Data a reader took (or that was discarded) frees the peer's windows: WINDOW_UPDATE
+    /// once half of a window is used, not for every frame.
+    pub fn release(&mut self, id: u32, n: usize) {
+        if let Some(stream) = self.streams.get_mut(&id)
+            && !stream.recv_closed
+            && stream.reset.is_none()
+        {
+            stream.recv_unacked += n as u32;
+            if stream.recv_unacked >= self.stream_window / 2 {
+                let increment = std::mem::take(&mut stream.recv_unacked);
+                stream.recv_window += i64::from(increment);
+                frame::put_window_update(&mut self.out.buf, id, increment);
+            }
+        }
+        self.give_back(n);
+    }
+
+    /// Returns `n` bytes to the connection's receive window.
+    pub fn give_back(&mut self, n: usize) {
+        self.recv_unacked += n as u32;
+        if self.recv_unacked >= self.connection_window / 2 {
+            let increment = std::mem::take(&mut self.recv_unacked);
+            self.recv_window += i64::from(increment);
+            frame::put_window_update(&mut self.out.buf, 0, increment);
+        }
+    }
+
+    /// DATA received on a stream (the connection window already charged with `flow_len`,
+    /// the frame's length with padding). Stream-level faults reset the stream.
+    pub fn recv_data(&mut self, id: u32, data: Bytes, flow_len: usize, end: bool) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            // A stream legate reset or forgot: frames in flight are ignored, but still
+            // count against (and so go back to) the connection window.
+            return self.give_back(flow_len);
+        };
+        if stream.reset.is_some() || stream.recv_closed {
+            let closed = stream.reset.is_none();
+            self.give_back(flow_len);
+            if closed {
+                self.reset(id, Reason::STREAM_CLOSED);
+            }
+            return;
+        }
+        if flow_len as i64 > stream.recv_window {
+            self.give_back(flow_len);
+            return self.reset(id, Reason::FLOW_CONTROL_ERROR);
+        }
+        stream.recv_window -= flow_len as i64;
+        // A body that disagrees with its `content-length` is malformed (RFC 9113 §8.1.1).
+        let content_ok = match &mut stream.content_left {
+            Some(left) if data.len() as u64 > *left => false,
+            Some(left) => {
+                *left -= data.len() as u64;
+                !end || *left == 0
+            }
+            None => true,
+        };
+        if !content_ok {
+            self.give_back(flow_len);
+            return self.reset(id, Reason::PROTOCOL_ERROR);
+        }
+        let unread = if stream.reader_gone { flow_len } else { flow_len - data.len() };
+        if !stream.reader_gone && !data.is_empty() {
+            stream.recv.push_back(data);
+        }
+        if end {
+            stream.recv_closed = true;
+        }
+        if let Some(waker) = stream.reader.take() {
+            waker.wake();
+        }
+        // Padding, and data nobody will read, are given back at once.
+        if unread > 0 {
+            self.release(id, unread);
+        }
+        if end {
+            self.note_closed(id);
+        }
+    }
+
+    /// A header block on a stream whose request is in progress: its trailers.
+    pub fn recv_trailers(&mut self, id: u32, end: bool, trailers: Result<HeaderMap, Refusal>) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if stream.reset.is_some() {
+            return;
+        }
+        if stream.recv_closed {
+            return self.reset(id, Reason::STREAM_CLOSED);
+        }
+        let trailers = match trailers {
+            Ok(trailers) if end && stream.content_left.is_none_or(|left| left == 0) => trailers,
+            _ => return self.reset(id, Reason::PROTOCOL_ERROR),
+        };
+        if !trailers.is_empty() && !stream.reader_gone {
+            stream.trailers = Some(trailers);
+        }
+        stream.recv_closed = true;
+        if let Some(waker) = stream.reader.take() {
+            waker.wake();
+        }
+        self.note_closed(id);
+    }
+
+    /// How much data the stream may send now; `Err` once it was reset. Registers the
+    /// caller to be woken when that may change.
+    pub fn poll_capacity(&mut self, id: u32, cx: &Context<'_>) -> Poll<Result<usize, Reason>> {
+        let room = OUTPUT_LIMIT.saturating_sub(self.out.len());
+        let connection = self.send_window.min(room as i64);
+        let closed = self.closed;
+        let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
+        if let Some(reason) = stream.reset {
+            return Poll::Ready(Err(reason));
+        }
+        if closed {
+            return Poll::Ready(Err(Reason::CANCEL));
+        }
+        let capacity = stream.send_window.min(connection);
+        if capacity > 0 {
+            return Poll::Ready(Ok(capacity as usize));
+        }
+        register(&mut stream.sender, cx);
+        if connection <= 0 {
+            self.blocked.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Ready with the reason once the stream is reset (by either side) or the connection
+    /// is gone.
+    pub fn poll_reset(&mut self, id: u32, cx: &Context<'_>) -> Poll<Reason> {
+        let closed = self.closed;
+        let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Reason::CANCEL) };
+        match stream.reset {
+            Some(reason) => Poll::Ready(reason),
+            None if closed => Poll::Ready(Reason::CANCEL),
+            None => {
+                register(&mut stream.sender, cx);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Queues a HEADERS frame (and CONTINUATION frames if the block exceeds the peer's
+    /// frame size) with the block `encode` writes.
+    pub fn send_headers(&mut self, id: u32, end: bool, encode: impl FnOnce(&mut BytesMut)) {
+        let buf = &mut self.out.buf;
+        let start = buf.len();
+        buf.put_slice(&[0; frame::HEADER_LEN]);
+        encode(buf);
+        let len = buf.len() - start - frame::HEADER_LEN;
+        let end_flag = if end { frame::END_STREAM } else { 0 };
+        if len <= self.peer_max_frame {
+            let head = frame::head_bytes(len, frame::HEADERS, end_flag | frame::END_HEADERS, id);
+            buf[start..start + frame::HEADER_LEN].copy_from_slice(&head);
+        } else {
+            let block = buf.split_off(start + frame::HEADER_LEN).freeze();
+            buf.truncate(start);
+            let mut pieces = block.chunks(self.peer_max_frame).peekable();
+            let mut kind = frame::HEADERS;
+            let mut flags = end_flag;
+            while let Some(piece) = pieces.next() {
+                let last = pieces.peek().is_none();
+                frame::put_head(buf, piece.len(), kind, flags | if last { frame::END_HEADERS } else { 0 }, id);
+                buf.put_slice(piece);
+                kind = frame::CONTINUATION;
+                flags = 0;
+            }
+        }
+        if end {
+            self.end_send(id);
+        }
+    }
+
+    /// Queues `data` (no more than `poll_capacity` allowed) as DATA frames.
+    pub fn send_data(&mut self, id: u32, mut data: Bytes, end: bool) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        stream.send_window -= data.len() as i64;
+        self.send_window -= data.len() as i64;
+        loop {
+            let piece = data.split_to(data.len().min(self.peer_max_frame));
+            let last = data.is_empty();
+            let flags = if end && last { frame::END_STREAM } else { 0 };
+            self.out.push_frame(frame::head_bytes(piece.len(), frame::DATA, flags, id), piece);
+            if last {
+                break;
+            }
+        }
+        if end {
+            self.end_send(id);
+        }
+    }
+
+    fn end_send(&mut self, id: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        stream.send_closed = true;
+        let stop_peer = stream.reader_gone && !stream.recv_closed;
+        self.note_closed(id);
+        if stop_peer {
+            self.reset(id, Reason::NO_ERROR);
+        }
+    }
+
+    /// The connection ended: every stream's handles see a reset.
+    pub fn close(&mut self) {
+        self.closed = true;
+        for stream in self.streams.values_mut() {
+            stream.wake();
+        }
+        self.wake_blocked();
+    }
+}
+
+/// Frames waiting to be written: segments ready in order, then the buffer frames are being
+/// put into. Large DATA payloads are segments of their own, written without a copy.
+#[derive(Default)]
+pub struct Output {
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    pub buf: BytesMut,
+}
+
+impl Output {
+    pub fn len(&self) -> usize {
+        self.queued + self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push_frame(&mut self, head: [u8; frame::HEADER_LEN], payload: Bytes) {
+        self.buf.put_slice(&head);
+        if payload.len() < COPY_LIMIT {
+            self.buf.put_slice(&payload);
+            return;
+        }
+        let framed = self.buf.split().freeze();
+        self.queued += framed.len() + payload.len();
+        self.queue.push_back(framed);
+        self.queue.push_back(payload);
+    }
+
+    /// Writes until everything is written or the socket is full.
+    pub fn poll_write(&mut self, io: &mut (impl AsyncWrite + Unpin), cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for segment in self.queue.iter().take(MAX_SLICES - 1) {
+                slices[count] = IoSlice::new(segment);
+                count += 1;
+            }
+            // The buffer follows every queued segment, so it goes out only behind all of them.
+            if !self.buf.is_empty() && count == self.queue.len() {
+                slices[count] = IoSlice::new(&self.buf);
+                count += 1;
+            }
+            let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(written);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                self.buf.advance(n);
+                return;
+            };
+            let taken = n.min(front.len());
+            front.advance(taken);
+            self.queued -= taken;
+            n -= taken;
+            if front.is_empty() {
+                self.queue.pop_front();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_keeps_frame_order_across_more_segments_than_one_write_takes() {
+        let mut out = Output::default();
+        let mut expected = Vec::new();
+        for i in 0..100u8 {
+            let head = frame::head_bytes(COPY_LIMIT, frame::DATA, 0, 1);
+            let payload = Bytes::from(vec![i; COPY_LIMIT]);
+            expected.extend_from_slice(&head);
+            expected.extend_from_slice(&payload);
+            out.push_frame(head, payload);
+        }
+        frame::put_ping_ack(&mut out.buf, b"12345678");
+        expected.extend_from_slice(&out.buf);
+        let mut written = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(out.poll_write(&mut written, &mut cx), Poll::Ready(Ok(()))));
+        assert!(out.is_empty());
+        assert!(written == expected, "frames were written out of order");
+    }
+}

@@ -1,0 +1,223 @@
+//! One downstream HTTP/2 stream as the proxy sees it: the request body it reads, and the
+//! response it sends back under flow control.
+
+use std::cell::RefCell;
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header;
+use http::{HeaderMap, Request};
+use http_body::{Body, Frame, SizeHint};
+
+use super::frame::Reason;
+use super::hpack;
+use super::shared::{Shared, register};
+use crate::http::body::{BodyError, DownstreamBody, ResponseBody, StreamError};
+use crate::http::headers;
+use crate::http::proxy::{self, ConnContext};
+
+/// A request body received on a downstream HTTP/2 stream: data as it arrives (each piece
+/// handed back to flow control as it is taken), then trailers if the client sent any.
+pub struct RequestBody {
+    shared: Rc<RefCell<Shared>>,
+    id: u32,
+    /// What is left of a declared `content-length`: an exact size hint, which decides the
+    /// framing of an HTTP/1.1 request the body is forwarded in.
+    remaining: Option<u64>,
+    ended: bool,
+}
+
+impl RequestBody {
+    pub fn new(shared: Rc<RefCell<Shared>>, id: u32, content_length: Option<u64>) -> RequestBody {
+        RequestBody { shared, id, remaining: content_length, ended: false }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let mut shared = this.shared.borrow_mut();
+        let closed = shared.closed;
+        let Some(stream) = shared.streams.get_mut(&this.id) else { return Poll::Ready(None) };
+        if let Some(data) = stream.recv.pop_front() {
+            if let Some(remaining) = &mut this.remaining {
+                *remaining = remaining.saturating_sub(data.len() as u64);
+            }
+            shared.release(this.id, data.len());
+            shared.wake_task();
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if stream.reset.is_some() || closed {
+            this.ended = true;
+            return Poll::Ready(Some(Err(Box::new(StreamError("the client reset the stream")))));
+        }
+        if stream.recv_closed {
+            this.ended = true;
+            return Poll::Ready(stream.trailers.take().map(|trailers| Ok(Frame::trailers(trailers))));
+        }
+        register(&mut stream.reader, cx);
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+            || self.shared.borrow().streams.get(&self.id).is_some_and(|stream| {
+                stream.recv_closed && stream.recv.is_empty() && stream.trailers.is_none() && stream.reset.is_none()
+            })
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            _ if self.is_end_stream() => SizeHint::with_exact(0),
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.shared.borrow_mut().drop_reader(self.id);
+    }
+}
+
+/// The sending side of a stream: the response head, its body and trailers.
+pub struct Responder {
+    shared: Rc<RefCell<Shared>>,
+    id: u32,
+}
+
+impl Responder {
+    pub fn new(shared: Rc<RefCell<Shared>>, id: u32) -> Responder {
+        Responder { shared, id }
+    }
+
+    fn poll_reset(&self, cx: &Context<'_>) -> Poll<Reason> {
+        self.shared.borrow_mut().poll_reset(self.id, cx)
+    }
+
+    /// Streams `body` out: each frame once the windows allow, then trailers or an empty
+    /// DATA frame with END_STREAM. Stops when the client resets the stream.
+    fn poll_body(&self, body: &mut ResponseBody, pending: &mut Option<Bytes>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if let Some(mut data) = pending.take() {
+                let capacity = match self.shared.borrow_mut().poll_capacity(self.id, cx) {
+                    Poll::Ready(Ok(capacity)) => capacity,
+                    Poll::Ready(Err(reason)) => {
+                        tracing::debug!(?reason, "the stream was reset while its response was being sent");
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => {
+                        *pending = Some(data);
+                        return Poll::Pending;
+                    }
+                };
+                let rest = (data.len() > capacity).then(|| data.split_off(capacity));
+                let end = rest.is_none() && body.is_end_stream();
+                self.shared.borrow_mut().send_data(self.id, data, end);
+                if end {
+                    return Poll::Ready(());
+                }
+                *pending = rest;
+                continue;
+            }
+            if let Poll::Ready(reason) = self.poll_reset(cx) {
+                tracing::debug!(?reason, "the stream was reset while its response was being sent");
+                return Poll::Ready(());
+            }
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {
+                        if body.is_end_stream() {
+                            self.shared.borrow_mut().send_data(self.id, data, true);
+                            return Poll::Ready(());
+                        }
+                    }
+                    Ok(data) => *pending = Some(data),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.shared.borrow_mut().send_headers(self.id, true, |dst| encode_fields(&trailers, dst));
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "response body failed; resetting its stream");
+                    self.shared.borrow_mut().reset(self.id, Reason::INTERNAL_ERROR);
+                    return Poll::Ready(());
+                }
+                None => {
+                    self.shared.borrow_mut().send_data(self.id, Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let mut shared = self.shared.borrow_mut();
+        // A response cut short without a reset of its own (the proxy's future dropped with
+        // the connection still up) must not leave the client waiting.
+        if !shared.closed && shared.streams.get(&self.id).is_some_and(|stream| !stream.send_closed) {
+            shared.reset(self.id, Reason::CANCEL);
+        }
+        shared.drop_handle(self.id);
+        shared.wake_task();
+    }
+}
+
+/// Serves one HTTP/2 stream: the request through the proxy, the response back under flow
+/// control. A client that resets the stream while legate waits for the upstream ends it.
+pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>, responder: Responder) {
+    let mut serve = pin!(proxy::serve(ctx, request));
+    let response = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = serve.as_mut().poll(cx) {
+            return Poll::Ready(Some(result.unwrap_or_else(|never| match never {})));
+        }
+        responder.poll_reset(cx).map(|_| None)
+    })
+    .await;
+    let Some(response) = response else {
+        tracing::debug!("the client reset the stream before its response");
+        return;
+    };
+    let (mut head, mut body) = response.into_parts();
+    // What hyper's server did: no connection-specific fields (HTTP/2 forbids them), a
+    // `date`, and a `content-length` when the body's size is known.
+    headers::remove_hop_by_hop(&mut head.headers);
+    if !head.headers.contains_key(header::DATE) {
+        head.headers.insert(header::DATE, headers::date_value());
+    }
+    let end = body.is_end_stream();
+    if !end
+        && let Some(length) = body.size_hint().exact()
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        head.headers.insert(header::CONTENT_LENGTH, headers::decimal_value(length));
+    }
+    responder.shared.borrow_mut().send_headers(responder.id, end, |dst| {
+        hpack::encode_status(head.status.as_u16(), dst);
+        encode_fields(&head.headers, dst);
+    });
+    headers::recycle_map(head.headers);
+    if !end {
+        let mut pending = None;
+        std::future::poll_fn(|cx| responder.poll_body(&mut body, &mut pending, cx)).await;
+    }
+}
+
+fn encode_fields(fields: &HeaderMap, dst: &mut bytes::BytesMut) {
+    for (name, value) in fields {
+        hpack::encode_field(name, value, dst);
+    }
+}
