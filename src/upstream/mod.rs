@@ -4,6 +4,7 @@
 
 pub mod cluster;
 mod h1_client;
+mod h2_client;
 pub mod host;
 pub mod lb;
 pub mod manager;

@@ -6,12 +6,9 @@
 //! connection's write buffer, and large DATA payloads are written from the upstream's
 //! buffers without a copy.
 
-pub mod client;
-mod conn;
-pub use conn::PREFACE;
 mod frame;
-mod head;
 mod hpack;
+mod request;
 pub mod server;
 mod shared;
 pub mod stream;

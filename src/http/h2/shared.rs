@@ -4,11 +4,9 @@
 //! no borrow is held across a wait, and waking a waker never polls anything in place, so
 //! waking under a borrow is safe.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -17,7 +15,7 @@ use http::HeaderMap;
 use tokio::io::AsyncWrite;
 
 use super::frame::{self, Reason};
-use super::head::Refusal;
+use super::request::Refusal;
 
 /// Queued output beyond which streams wait before sending more data: the socket is slower
 /// than the peer's flow-control windows allow (a client with huge windows that reads slowly).
@@ -44,26 +42,14 @@ pub struct Shared {
     pub recv_window: i64,
     /// Data taken by readers (or discarded) and not yet given back to the peer.
     pub recv_unacked: u32,
-    /// Streams waiting for the peer's connection window.
-    pub window_waiters: Vec<Waker>,
-    /// Streams waiting for the output to drain below `OUTPUT_LIMIT`.
-    pub output_waiters: Vec<Waker>,
+    /// Streams waiting for connection window or output room.
+    pub blocked: Vec<Waker>,
     /// The connection's task, to flush what a handle polled in another task queued.
     pub task: Option<Waker>,
     /// The connection's task is polling now (and flushes before it returns).
     pub polling: bool,
     /// The connection is gone: every handle sees its stream reset.
     pub closed: bool,
-    /// Legate opens the streams (an upstream connection).
-    client: bool,
-    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (what a client may open).
-    pub peer_max_streams: u32,
-    /// The peer's GOAWAY, with the last of legate's streams it took.
-    pub goaway: Option<u32>,
-    /// The id of the next stream legate opens (a client).
-    pub next_stream: u32,
-    /// Requests waiting for the peer's stream limit to leave room.
-    pub stream_waiters: Vec<Waker>,
 }
 
 /// One stream's state, kept while a handle refers to it.
@@ -91,24 +77,11 @@ pub struct Stream {
     pub reset: Option<Reason>,
     /// Counted out of `Shared::open` already.
     closed_counted: bool,
-    /// Handles (the received body, the sending side) still referring to the stream.
+    /// Handles (request body, responder) still referring to the stream.
     pub handles: u8,
-    /// The response head, on a stream legate opened (upstream), until it is taken.
-    pub head: Option<http::response::Parts>,
-    /// A response head arrived: a later header block holds trailers.
-    pub head_seen: bool,
 }
 
 impl Stream {
-    /// On a reset: what was received of a body that did not end is dropped (a body that
-    /// ended is whole, and its reader still takes it). Returns how much was dropped.
-    fn discard_unfinished(&mut self) -> usize {
-        if self.recv_closed {
-            return 0;
-        }
-        self.recv.drain(..).map(|data| data.len()).sum()
-    }
-
     fn wake(&mut self) {
         if let Some(waker) = self.reader.take() {
             waker.wake();
@@ -127,26 +100,8 @@ pub fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
-/// Polls a connection's task (`poll`), noting meanwhile that what handles queue is flushed
-/// before it returns, and keeping the task's waker for handles polled elsewhere.
-pub fn polling<R>(
-    shared: &Rc<RefCell<Shared>>,
-    cx: &mut Context<'_>,
-    poll: impl FnOnce(&mut Context<'_>) -> Poll<R>,
-) -> Poll<R> {
-    shared.borrow_mut().polling = true;
-    let result = poll(cx);
-    let mut state = shared.borrow_mut();
-    state.polling = false;
-    if result.is_pending() {
-        register(&mut state.task, cx);
-    }
-    result
-}
-
 impl Shared {
-    /// `client`: legate opens the streams (upstream), else the peer does (downstream).
-    pub fn new(client: bool, stream_window: u32, connection_window: u32) -> Shared {
+    pub fn new(stream_window: u32, connection_window: u32) -> Shared {
         Shared {
             out: Output::default(),
             streams: FnvHashMap::default(),
@@ -158,31 +113,15 @@ impl Shared {
             connection_window,
             recv_window: i64::from(connection_window),
             recv_unacked: 0,
-            window_waiters: Vec::new(),
-            output_waiters: Vec::new(),
+            blocked: Vec::new(),
             task: None,
             polling: false,
             closed: false,
-            client,
-            peer_max_streams: u32::MAX,
-            goaway: None,
-            next_stream: 1,
-            stream_waiters: Vec::new(),
-        }
-    }
-
-    /// Raises the connection's receive window from the protocol's initial 64 KiB to the one
-    /// configured (sent right after SETTINGS).
-    pub fn grow_connection_window(&mut self) {
-        let grow = self.connection_window.saturating_sub(frame::DEFAULT_WINDOW as u32);
-        if grow > 0 {
-            frame::put_window_update(&mut self.out.buf, 0, grow);
         }
     }
 
     /// Opens a stream whose request headers arrived; `end` if they ended it.
     pub fn open_stream(&mut self, id: u32, end: bool, content_length: Option<u64>) {
-        debug_assert!(!self.client, "the peer opens streams only on a downstream connection");
         let stream = Stream {
             recv_closed: end,
             recv_window: i64::from(self.stream_window),
@@ -205,20 +144,11 @@ impl Shared {
         }
     }
 
-    /// Wakes the streams waiting for the connection window.
-    pub fn wake_window_waiters(&mut self) {
-        for waker in self.window_waiters.drain(..) {
+    /// Wakes the streams waiting for connection window or output room.
+    pub fn wake_blocked(&mut self) {
+        for waker in self.blocked.drain(..) {
             waker.wake();
         }
-    }
-
-    /// Wakes the streams waiting for output room; whether there were any.
-    pub fn wake_output_waiters(&mut self) -> bool {
-        let any = !self.output_waiters.is_empty();
-        for waker in self.output_waiters.drain(..) {
-            waker.wake();
-        }
-        any
     }
 
     /// Counts the stream out of the open ones if it has just closed.
@@ -229,10 +159,6 @@ impl Shared {
         {
             stream.closed_counted = true;
             self.open -= 1;
-            // Room for a request waiting on the peer's stream limit.
-            if let Some(waiter) = self.stream_waiters.pop() {
-                waiter.wake();
-            }
         }
     }
 
@@ -244,7 +170,7 @@ impl Shared {
             return;
         }
         stream.reset = Some(reason);
-        let unread = stream.discard_unfinished();
+        let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
         stream.wake();
         frame::put_rst_stream(&mut self.out.buf, id, reason);
         self.note_closed(id);
@@ -256,7 +182,7 @@ impl Shared {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         if stream.reset.is_none() {
             stream.reset = Some(reason);
-            let unread = stream.discard_unfinished();
+            let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
             stream.wake();
             self.note_closed(id);
             self.give_back(unread);
@@ -277,94 +203,20 @@ impl Shared {
         }
     }
 
-    /// The received body was dropped. Upstream, a response nobody reads any more is
-    /// cancelled. Downstream, request data still in flight is discarded; once the response is
-    /// complete too, the client is told to stop sending (RFC 9113 §8.1: RST_STREAM with
+    /// The request body was dropped. Data still in flight is discarded; once the response
+    /// is complete too, the client is told to stop sending (RFC 9113 §8.1: RST_STREAM with
     /// NO_ERROR after a complete response).
     pub fn drop_reader(&mut self, id: u32) {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
         stream.reader_gone = true;
-        let unfinished = !stream.recv_closed;
-        let stop_peer = stream.send_closed && unfinished;
+        let stop_peer = stream.send_closed && !stream.recv_closed;
         self.give_back(unread);
-        if self.client && unfinished {
-            self.reset(id, Reason::CANCEL);
-        } else if stop_peer {
+        if stop_peer {
             self.reset(id, Reason::NO_ERROR);
         }
         self.drop_handle(id);
         self.wake_task();
-    }
-
-    /// Opens a stream for a request once the peer's stream limit has room; `None` once the
-    /// connection takes no more streams (closed, or after the peer's GOAWAY).
-    pub fn poll_open(&mut self, cx: &Context<'_>) -> Poll<Option<u32>> {
-        if self.closed || self.goaway.is_some() || self.next_stream > frame::MAX_WINDOW as u32 {
-            return Poll::Ready(None);
-        }
-        if self.open >= self.peer_max_streams {
-            self.stream_waiters.push(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let id = self.next_stream;
-        self.next_stream += 2;
-        let stream = Stream {
-            recv_window: i64::from(self.stream_window),
-            send_window: self.peer_initial_window,
-            handles: 2,
-            ..Stream::default()
-        };
-        self.streams.insert(id, stream);
-        self.open += 1;
-        Poll::Ready(Some(id))
-    }
-
-    /// A response head on a stream legate opened.
-    pub fn recv_head(&mut self, id: u32, end: bool, head: Result<http::response::Parts, Refusal>) {
-        let Some(stream) = self.streams.get_mut(&id) else { return };
-        if stream.reset.is_some() {
-            return;
-        }
-        let content_length = match &head {
-            Ok(head) => head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
-            Err(_) => None,
-        };
-        match head {
-            Ok(_) if end && content_length.is_some_and(|length: u64| length > 0) => {
-                self.reset(id, Reason::PROTOCOL_ERROR)
-            }
-            Ok(head) => {
-                stream.head = Some(head);
-                stream.head_seen = true;
-                stream.content_left = content_length;
-                stream.recv_closed = end;
-                if let Some(waker) = stream.reader.take() {
-                    waker.wake();
-                }
-                if end {
-                    self.note_closed(id);
-                }
-            }
-            Err(_) => self.reset(id, Reason::PROTOCOL_ERROR),
-        }
-    }
-
-    /// The response head once it came; the reason if the stream was reset first.
-    pub fn poll_head(&mut self, id: u32, cx: &Context<'_>) -> Poll<Result<http::response::Parts, Reason>> {
-        let closed = self.closed;
-        let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
-        if let Some(head) = stream.head.take() {
-            return Poll::Ready(Ok(head));
-        }
-        match stream.reset {
-            Some(reason) => Poll::Ready(Err(reason)),
-            None if closed => Poll::Ready(Err(Reason::CANCEL)),
-            None => {
-                register(&mut stream.reader, cx);
-                Poll::Pending
-            }
-        }
     }
 
     /// Data a reader took (or that was discarded) frees the peer's windows: WINDOW_UPDATE
@@ -473,7 +325,8 @@ impl Shared {
     /// How much data the stream may send now; `Err` once it was reset. Registers the
     /// caller to be woken when that may change.
     pub fn poll_capacity(&mut self, id: u32, cx: &Context<'_>) -> Poll<Result<usize, Reason>> {
-        let room = OUTPUT_LIMIT.saturating_sub(self.out.len()) as i64;
+        let room = OUTPUT_LIMIT.saturating_sub(self.out.len());
+        let connection = self.send_window.min(room as i64);
         let closed = self.closed;
         let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
         if let Some(reason) = stream.reset {
@@ -482,21 +335,15 @@ impl Shared {
         if closed {
             return Poll::Ready(Err(Reason::CANCEL));
         }
-        if stream.send_window <= 0 {
-            register(&mut stream.sender, cx);
-            return Poll::Pending;
+        let capacity = stream.send_window.min(connection);
+        if capacity > 0 {
+            return Poll::Ready(Ok(capacity as usize));
         }
-        // Each wait has its own list, woken only by what ends it: a connection window
-        // update, or the output written.
-        if self.send_window <= 0 {
-            self.window_waiters.push(cx.waker().clone());
-            return Poll::Pending;
+        register(&mut stream.sender, cx);
+        if connection <= 0 {
+            self.blocked.push(cx.waker().clone());
         }
-        if room <= 0 {
-            self.output_waiters.push(cx.waker().clone());
-            return Poll::Pending;
-        }
-        Poll::Ready(Ok(stream.send_window.min(self.send_window).min(room) as usize))
+        Poll::Pending
     }
 
     /// Ready with the reason once the stream is reset (by either side) or the connection
@@ -580,8 +427,7 @@ impl Shared {
         for stream in self.streams.values_mut() {
             stream.wake();
         }
-        self.wake_window_waiters();
-        self.wake_output_waiters();
+        self.wake_blocked();
     }
 }
 

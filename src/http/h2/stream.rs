@@ -1,6 +1,5 @@
-//! The two halves of an HTTP/2 stream as the proxy sees them: the body received on it (a
-//! downstream request's, an upstream response's), and the sending side, which streams a
-//! body out under flow control (a response downstream, a request body upstream).
+//! One downstream HTTP/2 stream as the proxy sees it: the request body it reads, and the
+//! response it sends back under flow control.
 
 use std::cell::RefCell;
 use std::pin::{Pin, pin};
@@ -15,33 +14,28 @@ use http_body::{Body, Frame, SizeHint};
 use super::frame::Reason;
 use super::hpack;
 use super::shared::{Shared, register};
-use crate::http::body::{BodyError, DownstreamBody, StreamError};
+use crate::http::body::{BodyError, DownstreamBody, ResponseBody, StreamError};
 use crate::http::headers;
 use crate::http::proxy::{self, ConnContext};
 
-/// A body received on an HTTP/2 stream: data as it arrives (each piece handed back to flow
-/// control as it is taken), then trailers if the peer sent any.
-pub struct RecvBody {
+/// A request body received on a downstream HTTP/2 stream: data as it arrives (each piece
+/// handed back to flow control as it is taken), then trailers if the client sent any.
+pub struct RequestBody {
     shared: Rc<RefCell<Shared>>,
     id: u32,
     /// What is left of a declared `content-length`: an exact size hint, which decides the
-    /// framing of an HTTP/1.1 message the body is forwarded in.
+    /// framing of an HTTP/1.1 request the body is forwarded in.
     remaining: Option<u64>,
     ended: bool,
 }
 
-impl RecvBody {
-    pub fn new(shared: Rc<RefCell<Shared>>, id: u32, content_length: Option<u64>) -> RecvBody {
-        RecvBody { shared, id, remaining: content_length, ended: false }
-    }
-
-    /// Takes the size a response head declares (the body exists before its head arrives).
-    pub fn expect_length(&mut self, headers: &HeaderMap) {
-        self.remaining = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+impl RequestBody {
+    pub fn new(shared: Rc<RefCell<Shared>>, id: u32, content_length: Option<u64>) -> RequestBody {
+        RequestBody { shared, id, remaining: content_length, ended: false }
     }
 }
 
-impl Body for RecvBody {
+impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -61,14 +55,13 @@ impl Body for RecvBody {
             shared.wake_task();
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        // A body received to its end stays whole whatever happens to the stream after.
+        if stream.reset.is_some() || closed {
+            this.ended = true;
+            return Poll::Ready(Some(Err(Box::new(StreamError("the client reset the stream")))));
+        }
         if stream.recv_closed {
             this.ended = true;
             return Poll::Ready(stream.trailers.take().map(|trailers| Ok(Frame::trailers(trailers))));
-        }
-        if stream.reset.is_some() || closed {
-            this.ended = true;
-            return Poll::Ready(Some(Err(Box::new(StreamError("the stream was reset")))));
         }
         register(&mut stream.reader, cx);
         Poll::Pending
@@ -76,12 +69,9 @@ impl Body for RecvBody {
 
     fn is_end_stream(&self) -> bool {
         self.ended
-            || self
-                .shared
-                .borrow()
-                .streams
-                .get(&self.id)
-                .is_some_and(|stream| stream.recv_closed && stream.recv.is_empty() && stream.trailers.is_none())
+            || self.shared.borrow().streams.get(&self.id).is_some_and(|stream| {
+                stream.recv_closed && stream.recv.is_empty() && stream.trailers.is_none() && stream.reset.is_none()
+            })
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -93,21 +83,21 @@ impl Body for RecvBody {
     }
 }
 
-impl Drop for RecvBody {
+impl Drop for RequestBody {
     fn drop(&mut self) {
         self.shared.borrow_mut().drop_reader(self.id);
     }
 }
 
-/// The sending side of a stream: a message head, its body and trailers.
-pub struct SendStream {
-    pub(super) shared: Rc<RefCell<Shared>>,
-    pub(super) id: u32,
+/// The sending side of a stream: the response head, its body and trailers.
+pub struct Responder {
+    shared: Rc<RefCell<Shared>>,
+    id: u32,
 }
 
-impl SendStream {
-    pub fn new(shared: Rc<RefCell<Shared>>, id: u32) -> SendStream {
-        SendStream { shared, id }
+impl Responder {
+    pub fn new(shared: Rc<RefCell<Shared>>, id: u32) -> Responder {
+        Responder { shared, id }
     }
 
     fn poll_reset(&self, cx: &Context<'_>) -> Poll<Reason> {
@@ -115,24 +105,14 @@ impl SendStream {
     }
 
     /// Streams `body` out: each frame once the windows allow, then trailers or an empty
-    /// DATA frame with END_STREAM. Stops when the peer resets the stream; a body that fails
-    /// resets it with `on_error`.
-    pub fn poll_body<B>(
-        &self,
-        body: &mut B,
-        pending: &mut Option<Bytes>,
-        on_error: Reason,
-        cx: &mut Context<'_>,
-    ) -> Poll<()>
-    where
-        B: Body<Data = Bytes, Error = BodyError> + Unpin,
-    {
+    /// DATA frame with END_STREAM. Stops when the client resets the stream.
+    fn poll_body(&self, body: &mut ResponseBody, pending: &mut Option<Bytes>, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if let Some(mut data) = pending.take() {
                 let capacity = match self.shared.borrow_mut().poll_capacity(self.id, cx) {
                     Poll::Ready(Ok(capacity)) => capacity,
                     Poll::Ready(Err(reason)) => {
-                        tracing::debug!(?reason, "the stream was reset while a body was being sent");
+                        tracing::debug!(?reason, "the stream was reset while its response was being sent");
                         return Poll::Ready(());
                     }
                     Poll::Pending => {
@@ -150,7 +130,7 @@ impl SendStream {
                 continue;
             }
             if let Poll::Ready(reason) = self.poll_reset(cx) {
-                tracing::debug!(?reason, "the stream was reset while a body was being sent");
+                tracing::debug!(?reason, "the stream was reset while its response was being sent");
                 return Poll::Ready(());
             }
             match ready!(Pin::new(&mut *body).poll_frame(cx)) {
@@ -170,8 +150,8 @@ impl SendStream {
                     }
                 },
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "a body being sent failed; resetting its stream");
-                    self.shared.borrow_mut().reset(self.id, on_error);
+                    tracing::debug!(error = %e, "response body failed; resetting its stream");
+                    self.shared.borrow_mut().reset(self.id, Reason::INTERNAL_ERROR);
                     return Poll::Ready(());
                 }
                 None => {
@@ -183,11 +163,11 @@ impl SendStream {
     }
 }
 
-impl Drop for SendStream {
+impl Drop for Responder {
     fn drop(&mut self) {
         let mut shared = self.shared.borrow_mut();
-        // A message cut short without a reset of its own (the proxy's future dropped with
-        // the connection still up) must not leave the peer waiting.
+        // A response cut short without a reset of its own (the proxy's future dropped with
+        // the connection still up) must not leave the client waiting.
         if !shared.closed && shared.streams.get(&self.id).is_some_and(|stream| !stream.send_closed) {
             shared.reset(self.id, Reason::CANCEL);
         }
@@ -198,7 +178,7 @@ impl Drop for SendStream {
 
 /// Serves one HTTP/2 stream: the request through the proxy, the response back under flow
 /// control. A client that resets the stream while legate waits for the upstream ends it.
-pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>, responder: SendStream) {
+pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>, responder: Responder) {
     let mut serve = pin!(proxy::serve(ctx, request));
     let response = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = serve.as_mut().poll(cx) {
@@ -232,11 +212,11 @@ pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>
     headers::recycle_map(head.headers);
     if !end {
         let mut pending = None;
-        std::future::poll_fn(|cx| responder.poll_body(&mut body, &mut pending, Reason::INTERNAL_ERROR, cx)).await;
+        std::future::poll_fn(|cx| responder.poll_body(&mut body, &mut pending, cx)).await;
     }
 }
 
-pub fn encode_fields(fields: &HeaderMap, dst: &mut bytes::BytesMut) {
+fn encode_fields(fields: &HeaderMap, dst: &mut bytes::BytesMut) {
     for (name, value) in fields {
         hpack::encode_field(name, value, dst);
     }

@@ -29,13 +29,14 @@ pub enum Name {
     Malformed,
 }
 
-/// The request pseudo-header fields legate sends (`:status` has `encode_status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pseudo {
     Method,
     Scheme,
     Authority,
     Path,
+    Protocol,
+    Status,
 }
 
 /// One decoded field.
@@ -401,6 +402,13 @@ pub fn encode_pseudo(pseudo: Pseudo, value: &[u8], dst: &mut BytesMut) {
         (Pseudo::Path, b"/index.html") => Some(5),
         (Pseudo::Scheme, b"http") => Some(6),
         (Pseudo::Scheme, b"https") => Some(7),
+        (Pseudo::Status, b"200") => Some(8),
+        (Pseudo::Status, b"204") => Some(9),
+        (Pseudo::Status, b"206") => Some(10),
+        (Pseudo::Status, b"304") => Some(11),
+        (Pseudo::Status, b"400") => Some(12),
+        (Pseudo::Status, b"404") => Some(13),
+        (Pseudo::Status, b"500") => Some(14),
         _ => None,
     };
     if let Some(index) = indexed {
@@ -408,12 +416,14 @@ pub fn encode_pseudo(pseudo: Pseudo, value: &[u8], dst: &mut BytesMut) {
         return;
     }
     let (name, static_index) = match pseudo {
-        Pseudo::Authority => (":authority", 1),
-        Pseudo::Method => (":method", 2),
-        Pseudo::Path => (":path", 4),
-        Pseudo::Scheme => (":scheme", 6),
+        Pseudo::Authority => (":authority", Some(1)),
+        Pseudo::Method => (":method", Some(2)),
+        Pseudo::Path => (":path", Some(4)),
+        Pseudo::Scheme => (":scheme", Some(6)),
+        Pseudo::Status => (":status", Some(8)),
+        Pseudo::Protocol => (":protocol", None),
     };
-    encode_literal(LITERAL_WITHOUT_INDEXING, name.as_bytes(), Some(static_index), value, dst);
+    encode_literal(LITERAL_WITHOUT_INDEXING, name.as_bytes(), static_index, value, dst);
 }
 
 /// Encodes `:status`; `status` must be a valid HTTP status code (100..=999), as

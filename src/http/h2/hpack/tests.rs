@@ -425,6 +425,9 @@ fn encode_status_bytes() {
         let mut dst = BytesMut::new();
         encode_status(status, &mut dst);
         assert_eq!(&dst[..], expected, "{status}");
+        let mut via_pseudo = BytesMut::new();
+        encode_pseudo(Pseudo::Status, status.to_string().as_bytes(), &mut via_pseudo);
+        assert_eq!(dst, via_pseudo, "{status}");
     }
 }
 
@@ -442,8 +445,8 @@ fn encode_field_bytes() {
     assert_eq!(&dst[..], b"\x10\x05x-key\x01k");
 
     let mut dst = BytesMut::new();
-    encode_pseudo(Pseudo::Authority, b"example.com", &mut dst);
-    assert_eq!(&dst[..], b"\x01\x0bexample.com");
+    encode_pseudo(Pseudo::Protocol, b"websocket", &mut dst);
+    assert_eq!(&dst[..], b"\x00\x09:protocol\x09websocket");
 }
 
 #[test]

@@ -1,25 +1,16 @@
-//! A header block's fields gathered into a request head, a response head or trailers,
-//! checked as RFC 9113 §8.2–8.3 require: a malformed message resets its stream with
-//! PROTOCOL_ERROR.
+//! A request header block's fields gathered into a request head, checked as RFC 9113
+//! §8.2–8.3 require: a malformed request resets its stream with PROTOCOL_ERROR.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Uri, Version};
 
 use super::hpack::{Field, Name};
 use crate::http::h1::framing::{MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::http::headers;
 
-/// What a header block carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Request,
-    Response,
-    Trailers,
-}
-
-/// Why a header block did not become a message head (or trailers).
+/// Why a header block did not become a request (or trailers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Malformed(&'static str),
@@ -33,7 +24,6 @@ pub struct Fields {
     scheme: Option<Bytes>,
     authority: Option<Bytes>,
     path: Option<Bytes>,
-    status: Option<Bytes>,
     pub headers: HeaderMap,
     pub content_length: Option<u64>,
     size: usize,
@@ -41,29 +31,25 @@ pub struct Fields {
     refusal: Option<Refusal>,
     /// A regular field was seen: pseudo-header fields must all come before.
     regular: bool,
-    kind: Kind,
+    trailers: bool,
 }
 
 impl Fields {
-    pub fn new(kind: Kind) -> Fields {
+    /// Fields of a request's headers, or (`trailers`) of its trailers.
+    pub fn new(trailers: bool) -> Fields {
         Fields {
             method: None,
             scheme: None,
             authority: None,
             path: None,
-            status: None,
             headers: headers::spare_map(16),
             content_length: None,
             size: 0,
             count: 0,
             refusal: None,
             regular: false,
-            kind,
+            trailers,
         }
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
     }
 
     fn refuse(&mut self, refusal: Refusal) {
@@ -85,15 +71,15 @@ impl Fields {
         let slot = match name {
             Name::Header(name) => return self.add_regular(name, value, never_indexed),
             _ if self.regular => return self.refuse(Refusal::Malformed("pseudo-header field after a regular one")),
-            Name::Malformed => return self.refuse(Refusal::Malformed("invalid field name")),
+            _ if self.trailers => return self.refuse(Refusal::Malformed("pseudo-header field in trailers")),
+            Name::Method => &mut self.method,
+            Name::Scheme => &mut self.scheme,
+            Name::Authority => &mut self.authority,
+            Name::Path => &mut self.path,
             // Extended CONNECT (RFC 8441) is not offered.
             Name::Protocol => return self.refuse(Refusal::Malformed(":protocol without extended CONNECT")),
-            Name::Status if self.kind == Kind::Response => &mut self.status,
-            Name::Method if self.kind == Kind::Request => &mut self.method,
-            Name::Scheme if self.kind == Kind::Request => &mut self.scheme,
-            Name::Authority if self.kind == Kind::Request => &mut self.authority,
-            Name::Path if self.kind == Kind::Request => &mut self.path,
-            _ => return self.refuse(Refusal::Malformed("pseudo-header field out of place")),
+            Name::Status => return self.refuse(Refusal::Malformed(":status in a request")),
+            Name::Malformed => return self.refuse(Refusal::Malformed("invalid field name")),
         };
         if slot.replace(value).is_some() {
             self.refuse(Refusal::Malformed("repeated pseudo-header field"));
@@ -117,7 +103,7 @@ impl Fields {
         };
         // Kept out of the next hop's HPACK tables too (RFC 7541 §7.1.3).
         value.set_sensitive(never_indexed);
-        if name == header::CONTENT_LENGTH && self.kind != Kind::Trailers {
+        if name == header::CONTENT_LENGTH && !self.trailers {
             let length = value.to_str().ok().and_then(|v| v.parse().ok());
             match (length, self.content_length) {
                 (Some(length), None) => self.content_length = Some(length),
@@ -134,20 +120,6 @@ impl Fields {
             Some(refusal) => Err(refusal),
             None => Ok(self.headers),
         }
-    }
-
-    /// The response head, unless the block was refused.
-    pub fn into_response(self) -> Result<http::response::Parts, Refusal> {
-        if let Some(refusal) = self.refusal {
-            return Err(refusal);
-        }
-        let status = self.status.ok_or(Refusal::Malformed("missing :status"))?;
-        let status = StatusCode::from_bytes(&status).map_err(|_| Refusal::Malformed("invalid :status"))?;
-        let mut response = http::Response::new(());
-        *response.status_mut() = status;
-        *response.version_mut() = Version::HTTP_2;
-        *response.headers_mut() = self.headers;
-        Ok(response.into_parts().0)
     }
 
     /// The request head, unless the block was refused.
