@@ -96,7 +96,7 @@ async fn stream_idle_timeout_while_the_request_body_stalls_answers_408() {
 
 /// After the 408 for a stalled request body, the part of the request already forwarded to an
 /// HTTP/2 upstream is reset (Envoy resets the upstream stream), even while the client keeps
-/// its connection open: the upstream sees its request end.
+/// its connection (HTTP/1.1) or its stream (HTTP/2) open: the upstream sees its request end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_abandoned_at_the_stream_idle_timeout_is_reset_upstream() {
     let upstream = Upstream::start("svc").await;
@@ -110,13 +110,28 @@ async fn a_request_body_abandoned_at_the_stream_idle_timeout_is_reset_upstream()
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     // The client keeps its socket open; the upstream still learns the request is over.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while upstream.count() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the upstream stream was left open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(upstream.last().body_len, 0, "the body did not complete: it was reset");
+    let upstream_saw_the_end = async |requests: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while upstream.count() < requests {
+            assert!(std::time::Instant::now() < deadline, "the upstream stream was left open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(upstream.last().body_len, 0, "the body did not complete: it was reset");
+    };
+    upstream_saw_the_end(1).await;
     drop(stream);
+
+    // An HTTP/2 client's stream is reset after the 408 (RST_STREAM NO_ERROR: the response is
+    // complete), which ends the body's reads and resets the upstream stream.
+    let stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://x/upload").header("content-length", "100").body(()).unwrap();
+    let (response, mut body) = client.ready().await.unwrap().send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"0123456789"), false).unwrap();
+    assert_eq!(response.await.unwrap().status(), 408);
+    upstream_saw_the_end(2).await;
+    drop(body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,8 @@ pub struct H2Server<F, S> {
     eof: bool,
     /// `read` holds bytes no frame handling has seen: those read to tell the protocol.
     unhandled: bool,
+    /// Reading waits for the output to drain.
+    read_paused: bool,
     /// A connection error: GOAWAY is queued, and the connection ends once it is written.
     error: Option<ConnectionError>,
 }
@@ -130,6 +132,7 @@ where
             accepting: true,
             eof: false,
             unhandled: true,
+            read_paused: false,
             error: None,
         }
     }
@@ -152,8 +155,8 @@ where
         }
         loop {
             let mut progressed = false;
-            let reading = !self.eof && self.error.is_none() && self.shared.borrow().out.len() < READ_PAUSE;
-            if reading {
+            self.read_paused = self.shared.borrow().out.len() >= READ_PAUSE;
+            if !self.eof && self.error.is_none() && !self.read_paused {
                 let room = self.read_size.make_room(&mut self.read);
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
                     Poll::Ready(Ok(0)) => {
@@ -179,14 +182,11 @@ where
             while let Poll::Ready(Some(())) = self.streams.poll_next_unpin(cx) {}
             let flushed = {
                 let mut shared = self.shared.borrow_mut();
-                let was_full = shared.out.len() >= OUTPUT_LIMIT;
                 match shared.out.poll_write(&mut self.io, cx) {
                     Poll::Ready(Ok(())) => {
-                        if was_full {
-                            // Streams waited for room, and reading may have paused: go on.
-                            shared.wake_blocked();
-                            progressed = true;
-                        }
+                        // Streams that waited for room, or reading paused for the output, go
+                        // on now: by whichever write drained it, not only one that started full.
+                        progressed |= shared.wake_output_waiters() | std::mem::take(&mut self.read_paused);
                         true
                     }
                     Poll::Ready(Err(e)) => {
@@ -397,7 +397,7 @@ where
             if shared.send_window > frame::MAX_WINDOW {
                 return Err(fail(Reason::FLOW_CONTROL_ERROR, "the connection window overflowed"));
             }
-            shared.wake_blocked();
+            shared.wake_window_waiters();
             return Ok(());
         }
         if head.stream > self.last_stream {

@@ -42,8 +42,10 @@ pub struct Shared {
     pub recv_window: i64,
     /// Data taken by readers (or discarded) and not yet given back to the peer.
     pub recv_unacked: u32,
-    /// Streams waiting for connection window or output room.
-    pub blocked: Vec<Waker>,
+    /// Streams waiting for the peer's connection window.
+    pub window_waiters: Vec<Waker>,
+    /// Streams waiting for the output to drain below `OUTPUT_LIMIT`.
+    pub output_waiters: Vec<Waker>,
     /// The connection's task, to flush what a handle polled in another task queued.
     pub task: Option<Waker>,
     /// The connection's task is polling now (and flushes before it returns).
@@ -82,6 +84,15 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// On a reset: what was received of a body that did not end is dropped (a body that
+    /// ended is whole, and its reader still takes it). Returns how much was dropped.
+    fn discard_unfinished(&mut self) -> usize {
+        if self.recv_closed {
+            return 0;
+        }
+        self.recv.drain(..).map(|data| data.len()).sum()
+    }
+
     fn wake(&mut self) {
         if let Some(waker) = self.reader.take() {
             waker.wake();
@@ -113,7 +124,8 @@ impl Shared {
             connection_window,
             recv_window: i64::from(connection_window),
             recv_unacked: 0,
-            blocked: Vec::new(),
+            window_waiters: Vec::new(),
+            output_waiters: Vec::new(),
             task: None,
             polling: false,
             closed: false,
@@ -144,11 +156,20 @@ impl Shared {
         }
     }
 
-    /// Wakes the streams waiting for connection window or output room.
-    pub fn wake_blocked(&mut self) {
-        for waker in self.blocked.drain(..) {
+    /// Wakes the streams waiting for the connection window.
+    pub fn wake_window_waiters(&mut self) {
+        for waker in self.window_waiters.drain(..) {
             waker.wake();
         }
+    }
+
+    /// Wakes the streams waiting for output room; whether there were any.
+    pub fn wake_output_waiters(&mut self) -> bool {
+        let any = !self.output_waiters.is_empty();
+        for waker in self.output_waiters.drain(..) {
+            waker.wake();
+        }
+        any
     }
 
     /// Counts the stream out of the open ones if it has just closed.
@@ -170,7 +191,7 @@ impl Shared {
             return;
         }
         stream.reset = Some(reason);
-        let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
+        let unread = stream.discard_unfinished();
         stream.wake();
         frame::put_rst_stream(&mut self.out.buf, id, reason);
         self.note_closed(id);
@@ -182,7 +203,7 @@ impl Shared {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         if stream.reset.is_none() {
             stream.reset = Some(reason);
-            let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
+            let unread = stream.discard_unfinished();
             stream.wake();
             self.note_closed(id);
             self.give_back(unread);
@@ -203,18 +224,13 @@ impl Shared {
         }
     }
 
-    /// The request body was dropped. Data still in flight is discarded; once the response
-    /// is complete too, the client is told to stop sending (RFC 9113 §8.1: RST_STREAM with
-    /// NO_ERROR after a complete response).
+    /// The request body was dropped: data still in flight is discarded (the stream is
+    /// reset once the response is complete, in `end_send`).
     pub fn drop_reader(&mut self, id: u32) {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
         stream.reader_gone = true;
-        let stop_peer = stream.send_closed && !stream.recv_closed;
         self.give_back(unread);
-        if stop_peer {
-            self.reset(id, Reason::NO_ERROR);
-        }
         self.drop_handle(id);
         self.wake_task();
     }
@@ -325,8 +341,7 @@ impl Shared {
     /// How much data the stream may send now; `Err` once it was reset. Registers the
     /// caller to be woken when that may change.
     pub fn poll_capacity(&mut self, id: u32, cx: &Context<'_>) -> Poll<Result<usize, Reason>> {
-        let room = OUTPUT_LIMIT.saturating_sub(self.out.len());
-        let connection = self.send_window.min(room as i64);
+        let room = OUTPUT_LIMIT.saturating_sub(self.out.len()) as i64;
         let closed = self.closed;
         let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
         if let Some(reason) = stream.reset {
@@ -335,13 +350,17 @@ impl Shared {
         if closed {
             return Poll::Ready(Err(Reason::CANCEL));
         }
-        let capacity = stream.send_window.min(connection);
-        if capacity > 0 {
-            return Poll::Ready(Ok(capacity as usize));
+        if stream.send_window > 0 && self.send_window > 0 && room > 0 {
+            return Poll::Ready(Ok(stream.send_window.min(self.send_window).min(room) as usize));
         }
+        // A stream window update or a reset wakes the stream itself; the connection's waits
+        // have lists of their own, woken only by what ends them (a connection window update,
+        // the output written), so a stream waiting for one is not polled for the other.
         register(&mut stream.sender, cx);
-        if connection <= 0 {
-            self.blocked.push(cx.waker().clone());
+        if stream.send_window > 0 && self.send_window <= 0 {
+            self.window_waiters.push(cx.waker().clone());
+        } else if stream.send_window > 0 && room <= 0 {
+            self.output_waiters.push(cx.waker().clone());
         }
         Poll::Pending
     }
@@ -414,7 +433,10 @@ impl Shared {
     fn end_send(&mut self, id: u32) {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         stream.send_closed = true;
-        let stop_peer = stream.reader_gone && !stream.recv_closed;
+        // A response complete before its request: the client is told to stop sending
+        // (RFC 9113 §8.1: RST_STREAM with NO_ERROR), as Envoy resets such a stream; the reads
+        // of whoever forwards the request body end, which resets an upstream stream it feeds.
+        let stop_peer = !stream.recv_closed;
         self.note_closed(id);
         if stop_peer {
             self.reset(id, Reason::NO_ERROR);
@@ -427,7 +449,8 @@ impl Shared {
         for stream in self.streams.values_mut() {
             stream.wake();
         }
-        self.wake_blocked();
+        self.wake_window_waiters();
+        self.wake_output_waiters();
     }
 }
 

@@ -55,13 +55,14 @@ impl Body for RequestBody {
             shared.wake_task();
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        if stream.reset.is_some() || closed {
-            this.ended = true;
-            return Poll::Ready(Some(Err(Box::new(StreamError("the client reset the stream")))));
-        }
+        // A body received to its end stays whole whatever happens to the stream after.
         if stream.recv_closed {
             this.ended = true;
             return Poll::Ready(stream.trailers.take().map(|trailers| Ok(Frame::trailers(trailers))));
+        }
+        if stream.reset.is_some() || closed {
+            this.ended = true;
+            return Poll::Ready(Some(Err(Box::new(StreamError("the client reset the stream")))));
         }
         register(&mut stream.reader, cx);
         Poll::Pending
@@ -69,9 +70,12 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         self.ended
-            || self.shared.borrow().streams.get(&self.id).is_some_and(|stream| {
-                stream.recv_closed && stream.recv.is_empty() && stream.trailers.is_none() && stream.reset.is_none()
-            })
+            || self
+                .shared
+                .borrow()
+                .streams
+                .get(&self.id)
+                .is_some_and(|stream| stream.recv_closed && stream.recv.is_empty() && stream.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {

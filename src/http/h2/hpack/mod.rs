@@ -29,16 +29,6 @@ pub enum Name {
     Malformed,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pseudo {
-    Method,
-    Scheme,
-    Authority,
-    Path,
-    Protocol,
-    Status,
-}
-
 /// One decoded field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {
@@ -390,40 +380,6 @@ impl Reader<'_> {
         self.pos += len;
         Ok((huffman, start..self.pos))
     }
-}
-
-/// Encodes a pseudo-header: a one-byte indexed field when the static table holds exactly
-/// `value`, else a literal without indexing, its name indexed when the static table has it.
-pub fn encode_pseudo(pseudo: Pseudo, value: &[u8], dst: &mut BytesMut) {
-    let indexed = match (pseudo, value) {
-        (Pseudo::Method, b"GET") => Some(2),
-        (Pseudo::Method, b"POST") => Some(3),
-        (Pseudo::Path, b"/") => Some(4),
-        (Pseudo::Path, b"/index.html") => Some(5),
-        (Pseudo::Scheme, b"http") => Some(6),
-        (Pseudo::Scheme, b"https") => Some(7),
-        (Pseudo::Status, b"200") => Some(8),
-        (Pseudo::Status, b"204") => Some(9),
-        (Pseudo::Status, b"206") => Some(10),
-        (Pseudo::Status, b"304") => Some(11),
-        (Pseudo::Status, b"400") => Some(12),
-        (Pseudo::Status, b"404") => Some(13),
-        (Pseudo::Status, b"500") => Some(14),
-        _ => None,
-    };
-    if let Some(index) = indexed {
-        dst.put_u8(INDEXED | index);
-        return;
-    }
-    let (name, static_index) = match pseudo {
-        Pseudo::Authority => (":authority", Some(1)),
-        Pseudo::Method => (":method", Some(2)),
-        Pseudo::Path => (":path", Some(4)),
-        Pseudo::Scheme => (":scheme", Some(6)),
-        Pseudo::Status => (":status", Some(8)),
-        Pseudo::Protocol => (":protocol", None),
-    };
-    encode_literal(LITERAL_WITHOUT_INDEXING, name.as_bytes(), static_index, value, dst);
 }
 
 /// Encodes `:status`; `status` must be a valid HTTP status code (100..=999), as
