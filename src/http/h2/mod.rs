@@ -8,6 +8,7 @@
 
 mod frame;
 mod hpack;
+mod output;
 mod request;
 pub mod server;
 mod shared;
