@@ -28,20 +28,23 @@ pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static(
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// A connection-specific header name (RFC 9110 §7.6.1), which HTTP/2 forbids (`te` but
+/// for `te: trailers`).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes connection-specific headers, which never cross a proxy (RFC 9110 §7.6.1) and
 /// which HTTP/2 forbids; `te: trailers` is the one value kept, as Envoy keeps it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names (cheap comparisons of
     // standard names) spares the hashed removals below.
-    let present = headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::TE
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-    });
-    if !present {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     if let Some(listed) = headers.remove(header::CONNECTION)

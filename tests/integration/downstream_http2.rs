@@ -240,6 +240,10 @@ async fn a_malformed_request_resets_its_stream_and_the_connection_serves_on() {
     }
     client.next_of(HEADERS, 5).await;
     assert_eq!(upstream.count(), 1);
+    // Cookies split across fields reach the (HTTP/1.1) upstream as one (RFC 9113 §8.2.3).
+    client.get(7, "/h1", &[("cookie", "a=1"), ("cookie", "b=2")]).await;
+    client.next_of(HEADERS, 7).await;
+    assert_eq!(upstream.last().headers.get("cookie").map(String::as_str), Some("a=1; b=2"));
     // PING is answered with the same payload.
     client.send(PING, 0, 0, b"12345678").await;
     let pong = client.next_of(PING, 0).await;

@@ -1,7 +1,7 @@
 //! A request header block's fields gathered into a request head, checked as RFC 9113
 //! §8.2–8.3 require: a malformed request resets its stream with PROTOCOL_ERROR.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Uri, Version};
@@ -89,13 +89,7 @@ impl Fields {
     fn add_regular(&mut self, name: HeaderName, value: Bytes, never_indexed: bool) {
         self.regular = true;
         // Connection-specific fields make a message malformed in HTTP/2 (RFC 9113 §8.2.2).
-        let connection_specific = name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == "keep-alive"
-            || name == "proxy-connection"
-            || (name == header::TE && value.as_ref() != b"trailers");
-        if connection_specific {
+        if headers::is_hop_by_hop(&name) && !(name == header::TE && value.as_ref() == b"trailers") {
             return self.refuse(Refusal::Malformed("connection-specific header field"));
         }
         let Ok(mut value) = HeaderValue::from_maybe_shared(value) else {
@@ -110,6 +104,22 @@ impl Fields {
                 (Some(length), Some(seen)) if length == seen => {}
                 _ => return self.refuse(Refusal::Malformed("invalid content-length")),
             }
+        }
+        // Split `cookie` fields are joined for the next hop (RFC 9113 §8.2.3), as Envoy's
+        // codec joins them: an HTTP/1.1 upstream must see one.
+        if name == header::COOKIE
+            && let Some(cookie) = self.headers.get_mut(header::COOKIE)
+        {
+            let mut joined = BytesMut::with_capacity(cookie.len() + 2 + value.len());
+            joined.extend_from_slice(cookie.as_bytes());
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(value.as_bytes());
+            let sensitive = cookie.is_sensitive() || value.is_sensitive();
+            if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
+                *cookie = value;
+                cookie.set_sensitive(sensitive);
+            }
+            return;
         }
         self.headers.append(name, value);
     }
