@@ -79,7 +79,7 @@ impl std::fmt::Display for StreamError {
 impl std::error::Error for StreamError {}
 
 /// A downstream request body as its codec delivers it.
-pub type DownstreamBody = Either<H1RequestBody, h2::stream::RequestBody>;
+pub type DownstreamBody = Either<H1RequestBody, h2::stream::RecvBody>;
 
 /// The downstream request body as sent upstream.
 pub struct RequestBody {

@@ -39,6 +39,12 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
+/// A field HTTP/2 forbids (RFC 9113 §8.2.2): a connection-specific one, `te` but for
+/// `te: trailers`.
+pub fn is_forbidden_in_http2(name: &HeaderName, value: &[u8]) -> bool {
+    is_hop_by_hop(name) && !(name == header::TE && value == b"trailers")
+}
+
 /// Removes connection-specific headers, which never cross a proxy (RFC 9110 §7.6.1) and
 /// which HTTP/2 forbids; `te: trailers` is the one value kept, as Envoy keeps it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {

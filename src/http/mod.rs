@@ -6,7 +6,6 @@ pub mod body;
 pub mod flags;
 pub mod h1;
 pub mod h2;
-pub mod h2_body;
 pub mod headers;
 pub mod proxy;
 pub mod rds;

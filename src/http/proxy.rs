@@ -513,21 +513,9 @@ fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<
             }
             parts.version = Version::HTTP_11;
         }
-        Wire::Http2 => {
-            // Host rewrites land in the `host` header, so it wins over the URI authority.
-            let authority = match parts.headers.remove(header::HOST) {
-                Some(host) => http::uri::Authority::try_from(host.as_bytes()).ok(),
-                None => parts.uri.authority().cloned(),
-            };
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(authority.unwrap_or_else(|| http::uri::Authority::from_static("localhost")));
-            if uri.path_and_query.is_none() {
-                uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            }
-            parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
-            parts.version = Version::HTTP_2;
-        }
+        // The HTTP/2 client takes `:authority` from `host` (where host rewrites land), else
+        // from the URI.
+        Wire::Http2 => parts.version = Version::HTTP_2,
     }
     Request::from_parts(parts, body)
 }

@@ -4,7 +4,6 @@
 
 pub mod cluster;
 mod h1_client;
-mod h2_client;
 pub mod host;
 pub mod lb;
 pub mod manager;

@@ -23,11 +23,11 @@ use tokio::time::Instant;
 
 use super::cluster::Cluster;
 use super::h1_client::{H1Body, H1Connection};
-use super::h2_client::H2Connection;
 use super::host::Host;
 use super::manager::ClusterSnapshot;
 use crate::http::body::{BodyError, RequestBody};
-use crate::http::h2_body::H2Body;
+use crate::http::h2::client::H2Connection;
+use crate::http::h2::stream::RecvBody;
 
 /// Why a request could not get a response from its upstream.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ pub enum Wire {
 }
 
 /// A response body from upstream, as the protocol it came over delivers it.
-pub type UpstreamBody = Either<H1Body, H2Body>;
+pub type UpstreamBody = Either<H1Body, RecvBody>;
 
 struct IdleH1 {
     connection: Box<H1Connection>,
@@ -187,7 +187,7 @@ impl HostPool {
         cluster: &Arc<Cluster>,
         mut request: Request<RequestBody>,
         attached: &dyn Fn(),
-    ) -> Result<Response<H2Body>, UpstreamError> {
+    ) -> Result<Response<RecvBody>, UpstreamError> {
         // A connection that stopped taking streams (a GOAWAY from the upstream) hands the
         // request back and is retired: the request goes out on a new connection, as in
         // Envoy's pool, which sends nothing more on a draining connection.
@@ -289,8 +289,7 @@ async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<TcpStream, Upstre
 /// requests that wait on it, and outlives any one of them.
 async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
     let stream = connect_tcp(&host, &cluster).await?;
-    let (connection, driver) =
-        H2Connection::handshake(stream).await.map_err(|e| UpstreamError::ResetBeforeHeaders(e.into()))?;
+    let (connection, driver) = H2Connection::start(stream);
     cluster.stats.upstream_cx_http2_total.inc();
     let live = LiveConnection::new(&cluster, &host);
     tokio::task::spawn_local(async move {

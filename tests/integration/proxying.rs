@@ -312,3 +312,35 @@ async fn an_http2_stream_the_client_resets_is_abandoned_and_the_connection_serve
     assert_eq!(legate.stat("http.ingress_http.downstream_rq_http2_total").await, Some(2));
     assert_eq!(legate.stat("http.ingress_http.downstream_cx_http2_total").await, Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_arriving_in_pieces_streams_to_an_http2_upstream_as_it_comes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start("echo").await;
+    let clusters = static_cluster("echo", &[(upstream.address, 1)], H2_UPSTREAM);
+    let legate = Legate::start(&bootstrap("", &route_all_to("echo"), &clusters));
+    let mut stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
+    let mut received = Vec::new();
+    // Each piece is sent only once the one before came back through the upstream's echo:
+    // nothing but the piece itself moves the HTTP/2 connection to send it.
+    for (i, piece) in [&b"5\r\nfirst\r\n"[..], b"6\r\nsecond\r\n", b"5\r\nthird\r\n0\r\n\r\n"].iter().enumerate() {
+        if i == 0 {
+            stream
+                .write_all(b"POST /echo HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        stream.write_all(piece).await.unwrap();
+        let word = ["first", "second", "third"][i];
+        let arrived = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !String::from_utf8_lossy(&received).contains(word) {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "legate closed the connection");
+                received.extend_from_slice(&buf[..n]);
+            }
+        });
+        assert!(arrived.await.is_ok(), "{word:?} did not come back: {}", String::from_utf8_lossy(&received));
+    }
+    assert!(String::from_utf8_lossy(&received).starts_with("HTTP/1.1 200 OK\r\n"));
+}

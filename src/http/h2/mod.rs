@@ -6,10 +6,13 @@
 //! connection's write buffer, and large DATA payloads are written from the upstream's
 //! buffers without a copy.
 
+pub mod client;
+mod conn;
+pub use conn::PREFACE;
 mod frame;
+mod head;
 mod hpack;
 mod output;
-mod request;
 pub mod server;
 mod shared;
 pub mod stream;

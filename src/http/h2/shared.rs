@@ -4,7 +4,9 @@
 //! no borrow is held across a wait, and waking a waker never polls anything in place, so
 //! waking under a borrow is safe.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -12,8 +14,8 @@ use fnv::FnvHashMap;
 use http::HeaderMap;
 
 use super::frame::{self, Reason};
+use super::head::Refusal;
 use super::output::Output;
-use super::request::Refusal;
 
 /// Queued output beyond which streams wait before sending more data: the socket is slower
 /// than the peer's flow-control windows allow (a client with huge windows that reads slowly).
@@ -46,6 +48,16 @@ pub struct Shared {
     pub polling: bool,
     /// The connection is gone: every handle sees its stream reset.
     pub closed: bool,
+    /// Legate opens the streams (an upstream connection).
+    client: bool,
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (what a client may open).
+    pub peer_max_streams: u32,
+    /// The peer's GOAWAY, with the last of legate's streams it took.
+    pub goaway: Option<u32>,
+    /// The id of the next stream legate opens (a client).
+    pub next_stream: u32,
+    /// Requests waiting for the peer's stream limit to leave room.
+    pub stream_waiters: Vec<Waker>,
 }
 
 /// One stream's state, kept while a handle refers to it.
@@ -73,8 +85,12 @@ pub struct Stream {
     pub reset: Option<Reason>,
     /// Counted out of `Shared::open` already.
     closed_counted: bool,
-    /// Handles (request body, responder) still referring to the stream.
+    /// Handles (the received body, the sending side) still referring to the stream.
     pub handles: u8,
+    /// The response head, on a stream legate opened (upstream), until it is taken.
+    pub head: Option<http::response::Parts>,
+    /// A response head arrived: a later header block holds trailers.
+    pub head_seen: bool,
 }
 
 impl Stream {
@@ -105,8 +121,26 @@ pub fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
+/// Polls a connection's task (`poll`), noting meanwhile that what handles queue is flushed
+/// before it returns, and keeping the task's waker for handles polled elsewhere.
+pub fn polling<R>(
+    shared: &Rc<RefCell<Shared>>,
+    cx: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<R>,
+) -> Poll<R> {
+    shared.borrow_mut().polling = true;
+    let result = poll(cx);
+    let mut state = shared.borrow_mut();
+    state.polling = false;
+    if result.is_pending() {
+        register(&mut state.task, cx);
+    }
+    result
+}
+
 impl Shared {
-    pub fn new(stream_window: u32, connection_window: u32) -> Shared {
+    /// `client`: legate opens the streams (upstream), else the peer does (downstream).
+    pub fn new(client: bool, stream_window: u32, connection_window: u32) -> Shared {
         Shared {
             out: Output::default(),
             streams: FnvHashMap::default(),
@@ -123,11 +157,26 @@ impl Shared {
             task: None,
             polling: false,
             closed: false,
+            client,
+            peer_max_streams: u32::MAX,
+            goaway: None,
+            next_stream: 1,
+            stream_waiters: Vec::new(),
+        }
+    }
+
+    /// Raises the connection's receive window from the protocol's initial 64 KiB to the one
+    /// configured (sent right after SETTINGS).
+    pub fn grow_connection_window(&mut self) {
+        let grow = self.connection_window.saturating_sub(frame::DEFAULT_WINDOW as u32);
+        if grow > 0 {
+            frame::put_window_update(&mut self.out.buf, 0, grow);
         }
     }
 
     /// Opens a stream whose request headers arrived; `end` if they ended it.
     pub fn open_stream(&mut self, id: u32, end: bool, content_length: Option<u64>) {
+        debug_assert!(!self.client, "the peer opens streams only on a downstream connection");
         let stream = Stream {
             recv_closed: end,
             recv_window: i64::from(self.stream_window),
@@ -141,7 +190,8 @@ impl Shared {
     }
 
     /// Wakes the connection's task if the caller runs outside it, so what was queued gets
-    /// written.
+    /// written. Every method that queues a frame calls it: a request body's task queues
+    /// DATA that nothing else would flush.
     pub fn wake_task(&mut self) {
         if !self.polling
             && let Some(task) = self.task.take()
@@ -174,6 +224,10 @@ impl Shared {
         {
             stream.closed_counted = true;
             self.open -= 1;
+            // Room for a request waiting on the peer's stream limit.
+            if let Some(waiter) = self.stream_waiters.pop() {
+                waiter.wake();
+            }
         }
     }
 
@@ -190,6 +244,7 @@ impl Shared {
         frame::put_rst_stream(&mut self.out.buf, id, reason);
         self.note_closed(id);
         self.give_back(unread);
+        self.wake_task();
     }
 
     /// The peer reset a stream.
@@ -214,19 +269,95 @@ impl Shared {
                     self.open -= 1;
                 }
                 self.streams.remove(&id);
+                // An upstream connection's driver ends once its last stream is gone.
+                self.wake_task();
             }
         }
     }
 
-    /// The request body was dropped: data still in flight is discarded (the stream is
-    /// reset once the response is complete, in `end_send`).
+    /// The received body was dropped. Upstream, a response nobody reads any more is
+    /// cancelled. Downstream, request data still in flight is discarded (the stream is reset
+    /// once the response is complete, in `end_send`).
     pub fn drop_reader(&mut self, id: u32) {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         let unread: usize = stream.recv.drain(..).map(|data| data.len()).sum();
         stream.reader_gone = true;
+        let cancel = self.client && !stream.recv_closed;
         self.give_back(unread);
+        if cancel {
+            self.reset(id, Reason::CANCEL);
+        }
         self.drop_handle(id);
-        self.wake_task();
+    }
+
+    /// Opens a stream for a request once the peer's stream limit has room; `None` once the
+    /// connection takes no more streams (closed, or after the peer's GOAWAY).
+    pub fn poll_open(&mut self, cx: &Context<'_>) -> Poll<Option<u32>> {
+        if self.closed || self.goaway.is_some() || self.next_stream > frame::MAX_WINDOW as u32 {
+            return Poll::Ready(None);
+        }
+        if self.open >= self.peer_max_streams {
+            self.stream_waiters.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let id = self.next_stream;
+        self.next_stream += 2;
+        let stream = Stream {
+            recv_window: i64::from(self.stream_window),
+            send_window: self.peer_initial_window,
+            handles: 2,
+            ..Stream::default()
+        };
+        self.streams.insert(id, stream);
+        self.open += 1;
+        Poll::Ready(Some(id))
+    }
+
+    /// A response head on a stream legate opened.
+    pub fn recv_head(&mut self, id: u32, end: bool, head: Result<http::response::Parts, Refusal>) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if stream.reset.is_some() {
+            return;
+        }
+        let content_length = match &head {
+            Ok(head) => head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
+            Err(_) => None,
+        };
+        match head {
+            Ok(_) if end && content_length.is_some_and(|length: u64| length > 0) => {
+                self.reset(id, Reason::PROTOCOL_ERROR)
+            }
+            Ok(head) => {
+                stream.head = Some(head);
+                stream.head_seen = true;
+                stream.content_left = content_length;
+                stream.recv_closed = end;
+                if let Some(waker) = stream.reader.take() {
+                    waker.wake();
+                }
+                if end {
+                    self.note_closed(id);
+                }
+            }
+            Err(_) => self.reset(id, Reason::PROTOCOL_ERROR),
+        }
+    }
+
+    /// The response head once it came; the reason if the stream was reset first.
+    pub fn poll_head(&mut self, id: u32, cx: &Context<'_>) -> Poll<Result<http::response::Parts, Reason>> {
+        let closed = self.closed;
+        let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
+        if let Some(head) = stream.head.take() {
+            return Poll::Ready(Ok(head));
+        }
+        match stream.reset {
+            Some(reason) => Poll::Ready(Err(reason)),
+            None if closed => Poll::Ready(Err(Reason::CANCEL)),
+            None => {
+                register(&mut stream.reader, cx);
+                Poll::Pending
+            }
+        }
     }
 
     /// Data a reader took (or that was discarded) frees the peer's windows: WINDOW_UPDATE
@@ -241,6 +372,7 @@ impl Shared {
                 let increment = std::mem::take(&mut stream.recv_unacked);
                 stream.recv_window += i64::from(increment);
                 frame::put_window_update(&mut self.out.buf, id, increment);
+                self.wake_task();
             }
         }
         self.give_back(n);
@@ -253,6 +385,7 @@ impl Shared {
             let increment = std::mem::take(&mut self.recv_unacked);
             self.recv_window += i64::from(increment);
             frame::put_window_update(&mut self.out.buf, 0, increment);
+            self.wake_task();
         }
     }
 
@@ -403,6 +536,7 @@ impl Shared {
         if end {
             self.end_send(id);
         }
+        self.wake_task();
     }
 
     /// Queues `data` (no more than `poll_capacity` allowed) as DATA frames.
@@ -422,6 +556,7 @@ impl Shared {
         if end {
             self.end_send(id);
         }
+        self.wake_task();
     }
 
     fn end_send(&mut self, id: u32) {
@@ -430,7 +565,8 @@ impl Shared {
         // A response complete before its request: the client is told to stop sending
         // (RFC 9113 §8.1: RST_STREAM with NO_ERROR), as Envoy resets such a stream; the reads
         // of whoever forwards the request body end, which resets an upstream stream it feeds.
-        let stop_peer = !stream.recv_closed;
+        // (Upstream, legate's side ends with its request, before the response: the usual way.)
+        let stop_peer = !self.client && !stream.recv_closed;
         self.note_closed(id);
         if stop_peer {
             self.reset(id, Reason::NO_ERROR);

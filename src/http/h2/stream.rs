@@ -1,5 +1,6 @@
-//! One downstream HTTP/2 stream as the proxy sees it: the request body it reads, and the
-//! response it sends back under flow control.
+//! The two halves of an HTTP/2 stream as the proxy sees them: the body received on it (a
+//! downstream request's, an upstream response's), and the sending side, which streams a
+//! body out under flow control (a response downstream, a request body upstream).
 
 use std::cell::RefCell;
 use std::pin::{Pin, pin};
@@ -14,28 +15,33 @@ use http_body::{Body, Frame, SizeHint};
 use super::frame::Reason;
 use super::hpack;
 use super::shared::{Shared, register};
-use crate::http::body::{BodyError, DownstreamBody, ResponseBody, StreamError};
+use crate::http::body::{BodyError, DownstreamBody, StreamError};
 use crate::http::headers;
 use crate::http::proxy::{self, ConnContext};
 
-/// A request body received on a downstream HTTP/2 stream: data as it arrives (each piece
-/// handed back to flow control as it is taken), then trailers if the client sent any.
-pub struct RequestBody {
+/// A body received on an HTTP/2 stream: data as it arrives (each piece handed back to flow
+/// control as it is taken), then trailers if the peer sent any.
+pub struct RecvBody {
     shared: Rc<RefCell<Shared>>,
     id: u32,
     /// What is left of a declared `content-length`: an exact size hint, which decides the
-    /// framing of an HTTP/1.1 request the body is forwarded in.
+    /// framing of an HTTP/1.1 message the body is forwarded in.
     remaining: Option<u64>,
     ended: bool,
 }
 
-impl RequestBody {
-    pub fn new(shared: Rc<RefCell<Shared>>, id: u32, content_length: Option<u64>) -> RequestBody {
-        RequestBody { shared, id, remaining: content_length, ended: false }
+impl RecvBody {
+    pub fn new(shared: Rc<RefCell<Shared>>, id: u32, content_length: Option<u64>) -> RecvBody {
+        RecvBody { shared, id, remaining: content_length, ended: false }
+    }
+
+    /// Takes the size a response head declares (the body exists before its head arrives).
+    pub fn expect_length(&mut self, headers: &HeaderMap) {
+        self.remaining = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     }
 }
 
-impl Body for RequestBody {
+impl Body for RecvBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -52,7 +58,6 @@ impl Body for RequestBody {
                 *remaining = remaining.saturating_sub(data.len() as u64);
             }
             shared.release(this.id, data.len());
-            shared.wake_task();
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         // A body received to its end stays whole whatever happens to the stream after.
@@ -62,7 +67,7 @@ impl Body for RequestBody {
         }
         if stream.reset.is_some() || closed {
             this.ended = true;
-            return Poll::Ready(Some(Err(Box::new(StreamError("the client reset the stream")))));
+            return Poll::Ready(Some(Err(Box::new(StreamError("the stream was reset")))));
         }
         register(&mut stream.reader, cx);
         Poll::Pending
@@ -87,21 +92,21 @@ impl Body for RequestBody {
     }
 }
 
-impl Drop for RequestBody {
+impl Drop for RecvBody {
     fn drop(&mut self) {
         self.shared.borrow_mut().drop_reader(self.id);
     }
 }
 
-/// The sending side of a stream: the response head, its body and trailers.
-pub struct Responder {
-    shared: Rc<RefCell<Shared>>,
-    id: u32,
+/// The sending side of a stream: a message head, its body and trailers.
+pub struct SendStream {
+    pub(super) shared: Rc<RefCell<Shared>>,
+    pub(super) id: u32,
 }
 
-impl Responder {
-    pub fn new(shared: Rc<RefCell<Shared>>, id: u32) -> Responder {
-        Responder { shared, id }
+impl SendStream {
+    pub fn new(shared: Rc<RefCell<Shared>>, id: u32) -> SendStream {
+        SendStream { shared, id }
     }
 
     fn poll_reset(&self, cx: &Context<'_>) -> Poll<Reason> {
@@ -109,14 +114,24 @@ impl Responder {
     }
 
     /// Streams `body` out: each frame once the windows allow, then trailers or an empty
-    /// DATA frame with END_STREAM. Stops when the client resets the stream.
-    fn poll_body(&self, body: &mut ResponseBody, pending: &mut Option<Bytes>, cx: &mut Context<'_>) -> Poll<()> {
+    /// DATA frame with END_STREAM. Stops when the peer resets the stream; a body that fails
+    /// resets it with `on_error`.
+    pub fn poll_body<B>(
+        &self,
+        body: &mut B,
+        pending: &mut Option<Bytes>,
+        on_error: Reason,
+        cx: &mut Context<'_>,
+    ) -> Poll<()>
+    where
+        B: Body<Data = Bytes, Error = BodyError> + Unpin,
+    {
         loop {
             if let Some(mut data) = pending.take() {
                 let capacity = match self.shared.borrow_mut().poll_capacity(self.id, cx) {
                     Poll::Ready(Ok(capacity)) => capacity,
                     Poll::Ready(Err(reason)) => {
-                        tracing::debug!(?reason, "the stream was reset while its response was being sent");
+                        tracing::debug!(?reason, "the stream was reset while a body was being sent");
                         return Poll::Ready(());
                     }
                     Poll::Pending => {
@@ -134,7 +149,7 @@ impl Responder {
                 continue;
             }
             if let Poll::Ready(reason) = self.poll_reset(cx) {
-                tracing::debug!(?reason, "the stream was reset while its response was being sent");
+                tracing::debug!(?reason, "the stream was reset while a body was being sent");
                 return Poll::Ready(());
             }
             match ready!(Pin::new(&mut *body).poll_frame(cx)) {
@@ -154,8 +169,8 @@ impl Responder {
                     }
                 },
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "response body failed; resetting its stream");
-                    self.shared.borrow_mut().reset(self.id, Reason::INTERNAL_ERROR);
+                    tracing::debug!(error = %e, "a body being sent failed; resetting its stream");
+                    self.shared.borrow_mut().reset(self.id, on_error);
                     return Poll::Ready(());
                 }
                 None => {
@@ -167,22 +182,21 @@ impl Responder {
     }
 }
 
-impl Drop for Responder {
+impl Drop for SendStream {
     fn drop(&mut self) {
         let mut shared = self.shared.borrow_mut();
-        // A response cut short without a reset of its own (the proxy's future dropped with
-        // the connection still up) must not leave the client waiting.
+        // A message cut short without a reset of its own (the proxy's future dropped with
+        // the connection still up) must not leave the peer waiting.
         if !shared.closed && shared.streams.get(&self.id).is_some_and(|stream| !stream.send_closed) {
             shared.reset(self.id, Reason::CANCEL);
         }
         shared.drop_handle(self.id);
-        shared.wake_task();
     }
 }
 
 /// Serves one HTTP/2 stream: the request through the proxy, the response back under flow
 /// control. A client that resets the stream while legate waits for the upstream ends it.
-pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>, responder: Responder) {
+pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>, responder: SendStream) {
     let mut serve = pin!(proxy::serve(ctx, request));
     let response = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = serve.as_mut().poll(cx) {
@@ -216,11 +230,11 @@ pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>
     headers::recycle_map(head.headers);
     if !end {
         let mut pending = None;
-        std::future::poll_fn(|cx| responder.poll_body(&mut body, &mut pending, cx)).await;
+        std::future::poll_fn(|cx| responder.poll_body(&mut body, &mut pending, Reason::INTERNAL_ERROR, cx)).await;
     }
 }
 
-fn encode_fields(fields: &HeaderMap, dst: &mut bytes::BytesMut) {
+pub fn encode_fields(fields: &HeaderMap, dst: &mut bytes::BytesMut) {
     for (name, value) in fields {
         hpack::encode_field(name, value, dst);
     }

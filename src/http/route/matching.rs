@@ -134,11 +134,11 @@ impl PathMatch {
     }
 }
 
-/// CONNECT and CONNECT-UDP; other extended CONNECT protocols (websocket) are upgrades to Envoy.
-/// (The HTTP/2 server does not offer extended CONNECT, so no `:protocol` arrives yet.)
+/// A CONNECT request. Extended CONNECT (`:protocol`, RFC 8441) is not offered by the HTTP/2
+/// server, so every CONNECT is a plain one; when it is, a websocket's is an upgrade to Envoy,
+/// not a CONNECT.
 fn is_connect(req: &Parts) -> bool {
     req.method == Method::CONNECT
-        && req.extensions.get::<h2::ext::Protocol>().is_none_or(|p| p.as_str() == "connect-udp")
 }
 
 /// gRPC's content types: `application/grpc` and `application/grpc+<codec>`.

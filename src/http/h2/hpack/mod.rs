@@ -29,6 +29,15 @@ pub enum Name {
     Malformed,
 }
 
+/// The request pseudo-header fields legate sends (`:status` has `encode_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pseudo {
+    Method,
+    Scheme,
+    Authority,
+    Path,
+}
+
 /// One decoded field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {
@@ -380,6 +389,31 @@ impl Reader<'_> {
         self.pos += len;
         Ok((huffman, start..self.pos))
     }
+}
+
+/// Encodes a pseudo-header: a one-byte indexed field when the static table holds exactly
+/// `value`, else a literal without indexing, its name indexed when the static table has it.
+pub fn encode_pseudo(pseudo: Pseudo, value: &[u8], dst: &mut BytesMut) {
+    let indexed = match (pseudo, value) {
+        (Pseudo::Method, b"GET") => Some(2),
+        (Pseudo::Method, b"POST") => Some(3),
+        (Pseudo::Path, b"/") => Some(4),
+        (Pseudo::Path, b"/index.html") => Some(5),
+        (Pseudo::Scheme, b"http") => Some(6),
+        (Pseudo::Scheme, b"https") => Some(7),
+        _ => None,
+    };
+    if let Some(index) = indexed {
+        dst.put_u8(INDEXED | index);
+        return;
+    }
+    let (name, static_index) = match pseudo {
+        Pseudo::Authority => (":authority", 1),
+        Pseudo::Method => (":method", 2),
+        Pseudo::Path => (":path", 4),
+        Pseudo::Scheme => (":scheme", 6),
+    };
+    encode_literal(LITERAL_WITHOUT_INDEXING, name.as_bytes(), Some(static_index), value, dst);
 }
 
 /// Encodes `:status`; `status` must be a valid HTTP status code (100..=999), as

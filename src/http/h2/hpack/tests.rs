@@ -440,6 +440,10 @@ fn encode_field_bytes() {
     secret.set_sensitive(true);
     encode_field(&HeaderName::from_static("x-key"), &secret, &mut dst);
     assert_eq!(&dst[..], b"\x10\x05x-key\x01k");
+
+    let mut dst = BytesMut::new();
+    encode_pseudo(Pseudo::Authority, b"example.com", &mut dst);
+    assert_eq!(&dst[..], b"\x01\x0bexample.com");
 }
 
 #[test]
@@ -458,12 +462,23 @@ fn round_trip_request_and_response() {
     ];
 
     let mut block = BytesMut::new();
+    let pseudo: [(Pseudo, &[u8], Name); 5] = [
+        (Pseudo::Method, b"GET", Name::Method),
+        (Pseudo::Scheme, b"https", Name::Scheme),
+        (Pseudo::Authority, b"example.com:8443", Name::Authority),
+        (Pseudo::Path, b"/search?q=hpack", Name::Path),
+        (Pseudo::Method, b"PATCH", Name::Method),
+    ];
+    for (kind, value, _) in &pseudo {
+        encode_pseudo(*kind, value, &mut block);
+    }
     for (name, value) in &regular {
         encode_field(name, value, &mut block);
     }
     let fields = decode_fields(&mut decoder, &block.freeze()).unwrap();
-    let expected: Vec<(Name, HeaderValue)> =
-        regular.into_iter().map(|(name, value)| (Name::Header(name), value)).collect();
+    let mut expected: Vec<(Name, HeaderValue)> =
+        pseudo.into_iter().map(|(_, value, name)| (name, HeaderValue::from_bytes(value).unwrap())).collect();
+    expected.extend(regular.into_iter().map(|(name, value)| (Name::Header(name), value)));
     assert_eq!(fields.len(), expected.len());
     for ((name, value, size, never_indexed), (expected_name, expected_value)) in fields.iter().zip(&expected) {
         assert_eq!(name, expected_name);

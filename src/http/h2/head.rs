@@ -1,16 +1,25 @@
-//! A request header block's fields gathered into a request head, checked as RFC 9113
-//! §8.2–8.3 require: a malformed request resets its stream with PROTOCOL_ERROR.
+//! A header block's fields gathered into a request head, a response head or trailers,
+//! checked as RFC 9113 §8.2–8.3 require: a malformed message resets its stream with
+//! PROTOCOL_ERROR.
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Uri, Version};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use super::hpack::{Field, Name};
 use crate::http::h1::framing::{MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::http::headers;
 
-/// Why a header block did not become a request (or trailers).
+/// What a header block carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Response,
+    Trailers,
+}
+
+/// Why a header block did not become a message head (or trailers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Malformed(&'static str),
@@ -24,6 +33,7 @@ pub struct Fields {
     scheme: Option<Bytes>,
     authority: Option<Bytes>,
     path: Option<Bytes>,
+    status: Option<Bytes>,
     pub headers: HeaderMap,
     pub content_length: Option<u64>,
     size: usize,
@@ -31,25 +41,29 @@ pub struct Fields {
     refusal: Option<Refusal>,
     /// A regular field was seen: pseudo-header fields must all come before.
     regular: bool,
-    trailers: bool,
+    kind: Kind,
 }
 
 impl Fields {
-    /// Fields of a request's headers, or (`trailers`) of its trailers.
-    pub fn new(trailers: bool) -> Fields {
+    pub fn new(kind: Kind) -> Fields {
         Fields {
             method: None,
             scheme: None,
             authority: None,
             path: None,
+            status: None,
             headers: headers::spare_map(16),
             content_length: None,
             size: 0,
             count: 0,
             refusal: None,
             regular: false,
-            trailers,
+            kind,
         }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     fn refuse(&mut self, refusal: Refusal) {
@@ -71,15 +85,15 @@ impl Fields {
         let slot = match name {
             Name::Header(name) => return self.add_regular(name, value, never_indexed),
             _ if self.regular => return self.refuse(Refusal::Malformed("pseudo-header field after a regular one")),
-            _ if self.trailers => return self.refuse(Refusal::Malformed("pseudo-header field in trailers")),
-            Name::Method => &mut self.method,
-            Name::Scheme => &mut self.scheme,
-            Name::Authority => &mut self.authority,
-            Name::Path => &mut self.path,
+            Name::Malformed => return self.refuse(Refusal::Malformed("invalid field name")),
             // Extended CONNECT (RFC 8441) is not offered.
             Name::Protocol => return self.refuse(Refusal::Malformed(":protocol without extended CONNECT")),
-            Name::Status => return self.refuse(Refusal::Malformed(":status in a request")),
-            Name::Malformed => return self.refuse(Refusal::Malformed("invalid field name")),
+            Name::Status if self.kind == Kind::Response => &mut self.status,
+            Name::Method if self.kind == Kind::Request => &mut self.method,
+            Name::Scheme if self.kind == Kind::Request => &mut self.scheme,
+            Name::Authority if self.kind == Kind::Request => &mut self.authority,
+            Name::Path if self.kind == Kind::Request => &mut self.path,
+            _ => return self.refuse(Refusal::Malformed("pseudo-header field out of place")),
         };
         if slot.replace(value).is_some() {
             self.refuse(Refusal::Malformed("repeated pseudo-header field"));
@@ -89,7 +103,7 @@ impl Fields {
     fn add_regular(&mut self, name: HeaderName, value: Bytes, never_indexed: bool) {
         self.regular = true;
         // Connection-specific fields make a message malformed in HTTP/2 (RFC 9113 §8.2.2).
-        if headers::is_hop_by_hop(&name) && !(name == header::TE && value.as_ref() == b"trailers") {
+        if headers::is_forbidden_in_http2(&name, &value) {
             return self.refuse(Refusal::Malformed("connection-specific header field"));
         }
         let Ok(mut value) = HeaderValue::from_maybe_shared(value) else {
@@ -97,7 +111,7 @@ impl Fields {
         };
         // Kept out of the next hop's HPACK tables too (RFC 7541 §7.1.3).
         value.set_sensitive(never_indexed);
-        if name == header::CONTENT_LENGTH && !self.trailers {
+        if name == header::CONTENT_LENGTH && self.kind != Kind::Trailers {
             let length = value.to_str().ok().and_then(|v| v.parse().ok());
             match (length, self.content_length) {
                 (Some(length), None) => self.content_length = Some(length),
@@ -130,6 +144,20 @@ impl Fields {
             Some(refusal) => Err(refusal),
             None => Ok(self.headers),
         }
+    }
+
+    /// The response head, unless the block was refused.
+    pub fn into_response(self) -> Result<http::response::Parts, Refusal> {
+        if let Some(refusal) = self.refusal {
+            return Err(refusal);
+        }
+        let status = self.status.ok_or(Refusal::Malformed("missing :status"))?;
+        let status = StatusCode::from_bytes(&status).map_err(|_| Refusal::Malformed("invalid :status"))?;
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = Version::HTTP_2;
+        *response.headers_mut() = self.headers;
+        Ok(response.into_parts().0)
     }
 
     /// The request head, unless the block was refused.
