@@ -15,9 +15,9 @@ use tokio::net::TcpStream;
 
 use super::conn::{Conn, ConnectionError, PREFACE, Role, fail};
 use super::frame::{self, Reason};
-use super::head::{Fields, Kind};
+use super::head::{Fields, Kind, Refusal};
 use super::hpack::{self, Pseudo};
-use super::shared::{self, Shared};
+use super::shared::{self, Shared, register};
 use super::stream::{RecvBody, SendStream};
 use crate::http::body::RequestBody;
 use crate::http::h1::framing::MAX_HEAD_BYTES;
@@ -123,6 +123,72 @@ fn encode_request(head: &http::request::Parts, dst: &mut bytes::BytesMut) {
     for (name, value) in &head.headers {
         if !headers::is_forbidden_in_http2(name, value.as_bytes()) && name != header::HOST {
             hpack::encode_field(name, value, dst);
+        }
+    }
+}
+
+/// The client's side of the connection's state: opening streams, and response heads.
+impl Shared {
+    /// Opens a stream for a request once the peer's stream limit has room; `None` once the
+    /// connection takes no more streams (closed, or after the peer's GOAWAY).
+    pub fn poll_open(&mut self, cx: &Context<'_>) -> Poll<Option<u32>> {
+        if self.closed || self.goaway.is_some() || self.next_stream > frame::MAX_WINDOW as u32 {
+            return Poll::Ready(None);
+        }
+        if self.open >= self.peer_max_streams {
+            self.stream_waiters.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let id = self.next_stream;
+        self.next_stream += 2;
+        self.insert_stream(id);
+        Poll::Ready(Some(id))
+    }
+
+    /// A response head on a stream legate opened.
+    pub fn recv_head(&mut self, id: u32, end: bool, head: Result<http::response::Parts, Refusal>) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if stream.reset.is_some() {
+            return;
+        }
+        let content_length = match &head {
+            Ok(head) => head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
+            Err(_) => None,
+        };
+        match head {
+            Ok(_) if end && content_length.is_some_and(|length: u64| length > 0) => {
+                self.reset(id, Reason::PROTOCOL_ERROR)
+            }
+            Ok(head) => {
+                stream.head = Some(head);
+                stream.head_seen = true;
+                stream.content_left = content_length;
+                stream.recv_closed = end;
+                if let Some(waker) = stream.reader.take() {
+                    waker.wake();
+                }
+                if end {
+                    self.note_closed(id);
+                }
+            }
+            Err(_) => self.reset(id, Reason::PROTOCOL_ERROR),
+        }
+    }
+
+    /// The response head once it came; the reason if the stream was reset first.
+    pub fn poll_head(&mut self, id: u32, cx: &Context<'_>) -> Poll<Result<http::response::Parts, Reason>> {
+        let closed = self.closed;
+        let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
+        if let Some(head) = stream.head.take() {
+            return Poll::Ready(Ok(head));
+        }
+        match stream.reset {
+            Some(reason) => Poll::Ready(Err(reason)),
+            None if closed => Poll::Ready(Err(Reason::CANCEL)),
+            None => {
+                register(&mut stream.reader, cx);
+                Poll::Pending
+            }
         }
     }
 }

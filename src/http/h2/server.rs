@@ -170,7 +170,9 @@ where
                 return Ok(());
             }
         };
-        state.open_stream(id, end_stream, content_length);
+        let stream = state.insert_stream(id);
+        stream.recv_closed = end_stream;
+        stream.content_left = content_length;
         drop(state);
         let body = RecvBody::new(shared.clone(), id, content_length);
         let request = Request::from_parts(parts, Either::Right(body));

@@ -174,19 +174,16 @@ impl Shared {
         }
     }
 
-    /// Opens a stream whose request headers arrived; `end` if they ended it.
-    pub fn open_stream(&mut self, id: u32, end: bool, content_length: Option<u64>) {
-        debug_assert!(!self.client, "the peer opens streams only on a downstream connection");
-        let stream = Stream {
-            recv_closed: end,
+    /// Adds stream `id` with the windows both ends start it with, counted open and held by
+    /// two handles (its received body and its sending side).
+    pub fn insert_stream(&mut self, id: u32) -> &mut Stream {
+        self.open += 1;
+        self.streams.entry(id).or_insert(Stream {
             recv_window: i64::from(self.stream_window),
-            content_left: content_length,
             send_window: self.peer_initial_window,
             handles: 2,
             ..Stream::default()
-        };
-        self.streams.insert(id, stream);
-        self.open += 1;
+        })
     }
 
     /// Wakes the connection's task if the caller runs outside it, so what was queued gets
@@ -217,7 +214,7 @@ impl Shared {
     }
 
     /// Counts the stream out of the open ones if it has just closed.
-    fn note_closed(&mut self, id: u32) {
+    pub(super) fn note_closed(&mut self, id: u32) {
         if let Some(stream) = self.streams.get_mut(&id)
             && !stream.closed_counted
             && (stream.reset.is_some() || (stream.recv_closed && stream.send_closed))
@@ -288,76 +285,6 @@ impl Shared {
             self.reset(id, Reason::CANCEL);
         }
         self.drop_handle(id);
-    }
-
-    /// Opens a stream for a request once the peer's stream limit has room; `None` once the
-    /// connection takes no more streams (closed, or after the peer's GOAWAY).
-    pub fn poll_open(&mut self, cx: &Context<'_>) -> Poll<Option<u32>> {
-        if self.closed || self.goaway.is_some() || self.next_stream > frame::MAX_WINDOW as u32 {
-            return Poll::Ready(None);
-        }
-        if self.open >= self.peer_max_streams {
-            self.stream_waiters.push(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let id = self.next_stream;
-        self.next_stream += 2;
-        let stream = Stream {
-            recv_window: i64::from(self.stream_window),
-            send_window: self.peer_initial_window,
-            handles: 2,
-            ..Stream::default()
-        };
-        self.streams.insert(id, stream);
-        self.open += 1;
-        Poll::Ready(Some(id))
-    }
-
-    /// A response head on a stream legate opened.
-    pub fn recv_head(&mut self, id: u32, end: bool, head: Result<http::response::Parts, Refusal>) {
-        let Some(stream) = self.streams.get_mut(&id) else { return };
-        if stream.reset.is_some() {
-            return;
-        }
-        let content_length = match &head {
-            Ok(head) => head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
-            Err(_) => None,
-        };
-        match head {
-            Ok(_) if end && content_length.is_some_and(|length: u64| length > 0) => {
-                self.reset(id, Reason::PROTOCOL_ERROR)
-            }
-            Ok(head) => {
-                stream.head = Some(head);
-                stream.head_seen = true;
-                stream.content_left = content_length;
-                stream.recv_closed = end;
-                if let Some(waker) = stream.reader.take() {
-                    waker.wake();
-                }
-                if end {
-                    self.note_closed(id);
-                }
-            }
-            Err(_) => self.reset(id, Reason::PROTOCOL_ERROR),
-        }
-    }
-
-    /// The response head once it came; the reason if the stream was reset first.
-    pub fn poll_head(&mut self, id: u32, cx: &Context<'_>) -> Poll<Result<http::response::Parts, Reason>> {
-        let closed = self.closed;
-        let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
-        if let Some(head) = stream.head.take() {
-            return Poll::Ready(Ok(head));
-        }
-        match stream.reset {
-            Some(reason) => Poll::Ready(Err(reason)),
-            None if closed => Poll::Ready(Err(Reason::CANCEL)),
-            None => {
-                register(&mut stream.reader, cx);
-                Poll::Pending
-            }
-        }
     }
 
     /// Data a reader took (or that was discarded) frees the peer's windows: WINDOW_UPDATE
