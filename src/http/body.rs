@@ -14,6 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
 use tokio::time::{Instant, Sleep};
 
+use crate::clock;
+
 use super::h1::server::H1RequestBody;
 use super::h2;
 use crate::upstream::pool::UpstreamBody;
@@ -111,7 +113,7 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     this.state.received.set(this.state.received.get() + data.len() as u64);
                 }
-                this.state.last_activity.set(Instant::now());
+                this.state.last_activity.set(clock::now());
                 if this.inner.is_end_stream() {
                     this.state.request_done.set(true);
                 }
@@ -119,7 +121,7 @@ impl Body for RequestBody {
             }
             Poll::Ready(None) => {
                 this.state.request_done.set(true);
-                this.state.last_activity.set(Instant::now());
+                this.state.last_activity.set(clock::now());
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
@@ -175,7 +177,7 @@ impl BodyTimer {
             if self.timer.until(next).poll(cx).is_pending() {
                 return None;
             }
-            let now = Instant::now();
+            let now = clock::now();
             if route.is_some_and(|(at, stream)| at <= now && stream.request_done.get()) {
                 return Some(EndReason::RouteTimeout);
             }
@@ -214,7 +216,7 @@ impl ResponseBody {
     ) -> ResponseBody {
         let timer = (idle_timeout.is_some() || route_timeout.is_some()).then(|| BodyTimer {
             idle: idle_timeout,
-            last_activity: Instant::now(),
+            last_activity: clock::now(),
             route: route_timeout,
             timer: timers.lend(),
         });
@@ -243,7 +245,7 @@ impl Body for ResponseBody {
             Source::Upstream { body, timer } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(timer) = timer {
-                        timer.last_activity = Instant::now();
+                        timer.last_activity = clock::now();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }

@@ -17,6 +17,8 @@ use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
+use crate::clock;
+
 use super::access_log::{LogContext, request_head};
 use super::body::{DownstreamBody, EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
 use super::flags::ResponseFlags;
@@ -194,7 +196,7 @@ pub async fn serve(
         IdleTimeout::After(t) => Some(t),
     };
 
-    let upstream_start = Instant::now();
+    let upstream_start = clock::now();
     let pool = pools.host(&cluster, host_index);
     let attached = {
         let (stream, cluster, host) = (exchange.stream.clone(), cluster.clone(), host.clone());
@@ -216,7 +218,7 @@ pub async fn serve(
         Ok(response) => {
             let (mut head, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut head.headers);
-            let upstream_ms = upstream_start.elapsed().as_millis() as u64;
+            let upstream_ms = (clock::now() - upstream_start).as_millis() as u64;
             if !hcm.suppress_envoy_headers {
                 head.headers
                     .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::decimal_value(upstream_ms));
@@ -266,14 +268,13 @@ fn begin(ctx: &Rc<ConnContext>, version: Version, head: bool) -> Box<Exchange> {
         if is_http2 { stats.downstream_cx_http2_total.inc() } else { stats.downstream_cx_http1_total.inc() }
     }
     ctx.active_streams.set(ctx.active_streams.get() + 1);
-    let start = Instant::now();
+    let start = clock::now();
     // Boxed from the start (the response body's end hook owns it in the end anyway): it is
     // large, and inline it would make the request's future larger, which is moved whole
     // when its stream starts (into the HTTP/1.1 connection's stage, the HTTP/2 server's set).
     Box::new(Exchange {
         ctx: ctx.clone(),
         start,
-        start_time: SystemTime::now(),
         version,
         head,
         status: 0,
@@ -386,7 +387,7 @@ where
                 });
             }
             _ = timer.until(wake) => {
-                let now = Instant::now();
+                let now = clock::now();
                 if stream.request_done.get() && route_timeout.is_some_and(|t| stream.last_activity.get() + t <= now) {
                     return Err(Failure::RouteTimeout);
                 }
@@ -540,7 +541,6 @@ fn empty_parts() -> Parts {
 struct Exchange {
     ctx: Rc<ConnContext>,
     start: Instant,
-    start_time: SystemTime,
     version: Version,
     /// A HEAD request: local replies keep their headers and drop their body.
     head: bool,
@@ -635,9 +635,9 @@ impl Exchange {
         let ctx = &this.ctx;
         ctx.active_streams.set(ctx.active_streams.get().saturating_sub(1));
         if ctx.active_streams.get() == 0 {
-            ctx.idle_since.set(Instant::now());
+            ctx.idle_since.set(clock::now());
         }
-        let duration = this.start.elapsed();
+        let duration = clock::now() - this.start;
         let stats = &listener.http_stats;
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
@@ -682,7 +682,9 @@ impl Exchange {
         }
         let empty = empty_parts();
         let context = LogContext {
-            start_time: this.start_time,
+            // The wall time at the start, as far back as the monotonic clock measured: read
+            // only for access logs, not on every request.
+            start_time: SystemTime::now().checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),
             request: this.logged_request.as_ref().unwrap_or(&empty),
             response_headers: this.logged_response.as_ref(),
             response_code: this.status,

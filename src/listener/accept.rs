@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::HttpListener;
+use crate::clock::{self, Ticking};
 use crate::config::listener::Codec;
 use crate::http::body::BodyError;
 use crate::http::h1::server::H1Server;
@@ -67,9 +68,9 @@ pub async fn serve_listener(
                         remote,
                         codec_counted: Default::default(),
                         active_streams: Default::default(),
-                        idle_since: std::cell::Cell::new(tokio::time::Instant::now()),
+                        idle_since: std::cell::Cell::new(clock::now()),
                     });
-                    connections.spawn_local(serve_connection(stream, ctx, drain.clone()));
+                    connections.spawn_local(Ticking::new(serve_connection(stream, ctx, drain.clone())));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly, keep serving.
@@ -221,14 +222,14 @@ where
                 return connection.await;
             }
             ConnEvent::Idle => {
-                if ctx.active_streams.get() == 0 && idle_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                if ctx.active_streams.get() == 0 && idle_deadline.is_some_and(|d| d <= clock::now()) {
                     http.downstream_cx_idle_timeout.inc();
                     shutdown(connection.as_mut());
                     return connection.await;
                 }
                 if ctx.active_streams.get() > 0 {
                     // Busy: look again one timeout from now.
-                    ctx.idle_since.set(tokio::time::Instant::now());
+                    ctx.idle_since.set(clock::now());
                 }
             }
         }

@@ -25,6 +25,7 @@ use super::cluster::Cluster;
 use super::h1_client::{H1Body, H1Connection};
 use super::host::Host;
 use super::manager::ClusterSnapshot;
+use crate::clock;
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::h2::client::H2Connection;
 use crate::http::h2::stream::RecvBody;
@@ -154,7 +155,7 @@ impl HostPool {
     fn checkout_idle_h1(&self, cluster: &Cluster) -> Option<Box<H1Connection>> {
         let mut idle = self.idle_h1.borrow_mut();
         while let Some(IdleH1 { mut connection, since }) = idle.pop() {
-            let expired = cluster.idle_timeout.is_some_and(|t| since.elapsed() >= t);
+            let expired = cluster.idle_timeout.is_some_and(|t| clock::now() - since >= t);
             if !expired && connection.is_alive(&mut Context::from_waker(Waker::noop())) {
                 return Some(connection);
             }
@@ -179,7 +180,7 @@ impl HostPool {
             }
         }
         drop(watcher);
-        self.idle_h1.borrow_mut().push(IdleH1 { connection, since: Instant::now() });
+        self.idle_h1.borrow_mut().push(IdleH1 { connection, since: clock::now() });
     }
 
     async fn send_h2(

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::framing::{Chunk, Decoded, FieldSpans, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
 use super::outgoing::Outgoing;
 use super::request::{self, BodyFraming, HEADERS_TOO_LARGE, HeadError};
+use crate::clock;
 use crate::http::body::{BodyError, DownstreamBody, ResponseBody};
 use crate::http::headers;
 use crate::http::proxy::{self, ConnContext};
@@ -230,7 +231,7 @@ impl Conn {
                             if let Some(timeout) = self.ctx.listener.spec.hcm.stream_idle_timeout
                                 && self.head_deadline.is_none()
                             {
-                                self.head_deadline = Some((Instant::now() + timeout, self.ctx.worker.timers.lend()));
+                                self.head_deadline = Some((clock::now() + timeout, self.ctx.worker.timers.lend()));
                             }
                         }
                         Err(refused) => return Poll::Ready(Some(Err(Refused::Codec(refused)))),
@@ -243,7 +244,7 @@ impl Conn {
                 Poll::Pending => {
                     if let Some((deadline, timer)) = &mut self.head_deadline
                         && timer.until(*deadline).poll(cx).is_ready()
-                        && Instant::now() >= *deadline
+                        && clock::now() >= *deadline
                     {
                         self.head_deadline = None;
                         return Poll::Ready(Some(Err(Refused::TimedOut)));
