@@ -90,7 +90,7 @@ fn main() {
     for root in RUNTIME_ROOTS {
         for file in compile(root).files() {
             if written.insert(file.name().to_owned()) {
-                let bytes = &cache.borrow()[file.name()];
+                let bytes = &without_options(&cache.borrow()[file.name()]);
                 // FileDescriptorSet.file (field 1, length-delimited).
                 prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
                 prost::encoding::encode_varint(bytes.len() as u64, &mut out);
@@ -109,6 +109,53 @@ fn collect_message_names(message: &prost_reflect::MessageDescriptor, names: &mut
     for child in message.child_messages() {
         collect_message_names(&child, names);
     }
+}
+
+/// A file descriptor without what legate never reads at run time: source locations (comments
+/// and spans, which protox keeps for the files it resolved through the cache) and options
+/// (validation rules, versioning annotations, package names), about half of the decoded pool,
+/// which is held while config is read, at start-up above all. Kept: the options decoding
+/// depends on (`map_entry`, `packed`, `allow_alias`).
+fn without_options(bytes: &[u8]) -> Vec<u8> {
+    use prost::Message;
+    use prost_reflect::prost_types::{DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+    use prost_reflect::prost_types::{EnumOptions, FieldOptions, MessageOptions};
+
+    fn field(field: &mut FieldDescriptorProto) {
+        let packed = field.options.as_ref().and_then(|o| o.packed);
+        field.options = packed.map(|packed| FieldOptions { packed: Some(packed), ..Default::default() });
+    }
+    fn enumeration(enumeration: &mut EnumDescriptorProto) {
+        let allow_alias = enumeration.options.as_ref().and_then(|o| o.allow_alias);
+        enumeration.options = allow_alias.map(|allow| EnumOptions { allow_alias: Some(allow), ..Default::default() });
+        for value in &mut enumeration.value {
+            value.options = None;
+        }
+    }
+    fn message(descriptor: &mut DescriptorProto) {
+        let map_entry = descriptor.options.as_ref().and_then(|o| o.map_entry);
+        descriptor.options = map_entry.map(|entry| MessageOptions { map_entry: Some(entry), ..Default::default() });
+        descriptor.field.iter_mut().chain(&mut descriptor.extension).for_each(field);
+        descriptor.nested_type.iter_mut().for_each(message);
+        descriptor.enum_type.iter_mut().for_each(enumeration);
+        for oneof in &mut descriptor.oneof_decl {
+            oneof.options = None;
+        }
+    }
+
+    let mut file = FileDescriptorProto::decode(bytes).expect("cached descriptor decodes");
+    file.options = None;
+    file.source_code_info = None;
+    file.message_type.iter_mut().for_each(message);
+    file.enum_type.iter_mut().for_each(enumeration);
+    file.extension.iter_mut().for_each(field);
+    for service in &mut file.service {
+        service.options = None;
+        for method in &mut service.method {
+            method.options = None;
+        }
+    }
+    file.encode_to_vec()
 }
 
 struct CacheResolver(Rc<RefCell<HashMap<String, Vec<u8>>>>);
