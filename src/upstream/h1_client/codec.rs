@@ -1,6 +1,8 @@
 //! HTTP/1.1 framing for the upstream client: the request head, response heads, and
 //! chunked bodies, as pure functions over buffers.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName};
 use http::{Method, Request, Response, StatusCode};
@@ -82,9 +84,14 @@ pub(super) fn parse_head(
     head_request: bool,
 ) -> Result<Option<(http::response::Parts, HeadFraming)>, BodyError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let length = match response.parse(read) {
+        // Uninitialised, as for requests (`http::h1::request::parse`).
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            read,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(protocol_error("too many upstream response headers")),
