@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use super::conn::{Conn, ConnectionError, PREFACE, Role, fail};
 use super::frame::{self, Reason};
 use super::head::{Fields, Kind, Refusal};
-use super::hpack::{self, Pseudo};
+use super::hpack::{self, Encoder, Pseudo};
 use super::shared::{self, Shared, register};
 use super::stream::{RecvBody, SendStream};
 use crate::http::body::RequestBody;
@@ -83,7 +83,7 @@ impl H2Connection {
         let end = body.is_end_stream();
         let mut response_body = RecvBody::new(self.shared.clone(), id, None);
         let sender = SendStream::new(self.shared.clone(), id);
-        self.shared.borrow_mut().send_headers(id, end, |dst| encode_request(&head, dst));
+        self.shared.borrow_mut().send_headers(id, end, |encoder, dst| encode_request(encoder, &head, dst));
         headers::recycle_map(head.headers);
         if !end {
             tokio::task::spawn_local(async move {
@@ -110,19 +110,19 @@ impl Drop for H2Connection {
 
 /// A request head as HEADERS: the pseudo-header fields from the request (`:authority` from
 /// `host`, where a host rewrite lands), then the fields HTTP/2 allows.
-fn encode_request(head: &http::request::Parts, dst: &mut bytes::BytesMut) {
+fn encode_request(encoder: &mut Encoder, head: &http::request::Parts, dst: &mut bytes::BytesMut) {
     hpack::encode_pseudo(Pseudo::Method, head.method.as_str().as_bytes(), dst);
     hpack::encode_pseudo(Pseudo::Scheme, b"http", dst);
     let authority = match head.headers.get(header::HOST) {
         Some(host) => host.as_bytes(),
         None => head.uri.authority().map_or(&b"localhost"[..], |a| a.as_str().as_bytes()),
     };
-    hpack::encode_pseudo(Pseudo::Authority, authority, dst);
+    encoder.authority(authority, dst);
     let path = head.uri.path_and_query().map_or(&b"/"[..], |p| p.as_str().as_bytes());
     hpack::encode_pseudo(Pseudo::Path, path, dst);
     for (name, value) in &head.headers {
         if !headers::is_forbidden_in_http2(name, value.as_bytes()) && name != header::HOST {
-            hpack::encode_field(name, value, dst);
+            encoder.field(name, value, dst);
         }
     }
 }

@@ -328,8 +328,7 @@ impl Conn {
                     }
                     shared.peer_max_frame = value as usize;
                 }
-                // The header table size only bounds an encoder's dynamic table, which
-                // legate's encoder does not use.
+                frame::SETTINGS_HEADER_TABLE_SIZE => shared.encoder.set_peer_limit(value),
                 _ => {}
             }
         }

@@ -15,6 +15,7 @@ use http::HeaderMap;
 
 use super::frame::{self, Reason};
 use super::head::Refusal;
+use super::hpack::Encoder;
 use super::output::Output;
 
 /// Queued output beyond which streams wait before sending more data: the socket is slower
@@ -23,6 +24,8 @@ pub const OUTPUT_LIMIT: usize = 1024 * 1024;
 
 pub struct Shared {
     pub out: Output,
+    /// The HPACK encoder of the header blocks legate sends.
+    pub encoder: Encoder,
     pub streams: FnvHashMap<u32, Stream>,
     /// Streams neither closed at both ends nor reset: what MAX_CONCURRENT_STREAMS bounds.
     pub open: u32,
@@ -143,6 +146,7 @@ impl Shared {
     pub fn new(client: bool, stream_window: u32, connection_window: u32) -> Shared {
         Shared {
             out: Output::default(),
+            encoder: Encoder::default(),
             streams: FnvHashMap::default(),
             open: 0,
             send_window: frame::DEFAULT_WINDOW,
@@ -435,12 +439,14 @@ impl Shared {
     }
 
     /// Queues a HEADERS frame (and CONTINUATION frames if the block exceeds the peer's
-    /// frame size) with the block `encode` writes.
-    pub fn send_headers(&mut self, id: u32, end: bool, encode: impl FnOnce(&mut BytesMut)) {
+    /// frame size) with the block `encode` writes. The block is always queued once encoded:
+    /// the peer's HPACK table follows the encoder's only if it decodes every block.
+    pub fn send_headers(&mut self, id: u32, end: bool, encode: impl FnOnce(&mut Encoder, &mut BytesMut)) {
         let buf = &mut self.out.buf;
         let start = buf.len();
         buf.put_slice(&[0; frame::HEADER_LEN]);
-        encode(buf);
+        self.encoder.begin_block(buf);
+        encode(&mut self.encoder, buf);
         let len = buf.len() - start - frame::HEADER_LEN;
         let end_flag = if end { frame::END_STREAM } else { 0 };
         if len <= self.peer_max_frame {

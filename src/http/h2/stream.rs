@@ -163,7 +163,9 @@ impl SendStream {
                     Ok(data) => *pending = Some(data),
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
-                            self.shared.borrow_mut().send_headers(self.id, true, |dst| encode_fields(&trailers, dst));
+                            self.shared
+                                .borrow_mut()
+                                .send_headers(self.id, true, |encoder, dst| encode_fields(encoder, &trailers, dst));
                             return Poll::Ready(());
                         }
                     }
@@ -223,9 +225,9 @@ pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>
     {
         head.headers.insert(header::CONTENT_LENGTH, headers::decimal_value(length));
     }
-    responder.shared.borrow_mut().send_headers(responder.id, end, |dst| {
+    responder.shared.borrow_mut().send_headers(responder.id, end, |encoder, dst| {
         hpack::encode_status(head.status.as_u16(), dst);
-        encode_fields(&head.headers, dst);
+        encode_fields(encoder, &head.headers, dst);
     });
     headers::recycle_map(head.headers);
     if !end {
@@ -234,8 +236,8 @@ pub async fn serve_stream(ctx: Rc<ConnContext>, request: Request<DownstreamBody>
     }
 }
 
-pub fn encode_fields(fields: &HeaderMap, dst: &mut bytes::BytesMut) {
+pub fn encode_fields(encoder: &mut hpack::Encoder, fields: &HeaderMap, dst: &mut bytes::BytesMut) {
     for (name, value) in fields {
-        hpack::encode_field(name, value, dst);
+        encoder.field(name, value, dst);
     }
 }

@@ -1,8 +1,8 @@
 //! HPACK (RFC 7541), the header compression of HTTP/2.
 //!
-//! Decoding covers the whole format. Encoding uses only the static table and raw literals:
-//! the peer's decoder then never holds any state of ours, no table size update is ever due,
-//! and encoding a field is a few copies. A proxy's bodies dwarf the bytes this gives up.
+//! Decoding covers the whole format. Encoding indexes the fields that repeat in a dynamic
+//! table (`encoder.rs`) and writes raw literals, never Huffman-coded: coding strings costs
+//! legate more than the bytes it saves, where a one-byte index saves the peer's decoder work.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -10,7 +10,10 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 
+mod encoder;
 mod huffman;
+
+pub use encoder::Encoder;
 
 /// What a decoded field's name is. Pseudo-headers get their own variants because
 /// `HeaderName` cannot hold them.
@@ -34,7 +37,6 @@ pub enum Name {
 pub enum Pseudo {
     Method,
     Scheme,
-    Authority,
     Path,
 }
 
@@ -408,7 +410,6 @@ pub fn encode_pseudo(pseudo: Pseudo, value: &[u8], dst: &mut BytesMut) {
         return;
     }
     let (name, static_index) = match pseudo {
-        Pseudo::Authority => (":authority", 1),
         Pseudo::Method => (":method", 2),
         Pseudo::Path => (":path", 4),
         Pseudo::Scheme => (":scheme", 6),

@@ -441,9 +441,10 @@ fn encode_field_bytes() {
     encode_field(&HeaderName::from_static("x-key"), &secret, &mut dst);
     assert_eq!(&dst[..], b"\x10\x05x-key\x01k");
 
+    // `:authority` through the encoder: indexed by name, then added to the table (§6.2.1).
     let mut dst = BytesMut::new();
-    encode_pseudo(Pseudo::Authority, b"example.com", &mut dst);
-    assert_eq!(&dst[..], b"\x01\x0bexample.com");
+    Encoder::default().authority(b"example.com", &mut dst);
+    assert_eq!(&dst[..], b"\x41\x0bexample.com");
 }
 
 #[test]
@@ -462,10 +463,9 @@ fn round_trip_request_and_response() {
     ];
 
     let mut block = BytesMut::new();
-    let pseudo: [(Pseudo, &[u8], Name); 5] = [
+    let pseudo: [(Pseudo, &[u8], Name); 4] = [
         (Pseudo::Method, b"GET", Name::Method),
         (Pseudo::Scheme, b"https", Name::Scheme),
-        (Pseudo::Authority, b"example.com:8443", Name::Authority),
         (Pseudo::Path, b"/search?q=hpack", Name::Path),
         (Pseudo::Method, b"PATCH", Name::Method),
     ];
@@ -512,4 +512,60 @@ fn round_trip_request_and_response() {
     );
     // Encoding never touches the peer's dynamic table.
     assert!(decoder.dynamic.is_empty());
+}
+
+/// Encodes a header block: `:authority`, then `fields`.
+fn encode_with(encoder: &mut Encoder, authority: &str, fields: &[(HeaderName, HeaderValue)]) -> Bytes {
+    let mut block = BytesMut::new();
+    encoder.begin_block(&mut block);
+    encoder.authority(authority.as_bytes(), &mut block);
+    for (name, value) in fields {
+        encoder.field(name, value, &mut block);
+    }
+    block.freeze()
+}
+
+#[test]
+fn the_encoder_indexes_repeated_fields_and_the_peer_table_stays_in_step() {
+    let mut encoder = Encoder::default();
+    let mut decoder = Decoder::new(4096);
+    let stable = vec![
+        (header::USER_AGENT, HeaderValue::from_static("h2load nghttp2/1.52.0")),
+        (HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http")),
+        (HeaderName::from_static("x-envoy-expected-rq-timeout-ms"), HeaderValue::from_static("15000")),
+    ];
+    let first = encode_with(&mut encoder, "example.com", &stable);
+    let second = encode_with(&mut encoder, "example.com", &stable);
+    assert_eq!(second.len(), 4, "four fields seen before are one index byte each: {second:?}");
+    for block in [first, second] {
+        let decoded = decode_text(&mut decoder, &block);
+        assert_eq!(decoded[0], (":authority".to_owned(), "example.com".to_owned()));
+        assert_eq!(decoded.len(), 4);
+    }
+
+    // Many distinct fields: entries are evicted, and every block still decodes to what was
+    // encoded (an index into an entry the decoder no longer holds would fail or differ).
+    for round in 0..300usize {
+        let mut fields = stable.clone();
+        fields
+            .push((HeaderName::from_static("x-varying"), HeaderValue::from_str(&"v".repeat(40 + round % 90)).unwrap()));
+        fields.push((header::CONTENT_LENGTH, HeaderValue::from(round)));
+        let mut secret = HeaderValue::from_str(&format!("id-{round}")).unwrap();
+        secret.set_sensitive(true);
+        fields.push((HeaderName::from_static("x-request-id"), secret));
+        if round == 100 {
+            // The peer lowers its table size to 0, then raises it: both updates lead the block.
+            encoder.set_peer_limit(0);
+            encoder.set_peer_limit(4096);
+        }
+        let authority = format!("host-{}.example", round % 5);
+        let block = encode_with(&mut encoder, &authority, &fields);
+        if round == 100 {
+            assert_eq!(&block[..3], b"\x20\x3f\xe1", "size updates to 0 then 4096 open the block");
+        }
+        let decoded = decode_text(&mut decoder, &block);
+        let mut expected = vec![(":authority".to_owned(), authority)];
+        expected.extend(fields.iter().map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned())));
+        assert_eq!(decoded, expected, "round {round}");
+    }
 }
