@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::admin::v3::{CommandLineOptions, ListenerStatus, List
 use envoy_types::pb::google::protobuf::Duration as DurationProto;
 use http::{Response, StatusCode};
 
-use super::{AdminBody, AdminRequest, AdminState, help_text, json, socket_address, text};
+use super::{AdminBody, AdminRequest, AdminState, DrainAfterResponse, help_text, json, socket_address, text};
 use crate::config::schema;
 use crate::logging;
 use crate::server::ServerState;
@@ -145,9 +145,12 @@ pub(super) fn healthcheck_ok(state: &AdminState, _: &AdminRequest) -> Response<A
     text(StatusCode::OK, "OK\n")
 }
 
-pub(super) fn quit(state: &AdminState, _: &AdminRequest) -> Response<AdminBody> {
-    state.begin_drain();
-    text(StatusCode::OK, "OK\n")
+/// Answers, then exits: the drain begins once the answer is written (`DrainAfterResponse`).
+pub(super) fn quit(_: &AdminState, _: &AdminRequest) -> Response<AdminBody> {
+    let mut response = text(StatusCode::OK, "OK\n");
+    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    response.extensions_mut().insert(DrainAfterResponse);
+    response
 }
 
 pub(super) fn logging(_: &AdminState, request: &AdminRequest) -> Response<AdminBody> {

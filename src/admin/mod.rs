@@ -6,6 +6,7 @@ mod clusters;
 mod config_dump;
 mod info;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -78,12 +79,15 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
         let (state, access_logs, stats) = (state.clone(), access_logs.clone(), stats.clone());
         tokio::task::spawn_local(async move {
             let opened = Instant::now();
+            let drain_after = Rc::new(Cell::new(false));
+            let (drain_state, drain_flag) = (state.clone(), drain_after.clone());
             stats.0.opened(0);
             stats.1.downstream_cx_total.inc();
             stats.1.downstream_cx_active.inc();
             let connection_stats = stats.clone();
             let service = service_fn(move |request: Request<Incoming>| {
                 let (state, access_logs, stats) = (state.clone(), access_logs.clone(), connection_stats.clone());
+                let drain_after = drain_after.clone();
                 async move {
                     let start = (SystemTime::now(), Instant::now());
                     let http = &stats.1;
@@ -96,7 +100,14 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
                     }
                     let logged = (!access_logs.is_empty())
                         .then(|| request_head(request.method(), request.uri(), request.version(), request.headers()));
+                    let version = request.version();
                     let response = handle(&state, request);
+                    if response.extensions().get::<DrainAfterResponse>().is_some() {
+                        // HTTP/1.1: once the answer is written and the connection closed (the
+                        // process may exit as soon as the drain ends, before a response still
+                        // in this thread's buffers is sent). HTTP/2 keeps its connection: now.
+                        if version == http::Version::HTTP_2 { state.begin_drain() } else { drain_after.set(true) }
+                    }
                     http.downstream_rq_active.dec();
                     http.downstream_rq_completed.inc();
                     let class = usize::from((response.status().as_u16() / 100).clamp(1, 5) - 1);
@@ -126,6 +137,9 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
                 }
             });
             let _ = auto::Builder::new(LocalExec).serve_connection(TokioIo::new(stream), service).await;
+            if drain_flag.get() {
+                drain_state.begin_drain();
+            }
             stats.0.closed(0, opened.elapsed());
             stats.1.downstream_cx_active.dec();
             stats.1.downstream_cx_destroy.inc();
@@ -133,6 +147,10 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
         });
     }
 }
+
+/// Marks a response after which the server drains and exits (`/quitquitquit`).
+#[derive(Clone, Copy)]
+pub(super) struct DrainAfterResponse;
 
 /// A parsed admin request: path and query parameters.
 pub struct AdminRequest {
