@@ -10,11 +10,14 @@
 
 use std::collections::VecDeque;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use fnv::{FnvHashMap, FnvHasher};
 use http::header::{self, HeaderName, HeaderValue};
 
-use super::{LITERAL_WITHOUT_INDEXING, encode_field, encode_integer, encode_literal, static_name_index};
+use super::{
+    INDEXED, LITERAL_WITH_INDEXING, LITERAL_WITHOUT_INDEXING, encode_field, encode_integer, encode_literal,
+    static_name_index,
+};
 use crate::http::headers::X_ENVOY_UPSTREAM_SERVICE_TIME;
 
 /// The table size legate's encoder uses at most: HTTP/2's default, which every decoder takes
@@ -24,7 +27,6 @@ const MAX_TABLE_SIZE: usize = 4096;
 const ENTRY_OVERHEAD: usize = 32;
 /// Values longer than this are not indexed: a long value rarely repeats exactly.
 const MAX_INDEXED_VALUE: usize = 256;
-const LITERAL_WITH_INDEXING: u8 = 0x40;
 const SIZE_UPDATE: u8 = 0x20;
 
 struct Entry {
@@ -123,25 +125,14 @@ impl Encoder {
             hasher.finish()
         };
         if let Some(index) = self.find(hash, name, value) {
-            return encode_integer(0x80, 7, index, dst);
+            return encode_integer(INDEXED, 7, index, dst);
         }
         let static_index = if name.is_some() { static_name_index(name_text) } else { Some(1) };
         let size = name_text.len() + value.len() + ENTRY_OVERHEAD;
         if size > self.max_size {
             return encode_literal(LITERAL_WITHOUT_INDEXING, name_text.as_bytes(), static_index, value, dst);
         }
-        // A name from the static table takes a 6-bit index prefix here (RFC 7541 §6.2.1).
-        dst.reserve(name_text.len() + value.len() + 9);
-        match static_index {
-            Some(index) => encode_integer(LITERAL_WITH_INDEXING, 6, index, dst),
-            None => {
-                dst.put_u8(LITERAL_WITH_INDEXING);
-                encode_integer(0, 7, name_text.len(), dst);
-                dst.put_slice(name_text.as_bytes());
-            }
-        }
-        encode_integer(0, 7, value.len(), dst);
-        dst.put_slice(value);
+        encode_literal(LITERAL_WITH_INDEXING, name_text.as_bytes(), static_index, value, dst);
         self.evict_to(self.max_size - size);
         let entry = Entry { name: name.cloned(), value: Bytes::copy_from_slice(value), hash };
         self.size += size;

@@ -153,6 +153,7 @@ const FIRST_DYNAMIC_INDEX: usize = STATIC_TABLE.len() + 1;
 
 /// The first byte of each field representation (RFC 7541 §6).
 const INDEXED: u8 = 0x80;
+const LITERAL_WITH_INDEXING: u8 = 0x40;
 const LITERAL_WITHOUT_INDEXING: u8 = 0x00;
 const LITERAL_NEVER_INDEXED: u8 = 0x10;
 /// Huffman values are split off the scratch buffer; reserving at least this much at a time
@@ -508,8 +509,11 @@ fn static_name_index(name: &str) -> Option<usize> {
 fn encode_literal(representation: u8, name: &[u8], static_index: Option<usize>, value: &[u8], dst: &mut BytesMut) {
     // One reservation for the whole field; its integers rarely take more than 3 bytes each.
     dst.reserve(name.len() + value.len() + 9);
+    // An indexed name takes a 6-bit prefix in a literal added to the table, 4 bits otherwise
+    // (RFC 7541 §6.2).
+    let prefix_bits = if representation == LITERAL_WITH_INDEXING { 6 } else { 4 };
     match static_index {
-        Some(index) => encode_integer(representation, 4, index, dst),
+        Some(index) => encode_integer(representation, prefix_bits, index, dst),
         None => {
             dst.put_u8(representation);
             encode_string(name, dst);
