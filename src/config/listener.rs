@@ -101,35 +101,33 @@ impl Http2Settings {
             &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
             path,
         )?;
-        // The bounds of Envoy's protocol.proto.
-        let window = |value: Option<u32>, field: &str, default: u32| match value {
+        // The bounds of Envoy's protocol.proto: each up to 2^31 - 1, from `min`.
+        let ranged = |value: Option<u32>, field: &str, min: u32, default: u32| match value {
             None => Ok(default),
-            Some(v) if (65_535..=0x7fff_ffff).contains(&v) => Ok(v),
-            Some(_) => {
-                Err(ConfigError::invalid(join_path(path, field), "value must be inside range [65535, 2147483647]"))
-            }
+            Some(v) if (min..=0x7fff_ffff).contains(&v) => Ok(v),
+            Some(_) => Err(ConfigError::invalid(
+                join_path(path, field),
+                format!("value must be inside range [{min}, 2147483647]"),
+            )),
         };
         let defaults = Http2Settings::default();
-        let max_concurrent_streams = match proto.max_concurrent_streams.map(|v| v.value) {
-            None => defaults.max_concurrent_streams,
-            Some(v) if (1..=0x7fff_ffff).contains(&v) => v,
-            Some(_) => {
-                return Err(ConfigError::invalid(
-                    join_path(path, "max_concurrent_streams"),
-                    "value must be inside range [1, 2147483647]",
-                ));
-            }
-        };
         Ok(Http2Settings {
-            max_concurrent_streams,
-            initial_stream_window: window(
+            max_concurrent_streams: ranged(
+                proto.max_concurrent_streams.map(|v| v.value),
+                "max_concurrent_streams",
+                1,
+                defaults.max_concurrent_streams,
+            )?,
+            initial_stream_window: ranged(
                 proto.initial_stream_window_size.map(|v| v.value),
                 "initial_stream_window_size",
+                65_535,
                 defaults.initial_stream_window,
             )?,
-            initial_connection_window: window(
+            initial_connection_window: ranged(
                 proto.initial_connection_window_size.map(|v| v.value),
                 "initial_connection_window_size",
+                65_535,
                 defaults.initial_connection_window,
             )?,
         })

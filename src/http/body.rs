@@ -14,10 +14,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
 use tokio::time::{Instant, Sleep};
 
-use crate::clock;
-
 use super::h1::server::H1RequestBody;
 use super::h2;
+use crate::clock;
 use crate::upstream::pool::UpstreamBody;
 use crate::worker::{LentTimer, TimerPool};
 

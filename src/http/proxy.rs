@@ -17,13 +17,12 @@ use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
-use crate::clock;
-
 use super::access_log::{LogContext, request_head};
 use super::body::{DownstreamBody, EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
 use super::flags::ResponseFlags;
 use super::headers;
 use super::route::{IdleTimeout, RouteAction};
+use crate::clock;
 use crate::config::cluster::UpstreamProtocol;
 use crate::listener::HttpListener;
 use crate::upstream::pool::{UpstreamError, Wire};

@@ -91,10 +91,10 @@ impl H2Connection {
                 std::future::poll_fn(|cx| sender.poll_body(&mut body, &mut pending, Reason::CANCEL, cx)).await;
             });
         }
-        let head = std::future::poll_fn(|cx| self.shared.borrow_mut().poll_head(id, cx))
+        let (head, content_length) = std::future::poll_fn(|cx| self.shared.borrow_mut().poll_head(id, cx))
             .await
             .map_err(|reason| SendError::Failed(format!("upstream stream reset ({reason:?})").into()))?;
-        response_body.expect_length(&head.headers);
+        response_body.expect_length(content_length);
         Ok(Response::from_parts(head, response_body))
     }
 }
@@ -145,22 +145,15 @@ impl Shared {
         Poll::Ready(Some(id))
     }
 
-    /// A response head on a stream legate opened.
-    pub fn recv_head(&mut self, id: u32, end: bool, head: Result<http::response::Parts, Refusal>) {
+    /// A response head on a stream legate opened, with the body length it declares.
+    pub fn recv_head(&mut self, id: u32, end: bool, head: Result<(http::response::Parts, Option<u64>), Refusal>) {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         if stream.reset.is_some() {
             return;
         }
-        let content_length = match &head {
-            Ok(head) => head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
-            Err(_) => None,
-        };
         match head {
-            Ok(_) if end && content_length.is_some_and(|length: u64| length > 0) => {
-                self.reset(id, Reason::PROTOCOL_ERROR)
-            }
-            Ok(head) => {
-                stream.head = Some(head);
+            Ok((head, content_length)) => {
+                stream.head = Some((head, content_length));
                 stream.head_seen = true;
                 stream.content_left = content_length;
                 stream.recv_closed = end;
@@ -175,8 +168,13 @@ impl Shared {
         }
     }
 
-    /// The response head once it came; the reason if the stream was reset first.
-    pub fn poll_head(&mut self, id: u32, cx: &Context<'_>) -> Poll<Result<http::response::Parts, Reason>> {
+    /// The response head and its declared body length once it came; the reason if the
+    /// stream was reset first.
+    pub fn poll_head(
+        &mut self,
+        id: u32,
+        cx: &Context<'_>,
+    ) -> Poll<Result<(http::response::Parts, Option<u64>), Reason>> {
         let closed = self.closed;
         let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
         if let Some(head) = stream.head.take() {
@@ -249,10 +247,10 @@ impl Role for Client {
         }
         let mut shared = shared.borrow_mut();
         match fields.kind() {
-            Kind::Response => match fields.into_response() {
+            Kind::Response => match fields.into_response(end_stream) {
                 // Informational responses (100 Continue, 103 Early Hints) are not forwarded;
                 // one may not end the stream.
-                Ok(head) if head.status.is_informational() => {
+                Ok((head, _)) if head.status.is_informational() => {
                     if end_stream {
                         shared.reset(id, Reason::PROTOCOL_ERROR);
                     }

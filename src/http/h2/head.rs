@@ -146,25 +146,38 @@ impl Fields {
         }
     }
 
-    /// The response head, unless the block was refused.
-    pub fn into_response(self) -> Result<http::response::Parts, Refusal> {
+    /// The body length the head declares. A head that ends its stream may declare none but 0
+    /// (RFC 9113 §8.1.1).
+    fn declared_length(&self, end_stream: bool) -> Result<Option<u64>, Refusal> {
+        match self.content_length {
+            Some(length) if end_stream && length > 0 => Err(Refusal::Malformed("content-length without a body")),
+            length => Ok(length),
+        }
+    }
+
+    /// The response head and the body length it declares, unless the block was refused;
+    /// `end_stream`: the block ended the stream.
+    pub fn into_response(self, end_stream: bool) -> Result<(http::response::Parts, Option<u64>), Refusal> {
         if let Some(refusal) = self.refusal {
             return Err(refusal);
         }
+        let length = self.declared_length(end_stream)?;
         let status = self.status.ok_or(Refusal::Malformed("missing :status"))?;
         let status = StatusCode::from_bytes(&status).map_err(|_| Refusal::Malformed("invalid :status"))?;
         let mut response = http::Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = Version::HTTP_2;
         *response.headers_mut() = self.headers;
-        Ok(response.into_parts().0)
+        Ok((response.into_parts().0, length))
     }
 
-    /// The request head, unless the block was refused.
-    pub fn into_request(self) -> Result<http::request::Parts, Refusal> {
+    /// The request head and the body length it declares, unless the block was refused;
+    /// `end_stream`: the block ended the stream.
+    pub fn into_request(self, end_stream: bool) -> Result<(http::request::Parts, Option<u64>), Refusal> {
         if let Some(refusal) = self.refusal {
             return Err(refusal);
         }
+        let length = self.declared_length(end_stream)?;
         let method = self.method.ok_or(Refusal::Malformed("missing :method"))?;
         let method = Method::from_bytes(&method).map_err(|_| Refusal::Malformed("invalid :method"))?;
         let mut uri = http::uri::Parts::default();
@@ -193,6 +206,6 @@ impl Fields {
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = self.headers;
-        Ok(request.into_parts().0)
+        Ok((request.into_parts().0, length))
     }
 }

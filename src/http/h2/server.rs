@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::conn::{Conn, ConnectionError, Role, fail};
 use super::frame::{self, Reason};
-use super::head::{Fields, Kind, Refusal};
+use super::head::{Fields, Kind};
 use super::shared::{self, Shared};
 use super::stream::{RecvBody, SendStream};
 use crate::config::listener::Http2Settings;
@@ -155,15 +155,8 @@ where
             frame::put_rst_stream(&mut state.out.buf, id, Reason::REFUSED_STREAM);
             return Ok(());
         }
-        let content_length = fields.content_length;
-        let parts = match fields.into_request() {
-            Ok(_) if end_stream && content_length.is_some_and(|length| length > 0) => {
-                Err(Refusal::Malformed("content-length without a body"))
-            }
-            parts => parts,
-        };
-        let parts = match parts {
-            Ok(parts) => parts,
+        let (parts, content_length) = match fields.into_request(end_stream) {
+            Ok(request) => request,
             Err(refusal) => {
                 tracing::debug!(?refusal, stream = id, "refusing a malformed request");
                 frame::put_rst_stream(&mut state.out.buf, id, Reason::PROTOCOL_ERROR);

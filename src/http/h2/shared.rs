@@ -91,7 +91,7 @@ pub struct Stream {
     /// Handles (the received body, the sending side) still referring to the stream.
     pub handles: u8,
     /// The response head, on a stream legate opened (upstream), until it is taken.
-    pub head: Option<http::response::Parts>,
+    pub head: Option<(http::response::Parts, Option<u64>)>,
     /// A response head arrived: a later header block holds trailers.
     pub head_seen: bool,
 }

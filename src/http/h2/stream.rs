@@ -36,8 +36,8 @@ impl RecvBody {
     }
 
     /// Takes the size a response head declares (the body exists before its head arrives).
-    pub fn expect_length(&mut self, headers: &HeaderMap) {
-        self.remaining = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    pub fn expect_length(&mut self, content_length: Option<u64>) {
+        self.remaining = content_length;
     }
 }
 
