@@ -1,10 +1,12 @@
 //! HTTP/1.1 framing both sides share, and request heads, against what RFC 9112 allows and
 //! what Envoy refuses.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Version};
+use tokio::io::AsyncReadExt;
 
 use super::framing::{Chunk, Decoded, chunk_size_line, decode_chunked, protocol_error};
+use super::outgoing::Outgoing;
 use super::request::{self, BodyFraming, HeadError, RequestHead};
 use crate::http::body::BodyError;
 
@@ -127,4 +129,47 @@ fn heads_envoy_refuses_get_its_status_and_details() {
         refused(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
         (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "http1.headers_too_large")
     );
+}
+
+/// What `Outgoing` puts on a real socket for a head and `frames`, chunked or not, each
+/// flushed before the next is queued unless it was copied behind the unsent head.
+async fn written(chunked: bool, frames: &[Bytes]) -> Vec<u8> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    let mut out = Outgoing::default();
+    out.start_head().extend_from_slice(b"HEAD\r\n");
+    for frame in frames {
+        if !out.frame_is_empty() {
+            std::future::poll_fn(|cx| out.poll_flush(&mut server, cx)).await.unwrap();
+        }
+        out.set_frame(frame.clone(), chunked);
+    }
+    if chunked {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        out.set_last_chunk(Some(&trailers));
+    }
+    std::future::poll_fn(|cx| out.poll_flush(&mut server, cx)).await.unwrap();
+    assert!(out.is_empty());
+    drop(server);
+    let mut wire = Vec::new();
+    client.read_to_end(&mut wire).await.unwrap();
+    wire
+}
+
+#[tokio::test]
+async fn small_frames_ride_behind_the_head_and_large_ones_follow_it_uncopied() {
+    let small = Bytes::from_static(b"hello");
+    let large = Bytes::from(vec![b'x'; 5000]);
+    let frames = [small.clone(), small.clone(), large.clone(), small.clone()];
+    let plain = written(false, &frames).await;
+    assert_eq!(plain, [&b"HEAD\r\nhellohello"[..], &large, b"hello"].concat());
+    let chunked = written(true, &frames).await;
+    let expected = [
+        &b"HEAD\r\n5\r\nhello\r\n5\r\nhello\r\n1388\r\n"[..],
+        &large,
+        b"\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n",
+    ];
+    assert_eq!(chunked, expected.concat());
 }
