@@ -11,12 +11,15 @@
 #   BENCH_WARMUP=2      seconds of warm-up before the measured runs of each (workload, target)
 #   BENCH_REPS=3        measured runs per (workload, target); the table shows the median
 #   BENCH_TARGETS="direct legate envoy haproxy"   which targets to run
-#   BENCH_ORDER=workload  workload: each workload runs against every target in turn (direct
-#                       first, the proxies' order rotated from one workload to the next, each
-#                       proxy started for that workload's runs only), so a workload's runs on
-#                       different proxies are minutes apart, not a quarter of an hour: this VM's
-#                       speed drifts by 10-30 % over that time. target: each target runs all
-#                       workloads before the next one starts (BENCH_TARGETS order).
+#   BENCH_ORDER=round   round: each workload runs directly, then in BENCH_REPS rounds; in a
+#                       round each proxy is started, warmed up, measured once and stopped, the
+#                       proxies' order rotating by one per round. This VM's speed drifts by
+#                       10-30 % within minutes, and a proxy's three runs back to back could all
+#                       fall in a slow spell: interleaved, the proxies' runs of a workload are
+#                       seconds apart and each proxy's median spans the workload's whole time.
+#                       workload: each proxy's runs of a workload back to back (the proxies'
+#                       order rotated from one workload to the next). target: each target runs
+#                       all workloads before the next one starts (BENCH_TARGETS order).
 #   BENCH_WORKLOADS="h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k"
 #   BENCH_XCPU=1        also run the cross-CPU control (upstream alone on the proxy's CPU,
 #                       h1_seq_h2load direct): what one client->server hop across the two
@@ -52,7 +55,7 @@ mkdir -p "$OUT"
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 REPS="${BENCH_REPS:-3}"
-ORDER="${BENCH_ORDER:-workload}"
+ORDER="${BENCH_ORDER:-round}"
 TARGETS="${BENCH_TARGETS:-direct legate envoy haproxy}"
 WORKLOADS="${BENCH_WORKLOADS:-h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k}"
 PROXIES="legate envoy haproxy"   # every proxy target, in table order
@@ -286,7 +289,7 @@ start_proxy() { # legate|envoy|haproxy
         die "pid $PROXY_PID is $(cat "/proc/$PROXY_PID/comm"), not $t"
     if [[ -n "$(pgrep -P "$PROXY_PID" || true)" ]]; then die "$t has child processes; its pid would not cover them"; fi
     sleep 1
-    # The first start's: later starts (BENCH_ORDER=workload) look the same.
+    # The first start's: later starts (BENCH_ORDER=round or workload) look the same.
     RES[$t.rss_idle]=${RES[$t.rss_idle]:-$(proc_status_kb "$PROXY_PID" VmRSS)}
     RES[$t.threads]=$(proc_status_kb "$PROXY_PID" Threads)
     log "$t up: pid $PROXY_PID, $(proc_status_kb "$PROXY_PID" Threads) threads, idle RSS ${RES[$t.rss_idle]} KiB"
@@ -297,7 +300,7 @@ stop_proxy() {
     proxy_alive || die "$t exited before the end of its runs (see $OUT/$t.stderr)"
     local peak
     peak=$(proc_status_kb "$PROXY_PID" VmHWM)
-    # The highest over the proxy's starts (one per workload with BENCH_ORDER=workload).
+    # The highest over the proxy's starts (one per run or workload with BENCH_ORDER=round or workload).
     ((peak > ${RES[$t.rss_peak]:-0})) && RES[$t.rss_peak]=$peak
     RES[$t.rss_end]=$(proc_status_kb "$PROXY_PID" VmRSS)
     log "$t: peak RSS (VmHWM) ${RES[$t.rss_peak]} KiB, RSS at end ${RES[$t.rss_end]} KiB; stopping it"
@@ -457,20 +460,22 @@ median() { sort -n | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] 
 # results: RES[<target>.<workload>.<field>] = median; RES[<proxy>.rss_idle] etc.
 declare -A RES
 
-bench_one() { # target workload
-    local target=$1 wl=$2 port tool path conns url r line proxied=0
+bench_one() { # target workload [runs]: a warm-up, then `runs` (REPS) measured runs
+    local target=$1 wl=$2 runs=${3:-$REPS} port tool path conns url r line proxied=0
     [[ "$target" == legate || "$target" == envoy || "$target" == haproxy ]] && proxied=1
     port=$(target_port "$target" "$wl")
     tool=$(wl_tool "$wl")
     path=$(wl_path "$wl")
     conns=$(wl_conns "$wl")
     url="http://127.0.0.1:$port$path"
+    local k="$target.$wl"
+    # Runs of this (target, workload) so far: a round-robin order calls this once a round.
+    local done_runs=${RES[$k.runs]:-0}
     log "$target / $wl: $(wl_desc "$wl")  ($url)"
     run_load "$tool" "$url" "$conns" "$WARMUP" "$OUT/$target.$wl.warmup.txt" >/dev/null
-    local rps=() p50=() p99=() p999=() errs=() non2xx=() cpu=() c0 c1 req rps_r p50_r p99_r p999_r err_r non_r
-    local a0 a1 upc upcs=()
+    local c0 c1 req rps_r p50_r p99_r p999_r err_r non_r a0 a1 upc
     local attempt=0 fticks fmax=$((FOREIGN_MAX_PCT * DURATION * CLK_TCK / 100))
-    for ((r = 1; r <= REPS; r++)); do
+    for ((r = done_runs + 1; r <= done_runs + runs; r++)); do
         wait_quiet || true
         if ((proxied)); then
             proxy_alive || die "$target exited (see $OUT/$target.stderr)"
@@ -502,21 +507,23 @@ bench_one() { # target workload
         fi
         ((fticks > fmax)) && RES[contaminated]="${RES[contaminated]:-} $target.$wl.run$r"
         if ((proxied && req > 0)); then
-            cpu+=("$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')")
+            RES[$k.cpu_all]+=" $(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')"
         fi
-        upcs+=("$upc")
-        rps+=("$rps_r"); p50+=("$p50_r"); p99+=("$p99_r"); p999+=("$p999_r"); errs+=("$err_r"); non2xx+=("$non_r")
+        RES[$k.upconns]+="${RES[$k.upconns]:+ }$upc"
+        RES[$k.rps_all]+="${RES[$k.rps_all]:+ }$rps_r"
+        RES[$k.p50_all]+=" $p50_r"
+        RES[$k.p99_all]+=" $p99_r"
+        RES[$k.p999_all]+=" $p999_r"
+        RES[$k.errs]=$((${RES[$k.errs]:-0} + err_r))
+        RES[$k.non2xx]=$((${RES[$k.non2xx]:-0} + non_r))
     done
-    local k="$target.$wl"
-    RES[$k.rps]=$(printf '%s\n' "${rps[@]}" | median)
-    RES[$k.p50]=$(printf '%s\n' "${p50[@]}" | median)
-    RES[$k.p99]=$(printf '%s\n' "${p99[@]}" | median)
-    RES[$k.p999]=$(printf '%s\n' "${p999[@]}" | median)
-    RES[$k.errs]=$(printf '%s\n' "${errs[@]}" | awk '{ s += $1 } END { print s + 0 }')
-    RES[$k.non2xx]=$(printf '%s\n' "${non2xx[@]}" | awk '{ s += $1 } END { print s + 0 }')
-    RES[$k.rps_all]="${rps[*]}"
-    RES[$k.upconns]="${upcs[*]}"
-    if ((${#cpu[@]})); then RES[$k.cpu]=$(printf '%s\n' "${cpu[@]}" | median); fi
+    RES[$k.runs]=$((done_runs + runs))
+    local field
+    for field in rps p50 p99 p999 cpu; do
+        if [[ -n "${RES[$k.${field}_all]:-}" ]]; then
+            RES[$k.$field]=$(printf '%s\n' ${RES[$k.${field}_all]} | median)
+        fi
+    done
 }
 
 # ---------------------------------------------------------------- table helpers
@@ -573,7 +580,8 @@ main() {
         case "$t" in direct | legate | envoy | haproxy) ;; *) die "unknown target $t" ;; esac
     done
     for wl in $WORKLOADS; do wl_desc "$wl" >/dev/null; done
-    [[ "$ORDER" == workload || "$ORDER" == target ]] || die "BENCH_ORDER must be workload or target, not $ORDER"
+    [[ "$ORDER" == round || "$ORDER" == workload || "$ORDER" == target ]] ||
+        die "BENCH_ORDER must be round, workload or target, not $ORDER"
     {
         echo "command: bash bench/run.sh  (BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_REPS=$REPS BENCH_TARGETS=\"$TARGETS\" BENCH_ORDER=$ORDER)"
         echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -606,19 +614,23 @@ main() {
         done
     else
         # One workload at a time: direct first, then the proxies, whose order rotates by one
-        # with each workload so that none always runs first or last.
-        local proxies=() n rotation=0 i t
+        # with each workload (and, in rounds, with each round) so that none always runs first
+        # or last.
+        local proxies=() n rotation=0 i t round rounds=1 per_start=$REPS
+        if [[ "$ORDER" == round ]]; then rounds=$REPS per_start=1; fi
         for t in $TARGETS; do [[ "$t" == direct ]] || proxies+=("$t"); done
         n=${#proxies[@]}
         for wl in $WORKLOADS; do
             if has_target direct && [[ "$(wl_direct_key "$wl")" == "$wl" ]]; then bench_one direct "$wl"; fi
-            for ((i = 0; i < n; i++)); do
-                t=${proxies[$(((i + rotation) % n))]}
-                start_proxy "$t"
-                bench_one "$t" "$wl"
-                stop_proxy
+            for ((round = 0; round < rounds; round++)); do
+                for ((i = 0; i < n; i++)); do
+                    t=${proxies[$(((i + rotation) % n))]}
+                    start_proxy "$t"
+                    bench_one "$t" "$wl" "$per_start"
+                    stop_proxy
+                done
+                rotation=$((rotation + 1))
             done
-            rotation=$((rotation + 1))
         done
     fi
     if [[ "${BENCH_XCPU:-1}" == 1 && " $WORKLOADS " == *" h1_seq_h2load "* ]]; then
@@ -697,6 +709,8 @@ main() {
         echo "medians of $REPS runs of ${DURATION}s after ${WARMUP}s warm-up; each cell's median is taken on its own."
         if [[ "$ORDER" == target ]]; then
             echo "Targets run one after the other (${TARGETS}), one proxy process at a time, each with one worker on CPU $PROXY_CPU."
+        elif [[ "$ORDER" == round ]]; then
+            echo "Workloads run one after the other; each runs directly, then in $REPS rounds of one run through each proxy (each started, warmed up, measured once and stopped; their order rotated by one per round), one proxy process at a time, each with one worker on CPU $PROXY_CPU."
         else
             echo "Workloads run one after the other, each against ${TARGETS} in turn (the proxies' order rotated by one per workload), one proxy process at a time (started for each workload), each with one worker on CPU $PROXY_CPU."
         fi
