@@ -101,7 +101,8 @@ pub fn parse(read: &mut BytesMut, fields: &mut FieldSpans) -> Result<Option<Requ
     };
     let bytes = read.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.0 + target.1)).map_err(|_| BAD_REQUEST)?;
-    let map = header_map(&bytes, fields, REQUEST_HEADERS_ADDED).ok_or(BAD_REQUEST)?;
+    // SAFETY: `fields` holds the value spans httparse (default configuration) parsed above.
+    let map = unsafe { header_map(&bytes, fields, REQUEST_HEADERS_ADDED) };
     let mut parts = Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;

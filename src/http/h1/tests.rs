@@ -113,6 +113,9 @@ fn expect_100_continue_is_answered_by_the_codec_and_not_forwarded() {
 fn heads_envoy_refuses_get_its_status_and_details() {
     let bad = (StatusCode::BAD_REQUEST, "http1.codec_error");
     assert_eq!(refused(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n"), bad);
+    assert_eq!(refused(b"GET / HTTP/1.1\r\nx-a: one\x01two\r\n\r\n"), bad, "a control byte in a value");
+    assert_eq!(refused(b"GET / HTTP/1.1\r\nx-a: one\x7f\r\n\r\n"), bad, "DEL in a value");
+    assert_eq!(refused(b"GET / HTTP/1.1\r\nx-a: one\r\n two\r\n\r\n"), bad, "a folded line");
     assert_eq!(refused(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), bad, "an HTTP/2 preface");
     assert_eq!(refused(b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n"), bad);
     assert_eq!(refused(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), bad);

@@ -45,6 +45,11 @@ fn bad_heads_are_protocol_errors() {
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         b"SSH-2.0-OpenSSH\r\n\r\n",
+        // Bytes a header value may not hold (the map takes values unchecked: httparse's check
+        // is the only one), and a folded line.
+        b"HTTP/1.1 200 OK\r\nx-a: one\x01two\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: one\x7ftwo\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: one\r\n two\r\n\r\n",
     ] {
         assert!(head(raw, false).is_err(), "{}", String::from_utf8_lossy(raw));
     }
@@ -72,4 +77,6 @@ fn header_values_are_kept_byte_for_byte() {
     let values: Vec<_> = parts.headers.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
     assert_eq!(values, ["one", "two"]);
     assert_eq!(parts.headers["server"], "nginx");
+    let (parts, _) = head(b"HTTP/1.1 200 OK\r\nx-b: a\tb \xe9\r\ncontent-length: 0\r\n\r\n", false).unwrap().unwrap();
+    assert_eq!(parts.headers["x-b"].as_bytes(), b"a\tb \xe9", "tab and obs-text are kept");
 }
