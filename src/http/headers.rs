@@ -141,14 +141,16 @@ pub fn set_forwarded(
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
-        if trusted_hops == 0 || !headers.contains_key(&X_FORWARDED_PROTO) {
+        if trusted_hops == 0 {
             headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        } else {
+            headers.entry(&X_FORWARDED_PROTO).or_insert(proto);
         }
         if let Ok(value) = HeaderValue::from_str(&client.ip().to_string()) {
             headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), value);
         }
-    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    } else {
+        headers.entry(&X_FORWARDED_PROTO).or_insert(proto);
     }
     client
 }
@@ -231,9 +233,11 @@ thread_local! {
 /// Adds a random UUID v4 `x-request-id` when the request has none, or always when `replace`
 /// (Envoy regenerates it for edge requests, where the client's id is not trusted).
 pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
-    if headers.contains_key(&X_REQUEST_ID) && !replace {
-        return;
-    }
+    // One hashed lookup of the name for both the check and the insertion.
+    let entry = match headers.entry(&X_REQUEST_ID) {
+        header::Entry::Occupied(_) if !replace => return,
+        entry => entry,
+    };
     let bits = fastrand::u128(..) & !(0xf000 << 64) & !(0xc000 << 48) | (0x4000 << 64) | (0x8000 << 48);
     // Where each byte's two hex digits go in `8-4-4-4-12`.
     const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
@@ -257,7 +261,14 @@ pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
         // to its dynamic table, evicting the entries that do repeat (a full turnover of the
         // 4 KiB table every ~50 requests). Never-indexed, it is sent as a literal.
         value.set_sensitive(true);
-        headers.insert(X_REQUEST_ID.clone(), value);
+        match entry {
+            header::Entry::Occupied(mut existing) => {
+                existing.insert(value);
+            }
+            header::Entry::Vacant(vacant) => {
+                vacant.insert(value);
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::protobuf::Any;
+use fnv::FnvHashMap;
 use tokio::sync::watch;
 
 use crate::config::Rejected;
@@ -29,7 +30,9 @@ use super::cluster::Cluster;
 /// Every active cluster, by name.
 #[derive(Default)]
 pub struct ClusterSnapshot {
-    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// FNV, not SipHash: looked up on every request, keyed by names from the config and
+    /// the control plane, which are trusted.
+    pub clusters: FnvHashMap<String, Arc<Cluster>>,
     /// Increases with every publish, so workers notice removed clusters cheaply.
     pub generation: u64,
 }
@@ -80,7 +83,7 @@ pub struct DynamicInfo {
 /// The writer's state; only the control thread takes this lock.
 #[derive(Default)]
 struct State {
-    active: HashMap<String, Arc<Cluster>>,
+    active: FnvHashMap<String, Arc<Cluster>>,
     warming: HashMap<String, WarmingCluster>,
     dynamic: HashMap<String, DynamicInfo>,
     /// The last accepted assignment of each EDS service name, kept encoded: it is read

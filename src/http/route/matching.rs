@@ -61,6 +61,10 @@ pub(crate) fn split_port(host: &[u8]) -> (&[u8], Option<&[u8]>) {
 
 /// `host` without its port when `mode` says the port goes.
 pub(crate) fn strip_port(host: &[u8], mode: HostPortMatch) -> &[u8] {
+    if mode == HostPortMatch::Keep {
+        // Not split at all: this runs for every request, and most keep the port.
+        return host;
+    }
     match (mode, split_port(host)) {
         (HostPortMatch::Keep, _) | (_, (_, None)) => host,
         (HostPortMatch::StripAny, (bare, Some(_))) => bare,
