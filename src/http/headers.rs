@@ -241,11 +241,20 @@ pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
     let bits = fastrand::u128(..) & !(0xf000 << 64) & !(0xc000 << 48) | (0x4000 << 64) | (0x8000 << 48);
     // Where each byte's two hex digits go in `8-4-4-4-12`.
     const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-    let hex = b"0123456789abcdef";
+    // Both digits of a byte from one lookup.
+    const HEX_PAIRS: [[u8; 2]; 256] = {
+        let hex = b"0123456789abcdef";
+        let mut pairs = [[0; 2]; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            pairs[byte] = [hex[byte >> 4], hex[byte & 0xf]];
+            byte += 1;
+        }
+        pairs
+    };
     let mut text = *b"00000000-0000-0000-0000-000000000000";
     for (byte, at) in bits.to_be_bytes().into_iter().zip(AT) {
-        text[at] = hex[usize::from(byte >> 4)];
-        text[at + 1] = hex[usize::from(byte & 0xf)];
+        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     // Ids are cut from a per-worker buffer that holds many, so that one costs no allocation
     // of its own; a buffer is freed once the last id cut from it is.
@@ -493,6 +502,10 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        for (at, c) in id.char_indices() {
+            let dash = matches!(at, 8 | 13 | 18 | 23);
+            assert!(if dash { c == '-' } else { matches!(c, '0'..='9' | 'a'..='f') }, "{id}");
+        }
         ensure_request_id(&mut h, false);
         assert_eq!(h[&X_REQUEST_ID], id.as_str());
         ensure_request_id(&mut h, true);

@@ -111,18 +111,25 @@ impl Outgoing {
     /// Writes until everything queued is written.
     pub fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let unsent = [
-                IoSlice::new(&self.head[self.head_at..]),
-                IoSlice::new(&self.line[self.line_at..]),
-                IoSlice::new(&self.data),
-                IoSlice::new(&b"\r\n"[2 - self.crlf..]),
-                IoSlice::new(&self.tail[self.tail_at..]),
-            ];
-            let mut parts = unsent.iter().filter(|s| !s.is_empty());
-            let written = match (parts.next(), parts.next()) {
-                (None, _) => return Poll::Ready(Ok(())),
-                (Some(only), None) => ready!(Pin::new(&mut *io).poll_write(cx, only))?,
-                (Some(_), Some(_)) => ready!(Pin::new(&mut *io).poll_write_vectored(cx, &unsent))?,
+            let written = if self.frame_is_empty() && self.tail_at == self.tail.len() {
+                // The usual case: the head (with a small body copied behind it) alone.
+                if self.head_is_written() {
+                    return Poll::Ready(Ok(()));
+                }
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.head[self.head_at..]))?
+            } else {
+                let unsent = [
+                    IoSlice::new(&self.head[self.head_at..]),
+                    IoSlice::new(&self.line[self.line_at..]),
+                    IoSlice::new(&self.data),
+                    IoSlice::new(&b"\r\n"[2 - self.crlf..]),
+                    IoSlice::new(&self.tail[self.tail_at..]),
+                ];
+                let mut parts = unsent.iter().filter(|s| !s.is_empty());
+                match (parts.next(), parts.next()) {
+                    (Some(only), None) => ready!(Pin::new(&mut *io).poll_write(cx, only))?,
+                    _ => ready!(Pin::new(&mut *io).poll_write_vectored(cx, &unsent))?,
+                }
             };
             match written {
                 0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
