@@ -21,7 +21,7 @@ use http_body_util::Either;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, ClusterStats};
 use super::h1_client::{H1Body, H1Connection};
 use super::host::Host;
 use super::manager::ClusterSnapshot;
@@ -236,22 +236,31 @@ impl HostPool {
     }
 
     /// Counts a request as pending while it waits for a new connection, as Envoy's
-    /// `upstream_rq_pending_*` do.
+    /// `upstream_rq_pending_*` do, and as cancelled (`upstream_rq_cancelled`) if it is
+    /// abandoned before the connect ends (the client went away, a timeout).
     async fn pending<T>(&self, cluster: &Cluster, connect: impl Future<Output = T>) -> T {
-        struct Pending<'a>(&'a crate::stats::GaugeCell, &'a AtomicU64);
+        struct Pending<'a> {
+            stats: &'a ClusterStats,
+            host_pending: &'a AtomicU64,
+            waiting: bool,
+        }
         impl Drop for Pending<'_> {
-            // Also when the request is abandoned mid-connect.
             fn drop(&mut self) {
-                self.0.dec();
-                self.1.fetch_sub(1, Ordering::Relaxed);
+                self.stats.upstream_rq_pending_active.dec();
+                self.host_pending.fetch_sub(1, Ordering::Relaxed);
+                if self.waiting {
+                    self.stats.upstream_rq_cancelled.inc();
+                }
             }
         }
         let stats = &cluster.stats;
         stats.upstream_rq_pending_total.inc();
         stats.upstream_rq_pending_active.inc();
         self.host.stats.rq_pending_active.fetch_add(1, Ordering::Relaxed);
-        let _pending = Pending(&stats.upstream_rq_pending_active, &self.host.stats.rq_pending_active);
-        connect.await
+        let mut pending = Pending { stats, host_pending: &self.host.stats.rq_pending_active, waiting: true };
+        let connected = connect.await;
+        pending.waiting = false;
+        connected
     }
 
     async fn connect_h1(&self, cluster: &Arc<Cluster>) -> Result<Box<H1Connection>, UpstreamError> {
@@ -293,10 +302,7 @@ async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connecti
     let (connection, driver) = H2Connection::start(stream);
     cluster.stats.upstream_cx_http2_total.inc();
     let live = LiveConnection::new(&cluster, &host);
-    tokio::task::spawn_local(async move {
-        driver.await;
-        drop(live);
-    });
+    tokio::task::spawn_local(async move { live.ended(driver.await) });
     Ok(connection)
 }
 
@@ -325,25 +331,51 @@ async fn watch_idle(pool: Weak<HostPool>) {
     .await
 }
 
+/// How an upstream connection ended, for Envoy's `upstream_cx_destroy_*` counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionEnd {
+    /// The upstream closed it (end of stream, a reset, GOAWAY); otherwise legate did.
+    pub remote: bool,
+    /// A request was in flight on it.
+    pub with_active_rq: bool,
+}
+
 /// Counts an upstream connection in the active gauges from its connect until it is
-/// dropped, then as destroyed.
+/// dropped, then as destroyed, the way `end` says.
 pub struct LiveConnection {
     cluster: Arc<Cluster>,
     host: Arc<Host>,
+    pub end: ConnectionEnd,
 }
 
 impl LiveConnection {
     fn new(cluster: &Arc<Cluster>, host: &Arc<Host>) -> LiveConnection {
         cluster.stats.upstream_cx_active.inc();
         host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        LiveConnection { cluster: cluster.clone(), host: host.clone() }
+        LiveConnection { cluster: cluster.clone(), host: host.clone(), end: ConnectionEnd::default() }
+    }
+
+    /// Counts the connection as destroyed, the way `end` says.
+    fn ended(mut self, end: ConnectionEnd) {
+        self.end = end;
     }
 }
 
 impl Drop for LiveConnection {
     fn drop(&mut self) {
-        self.cluster.stats.upstream_cx_active.dec();
-        self.cluster.stats.upstream_cx_destroy.inc();
+        let stats = &self.cluster.stats;
+        stats.upstream_cx_active.dec();
+        stats.upstream_cx_destroy.inc();
+        let (destroyed, destroyed_with_active_rq) = if self.end.remote {
+            (&stats.upstream_cx_destroy_remote, &stats.upstream_cx_destroy_remote_with_active_rq)
+        } else {
+            (&stats.upstream_cx_destroy_local, &stats.upstream_cx_destroy_local_with_active_rq)
+        };
+        destroyed.inc();
+        if self.end.with_active_rq {
+            destroyed_with_active_rq.inc();
+            stats.upstream_cx_destroy_with_active_rq.inc();
+        }
         self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -213,6 +213,10 @@ async fn a_request_after_an_http2_upstreams_goaway_goes_out_on_a_new_connection(
     assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(2));
     let held_body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(held_body, "held", "the draining connection finished its stream");
+    // The upstream's GOAWAY ended it once its last stream was done.
+    legate.wait_for_stat("cluster.svc.upstream_cx_destroy_remote", 1).await;
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_local").await, Some(0));
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_with_active_rq").await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,17 @@ impl Legate {
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         json["stats"].as_array()?.iter().find(|s| s["name"] == name).and_then(|s| s["value"].as_i64())
     }
+
+    /// Waits (5 s at most) until the stat has the value.
+    pub async fn wait_for_stat(&self, name: &str, value: i64) {
+        for _ in 0..100 {
+            if self.stat(name).await == Some(value) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{name} stayed at {:?}, not {value}", self.stat(name).await);
+    }
 }
 
 impl Drop for Legate {

@@ -1,6 +1,7 @@
 //! legate's HTTP/1.1 upstream client against an upstream that writes raw bytes: the response
 //! framings RFC 9112 allows, connection reuse after each, an upstream closing an idle
-//! pooled connection, and an upstream answering before the request body has arrived.
+//! pooled connection, an upstream answering before the request body has arrived, and how
+//! each connection's end is counted.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,9 +10,9 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::support::{Legate, bootstrap, route_all_to, send, static_cluster};
+use crate::support::{Legate, bootstrap, raw_exchange, route_all_to, send, static_cluster};
 
 /// What the scripted upstream does after writing a response.
 #[derive(Clone, Copy)]
@@ -22,6 +23,8 @@ enum Then {
     CloseIdleAfter(Duration),
     /// Answers without reading the request body, then holds the connection open a while.
     AnswerEarly,
+    /// Holds the connection until legate closes it.
+    WaitForClose,
 }
 
 /// The scripted answer to a request: `(method, path)` → raw response bytes and what next.
@@ -40,6 +43,8 @@ fn script(method: &str, path: &str) -> (&'static [u8], Then) {
         (_, "/bye") => {
             (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye", Then::CloseIdleAfter(Duration::from_millis(100)))
         }
+        (_, "/cut-mid-body") => (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part", Then::Close),
+        (_, "/never") => (b"", Then::WaitForClose),
         (_, "/upload") => (
             b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!",
             Then::AnswerEarly,
@@ -112,6 +117,11 @@ async fn serve(mut stream: TcpStream) {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 return;
             }
+            Then::WaitForClose => {
+                let mut chunk = [0u8; 4096];
+                while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+                return;
+            }
         }
     }
 }
@@ -124,17 +134,6 @@ async fn legate_to_scripted_upstream() -> Legate {
     let upstream = scripted_upstream().await;
     let clusters = static_cluster("raw", &[(upstream, 1)], "");
     Legate::start_with(&bootstrap("", &route_all_to("raw"), &clusters), &["--concurrency", "1"])
-}
-
-/// Waits (5 s at most) until the stat has the value.
-async fn wait_for_stat(legate: &Legate, name: &str, value: i64) {
-    for _ in 0..100 {
-        if legate.stat(name).await == Some(value) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{name} stayed at {:?}, not {value}", legate.stat(name).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,13 +170,70 @@ async fn an_idle_connection_the_upstream_closes_is_dropped_at_once_and_replaced(
     assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "bye"));
     // The upstream closes the pooled connection 100 ms later; legate notices without a
     // request having to stumble on it.
-    wait_for_stat(&legate, "cluster.raw.upstream_cx_destroy", 1).await;
+    legate.wait_for_stat("cluster.raw.upstream_cx_destroy", 1).await;
     assert_eq!(legate.stat("cluster.raw.upstream_cx_active").await, Some(0));
+    assert_eq!(legate.stat("cluster.raw.upstream_cx_destroy_remote").await, Some(1));
+    assert_eq!(legate.stat("cluster.raw.upstream_cx_destroy_with_active_rq").await, Some(0));
 
     let answer = send(legate.listener("main"), Version::HTTP_11, request("GET", "/bye")).await;
     assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "bye"));
     assert_eq!(legate.stat("cluster.raw.upstream_cx_total").await, Some(2));
     assert_eq!(legate.stat("cluster.raw.upstream_rq_200").await, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_closed_each_upstream_connection_and_with_what_in_flight_is_counted_as_envoy_does() {
+    let legate = legate_to_scripted_upstream().await;
+    let main = legate.listener("main");
+    // The upstream ends a close-delimited body by closing: remote, nothing in flight.
+    let reply = raw_exchange(main, b"GET /close-delimited HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await;
+    assert!(reply.contains("until the close"), "{reply}");
+    // The upstream closes in the middle of a body: remote, with the request in flight.
+    let reply = raw_exchange(main, b"GET /cut-mid-body HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("only part"), "{reply}");
+    legate.wait_for_stat("cluster.raw.upstream_cx_destroy", 2).await;
+    // The client goes away while the upstream has not answered: legate closes the upstream
+    // connection with the request in flight.
+    let mut client = TcpStream::connect(main).await.unwrap();
+    client.write_all(b"GET /never HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    legate.wait_for_stat("cluster.raw.upstream_rq_active", 1).await;
+    drop(client);
+    legate.wait_for_stat("cluster.raw.upstream_cx_destroy", 3).await;
+    for (stat, value) in [
+        ("upstream_cx_destroy_remote", 2),
+        ("upstream_cx_destroy_remote_with_active_rq", 1),
+        ("upstream_cx_destroy_local", 1),
+        ("upstream_cx_destroy_local_with_active_rq", 1),
+        ("upstream_cx_destroy_with_active_rq", 2),
+        ("upstream_rq_cancelled", 0),
+    ] {
+        assert_eq!(legate.stat(&format!("cluster.raw.{stat}")).await, Some(value), "{stat}");
+    }
+}
+
+/// A listener that never accepts, its accept queue full: a further connect to it gets no
+/// answer to its SYN, so it stays under way (the kernel retries after a second).
+fn unanswering_upstream() -> (SocketAddr, TcpListener, std::net::TcpStream) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = socket.local_addr().unwrap();
+    let listener = socket.listen(0).unwrap();
+    let filler = std::net::TcpStream::connect(address).unwrap();
+    (address, listener, filler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_given_up_while_its_connection_is_being_made_is_counted_cancelled() {
+    let (upstream, _listener, _filler) = unanswering_upstream();
+    let clusters = static_cluster("slow", &[(upstream, 1)], "");
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("slow"), &clusters), &["--concurrency", "1"]);
+    let mut client = TcpStream::connect(legate.listener("main")).await.unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    legate.wait_for_stat("cluster.slow.upstream_rq_pending_active", 1).await;
+    drop(client);
+    legate.wait_for_stat("cluster.slow.upstream_rq_pending_active", 0).await;
+    assert_eq!(legate.stat("cluster.slow.upstream_rq_cancelled").await, Some(1));
+    assert_eq!(legate.stat("cluster.slow.upstream_cx_connect_fail").await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use super::stream::{RecvBody, SendStream};
 use crate::http::body::RequestBody;
 use crate::http::h1::framing::MAX_HEAD_BYTES;
 use crate::http::headers;
-use crate::upstream::pool::SendError;
+use crate::upstream::pool::{ConnectionEnd, SendError};
 
 // hyper's client defaults, which legate used before and Envoy's are no smaller than.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -39,7 +39,7 @@ impl H2Connection {
     /// wait for the server's, RFC 9113 §3.4); returns the connection and the future that
     /// drives it, to be spawned on the worker. The driver ends when the upstream closes or
     /// sends GOAWAY and its streams are done, or when nothing refers to the connection.
-    pub fn start(stream: TcpStream) -> (H2Connection, impl Future<Output = ()> + 'static) {
+    pub fn start(stream: TcpStream) -> (H2Connection, impl Future<Output = ConnectionEnd> + 'static) {
         let mut shared = Shared::new(true, STREAM_WINDOW, CONNECTION_WINDOW);
         shared.out.buf.extend_from_slice(PREFACE);
         frame::put_settings(
@@ -55,7 +55,7 @@ impl H2Connection {
         let connection = H2Connection { shared: conn.shared.clone() };
         let driver = async move {
             let shared = conn.shared.clone();
-            std::future::poll_fn(|cx| shared::polling(&shared, cx, |cx| poll_client(&mut conn, cx))).await;
+            std::future::poll_fn(|cx| shared::polling(&shared, cx, |cx| poll_client(&mut conn, cx))).await
         };
         (connection, driver)
     }
@@ -191,7 +191,8 @@ impl Shared {
     }
 }
 
-fn poll_client(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<()> {
+/// Drives the connection; Ready with how it ended once it has.
+fn poll_client(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<ConnectionEnd> {
     loop {
         let mut progressed = conn.poll_read(&mut Client, cx).unwrap_or_else(|e| {
             conn.raise(e, 0);
@@ -204,14 +205,19 @@ fn poll_client(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<()> {
             }
             Poll::Pending => false,
         };
-        if conn.eof || (flushed && conn.error.is_some()) {
-            return Poll::Ready(());
-        }
         let shared = conn.shared.borrow();
+        // The end of the stream, a read or write error (`eof`) or a GOAWAY is the upstream's
+        // doing; a connection error legate raised, or the pool letting go, is legate's.
+        // A stream whose response has not all arrived was in flight.
+        let in_flight = || shared.streams.values().any(|s| !s.recv_closed && s.reset.is_none());
+        let ended = |remote| ConnectionEnd { remote, with_active_rq: in_flight() };
+        if conn.eof || (flushed && conn.error.is_some()) {
+            return Poll::Ready(ended(conn.eof));
+        }
         // Only the driver refers to the connection: the pool let it go, and no stream is left.
         let unused = Rc::strong_count(&conn.shared) == 1;
         if flushed && shared.streams.is_empty() && (shared.goaway.is_some() || unused) {
-            return Poll::Ready(());
+            return Poll::Ready(ended(shared.goaway.is_some()));
         }
         if !progressed {
             return Poll::Pending;

@@ -45,7 +45,8 @@ pub struct H1Connection {
     write_failed: bool,
     /// Header names and value positions of the response head being parsed.
     fields: FieldSpans,
-    _live: LiveConnection,
+    /// Counted as an active connection, and how it ended when it drops.
+    live: LiveConnection,
 }
 
 impl H1Connection {
@@ -61,7 +62,7 @@ impl H1Connection {
             body_taken: false,
             write_failed: false,
             fields: Vec::new(),
-            _live: live,
+            live,
         })
     }
 
@@ -70,14 +71,18 @@ impl H1Connection {
     /// changes; a read is tried only when the reactor saw the socket become readable.
     pub fn is_alive(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            match self.io.poll_read_ready(cx) {
+            let closed_by_upstream = match self.io.poll_read_ready(cx) {
                 Poll::Pending => return true,
-                Poll::Ready(Err(_)) => return false,
+                Poll::Ready(Err(_)) => true,
                 Poll::Ready(Ok(())) => match self.io.try_read_buf(&mut self.read) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    _ => return false,
+                    // Bytes nobody asked for: legate closes it.
+                    Ok(n) => n == 0,
+                    Err(_) => true,
                 },
-            }
+            };
+            self.live.end.remote = closed_by_upstream;
+            return false;
         }
     }
 
@@ -90,6 +95,7 @@ impl H1Connection {
         pool: &Rc<HostPool>,
     ) -> Result<Response<H1Body>, SendError> {
         self.chunked = encode_head(self.out.start_head(), &request) == RequestFraming::Chunked;
+        self.live.end.with_active_rq = true;
         self.body_taken = false;
         self.write_failed = false;
         let (parts, body) = request.into_parts();
@@ -181,6 +187,8 @@ impl H1Connection {
             }
             if let Err(e) = ready!(self.out.poll_flush(&mut self.io, cx)) {
                 tracing::debug!(error = %e, "writing the request upstream failed");
+                // A write fails on a connection the upstream closed or reset.
+                self.live.end.remote = true;
                 break Err(WriteFailure::Io);
             }
             if self.sending.is_none() {
@@ -214,9 +222,15 @@ impl H1Connection {
         }
     }
 
+    /// Reads more; the end of the stream or a read error marks the connection as closed by
+    /// the upstream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let room = self.read_size.make_room(&mut self.read);
-        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read))?;
+        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read));
+        if !matches!(read, Ok(n) if n > 0) {
+            self.live.end.remote = true;
+        }
+        let read = read?;
         self.read_size.record(room, read);
         Poll::Ready(Ok(read))
     }
@@ -254,12 +268,10 @@ impl H1Body {
     /// is closed (Envoy, too, resets an HTTP/1.1 request answered before it was sent).
     fn end(&mut self) {
         self.state = BodyState::Done;
-        if let Some(connection) = self.connection.take()
-            && self.keep_alive
-            && !connection.write_failed
-            && !connection.is_sending()
-            && connection.read.is_empty()
-        {
+        let Some(mut connection) = self.connection.take() else { return };
+        // A request still being sent is in flight on a connection closed now.
+        connection.live.end.with_active_rq = connection.is_sending();
+        if self.keep_alive && !connection.write_failed && !connection.is_sending() && connection.read.is_empty() {
             self.pool.release_h1(connection);
         }
     }
