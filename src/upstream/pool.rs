@@ -236,9 +236,10 @@ impl HostPool {
     }
 
     /// Counts a request as pending while it waits for a new connection, as Envoy's
-    /// `upstream_rq_pending_*` do, and as cancelled (`upstream_rq_cancelled`) if it is
-    /// abandoned before the connect ends (the client went away, a timeout).
-    async fn pending<T>(&self, cluster: &Cluster, connect: impl Future<Output = T>) -> T {
+    /// `upstream_rq_pending_*` do: as cancelled (`upstream_rq_cancelled`) if it is abandoned
+    /// before the connect ends (the client went away, a timeout), as failed
+    /// (`upstream_rq_pending_failure_eject`) if the connect fails.
+    async fn pending<C, E>(&self, cluster: &Cluster, connect: impl Future<Output = Result<C, E>>) -> Result<C, E> {
         struct Pending<'a> {
             stats: &'a ClusterStats,
             host_pending: &'a AtomicU64,
@@ -260,6 +261,9 @@ impl HostPool {
         let mut pending = Pending { stats, host_pending: &self.host.stats.rq_pending_active, waiting: true };
         let connected = connect.await;
         pending.waiting = false;
+        if connected.is_err() {
+            stats.upstream_rq_pending_failure_eject.inc();
+        }
         connected
     }
 
@@ -300,6 +304,7 @@ async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<TcpStream, Upstre
 async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
     let stream = connect_tcp(&host, &cluster).await?;
     let (connection, driver) = H2Connection::start(stream);
+    connection.count_resets_in(cluster.stats.clone());
     cluster.stats.upstream_cx_http2_total.inc();
     let live = LiveConnection::new(&cluster, &host);
     tokio::task::spawn_local(async move { live.ended(driver.await) });

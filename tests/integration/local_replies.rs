@@ -71,6 +71,7 @@ async fn each_failure_gets_envoys_status_body_and_flag() {
     assert_eq!(legate.stat("http.ingress_http.no_cluster").await, Some(2));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_timeout").await, Some(2));
     assert_eq!(legate.stat("cluster.refused.upstream_cx_connect_fail").await, Some(2));
+    assert_eq!(legate.stat("cluster.refused.upstream_rq_pending_failure_eject").await, Some(2));
     // As Envoy: a request counts upstream once a connection takes it (a refused connect
     // never does), and the router charges its 503s and 504s to the cluster.
     assert_eq!(legate.stat("cluster.refused.upstream_rq_total").await, Some(0));

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 
-use crate::support::{Client, Legate, Upstream, bootstrap, get, route_all_to, routes, send, static_cluster};
+use crate::support::{
+    Client, Legate, Upstream, bootstrap, get, raw_exchange, route_all_to, routes, send, static_cluster,
+};
 
 const H2_UPSTREAM: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
 
@@ -217,6 +219,62 @@ async fn a_request_after_an_http2_upstreams_goaway_goes_out_on_a_new_connection(
     legate.wait_for_stat("cluster.svc.upstream_cx_destroy_remote", 1).await;
     assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_local").await, Some(0));
     assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_with_active_rq").await, Some(0));
+}
+
+/// An HTTP/2 upstream that resets `/reset`, holds `/hold` open (headers sent, no end) and
+/// drops the whole connection after the headers of `/cut`.
+async fn resetting_h2_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else { return };
+                let mut held = Vec::new();
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    match request.uri().path() {
+                        "/reset" => respond.send_reset(h2::Reason::INTERNAL_ERROR),
+                        "/cut" => {
+                            let _body = respond.send_response(http::Response::new(()), false).unwrap();
+                            // Gives legate the headers before the connection goes.
+                            tokio::time::timeout(std::time::Duration::from_millis(100), connection.accept()).await.ok();
+                            return;
+                        }
+                        _ => held.push(respond.send_response(http::Response::new(()), false).unwrap()),
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstream_stream_resets_and_a_cut_connection_are_counted_as_envoy_does() {
+    let address = resetting_h2_upstream().await;
+    let clusters = static_cluster("svc", &[(address, 1)], H2_UPSTREAM);
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+    let main = legate.listener("main");
+    // The upstream resets the stream: upstream_rq_rx_reset.
+    let reply = raw_exchange(main, b"GET /reset HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_rx_reset").await, Some(1));
+    // The client goes away mid-response: legate resets the upstream stream (tx_reset); the
+    // connection stays.
+    let mut client = tokio::net::TcpStream::connect(main).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut client, b"GET /hold HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    legate.wait_for_stat("cluster.svc.upstream_rq_active", 1).await;
+    drop(client);
+    legate.wait_for_stat("cluster.svc.upstream_rq_tx_reset", 1).await;
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy").await, Some(0));
+    // The upstream drops the connection under a response: the stream it cut is counted as
+    // Envoy's pools count it, and the connection as closed by the upstream mid-request.
+    let reply = raw_exchange(main, b"GET /cut HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    legate.wait_for_stat("cluster.svc.upstream_cx_destroy_remote_with_active_rq", 1).await;
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_failure_eject").await, Some(1));
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_rx_reset").await, Some(1));
+    assert_eq!(legate.stat("cluster.svc.upstream_rq_tx_reset").await, Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header;
@@ -22,6 +23,7 @@ use super::stream::{RecvBody, SendStream};
 use crate::http::body::RequestBody;
 use crate::http::h1::framing::MAX_HEAD_BYTES;
 use crate::http::headers;
+use crate::upstream::cluster::ClusterStats;
 use crate::upstream::pool::{ConnectionEnd, SendError};
 
 // hyper's client defaults, which legate used before and Envoy's are no smaller than.
@@ -58,6 +60,11 @@ impl H2Connection {
             std::future::poll_fn(|cx| shared::polling(&shared, cx, |cx| poll_client(&mut conn, cx))).await
         };
         (connection, driver)
+    }
+
+    /// Counts its streams' resets, and those its end cuts, in the cluster's stats.
+    pub fn count_resets_in(&self, stats: Arc<ClusterStats>) {
+        self.shared.borrow_mut().upstream_stats = Some(stats);
     }
 
     /// The connection takes no new streams (it closed, or the upstream sent GOAWAY): it is
@@ -207,10 +214,16 @@ fn poll_client(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<ConnectionEnd> {
         };
         let shared = conn.shared.borrow();
         // The end of the stream, a read or write error (`eof`) or a GOAWAY is the upstream's
-        // doing; a connection error legate raised, or the pool letting go, is legate's.
-        // A stream whose response has not all arrived was in flight.
-        let in_flight = || shared.streams.values().any(|s| !s.recv_closed && s.reset.is_none());
-        let ended = |remote| ConnectionEnd { remote, with_active_rq: in_flight() };
+        // doing; a connection error legate raised, or the pool letting go, is legate's. A
+        // stream whose response had not all arrived was in flight, and is counted as Envoy's
+        // pools count a stream cut by its connection's end (`upstream_rq_pending_failure_eject`).
+        let ended = |remote| {
+            let in_flight = shared.streams.values().filter(|s| !s.recv_closed && s.reset.is_none()).count();
+            if let Some(stats) = &shared.upstream_stats {
+                stats.upstream_rq_pending_failure_eject.add(in_flight as u64);
+            }
+            ConnectionEnd { remote, with_active_rq: in_flight > 0 }
+        };
         if conn.eof || (flushed && conn.error.is_some()) {
             return Poll::Ready(ended(conn.eof));
         }

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -17,6 +18,7 @@ use super::frame::{self, Reason};
 use super::head::Refusal;
 use super::hpack::Encoder;
 use super::output::Output;
+use crate::upstream::cluster::ClusterStats;
 
 /// Queued output beyond which streams wait before sending more data: the socket is slower
 /// than the peer's flow-control windows allow (a client with huge windows that reads slowly).
@@ -61,6 +63,9 @@ pub struct Shared {
     pub next_stream: u32,
     /// Requests waiting for the peer's stream limit to leave room.
     pub stream_waiters: Vec<Waker>,
+    /// A connection to an upstream: the cluster whose `upstream_rq_tx_reset` and
+    /// `upstream_rq_rx_reset` count its streams' resets.
+    pub upstream_stats: Option<Arc<ClusterStats>>,
 }
 
 /// One stream's state, kept while a handle refers to it.
@@ -166,6 +171,7 @@ impl Shared {
             goaway: None,
             next_stream: 1,
             stream_waiters: Vec::new(),
+            upstream_stats: None,
         }
     }
 
@@ -242,6 +248,10 @@ impl Shared {
         stream.reset = Some(reason);
         let unread = stream.discard_unfinished();
         stream.wake();
+        // A stream of a connection that has ended was cut by it, and counted then.
+        if let Some(stats) = self.upstream_stats.as_ref().filter(|_| !self.closed) {
+            stats.upstream_rq_tx_reset.inc();
+        }
         frame::put_rst_stream(&mut self.out.buf, id, reason);
         self.note_closed(id);
         self.give_back(unread);
@@ -255,6 +265,11 @@ impl Shared {
             stream.reset = Some(reason);
             let unread = stream.discard_unfinished();
             stream.wake();
+            // A refused stream was never processed (GOAWAY, REFUSED_STREAM): Envoy does not
+            // count it as reset.
+            if let Some(stats) = self.upstream_stats.as_ref().filter(|_| reason != Reason::REFUSED_STREAM) {
+                stats.upstream_rq_rx_reset.inc();
+            }
             self.note_closed(id);
             self.give_back(unread);
         }
