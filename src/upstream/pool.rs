@@ -337,7 +337,7 @@ async fn watch_idle(pool: Weak<HostPool>) {
 }
 
 /// How an upstream connection ended, for Envoy's `upstream_cx_destroy_*` counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ConnectionEnd {
     /// The upstream closed it (end of stream, a reset, GOAWAY); otherwise legate did.
     pub remote: bool,

@@ -64,7 +64,8 @@ pub struct Shared {
     /// Requests waiting for the peer's stream limit to leave room.
     pub stream_waiters: Vec<Waker>,
     /// A connection to an upstream: the cluster whose `upstream_rq_tx_reset` and
-    /// `upstream_rq_rx_reset` count its streams' resets.
+    /// `upstream_rq_rx_reset` count its streams' resets. Only multiplexed upstreams count
+    /// them, as in Envoy, whose HTTP/1.1 pool closes the connection instead.
     pub upstream_stats: Option<Arc<ClusterStats>>,
 }
 
