@@ -9,7 +9,8 @@
 #   bash bench/counts.sh            # all workloads
 #   COUNTS_WORKLOADS="h2c" bash bench/counts.sh
 #
-# Knobs: COUNTS_WORKLOADS (h1 h1_16k h2c h2c_h1up h1_post64k), COUNTS_REQUESTS (20000),
+# Knobs: COUNTS_WORKLOADS (h1 h1_16k h2c h2c_h1up h1_post64k; also h1_seq, one connection:
+# every request parks and wakes the worker twice), COUNTS_REQUESTS (20000),
 # COUNTS_WARMUP (2000), COUNTS_SKIP_BUILD=1, COUNTS_PORT_BASE (19080).
 # Installs valgrind, nghttp2-client (h2load) and bc from Debian if missing; the profiles stay
 # in bench/out/counts/ for callgrind_annotate.
@@ -77,6 +78,7 @@ printf '| workload | Ir/request | allocator calls/request |\n|---|---:|---:|\n' 
 for w in $workloads; do
   case $w in
     h1) load=(--h1 -c10 -m1); url=http://127.0.0.1:$h1_port/ ;;
+    h1_seq) load=(--h1 -c1 -m1); url=http://127.0.0.1:$h1_port/ ;;
     h1_16k) load=(--h1 -c10 -m1); url=http://127.0.0.1:$h1_port/16k ;;
     h2c) load=(-c10 -m10); url=http://127.0.0.1:$h2_port/ ;;
     h2c_h1up) load=(-c10 -m10); url=http://127.0.0.1:$h1_port/ ;;
