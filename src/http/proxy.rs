@@ -486,17 +486,17 @@ fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<
         Wire::Http1 => {
             // Envoy's HTTP/1 codec frames a bodiless request whose method may carry a body
             // (POST, PUT, ...) with `content-length: 0`.
-            if http_body::Body::is_end_stream(&body)
+            // The method is checked first: the header lookups are hashed.
+            if !matches!(
+                parts.method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::DELETE
+                    | http::Method::TRACE
+                    | http::Method::CONNECT
+            ) && http_body::Body::is_end_stream(&body)
                 && !parts.headers.contains_key(header::CONTENT_LENGTH)
                 && !parts.headers.contains_key(header::TRANSFER_ENCODING)
-                && !matches!(
-                    parts.method,
-                    http::Method::GET
-                        | http::Method::HEAD
-                        | http::Method::DELETE
-                        | http::Method::TRACE
-                        | http::Method::CONNECT
-                )
             {
                 parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }

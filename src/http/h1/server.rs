@@ -279,12 +279,6 @@ impl Conn {
         let (parts, body) = response.into_parts();
         let status = parts.status;
         let headers = &parts.headers;
-        // An unread rest of the request body cannot be told from the next request: Envoy
-        // closes the connection rather than read and discard it.
-        let close = !self.keep_alive
-            || self.draining
-            || self.inbound.body.get() != BodyProgress::Done
-            || headers.get(header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let bodiless_status = status.is_informational() || status == StatusCode::NO_CONTENT;
         let out = self.out.start_head();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -292,19 +286,32 @@ impl Conn {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
         out.extend_from_slice(b"\r\n");
+        // What the head says of its framing is noted on the way through its fields, rather
+        // than looked up in the map again (a hashed lookup each).
+        let (mut has_length, mut has_date, mut connection) = (false, false, None);
         for (name, value) in headers {
-            if bodiless_status && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
+            if name == header::CONNECTION {
+                // The first value, as `HeaderMap::get` gives it.
+                connection.get_or_insert(value);
                 continue;
             }
-            if name == header::CONNECTION {
+            let is_length = name == header::CONTENT_LENGTH;
+            has_length |= is_length;
+            has_date |= name == header::DATE;
+            if bodiless_status && (is_length || name == header::TRANSFER_ENCODING) {
                 continue;
             }
             write_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        // An unread rest of the request body cannot be told from the next request: Envoy
+        // closes the connection rather than read and discard it.
+        let close = !self.keep_alive
+            || self.draining
+            || self.inbound.body.get() != BodyProgress::Done
+            || connection.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         if close {
             write_field(out, b"connection", b"close");
         }
-        let has_length = headers.contains_key(header::CONTENT_LENGTH);
         let mut chunked = false;
         let mut ended = true;
         if bodiless_status || status == StatusCode::NOT_MODIFIED {
@@ -327,7 +334,7 @@ impl Conn {
             chunked = true;
             ended = false;
         }
-        if !headers.contains_key(header::DATE) {
+        if !has_date {
             write_field(out, b"date", headers::date_value().as_bytes());
         }
         out.extend_from_slice(b"\r\n");
