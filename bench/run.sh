@@ -179,7 +179,8 @@ EOF
     head -c 65536 /dev/zero | tr '\0' x >"$OUT/post64k.body"  # for start_proxy's check
 }
 
-# The bootstrap legate and Envoy both run (write_xds_config) and HAProxy's equivalent (write_haproxy_config).
+# The bootstrap legate and Envoy both run (write_xds_config) and HAProxy's equivalent
+# (write_haproxy_config).
 source "$ROOT/bench/bootstrap.sh"
 
 # ---------------------------------------------------------------- processes
