@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# A/B of two proxies on one h2load workload, in the side-by-side benchmark's layout: one proxy
+# process at a time, started fresh for every run (pinned to CPU 1; h2load and bench_upstream on
+# CPU 0), warmed up, measured, stopped. The two alternate in pairs and swap order every pair, so
+# neither always runs first or second; percentiles come from h2load's per-request log
+# (BENCHMARKS.md, "A/B runs").
+#
+#   bash bench/ab.sh A B              # A, B: a legate binary, or "haproxy"
+#   AB_WORKLOAD=h2c AB_PAIRS=12 bash bench/ab.sh /tmp/legate.before target/release/legate
+#
+# Knobs: AB_WORKLOAD (h2c_h1up: h2c -c10 -m10 through the HTTP/1.1 upstream; h2c: through the
+# h2c upstream; h1: HTTP/1.1 -c50), AB_PAIRS (8), AB_DURATION (6 s measured), AB_WARMUP (2 s),
+# AB_PORT_BASE (19280). Needs h2load and the bench_upstream example (cargo build --release
+# --example bench_upstream); prints one line a run and a summary (B against A).
+#
+# Why not two processes side by side: with two legates holding pooled connections to the same
+# upstream, one of them often settled for a whole session into a state where some downstream
+# connections got 1.5-2.5x the others' rate and p99 doubled, which never happened with one
+# process at a time; and an A/A run of one binary twice favoured the second slot by 5-10 % in
+# rate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $# -eq 2 ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
+a=$1 b=$2
+workload=${AB_WORKLOAD:-h2c_h1up} pairs=${AB_PAIRS:-8}
+duration=${AB_DURATION:-6} warmup=${AB_WARMUP:-2} base=${AB_PORT_BASE:-19280}
+up_port=$base h1_port=$((base + 1)) h2_port=$((base + 2)) admin_port=$((base + 3))
+out=bench/out/ab
+mkdir -p "$out"
+for tool in h2load taskset curl python3; do command -v "$tool" >/dev/null || { echo "ab.sh: $tool is missing" >&2; exit 1; }; done
+upstream=target/release/examples/bench_upstream
+[[ -x "$upstream" ]] || { echo "ab.sh: build $upstream first" >&2; exit 1; }
+
+UP_PORT=$up_port
+source bench/bootstrap.sh
+write_xds_config "$out/legate.yaml" "$h1_port" "$h2_port" "$admin_port"
+write_haproxy_config "$out/haproxy.cfg" "$h1_port" "$h2_port"
+
+case $workload in
+  h2c_h1up) load=(-c10 -m10) url=http://127.0.0.1:$h1_port/ ;;
+  h2c) load=(-c10 -m10) url=http://127.0.0.1:$h2_port/ ;;
+  h1) load=(--h1 -c50 -m1) url=http://127.0.0.1:$h1_port/ ;;
+  *) echo "ab.sh: unknown workload $workload" >&2; exit 1 ;;
+esac
+
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+wait_up() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+taskset -c 0 "$upstream" "$up_port" 1 >"$out/upstream.log" 2>&1 &
+pids+=($!)
+wait_up "http://127.0.0.1:$up_port/"
+
+# One run of `proxy` (fresh process); its per-request log goes to `log`.
+run() { # proxy log
+  local proxy=$1 log=$2 pid ready
+  if [[ "$proxy" == haproxy ]]; then
+    taskset -c 1 "$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$out/haproxy.cfg" >"$out/proxy.log" 2>&1 &
+    ready=$url
+  else
+    taskset -c 1 "$proxy" -c "$out/legate.yaml" --concurrency 1 --log-level error >"$out/proxy.log" 2>&1 &
+    ready=http://127.0.0.1:$admin_port/ready
+  fi
+  pid=$!
+  wait_up "$ready" || { echo "ab.sh: $proxy did not start" >&2; exit 1; }
+  taskset -c 0 h2load -t1 "${load[@]}" -D "$warmup" "$url" >/dev/null
+  taskset -c 0 h2load -t1 "${load[@]}" -D "$duration" --log-file="$log" "$url" >"$log.txt"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+for ((i = 1; i <= pairs; i++)); do
+  order=(a b)
+  ((i % 2)) || order=(b a)
+  for side in "${order[@]}"; do
+    proxy=$a
+    [[ $side == b ]] && proxy=$b
+    run "$proxy" "$out/$side.$i.log"
+  done
+done
+
+python3 - "$out" "$pairs" "$duration" "$a" "$b" <<'PY'
+import statistics, sys
+out, pairs, duration, name_a, name_b = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+
+def stats(path):
+    # h2load --log-file: start time, status, latency (µs); percentiles of the 2xx responses
+    v = sorted(int(f[2]) for f in (line.split() for line in open(path)) if f[1].startswith("2"))
+    n = len(v)
+    return {"rate": n / duration, "p50": v[n // 2], "p99": v[int(n * .99)], "p99.9": v[int(n * .999)]}
+
+a = [stats(f"{out}/a.{i}.log") for i in range(1, pairs + 1)]
+b = [stats(f"{out}/b.{i}.log") for i in range(1, pairs + 1)]
+for i, (x, y) in enumerate(zip(a, b), 1):
+    print(f"pair {i}: A {x['rate']:.0f}/s p50 {x['p50']} p99 {x['p99']} µs | B {y['rate']:.0f}/s p50 {y['p50']} p99 {y['p99']} µs")
+lower = sum(y["p99"] < x["p99"] for x, y in zip(a, b))
+med = lambda runs, key: statistics.median(r[key] for r in runs)
+print(f"A = {name_a}, B = {name_b}: B's p99 lower in {lower} of {pairs} pairs; medians A -> B:",
+      ", ".join(f"{k} {med(a, k):.0f} -> {med(b, k):.0f}" for k in ("rate", "p50", "p99", "p99.9")))
+PY
