@@ -63,6 +63,7 @@ run() { # proxy log
   pid=$!
   wait_up "$ready" || { echo "ab.sh: $proxy did not start" >&2; exit 1; }
   taskset -c 0 h2load -t1 "${load[@]}" -D "$warmup" "$url" >/dev/null
+  rm -f "$log"  # h2load appends to its log file
   taskset -c 0 h2load -t1 "${load[@]}" -D "$duration" --log-file="$log" "$url" >"$log.txt"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -73,13 +74,13 @@ for ((i = 1; i <= pairs; i++)); do
   for side in "${order[@]}"; do
     proxy=$a
     [[ $side == b ]] && proxy=$b
-    run "$proxy" "$out/$side.$i.log"
+    run "$proxy" "$out/$workload.$side.$i.log"
   done
 done
 
-python3 - "$out" "$pairs" "$duration" "$a" "$b" <<'PY'
+python3 - "$out/$workload" "$pairs" "$duration" "$a" "$b" <<'PY'
 import statistics, sys
-out, pairs, duration, name_a, name_b = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+prefix, pairs, duration, name_a, name_b = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 
 def stats(path):
     # h2load --log-file: start time, status, latency (µs); percentiles of the 2xx responses
@@ -87,8 +88,8 @@ def stats(path):
     n = len(v)
     return {"rate": n / duration, "p50": v[n // 2], "p99": v[int(n * .99)], "p99.9": v[int(n * .999)]}
 
-a = [stats(f"{out}/a.{i}.log") for i in range(1, pairs + 1)]
-b = [stats(f"{out}/b.{i}.log") for i in range(1, pairs + 1)]
+a = [stats(f"{prefix}.a.{i}.log") for i in range(1, pairs + 1)]
+b = [stats(f"{prefix}.b.{i}.log") for i in range(1, pairs + 1)]
 for i, (x, y) in enumerate(zip(a, b), 1):
     print(f"pair {i}: A {x['rate']:.0f}/s p50 {x['p50']} p99 {x['p99']} µs | B {y['rate']:.0f}/s p50 {y['p50']} p99 {y['p99']} µs")
 lower = sum(y["p99"] < x["p99"] for x, y in zip(a, b))
