@@ -10,24 +10,34 @@
 #
 # Knobs: AB_WORKLOAD (h2c_h1up: h2c -c10 -m10 through the HTTP/1.1 upstream; h2c: through the
 # h2c upstream; h1: HTTP/1.1 -c50), AB_PAIRS (8), AB_DURATION (6 s measured), AB_WARMUP (2 s),
-# AB_PORT_BASE (19280). Needs h2load and the bench_upstream example (cargo build --release
-# --example bench_upstream); prints one line a run and a summary (B against A).
+# AB_PORT_BASE (19280). Installs h2load (nghttp2-client) and HAProxy from Debian if missing;
+# needs the bench_upstream example built (cargo build --release --example bench_upstream).
+# Prints one line a pair and a summary (B against A).
 #
 # Why not two processes side by side: with two legates holding pooled connections to the same
 # upstream, one of them often settled for a whole session into a state where some downstream
 # connections got 1.5-2.5x the others' rate and p99 doubled, which never happened with one
-# process at a time; and an A/A run of one binary twice favoured the second slot by 5-10 % in
+# process at a time; and an A/A run of one binary twice favoured the second slot by 4-10 % in
 # rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $# -eq 2 ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
 a=$1 b=$2
 workload=${AB_WORKLOAD:-h2c_h1up} pairs=${AB_PAIRS:-8}
 duration=${AB_DURATION:-6} warmup=${AB_WARMUP:-2} base=${AB_PORT_BASE:-19280}
 up_port=$base h1_port=$((base + 1)) h2_port=$((base + 2)) admin_port=$((base + 3))
 out=bench/out/ab
 mkdir -p "$out"
-for tool in h2load taskset curl python3; do command -v "$tool" >/dev/null || { echo "ab.sh: $tool is missing" >&2; exit 1; }; done
+missing=()
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+if [[ "$a $b" == *haproxy* ]] && ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
+  missing+=(haproxy)
+fi
+if ((${#missing[@]})); then
+  echo "ab.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; }
+fi
 upstream=target/release/examples/bench_upstream
 [[ -x "$upstream" ]] || { echo "ab.sh: build $upstream first" >&2; exit 1; }
 
