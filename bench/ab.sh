@@ -71,6 +71,7 @@ run() { # proxy log
     ready=http://127.0.0.1:$admin_port/ready
   fi
   pid=$!
+  pids+=($pid)
   wait_up "$ready" || { echo "ab.sh: $proxy did not start" >&2; exit 1; }
   taskset -c 0 h2load -t1 "${load[@]}" -D "$warmup" "$url" >/dev/null
   rm -f "$log"  # h2load appends to its log file
@@ -94,7 +95,10 @@ prefix, pairs, duration, name_a, name_b = sys.argv[1], int(sys.argv[2]), float(s
 
 def stats(path):
     # h2load --log-file: start time, status, latency (µs); percentiles of the 2xx responses
-    v = sorted(int(f[2]) for f in (line.split() for line in open(path)) if f[1].startswith("2"))
+    rows = [line.split() for line in open(path)]
+    v = sorted(int(f[2]) for f in rows if f[1].startswith("2"))
+    if len(v) < len(rows):
+        print(f"{path}: {len(rows) - len(v)} of {len(rows)} responses not 2xx", file=sys.stderr)
     n = len(v)
     return {"rate": n / duration, "p50": v[n // 2], "p99": v[int(n * .99)], "p99.9": v[int(n * .999)]}
 
