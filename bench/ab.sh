@@ -16,7 +16,7 @@
 #
 # Why not two processes side by side: with two legates holding pooled connections to the same
 # upstream, one of them often settled for a whole session into a state where some downstream
-# connections got 1.5-2.5x the others' rate and p99 doubled, which never happened with one
+# connections got up to 2.5x the others' rate and p99 doubled, which never happened with one
 # process at a time; and an A/A run of one binary twice favoured the second slot by 4-10 % in
 # rate.
 set -euo pipefail
