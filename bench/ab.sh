@@ -33,16 +33,12 @@ command -v h2load >/dev/null || missing+=(nghttp2-client)
 if [[ "$a $b" == *haproxy* ]] && ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
   missing+=(haproxy)
 fi
-if ((${#missing[@]})); then
-  echo "ab.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; }
-fi
+source bench/bootstrap.sh
+install_debian_packages ab.sh "${missing[@]}"
 upstream=target/release/examples/bench_upstream
 [[ -x "$upstream" ]] || { echo "ab.sh: build $upstream first" >&2; exit 1; }
 
 UP_PORT=$up_port
-source bench/bootstrap.sh
 write_xds_config "$out/legate.yaml" "$h1_port" "$h2_port" "$admin_port"
 write_haproxy_config "$out/haproxy.cfg" "$h1_port" "$h2_port"
 

@@ -1,7 +1,17 @@
-# The configs bench/run.sh and bench/counts.sh give the proxies: for legate and Envoy a
+# The configs bench/run.sh, bench/counts.sh and bench/ab.sh give the proxies: for legate and Envoy a
 # bootstrap with two listeners ("h1up" routes everything to the upstream over HTTP/1.1, "h2up"
 # over h2c) in front of one upstream at 127.0.0.1:$UP_PORT, and HAProxy's equivalent of it.
-# Sourced; the caller sets UP_PORT.
+# Sourced; the caller sets UP_PORT before writing a config. Also the Debian install the
+# scripts share.
+
+install_debian_packages() { # caller package...: installs the packages given, if any
+    local caller=$1
+    shift
+    (($#)) || return 0
+    echo "$caller: installing $*" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "$@" >/dev/null || { apt-get update >/dev/null && apt-get install -y "$@" >/dev/null; }
+}
 xds_listener() { # name port cluster
     cat <<EOF
   - name: $1

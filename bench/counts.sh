@@ -39,16 +39,12 @@ command -v strace >/dev/null || missing+=(strace)
 if [[ " $proxies " == *" haproxy "* ]] && ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
   missing+=(haproxy)
 fi
-if ((${#missing[@]})); then
-  echo "counts.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; }
-fi
+source bench/bootstrap.sh
+install_debian_packages counts.sh "${missing[@]}"
 [ -n "${COUNTS_SKIP_BUILD:-}" ] || cargo build --release -j2 --bin legate --example bench_upstream
 
 # The side-by-side benchmark's bootstrap: "h1up" → the upstream over HTTP/1.1, "h2up" over h2c.
 UP_PORT=$up_port
-source bench/bootstrap.sh
 write_xds_config "$out/legate.yaml" "$h1_port" "$h2_port" "$admin_port"
 write_haproxy_config "$out/haproxy.cfg" "$h1_port" "$h2_port"
 head -c 65536 /dev/zero | tr '\0' x >"$out/post64k.body"
