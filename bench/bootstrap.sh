@@ -1,6 +1,6 @@
-# The configs bench/run.sh, bench/counts.sh and bench/ab.sh give the proxies: for legate and Envoy a
-# bootstrap with two listeners ("h1up" routes everything to the upstream over HTTP/1.1, "h2up"
-# over h2c) in front of one upstream at 127.0.0.1:$UP_PORT, and HAProxy's equivalent of it.
+# The configs bench/run.sh, bench/counts.sh and bench/ab.sh give the proxies: for legate and
+# Envoy a bootstrap with two listeners ("h1up" routes everything to the upstream over HTTP/1.1,
+# "h2up" over h2c) in front of one upstream at 127.0.0.1:$UP_PORT, and HAProxy's equivalent.
 # Sourced; the caller sets UP_PORT before writing a config. Also the Debian install the
 # scripts share.
 
