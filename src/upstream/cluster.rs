@@ -29,6 +29,8 @@ macro_rules! cluster_stats {
             $(pub $counter: CounterCell,)*
             $(pub $gauge: GaugeCell,)*
             pub upstream_rq_time: HistogramCell,
+            /// Requests an upstream connection carried, recorded when it closes.
+            pub upstream_rq_per_cx: HistogramCell,
             /// `upstream_rq_1xx` … `upstream_rq_5xx`.
             pub upstream_rq_class: [CounterCell; 5],
             /// `upstream_rq_<code>` by class, made on the class's first response (as Envoy
@@ -42,6 +44,7 @@ macro_rules! cluster_stats {
                     $($counter: CounterCell::default(),)*
                     $($gauge: GaugeCell::default(),)*
                     upstream_rq_time: HistogramCell::new(HistogramUnit::Milliseconds),
+                    upstream_rq_per_cx: HistogramCell::new(HistogramUnit::Unspecified),
                     upstream_rq_class: Default::default(),
                     codes: Default::default(),
                 }
@@ -53,6 +56,7 @@ macro_rules! cluster_stats {
                 $(visit(stringify!($counter), Member::Counter(&self.$counter));)*
                 $(visit(stringify!($gauge), Member::Gauge(&self.$gauge));)*
                 visit("upstream_rq_time", Member::Histogram(&self.upstream_rq_time));
+                visit("upstream_rq_per_cx", Member::Histogram(&self.upstream_rq_per_cx));
                 let mut name = String::new();
                 for (class, counter) in self.upstream_rq_class.iter().enumerate() {
                     name.clear();

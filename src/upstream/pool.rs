@@ -336,13 +336,16 @@ async fn watch_idle(pool: Weak<HostPool>) {
     .await
 }
 
-/// How an upstream connection ended, for Envoy's `upstream_cx_destroy_*` counters.
+/// How an upstream connection ended, for Envoy's `upstream_cx_destroy_*` counters and its
+/// `upstream_rq_per_cx` histogram.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConnectionEnd {
     /// The upstream closed it (end of stream, a reset, GOAWAY); otherwise legate did.
     pub remote: bool,
     /// A request was in flight on it.
     pub with_active_rq: bool,
+    /// The requests it carried.
+    pub requests: u64,
 }
 
 /// Counts an upstream connection in the active gauges from its connect until it is
@@ -371,6 +374,7 @@ impl Drop for LiveConnection {
         let stats = &self.cluster.stats;
         stats.upstream_cx_active.dec();
         stats.upstream_cx_destroy.inc();
+        stats.upstream_rq_per_cx.record(self.end.requests);
         let (destroyed, destroyed_with_active_rq) = if self.end.remote {
             (&stats.upstream_cx_destroy_remote, &stats.upstream_cx_destroy_remote_with_active_rq)
         } else {

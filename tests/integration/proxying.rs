@@ -219,6 +219,9 @@ async fn a_request_after_an_http2_upstreams_goaway_goes_out_on_a_new_connection(
     legate.wait_for_stat("cluster.svc.upstream_cx_destroy_remote", 1).await;
     assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_local").await, Some(0));
     assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_with_active_rq").await, Some(0));
+    // The connection that ended carried the held stream only.
+    let per_connection = legate.histogram("envoy_cluster_upstream_rq_per_cx", r#"envoy_cluster_name="svc""#).await;
+    assert_eq!(per_connection, Some((1, 1)));
 }
 
 /// An HTTP/2 upstream that resets `/reset`, holds `/hold` open (headers sent, no end) and

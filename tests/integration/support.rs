@@ -78,6 +78,17 @@ impl Legate {
         json["stats"].as_array()?.iter().find(|s| s["name"] == name).and_then(|s| s["value"].as_i64())
     }
 
+    /// A histogram's sample count and sum, from `/stats/prometheus`: `family` as Prometheus
+    /// names it, `labels` as written between its braces.
+    pub async fn histogram(&self, family: &str, labels: &str) -> Option<(u64, u64)> {
+        let (_, body) = self.admin_get("/stats/prometheus").await;
+        let value = |suffix: &str| {
+            let prefix = format!("{family}_{suffix}{{{labels}}} ");
+            body.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
+        };
+        Some((value("count")?, value("sum")?))
+    }
+
     /// Waits (5 s at most) until the stat has the value.
     pub async fn wait_for_stat(&self, name: &str, value: i64) {
         for _ in 0..100 {

@@ -161,6 +161,10 @@ async fn every_response_framing_arrives_intact_and_keeps_the_connection_when_it_
     // next request: three connections for the ten requests.
     assert_eq!(legate.stat("cluster.raw.upstream_cx_total").await, Some(3));
     assert_eq!(legate.stat("cluster.raw.upstream_rq_total").await, Some(10));
+    // The two closed ones carried one request (the first close-delimited) and five (the
+    // next four, then the second close-delimited); the third is still open.
+    let per_connection = legate.histogram("envoy_cluster_upstream_rq_per_cx", r#"envoy_cluster_name="raw""#).await;
+    assert_eq!(per_connection, Some((2, 6)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -222,7 +222,9 @@ fn poll_client(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<ConnectionEnd> {
             if let Some(stats) = &shared.upstream_stats {
                 stats.upstream_rq_pending_failure_eject.add(in_flight as u64);
             }
-            ConnectionEnd { remote, with_active_rq: in_flight > 0 }
+            // Client streams take the odd ids from 1 up, one a request.
+            let requests = u64::from(shared.next_stream / 2);
+            ConnectionEnd { remote, with_active_rq: in_flight > 0, requests }
         };
         if conn.eof || (flushed && conn.error.is_some()) {
             return Poll::Ready(ended(conn.eof));

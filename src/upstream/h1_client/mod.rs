@@ -123,6 +123,8 @@ impl H1Connection {
                 if self.out.head_is_written()
                     && let Some(parts) = unsent.take()
                 {
+                    // Written, so carried: a request handed back goes out on another one.
+                    self.live.end.requests += 1;
                     headers::recycle_map(parts.headers);
                 }
             }
