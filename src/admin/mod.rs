@@ -30,7 +30,7 @@ use hyper_util::server::conn::auto;
 use crate::config::bootstrap::AdminSpec;
 use crate::http::access_log::{AccessLogger, LogContext, request_head};
 use crate::http::flags::ResponseFlags;
-use crate::listener::{HcmStats, ListenerStats, bind_reuseport};
+use crate::listener::{HcmStats, ListenerStats, accept_failed, bind_reuseport};
 use crate::server::ServerShared;
 use crate::worker::LocalExec;
 
@@ -74,7 +74,13 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
         HcmStats::new(&state.store, "admin"),
     ));
     loop {
-        let Ok((stream, remote)) = listener.accept().await else { continue };
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
         let local = stream.local_addr().unwrap_or(remote);
         let (state, access_logs, stats) = (state.clone(), access_logs.clone(), stats.clone());
         tokio::task::spawn_local(async move {

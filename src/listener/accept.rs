@@ -40,6 +40,14 @@ pub fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListe
     Ok(socket.into())
 }
 
+/// After a failed accept (out of file descriptors and the like): backs off briefly before
+/// the next, which would otherwise fail at once, over and over, while the connection that
+/// could not be taken waits in the backlog.
+pub async fn accept_failed(error: std::io::Error) {
+    tracing::warn!(%error, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+}
+
 /// Accepts on `socket` until `drain` turns true, serving each connection on this worker;
 /// then asks open connections to close gracefully and waits for them.
 pub async fn serve_listener(
@@ -72,11 +80,7 @@ pub async fn serve_listener(
                     });
                     connections.spawn_local(Ticking::new(serve_connection(stream, ctx, drain.clone())));
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
+                Err(e) => accept_failed(e).await,
             },
             _ = drain_accept.wait_for(|d| *d) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -4,7 +4,7 @@
 mod accept;
 pub mod manager;
 
-pub use accept::{bind_reuseport, serve_listener};
+pub use accept::{accept_failed, bind_reuseport, serve_listener};
 pub use manager::{ActiveListener, ListenerManager, WorkerCommand};
 
 use std::sync::Arc;
