@@ -31,6 +31,10 @@ macro_rules! cluster_stats {
             pub upstream_rq_time: HistogramCell,
             /// Requests an upstream connection carried, recorded when it closes.
             pub upstream_rq_per_cx: HistogramCell,
+            /// How long each successful connect took.
+            pub upstream_cx_connect_ms: HistogramCell,
+            /// How long each connection was open, recorded when it closes.
+            pub upstream_cx_length_ms: HistogramCell,
             /// `upstream_rq_1xx` … `upstream_rq_5xx`.
             pub upstream_rq_class: [CounterCell; 5],
             /// `upstream_rq_<code>` by class, made on the class's first response (as Envoy
@@ -45,6 +49,8 @@ macro_rules! cluster_stats {
                     $($gauge: GaugeCell::default(),)*
                     upstream_rq_time: HistogramCell::new(HistogramUnit::Milliseconds),
                     upstream_rq_per_cx: HistogramCell::new(HistogramUnit::Unspecified),
+                    upstream_cx_connect_ms: HistogramCell::new(HistogramUnit::Milliseconds),
+                    upstream_cx_length_ms: HistogramCell::new(HistogramUnit::Milliseconds),
                     upstream_rq_class: Default::default(),
                     codes: Default::default(),
                 }
@@ -57,6 +63,8 @@ macro_rules! cluster_stats {
                 $(visit(stringify!($gauge), Member::Gauge(&self.$gauge));)*
                 visit("upstream_rq_time", Member::Histogram(&self.upstream_rq_time));
                 visit("upstream_rq_per_cx", Member::Histogram(&self.upstream_rq_per_cx));
+                visit("upstream_cx_connect_ms", Member::Histogram(&self.upstream_cx_connect_ms));
+                visit("upstream_cx_length_ms", Member::Histogram(&self.upstream_cx_length_ms));
                 let mut name = String::new();
                 for (class, counter) in self.upstream_rq_class.iter().enumerate() {
                     name.clear();

@@ -278,9 +278,13 @@ async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<TcpStream, Upstre
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+    let started = clock::now();
     let result = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(host.address)).await;
     let stream = match result {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            stats.upstream_cx_connect_ms.record((clock::now() - started).as_millis() as u64);
+            stream
+        }
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
             host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
@@ -353,6 +357,7 @@ pub struct ConnectionEnd {
 pub struct LiveConnection {
     cluster: Arc<Cluster>,
     host: Arc<Host>,
+    opened: Instant,
     pub end: ConnectionEnd,
 }
 
@@ -360,7 +365,12 @@ impl LiveConnection {
     fn new(cluster: &Arc<Cluster>, host: &Arc<Host>) -> LiveConnection {
         cluster.stats.upstream_cx_active.inc();
         host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        LiveConnection { cluster: cluster.clone(), host: host.clone(), end: ConnectionEnd::default() }
+        LiveConnection {
+            cluster: cluster.clone(),
+            host: host.clone(),
+            opened: clock::now(),
+            end: ConnectionEnd::default(),
+        }
     }
 
     /// Counts the connection as destroyed, the way `end` says.
@@ -375,6 +385,7 @@ impl Drop for LiveConnection {
         stats.upstream_cx_active.dec();
         stats.upstream_cx_destroy.inc();
         stats.upstream_rq_per_cx.record(self.end.requests);
+        stats.upstream_cx_length_ms.record((clock::now() - self.opened).as_millis() as u64);
         let (destroyed, destroyed_with_active_rq) = if self.end.remote {
             (&stats.upstream_cx_destroy_remote, &stats.upstream_cx_destroy_remote_with_active_rq)
         } else {

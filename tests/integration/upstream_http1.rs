@@ -163,8 +163,13 @@ async fn every_response_framing_arrives_intact_and_keeps_the_connection_when_it_
     assert_eq!(legate.stat("cluster.raw.upstream_rq_total").await, Some(10));
     // The two closed ones carried one request (the first close-delimited) and five (the
     // next four, then the second close-delimited); the third is still open.
-    let per_connection = legate.histogram("envoy_cluster_upstream_rq_per_cx", r#"envoy_cluster_name="raw""#).await;
-    assert_eq!(per_connection, Some((2, 6)));
+    let raw = r#"envoy_cluster_name="raw""#;
+    assert_eq!(legate.histogram("envoy_cluster_upstream_rq_per_cx", raw).await, Some((2, 6)));
+    // Three connects, two connection lengths (over loopback, each well under a second).
+    let connects = legate.histogram("envoy_cluster_upstream_cx_connect_ms", raw).await.unwrap();
+    let lengths = legate.histogram("envoy_cluster_upstream_cx_length_ms", raw).await.unwrap();
+    assert_eq!((connects.0, lengths.0), (3, 2));
+    assert!(connects.1 < 3000 && lengths.1 < 2000, "{connects:?} {lengths:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,7 +201,7 @@ fn families(envoy_stats: &BTreeMap<String, String>) -> Regex {
     }
     let alternatives = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>().join("|");
     Regex::new(&format!(
-        r"^(cluster\.({})\.upstream_rq_|http\.({})\.downstream_rq_|listener\..+\.downstream_cx_|cluster_manager\.|server\.(live|state|uptime|concurrency|memory_allocated|total_connections|version|days_until_first_cert_expiring|hot_restart_epoch|initialization_time_ms)$)",
+        r"^(cluster\.({})\.upstream_(rq|cx)_|http\.({})\.downstream_rq_|listener\..+\.downstream_cx_|cluster_manager\.|server\.(live|state|uptime|concurrency|memory_allocated|total_connections|version|days_until_first_cert_expiring|hot_restart_epoch|initialization_time_ms)$)",
         alternatives(clusters),
         alternatives(prefixes)
     ))
