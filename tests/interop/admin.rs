@@ -156,19 +156,19 @@ async fn clusters_text(report: &mut Report, config: &str, legate: (&Proxy, &Port
     }
 }
 
+/// The elements of the array under `key`; none when `value` is not an object holding one (an
+/// answer that is not the expected JSON is a difference to report, where indexing would panic).
+fn array_items<'a>(value: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+    value.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten()
+}
+
 async fn clusters_json(report: &mut Report, config: &str, legate: (&Proxy, &PortNames), envoy: (&Proxy, &PortNames)) {
     let mask = |mut v: Value| {
-        if let Some(statuses) = v["cluster_statuses"].as_array_mut() {
-            for cluster in statuses {
-                if let Some(hosts) = cluster["host_statuses"].as_array_mut() {
-                    for host in hosts {
-                        if let Some(stats) = host["stats"].as_array_mut() {
-                            // Masked whether set or not: a zero value is left out of the JSON.
-                            for stat in stats {
-                                stat["value"] = Value::String("#".into());
-                            }
-                        }
-                    }
+        for cluster in array_items(&mut v, "cluster_statuses") {
+            for host in array_items(cluster, "host_statuses") {
+                for stat in array_items(host, "stats").filter_map(Value::as_object_mut) {
+                    // Masked whether set or not: a zero value is left out of the JSON.
+                    stat.insert("value".into(), Value::String("#".into()));
                 }
             }
         }
