@@ -117,8 +117,15 @@ async fn run_config(binaries: &Binaries, config: &Config, report: &mut Report) {
     }
     let own: Vec<String> = names.iter().filter(|n| *n == "admin" || n.starts_with("listener")).cloned().collect();
     assert!(own.iter().any(|n| n == "admin"), "{}: the config needs an admin on ${{admin}}", config.name);
-    let fresh_sides =
-        || [Kind::Legate, Kind::Envoy].map(|kind| side(binaries, config, kind, &own, &shared, &shared_ports));
+    // Both sides' ports from one batch, so that no two are the same; none of them the
+    // "closed" port, which is free (not held) by design.
+    let fresh_sides = || {
+        let mut ports = proxy::free_ports(2 * own.len() + 1).into_iter().filter(|p| !shared_ports.contains_key(p));
+        [Kind::Legate, Kind::Envoy].map(|kind| {
+            let own_ports: Vec<u16> = ports.by_ref().take(own.len()).collect();
+            side(binaries, config, kind, &own, &own_ports, &shared, &shared_ports)
+        })
+    };
     let mut sides = fresh_sides();
 
     let (lv, ev) = {
@@ -175,13 +182,14 @@ async fn run_config(binaries: &Binaries, config: &Config, report: &mut Report) {
     compare_access_logs(report, config, legate_side, envoy_side);
 }
 
-/// One proxy's filled config on fresh ports of its own (`own` placeholders), the shared
-/// upstream ports and its own directory.
+/// One proxy's filled config on ports of its own (`own` placeholders, given `own_ports`), the
+/// shared upstream ports and its own directory.
 fn side(
     binaries: &Binaries,
     config: &Config,
     kind: Kind,
     own: &[String],
+    own_ports: &[u16],
     shared: &BTreeMap<String, String>,
     shared_ports: &admin::PortNames,
 ) -> Side {
@@ -190,7 +198,7 @@ fn side(
     let mut values = shared.clone();
     let mut ports = BTreeMap::new();
     let mut port_names = shared_ports.clone();
-    for (name, port) in own.iter().zip(proxy::free_ports(own.len())) {
+    for (name, &port) in own.iter().zip(own_ports) {
         values.insert(name.clone(), port.to_string());
         ports.insert(name.clone(), port);
         port_names.insert(port, name.clone());

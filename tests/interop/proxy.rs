@@ -173,7 +173,11 @@ impl Proxy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("{} exited ({status}): {}", self.kind.name(), self.stderr_tail()));
             }
-            if let Ok((StatusCode::OK, _)) = client::get(self.admin(), "/ready").await {
+            // The body too: a 200 from whatever else holds the port (another proxy's listener,
+            // when this one could not bind its admin) is not this proxy being ready.
+            if let Ok((StatusCode::OK, body)) = client::get(self.admin(), "/ready").await
+                && body.trim() == "LIVE"
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
