@@ -11,20 +11,28 @@ use crate::support::{
 
 const ACCESS_LOG: &str = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: { text_format_source: { inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:PATH)% %RESPONSE_CODE_DETAILS%\\n\" } }\n";
 
-fn closed_port() -> std::net::SocketAddr {
-    // Bind and drop: nothing listens there afterwards.
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// A loopback port nothing listens on, so connects to it are refused, held by a bound socket
+/// for as long as the caller keeps it. Bound and dropped instead, the port may go to the next
+/// socket bound to port 0, such as the listener of the very legate routing to it, which then
+/// proxies to itself until it runs out of file descriptors (the likely cause of one CI run in
+/// which the test process did).
+fn closed_port() -> (socket2::Socket, std::net::SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, address)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_gets_envoys_status_body_and_flag() {
     let upstream = Upstream::start("svc").await;
+    let (_held, refused) = closed_port();
     let log_path = std::env::temp_dir().join(format!("legate-local-replies-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_path);
     let clusters = format!(
         "{}{}  - name: empty\n    type: STATIC\n    load_assignment: {{ cluster_name: empty }}\n",
         static_cluster("svc", &[(upstream.address, 1)], ""),
-        static_cluster("refused", &[(closed_port(), 1)], ""),
+        static_cluster("refused", &[(refused, 1)], ""),
     );
     let route = routes(concat!(
         "              - match: { prefix: \"/slow\" }\n                route: { cluster: svc, timeout: 0.2s, prefix_rewrite: \"/delay/3000\" }\n",
