@@ -18,23 +18,21 @@ use super::lb::{Candidate, HostSelector};
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Declares `ClusterStats` from the lists of its counters and gauges, so each stat's name
-/// and its field are written once.
+/// Declares `ClusterStats` from the lists of its counters, gauges and histograms (with their
+/// units), so each stat's name and its field are written once.
 macro_rules! cluster_stats {
-    (counters: [$($counter:ident),* $(,)?], gauges: [$($gauge:ident),* $(,)?] $(,)?) => {
+    (
+        counters: [$($counter:ident),* $(,)?],
+        gauges: [$($gauge:ident),* $(,)?],
+        histograms: [$($histogram:ident: $unit:ident),* $(,)?] $(,)?
+    ) => {
         /// The Envoy-named stats of a cluster (`cluster.<stat name>.*`), registered as one
         /// stat group: a rebuilt cluster (EDS update, CDS change) keeps them, so an update
         /// touches no stat registry.
         pub struct ClusterStats {
             $(pub $counter: CounterCell,)*
             $(pub $gauge: GaugeCell,)*
-            pub upstream_rq_time: HistogramCell,
-            /// Requests an upstream connection carried, recorded when it closes.
-            pub upstream_rq_per_cx: HistogramCell,
-            /// How long each successful connect took.
-            pub upstream_cx_connect_ms: HistogramCell,
-            /// How long each connection was open, recorded when it closes.
-            pub upstream_cx_length_ms: HistogramCell,
+            $(pub $histogram: HistogramCell,)*
             /// `upstream_rq_1xx` … `upstream_rq_5xx`.
             pub upstream_rq_class: [CounterCell; 5],
             /// `upstream_rq_<code>` by class, made on the class's first response (as Envoy
@@ -47,10 +45,7 @@ macro_rules! cluster_stats {
                 ClusterStats {
                     $($counter: CounterCell::default(),)*
                     $($gauge: GaugeCell::default(),)*
-                    upstream_rq_time: HistogramCell::new(HistogramUnit::Milliseconds),
-                    upstream_rq_per_cx: HistogramCell::new(HistogramUnit::Unspecified),
-                    upstream_cx_connect_ms: HistogramCell::new(HistogramUnit::Milliseconds),
-                    upstream_cx_length_ms: HistogramCell::new(HistogramUnit::Milliseconds),
+                    $($histogram: HistogramCell::new(HistogramUnit::$unit),)*
                     upstream_rq_class: Default::default(),
                     codes: Default::default(),
                 }
@@ -61,10 +56,7 @@ macro_rules! cluster_stats {
             fn members(&self, visit: &mut dyn FnMut(&str, Member<'_>)) {
                 $(visit(stringify!($counter), Member::Counter(&self.$counter));)*
                 $(visit(stringify!($gauge), Member::Gauge(&self.$gauge));)*
-                visit("upstream_rq_time", Member::Histogram(&self.upstream_rq_time));
-                visit("upstream_rq_per_cx", Member::Histogram(&self.upstream_rq_per_cx));
-                visit("upstream_cx_connect_ms", Member::Histogram(&self.upstream_cx_connect_ms));
-                visit("upstream_cx_length_ms", Member::Histogram(&self.upstream_cx_length_ms));
+                $(visit(stringify!($histogram), Member::Histogram(&self.$histogram));)*
                 let mut name = String::new();
                 for (class, counter) in self.upstream_rq_class.iter().enumerate() {
                     name.clear();
@@ -123,6 +115,14 @@ cluster_stats! {
         membership_degraded,
         membership_excluded,
         max_host_weight,
+    ],
+    // Recorded when a response ends (`upstream_rq_time`), when a connect succeeds
+    // (`upstream_cx_connect_ms`), and when a connection closes (the other two).
+    histograms: [
+        upstream_rq_time: Milliseconds,
+        upstream_cx_connect_ms: Milliseconds,
+        upstream_cx_length_ms: Milliseconds,
+        upstream_rq_per_cx: Unspecified,
     ],
 }
 

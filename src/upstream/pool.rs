@@ -268,13 +268,15 @@ impl HostPool {
     }
 
     async fn connect_h1(&self, cluster: &Arc<Cluster>) -> Result<Box<H1Connection>, UpstreamError> {
-        let stream = connect_tcp(&self.host, cluster).await?;
+        let (stream, started) = connect_tcp(&self.host, cluster).await?;
         cluster.stats.upstream_cx_http1_total.inc();
-        Ok(H1Connection::new(stream, LiveConnection::new(cluster, &self.host)))
+        Ok(H1Connection::new(stream, LiveConnection::new(cluster, &self.host, started)))
     }
 }
 
-async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<TcpStream, UpstreamError> {
+/// The connected stream, and when its connect began (where Envoy starts a connection's
+/// `upstream_cx_length_ms`).
+async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<(TcpStream, Instant), UpstreamError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
@@ -299,18 +301,18 @@ async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<TcpStream, Upstre
     };
     // Small request/response exchanges must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    Ok((stream, started))
 }
 
 /// Connects and hands the connection's driver to a task on this worker, counted as an
 /// active connection until it ends. Owns what it uses: the connect is shared by the
 /// requests that wait on it, and outlives any one of them.
 async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
-    let stream = connect_tcp(&host, &cluster).await?;
+    let (stream, started) = connect_tcp(&host, &cluster).await?;
     let (connection, driver) = H2Connection::start(stream);
     connection.count_resets_in(cluster.stats.clone());
     cluster.stats.upstream_cx_http2_total.inc();
-    let live = LiveConnection::new(&cluster, &host);
+    let live = LiveConnection::new(&cluster, &host, started);
     tokio::task::spawn_local(async move { live.ended(driver.await) });
     Ok(connection)
 }
@@ -362,15 +364,10 @@ pub struct LiveConnection {
 }
 
 impl LiveConnection {
-    fn new(cluster: &Arc<Cluster>, host: &Arc<Host>) -> LiveConnection {
+    fn new(cluster: &Arc<Cluster>, host: &Arc<Host>, opened: Instant) -> LiveConnection {
         cluster.stats.upstream_cx_active.inc();
         host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        LiveConnection {
-            cluster: cluster.clone(),
-            host: host.clone(),
-            opened: clock::now(),
-            end: ConnectionEnd::default(),
-        }
+        LiveConnection { cluster: cluster.clone(), host: host.clone(), opened, end: ConnectionEnd::default() }
     }
 
     /// Counts the connection as destroyed, the way `end` says.
