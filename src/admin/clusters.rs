@@ -16,6 +16,7 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use http::{Response, StatusCode};
 
 use super::{AdminBody, AdminRequest, AdminState, TEXT, json, socket_address, streamed, text, with_headers};
+use crate::config::cluster as config;
 use crate::config::schema;
 use crate::upstream::Cluster;
 use crate::upstream::host::{Host, health_flag};
@@ -23,10 +24,15 @@ use crate::upstream::host::{Host, health_flag};
 /// Clusters written per chunk of streamed `/clusters` text (about 8 KB each with 10 hosts).
 const CLUSTERS_PER_CHUNK: usize = 64;
 
-/// Envoy's default circuit-breaker thresholds, shown for every cluster until circuit
-/// breakers are configurable.
-const DEFAULT_THRESHOLDS: [(&str, u32); 4] =
-    [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)];
+/// A priority's circuit-breaker limits by the names `/clusters` gives them.
+fn limits(t: &config::Thresholds) -> [(&'static str, u32); 4] {
+    [
+        ("max_connections", t.max_connections),
+        ("max_pending_requests", t.max_pending_requests),
+        ("max_requests", t.max_requests),
+        ("max_retries", t.max_retries),
+    ]
+}
 
 pub(super) fn clusters(state: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     let snapshot = state.clusters.snapshot();
@@ -102,8 +108,9 @@ fn host_counters(host: &Host) -> [(&'static str, u64, simple_metric::Type); 9] {
 fn write_text(out: &mut String, cluster: &Cluster) {
     let name = &cluster.name;
     let _ = writeln!(out, "{name}::observability_name::{}", cluster.stat_name);
-    for priority in ["default_priority", "high_priority"] {
-        for (threshold, value) in DEFAULT_THRESHOLDS {
+    let breakers = &cluster.circuit_breakers;
+    for (priority, thresholds) in [("default_priority", &breakers.default), ("high_priority", &breakers.high)] {
+        for (threshold, value) in limits(thresholds) {
             let _ = writeln!(out, "{name}::{priority}::{threshold}::{value}");
         }
     }
@@ -127,21 +134,25 @@ fn write_text(out: &mut String, cluster: &Cluster) {
 }
 
 fn status(cluster: &Cluster) -> ClusterStatus {
-    let thresholds = |priority: RoutingPriority| Thresholds {
+    let thresholds = |priority: RoutingPriority, t: &config::Thresholds| Thresholds {
         priority: priority as i32,
-        max_connections: Some(UInt32Value { value: DEFAULT_THRESHOLDS[0].1 }),
-        max_pending_requests: Some(UInt32Value { value: DEFAULT_THRESHOLDS[1].1 }),
-        max_requests: Some(UInt32Value { value: DEFAULT_THRESHOLDS[2].1 }),
-        max_retries: Some(UInt32Value { value: DEFAULT_THRESHOLDS[3].1 }),
+        max_connections: Some(UInt32Value { value: t.max_connections }),
+        max_pending_requests: Some(UInt32Value { value: t.max_pending_requests }),
+        max_requests: Some(UInt32Value { value: t.max_requests }),
+        max_retries: Some(UInt32Value { value: t.max_retries }),
         ..Default::default()
     };
+    let breakers = &cluster.circuit_breakers;
     ClusterStatus {
         name: cluster.name.clone(),
         observability_name: cluster.stat_name.clone(),
         added_via_api: cluster.added_via_api,
         host_statuses: cluster.hosts.iter().map(|h| host_status(h)).collect(),
         circuit_breakers: Some(CircuitBreakers {
-            thresholds: vec![thresholds(RoutingPriority::Default), thresholds(RoutingPriority::High)],
+            thresholds: vec![
+                thresholds(RoutingPriority::Default, &breakers.default),
+                thresholds(RoutingPriority::High, &breakers.high),
+            ],
             ..Default::default()
         }),
         ..Default::default()

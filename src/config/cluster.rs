@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds as ThresholdsProto;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
-use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, HttpProtocolOptions as CommonHttpOptions};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HealthStatus, HttpProtocolOptions as CommonHttpOptions, RoutingPriority,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions as UpstreamHttpOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
@@ -38,6 +41,43 @@ pub enum UpstreamProtocol {
 pub enum LbKind {
     RoundRobin,
     Random,
+}
+
+/// One routing priority's circuit-breaker limits, cluster-wide across workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Connections open or connecting.
+    pub max_connections: u32,
+    /// Requests waiting for a connection.
+    pub max_pending_requests: u32,
+    /// Requests on a connection.
+    pub max_requests: u32,
+    /// Shown only: legate does not retry.
+    pub max_retries: u32,
+    /// Whether the `remaining_*` gauges are kept.
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    /// Envoy's defaults.
+    fn default() -> Thresholds {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+        }
+    }
+}
+
+/// A cluster's circuit breakers by routing priority. Routes in legate are all of the
+/// default priority (a route's `priority` is refused), so `high` is configured and shown
+/// but never reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    pub default: Thresholds,
+    pub high: Thresholds,
 }
 
 /// One configured endpoint.
@@ -100,6 +140,7 @@ pub struct ClusterSpec {
     pub protocol: UpstreamProtocol,
     /// How long an idle pooled upstream connection is kept.
     pub idle_timeout: Option<Duration>,
+    pub circuit_breakers: CircuitBreakers,
     /// The hosts from `load_assignment` (empty for EDS clusters, whose come from EDS).
     pub assignment: Assignment,
     /// The name its stats go under: `alt_stat_name`, or the name.
@@ -123,6 +164,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "per_connection_buffer_limit_bytes",
     "dns_lookup_family",
     "eds_cluster_config",
+    "circuit_breakers",
 ];
 
 impl ClusterSpec {
@@ -198,6 +240,10 @@ impl ClusterSpec {
             Some(la) => assignment(la, &join_path(path, "load_assignment"))?,
             None => Assignment::default(),
         };
+        let circuit_breakers = match &proto.circuit_breakers {
+            Some(c) => circuit_breakers(c, &join_path(path, "circuit_breakers"))?,
+            None => CircuitBreakers::default(),
+        };
         Ok(ClusterSpec {
             name: proto.name.clone(),
             discovery,
@@ -205,10 +251,55 @@ impl ClusterSpec {
             lb,
             protocol,
             idle_timeout,
+            circuit_breakers,
             assignment: hosts,
             stat_name: if proto.alt_stat_name.is_empty() { &proto.name } else { &proto.alt_stat_name }.clone(),
             proto: encoded,
         })
+    }
+}
+
+/// The thresholds by priority; as in Envoy, the first entry of a priority counts and a
+/// limit left unset keeps its default.
+fn circuit_breakers(
+    proto: &envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers,
+    path: &str,
+) -> Result<CircuitBreakers> {
+    ensure_only(proto, &["thresholds"], path)?;
+    let mut breakers = CircuitBreakers::default();
+    let mut seen = [false; 2];
+    for (i, t) in proto.thresholds.iter().enumerate() {
+        let tpath = format!("{path}.thresholds[{i}]");
+        ensure_only(
+            t,
+            &["priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "track_remaining"],
+            &tpath,
+        )?;
+        let (slot, seen) = match RoutingPriority::try_from(t.priority) {
+            Ok(RoutingPriority::Default) => (&mut breakers.default, &mut seen[0]),
+            Ok(RoutingPriority::High) => (&mut breakers.high, &mut seen[1]),
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    join_path(&tpath, "priority"),
+                    format!("value must be one of the defined enum values, not {}", t.priority),
+                ));
+            }
+        };
+        if !std::mem::replace(seen, true) {
+            *slot = thresholds(t);
+        }
+    }
+    Ok(breakers)
+}
+
+fn thresholds(t: &ThresholdsProto) -> Thresholds {
+    let d = Thresholds::default();
+    Thresholds {
+        max_connections: t.max_connections.map_or(d.max_connections, |v| v.value),
+        max_pending_requests: t.max_pending_requests.map_or(d.max_pending_requests, |v| v.value),
+        max_requests: t.max_requests.map_or(d.max_requests, |v| v.value),
+        max_retries: t.max_retries.map_or(d.max_retries, |v| v.value),
+        track_remaining: t.track_remaining,
     }
 }
 

@@ -247,7 +247,11 @@ pub async fn serve(
                 cluster.stats.record_response(status.as_u16());
                 exchange.charged = true;
             }
-            Ok(exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details))
+            let mut reply = exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details);
+            if matches!(failure, Failure::Upstream(UpstreamError::Overflow)) && !hcm.suppress_envoy_headers {
+                reply.headers_mut().insert(headers::X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+            }
+            Ok(reply)
         }
     }
 }
@@ -465,6 +469,12 @@ fn failure_reply(
             "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
             ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             Cow::Borrowed("upstream_reset_before_response_started{connection_termination}"),
+        ),
+        UpstreamError::Overflow => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ResponseFlags::UPSTREAM_OVERFLOW,
+            Cow::Borrowed("upstream_reset_before_response_started{overflow}"),
         ),
     }
 }

@@ -4,12 +4,12 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 
-use crate::config::cluster::{Assignment, ClusterSpec, Discovery, LbKind, UpstreamProtocol};
+use crate::config::cluster::{Assignment, CircuitBreakers, ClusterSpec, Discovery, LbKind, UpstreamProtocol};
 use crate::config::proto::Encoded;
 use crate::stats::{CounterCell, GaugeCell, HistogramCell, HistogramUnit, Member, StatGroup, Store};
 
@@ -38,6 +38,13 @@ macro_rules! cluster_stats {
             /// `upstream_rq_<code>` by class, made on the class's first response (as Envoy
             /// makes these counters on first use) so that idle clusters cost nothing.
             codes: [OnceLock<Box<[CounterCell; 100]>>; 5],
+            /// Connections open or connecting, counted against `max_connections`
+            /// (`upstream_cx_active` counts them once connected).
+            pub connections: AtomicU64,
+            /// The circuit breakers of the cluster's latest build, for the
+            /// `circuit_breakers.*` gauges, worked out when the stats are read rather than
+            /// kept up to date on every request.
+            breakers: Mutex<CircuitBreakers>,
         }
 
         impl ClusterStats {
@@ -48,6 +55,8 @@ macro_rules! cluster_stats {
                     $($histogram: HistogramCell::new(HistogramUnit::$unit),)*
                     upstream_rq_class: Default::default(),
                     codes: Default::default(),
+                    connections: AtomicU64::new(0),
+                    breakers: Mutex::default(),
                 }
             }
         }
@@ -63,6 +72,7 @@ macro_rules! cluster_stats {
                     let _ = write!(name, "upstream_rq_{}xx", class + 1);
                     visit(&name, Member::Counter(counter));
                 }
+                self.visit_circuit_breakers(&mut name, visit);
                 for (class, codes) in self.codes.iter().enumerate() {
                     for (code, counter) in codes.get().into_iter().flat_map(|c| c.iter().enumerate()) {
                         if counter.value() > 0 {
@@ -91,11 +101,14 @@ cluster_stats! {
         upstream_cx_destroy_local_with_active_rq,
         upstream_cx_destroy_remote_with_active_rq,
         upstream_cx_none_healthy,
+        upstream_cx_overflow,
         upstream_rq_total,
         upstream_rq_completed,
         upstream_rq_timeout,
         upstream_rq_pending_total,
         upstream_rq_pending_failure_eject,
+        upstream_rq_pending_overflow,
+        upstream_rq_active_overflow,
         upstream_rq_cancelled,
         upstream_rq_tx_reset,
         upstream_rq_rx_reset,
@@ -127,6 +140,53 @@ cluster_stats! {
 }
 
 impl ClusterStats {
+    /// Envoy's `circuit_breakers.<priority>.*` gauges: whether each limit is reached
+    /// (`*_open`) and, with `track_remaining`, what is left of it (`remaining_*`). Only the
+    /// default priority has traffic in legate; legate keeps no limit on connection pools.
+    fn visit_circuit_breakers(&self, name: &mut String, visit: &mut dyn FnMut(&str, Member<'_>)) {
+        let breakers = *self.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_use = [
+            self.connections.load(Ordering::Relaxed),
+            self.upstream_rq_pending_active.value().max(0) as u64,
+            self.upstream_rq_active.value().max(0) as u64,
+        ];
+        for (priority, limits, [connections, pending, requests]) in
+            [("default", breakers.default, in_use), ("high", breakers.high, [0; 3])]
+        {
+            let limited = [
+                ("cx", connections, limits.max_connections),
+                ("cx_pool", 0, u32::MAX),
+                ("rq_pending", pending, limits.max_pending_requests),
+                ("rq", requests, limits.max_requests),
+                ("rq_retry", 0, limits.max_retries),
+            ];
+            for (resource, used, max) in limited {
+                let gauge = GaugeCell::default();
+                // As Envoy's, a limit of 0 shows as open only once something was counted.
+                gauge.set(i64::from(used > 0 && used >= u64::from(max)));
+                name.clear();
+                let _ = write!(name, "circuit_breakers.{priority}.{resource}_open");
+                visit(name, Member::Gauge(&gauge));
+            }
+            if limits.track_remaining {
+                let remaining = [
+                    ("cx", connections, limits.max_connections),
+                    ("cx_pools", 0, u32::MAX),
+                    ("pending", pending, limits.max_pending_requests),
+                    ("retries", 0, limits.max_retries),
+                    ("rq", requests, limits.max_requests),
+                ];
+                for (resource, used, max) in remaining {
+                    let gauge = GaugeCell::default();
+                    gauge.set(u64::from(max).saturating_sub(used) as i64);
+                    name.clear();
+                    let _ = write!(name, "circuit_breakers.{priority}.remaining_{resource}");
+                    visit(name, Member::Gauge(&gauge));
+                }
+            }
+        }
+    }
+
     /// Counts a response by class and exact code (`upstream_rq_2xx`, `upstream_rq_200`).
     pub fn record_response(&self, status: u16) {
         if !(100..600).contains(&status) {
@@ -147,6 +207,7 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub idle_timeout: Option<Duration>,
+    pub circuit_breakers: CircuitBreakers,
     pub discovery: Discovery,
     lb: LbKind,
     pub hosts: Vec<Arc<Host>>,
@@ -203,12 +264,14 @@ impl Cluster {
         stats.membership_total.set(hosts.len() as i64);
         stats.membership_healthy.set(hosts.iter().filter(|h| h.is_healthy()).count() as i64);
         stats.max_host_weight.set(hosts.iter().map(|h| i64::from(h.weight)).max().unwrap_or(0));
+        *stats.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = spec.circuit_breakers;
         Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             name: spec.name,
             connect_timeout: spec.connect_timeout,
             protocol: spec.protocol,
             idle_timeout: spec.idle_timeout,
+            circuit_breakers: spec.circuit_breakers,
             discovery: spec.discovery,
             lb: spec.lb,
             hosts,
@@ -243,6 +306,7 @@ impl Cluster {
             lb: self.lb,
             protocol: self.protocol,
             idle_timeout: self.idle_timeout,
+            circuit_breakers: self.circuit_breakers,
             assignment: Assignment { hosts: Vec::new(), overprovisioning_factor: self.overprovisioning_factor },
             stat_name: self.stat_name.clone(),
             proto: self.proto.clone(),

@@ -19,6 +19,7 @@ use futures_util::future::{LocalBoxFuture, Shared};
 use http::{Request, Response};
 use http_body_util::Either;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::cluster::{Cluster, ClusterStats};
@@ -39,6 +40,9 @@ pub enum UpstreamError {
     ConnectTimeout,
     /// The connection or stream was reset before response headers arrived.
     ResetBeforeHeaders(BodyError),
+    /// A circuit breaker of the cluster refused the request (`max_pending_requests`,
+    /// `max_requests`).
+    Overflow,
 }
 
 impl UpstreamError {
@@ -51,6 +55,7 @@ impl UpstreamError {
             }),
             UpstreamError::ConnectTimeout => UpstreamError::ConnectTimeout,
             UpstreamError::ResetBeforeHeaders(e) => UpstreamError::ResetBeforeHeaders(e.to_string().into()),
+            UpstreamError::Overflow => UpstreamError::Overflow,
         }
     }
 }
@@ -97,6 +102,12 @@ pub struct HostPool {
     /// it runs; every idle connection's read readiness is registered with it.
     idle_watcher: RefCell<Option<Waker>>,
     h2: RefCell<H2Slot>,
+    /// HTTP/1.1 connections open or connecting to the host from this worker.
+    h1_connections: Cell<usize>,
+    /// Requests waiting for one of those to be released or closed, because the cluster is
+    /// at `max_connections`; woken one at a time, oldest first, by `h1_freed`.
+    h1_waiting: Cell<usize>,
+    h1_freed: Notify,
 }
 
 impl HostPool {
@@ -106,6 +117,9 @@ impl HostPool {
             idle_h1: RefCell::new(Vec::new()),
             idle_watcher: RefCell::new(None),
             h2: RefCell::new(H2Slot::Empty),
+            h1_connections: Cell::new(0),
+            h1_waiting: Cell::new(0),
+            h1_freed: Notify::new(),
         }
     }
 
@@ -133,13 +147,23 @@ impl HostPool {
         attached: &dyn Fn(),
     ) -> Result<Response<H1Body>, UpstreamError> {
         loop {
-            let (connection, pooled) = match self.checkout_idle_h1(cluster) {
+            // Requests waiting for a connection under `max_connections` get the released
+            // ones first, in order.
+            let idle = if self.h1_waiting.get() == 0 { self.checkout_idle_h1(cluster) } else { None };
+            let (connection, pooled) = match idle {
                 Some(connection) => (connection, true),
-                // Boxed: a connect (TCP, timeout) is a large state machine that would otherwise
-                // sit inline in every request's future, which is moved whole when its stream
-                // starts.
-                None => (self.pending(cluster, Box::pin(self.connect_h1(cluster))).await?, false),
+                None => {
+                    admit_pending(cluster)?;
+                    // Boxed: a connect (TCP, timeout) is a large state machine that would
+                    // otherwise sit inline in every request's future, which is moved whole
+                    // when its stream starts.
+                    self.pending(cluster, Box::pin(self.new_h1_connection(cluster))).await?
+                }
             };
+            if !admit_request(cluster) {
+                self.release_h1(connection);
+                return Err(UpstreamError::Overflow);
+            }
             attached();
             match connection.send(request, self).await {
                 Ok(response) => return Ok(response),
@@ -148,6 +172,35 @@ impl HostPool {
                 Err(SendError::Unsent(unsent)) if pooled => request = *unsent,
                 Err(SendError::Unsent(_)) => return Err(UpstreamError::ResetBeforeHeaders("connection closed".into())),
                 Err(SendError::Failed(e)) => return Err(UpstreamError::ResetBeforeHeaders(e)),
+            }
+        }
+    }
+
+    /// A new connection, or, while the cluster is at `max_connections` and this worker
+    /// has connections to the host, the first of them to be released (or a new one when
+    /// one closes). With none here it connects anyway, as Envoy does, so that a request
+    /// is never left waiting on connections that do not exist. The bool says whether
+    /// the connection was pooled.
+    async fn new_h1_connection(
+        self: &Rc<Self>,
+        cluster: &Arc<Cluster>,
+    ) -> Result<(Box<H1Connection>, bool), UpstreamError> {
+        /// Counts a request in `h1_waiting` until it stops waiting (woken or abandoned).
+        struct Waiting<'a>(&'a Cell<usize>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() - 1);
+            }
+        }
+        loop {
+            if connection_allowed(cluster) || self.h1_connections.get() == 0 {
+                return Ok((self.connect_h1(cluster).await?, false));
+            }
+            self.h1_waiting.set(self.h1_waiting.get() + 1);
+            let _waiting = Waiting(&self.h1_waiting);
+            self.h1_freed.notified().await;
+            if let Some(connection) = self.checkout_idle_h1(cluster) {
+                return Ok((connection, true));
             }
         }
     }
@@ -181,6 +234,14 @@ impl HostPool {
         }
         drop(watcher);
         self.idle_h1.borrow_mut().push(IdleH1 { connection, since: clock::now() });
+        self.wake_h1_waiter();
+    }
+
+    /// Wakes the longest-waiting request for a connection, if any waits.
+    fn wake_h1_waiter(&self) {
+        if self.h1_waiting.get() > 0 {
+            self.h1_freed.notify_one();
+        }
     }
 
     async fn send_h2(
@@ -197,6 +258,7 @@ impl HostPool {
             let connection = match self.h2_connection(cluster) {
                 Ok(connection) => connection,
                 Err(connect) => {
+                    admit_pending(cluster)?;
                     let result = self.pending(cluster, connect.clone()).await;
                     let mut slot = self.h2.borrow_mut();
                     // The first waiter to see the outcome records it; a failed connect leaves
@@ -207,6 +269,9 @@ impl HostPool {
                     result.map_err(|e| e.duplicate())?
                 }
             };
+            if !admit_request(cluster) {
+                return Err(UpstreamError::Overflow);
+            }
             match connection.send(request, attached).await {
                 Ok(response) => return Ok(response),
                 Err(SendError::Unsent(unsent)) if !retried => {
@@ -230,6 +295,8 @@ impl HostPool {
             H2Slot::Connecting(connect) => return Err(connect.clone()),
             _ => {}
         }
+        // The pool has no connection to wait for: it connects even at `max_connections`.
+        connection_allowed(cluster);
         let connect = connect_h2(self.host.clone(), cluster.clone()).map(|r| r.map_err(Rc::new)).boxed_local().shared();
         *slot = H2Slot::Connecting(connect.clone());
         Err(connect)
@@ -267,10 +334,74 @@ impl HostPool {
         connected
     }
 
-    async fn connect_h1(&self, cluster: &Arc<Cluster>) -> Result<Box<H1Connection>, UpstreamError> {
+    async fn connect_h1(self: &Rc<Self>, cluster: &Arc<Cluster>) -> Result<Box<H1Connection>, UpstreamError> {
+        let slot = ConnectionSlot::new(cluster, Rc::downgrade(self));
         let (stream, started) = connect_tcp(&self.host, cluster).await?;
         cluster.stats.upstream_cx_http1_total.inc();
-        Ok(H1Connection::new(stream, LiveConnection::new(cluster, &self.host, started)))
+        Ok(H1Connection::new(stream, LiveConnection::new(cluster, &self.host, started, slot)))
+    }
+}
+
+/// Whether a request may wait for a connection under `max_pending_requests`; counts
+/// `upstream_rq_pending_overflow` when not.
+fn admit_pending(cluster: &Cluster) -> Result<(), UpstreamError> {
+    let stats = &cluster.stats;
+    if stats.upstream_rq_pending_active.value() < i64::from(cluster.circuit_breakers.default.max_pending_requests) {
+        return Ok(());
+    }
+    stats.upstream_rq_pending_overflow.inc();
+    Err(UpstreamError::Overflow)
+}
+
+/// Whether a request may go out on a connection under `max_requests`; counts
+/// `upstream_rq_active_overflow` when not (Envoy 1.38 and later; earlier versions counted
+/// these as pending overflows).
+fn admit_request(cluster: &Cluster) -> bool {
+    let stats = &cluster.stats;
+    let admitted = stats.upstream_rq_active.value() < i64::from(cluster.circuit_breakers.default.max_requests);
+    if !admitted {
+        stats.upstream_rq_active_overflow.inc();
+    }
+    admitted
+}
+
+/// Whether another connection fits under `max_connections`; counts `upstream_cx_overflow`
+/// when not.
+fn connection_allowed(cluster: &Cluster) -> bool {
+    let stats = &cluster.stats;
+    let allowed =
+        stats.connections.load(Ordering::Relaxed) < u64::from(cluster.circuit_breakers.default.max_connections);
+    if !allowed {
+        stats.upstream_cx_overflow.inc();
+    }
+    allowed
+}
+
+/// A connection's place under its cluster's `max_connections`, from the start of its
+/// connect until it closes. An HTTP/1.1 connection is also counted in its worker's pool
+/// for the host, whose waiting requests its close wakes.
+struct ConnectionSlot {
+    stats: Arc<ClusterStats>,
+    h1_pool: Weak<HostPool>,
+}
+
+impl ConnectionSlot {
+    fn new(cluster: &Cluster, h1_pool: Weak<HostPool>) -> ConnectionSlot {
+        cluster.stats.connections.fetch_add(1, Ordering::Relaxed);
+        if let Some(pool) = h1_pool.upgrade() {
+            pool.h1_connections.set(pool.h1_connections.get() + 1);
+        }
+        ConnectionSlot { stats: cluster.stats.clone(), h1_pool }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = self.h1_pool.upgrade() {
+            pool.h1_connections.set(pool.h1_connections.get() - 1);
+            pool.wake_h1_waiter();
+        }
     }
 }
 
@@ -308,11 +439,12 @@ async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<(TcpStream, Insta
 /// active connection until it ends. Owns what it uses: the connect is shared by the
 /// requests that wait on it, and outlives any one of them.
 async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
+    let slot = ConnectionSlot::new(&cluster, Weak::new());
     let (stream, started) = connect_tcp(&host, &cluster).await?;
     let (connection, driver) = H2Connection::start(stream);
     connection.count_resets_in(cluster.stats.clone());
     cluster.stats.upstream_cx_http2_total.inc();
-    let live = LiveConnection::new(&cluster, &host, started);
+    let live = LiveConnection::new(&cluster, &host, started, slot);
     tokio::task::spawn_local(async move { live.ended(driver.await) });
     Ok(connection)
 }
@@ -361,13 +493,21 @@ pub struct LiveConnection {
     host: Arc<Host>,
     opened: Instant,
     pub end: ConnectionEnd,
+    /// Released when the connection drops, after the stats above are counted.
+    _slot: ConnectionSlot,
 }
 
 impl LiveConnection {
-    fn new(cluster: &Arc<Cluster>, host: &Arc<Host>, opened: Instant) -> LiveConnection {
+    fn new(cluster: &Arc<Cluster>, host: &Arc<Host>, opened: Instant, slot: ConnectionSlot) -> LiveConnection {
         cluster.stats.upstream_cx_active.inc();
         host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        LiveConnection { cluster: cluster.clone(), host: host.clone(), opened, end: ConnectionEnd::default() }
+        LiveConnection {
+            cluster: cluster.clone(),
+            host: host.clone(),
+            opened,
+            end: ConnectionEnd::default(),
+            _slot: slot,
+        }
     }
 
     /// Counts the connection as destroyed, the way `end` says.

@@ -2,6 +2,7 @@
 //! validation and signals), real hyper upstreams, real HTTP/1.1 and h2c clients.
 
 mod admin;
+mod circuit_breakers;
 mod cli;
 mod control_plane;
 mod downstream_http1;
