@@ -1,11 +1,9 @@
 //! Circuit breakers: a cluster's `max_connections`, `max_pending_requests` and
 //! `max_requests`, what a refused request gets, and what `/stats` and `/clusters` say.
 
-use std::time::Duration;
-
 use http::Version;
 
-use crate::support::{Legate, Upstream, bootstrap, get, route_all_to, send, static_cluster};
+use crate::support::{Answer, Legate, Upstream, bootstrap, get, route_all_to, send, static_cluster};
 
 /// Legate (one worker) routing everything to cluster `svc` over one HTTP/1.1 upstream,
 /// with these thresholds for the default priority.
@@ -18,17 +16,22 @@ async fn limited(thresholds: &str) -> (Legate, Upstream) {
 }
 
 /// Starts a request for `path` on a connection of its own and returns its handle.
-fn start(legate: &Legate, path: &str) -> tokio::task::JoinHandle<crate::support::Answer> {
+fn start(legate: &Legate, path: &str) -> tokio::task::JoinHandle<Answer> {
     let (address, request) = (legate.listener("main"), get(path));
     tokio::spawn(async move { send(address, Version::HTTP_11, request).await })
 }
 
-const OVERFLOW_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+/// Envoy's reply to a request a circuit breaker refused.
+fn assert_overflow_reply(answer: &Answer) {
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.text(), "upstream connect error or disconnect/reset before headers. reset reason: overflow");
+    assert_eq!(answer.header("x-envoy-overloaded"), "true");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_connections_requests_wait_for_a_pooled_connection_instead_of_opening_more() {
     let (legate, upstream) = limited("max_connections: 1").await;
-    let first = start(&legate, "/delay/400");
+    let first = start(&legate, "/delay/1500");
     legate.wait_for_stat("cluster.svc.upstream_rq_active", 1).await;
     let waiting = [start(&legate, "/delay/10"), start(&legate, "/delay/10")];
     legate.wait_for_stat("cluster.svc.upstream_rq_pending_active", 2).await;
@@ -48,17 +51,15 @@ async fn at_max_connections_requests_wait_for_a_pooled_connection_instead_of_ope
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_beyond_max_pending_requests_gets_503_overflow_at_once() {
     let (legate, upstream) = limited("max_connections: 1, max_pending_requests: 1").await;
-    let first = start(&legate, "/delay/500");
+    let first = start(&legate, "/delay/2000");
     legate.wait_for_stat("cluster.svc.upstream_rq_active", 1).await;
     let second = start(&legate, "/delay/10");
     legate.wait_for_stat("cluster.svc.upstream_rq_pending_active", 1).await;
     assert_eq!(legate.stat("cluster.svc.circuit_breakers.default.rq_pending_open").await, Some(1));
 
-    let refused = tokio::time::timeout(Duration::from_millis(300), start(&legate, "/refused")).await;
-    let refused = refused.expect("refused without waiting for the busy connection").unwrap();
-    assert_eq!(refused.status, 503);
-    assert_eq!(refused.text(), OVERFLOW_BODY);
-    assert_eq!(refused.header("x-envoy-overloaded"), "true");
+    let refused = start(&legate, "/refused").await.unwrap();
+    assert!(!first.is_finished(), "refused without waiting for the busy connection");
+    assert_overflow_reply(&refused);
     assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_overflow").await, Some(1));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_503").await, Some(1));
 
@@ -70,14 +71,13 @@ async fn a_request_beyond_max_pending_requests_gets_503_overflow_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_beyond_max_requests_gets_503_and_counts_an_active_overflow() {
     let (legate, upstream) = limited("max_requests: 1").await;
-    let first = start(&legate, "/delay/500");
+    let first = start(&legate, "/delay/2000");
     legate.wait_for_stat("cluster.svc.upstream_rq_active", 1).await;
     assert_eq!(legate.stat("cluster.svc.circuit_breakers.default.rq_open").await, Some(1));
 
     let refused = start(&legate, "/refused").await.unwrap();
-    assert_eq!(refused.status, 503);
-    assert_eq!(refused.text(), OVERFLOW_BODY);
-    assert_eq!(refused.header("x-envoy-overloaded"), "true");
+    assert!(!first.is_finished(), "refused while the first request was active");
+    assert_overflow_reply(&refused);
     assert_eq!(legate.stat("cluster.svc.upstream_rq_active_overflow").await, Some(1));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_overflow").await, Some(0));
 
