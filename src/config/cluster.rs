@@ -140,6 +140,8 @@ pub struct ClusterSpec {
     pub protocol: UpstreamProtocol,
     /// How long an idle pooled upstream connection is kept.
     pub idle_timeout: Option<Duration>,
+    /// Requests an upstream connection carries before it is closed (`None`: no limit).
+    pub max_requests_per_connection: Option<u32>,
     pub circuit_breakers: CircuitBreakers,
     /// The hosts from `load_assignment` (empty for EDS clusters, whose come from EDS).
     pub assignment: Assignment,
@@ -165,6 +167,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "dns_lookup_family",
     "eds_cluster_config",
     "circuit_breakers",
+    "max_requests_per_connection",
 ];
 
 impl ClusterSpec {
@@ -236,6 +239,14 @@ impl ClusterSpec {
                 .filter(|t| !t.is_zero()),
             None => Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
         };
+        // The typed options' value wins over the deprecated cluster field; 0 is no limit.
+        #[allow(deprecated)]
+        let max_requests_per_connection = common
+            .as_ref()
+            .and_then(|c| c.max_requests_per_connection)
+            .or(proto.max_requests_per_connection)
+            .map(|v| v.value)
+            .filter(|&max| max > 0);
         let hosts = match &proto.load_assignment {
             Some(la) => assignment(la, &join_path(path, "load_assignment"))?,
             None => Assignment::default(),
@@ -251,6 +262,7 @@ impl ClusterSpec {
             lb,
             protocol,
             idle_timeout,
+            max_requests_per_connection,
             circuit_breakers,
             assignment: hosts,
             stat_name: if proto.alt_stat_name.is_empty() { &proto.name } else { &proto.alt_stat_name }.clone(),
@@ -365,7 +377,11 @@ fn upstream_protocol(proto: &ClusterProto, path: &str) -> Result<(UpstreamProtoc
         }
     }
     if let Some(c) = &common {
-        ensure_only(c, &["idle_timeout"], &format!("{path}.common_http_protocol_options"))?;
+        ensure_only(
+            c,
+            &["idle_timeout", "max_requests_per_connection"],
+            &format!("{path}.common_http_protocol_options"),
+        )?;
     }
     Ok((protocol, common))
 }

@@ -150,7 +150,7 @@ impl HostPool {
             // Requests waiting for a connection under `max_connections` get the released
             // ones first, in order.
             let idle = if self.h1_waiting.get() == 0 { self.checkout_idle_h1(cluster) } else { None };
-            let (connection, pooled) = match idle {
+            let (mut connection, pooled) = match idle {
                 Some(connection) => (connection, true),
                 None => {
                     admit_pending(cluster)?;
@@ -163,6 +163,11 @@ impl HostPool {
             if !admit_request(cluster) {
                 self.release_h1(connection);
                 return Err(UpstreamError::Overflow);
+            }
+            if let Some(max) = cluster.max_requests_per_connection
+                && connection.retire_at(max)
+            {
+                cluster.stats.upstream_cx_max_requests.inc();
             }
             attached();
             match connection.send(request, self).await {
@@ -272,8 +277,20 @@ impl HostPool {
             if !admit_request(cluster) {
                 return Err(UpstreamError::Overflow);
             }
-            match connection.send(request, attached).await {
+            let sent = connection.send(request, attached).await;
+            if connection.is_spent() {
+                // Let go of it, so that it closes when its last stream is done (as Envoy
+                // closes a draining connection) rather than when the next request comes.
+                let mut slot = self.h2.borrow_mut();
+                if matches!(&*slot, H2Slot::Ready(c) if c.ptr_eq(&connection)) {
+                    *slot = H2Slot::Empty;
+                }
+            }
+            match sent {
                 Ok(response) => return Ok(response),
+                // A connection that opened its last stream (`max_requests_per_connection`)
+                // is replaced by one that will take this request, however many came first.
+                Err(SendError::Unsent(unsent)) if connection.is_spent() => request = *unsent,
                 Err(SendError::Unsent(unsent)) if !retried => {
                     retried = true;
                     request = *unsent;
@@ -443,6 +460,9 @@ async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connecti
     let (stream, started) = connect_tcp(&host, &cluster).await?;
     let (connection, driver) = H2Connection::start(stream);
     connection.count_resets_in(cluster.stats.clone());
+    if let Some(max) = cluster.max_requests_per_connection {
+        connection.limit_streams(max);
+    }
     cluster.stats.upstream_cx_http2_total.inc();
     let live = LiveConnection::new(&cluster, &host, started, slot);
     tokio::task::spawn_local(async move { live.ended(driver.await) });

@@ -139,30 +139,65 @@ async fn upstream_connections_are_pooled_and_reused() {
     assert_eq!(legate.stat("http.ingress_http.downstream_rq_2xx").await, Some(20));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_arriving_while_an_http2_upstream_connects_share_that_one_connection() {
-    let upstream = Upstream::start("svc").await;
-    let clusters = static_cluster("svc", &[(upstream.address, 1)], H2_UPSTREAM);
-    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
-    // Twenty streams in one write, so that legate takes them all in before it has any
-    // upstream connection.
+/// Sends `n` GETs as streams of one h2c connection in one write, so that legate takes
+/// them all in before it has any upstream connection; returns their statuses.
+async fn h2_burst(legate: &Legate, n: usize) -> Vec<http::StatusCode> {
     let stream = tokio::net::TcpStream::connect(legate.listener("main")).await.unwrap();
     let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
-    let responses: Vec<_> = (0..20)
+    let responses: Vec<_> = (0..n)
         .map(|_| {
             let request = Request::get("http://example.com/").body(()).unwrap();
             sender.send_request(request, true).unwrap().0
         })
         .collect();
     tokio::spawn(connection);
-    for response in futures_util::future::join_all(responses).await {
-        assert_eq!(response.unwrap().status(), 200);
+    futures_util::future::join_all(responses).await.into_iter().map(|r| r.unwrap().status()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_while_an_http2_upstream_connects_share_that_one_connection() {
+    let upstream = Upstream::start("svc").await;
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], H2_UPSTREAM);
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+    for status in h2_burst(&legate, 20).await {
+        assert_eq!(status, 200);
     }
     assert_eq!(upstream.count(), 20);
     assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(1), "one connection, not one per request");
     assert_eq!(legate.stat("cluster.svc.upstream_cx_http2_total").await, Some(1));
     assert!(legate.stat("cluster.svc.upstream_rq_pending_total").await.unwrap() >= 1);
     assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_active").await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_upstream_connection_closes_after_max_requests_per_connection() {
+    let upstream = Upstream::start("svc").await;
+    let options = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: { max_requests_per_connection: 2 }\n        explicit_http_config: { http_protocol_options: {} }\n";
+    let clusters = static_cluster("svc", &[(upstream.address, 1)], options);
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+    let mut client = Client::connect(legate.listener("main"), Version::HTTP_11).await;
+    for _ in 0..5 {
+        assert_eq!(client.send(get("/")).await.status, 200);
+    }
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(3), "two requests a connection");
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_max_requests").await, Some(2));
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_local").await, Some(2), "legate closed the spent ones");
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_active").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_get_a_stream_when_http2_connections_carry_one_request() {
+    let upstream = Upstream::start("svc").await;
+    let clusters =
+        static_cluster("svc", &[(upstream.address, 1)], &format!("{H2_UPSTREAM}    max_requests_per_connection: 1\n"));
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+    for status in h2_burst(&legate, 10).await {
+        assert_eq!(status, 200, "a request that found its connection spent goes out on a new one");
+    }
+    assert_eq!(upstream.count(), 10);
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(10), "one connection a request");
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_max_requests").await, Some(10));
+    legate.wait_for_stat("cluster.svc.upstream_cx_active", 0).await;
 }
 
 /// An HTTP/2 upstream that answers `/hold` with headers and a first chunk, sends GOAWAY (a

@@ -46,6 +46,10 @@ pub(crate) fn assignment(name: &str, hosts: &[SocketAddr]) -> ClusterLoadAssignm
 
 /// legate with an ADS stream to `control_plane` and a listener routing `/` to cluster `dyn`.
 fn legate_with_ads(control_plane: &ControlPlane) -> Legate {
+    legate_with_ads_and_flags(control_plane, &["--concurrency", "2"])
+}
+
+fn legate_with_ads_and_flags(control_plane: &ControlPlane, flags: &[&str]) -> Legate {
     let route = format!(
         "            validate_clusters: false\n{}",
         routes("              - match: { prefix: \"/\" }\n                route: { cluster: dyn }\n")
@@ -56,7 +60,7 @@ fn legate_with_ads(control_plane: &ControlPlane) -> Legate {
         "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s }\nstatic_resources:\n",
         1,
     );
-    Legate::start(&yaml)
+    Legate::start_with(&yaml, flags)
 }
 
 /// legate with ADS carrying CDS and LDS (its static listener answers directly).
@@ -91,11 +95,21 @@ async fn wait_for_answer(legate: &Legate, status: u16, body: &str) {
 
 /// Runs the initial exchange: CDS with `dyn` (EDS), EDS with `hosts`; returns the stream.
 async fn warm_up(control_plane: &ControlPlane, legate: &Legate, hosts: &[SocketAddr]) -> AdsStream {
+    warm_up_cluster(control_plane, legate, eds_cluster("dyn"), hosts).await
+}
+
+/// `warm_up` with `dyn` as given.
+async fn warm_up_cluster(
+    control_plane: &ControlPlane,
+    legate: &Legate,
+    dyn_cluster: ClusterProto,
+    hosts: &[SocketAddr],
+) -> AdsStream {
     let mut stream = control_plane.next_stream().await;
     let first = stream.next_of(CLUSTER_TYPE).await;
     assert!(first.node.is_some(), "the first request carries the node");
     assert_eq!((first.version_info.as_str(), first.response_nonce.as_str()), ("", ""));
-    stream.push("1", "n1", vec![eds_cluster("dyn")]);
+    stream.push("1", "n1", vec![dyn_cluster]);
     let ack = stream.next_of(CLUSTER_TYPE).await;
     assert_eq!((ack.version_info.as_str(), ack.response_nonce.as_str()), ("1", "n1"));
     assert!(ack.error_detail.is_none());
@@ -209,6 +223,29 @@ async fn eds_updates_move_traffic_and_cds_removal_stops_it() {
     wait_for_answer(&legate, 503, "").await;
     assert_eq!(legate.stat("cluster_manager.cluster_removed").await, Some(1));
     assert_eq!(legate.stat("cluster.dyn.upstream_rq_total").await, None, "a removed cluster's stats go");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_to_a_host_eds_removed_closes() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads_and_flags(&control_plane, &["--concurrency", "1"]);
+    let mut h2_cluster = eds_cluster("dyn");
+    #[allow(deprecated)] // the cluster field Envoy still honours, shortest to set here
+    {
+        h2_cluster.http2_protocol_options = Some(Default::default());
+    }
+    let mut stream = warm_up_cluster(&control_plane, &legate, h2_cluster, &[a.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+    assert_eq!(legate.stat("cluster.dyn.upstream_cx_http2_total").await, Some(1));
+
+    stream.push("e2", "n3", vec![assignment("dyn", &[b.address])]);
+    assert_eq!(stream.next_of(ENDPOINT_TYPE).await.version_info, "e2");
+    wait_for_answer(&legate, 200, "b").await;
+    // The worker let go of a's pool; its connection closes, b's stays.
+    legate.wait_for_stat("cluster.dyn.upstream_cx_destroy", 1).await;
+    assert_eq!(legate.stat("cluster.dyn.upstream_cx_active").await, Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

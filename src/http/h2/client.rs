@@ -30,6 +30,10 @@ use crate::upstream::pool::{ConnectionEnd, SendError};
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
+/// The references a running driver holds to its connection's shared state: its `Conn`'s
+/// and the one it polls through.
+const DRIVER_REFS: usize = 2;
+
 /// One HTTP/2 connection to a host: a handle to open streams on it.
 #[derive(Clone)]
 pub struct H2Connection {
@@ -67,11 +71,29 @@ impl H2Connection {
         self.shared.borrow_mut().upstream_stats = Some(stats);
     }
 
-    /// The connection takes no new streams (it closed, or the upstream sent GOAWAY): it is
-    /// replaced.
+    /// Lets the connection open `max` streams (`max_requests_per_connection`); it is
+    /// replaced after the last, and closes once that stream is done.
+    pub fn limit_streams(&self, max: u32) {
+        let last = u64::from(max) * 2 - 1;
+        self.shared.borrow_mut().last_stream = last.min(frame::MAX_WINDOW as u64) as u32;
+    }
+
+    /// Whether both handles are to the same connection.
+    pub fn ptr_eq(&self, other: &H2Connection) -> bool {
+        Rc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// The connection opened the last stream it may.
+    pub fn is_spent(&self) -> bool {
+        let shared = self.shared.borrow();
+        shared.next_stream > shared.last_stream
+    }
+
+    /// The connection takes no new streams (it closed, the upstream sent GOAWAY, or it
+    /// opened its last): it is replaced.
     pub fn is_closed(&self) -> bool {
         let shared = self.shared.borrow();
-        shared.closed || shared.goaway.is_some()
+        shared.closed || shared.goaway.is_some() || shared.next_stream > shared.last_stream
     }
 
     /// Opens a stream for `request` once the upstream's stream limit has room, calling
@@ -108,8 +130,8 @@ impl H2Connection {
 
 impl Drop for H2Connection {
     fn drop(&mut self) {
-        // The last handle but the driver's: the driver ends once no stream is left.
-        if Rc::strong_count(&self.shared) == 2 {
+        // The last handle: the driver ends once no stream is left.
+        if Rc::strong_count(&self.shared) == DRIVER_REFS + 1 {
             self.shared.borrow_mut().wake_task();
         }
     }
@@ -137,9 +159,9 @@ fn encode_request(encoder: &mut Encoder, head: &http::request::Parts, dst: &mut 
 /// The client's side of the connection's state: opening streams, and response heads.
 impl Shared {
     /// Opens a stream for a request once the peer's stream limit has room; `None` once the
-    /// connection takes no more streams (closed, or after the peer's GOAWAY).
+    /// connection takes no more streams (closed, after the peer's GOAWAY, or past its last).
     pub fn poll_open(&mut self, cx: &Context<'_>) -> Poll<Option<u32>> {
-        if self.closed || self.goaway.is_some() || self.next_stream > frame::MAX_WINDOW as u32 {
+        if self.closed || self.goaway.is_some() || self.next_stream > self.last_stream {
             return Poll::Ready(None);
         }
         if self.open >= self.peer_max_streams {
@@ -149,6 +171,12 @@ impl Shared {
         let id = self.next_stream;
         self.next_stream += 2;
         self.insert_stream(id);
+        if id == self.last_stream
+            && id < frame::MAX_WINDOW as u32
+            && let Some(stats) = &self.upstream_stats
+        {
+            stats.upstream_cx_max_requests.inc();
+        }
         Poll::Ready(Some(id))
     }
 
@@ -230,7 +258,7 @@ fn poll_client(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<ConnectionEnd> {
             return Poll::Ready(ended(conn.eof));
         }
         // Only the driver refers to the connection: the pool let it go, and no stream is left.
-        let unused = Rc::strong_count(&conn.shared) == 1;
+        let unused = Rc::strong_count(&conn.shared) == DRIVER_REFS;
         if flushed && shared.streams.is_empty() && (shared.goaway.is_some() || unused) {
             return Poll::Ready(ended(shared.goaway.is_some()));
         }

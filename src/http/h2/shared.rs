@@ -61,6 +61,9 @@ pub struct Shared {
     pub goaway: Option<u32>,
     /// The id of the next stream legate opens (a client).
     pub next_stream: u32,
+    /// The id of the last stream legate may open: the end of the id space, or earlier
+    /// under `max_requests_per_connection`.
+    pub last_stream: u32,
     /// Requests waiting for the peer's stream limit to leave room.
     pub stream_waiters: Vec<Waker>,
     /// A connection to an upstream: the cluster whose `upstream_rq_tx_reset` and
@@ -171,6 +174,7 @@ impl Shared {
             peer_max_streams: u32::MAX,
             goaway: None,
             next_stream: 1,
+            last_stream: frame::MAX_WINDOW as u32,
             stream_waiters: Vec::new(),
             upstream_stats: None,
         }

@@ -43,6 +43,9 @@ pub struct H1Connection {
     body_taken: bool,
     /// Writing the request failed; the response may still come.
     write_failed: bool,
+    /// It carries its last request (`max_requests_per_connection`): closed once the
+    /// response ends instead of going back to the pool.
+    retiring: bool,
     /// Header names and value positions of the response head being parsed.
     fields: FieldSpans,
     /// Counted as an active connection, and how it ended when it drops.
@@ -61,9 +64,17 @@ impl H1Connection {
             chunked: false,
             body_taken: false,
             write_failed: false,
+            retiring: false,
             fields: Vec::new(),
             live,
         })
+    }
+
+    /// Makes the next request the connection's last if it has carried `max` - 1 already;
+    /// true if it did.
+    pub fn retire_at(&mut self, max: u32) -> bool {
+        self.retiring = self.live.end.requests + 1 >= u64::from(max);
+        self.retiring
     }
 
     /// Whether the idle connection can still carry a request: false once the upstream
@@ -273,7 +284,12 @@ impl H1Body {
         let Some(mut connection) = self.connection.take() else { return };
         // A request still being sent is in flight on a connection closed now.
         connection.live.end.with_active_rq = connection.is_sending();
-        if self.keep_alive && !connection.write_failed && !connection.is_sending() && connection.read.is_empty() {
+        if self.keep_alive
+            && !connection.retiring
+            && !connection.write_failed
+            && !connection.is_sending()
+            && connection.read.is_empty()
+        {
             self.pool.release_h1(connection);
         }
     }
