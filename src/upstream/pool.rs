@@ -6,10 +6,12 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 // FNV-1a: the pool maps are keyed by cluster names and host addresses from config, not by
 // anything a client sends, so they need no DoS-resistant (and slower) SipHash.
@@ -20,7 +22,7 @@ use http::{Request, Response};
 use http_body_util::Either;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::cluster::{Cluster, ClusterStats};
 use super::h1_client::{H1Body, H1Connection};
@@ -101,6 +103,9 @@ pub struct HostPool {
     /// Wakes the task that closes idle connections the upstream closed (`watch_idle`), once
     /// it runs; every idle connection's read readiness is registered with it.
     idle_watcher: RefCell<Option<Waker>>,
+    /// The `idle_timeout` of the connection released last, by which `watch_idle` closes
+    /// the idle ones.
+    idle_timeout: Cell<Option<Duration>>,
     h2: RefCell<H2Slot>,
     /// HTTP/1.1 connections open or connecting to the host from this worker.
     h1_connections: Cell<usize>,
@@ -116,6 +121,7 @@ impl HostPool {
             host,
             idle_h1: RefCell::new(Vec::new()),
             idle_watcher: RefCell::new(None),
+            idle_timeout: Cell::new(None),
             h2: RefCell::new(H2Slot::Empty),
             h1_connections: Cell::new(0),
             h1_waiting: Cell::new(0),
@@ -213,8 +219,9 @@ impl HostPool {
     fn checkout_idle_h1(&self, cluster: &Cluster) -> Option<Box<H1Connection>> {
         let mut idle = self.idle_h1.borrow_mut();
         while let Some(IdleH1 { mut connection, since }) = idle.pop() {
-            let expired = cluster.idle_timeout.is_some_and(|t| clock::now() - since >= t);
-            if !expired && connection.is_alive(&mut Context::from_waker(Waker::noop())) {
+            if cluster.idle_timeout.is_some_and(|t| clock::now() - since >= t) {
+                connection.close_idle();
+            } else if connection.is_alive(&mut Context::from_waker(Waker::noop())) {
                 return Some(connection);
             }
         }
@@ -223,6 +230,7 @@ impl HostPool {
 
     /// Takes back a connection whose response has ended, to be reused.
     pub fn release_h1(self: &Rc<Self>, mut connection: Box<H1Connection>) {
+        self.idle_timeout.set(connection.idle_timeout());
         let mut watcher = self.idle_watcher.borrow_mut();
         match watcher.as_ref() {
             Some(waker) => {
@@ -458,7 +466,7 @@ async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<(TcpStream, Insta
 async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
     let slot = ConnectionSlot::new(&cluster, Weak::new());
     let (stream, started) = connect_tcp(&host, &cluster).await?;
-    let (connection, driver) = H2Connection::start(stream);
+    let (connection, driver) = H2Connection::start(stream, cluster.idle_timeout);
     connection.count_resets_in(cluster.stats.clone());
     if let Some(max) = cluster.max_requests_per_connection {
         connection.limit_streams(max);
@@ -480,11 +488,38 @@ impl Drop for HostPool {
 
 /// Closes the pool's idle HTTP/1.1 connections that the upstream closed (or wrote to out
 /// of turn) as soon as the reactor reports them readable, so the active-connection gauges
-/// and `/clusters` count only live ones. Ends with the pool.
+/// and `/clusters` count only live ones, and those idle for `idle_timeout`, on a timer as
+/// Envoy does. Ends with the pool.
+///
+/// One timer serves the pool: it is set for when the oldest idle connection expires, or,
+/// with none idle, one timeout from now. A connection released meanwhile expires after
+/// that, so releases never need to wake this task; the price is a spare wake-up per
+/// timeout (an hour by default) while the pool has no idle connection.
 async fn watch_idle(pool: Weak<HostPool>) {
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
     std::future::poll_fn(|cx| {
         let Some(pool) = pool.upgrade() else { return Poll::Ready(()) };
-        pool.idle_h1.borrow_mut().retain_mut(|idle| idle.connection.is_alive(cx));
+        loop {
+            let timeout = pool.idle_timeout.get();
+            let now = Instant::now();
+            let mut idle = pool.idle_h1.borrow_mut();
+            // Oldest first (releases push at the end, checkouts pop from it), so the
+            // expired ones lead.
+            let fresh = idle.iter().position(|i| timeout.is_none_or(|t| now - i.since < t)).unwrap_or(idle.len());
+            let expired: Vec<IdleH1> = idle.drain(..fresh).collect();
+            idle.retain_mut(|i| i.connection.is_alive(cx));
+            let next = timeout.map(|t| idle.first().map_or(now, |oldest| oldest.since) + t);
+            drop(idle);
+            expired.into_iter().for_each(|i| i.connection.close_idle());
+            let Some(next) = next else { break };
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next)));
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                break;
+            }
+        }
         let mut watcher = pool.idle_watcher.borrow_mut();
         if !watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             *watcher = Some(cx.waker().clone());
@@ -533,6 +568,11 @@ impl LiveConnection {
     /// Counts the connection as destroyed, the way `end` says.
     fn ended(mut self, end: ConnectionEnd) {
         self.end = end;
+    }
+
+    /// The cluster version the connection was made for.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 }
 

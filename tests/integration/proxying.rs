@@ -139,6 +139,28 @@ async fn upstream_connections_are_pooled_and_reused() {
     assert_eq!(legate.stat("http.ingress_http.downstream_rq_2xx").await, Some(20));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_idle_past_idle_timeout_is_closed_without_waiting_for_a_request() {
+    let upstream = Upstream::start("svc").await;
+    for protocol in ["", H2_UPSTREAM] {
+        let idle = format!("{protocol}    common_http_protocol_options: {{ idle_timeout: 0.3s }}\n");
+        let clusters = static_cluster("svc", &[(upstream.address, 1)], &idle);
+        let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+        let mut client = Client::connect(legate.listener("main"), Version::HTTP_11).await;
+        for _ in 0..2 {
+            assert_eq!(client.send(get("/")).await.status, 200);
+        }
+        assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(1), "reused within the idle timeout");
+        let http2 = legate.stat("cluster.svc.upstream_cx_http2_total").await;
+        assert_eq!(http2, Some(i64::from(protocol == H2_UPSTREAM)));
+        legate.wait_for_stat("cluster.svc.upstream_cx_idle_timeout", 1).await;
+        assert_eq!(legate.stat("cluster.svc.upstream_cx_active").await, Some(0));
+        assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_local").await, Some(1));
+        assert_eq!(client.send(get("/")).await.status, 200, "a new connection replaces the closed one");
+        assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(2));
+    }
+}
+
 /// Sends `n` GETs as streams of one h2c connection in one write, so that legate takes
 /// them all in before it has any upstream connection; returns their statuses.
 async fn h2_burst(legate: &Legate, n: usize) -> Vec<http::StatusCode> {

@@ -5,14 +5,18 @@
 //! an HTTP/1.1 upstream (BENCHMARKS.md, "Counts per request").
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header;
 use http::{Request, Response};
 use http_body::Body;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::conn::{Conn, ConnectionError, PREFACE, Role, fail};
 use super::frame::{self, Reason};
@@ -44,8 +48,12 @@ impl H2Connection {
     /// Starts HTTP/2 on `stream` (the preface and SETTINGS go out first; requests need not
     /// wait for the server's, RFC 9113 §3.4); returns the connection and the future that
     /// drives it, to be spawned on the worker. The driver ends when the upstream closes or
-    /// sends GOAWAY and its streams are done, or when nothing refers to the connection.
-    pub fn start(stream: TcpStream) -> (H2Connection, impl Future<Output = ConnectionEnd> + 'static) {
+    /// sends GOAWAY and its streams are done, when nothing refers to the connection, or
+    /// after `idle_timeout` without a stream.
+    pub fn start(
+        stream: TcpStream,
+        idle_timeout: Option<Duration>,
+    ) -> (H2Connection, impl Future<Output = ConnectionEnd> + 'static) {
         let mut shared = Shared::new(true, STREAM_WINDOW, CONNECTION_WINDOW);
         shared.out.buf.extend_from_slice(PREFACE);
         frame::put_settings(
@@ -59,9 +67,10 @@ impl H2Connection {
         shared.grow_connection_window();
         let mut conn = Conn::new(stream, bytes::BytesMut::new(), shared, false);
         let connection = H2Connection { shared: conn.shared.clone() };
+        let mut idle = idle_timeout.map(IdleClose::new);
         let driver = async move {
             let shared = conn.shared.clone();
-            std::future::poll_fn(|cx| shared::polling(&shared, cx, |cx| poll_client(&mut conn, cx))).await
+            std::future::poll_fn(|cx| shared::polling(&shared, cx, |cx| poll_client(&mut conn, &mut idle, cx))).await
         };
         (connection, driver)
     }
@@ -226,8 +235,41 @@ impl Shared {
     }
 }
 
+/// Closes a connection that had no stream for its cluster's `idle_timeout`, with GOAWAY,
+/// as Envoy's pools do. Its one timer moves only when it fires (to when the connection
+/// will have idled long enough), so a connection that goes idle and busy again on every
+/// request costs a clock reading, not a timer update; while busy it is not looked at.
+struct IdleClose {
+    timeout: Duration,
+    /// Since when the connection has had no stream.
+    since: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl IdleClose {
+    fn new(timeout: Duration) -> IdleClose {
+        IdleClose { timeout, since: None, timer: Box::pin(tokio::time::sleep(timeout)) }
+    }
+
+    /// Notes whether the connection is idle; true once it has been for the timeout.
+    fn expired(&mut self, idle: bool, cx: &mut Context<'_>) -> bool {
+        if !idle {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= since + self.timeout {
+                return true;
+            }
+            self.timer.as_mut().reset(since + self.timeout);
+        }
+        false
+    }
+}
+
 /// Drives the connection; Ready with how it ended once it has.
-fn poll_client(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<ConnectionEnd> {
+fn poll_client(conn: &mut Conn, idle: &mut Option<IdleClose>, cx: &mut Context<'_>) -> Poll<ConnectionEnd> {
     loop {
         let mut progressed = conn.poll_read(&mut Client, cx).unwrap_or_else(|e| {
             conn.raise(e, 0);
@@ -263,7 +305,16 @@ fn poll_client(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<ConnectionEnd> {
             return Poll::Ready(ended(shared.goaway.is_some()));
         }
         if !progressed {
-            return Poll::Pending;
+            let idle_too_long = idle.as_mut().is_some_and(|idle| idle.expired(shared.streams.is_empty(), cx));
+            if !idle_too_long {
+                return Poll::Pending;
+            }
+            if let Some(stats) = &shared.upstream_stats {
+                stats.upstream_cx_idle_timeout.inc();
+            }
+            drop(shared);
+            // No stream to name: GOAWAY with the last stream id 0, then the connection ends.
+            conn.raise(fail(Reason::NO_ERROR, "idle timeout"), 0);
         }
     }
 }

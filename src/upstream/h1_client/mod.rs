@@ -10,6 +10,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
@@ -68,6 +69,16 @@ impl H1Connection {
             fields: Vec::new(),
             live,
         })
+    }
+
+    /// Its cluster's `idle_timeout` (as of its connect).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.live.cluster().idle_timeout
+    }
+
+    /// Closes the connection for idling past its `idle_timeout`, counted as Envoy does.
+    pub fn close_idle(self: Box<Self>) {
+        self.live.cluster().stats.upstream_cx_idle_timeout.inc();
     }
 
     /// Makes the next request the connection's last if it has carried `max` - 1 already;
