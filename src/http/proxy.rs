@@ -470,6 +470,24 @@ fn failure_reply(
             ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             Cow::Borrowed("upstream_reset_before_response_started{connection_termination}"),
         ),
+        UpstreamError::ProtocolError => (
+            StatusCode::BAD_GATEWAY,
+            "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            Cow::Borrowed("upstream_reset_before_response_started{protocol_error}"),
+        ),
+        UpstreamError::RemoteReset { refused: false } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            Cow::Borrowed("upstream_reset_before_response_started{remote_reset}"),
+        ),
+        UpstreamError::RemoteReset { refused: true } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            Cow::Borrowed("upstream_reset_before_response_started{remote_refused_stream_reset}"),
+        ),
         UpstreamError::Overflow => (
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",

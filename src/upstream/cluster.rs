@@ -104,6 +104,7 @@ cluster_stats! {
         upstream_cx_overflow,
         upstream_cx_max_requests,
         upstream_cx_idle_timeout,
+        upstream_cx_protocol_error,
         upstream_rq_total,
         upstream_rq_completed,
         upstream_rq_timeout,

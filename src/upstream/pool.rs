@@ -42,6 +42,11 @@ pub enum UpstreamError {
     ConnectTimeout,
     /// The connection or stream was reset before response headers arrived.
     ResetBeforeHeaders(BodyError),
+    /// The upstream broke the protocol before the response head was through.
+    ProtocolError,
+    /// The upstream reset the stream before its response head; `refused`: it never
+    /// processed it (REFUSED_STREAM, or beyond its GOAWAY).
+    RemoteReset { refused: bool },
     /// A circuit breaker of the cluster refused the request (`max_pending_requests`,
     /// `max_requests`).
     Overflow,
@@ -57,6 +62,8 @@ impl UpstreamError {
             }),
             UpstreamError::ConnectTimeout => UpstreamError::ConnectTimeout,
             UpstreamError::ResetBeforeHeaders(e) => UpstreamError::ResetBeforeHeaders(e.to_string().into()),
+            UpstreamError::ProtocolError => UpstreamError::ProtocolError,
+            UpstreamError::RemoteReset { refused } => UpstreamError::RemoteReset { refused: *refused },
             UpstreamError::Overflow => UpstreamError::Overflow,
         }
     }
@@ -68,6 +75,25 @@ pub enum SendError {
     /// takes no new streams): it can go out on another connection.
     Unsent(Box<Request<RequestBody>>),
     Failed(BodyError),
+    /// The upstream broke the protocol; the connection is closed.
+    ProtocolError,
+    /// The upstream reset the stream (`refused`: REFUSED_STREAM, or beyond its GOAWAY).
+    RemoteReset {
+        refused: bool,
+    },
+}
+
+impl From<SendError> for UpstreamError {
+    /// What a request that got no response head on a connection failed with; one that was
+    /// never sent is a reset of a connection that takes no more.
+    fn from(e: SendError) -> UpstreamError {
+        match e {
+            SendError::Unsent(_) => UpstreamError::ResetBeforeHeaders("connection takes no new streams".into()),
+            SendError::Failed(e) => UpstreamError::ResetBeforeHeaders(e),
+            SendError::ProtocolError => UpstreamError::ProtocolError,
+            SendError::RemoteReset { refused } => UpstreamError::RemoteReset { refused },
+        }
+    }
 }
 
 /// Which wire protocol a request goes out on.
@@ -181,8 +207,7 @@ impl HostPool {
                 // A pooled connection may have been closed by the upstream while idle: a
                 // request it could not take goes out on another one.
                 Err(SendError::Unsent(unsent)) if pooled => request = *unsent,
-                Err(SendError::Unsent(_)) => return Err(UpstreamError::ResetBeforeHeaders("connection closed".into())),
-                Err(SendError::Failed(e)) => return Err(UpstreamError::ResetBeforeHeaders(e)),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -303,10 +328,7 @@ impl HostPool {
                     retried = true;
                     request = *unsent;
                 }
-                Err(SendError::Unsent(_)) => {
-                    return Err(UpstreamError::ResetBeforeHeaders("connection takes no new streams".into()));
-                }
-                Err(SendError::Failed(e)) => return Err(UpstreamError::ResetBeforeHeaders(e)),
+                Err(e) => return Err(e.into()),
             }
         }
     }

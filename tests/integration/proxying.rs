@@ -318,6 +318,7 @@ async fn http2_upstream_stream_resets_and_a_cut_connection_are_counted_as_envoy_
     // The upstream resets the stream: upstream_rq_rx_reset.
     let reply = raw_exchange(main, b"GET /reset HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.ends_with("reset reason: remote reset"), "as Envoy words it: {reply}");
     assert_eq!(legate.stat("cluster.svc.upstream_rq_rx_reset").await, Some(1));
     // The client goes away mid-response: legate resets the upstream stream (tx_reset); the
     // connection stays.
@@ -335,6 +336,31 @@ async fn http2_upstream_stream_resets_and_a_cut_connection_are_counted_as_envoy_
     assert_eq!(legate.stat("cluster.svc.upstream_rq_pending_failure_eject").await, Some(1));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_rx_reset").await, Some(1));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_tx_reset").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_breaking_the_protocol_is_counted_and_its_connection_closed() {
+    // After its SETTINGS, the upstream sends DATA on stream 0, which HTTP/2 forbids.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        let data_on_stream_0 = [0, 0, 1, 0, 0, 0, 0, 0, 0, b'x'];
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &[&settings[..], &data_on_stream_0].concat()).await.unwrap();
+        let mut sink = vec![0; 4096];
+        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let clusters = static_cluster("svc", &[(address, 1)], H2_UPSTREAM);
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+    let answer = send(legate.listener("main"), Version::HTTP_11, get("/")).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(
+        answer.text(),
+        "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+    );
+    legate.wait_for_stat("cluster.svc.upstream_cx_protocol_error", 1).await;
+    assert_eq!(legate.stat("cluster.svc.upstream_cx_destroy_local").await, Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,9 @@ fn script(method: &str, path: &str) -> (&'static [u8], Then) {
         }
         (_, "/cut-mid-body") => (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part", Then::Close),
         (_, "/never") => (b"", Then::WaitForClose),
+        (_, "/bad-status") => (b"HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\nok", Then::WaitForClose),
+        (_, "/bad-field") => (b"HTTP/1.1 200 OK\r\nno colon here\r\ncontent-length: 2\r\n\r\nok", Then::WaitForClose),
+        (_, "/bad-chunk") => (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", Then::WaitForClose),
         (_, "/upload") => (
             b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!",
             Then::AnswerEarly,
@@ -218,6 +221,30 @@ async fn who_closed_each_upstream_connection_and_with_what_in_flight_is_counted_
     ] {
         assert_eq!(legate.stat(&format!("cluster.raw.{stat}")).await, Some(value), "{stat}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_breaking_http1_gets_502_protocol_error_as_in_envoy() {
+    let legate = legate_to_scripted_upstream().await;
+    for path in ["/bad-status", "/bad-field"] {
+        let reply = raw_exchange(
+            legate.listener("main"),
+            format!("GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{path}: {reply}");
+        assert!(
+            reply.ends_with("upstream connect error or disconnect/reset before headers. reset reason: protocol error"),
+            "{path}: {reply}"
+        );
+    }
+    // Past the head, the response has begun: the client gets the head, then the close.
+    let reply = raw_exchange(legate.listener("main"), b"GET /bad-chunk HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\n"), "{reply}");
+    legate.wait_for_stat("cluster.raw.upstream_cx_destroy", 3).await;
+    assert_eq!(legate.stat("cluster.raw.upstream_cx_protocol_error").await, Some(3), "one a connection");
+    assert_eq!(legate.stat("cluster.raw.upstream_rq_502").await, Some(2));
+    assert_eq!(legate.stat("cluster.raw.upstream_cx_destroy_local_with_active_rq").await, Some(3));
 }
 
 /// A listener that never accepts, its accept queue full: a further connect to it gets no

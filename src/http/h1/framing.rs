@@ -67,9 +67,33 @@ impl ReadSize {
     }
 }
 
-/// A peer that broke HTTP/1.1 framing, or closed the connection early.
+/// A peer that broke HTTP/1.1 (its framing, a head's syntax).
 pub fn protocol_error(what: &'static str) -> BodyError {
+    Box::new(ProtocolViolation(what))
+}
+
+/// A peer that closed the connection before a message ended: no violation, but the end of
+/// the exchange.
+pub fn closed_early(what: &'static str) -> BodyError {
     Box::new(StreamError(what))
+}
+
+/// What `protocol_error` makes, told apart from other failures because an upstream's
+/// protocol error is answered differently (Envoy's 502 and `UPE`, not a reset's 503).
+#[derive(Debug)]
+struct ProtocolViolation(&'static str);
+
+impl std::fmt::Display for ProtocolViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ProtocolViolation {}
+
+/// Whether `error` is a peer's protocol violation.
+pub fn is_protocol_error(error: &BodyError) -> bool {
+    error.is::<ProtocolViolation>()
 }
 
 /// Writes `{len:x}\r\n` at the end of `buf`; returns where it starts.

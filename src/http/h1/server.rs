@@ -22,7 +22,9 @@ use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::framing::{Chunk, Decoded, FieldSpans, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
+use super::framing::{
+    Chunk, Decoded, FieldSpans, MAX_HEAD_BYTES, ReadSize, closed_early, decode_chunked, protocol_error,
+};
 use super::outgoing::Outgoing;
 use super::request::{self, BodyFraming, HEADERS_TOO_LARGE, HeadError};
 use crate::clock;
@@ -369,8 +371,13 @@ impl Conn {
                         }
                         response.ended = true;
                     }
-                    // The response cannot be finished: closing the connection tells the client.
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                    // The response cannot be finished: what is ready (the head at least) goes
+                    // out as far as the socket takes it now, as Envoy's codec had sent it, and
+                    // closing the connection tells the client the rest will not come.
+                    Poll::Ready(Some(Err(e))) => {
+                        let _ = self.out.poll_flush(&mut self.inbound.stream.borrow_mut(), cx);
+                        return Poll::Ready(Err(io::Error::other(e)));
+                    }
                     Poll::Pending if self.out.is_empty() => {
                         if self.inbound.client_gone(cx) {
                             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
@@ -494,7 +501,7 @@ impl Body for H1RequestBody {
                 Err(e) => return self.fail(e),
             }
             match ready!(self.inbound.poll_read(cx)) {
-                Ok(0) => return self.fail(protocol_error("downstream closed the connection mid-body")),
+                Ok(0) => return self.fail(closed_early("downstream closed the connection mid-body")),
                 Ok(_) => {}
                 Err(e) => return self.fail(e.into()),
             }

@@ -129,9 +129,7 @@ impl H2Connection {
                 std::future::poll_fn(|cx| sender.poll_body(&mut body, &mut pending, Reason::CANCEL, cx)).await;
             });
         }
-        let (head, content_length) = std::future::poll_fn(|cx| self.shared.borrow_mut().poll_head(id, cx))
-            .await
-            .map_err(|reason| SendError::Failed(format!("upstream stream reset ({reason:?})").into()))?;
+        let (head, content_length) = std::future::poll_fn(|cx| self.shared.borrow_mut().poll_head(id, cx)).await?;
         response_body.expect_length(content_length);
         Ok(Response::from_parts(head, response_body))
     }
@@ -212,21 +210,28 @@ impl Shared {
         }
     }
 
-    /// The response head and its declared body length once it came; the reason if the
-    /// stream was reset first.
+    /// The response head and its declared body length once it came; why not if the stream
+    /// or the connection ended first.
     pub fn poll_head(
         &mut self,
         id: u32,
         cx: &Context<'_>,
-    ) -> Poll<Result<(http::response::Parts, Option<u64>), Reason>> {
-        let closed = self.closed;
-        let Some(stream) = self.streams.get_mut(&id) else { return Poll::Ready(Err(Reason::CANCEL)) };
+    ) -> Poll<Result<(http::response::Parts, Option<u64>), SendError>> {
+        let ended = |what: &'static str| Poll::Ready(Err(SendError::Failed(what.into())));
+        let (closed, broken) = (self.closed, self.broken);
+        let Some(stream) = self.streams.get_mut(&id) else { return ended("upstream stream gone") };
         if let Some(head) = stream.head.take() {
             return Poll::Ready(Ok(head));
         }
         match stream.reset {
-            Some(reason) => Poll::Ready(Err(reason)),
-            None if closed => Poll::Ready(Err(Reason::CANCEL)),
+            Some(reason) if stream.reset_by_peer => {
+                Poll::Ready(Err(SendError::RemoteReset { refused: reason == Reason::REFUSED_STREAM }))
+            }
+            // Legate resets a stream whose response head breaks the protocol.
+            Some(Reason::PROTOCOL_ERROR) => Poll::Ready(Err(SendError::ProtocolError)),
+            Some(_) => ended("upstream stream reset"),
+            None if broken => Poll::Ready(Err(SendError::ProtocolError)),
+            None if closed => ended("upstream connection closed"),
             None => {
                 register(&mut stream.reader, cx);
                 Poll::Pending
@@ -297,6 +302,13 @@ fn poll_client(conn: &mut Conn, idle: &mut Option<IdleClose>, cx: &mut Context<'
             ConnectionEnd { remote, with_active_rq: in_flight > 0, requests }
         };
         if conn.eof || (flushed && conn.error.is_some()) {
+            // A connection error legate raised, but for closing an idle connection, is the
+            // upstream's breach of HTTP/2.
+            if conn.error.as_ref().is_some_and(|e| e.reason != Reason::NO_ERROR)
+                && let Some(stats) = &shared.upstream_stats
+            {
+                stats.upstream_cx_protocol_error.inc();
+            }
             return Poll::Ready(ended(conn.eof));
         }
         // Only the driver refers to the connection: the pool let it go, and no stream is left.

@@ -170,6 +170,7 @@ impl Conn {
         tracing::debug!(error = %e, "closing an HTTP/2 connection");
         let mut shared = self.shared.borrow_mut();
         frame::put_goaway(&mut shared.out.buf, last_stream, e.reason);
+        shared.broken = e.reason != Reason::NO_ERROR;
         shared.close();
         self.error = Some(e);
     }

@@ -59,6 +59,8 @@ pub struct Shared {
     pub peer_max_streams: u32,
     /// The peer's GOAWAY, with the last of legate's streams it took.
     pub goaway: Option<u32>,
+    /// Legate ended the connection for the peer's breach of HTTP/2.
+    pub broken: bool,
     /// The id of the next stream legate opens (a client).
     pub next_stream: u32,
     /// The id of the last stream legate may open: the end of the id space, or earlier
@@ -95,6 +97,8 @@ pub struct Stream {
     /// The task sending the response, waiting for window or watching for a reset.
     pub sender: Option<Waker>,
     pub reset: Option<Reason>,
+    /// The reset came from the peer (RST_STREAM, or beyond its GOAWAY).
+    pub reset_by_peer: bool,
     /// Counted out of `Shared::open` already.
     closed_counted: bool,
     /// Handles (the received body, the sending side) still referring to the stream.
@@ -173,6 +177,7 @@ impl Shared {
             client,
             peer_max_streams: u32::MAX,
             goaway: None,
+            broken: false,
             next_stream: 1,
             last_stream: frame::MAX_WINDOW as u32,
             stream_waiters: Vec::new(),
@@ -268,6 +273,7 @@ impl Shared {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         if stream.reset.is_none() {
             stream.reset = Some(reason);
+            stream.reset_by_peer = true;
             let unread = stream.discard_unfinished();
             stream.wake();
             // A refused stream was never processed (GOAWAY, REFUSED_STREAM): Envoy does not

@@ -19,7 +19,10 @@ use tokio::net::TcpStream;
 
 use super::pool::{HostPool, LiveConnection, SendError};
 use crate::http::body::{BodyError, RequestBody};
-use crate::http::h1::framing::{Chunk, Decoded, FieldSpans, MAX_HEAD_BYTES, ReadSize, decode_chunked, protocol_error};
+use crate::http::h1::framing::{
+    Chunk, Decoded, FieldSpans, MAX_HEAD_BYTES, ReadSize, closed_early, decode_chunked, is_protocol_error,
+    protocol_error,
+};
 use crate::http::h1::outgoing::Outgoing;
 use crate::http::headers;
 use codec::{HeadFraming, RequestFraming, ResponseFraming, encode_head, parse_head};
@@ -79,6 +82,16 @@ impl H1Connection {
     /// Closes the connection for idling past its `idle_timeout`, counted as Envoy does.
     pub fn close_idle(self: Box<Self>) {
         self.live.cluster().stats.upstream_cx_idle_timeout.inc();
+    }
+
+    /// Counts `upstream_cx_protocol_error` if `error`, which ends the connection, is the
+    /// upstream's violation of HTTP/1.1; returns whether it is.
+    fn counted_as_protocol_error(&self, error: &BodyError) -> bool {
+        let violation = is_protocol_error(error);
+        if violation {
+            self.live.cluster().stats.upstream_cx_protocol_error.inc();
+        }
+        violation
     }
 
     /// Makes the next request the connection's last if it has carried `max` - 1 already;
@@ -155,6 +168,7 @@ impl H1Connection {
         .await;
         let (head, framing) = match response {
             Ok(response) => response,
+            Err(Some(e)) if self.counted_as_protocol_error(&e) => return Err(SendError::ProtocolError),
             Err(Some(e)) => return Err(SendError::Failed(e)),
             Err(None) => {
                 let (Some(parts), Some(body)) = (unsent, bodiless.or_else(|| self.sending.take())) else {
@@ -241,7 +255,7 @@ impl H1Connection {
                 return Poll::Ready(Err(Some(protocol_error("upstream response headers too large"))));
             }
             if ready!(self.poll_read(cx)).map_err(|e| Some(e.into()))? == 0 {
-                return Poll::Ready(Err(Some(protocol_error("upstream closed the connection before a response"))));
+                return Poll::Ready(Err(Some(closed_early("upstream closed the connection before a response"))));
             }
         }
     }
@@ -329,7 +343,9 @@ impl H1Body {
     }
 
     fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.connection = None;
+        if let Some(connection) = self.connection.take() {
+            connection.counted_as_protocol_error(&error);
+        }
         Poll::Ready(Some(Err(error)))
     }
 }
@@ -370,7 +386,7 @@ impl Body for H1Body {
                     this.end();
                     return Poll::Ready(None);
                 }
-                Ok(0) => return this.fail(protocol_error("upstream closed the connection mid-body")),
+                Ok(0) => return this.fail(closed_early("upstream closed the connection mid-body")),
                 Ok(_) => {}
                 Err(e) => return this.fail(e.into()),
             }
