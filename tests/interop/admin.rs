@@ -211,7 +211,7 @@ fn families(envoy_stats: &BTreeMap<String, String>) -> Regex {
 /// Counters the same traffic moves alike in both proxies; their values are compared.
 static DETERMINISTIC: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"^(cluster\..+\.upstream_rq_([1-5]xx|\d{3}|total|completed|timeout|pending_overflow|active_overflow)|cluster\..+\.upstream_cx_(none_healthy|overflow|max_requests)|cluster\..+\.circuit_breakers\..+|http\..+\.(downstream_rq_([1-5]xx|total|http1_total|http2_total|completed)|no_route|no_cluster|rq_direct_response|rq_redirect|rq_total)|cluster_manager\.(active_clusters|warming_clusters|cluster_added|cluster_modified|cluster_removed))$",
+        r"^(cluster\..+\.upstream_rq_([1-5]xx|\d{3}|total|completed|timeout|pending_overflow|active_overflow)|cluster\..+\.upstream_cx_(none_healthy|overflow|max_requests|protocol_error)|cluster\..+\.circuit_breakers\..+|http\..+\.(downstream_rq_([1-5]xx|total|http1_total|http2_total|completed)|no_route|no_cluster|rq_direct_response|rq_redirect|rq_total)|cluster_manager\.(active_clusters|warming_clusters|cluster_added|cluster_modified|cluster_removed))$",
     )
     .unwrap()
 });

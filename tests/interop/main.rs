@@ -10,6 +10,7 @@
 mod admin;
 mod client;
 mod corpus;
+mod misbehaving;
 mod proxy;
 mod report;
 mod requests;
@@ -108,6 +109,13 @@ async fn run_config(binaries: &Binaries, config: &Config, report: &mut Report) {
             shared.insert(name.clone(), upstream.address.port().to_string());
             shared_ports.insert(upstream.address.port(), name.clone());
             upstreams.insert(name.clone(), upstream);
+        }
+    }
+    for kind in misbehaving::KINDS {
+        if names.contains(kind) {
+            let port = misbehaving::start(kind).await.port();
+            shared.insert(kind.into(), port.to_string());
+            shared_ports.insert(port, kind.into());
         }
     }
     if names.contains("closed") {
