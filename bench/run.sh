@@ -561,6 +561,10 @@ fmt_kib() { # KiB -> "12.3 MiB"
 ratio() { # a b -> a/b with 2 decimals, or "-"
     awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'
 }
+# One target's RPS over another's for a workload: the same as the ratio of their fractions of
+# the direct rate, without rounding those fractions first (0.14 / 0.14 printed 1.00 for rates
+# 5 % apart before 2026-11-28).
+rps_ratio() { ratio "${RES[$(res_key "$1" "$3").rps]:-}" "${RES[$(res_key "$2" "$3").rps]:-}"; }
 # RPS as a fraction of the direct rate for the same workload.
 frac() { ratio "${RES[$1.$2.rps]:-}" "${RES[direct.$(wl_direct_key "$2").rps]:-}"; }
 rps_cell() { # target workload -> "43029 (0.55)"
@@ -675,7 +679,7 @@ main() {
         for wl in $WORKLOADS; do
             printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(wl_desc "$wl")" \
                 "$(rps_cell direct "$wl")" "$(rps_cell legate "$wl")" "$(rps_cell envoy "$wl")" "$(rps_cell haproxy "$wl")" \
-                "$(ratio "$(frac legate "$wl")" "$(frac envoy "$wl")")" "$(ratio "$(frac legate "$wl")" "$(frac haproxy "$wl")")" \
+                "$(rps_ratio legate envoy "$wl")" "$(rps_ratio legate haproxy "$wl")" \
                 "$(err_cell "$wl")"
         done
         echo
