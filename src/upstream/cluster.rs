@@ -165,7 +165,8 @@ impl ClusterStats {
             ];
             for (resource, used, max) in limited {
                 let gauge = GaugeCell::default();
-                // As Envoy's, a limit of 0 shows as open only once something was counted.
+                // A limit of 0 shows as open only while something is counted against it
+                // (Envoy's gauge, set at each count change, stays open once anything was).
                 gauge.set(i64::from(used > 0 && used >= u64::from(max)));
                 name.clear();
                 let _ = write!(name, "circuit_breakers.{priority}.{resource}_open");
