@@ -247,11 +247,7 @@ pub async fn serve(
                 cluster.stats.record_response(status.as_u16());
                 exchange.charged = true;
             }
-            let mut reply = exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details);
-            if matches!(failure, Failure::Upstream(UpstreamError::Overflow)) && !hcm.suppress_envoy_headers {
-                reply.headers_mut().insert(headers::X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
-            }
-            Ok(reply)
+            Ok(exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details))
         }
     }
 }
@@ -615,6 +611,9 @@ impl Exchange {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         set_server(headers, &listener.spec.hcm.server_name);
+        if flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) && !listener.spec.hcm.suppress_envoy_headers {
+            headers.insert(super::headers::X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        }
         if !self.stream.request_done.get() {
             // Answered before the request body arrived: Envoy closes an HTTP/1 connection
             // rather than read and discard the rest.
