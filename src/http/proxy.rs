@@ -442,54 +442,56 @@ fn failure_reply(
         }
         Failure::Upstream(e) => e,
     };
+    /// Envoy's reply to an upstream reset before the response head: the reason in words in
+    /// the body, and as a token in the details.
+    macro_rules! reset {
+        ($status:ident, $flag:ident, $reason:literal, $token:literal) => {
+            (
+                StatusCode::$status,
+                concat!("upstream connect error or disconnect/reset before headers. reset reason: ", $reason),
+                ResponseFlags::$flag,
+                Cow::Borrowed(concat!("upstream_reset_before_response_started{", $token, "}")),
+            )
+        };
+    }
     match upstream {
         // Envoy 1.40 keeps the transport failure reason out of the body and puts it in the
         // details: `{remote_connection_failure|delayed_connect_error:_Connection_refused}`.
-        UpstreamError::ConnectFailure(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
-            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            Cow::Owned(format!(
+        UpstreamError::ConnectFailure(e) => {
+            let (status, body, flags, _) = reset!(
+                SERVICE_UNAVAILABLE,
+                UPSTREAM_CONNECTION_FAILURE,
+                "remote connection failure",
+                "remote_connection_failure"
+            );
+            let details = format!(
                 "upstream_reset_before_response_started{{remote_connection_failure|delayed_connect_error:_{}}}",
                 os_error_text(e).replace(' ', "_")
-            )),
+            );
+            (status, body, flags, Cow::Owned(details))
+        }
+        UpstreamError::ConnectTimeout => {
+            reset!(SERVICE_UNAVAILABLE, UPSTREAM_CONNECTION_FAILURE, "connection timeout", "connection_timeout")
+        }
+        UpstreamError::ResetBeforeHeaders(_) => reset!(
+            SERVICE_UNAVAILABLE,
+            UPSTREAM_CONNECTION_TERMINATION,
+            "connection termination",
+            "connection_termination"
         ),
-        UpstreamError::ConnectTimeout => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
-            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            Cow::Borrowed("upstream_reset_before_response_started{connection_timeout}"),
+        UpstreamError::ProtocolError => {
+            reset!(BAD_GATEWAY, UPSTREAM_PROTOCOL_ERROR, "protocol error", "protocol_error")
+        }
+        UpstreamError::RemoteReset { refused: false } => {
+            reset!(SERVICE_UNAVAILABLE, UPSTREAM_REMOTE_RESET, "remote reset", "remote_reset")
+        }
+        UpstreamError::RemoteReset { refused: true } => reset!(
+            SERVICE_UNAVAILABLE,
+            UPSTREAM_REMOTE_RESET,
+            "remote refused stream reset",
+            "remote_refused_stream_reset"
         ),
-        UpstreamError::ResetBeforeHeaders(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-            Cow::Borrowed("upstream_reset_before_response_started{connection_termination}"),
-        ),
-        UpstreamError::ProtocolError => (
-            StatusCode::BAD_GATEWAY,
-            "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
-            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-            Cow::Borrowed("upstream_reset_before_response_started{protocol_error}"),
-        ),
-        UpstreamError::RemoteReset { refused: false } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
-            ResponseFlags::UPSTREAM_REMOTE_RESET,
-            Cow::Borrowed("upstream_reset_before_response_started{remote_reset}"),
-        ),
-        UpstreamError::RemoteReset { refused: true } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
-            ResponseFlags::UPSTREAM_REMOTE_RESET,
-            Cow::Borrowed("upstream_reset_before_response_started{remote_refused_stream_reset}"),
-        ),
-        UpstreamError::Overflow => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-            ResponseFlags::UPSTREAM_OVERFLOW,
-            Cow::Borrowed("upstream_reset_before_response_started{overflow}"),
-        ),
+        UpstreamError::Overflow => reset!(SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW, "overflow", "overflow"),
     }
 }
 
