@@ -143,7 +143,7 @@ async fn upstream_connections_are_pooled_and_reused() {
 async fn an_upstream_connection_idle_past_idle_timeout_is_closed_without_waiting_for_a_request() {
     let upstream = Upstream::start("svc").await;
     for protocol in ["", H2_UPSTREAM] {
-        let idle = format!("{protocol}    common_http_protocol_options: {{ idle_timeout: 0.3s }}\n");
+        let idle = format!("{protocol}    common_http_protocol_options: {{ idle_timeout: 1s }}\n");
         let clusters = static_cluster("svc", &[(upstream.address, 1)], &idle);
         let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
         let mut client = Client::connect(legate.listener("main"), Version::HTTP_11).await;
