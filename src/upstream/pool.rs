@@ -129,9 +129,6 @@ pub struct HostPool {
     /// Wakes the task that closes idle connections the upstream closed (`watch_idle`), once
     /// it runs; every idle connection's read readiness is registered with it.
     idle_watcher: RefCell<Option<Waker>>,
-    /// The `idle_timeout` of the connection released last, by which `watch_idle` closes
-    /// the idle ones.
-    idle_timeout: Cell<Option<Duration>>,
     h2: RefCell<H2Slot>,
     /// HTTP/1.1 connections open or connecting to the host from this worker.
     h1_connections: Cell<usize>,
@@ -147,7 +144,6 @@ impl HostPool {
             host,
             idle_h1: RefCell::new(Vec::new()),
             idle_watcher: RefCell::new(None),
-            idle_timeout: Cell::new(None),
             h2: RefCell::new(H2Slot::Empty),
             h1_connections: Cell::new(0),
             h1_waiting: Cell::new(0),
@@ -255,7 +251,6 @@ impl HostPool {
 
     /// Takes back a connection whose response has ended, to be reused.
     pub fn release_h1(self: &Rc<Self>, mut connection: Box<H1Connection>) {
-        self.idle_timeout.set(connection.idle_timeout());
         let mut watcher = self.idle_watcher.borrow_mut();
         match watcher.as_ref() {
             Some(waker) => {
@@ -342,7 +337,9 @@ impl HostPool {
             H2Slot::Connecting(connect) => return Err(connect.clone()),
             _ => {}
         }
-        // The pool has no connection to wait for: it connects even at `max_connections`.
+        // The pool has no connection to wait for: it connects even at `max_connections`, as
+        // Envoy's does when it has none. (Envoy's also counts a connection draining after
+        // GOAWAY and then waits for it to close; legate lets a draining one go at once.)
         connection_allowed(cluster);
         let connect = connect_h2(self.host.clone(), cluster.clone()).map(|r| r.map_err(Rc::new)).boxed_local().shared();
         *slot = H2Slot::Connecting(connect.clone());
@@ -516,15 +513,19 @@ impl Drop for HostPool {
 /// One timer serves the pool: it is set for when the oldest idle connection expires, or,
 /// with none idle, one timeout from now. A connection released meanwhile expires after
 /// that, so releases never need to wake this task; the price is a spare wake-up per
-/// timeout (an hour by default) while the pool has no idle connection.
+/// timeout (an hour by default) while the pool has no idle connection. The timeout is
+/// that of the oldest idle connection's cluster, kept while none is idle.
 async fn watch_idle(pool: Weak<HostPool>) {
     let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let mut timeout: Option<Duration> = None;
     std::future::poll_fn(|cx| {
         let Some(pool) = pool.upgrade() else { return Poll::Ready(()) };
         loop {
-            let timeout = pool.idle_timeout.get();
             let now = Instant::now();
             let mut idle = pool.idle_h1.borrow_mut();
+            if let Some(oldest) = idle.first() {
+                timeout = oldest.connection.idle_timeout();
+            }
             // Oldest first (releases push at the end, checkouts pop from it), so the
             // expired ones lead.
             let fresh = idle.iter().position(|i| timeout.is_none_or(|t| now - i.since < t)).unwrap_or(idle.len());

@@ -94,15 +94,14 @@ impl H2Connection {
 
     /// The connection opened the last stream it may.
     pub fn is_spent(&self) -> bool {
-        let shared = self.shared.borrow();
-        shared.next_stream > shared.last_stream
+        self.shared.borrow().is_spent()
     }
 
     /// The connection takes no new streams (it closed, the upstream sent GOAWAY, or it
     /// opened its last): it is replaced.
     pub fn is_closed(&self) -> bool {
         let shared = self.shared.borrow();
-        shared.closed || shared.goaway.is_some() || shared.next_stream > shared.last_stream
+        shared.closed || shared.goaway.is_some() || shared.is_spent()
     }
 
     /// Opens a stream for `request` once the upstream's stream limit has room, calling
@@ -165,10 +164,15 @@ fn encode_request(encoder: &mut Encoder, head: &http::request::Parts, dst: &mut 
 
 /// The client's side of the connection's state: opening streams, and response heads.
 impl Shared {
+    /// Legate opened the last stream it may on the connection.
+    fn is_spent(&self) -> bool {
+        self.next_stream > self.last_stream
+    }
+
     /// Opens a stream for a request once the peer's stream limit has room; `None` once the
     /// connection takes no more streams (closed, after the peer's GOAWAY, or past its last).
     pub fn poll_open(&mut self, cx: &Context<'_>) -> Poll<Option<u32>> {
-        if self.closed || self.goaway.is_some() || self.next_stream > self.last_stream {
+        if self.closed || self.goaway.is_some() || self.is_spent() {
             return Poll::Ready(None);
         }
         if self.open >= self.peer_max_streams {
