@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds as ThresholdsProto;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HealthStatus, HttpProtocolOptions as CommonHttpOptions, RoutingPriority,
 };
@@ -37,10 +37,27 @@ pub enum UpstreamProtocol {
 }
 
 /// How a cluster picks a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LbKind {
     RoundRobin,
     Random,
+    LeastRequest(LeastRequest),
+}
+
+/// `least_request_lb_config`, with Envoy's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeastRequest {
+    /// How many random hosts a pick compares when all weights are equal.
+    pub choice_count: u32,
+    /// The exponent of `(active requests + 1)` that divides a host's weight when the
+    /// weights differ.
+    pub active_request_bias: f64,
+}
+
+impl Default for LeastRequest {
+    fn default() -> LeastRequest {
+        LeastRequest { choice_count: 2, active_request_bias: 1.0 }
+    }
 }
 
 /// One routing priority's circuit-breaker limits, cluster-wide across workers.
@@ -158,6 +175,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "type",
     "connect_timeout",
     "lb_policy",
+    "least_request_lb_config",
     "load_assignment",
     "typed_extension_protocol_options",
     "http2_protocol_options",
@@ -228,6 +246,7 @@ impl ClusterSpec {
         let lb = match LbPolicy::try_from(proto.lb_policy) {
             Ok(LbPolicy::RoundRobin) => LbKind::RoundRobin,
             Ok(LbPolicy::Random) => LbKind::Random,
+            Ok(LbPolicy::LeastRequest) => LbKind::LeastRequest(least_request(proto, path)?),
             Ok(other) => {
                 return Err(ConfigError::unsupported(join_path(path, "lb_policy"), other.as_str_name().to_owned()));
             }
@@ -269,6 +288,33 @@ impl ClusterSpec {
             proto: encoded,
         })
     }
+}
+
+/// `least_request_lb_config`. The bias is the `RuntimeDouble`'s default: legate has no
+/// runtime layer to look its key up in, as Envoy finds nothing under a key no layer sets.
+fn least_request(proto: &ClusterProto, path: &str) -> Result<LeastRequest> {
+    let mut config = LeastRequest::default();
+    let Some(LbConfig::LeastRequestLbConfig(given)) = &proto.lb_config else {
+        return Ok(config);
+    };
+    let path = join_path(path, "least_request_lb_config");
+    ensure_only(given, &["choice_count", "active_request_bias"], &path)?;
+    if let Some(count) = given.choice_count {
+        if count.value < 2 {
+            return Err(ConfigError::invalid(
+                join_path(&path, "choice_count"),
+                "value must be greater than or equal to 2",
+            ));
+        }
+        config.choice_count = count.value;
+    }
+    if let Some(bias) = &given.active_request_bias {
+        // Envoy warns and uses 1.0 for a bias below 0 or not a number.
+        if bias.default_value >= 0.0 {
+            config.active_request_bias = bias.default_value;
+        }
+    }
+    Ok(config)
 }
 
 /// The thresholds by priority; as in Envoy, the first entry of a priority counts and a

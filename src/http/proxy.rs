@@ -136,9 +136,7 @@ pub async fn serve(
         ));
     };
     let pools = ctx.worker.pools.cluster(&cluster);
-    let mut cursor = pools.cursor.get();
-    let picked = cluster.pick(&mut cursor);
-    pools.cursor.set(cursor);
+    let picked = cluster.pick(&mut pools.lb.borrow_mut());
     exchange.cluster = Some(cluster.clone());
     let Some(host_index) = picked else {
         cluster.stats.upstream_cx_none_healthy.inc();

@@ -14,7 +14,7 @@ use crate::config::proto::Encoded;
 use crate::stats::{CounterCell, GaugeCell, HistogramCell, HistogramUnit, Member, StatGroup, Store};
 
 use super::host::Host;
-use super::lb::{Candidate, HostSelector};
+use super::lb::{Candidate, HostSelector, WorkerLb};
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -205,7 +205,7 @@ impl ClusterStats {
 
 /// A live cluster.
 pub struct Cluster {
-    /// Unique per built cluster: workers key their pools and cursors by it.
+    /// Unique per built cluster: workers key their pools and balancing state by it.
     pub id: u64,
     pub name: String,
     pub connect_timeout: Duration,
@@ -320,10 +320,11 @@ impl Cluster {
         }
     }
 
-    /// Picks a host (an index into `hosts`) with the calling worker's cursor; `None`
+    /// Picks a host (an index into `hosts`) with the calling worker's state; `None`
     /// means no healthy upstream.
-    pub fn pick(&self, cursor: &mut u64) -> Option<usize> {
-        let (index, panic) = self.selector.pick(cursor)?;
+    pub fn pick(&self, state: &mut WorkerLb) -> Option<usize> {
+        let active = |index: u32| self.hosts[index as usize].stats.rq_active.load(Ordering::Relaxed);
+        let (index, panic) = self.selector.pick(state, &active)?;
         if panic {
             self.stats.lb_healthy_panic.inc();
         }

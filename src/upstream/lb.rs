@@ -1,52 +1,207 @@
-//! Load balancing over a cluster's host set. The schedule is built off the hot path when
-//! the host set changes; picking is an index into it with a per-worker cursor.
+//! Load balancing over a cluster's host set. What does not depend on load is computed off
+//! the hot path when the host set changes; a pick reads the worker's own state
+//! (`WorkerLb`) and, for least request, the hosts' active request counts.
 
-use crate::config::cluster::LbKind;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use crate::config::cluster::{LbKind, LeastRequest};
 
 /// The longest weighted round-robin schedule kept; larger weight sums are scaled down.
 const MAX_SCHEDULE_LEN: u64 = 4096;
 
-/// A precomputed pick order over host indices.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    kind: LbKind,
-    /// Host indices in smooth weighted round-robin order (each index `weight` times,
-    /// interleaved). Empty when there are no hosts.
-    order: Box<[u32]>,
+/// A worker's own load-balancing state for one version of a cluster, so workers never
+/// contend over it.
+#[derive(Debug)]
+pub struct WorkerLb {
+    /// Position in round-robin orders.
+    cursor: u64,
+    /// Weighted least request: the worker's schedule for each priority level, made at the
+    /// level's first pick (as each Envoy worker has its own).
+    edf: Vec<Option<Edf>>,
+}
+
+impl Default for WorkerLb {
+    /// A fresh state. The cursor starts at a random offset, as Envoy seeds each worker's
+    /// round robin, so that workers do not all begin with the same host.
+    fn default() -> WorkerLb {
+        WorkerLb { cursor: fastrand::u64(..), edf: Vec::new() }
+    }
+}
+
+impl WorkerLb {
+    /// The state for a rebuilt version of the cluster: round robin goes on where it was;
+    /// the weighted schedules start over, as Envoy's do when a host set changes.
+    pub fn carried_over(&self) -> WorkerLb {
+        WorkerLb { cursor: self.cursor, edf: Vec::new() }
+    }
+}
+
+/// How one priority level picks among its eligible hosts (indices into the cluster's).
+#[derive(Debug)]
+enum Schedule {
+    /// Round robin, or random, over host indices in smooth weighted round-robin order
+    /// (each index `weight` times, interleaved).
+    Order { random: bool, order: Box<[u32]> },
+    /// Least request over hosts of equal weight: of `choices` hosts drawn at random (with
+    /// replacement), the one with the fewest active requests; on a tie, the first drawn.
+    Choices { choices: u32, hosts: Box<[u32]> },
+    /// Least request over hosts of unequal weights: earliest deadline first, a picked host
+    /// next due after `1 / weight`, its weight divided by `(active requests + 1)^bias` at
+    /// the time of the pick.
+    Weighted { bias: f64, hosts: Box<[(u32, u32)]> },
 }
 
 impl Schedule {
-    /// Builds the schedule for hosts with these weights (indices into the caller's hosts).
-    pub fn new(kind: LbKind, weights: &[(u32, u32)]) -> Schedule {
-        Schedule { kind, order: smooth_weighted_order(weights).into_boxed_slice() }
+    /// The schedule for hosts with these weights (indices into the caller's hosts).
+    fn new(kind: LbKind, weights: &[(u32, u32)]) -> Schedule {
+        match kind {
+            LbKind::RoundRobin | LbKind::Random => Schedule::Order {
+                random: kind == LbKind::Random,
+                order: smooth_weighted_order(weights).into_boxed_slice(),
+            },
+            // Envoy takes the weighted path only when the weights differ.
+            LbKind::LeastRequest(LeastRequest { choice_count, .. })
+                if weights.windows(2).all(|pair| pair[0].1 == pair[1].1) =>
+            {
+                Schedule::Choices { choices: choice_count, hosts: weights.iter().map(|&(i, _)| i).collect() }
+            }
+            LbKind::LeastRequest(LeastRequest { active_request_bias, .. }) => {
+                Schedule::Weighted { bias: active_request_bias, hosts: weights.into() }
+            }
+        }
     }
 
     /// Whether there is no host to pick.
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+    fn is_empty(&self) -> bool {
+        match self {
+            Schedule::Order { order, .. } => order.is_empty(),
+            Schedule::Choices { hosts, .. } => hosts.is_empty(),
+            Schedule::Weighted { hosts, .. } => hosts.is_empty(),
+        }
     }
 
-    /// Picks a host index. `cursor` is the calling worker's own position, so workers
-    /// never contend; it starts at a random offset, as Envoy seeds each worker's
-    /// round robin, so that workers do not all begin with the same host.
-    pub fn pick(&self, cursor: &mut u64) -> Option<u32> {
-        if self.order.is_empty() {
+    /// Picks a host index with the worker's round-robin `cursor` and its weighted
+    /// schedule for this level, `edf`; `active` gives a host's active requests.
+    fn pick(&self, cursor: &mut u64, edf: &mut Option<Edf>, active: &impl Fn(u32) -> u64) -> Option<u32> {
+        if self.is_empty() {
             return None;
         }
-        let len = self.order.len() as u64;
-        let slot = match self.kind {
-            LbKind::RoundRobin => {
-                let slot = *cursor % len;
+        match self {
+            Schedule::Order { random, order } => {
+                let len = order.len() as u64;
+                let slot = if *random { fastrand::u64(..len) } else { *cursor % len };
                 *cursor = cursor.wrapping_add(1);
-                slot
+                Some(order[slot as usize])
             }
-            LbKind::Random => fastrand::u64(..len),
-        };
-        Some(self.order[slot as usize])
+            Schedule::Choices { choices, hosts } => {
+                let draw = || hosts[fastrand::usize(..hosts.len())];
+                let mut best = draw();
+                let mut best_active = active(best);
+                for _ in 1..*choices {
+                    let candidate = draw();
+                    let candidate_active = active(candidate);
+                    if candidate_active < best_active {
+                        (best, best_active) = (candidate, candidate_active);
+                    }
+                }
+                Some(best)
+            }
+            Schedule::Weighted { bias, hosts } => {
+                let weight = |slot: u32| {
+                    let (index, weight) = hosts[slot as usize];
+                    effective_weight(weight, active(index), *bias)
+                };
+                let edf = edf.get_or_insert_with(|| Edf::new(hosts, &weight));
+                Some(hosts[edf.pick_and_add(&weight) as usize].0)
+            }
+        }
     }
 }
 
-/// Envoy's default `healthy_panic_threshold`: below 50 % healthy hosts, a priority level
+/// Envoy's least-request weight: `weight / (active + 1)^bias`.
+fn effective_weight(weight: u32, active: u64, bias: f64) -> f64 {
+    let load = active.saturating_add(1) as f64;
+    let weight = f64::from(weight);
+    if bias == 1.0 {
+        weight / load
+    } else if bias == 0.0 {
+        weight
+    } else {
+        weight / load.powf(bias)
+    }
+}
+
+/// An earliest-deadline-first schedule over the slots of a `Schedule::Weighted`: each slot
+/// is due `1 / weight` after the time it was last picked at; the earliest due is picked
+/// next, ties in the order they were added.
+#[derive(Debug)]
+struct Edf {
+    now: f64,
+    added: u64,
+    due: BinaryHeap<Due>,
+}
+
+#[derive(Debug)]
+struct Due {
+    at: f64,
+    added: u64,
+    slot: u32,
+}
+
+impl Ord for Due {
+    /// Reversed, so that the max-heap yields the earliest due first.
+    fn cmp(&self, other: &Due) -> Ordering {
+        other.at.total_cmp(&self.at).then(other.added.cmp(&self.added))
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Due) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Due) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Due {}
+
+impl Edf {
+    /// Every slot due at `1 / weight`, then advanced by a random number of picks below
+    /// the weights' sum, so that workers do not all start at the same place in the cycle.
+    fn new(hosts: &[(u32, u32)], weight: &impl Fn(u32) -> f64) -> Edf {
+        let mut edf = Edf { now: 0.0, added: 0, due: BinaryHeap::with_capacity(hosts.len()) };
+        for slot in 0..hosts.len() as u32 {
+            edf.add(slot, weight(slot));
+        }
+        let cycle: u64 = hosts.iter().map(|&(_, w)| u64::from(w)).sum();
+        for _ in 0..fastrand::u64(..cycle.clamp(1, MAX_SCHEDULE_LEN)) {
+            edf.pick_and_add(weight);
+        }
+        edf
+    }
+
+    fn add(&mut self, slot: u32, weight: f64) {
+        // A weight of 0 (or less) would never come due again; the smallest positive keeps
+        // the slot in the schedule, as last.
+        let at = self.now + 1.0 / weight.max(f64::MIN_POSITIVE);
+        self.due.push(Due { at, added: self.added, slot });
+        self.added += 1;
+    }
+
+    /// Takes the earliest due slot and puts it back due after its weight as of now.
+    fn pick_and_add(&mut self, weight: &impl Fn(u32) -> f64) -> u32 {
+        let Due { at, slot, .. } = self.due.pop().expect("an EDF schedule holds every slot");
+        self.now = at;
+        self.add(slot, weight(slot));
+        slot
+    }
+}
+
 /// balances over all its hosts.
 const HEALTHY_PANIC_THRESHOLD_PERCENT: u32 = 50;
 
@@ -115,18 +270,23 @@ impl HostSelector {
         HostSelector { levels }
     }
 
-    /// Picks a host index with the worker's `cursor`; also says whether the level was in
-    /// panic. `None`: no host to pick.
-    pub fn pick(&self, cursor: &mut u64) -> Option<(u32, bool)> {
-        let level = match self.levels.as_slice() {
+    /// Picks a host index with the worker's `state`; `active` gives a host's active
+    /// requests (read by least request only). Also says whether the level was in panic.
+    /// `None`: no host to pick.
+    pub fn pick(&self, state: &mut WorkerLb, active: &impl Fn(u32) -> u64) -> Option<(u32, bool)> {
+        let position = match self.levels.as_slice() {
             [] => return None,
-            [only] => only,
+            [_] => 0,
             levels => {
                 let mut draw = fastrand::u32(..100);
-                levels.iter().find(|l| draw.checked_sub(l.load).map(|rest| draw = rest).is_none())?
+                levels.iter().position(|l| draw.checked_sub(l.load).map(|rest| draw = rest).is_none())?
             }
         };
-        level.schedule.pick(cursor).map(|index| (index, level.panic))
+        let level = &self.levels[position];
+        if state.edf.len() < self.levels.len() {
+            state.edf.resize_with(self.levels.len(), || None);
+        }
+        level.schedule.pick(&mut state.cursor, &mut state.edf[position], active).map(|index| (index, level.panic))
     }
 }
 
@@ -169,13 +329,24 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
 
-    fn counts(schedule: &Schedule, picks: usize, hosts: usize) -> Vec<usize> {
-        let mut cursor = 0;
+    fn idle(_: u32) -> u64 {
+        0
+    }
+
+    /// `n` picks from a fresh worker state, the cursor at 0.
+    fn picks(schedule: &Schedule, n: usize, active: &impl Fn(u32) -> u64) -> Vec<u32> {
+        let (mut cursor, mut edf) = (0, None);
+        (0..n).map(|_| schedule.pick(&mut cursor, &mut edf, active).unwrap()).collect()
+    }
+
+    fn counts(picked: &[u32], hosts: usize) -> Vec<usize> {
         let mut counts = vec![0; hosts];
-        for _ in 0..picks {
-            counts[schedule.pick(&mut cursor).unwrap() as usize] += 1;
+        for &index in picked {
+            counts[index as usize] += 1;
         }
         counts
     }
@@ -183,18 +354,15 @@ mod tests {
     #[test]
     fn equal_weights_alternate() {
         let s = Schedule::new(LbKind::RoundRobin, &[(0, 1), (1, 1), (2, 1)]);
-        let mut cursor = 0;
-        let picks: Vec<u32> = (0..6).map(|_| s.pick(&mut cursor).unwrap()).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(picks(&s, 6, &idle), [0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
     fn weights_are_honoured_and_interleaved() {
         let s = Schedule::new(LbKind::RoundRobin, &[(0, 3), (1, 1)]);
-        assert_eq!(counts(&s, 400, 2), [300, 100]);
+        assert_eq!(counts(&picks(&s, 400, &idle), 2), [300, 100]);
         let s = Schedule::new(LbKind::RoundRobin, &[(0, 1), (1, 1), (2, 2)]);
-        let mut cursor = 0;
-        let order: Vec<u32> = (0..8).map(|_| s.pick(&mut cursor).unwrap()).collect();
+        let order = picks(&s, 8, &idle);
         // Within one cycle the heavy host never takes two turns in a row.
         assert!(order[..4].windows(2).all(|w| w[0] != w[1]), "a heavy host's turns are spread, not bunched: {order:?}");
         assert_eq!(order.iter().filter(|&&h| h == 2).count(), 4);
@@ -202,9 +370,61 @@ mod tests {
 
     #[test]
     fn huge_weights_are_scaled_without_dropping_hosts() {
-        let s = Schedule::new(LbKind::RoundRobin, &[(0, 1_000_000), (1, 1)]);
-        assert!(s.order.len() as u64 <= MAX_SCHEDULE_LEN + 1);
-        assert!(s.order.contains(&1));
+        let Schedule::Order { order, .. } = Schedule::new(LbKind::RoundRobin, &[(0, 1_000_000), (1, 1)]) else {
+            panic!("round robin keeps an order");
+        };
+        assert!(order.len() as u64 <= MAX_SCHEDULE_LEN + 1);
+        assert!(order.contains(&1));
+    }
+
+    fn least_request(choice_count: u32, active_request_bias: f64) -> LbKind {
+        LbKind::LeastRequest(LeastRequest { choice_count, active_request_bias })
+    }
+
+    #[test]
+    fn least_request_over_equal_weights_takes_the_less_busy_of_its_choices() {
+        let s = Schedule::new(least_request(2, 1.0), &[(0, 1), (1, 1), (2, 1)]);
+        assert!(matches!(s, Schedule::Choices { choices: 2, .. }), "{s:?}");
+        // Host 0 busy: it is picked only when both draws land on it, 1 in 9.
+        let busy = |i: u32| if i == 0 { 5 } else { 0 };
+        let spread = counts(&picks(&s, 9_000, &busy), 3);
+        assert!((700..1_300).contains(&spread[0]), "{spread:?}");
+        // With as many draws as it takes to see every host, the busy one never wins.
+        let s = Schedule::new(least_request(64, 1.0), &[(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(counts(&picks(&s, 1_000, &busy), 3)[0], 0);
+        // All idle: the first draw stands, so the spread is even.
+        let spread = counts(&picks(&s, 9_000, &idle), 3);
+        assert!(spread.iter().all(|c| (2_700..3_300).contains(c)), "{spread:?}");
+    }
+
+    #[test]
+    fn least_request_over_unequal_weights_follows_the_weights_scaled_by_load() {
+        // Weights whose reciprocals binary fractions hold exactly, so no deadlines tie by
+        // rounding.
+        let s = Schedule::new(least_request(2, 1.0), &[(0, 4), (1, 1)]);
+        assert!(matches!(s, Schedule::Weighted { .. }), "{s:?}");
+        // Idle hosts: exactly the weights, interleaved.
+        let order = picks(&s, 400, &idle);
+        assert_eq!(counts(&order, 2), [320, 80]);
+        assert!(order.windows(5).all(|w| w.contains(&1)), "the light host comes every fifth pick: {order:?}");
+        // Each request stays active: a host's next turn comes `(active + 1) / weight` after
+        // its last, so its n-th comes at about n² / (2 × weight), and the load splits as
+        // the square roots of the weights, 2 : 1 here.
+        let active = RefCell::new([0u64; 2]);
+        let (mut cursor, mut edf) = (0, None);
+        for _ in 0..400 {
+            let picked = s.pick(&mut cursor, &mut edf, &|i| active.borrow()[i as usize]).unwrap();
+            active.borrow_mut()[picked as usize] += 1;
+        }
+        let [heavy, light] = *active.borrow();
+        assert!((257..=277).contains(&heavy) && heavy + light == 400, "{heavy} / {light}");
+        // A bias of 0 ignores load: plain weighted round robin.
+        let s = Schedule::new(least_request(2, 0.0), &[(0, 4), (1, 1)]);
+        let busy = |i: u32| if i == 0 { 1_000 } else { 0 };
+        assert_eq!(counts(&picks(&s, 400, &busy), 2), [320, 80]);
+        // A busy heavy host under the default bias gives way to the idle light one.
+        let s = Schedule::new(least_request(2, 1.0), &[(0, 4), (1, 1)]);
+        assert!(counts(&picks(&s, 400, &busy), 2)[1] > 390);
     }
 
     fn candidates(spec: &[(u32, bool)]) -> Vec<Candidate> {
@@ -215,10 +435,10 @@ mod tests {
     }
 
     fn spread(selector: &HostSelector, picks: usize, hosts: usize) -> Vec<usize> {
-        let mut cursor = 0;
+        let mut state = WorkerLb { cursor: 0, edf: Vec::new() };
         let mut counts = vec![0; hosts];
         for _ in 0..picks {
-            counts[selector.pick(&mut cursor).unwrap().0 as usize] += 1;
+            counts[selector.pick(&mut state, &idle).unwrap().0 as usize] += 1;
         }
         counts
     }
@@ -247,8 +467,7 @@ mod tests {
     fn panic_mode_balances_over_all_hosts_of_a_level() {
         // 1 of 3 healthy in the only level: below 50 %, so all three take traffic.
         let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, false), (0, false)]), 140);
-        let mut cursor = 0;
-        assert!(s.pick(&mut cursor).unwrap().1, "the pick reports panic mode");
+        assert!(s.pick(&mut WorkerLb::default(), &idle).unwrap().1, "the pick reports panic mode");
         assert_eq!(spread(&s, 300, 3), [100, 100, 100]);
         // Nothing healthy at all: still served, in panic, by the first level.
         let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, false), (1, false)]), 140);
@@ -257,7 +476,8 @@ mod tests {
 
     #[test]
     fn empty_has_no_pick() {
-        let s = Schedule::new(LbKind::RoundRobin, &[]);
-        assert_eq!(s.pick(&mut 0), None);
+        for kind in [LbKind::RoundRobin, LbKind::Random, least_request(2, 1.0)] {
+            assert_eq!(Schedule::new(kind, &[]).pick(&mut 0, &mut None, &idle), None);
+        }
     }
 }

@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 use super::cluster::{Cluster, ClusterStats};
 use super::h1_client::{H1Body, H1Connection};
 use super::host::Host;
+use super::lb::WorkerLb;
 use super::manager::ClusterSnapshot;
 use crate::clock;
 use crate::http::body::{BodyError, RequestBody};
@@ -620,11 +621,11 @@ impl Drop for LiveConnection {
     }
 }
 
-/// A worker's state for one version of a cluster: its round-robin cursor and host pools.
+/// A worker's state for one version of a cluster: its load-balancing state and host pools.
 pub struct ClusterPools {
     /// Which cluster version this is for.
     cluster_id: u64,
-    pub cursor: Cell<u64>,
+    pub lb: RefCell<WorkerLb>,
     /// By host address, holding the `Host` the pool was made for.
     hosts: RefCell<FnvHashMap<SocketAddr, Rc<HostPool>>>,
     /// The same pools by index in this cluster version's `hosts` (fixed for a version), so
@@ -679,10 +680,10 @@ impl WorkerPools {
                 }
             }
         }
-        let cursor = previous.map_or_else(|| fastrand::u64(..), |p| p.cursor.get());
+        let lb = previous.map_or_else(WorkerLb::default, |p| p.lb.borrow().carried_over());
         let pools = Rc::new(ClusterPools {
             cluster_id: cluster.id,
-            cursor: Cell::new(cursor),
+            lb: RefCell::new(lb),
             hosts: RefCell::new(hosts),
             by_index: RefCell::new(Vec::new()),
         });

@@ -75,6 +75,47 @@ async fn equal_weights_spread_evenly_across_workers_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_sends_new_requests_away_from_a_host_busy_with_a_slow_one() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    // 64 draws of two hosts: the idle one is among them but for a chance of 2^-64.
+    let extra = "    lb_policy: LEAST_REQUEST\n    least_request_lb_config: { choice_count: 64 }\n";
+    let clusters = static_cluster("svc", &[(a.address, 1), (b.address, 1)], extra);
+    let legate = Legate::start(&bootstrap("", &route_all_to("svc"), &clusters));
+    let (address, request) = (legate.listener("main"), get("/delay/2000"));
+    let slow = tokio::spawn(async move { send(address, Version::HTTP_11, request).await });
+    legate.wait_for_stat("cluster.svc.upstream_rq_active", 1).await;
+    let busy = if a.count() == 1 { "a" } else { "b" };
+    let mut client = Client::connect(legate.listener("main"), Version::HTTP_2).await;
+    for _ in 0..20 {
+        let answer = client.send(get("/quick")).await;
+        assert_eq!(answer.status, 200);
+        assert_ne!(answer.text(), busy, "a quick request went to the host busy with the slow one");
+    }
+    assert_eq!(slow.await.unwrap().text(), busy);
+    // With both idle again, the first draw stands: both hosts take requests.
+    for _ in 0..40 {
+        client.send(get("/idle")).await;
+    }
+    let idle_to = |u: &Upstream| u.seen.lock().unwrap().iter().filter(|s| s.path == "/idle").count();
+    assert!(idle_to(&a) > 0 && idle_to(&b) > 0, "a {} / b {}", idle_to(&a), idle_to(&b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_over_unequal_weights_follows_the_weights_when_hosts_are_idle() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let clusters = static_cluster("svc", &[(a.address, 4), (b.address, 1)], "    lb_policy: LEAST_REQUEST\n");
+    // One worker, so one schedule sees every request.
+    let legate = Legate::start_with(&bootstrap("", &route_all_to("svc"), &clusters), &["--concurrency", "1"]);
+    let mut client = Client::connect(legate.listener("main"), Version::HTTP_11).await;
+    for _ in 0..500 {
+        assert_eq!(client.send(get("/")).await.status, 200);
+    }
+    assert_eq!((a.count(), b.count()), (400, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways_over_each_protocol() {
     let upstream = Upstream::start("echo").await;
     for extra in ["", H2_UPSTREAM] {
