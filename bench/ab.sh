@@ -5,12 +5,16 @@
 # neither always runs first or second; percentiles come from h2load's per-request log
 # (BENCHMARKS.md, "A/B runs").
 #
-#   bash bench/ab.sh A B              # A, B: a legate binary, or "haproxy"
+#   bash bench/ab.sh A B              # A, B: a legate binary, "haproxy" or "direct"
 #   AB_WORKLOAD=h2c AB_PAIRS=12 bash bench/ab.sh /tmp/legate.before target/release/legate
 #
 # Knobs: AB_WORKLOAD (h2c_h1up: h2c -c10 -m10 through the HTTP/1.1 upstream; h2c: through the
-# h2c upstream; h1: HTTP/1.1 -c50), AB_PAIRS (8), AB_DURATION (6 s measured), AB_WARMUP (2 s),
-# AB_PORT_BASE (19280). Installs h2load (nghttp2-client) and HAProxy from Debian if missing;
+# h2c upstream; h1: HTTP/1.1 -c50; h1_seq: HTTP/1.1, one connection, one request at a time),
+# AB_PAIRS (8), AB_DURATION (6 s measured), AB_WARMUP (2 s), AB_PORT_BASE (19280),
+# AB_KEEP_AWAKE (1: a SCHED_IDLE busy loop on each of the two CPUs for the whole session, so
+# that neither vCPU halts when idle; any runnable task preempts it. It takes the hypervisor's
+# wake-up of a halted vCPU out of the latencies, see BENCHMARKS.md "Added latency and halted
+# vCPUs"). "direct" sends the load to the upstream itself (h1 workloads). Installs h2load (nghttp2-client) and HAProxy from Debian if missing;
 # needs the bench_upstream example built (cargo build --release --example bench_upstream).
 # Prints one line a pair and a summary (B against A).
 #
@@ -46,6 +50,7 @@ case $workload in
   h2c_h1up) load=(-c10 -m10) url=http://127.0.0.1:$h1_port/ ;;
   h2c) load=(-c10 -m10) url=http://127.0.0.1:$h2_port/ ;;
   h1) load=(--h1 -c50 -m1) url=http://127.0.0.1:$h1_port/ ;;
+  h1_seq) load=(--h1 -c1 -m1) url=http://127.0.0.1:$h1_port/ ;;
   *) echo "ab.sh: unknown workload $workload" >&2; exit 1 ;;
 esac
 
@@ -55,11 +60,21 @@ wait_up() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null &&
 taskset -c 0 "$upstream" "$up_port" 1 >"$out/upstream.log" 2>&1 &
 pids+=($!)
 wait_up "http://127.0.0.1:$up_port/"
+if [[ ${AB_KEEP_AWAKE:-0} == 1 ]]; then
+  for cpu in 0 1; do
+    taskset -c $cpu chrt -i 0 sh -c 'while :; do :; done' &
+    pids+=($!)
+  done
+fi
 
 # One run of `proxy` (fresh process); its per-request log goes to `log`.
 run() { # proxy log
   local proxy=$1 log=$2 pid ready
-  if [[ "$proxy" == haproxy ]]; then
+  if [[ "$proxy" == direct ]]; then
+    [[ $workload == h1* ]] || { echo "ab.sh: direct is for the h1 workloads" >&2; exit 1; }
+    measure "http://127.0.0.1:$up_port/" "$log"
+    return
+  elif [[ "$proxy" == haproxy ]]; then
     taskset -c 1 "$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$out/haproxy.cfg" >"$out/proxy.log" 2>&1 &
     ready=$url
   else
@@ -69,10 +84,15 @@ run() { # proxy log
   pid=$!
   pids+=($pid)
   wait_up "$ready" || { echo "ab.sh: $proxy did not start" >&2; exit 1; }
-  taskset -c 0 h2load -t1 "${load[@]}" -D "$warmup" "$url" >/dev/null
-  rm -f "$log"  # h2load appends to its log file
-  taskset -c 0 h2load -t1 "${load[@]}" -D "$duration" --log-file="$log" "$url" >"$log.txt"
+  measure "$url" "$log"
   kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+# Warms up, then measures the load against `url` into h2load's per-request `log`.
+measure() { # url log
+  taskset -c 0 h2load -t1 "${load[@]}" -D "$warmup" "$1" >/dev/null
+  rm -f "$2"  # h2load appends to its log file
+  taskset -c 0 h2load -t1 "${load[@]}" -D "$duration" --log-file="$2" "$1" >"$2.txt"
 }
 
 for ((i = 1; i <= pairs; i++)); do
