@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds as ThresholdsProto;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, LbConfig, LbPolicy,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HealthStatus, HttpProtocolOptions as CommonHttpOptions, RoutingPriority,
 };
@@ -121,6 +123,10 @@ pub struct HostLocality {
     pub weight: u32,
 }
 
+/// Envoy's default `healthy_panic_threshold`: a priority level with fewer than half its
+/// hosts healthy balances over all of them.
+const DEFAULT_HEALTHY_PANIC_THRESHOLD: u32 = 50;
+
 /// Envoy's default `overprovisioning_factor` (140 %).
 pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
 
@@ -154,6 +160,9 @@ pub struct ClusterSpec {
     pub discovery: Discovery,
     pub connect_timeout: Duration,
     pub lb: LbKind,
+    /// `common_lb_config.healthy_panic_threshold`, rounded to a whole percent as Envoy
+    /// does; 0 turns panic mode off.
+    pub healthy_panic_threshold: u32,
     pub protocol: UpstreamProtocol,
     /// How long an idle pooled upstream connection is kept.
     pub idle_timeout: Option<Duration>,
@@ -176,6 +185,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "connect_timeout",
     "lb_policy",
     "least_request_lb_config",
+    "common_lb_config",
     "load_assignment",
     "typed_extension_protocol_options",
     "http2_protocol_options",
@@ -252,6 +262,10 @@ impl ClusterSpec {
             }
             Err(_) => return Err(ConfigError::invalid(join_path(path, "lb_policy"), "unknown value")),
         };
+        let healthy_panic_threshold = match &proto.common_lb_config {
+            Some(common) => healthy_panic_threshold(common, &join_path(path, "common_lb_config"))?,
+            None => DEFAULT_HEALTHY_PANIC_THRESHOLD,
+        };
         let (protocol, common) = upstream_protocol(proto, path)?;
         let idle_timeout = match common.as_ref().and_then(|c| c.idle_timeout.as_ref()) {
             Some(d) => Some(proto::duration(d, &join_path(path, "common_http_protocol_options.idle_timeout"))?)
@@ -279,6 +293,7 @@ impl ClusterSpec {
             discovery,
             connect_timeout,
             lb,
+            healthy_panic_threshold,
             protocol,
             idle_timeout,
             max_requests_per_connection,
@@ -288,6 +303,21 @@ impl ClusterSpec {
             proto: encoded,
         })
     }
+}
+
+/// `common_lb_config`, of which legate takes `healthy_panic_threshold`.
+fn healthy_panic_threshold(common: &CommonLbConfig, path: &str) -> Result<u32> {
+    ensure_only(common, &["healthy_panic_threshold"], path)?;
+    let Some(percent) = &common.healthy_panic_threshold else {
+        return Ok(DEFAULT_HEALTHY_PANIC_THRESHOLD);
+    };
+    if !(0.0..=100.0).contains(&percent.value) {
+        return Err(ConfigError::invalid(
+            join_path(path, "healthy_panic_threshold.value"),
+            "value must be inside range [0, 100]",
+        ));
+    }
+    Ok(percent.value.round() as u32)
 }
 
 /// `least_request_lb_config`. The bias is the `RuntimeDouble`'s default: legate has no

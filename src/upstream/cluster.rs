@@ -215,6 +215,7 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     pub discovery: Discovery,
     lb: LbKind,
+    healthy_panic_threshold: u32,
     pub hosts: Vec<Arc<Host>>,
     /// Picks over `hosts` across priorities (healthy ones, or all of a level in panic).
     selector: HostSelector,
@@ -265,7 +266,8 @@ impl Cluster {
                 healthy: h.is_healthy(),
             })
             .collect();
-        let selector = HostSelector::new(spec.lb, &candidates, assignment.overprovisioning_factor);
+        let selector =
+            HostSelector::new(spec.lb, &candidates, assignment.overprovisioning_factor, spec.healthy_panic_threshold);
         stats.membership_total.set(hosts.len() as i64);
         stats.membership_healthy.set(hosts.iter().filter(|h| h.is_healthy()).count() as i64);
         stats.max_host_weight.set(hosts.iter().map(|h| i64::from(h.weight)).max().unwrap_or(0));
@@ -280,6 +282,7 @@ impl Cluster {
             circuit_breakers: spec.circuit_breakers,
             discovery: spec.discovery,
             lb: spec.lb,
+            healthy_panic_threshold: spec.healthy_panic_threshold,
             hosts,
             selector,
             overprovisioning_factor: assignment.overprovisioning_factor,
@@ -310,6 +313,7 @@ impl Cluster {
             discovery: self.discovery.clone(),
             connect_timeout: self.connect_timeout,
             lb: self.lb,
+            healthy_panic_threshold: self.healthy_panic_threshold,
             protocol: self.protocol,
             idle_timeout: self.idle_timeout,
             max_requests_per_connection: self.max_requests_per_connection,

@@ -202,9 +202,6 @@ impl Edf {
     }
 }
 
-/// balances over all its hosts.
-const HEALTHY_PANIC_THRESHOLD_PERCENT: u32 = 50;
-
 /// What the selector needs to know of a host.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate {
@@ -225,45 +222,58 @@ struct Level {
 
 /// Picks a host across priority levels the way Envoy does: each level is worth
 /// `healthy / total × overprovisioning_factor` (capped at 100 %), levels take load in
-/// priority order up to their worth, and a level with fewer than half its hosts healthy
-/// balances over all of them (panic mode).
+/// priority order up to their worth, and a level with a healthy share below the panic
+/// threshold balances over all its hosts (panic mode). With no level worth anything, all
+/// are in panic and take load by their number of hosts, unless the threshold is 0, which
+/// turns panic off: then there is no host to pick.
 #[derive(Debug)]
 pub struct HostSelector {
     levels: Vec<Level>,
 }
 
 impl HostSelector {
-    /// Builds the selector for `hosts` with `overprovisioning_factor` in percent.
-    pub fn new(kind: LbKind, hosts: &[Candidate], overprovisioning_factor: u32) -> HostSelector {
-        let max_priority = hosts.iter().map(|h| h.priority).max();
-        let mut levels = Vec::new();
-        let mut healths = Vec::new();
-        for priority in 0..=max_priority.unwrap_or(0) {
-            let level: Vec<&Candidate> = hosts.iter().filter(|h| h.priority == priority).collect();
-            let total = level.len() as u64;
-            let healthy = level.iter().filter(|h| h.healthy).count() as u64;
-            let health =
-                (healthy * u64::from(overprovisioning_factor)).checked_div(total).map_or(0, |h| h.min(100) as u32);
-            let panic = total > 0 && healthy * 100 < total * u64::from(HEALTHY_PANIC_THRESHOLD_PERCENT);
-            let eligible: Vec<(u32, u32)> =
-                level.iter().filter(|h| panic || h.healthy).map(|h| (h.index, h.weight)).collect();
-            healths.push(health);
-            levels.push(Level { load: 0, schedule: Schedule::new(kind, &eligible), panic });
-        }
+    /// Builds the selector for `hosts` with `overprovisioning_factor` and
+    /// `panic_threshold` in percent.
+    pub fn new(kind: LbKind, hosts: &[Candidate], overprovisioning_factor: u32, panic_threshold: u32) -> HostSelector {
+        let max_priority = hosts.iter().map(|h| h.priority).max().unwrap_or(0);
+        let by_level: Vec<Vec<&Candidate>> =
+            (0..=max_priority).map(|p| hosts.iter().filter(|h| h.priority == p).collect()).collect();
+        let healthy = |level: &[&Candidate]| level.iter().filter(|h| h.healthy).count() as u64;
+        let healths: Vec<u32> = by_level
+            .iter()
+            .map(|level| {
+                (healthy(level) * u64::from(overprovisioning_factor))
+                    .checked_div(level.len() as u64)
+                    .map_or(0, |h| h.min(100) as u32)
+            })
+            .collect();
         let total_health: u32 = healths.iter().sum::<u32>().min(100);
+        let total_panic = total_health == 0;
+        if total_panic && panic_threshold == 0 {
+            return HostSelector { levels: Vec::new() };
+        }
+        let mut levels: Vec<Level> = by_level
+            .iter()
+            .map(|level| {
+                let total = level.len() as u64;
+                let panic = total_panic || healthy(level) * 100 < total * u64::from(panic_threshold);
+                let eligible: Vec<(u32, u32)> =
+                    level.iter().filter(|h| panic || h.healthy).map(|h| (h.index, h.weight)).collect();
+                Level { load: 0, schedule: Schedule::new(kind, &eligible), panic }
+            })
+            .collect();
         let mut remaining = 100;
-        for (level, health) in levels.iter_mut().zip(&healths) {
-            level.load = (health * 100).checked_div(total_health).unwrap_or(0).min(remaining);
+        for (i, level) in levels.iter_mut().enumerate() {
+            let load = if total_panic {
+                (100 * by_level[i].len() / hosts.len().max(1)) as u32
+            } else {
+                healths[i] * 100 / total_health
+            };
+            level.load = load.min(remaining);
             remaining -= level.load;
         }
-        // Rounding leftovers go to the first level that takes load; with nothing healthy
-        // anywhere, everything goes to the first level that has hosts, in panic.
-        let first = if total_health == 0 {
-            levels.iter_mut().find(|l| !l.schedule.is_empty())
-        } else {
-            levels.iter_mut().find(|l| l.load > 0)
-        };
-        if let Some(level) = first {
+        // Rounding leftovers go to the first level with hosts to pick.
+        if let Some(level) = levels.iter_mut().find(|l| !l.schedule.is_empty()) {
             level.load += remaining;
         }
         levels.retain(|l| l.load > 0);
@@ -445,7 +455,7 @@ mod tests {
 
     #[test]
     fn a_healthy_first_priority_takes_everything() {
-        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, true), (1, true)]), 140);
+        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, true), (1, true)]), 140, 50);
         assert_eq!(spread(&s, 100, 3), [50, 50, 0]);
     }
 
@@ -453,12 +463,12 @@ mod tests {
     fn a_degraded_first_priority_spills_over_by_the_overprovisioning_factor() {
         // P0: 1 of 2 healthy → worth 70 %; P1 healthy takes the remaining 30 %.
         let hosts = candidates(&[(0, true), (0, false), (1, true)]);
-        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140);
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50);
         let counts = spread(&s, 10_000, 3);
         assert_eq!(counts[1], 0, "the unhealthy host gets nothing");
         assert!((6_500..7_500).contains(&counts[0]), "{counts:?}");
         // With a factor of 100, P0 is worth only 50 %.
-        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 100);
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 100, 50);
         let counts = spread(&s, 10_000, 3);
         assert!((4_500..5_500).contains(&counts[0]), "{counts:?}");
     }
@@ -466,12 +476,32 @@ mod tests {
     #[test]
     fn panic_mode_balances_over_all_hosts_of_a_level() {
         // 1 of 3 healthy in the only level: below 50 %, so all three take traffic.
-        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, false), (0, false)]), 140);
+        let hosts = candidates(&[(0, true), (0, false), (0, false)]);
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50);
         assert!(s.pick(&mut WorkerLb::default(), &idle).unwrap().1, "the pick reports panic mode");
         assert_eq!(spread(&s, 300, 3), [100, 100, 100]);
-        // Nothing healthy at all: still served, in panic, by the first level.
-        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, false), (1, false)]), 140);
-        assert_eq!(spread(&s, 10, 2), [10, 0]);
+        // A threshold of 34 % puts 1 of 3 (33.3 %) in panic, 33 % does not.
+        assert_eq!(spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 34), 300, 3), [100, 100, 100]);
+        assert_eq!(spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 33), 300, 3), [300, 0, 0]);
+    }
+
+    #[test]
+    fn with_nothing_healthy_every_level_is_in_panic_and_takes_load_by_its_hosts() {
+        let hosts = candidates(&[(0, false), (1, false), (1, false), (1, false)]);
+        let counts = spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50), 10_000, 4);
+        assert!((2_000..3_000).contains(&counts[0]), "P0 has a quarter of the hosts: {counts:?}");
+        assert!(counts[1..].iter().all(|c| (2_000..3_000).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn a_panic_threshold_of_0_turns_panic_off() {
+        // 1 of 3 healthy: only that one serves.
+        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, false), (0, false)]), 140, 0);
+        assert!(!s.pick(&mut WorkerLb::default(), &idle).unwrap().1);
+        assert_eq!(spread(&s, 30, 3), [30, 0, 0]);
+        // Nothing healthy: nothing to pick (Envoy's "no healthy upstream").
+        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, false), (1, false)]), 140, 0);
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle), None);
     }
 
     #[test]
