@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as RouterProto;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
-    CodecType, RouteSpecifier, StripPortMode,
+    CodecType, PathWithEscapedSlashesAction, RouteSpecifier, StripPortMode,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
 
@@ -70,7 +70,35 @@ pub struct HcmSpec {
     /// `strip_any_host_port` / `strip_matching_host_port`: the port Envoy removes from the
     /// request's host before routing (the upstream sees the host without it too).
     pub strip_host_port: HostPortMatch,
+    /// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`.
+    pub path_normalization: PathNormalization,
     pub http2: Http2Settings,
+}
+
+/// What `path_with_escaped_slashes_action` does with `%2F` and `%5C` in a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    #[default]
+    Keep,
+    /// 400 to a request whose path has one.
+    Reject,
+    /// Unescaped to `/` and `\` before the other steps.
+    UnescapeAndForward,
+}
+
+/// The connection manager's path steps before routing (`crate::http::path` applies them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PathNormalization {
+    pub normalize: bool,
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl PathNormalization {
+    /// Whether any step is on, so the common configuration costs one branch a request.
+    pub fn is_active(&self) -> bool {
+        *self != PathNormalization::default()
+    }
 }
 
 /// The downstream HTTP/2 settings `http2_protocol_options` may set.
@@ -232,6 +260,9 @@ const SUPPORTED_HCM_FIELDS: &[&str] = &[
     "strip_matching_host_port",
     "http_protocol_options",
     "http2_protocol_options",
+    "normalize_path",
+    "merge_slashes",
+    "path_with_escaped_slashes_action",
 ];
 
 impl HcmSpec {
@@ -346,9 +377,35 @@ impl HcmSpec {
             access_logs,
             suppress_envoy_headers,
             strip_host_port: host_port,
+            path_normalization: path_normalization(proto, path)?,
             http2,
         })
     }
+}
+
+/// The path steps before routing. `normalize_path` unset is Envoy's runtime default, off.
+fn path_normalization(proto: &HcmProto, path: &str) -> Result<PathNormalization> {
+    let escaped_slashes = match PathWithEscapedSlashesAction::try_from(proto.path_with_escaped_slashes_action) {
+        Ok(
+            PathWithEscapedSlashesAction::ImplementationSpecificDefault | PathWithEscapedSlashesAction::KeepUnchanged,
+        ) => EscapedSlashes::Keep,
+        Ok(PathWithEscapedSlashesAction::RejectRequest) => EscapedSlashes::Reject,
+        Ok(PathWithEscapedSlashesAction::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+        Ok(other @ PathWithEscapedSlashesAction::UnescapeAndRedirect) => {
+            return Err(ConfigError::unsupported(
+                join_path(path, "path_with_escaped_slashes_action"),
+                other.as_str_name().to_owned(),
+            ));
+        }
+        Err(_) => {
+            return Err(ConfigError::invalid(join_path(path, "path_with_escaped_slashes_action"), "unknown value"));
+        }
+    };
+    Ok(PathNormalization {
+        normalize: proto.normalize_path.as_ref().is_some_and(|b| b.value),
+        merge_slashes: proto.merge_slashes,
+        escaped_slashes,
+    })
 }
 
 /// Checks the HTTP filter chain: the router last (with its `typed_config`, which Envoy

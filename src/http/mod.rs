@@ -7,6 +7,7 @@ pub mod flags;
 pub mod h1;
 pub mod h2;
 pub mod headers;
+pub mod path;
 pub mod proxy;
 pub mod rds;
 pub mod route;

@@ -21,6 +21,7 @@ use super::access_log::{LogContext, request_head};
 use super::body::{DownstreamBody, EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
 use super::flags::ResponseFlags;
 use super::headers;
+use super::path;
 use super::route::{IdleTimeout, RouteAction};
 use crate::clock;
 use crate::config::cluster::UpstreamProtocol;
@@ -75,6 +76,15 @@ pub async fn serve(
             Bytes::new(),
             ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "missing_host_header",
+        ));
+    }
+    if hcm.path_normalization.is_active() && path::normalize_uri(&hcm.path_normalization, &mut parts.uri).is_err() {
+        stats.downstream_rq_failed_path_normalization.inc();
+        return Ok(exchange.local_reply(
+            StatusCode::BAD_REQUEST,
+            Bytes::new(),
+            ResponseFlags::NONE,
+            "path_normalization_failed",
         ));
     }
     headers::strip_host_port(&mut parts, hcm.strip_host_port);

@@ -103,13 +103,13 @@ pub struct HcmStats {
     pub downstream_rq_response_before_rq_complete: Counter,
     pub downstream_cx_protocol_error: Counter,
     pub downstream_rq_rx_reset: Counter,
+    pub downstream_rq_failed_path_normalization: Counter,
 }
 
 /// `http.<prefix>.downstream_rq_*` counters of Envoy's that count what legate never does
-/// (HTTP/3, WebSocket upgrades, path normalization, header timeouts, overload, ...): they
+/// (HTTP/3, WebSocket upgrades, normalizing redirects, header timeouts, overload, ...): they
 /// exist, at 0, so dashboards and alerts written for Envoy find them.
 const NEVER_COUNTED: &[&str] = &[
-    "downstream_rq_failed_path_normalization",
     "downstream_rq_header_timeout",
     "downstream_rq_http3_total",
     "downstream_rq_max_duration_reached",
@@ -158,6 +158,7 @@ impl HcmStats {
             downstream_rq_response_before_rq_complete: c("downstream_rq_response_before_rq_complete"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
+            downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
         }
     }
 }

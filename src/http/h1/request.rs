@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::{Method, Request, StatusCode, Uri, Version};
 
@@ -45,6 +45,21 @@ const BAD_REQUEST: HeadError = HeadError { status: StatusCode::BAD_REQUEST, deta
 pub const HEADERS_TOO_LARGE: HeadError =
     HeadError { status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, details: "http1.headers_too_large" };
 
+/// A target with `<`, `>` or a backtick, which Envoy's parser passes on and the `http`
+/// crate's URI cannot hold: those escaped (as `normalize_path` would escape them).
+fn uri_escaping_what_http_refuses(target: &[u8]) -> Option<Uri> {
+    let mut escaped = Vec::with_capacity(target.len() + 8);
+    for &byte in target {
+        match byte {
+            b'<' => escaped.extend_from_slice(b"%3C"),
+            b'>' => escaped.extend_from_slice(b"%3E"),
+            b'`' => escaped.extend_from_slice(b"%60"),
+            _ => escaped.push(byte),
+        }
+    }
+    Uri::from_maybe_shared(Bytes::from(escaped)).ok()
+}
+
 /// Parses the request head at the front of `read` and takes it off (`None` until it is
 /// all there). `fields` is scratch space kept by the connection.
 pub fn parse(read: &mut BytesMut, fields: &mut FieldSpans) -> Result<Option<RequestHead>, HeadError> {
@@ -62,6 +77,11 @@ pub fn parse(read: &mut BytesMut, fields: &mut FieldSpans) -> Result<Option<Requ
     let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes()).map_err(|_| BAD_REQUEST)?;
     let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let target = request.path.unwrap_or_default();
+    if !target.is_ascii() {
+        // httparse takes UTF-8 in the request target; Envoy's parser refuses any byte
+        // above 0x7F there.
+        return Err(BAD_REQUEST);
+    }
     let target = (target.as_ptr() as usize - start, target.len());
     fields.clear();
     let mut framing = FramingHeaders::default();
@@ -100,7 +120,11 @@ pub fn parse(read: &mut BytesMut, fields: &mut FieldSpans) -> Result<Option<Requ
         }
     };
     let bytes = read.split_to(length).freeze();
-    let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.0 + target.1)).map_err(|_| BAD_REQUEST)?;
+    let target = bytes.slice(target.0..target.0 + target.1);
+    let uri = match Uri::from_maybe_shared(target.clone()) {
+        Ok(uri) => uri,
+        Err(_) => uri_escaping_what_http_refuses(&target).ok_or(BAD_REQUEST)?,
+    };
     // SAFETY: `fields` holds the value spans httparse (default configuration) parsed above.
     let map = unsafe { header_map(&bytes, fields, REQUEST_HEADERS_ADDED) };
     let mut parts = Request::new(()).into_parts().0;

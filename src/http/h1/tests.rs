@@ -101,6 +101,15 @@ fn request_heads_parse_into_parts_and_framing() {
 }
 
 #[test]
+fn request_targets_take_what_envoys_parser_takes() {
+    // Envoy passes these on; the URI type cannot hold them raw, so they come escaped.
+    let head = parse(b"GET /a<b>c`d?q HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+    assert_eq!(head.parts.uri, "/a%3Cb%3Ec%60d?q");
+    // Envoy refuses any byte above 0x7F in the target, even valid UTF-8.
+    assert_eq!(refused("GET /caf\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n".as_bytes()).0, StatusCode::BAD_REQUEST);
+}
+
+#[test]
 fn expect_100_continue_is_answered_by_the_codec_and_not_forwarded() {
     let head = parse(b"PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
     assert!(head.expect_continue);
