@@ -10,6 +10,10 @@ use crate::config::cluster::{LbKind, LeastRequest};
 /// The longest weighted round-robin schedule kept; larger weight sums are scaled down.
 const MAX_SCHEDULE_LEN: u64 = 4096;
 
+/// The most picks a new weighted least-request schedule skips to start at a random place:
+/// the first request after a host set change pays for them.
+const EDF_MAX_START_PICKS: u64 = 256;
+
 /// A worker's own load-balancing state for one version of a cluster, so workers never
 /// contend over it.
 #[derive(Debug)]
@@ -172,14 +176,15 @@ impl Eq for Due {}
 
 impl Edf {
     /// Every slot due at `1 / weight`, then advanced by a random number of picks below
-    /// the weights' sum, so that workers do not all start at the same place in the cycle.
+    /// the weights' sum (at most `EDF_MAX_START_PICKS`), so that workers do not all start
+    /// at the same place in the cycle.
     fn new(hosts: &[(u32, u32)], weight: &impl Fn(u32) -> f64) -> Edf {
         let mut edf = Edf { now: 0.0, added: 0, due: BinaryHeap::with_capacity(hosts.len()) };
         for slot in 0..hosts.len() as u32 {
             edf.add(slot, weight(slot));
         }
         let cycle: u64 = hosts.iter().map(|&(_, w)| u64::from(w)).sum();
-        for _ in 0..fastrand::u64(..cycle.clamp(1, MAX_SCHEDULE_LEN)) {
+        for _ in 0..fastrand::u64(..cycle.clamp(1, EDF_MAX_START_PICKS)) {
             edf.pick_and_add(weight);
         }
         edf
