@@ -84,6 +84,8 @@ pub enum EscapedSlashes {
     Reject,
     /// Unescaped to `/` and `\` before the other steps.
     UnescapeAndForward,
+    /// As `UnescapeAndForward`, then the client is redirected to the result.
+    UnescapeAndRedirect,
 }
 
 /// The connection manager's path steps before routing (`crate::http::path` applies them).
@@ -391,12 +393,7 @@ fn path_normalization(proto: &HcmProto, path: &str) -> Result<PathNormalization>
         ) => EscapedSlashes::Keep,
         Ok(PathWithEscapedSlashesAction::RejectRequest) => EscapedSlashes::Reject,
         Ok(PathWithEscapedSlashesAction::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
-        Ok(other @ PathWithEscapedSlashesAction::UnescapeAndRedirect) => {
-            return Err(ConfigError::unsupported(
-                join_path(path, "path_with_escaped_slashes_action"),
-                other.as_str_name().to_owned(),
-            ));
-        }
+        Ok(PathWithEscapedSlashesAction::UnescapeAndRedirect) => EscapedSlashes::UnescapeAndRedirect,
         Err(_) => {
             return Err(ConfigError::invalid(join_path(path, "path_with_escaped_slashes_action"), "unknown value"));
         }

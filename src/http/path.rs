@@ -13,32 +13,48 @@ use crate::config::listener::{EscapedSlashes, PathNormalization};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused;
 
+/// What the steps made of a request's path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Normalized {
+    /// Forward the request, its path as it is now.
+    Forward,
+    /// Redirect the client to this path (`UnescapeAndRedirect` unescaped a slash).
+    Redirect(String),
+}
+
 /// Applies the steps to the request's URI in place.
-pub fn normalize_uri(settings: &PathNormalization, uri: &mut Uri) -> Result<(), Refused> {
+pub fn normalize_uri(settings: &PathNormalization, uri: &mut Uri) -> Result<Normalized, Refused> {
     let Some(original) = uri.path_and_query() else {
-        return Ok(());
+        return Ok(Normalized::Forward);
     };
-    let Some(normalized) = normalize(settings, original.as_str())? else {
-        return Ok(());
+    let (Some(normalized), redirect) = normalize(settings, original.as_str())? else {
+        return Ok(Normalized::Forward);
     };
+    if redirect {
+        return Ok(Normalized::Redirect(normalized));
+    }
     let path_and_query = PathAndQuery::try_from(normalized).map_err(|_| Refused)?;
     let mut parts = std::mem::take(uri).into_parts();
     parts.path_and_query = Some(path_and_query);
     *uri = Uri::from_parts(parts).map_err(|_| Refused)?;
-    Ok(())
+    Ok(Normalized::Forward)
 }
 
 /// `path_and_query` after the connection manager's path steps, in Envoy's order (escaped
-/// slashes, then normalization, then merging slashes); `Ok(None)` when it stays as it is.
-pub fn normalize(settings: &PathNormalization, path_and_query: &str) -> Result<Option<String>, Refused> {
+/// slashes, then normalization, then merging slashes): the new one (`None` when it stays
+/// as it is), and whether the client is to be redirected to it.
+pub fn normalize(settings: &PathNormalization, path_and_query: &str) -> Result<(Option<String>, bool), Refused> {
     let (path, query) = match path_and_query.find('?') {
         Some(at) => path_and_query.split_at(at),
         None => (path_and_query, ""),
     };
     let mut current = std::borrow::Cow::Borrowed(path);
+    let mut redirect = false;
     if settings.escaped_slashes != EscapedSlashes::Keep && has_escaped_slash(&current) {
-        if settings.escaped_slashes == EscapedSlashes::Reject {
-            return Err(Refused);
+        match settings.escaped_slashes {
+            EscapedSlashes::Reject => return Err(Refused),
+            EscapedSlashes::UnescapeAndRedirect => redirect = true,
+            EscapedSlashes::Keep | EscapedSlashes::UnescapeAndForward => {}
         }
         current = unescape_slashes(&current).into();
     }
@@ -49,13 +65,13 @@ pub fn normalize(settings: &PathNormalization, path_and_query: &str) -> Result<O
         current = merge_slashes(&current).into();
     }
     let std::borrow::Cow::Owned(mut normalized) = current else {
-        return Ok(None);
+        return Ok((None, false));
     };
     if normalized == path {
-        return Ok(None);
+        return Ok((None, false));
     }
     normalized.push_str(query);
-    Ok(Some(normalized))
+    Ok((Some(normalized), redirect))
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -319,10 +335,13 @@ mod tests {
     #[test]
     fn the_steps_apply_in_envoys_order_and_leave_the_query() {
         let all = PathNormalization { normalize: true, merge_slashes: true, escaped_slashes: EscapedSlashes::Keep };
-        assert_eq!(normalize(&all, "/a//./b/../c?x=/../y"), Ok(Some("/a/c?x=/../y".to_owned())));
-        assert_eq!(normalize(&all, "/a/b?q"), Ok(None));
+        assert_eq!(normalize(&all, "/a//./b/../c?x=/../y"), Ok((Some("/a/c?x=/../y".to_owned()), false)));
+        assert_eq!(normalize(&all, "/a/b?q"), Ok((None, false)));
         let forward = PathNormalization { escaped_slashes: EscapedSlashes::UnescapeAndForward, ..all };
-        assert_eq!(normalize(&forward, "/a%2F..%2fb%5cc"), Ok(Some("/b/c".to_owned())));
+        assert_eq!(normalize(&forward, "/a%2F..%2fb%5cc"), Ok((Some("/b/c".to_owned()), false)));
+        let redirect = PathNormalization { escaped_slashes: EscapedSlashes::UnescapeAndRedirect, ..all };
+        assert_eq!(normalize(&redirect, "/a%2Fb?q"), Ok((Some("/a/b?q".to_owned()), true)));
+        assert_eq!(normalize(&redirect, "/a/./b"), Ok((Some("/a/b".to_owned()), false)), "no escaped slash: forwarded");
         let reject = PathNormalization { escaped_slashes: EscapedSlashes::Reject, ..all };
         assert_eq!(normalize(&reject, "/a%2fb"), Err(Refused));
         assert_eq!(normalize(&all, "/%00"), Err(Refused));

@@ -21,8 +21,8 @@ use super::access_log::{LogContext, request_head};
 use super::body::{DownstreamBody, EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
 use super::flags::ResponseFlags;
 use super::headers;
-use super::path;
-use super::route::{IdleTimeout, RouteAction};
+use super::path::{self, Normalized, Refused};
+use super::route::{IdleTimeout, RouteAction, is_grpc};
 use crate::clock;
 use crate::config::cluster::UpstreamProtocol;
 use crate::listener::HttpListener;
@@ -51,7 +51,7 @@ pub async fn serve(
     request: Request<DownstreamBody>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (mut parts, body) = request.into_parts();
-    let mut exchange = begin(&ctx, parts.version, parts.method == http::Method::HEAD);
+    let mut exchange = begin(&ctx, parts.version, parts.method == http::Method::HEAD, is_grpc(&parts.headers));
     let listener = &ctx.listener;
     let stats = &listener.http_stats;
     // A bodiless request is complete at its headers; a body sets this when it ends.
@@ -78,14 +78,33 @@ pub async fn serve(
             "missing_host_header",
         ));
     }
-    if hcm.path_normalization.is_active() && path::normalize_uri(&hcm.path_normalization, &mut parts.uri).is_err() {
-        stats.downstream_rq_failed_path_normalization.inc();
-        return Ok(exchange.local_reply(
-            StatusCode::BAD_REQUEST,
-            Bytes::new(),
-            ResponseFlags::NONE,
-            "path_normalization_failed",
-        ));
+    if hcm.path_normalization.is_active() {
+        match path::normalize_uri(&hcm.path_normalization, &mut parts.uri) {
+            Ok(Normalized::Forward) => {}
+            Ok(Normalized::Redirect(location)) if !is_grpc(&parts.headers) => {
+                stats.downstream_rq_redirected_with_normalized_path.inc();
+                let mut response = exchange.local_reply(
+                    StatusCode::TEMPORARY_REDIRECT,
+                    Bytes::new(),
+                    ResponseFlags::NONE,
+                    "path_normalization_failed",
+                );
+                if let Ok(location) = HeaderValue::try_from(location) {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+                return Ok(response);
+            }
+            // Envoy does not redirect gRPC; it refuses the request.
+            Ok(Normalized::Redirect(_)) | Err(Refused) => {
+                stats.downstream_rq_failed_path_normalization.inc();
+                return Ok(exchange.local_reply(
+                    StatusCode::BAD_REQUEST,
+                    Bytes::new(),
+                    ResponseFlags::NONE,
+                    "path_normalization_failed",
+                ));
+            }
+        }
     }
     headers::strip_host_port(&mut parts, hcm.strip_host_port);
     exchange.client =
@@ -260,8 +279,37 @@ pub async fn serve(
     }
 }
 
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+
+/// The gRPC status Envoy gives a local reply's HTTP status (gRPC's HTTP-to-gRPC mapping).
+fn grpc_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "13",                   // INTERNAL
+        401 => "16",                   // UNAUTHENTICATED
+        403 => "7",                    // PERMISSION_DENIED
+        404 => "12",                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => "14", // UNAVAILABLE
+        _ => "2",                      // UNKNOWN
+    }
+}
+
+/// A local reply's body as a `grpc-message`: percent-encoded as gRPC wants (bytes outside
+/// printable ASCII, and `%`; a trailing newline too, as Envoy 1.40 keeps it).
+fn grpc_message(body: &[u8]) -> HeaderValue {
+    let mut encoded = Vec::with_capacity(body.len());
+    for &byte in body {
+        if (b' '..=b'~').contains(&byte) && byte != b'%' {
+            encoded.push(byte);
+        } else {
+            encoded.extend_from_slice(format!("%{byte:02X}").as_bytes());
+        }
+    }
+    HeaderValue::from_bytes(&encoded).expect("printable ASCII")
+}
+
 /// Counts a new stream and opens its exchange.
-fn begin(ctx: &Rc<ConnContext>, version: Version, head: bool) -> Box<Exchange> {
+fn begin(ctx: &Rc<ConnContext>, version: Version, head: bool, grpc: bool) -> Box<Exchange> {
     let stats = &ctx.listener.http_stats;
     stats.downstream_rq_total.inc();
     stats.downstream_rq_active.inc();
@@ -284,6 +332,7 @@ fn begin(ctx: &Rc<ConnContext>, version: Version, head: bool) -> Box<Exchange> {
         start,
         version,
         head,
+        grpc,
         status: 0,
         flags: ResponseFlags::default(),
         charged: false,
@@ -330,7 +379,7 @@ fn unfinished_head_reply(
     flags: ResponseFlags,
     details: &'static str,
 ) -> Response<ResponseBody> {
-    let exchange = begin(ctx, Version::HTTP_11, false);
+    let exchange = begin(ctx, Version::HTTP_11, false, false);
     exchange.stream.request_done.set(true);
     let mut response = exchange.local_reply(status, body, flags, details);
     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -577,6 +626,8 @@ struct Exchange {
     version: Version,
     /// A HEAD request: local replies keep their headers and drop their body.
     head: bool,
+    /// A gRPC request: local replies take gRPC's form.
+    grpc: bool,
     status: u16,
     flags: ResponseFlags,
     /// A response code was charged to the cluster (`upstream_rq_completed` at the end).
@@ -596,7 +647,8 @@ struct Exchange {
 
 impl Exchange {
     /// Envoy's local reply: status, `text/plain` body when there is one, `server`, and
-    /// the response flag for the access log.
+    /// the response flag for the access log. To a gRPC request, as Envoy answers one: 200
+    /// with no body, the status as a `grpc-status` and the body as its `grpc-message`.
     fn local_reply(
         mut self: Box<Self>,
         status: StatusCode,
@@ -605,12 +657,22 @@ impl Exchange {
         details: impl Into<Cow<'static, str>>,
     ) -> Response<ResponseBody> {
         let listener = &self.ctx.listener;
+        let grpc =
+            self.grpc.then(|| (grpc_status(status), (!body.is_empty() && !self.head).then(|| grpc_message(&body))));
+        let (status, body) = if grpc.is_some() { (StatusCode::OK, Bytes::new()) } else { (status, body) };
         let body_len = body.len();
         let body = if self.head { Bytes::new() } else { body };
         let mut response = Response::new(ResponseBody::local(body));
         *response.status_mut() = status;
         *response.version_mut() = downstream_version(self.version);
         let headers = response.headers_mut();
+        if let Some((grpc_status, message)) = grpc {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(GRPC_STATUS.clone(), HeaderValue::from_static(grpc_status));
+            if let Some(message) = message {
+                headers.insert(GRPC_MESSAGE.clone(), message);
+            }
+        }
         // Envoy's HTTP/2 codec ends the stream with the headers of an empty local reply and
         // sends no content-length; HTTP/1.1 says `content-length: 0`, except to HEAD, where
         // Envoy announces chunked framing (which hyper leaves out for a bodiless response).

@@ -14,7 +14,7 @@ mod tests;
 use http::HeaderMap;
 use http::request::Parts;
 
-pub(crate) use matching::strip_port;
+pub(crate) use matching::{is_grpc, strip_port};
 
 use crate::config::route::HeaderMutations;
 pub use crate::config::route::{

@@ -104,10 +104,11 @@ pub struct HcmStats {
     pub downstream_cx_protocol_error: Counter,
     pub downstream_rq_rx_reset: Counter,
     pub downstream_rq_failed_path_normalization: Counter,
+    pub downstream_rq_redirected_with_normalized_path: Counter,
 }
 
 /// `http.<prefix>.downstream_rq_*` counters of Envoy's that count what legate never does
-/// (HTTP/3, WebSocket upgrades, normalizing redirects, header timeouts, overload, ...): they
+/// (HTTP/3, WebSocket upgrades, header timeouts, overload, ...): they
 /// exist, at 0, so dashboards and alerts written for Envoy find them.
 const NEVER_COUNTED: &[&str] = &[
     "downstream_rq_header_timeout",
@@ -115,7 +116,6 @@ const NEVER_COUNTED: &[&str] = &[
     "downstream_rq_max_duration_reached",
     "downstream_rq_non_relative_path",
     "downstream_rq_overload_close",
-    "downstream_rq_redirected_with_normalized_path",
     "downstream_rq_rejected_via_ip_detection",
     "downstream_rq_too_large",
     "downstream_rq_too_many_premature_resets",
@@ -159,6 +159,7 @@ impl HcmStats {
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
+            downstream_rq_redirected_with_normalized_path: c("downstream_rq_redirected_with_normalized_path"),
         }
     }
 }

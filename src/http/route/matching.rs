@@ -146,7 +146,7 @@ fn is_connect(req: &Parts) -> bool {
 }
 
 /// gRPC's content types: `application/grpc` and `application/grpc+<codec>`.
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
         v == b"application/grpc" || v.starts_with(b"application/grpc+")
