@@ -173,7 +173,8 @@ fn is_slash(byte: Option<&u8>) -> bool {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-fn push_escaped(out: &mut Vec<u8>, byte: u8) {
+/// Appends `byte` as `%XX` (upper-case hex).
+pub(crate) fn push_escaped(out: &mut Vec<u8>, byte: u8) {
     out.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
 }
 

@@ -81,7 +81,7 @@ pub async fn serve(
     if hcm.path_normalization.is_active() {
         match path::normalize_uri(&hcm.path_normalization, &mut parts.uri) {
             Ok(Normalized::Forward) => {}
-            Ok(Normalized::Redirect(location)) if !is_grpc(&parts.headers) => {
+            Ok(Normalized::Redirect(location)) if !exchange.grpc => {
                 stats.downstream_rq_redirected_with_normalized_path.inc();
                 let mut response = exchange.local_reply(
                     StatusCode::TEMPORARY_REDIRECT,
@@ -302,7 +302,7 @@ fn grpc_message(body: &[u8]) -> HeaderValue {
         if (b' '..=b'~').contains(&byte) && byte != b'%' {
             encoded.push(byte);
         } else {
-            encoded.extend_from_slice(format!("%{byte:02X}").as_bytes());
+            path::push_escaped(&mut encoded, byte);
         }
     }
     HeaderValue::from_bytes(&encoded).expect("printable ASCII")

@@ -51,9 +51,7 @@ fn uri_escaping_what_http_refuses(target: &[u8]) -> Option<Uri> {
     let mut escaped = Vec::with_capacity(target.len() + 8);
     for &byte in target {
         match byte {
-            b'<' => escaped.extend_from_slice(b"%3C"),
-            b'>' => escaped.extend_from_slice(b"%3E"),
-            b'`' => escaped.extend_from_slice(b"%60"),
+            b'<' | b'>' | b'`' => crate::http::path::push_escaped(&mut escaped, byte),
             _ => escaped.push(byte),
         }
     }
