@@ -35,6 +35,7 @@ const RUNTIME_ROOTS: &[&str] = &[
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/admin/v3/clusters.proto",
     "envoy/admin/v3/config_dump.proto",
     "envoy/admin/v3/listeners.proto",

@@ -172,9 +172,15 @@ pub struct ListenerSpec {
     /// The `listener.<prefix>.` stats prefix: `stat_prefix` or the address as Envoy writes it.
     pub stat_prefix: String,
     pub hcm: HcmSpec,
+    /// `per_connection_buffer_limit_bytes` (1 MiB by default): here, how much of a request
+    /// body legate keeps to send again on a retry.
+    pub buffer_limit: usize,
     /// The original proto, for `/config_dump` and `/listeners`.
     pub proto: ListenerProto,
 }
+
+/// Envoy's default `per_connection_buffer_limit_bytes`.
+const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
 const SUPPORTED_LISTENER_FIELDS: &[&str] = &[
     "name",
@@ -240,7 +246,8 @@ impl ListenerSpec {
         let hcm_proto: HcmProto = proto::unpack(any, &filter_path)?;
         let hcm = HcmSpec::from_proto(&hcm_proto, address.port(), &format!("{filter_path}.typed_config"), sources)?;
         let name = if proto.name.is_empty() { format!("{address}") } else { proto.name.clone() };
-        Ok(ListenerSpec { name, address, stat_prefix, hcm, proto: proto.clone() })
+        let buffer_limit = proto.per_connection_buffer_limit_bytes.map_or(DEFAULT_BUFFER_LIMIT, |l| l.value as usize);
+        Ok(ListenerSpec { name, address, stat_prefix, hcm, buffer_limit, proto: proto.clone() })
     }
 }
 

@@ -36,6 +36,10 @@ macro_rules! reject_fields {
     };
 }
 
+mod retry;
+
+pub use retry::{RetryOn, RetryPolicy};
+
 /// Envoy's default upstream timeout for a route (`RouteAction.timeout` unset).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -92,6 +96,10 @@ pub struct VirtualHost {
     pub(crate) routes: Vec<Route>,
     pub(crate) request_headers: HeaderMutations,
     pub(crate) response_headers: HeaderMutations,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` on each upstream attempt.
+    pub(crate) attempt_count_to_upstream: bool,
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on the response.
+    pub(crate) attempt_count_in_response: bool,
 }
 
 /// One route: what requests it matches and what it does with them.
@@ -126,6 +134,8 @@ pub struct ForwardAction {
     pub(crate) append_x_forwarded_host: bool,
     pub(crate) timeout: Option<Duration>,
     pub(crate) idle_timeout: IdleTimeout,
+    /// The route's retry policy, else its virtual host's.
+    pub(crate) retry: Option<Box<RetryPolicy>>,
 }
 
 /// The per-route stream idle timeout (`RouteAction.idle_timeout`).
@@ -466,6 +476,16 @@ impl VirtualHost {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+
+    /// Whether each upstream attempt carries `x-envoy-attempt-count`.
+    pub fn attempt_count_to_upstream(&self) -> bool {
+        self.attempt_count_to_upstream
+    }
+
+    /// Whether the response carries `x-envoy-attempt-count`.
+    pub fn attempt_count_in_response(&self) -> bool {
+        self.attempt_count_in_response
+    }
 }
 
 impl Route {
@@ -489,6 +509,11 @@ impl ForwardAction {
     /// The per-route stream idle timeout.
     pub fn idle_timeout(&self) -> IdleTimeout {
         self.idle_timeout
+    }
+
+    /// The retry policy (the route's, else its virtual host's).
+    pub fn retry_policy(&self) -> Option<&RetryPolicy> {
+        self.retry.as_deref()
     }
 
     /// Whether the Host should become the chosen upstream host's hostname (applied by the proxy).
@@ -643,9 +668,7 @@ fn virtual_host(
         route_specifiers,
     } = proto;
     reject_fields!(path; matcher, require_tls, virtual_clusters, rate_limits, cors,
-        typed_per_filter_config, include_request_attempt_count,
-        include_attempt_count_in_response, retry_policy, retry_policy_typed_config,
-        hedge_policy, include_is_timeout_retry_header, per_request_buffer_limit_bytes,
+        typed_per_filter_config, retry_policy_typed_config, hedge_policy, include_is_timeout_retry_header, per_request_buffer_limit_bytes,
         request_body_buffer_limit, request_mirror_policies, route_specifiers)?;
     if name.is_empty() {
         return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1"));
@@ -653,20 +676,29 @@ fn virtual_host(
     if domains.is_empty() {
         return Err(ConfigError::invalid(join_path(path, "domains"), "value must contain at least 1 item"));
     }
+    let retry = retry_policy.as_ref().map(|p| retry::retry_policy(p, &join_path(path, "retry_policy"))).transpose()?;
     let routes = routes
         .iter()
         .enumerate()
-        .map(|(j, r)| route(r, &format!("{path}.routes[{j}]"), limits, clusters))
+        .map(|(j, r)| route(r, &format!("{path}.routes[{j}]"), limits, clusters, retry.as_ref()))
         .collect::<Result<_>>()?;
     Ok(VirtualHost {
         name: name.clone(),
         routes,
         request_headers: header_mutations(request_headers_to_add, request_headers_to_remove, path, "request")?,
         response_headers: header_mutations(response_headers_to_add, response_headers_to_remove, path, "response")?,
+        attempt_count_to_upstream: *include_request_attempt_count,
+        attempt_count_in_response: *include_attempt_count_in_response,
     })
 }
 
-fn route(proto: &route_pb::Route, path: &str, limits: &Limits, clusters: &mut BTreeSet<String>) -> Result<Route> {
+fn route(
+    proto: &route_pb::Route,
+    path: &str,
+    limits: &Limits,
+    clusters: &mut BTreeSet<String>,
+    vhost_retry: Option<&RetryPolicy>,
+) -> Result<Route> {
     #[allow(deprecated)]
     let route_pb::Route {
         name,
@@ -695,7 +727,7 @@ fn route(proto: &route_pb::Route, path: &str, limits: &Limits, clusters: &mut BT
     let matched = matched_part(&matcher.path);
     let action = match action {
         Some(route_pb::route::Action::Route(a)) => {
-            let forward = forward_action(a, &join_path(path, "route"), matched)?;
+            let forward = forward_action(a, &join_path(path, "route"), matched, vhost_retry)?;
             forward.cluster.named(clusters);
             RouteAction::Forward(forward)
         }
@@ -1013,7 +1045,12 @@ pub(crate) fn parse_substitution(text: &str, groups: usize) -> std::result::Resu
 }
 
 #[allow(deprecated)]
-fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPart) -> Result<ForwardAction> {
+fn forward_action(
+    proto: &route_pb::RouteAction,
+    path: &str,
+    matched: MatchedPart,
+    vhost_retry: Option<&RetryPolicy>,
+) -> Result<ForwardAction> {
     use route_pb::route_action::{ClusterSpecifier as Spec, HostRewriteSpecifier as HostSpec};
 
     let route_pb::RouteAction {
@@ -1048,7 +1085,7 @@ fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPar
         host_rewrite_specifier,
     } = proto;
     reject_fields!(path; metadata_match, path_rewrite_policy, path_rewrite, flush_timeout,
-        early_data_policy, retry_policy, retry_policy_typed_config, request_mirror_policies,
+        early_data_policy, retry_policy_typed_config, request_mirror_policies,
         priority, rate_limits, include_vh_rate_limits, hash_policy, cors, max_grpc_timeout,
         grpc_timeout_offset, upgrade_configs, internal_redirect_policy,
         internal_redirect_action, max_internal_redirects, hedge_policy, max_stream_duration)?;
@@ -1147,6 +1184,18 @@ fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPar
         },
     };
 
+    // The route's policy replaces its virtual host's whole.
+    let mut retry = match retry_policy {
+        Some(p) => Some(retry::retry_policy(p, &join_path(path, "retry_policy"))?),
+        None => vhost_retry.cloned(),
+    };
+    // A per-try timeout no shorter than the route timeout is Envoy's to drop.
+    if let (Some(retry), Some(timeout)) = (&mut retry, timeout)
+        && retry.per_try_timeout.is_some_and(|t| t >= timeout)
+    {
+        retry.per_try_timeout = None;
+    }
+
     Ok(ForwardAction {
         cluster,
         cluster_not_found_status,
@@ -1156,6 +1205,7 @@ fn forward_action(proto: &route_pb::RouteAction, path: &str, matched: MatchedPar
         append_x_forwarded_host: *append_x_forwarded_host,
         timeout,
         idle_timeout,
+        retry: retry.map(Box::new),
     })
 }
 

@@ -3,7 +3,7 @@
 //! stream frame by frame; nothing buffers a whole body. They also carry the stream's
 //! timers: `request_timeout` on the request body, the stream idle timeout on the response.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -82,22 +82,192 @@ impl std::error::Error for StreamError {}
 /// A downstream request body as its codec delivers it.
 pub type DownstreamBody = Either<H1RequestBody, h2::stream::RecvBody>;
 
+/// What polling a body for its next frame gives.
+type PolledFrame = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+
 /// The downstream request body as sent upstream.
 pub struct RequestBody {
-    inner: DownstreamBody,
+    source: RequestSource,
     state: Rc<StreamState>,
     /// `request_timeout`: the whole request must have arrived by then.
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
+enum RequestSource {
+    /// Forwarded frame by frame as it arrives.
+    Direct(DownstreamBody),
+    /// One attempt of a request that may be retried: the frames before `next` were sent
+    /// by this attempt.
+    Retained { body: Rc<RefCell<Retained>>, next: usize },
+}
+
+/// The downstream body of a request that may be retried, shared by its attempts: each
+/// attempt resends what earlier ones took from downstream, then reads on.
+struct Retained {
+    body: DownstreamBody,
+    frames: Vec<RetainedFrame>,
+    bytes: usize,
+    /// Envoy's buffer limit for retries; past it, retries are off for the request.
+    limit: usize,
+    /// Frames taken from downstream so far (the retained ones unless it overflowed).
+    taken: usize,
+    /// The downstream body returned its end.
+    ended: bool,
+    overflowed: bool,
+    /// Counts the overflow (`retry_or_shadow_abandoned`).
+    on_overflow: Option<Box<dyn FnOnce()>>,
+}
+
+enum RetainedFrame {
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+}
+
+impl RetainedFrame {
+    fn to_frame(&self) -> Frame<Bytes> {
+        match self {
+            RetainedFrame::Data(data) => Frame::data(data.clone()),
+            RetainedFrame::Trailers(trailers) => Frame::trailers(trailers.clone()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            RetainedFrame::Data(data) => data.len(),
+            RetainedFrame::Trailers(_) => 0,
+        }
+    }
+}
+
+impl Retained {
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        self.taken += 1;
+        if self.overflowed {
+            return;
+        }
+        let kept = if let Some(data) = frame.data_ref() {
+            RetainedFrame::Data(data.clone())
+        } else if let Some(trailers) = frame.trailers_ref() {
+            RetainedFrame::Trailers(trailers.clone())
+        } else {
+            return;
+        };
+        self.bytes += kept.len();
+        if self.bytes > self.limit {
+            self.overflowed = true;
+            self.frames = Vec::new();
+            if let Some(count) = self.on_overflow.take() {
+                count();
+            }
+            return;
+        }
+        self.frames.push(kept);
+    }
+}
+
+/// The handle to a retried request's body that makes each attempt's body.
+pub struct RetainedBody {
+    body: Rc<RefCell<Retained>>,
+    state: Rc<StreamState>,
+    deadline: Option<Instant>,
+}
+
+impl RetainedBody {
+    /// The body for one more attempt, or `None` when the body outgrew the limit and
+    /// cannot be sent again.
+    pub fn attempt(&self) -> Option<RequestBody> {
+        if self.body.borrow().overflowed {
+            return None;
+        }
+        let source = RequestSource::Retained { body: self.body.clone(), next: 0 };
+        Some(RequestBody::with_source(source, self.state.clone(), self.deadline))
+    }
+
+    /// Whether the body outgrew the limit (retries are off).
+    pub fn overflowed(&self) -> bool {
+        self.body.borrow().overflowed
+    }
+}
+
 impl RequestBody {
     /// Wraps a downstream body; `deadline` is when `request_timeout` expires, if set.
     pub fn new(inner: DownstreamBody, state: Rc<StreamState>, deadline: Option<Instant>) -> RequestBody {
-        if inner.is_end_stream() {
-            state.request_done.set(true);
+        RequestBody::with_source(RequestSource::Direct(inner), state, deadline)
+    }
+
+    /// A body kept for retries, up to `limit` bytes (past it, `on_overflow` runs once and
+    /// retries are off). Attempts get their bodies from the handle.
+    pub fn retained(
+        inner: DownstreamBody,
+        state: Rc<StreamState>,
+        deadline: Option<Instant>,
+        limit: usize,
+        on_overflow: Box<dyn FnOnce()>,
+    ) -> RetainedBody {
+        let body = Retained {
+            body: inner,
+            frames: Vec::new(),
+            bytes: 0,
+            limit,
+            taken: 0,
+            ended: false,
+            overflowed: false,
+            on_overflow: Some(on_overflow),
+        };
+        RetainedBody { body: Rc::new(RefCell::new(body)), state, deadline }
+    }
+
+    fn with_source(source: RequestSource, state: Rc<StreamState>, deadline: Option<Instant>) -> RequestBody {
+        let body = RequestBody { source, state, deadline: None };
+        if body.downstream_done() {
+            body.state.request_done.set(true);
         }
-        let deadline = deadline.filter(|_| !state.request_done.get()).map(|at| Box::pin(tokio::time::sleep_until(at)));
-        RequestBody { inner, state, deadline }
+        let deadline = deadline.filter(|_| !body.state.request_done.get()).map(|at| Box::pin(tokio::time::sleep_until(at)));
+        RequestBody { deadline, ..body }
+    }
+
+    /// Whether the downstream body has ended.
+    fn downstream_done(&self) -> bool {
+        match &self.source {
+            RequestSource::Direct(inner) => inner.is_end_stream(),
+            RequestSource::Retained { body, .. } => {
+                let body = body.borrow();
+                body.ended || body.body.is_end_stream()
+            }
+        }
+    }
+
+    /// The next frame: from downstream (kept for later attempts when retained), or, for a
+    /// later attempt, one an earlier attempt took (then `false` comes with it).
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> (PolledFrame, bool) {
+        match &mut self.source {
+            RequestSource::Direct(inner) => (Pin::new(inner).poll_frame(cx), true),
+            RequestSource::Retained { body, next } => {
+                let mut body = body.borrow_mut();
+                if *next < body.taken {
+                    // Gone only past the limit, for an attempt that lost the downstream body
+                    // to a later one (no attempt starts after an overflow).
+                    let Some(frame) = body.frames.get(*next).map(RetainedFrame::to_frame) else {
+                        return (Poll::Ready(Some(Err(Box::new(StreamError("request body not retained"))))), false);
+                    };
+                    *next += 1;
+                    return (Poll::Ready(Some(Ok(frame))), false);
+                }
+                if body.ended {
+                    return (Poll::Ready(None), false);
+                }
+                let polled = Pin::new(&mut body.body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        body.keep(frame);
+                        *next += 1;
+                    }
+                    Poll::Ready(None) => body.ended = true,
+                    _ => {}
+                }
+                (polled, true)
+            }
+        }
     }
 }
 
@@ -105,22 +275,27 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let (polled, from_downstream) = this.poll_source(cx);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.state.received.set(this.state.received.get() + data.len() as u64);
-                }
-                this.state.last_activity.set(clock::now());
-                if this.inner.is_end_stream() {
-                    this.state.request_done.set(true);
+                if from_downstream {
+                    if let Some(data) = frame.data_ref() {
+                        this.state.received.set(this.state.received.get() + data.len() as u64);
+                    }
+                    this.state.last_activity.set(clock::now());
+                    if this.downstream_done() {
+                        this.state.request_done.set(true);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
-                this.state.request_done.set(true);
-                this.state.last_activity.set(clock::now());
+                if from_downstream {
+                    this.state.request_done.set(true);
+                    this.state.last_activity.set(clock::now());
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
@@ -136,11 +311,30 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            RequestSource::Direct(inner) => inner.is_end_stream(),
+            RequestSource::Retained { body, next } => {
+                let body = body.borrow();
+                *next == body.taken && (body.ended || body.body.is_end_stream())
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            RequestSource::Direct(inner) => inner.size_hint(),
+            RequestSource::Retained { body, next } => {
+                let body = body.borrow();
+                let resent: usize = body.frames.get(*next..).unwrap_or_default().iter().map(RetainedFrame::len).sum();
+                let rest = body.body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + resent as u64);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + resent as u64);
+                }
+                hint
+            }
+        }
     }
 }
 

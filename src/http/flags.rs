@@ -1,80 +1,94 @@
 //! Envoy's response flags: the short codes (`UH`, `UF`, `NR`, ...) that explain why a
-//! request ended the way it did. Owns the bitset and its text form only; the layers that
-//! fail a request decide which flag to set, and the access log prints them.
+//! request ended the way it did. Owns the set and its text form only; the layers that
+//! fail a request decide which flag to set, and the access log prints them in the order
+//! they were set, as Envoy 1.40 does.
 
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
 
-/// A set of Envoy response flags, cheap to copy and to merge.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ResponseFlags(u32);
+/// A set of Envoy response flags, cheap to copy and to merge, that remembers the order
+/// its flags were set in.
+#[derive(Clone, Copy, Default)]
+pub struct ResponseFlags {
+    bits: u32,
+    /// The flags in the order they were set, as 5-bit entries (index in `CODES` + 1), the
+    /// first in the low bits; room for 12, far more than a request collects.
+    order: u64,
+}
+
+/// One flag: bit `index`, and itself as the order.
+const fn flag(index: u32) -> ResponseFlags {
+    ResponseFlags { bits: 1 << index, order: index as u64 + 1 }
+}
+
+const ORDER_ENTRY_BITS: u32 = 5;
+const ORDER_ENTRIES: u32 = u64::BITS / ORDER_ENTRY_BITS;
 
 impl ResponseFlags {
     /// No flag set; prints as `-`.
-    pub const NONE: Self = Self(0);
+    pub const NONE: Self = Self { bits: 0, order: 0 };
     /// `LH`: the local health check failed (this proxy is failing its own health check).
-    pub const FAILED_LOCAL_HEALTH_CHECK: Self = Self(1 << 0);
+    pub const FAILED_LOCAL_HEALTH_CHECK: Self = flag(0);
     /// `UH`: no healthy upstream host in the cluster.
-    pub const NO_HEALTHY_UPSTREAM: Self = Self(1 << 1);
+    pub const NO_HEALTHY_UPSTREAM: Self = flag(1);
     /// `UT`: the upstream request timed out.
-    pub const UPSTREAM_REQUEST_TIMEOUT: Self = Self(1 << 2);
+    pub const UPSTREAM_REQUEST_TIMEOUT: Self = flag(2);
     /// `LR`: the stream was reset locally.
-    pub const LOCAL_RESET: Self = Self(1 << 3);
+    pub const LOCAL_RESET: Self = flag(3);
     /// `UR`: the upstream reset the stream.
-    pub const UPSTREAM_REMOTE_RESET: Self = Self(1 << 4);
+    pub const UPSTREAM_REMOTE_RESET: Self = flag(4);
     /// `UF`: the upstream connection could not be established.
-    pub const UPSTREAM_CONNECTION_FAILURE: Self = Self(1 << 5);
+    pub const UPSTREAM_CONNECTION_FAILURE: Self = flag(5);
     /// `UC`: the upstream connection was terminated mid-request.
-    pub const UPSTREAM_CONNECTION_TERMINATION: Self = Self(1 << 6);
+    pub const UPSTREAM_CONNECTION_TERMINATION: Self = flag(6);
     /// `UO`: a circuit breaker overflowed.
-    pub const UPSTREAM_OVERFLOW: Self = Self(1 << 7);
+    pub const UPSTREAM_OVERFLOW: Self = flag(7);
     /// `NR`: no route matched the request.
-    pub const NO_ROUTE_FOUND: Self = Self(1 << 8);
+    pub const NO_ROUTE_FOUND: Self = flag(8);
     /// `DI`: a fault filter delayed the request.
-    pub const DELAY_INJECTED: Self = Self(1 << 9);
+    pub const DELAY_INJECTED: Self = flag(9);
     /// `FI`: a fault filter aborted the request.
-    pub const FAULT_INJECTED: Self = Self(1 << 10);
+    pub const FAULT_INJECTED: Self = flag(10);
     /// `RL`: the request was rate limited locally.
-    pub const RATE_LIMITED: Self = Self(1 << 11);
+    pub const RATE_LIMITED: Self = flag(11);
     /// `UAEX`: an external authorization service denied the request.
-    pub const UNAUTHORIZED_EXTERNAL_SERVICE: Self = Self(1 << 12);
+    pub const UNAUTHORIZED_EXTERNAL_SERVICE: Self = flag(12);
     /// `RLSE`: the rate limit service could not be reached.
-    pub const RATE_LIMIT_SERVICE_ERROR: Self = Self(1 << 13);
+    pub const RATE_LIMIT_SERVICE_ERROR: Self = flag(13);
     /// `DC`: the downstream connection terminated mid-request.
-    pub const DOWNSTREAM_CONNECTION_TERMINATION: Self = Self(1 << 14);
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: Self = flag(14);
     /// `URX`: the retry limit (or connect-attempt limit) was exhausted.
-    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: Self = Self(1 << 15);
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: Self = flag(15);
     /// `SI`: the stream idle timeout fired.
-    pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 16);
+    pub const STREAM_IDLE_TIMEOUT: Self = flag(16);
     /// `IH`: the request carried invalid `x-envoy-*` headers.
-    pub const INVALID_ENVOY_REQUEST_HEADERS: Self = Self(1 << 17);
+    pub const INVALID_ENVOY_REQUEST_HEADERS: Self = flag(17);
     /// `DPE`: the downstream request had an HTTP protocol error.
-    pub const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 18);
+    pub const DOWNSTREAM_PROTOCOL_ERROR: Self = flag(18);
     /// `UMSDR`: the upstream request reached its max stream duration.
-    pub const UPSTREAM_MAX_STREAM_DURATION_REACHED: Self = Self(1 << 19);
+    pub const UPSTREAM_MAX_STREAM_DURATION_REACHED: Self = flag(19);
     /// `RFCF`: the response came from a cache filter.
-    pub const RESPONSE_FROM_CACHE_FILTER: Self = Self(1 << 20);
+    pub const RESPONSE_FROM_CACHE_FILTER: Self = flag(20);
     /// `NFCF`: a filter config did not arrive before its warming deadline.
-    pub const NO_FILTER_CONFIG_FOUND: Self = Self(1 << 21);
+    pub const NO_FILTER_CONFIG_FOUND: Self = flag(21);
     /// `DT`: the request or connection exceeded its max duration.
-    pub const DURATION_TIMEOUT: Self = Self(1 << 22);
+    pub const DURATION_TIMEOUT: Self = flag(22);
     /// `UPE`: the upstream response had an HTTP protocol error.
-    pub const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 23);
+    pub const UPSTREAM_PROTOCOL_ERROR: Self = flag(23);
     /// `NC`: the route's cluster does not exist.
-    pub const NO_CLUSTER_FOUND: Self = Self(1 << 24);
+    pub const NO_CLUSTER_FOUND: Self = flag(24);
     /// `OM`: the overload manager rejected the request.
-    pub const OVERLOAD_MANAGER: Self = Self(1 << 25);
+    pub const OVERLOAD_MANAGER: Self = flag(25);
     /// `DF`: DNS resolution of the upstream host failed.
-    pub const DNS_RESOLUTION_FAILED: Self = Self(1 << 26);
+    pub const DNS_RESOLUTION_FAILED: Self = flag(26);
     /// `DO`: the request was dropped by the cluster's drop_overload policy.
-    pub const DROP_OVERLOAD: Self = Self(1 << 27);
+    pub const DROP_OVERLOAD: Self = flag(27);
     /// `DR`: the downstream reset the stream.
-    pub const DOWNSTREAM_REMOTE_RESET: Self = Self(1 << 28);
+    pub const DOWNSTREAM_REMOTE_RESET: Self = flag(28);
     /// `UDO`: the request was dropped by an unconditional drop_overload.
-    pub const UNCONDITIONAL_DROP_OVERLOAD: Self = Self(1 << 29);
+    pub const UNCONDITIONAL_DROP_OVERLOAD: Self = flag(29);
 
-    /// Every flag with its short code, in the order Envoy prints them (its flag enum
-    /// order, which is why `UH` comes after `LH` and `DC` after `RLSE`).
+    /// Every flag with its short code, in bit order.
     const CODES: [(Self, &'static str); 30] = [
         (Self::FAILED_LOCAL_HEALTH_CHECK, "LH"),
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
@@ -108,34 +122,48 @@ impl ResponseFlags {
         (Self::UNCONDITIONAL_DROP_OVERLOAD, "UDO"),
     ];
 
-    /// Adds every flag in `other`.
+    /// Adds every flag in `other`, after the ones already set.
     pub fn insert(&mut self, other: Self) {
-        self.0 |= other.0;
+        *self = self.with(other);
     }
 
-    /// This set plus every flag in `other`, usable in constants.
+    /// This set plus every flag in `other` (in `other`'s order, after this set's), usable
+    /// in constants.
     pub const fn with(self, other: Self) -> Self {
-        Self(self.0 | other.0)
+        let mut merged = self;
+        let mut entries = other.order;
+        while entries != 0 {
+            let index = (entries & 0x1f) as u32 - 1;
+            entries >>= ORDER_ENTRY_BITS;
+            if merged.bits & (1 << index) == 0 {
+                let count = merged.bits.count_ones();
+                merged.bits |= 1 << index;
+                if count < ORDER_ENTRIES {
+                    merged.order |= (index as u64 + 1) << (count * ORDER_ENTRY_BITS);
+                }
+            }
+        }
+        merged
     }
 
     /// Whether every flag in `other` is set (true for an empty `other`).
     pub const fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
+        self.bits & other.bits == other.bits
     }
 
     /// Whether any flag in `other` is set.
     pub const fn intersects(self, other: Self) -> bool {
-        self.0 & other.0 != 0
+        self.bits & other.bits != 0
     }
 
     /// Whether no flag is set.
     pub const fn is_empty(self) -> bool {
-        self.0 == 0
+        self.bits == 0
     }
 
     /// The raw bits, for stats and tests.
     pub const fn bits(self) -> u32 {
-        self.0
+        self.bits
     }
 
     /// The flag with short code `code` (`"UH"`), as used by Envoy's response_flag_filter.
@@ -143,11 +171,25 @@ impl ResponseFlags {
         Self::CODES.iter().find(|(_, c)| *c == code).map(|(flag, _)| *flag)
     }
 
-    /// The short codes of the set flags, in Envoy's order.
+    /// The short codes of the set flags, in the order they were set.
     pub fn codes(self) -> impl Iterator<Item = &'static str> {
-        Self::CODES.into_iter().filter(move |(flag, _)| self.intersects(*flag)).map(|(_, code)| code)
+        let mut entries = self.order;
+        std::iter::from_fn(move || {
+            let entry = entries & 0x1f;
+            entries >>= ORDER_ENTRY_BITS;
+            (entry != 0).then(|| Self::CODES[entry as usize - 1].1)
+        })
     }
 }
+
+impl PartialEq for ResponseFlags {
+    /// The same flags, whatever their order.
+    fn eq(&self, other: &Self) -> bool {
+        self.bits == other.bits
+    }
+}
+
+impl Eq for ResponseFlags {}
 
 impl BitOr for ResponseFlags {
     type Output = Self;
@@ -196,13 +238,17 @@ mod tests {
     }
 
     #[test]
-    fn codes_print_in_envoy_order_not_insertion_order() {
+    fn codes_print_in_insertion_order() {
+        // Envoy 1.40 keeps its flags in a list in the order they were set (a retry gives
+        // up, `URX`, before the failure is answered, `UF`).
         let mut flags = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
         flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         flags |= ResponseFlags::NO_HEALTHY_UPSTREAM;
-        assert_eq!(flags.to_string(), "UH,UF,URX");
+        flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+        assert_eq!(flags.to_string(), "URX,UF,UH");
         let flags = ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION | ResponseFlags::RATE_LIMIT_SERVICE_ERROR;
-        assert_eq!(flags.to_string(), "RLSE,DC");
+        assert_eq!(flags.to_string(), "DC,RLSE");
+        assert_eq!(flags, ResponseFlags::RATE_LIMIT_SERVICE_ERROR | ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
     }
 
     #[test]

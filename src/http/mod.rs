@@ -10,4 +10,5 @@ pub mod headers;
 pub mod path;
 pub mod proxy;
 pub mod rds;
+mod retry;
 pub mod route;

@@ -22,11 +22,12 @@ use super::body::{DownstreamBody, EndReason, RequestBody, ResponseBody, StreamEn
 use super::flags::ResponseFlags;
 use super::headers;
 use super::path::{self, Normalized, Refused};
+use super::retry::{Decision, Outcome, Retry};
 use super::route::{IdleTimeout, RouteAction, is_grpc};
 use crate::clock;
 use crate::config::cluster::UpstreamProtocol;
 use crate::listener::HttpListener;
-use crate::upstream::pool::{UpstreamError, Wire};
+use crate::upstream::pool::{ClusterPools, UpstreamBody, UpstreamError, Wire};
 use crate::upstream::{Cluster, Host};
 use crate::worker::{LentTimer, Worker};
 
@@ -179,33 +180,10 @@ pub async fn serve(
             "no_healthy_upstream",
         ));
     };
-    let host = cluster.hosts[host_index].clone();
-    exchange.host = Some(host.clone());
-
     forward.rewrite_request_with(&mut parts, !hcm.suppress_envoy_headers);
     selected.apply_request_headers(&mut parts.headers);
-    // Envoy's auto_host_rewrite uses the host's hostname, which a STATIC endpoint has
-    // only when its `hostname` is set.
-    if forward.auto_host_rewrite()
-        && !host.hostname.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&host.hostname)
-    {
-        forward.set_host(&mut parts, value, !hcm.suppress_envoy_headers);
-    }
     let timeout = forward.timeout();
-    if !hcm.suppress_envoy_headers
-        && let Some(t) = timeout
-    {
-        parts
-            .headers
-            .insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), headers::decimal_value(t.as_millis() as u64));
-    }
     headers::remove_hop_by_hop(&mut parts.headers);
-    if !listener.access_logs.is_empty() {
-        // Envoy's access log reads the request headers the router mutated in place: the
-        // rewritten host and path, the added headers.
-        exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
-    }
     let wire = match cluster.protocol {
         UpstreamProtocol::Http1 => Wire::Http1,
         UpstreamProtocol::Http2 => Wire::Http2,
@@ -213,33 +191,124 @@ pub async fn serve(
         UpstreamProtocol::Downstream => Wire::Http1,
     };
     let request_deadline = hcm.request_timeout.map(|t| exchange.start + t);
-    let upstream_request =
-        upstream_request(parts, RequestBody::new(body, exchange.stream.clone(), request_deadline), wire);
     // A route's idle_timeout overrides the connection manager's stream_idle_timeout.
     let idle_timeout = match forward.idle_timeout() {
         IdleTimeout::Inherit => hcm.stream_idle_timeout,
         IdleTimeout::Disabled => None,
         IdleTimeout::After(t) => Some(t),
     };
+    let virtual_host = selected.virtual_host;
 
-    let upstream_start = clock::now();
-    let pool = pools.host(&cluster, host_index);
-    let attached = {
-        let (stream, cluster, host) = (exchange.stream.clone(), cluster.clone(), host.clone());
-        move || {
-            if !stream.upstream_attached.replace(true) {
-                cluster.stats.upstream_rq_total.inc();
-                cluster.stats.upstream_rq_active.inc();
-                host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
-                host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
-            }
+    // A request that may be retried keeps what each attempt sends again: its head as it is
+    // before the host-specific parts, and its body as far as the buffer limit.
+    let policy = forward.retry_policy();
+    let mut retry = policy.map(|policy| Retry::new(policy, host_index));
+    let mut resend = None;
+    let mut body = match policy {
+        None => RequestBody::new(body, exchange.stream.clone(), request_deadline),
+        Some(_) => {
+            let stats = cluster.stats.clone();
+            let retained = RequestBody::retained(
+                body,
+                exchange.stream.clone(),
+                request_deadline,
+                listener.spec.buffer_limit,
+                Box::new(move || stats.retry_or_shadow_abandoned.inc()),
+            );
+            let first = retained.attempt().expect("a body no attempt has read is kept");
+            resend = Some((Box::new(copy_head(&parts)), retained));
+            first
         }
     };
-    let sent = pool.send(&cluster, upstream_request, wire, &attached);
-    // Boxed for the same reason: the send future is ≈ 1.3 KB.
-    let sent = Box::pin(sent);
-    let deadlines = Deadlines { route: timeout, request: request_deadline, idle: idle_timeout };
-    let result = await_response(sent, &exchange.stream, deadlines, ctx.worker.timers.lend()).await;
+    let per_try = policy.and_then(|p| p.per_try_timeout);
+    let mut attempt: u64 = 1;
+    let mut host_index = host_index;
+    let (result, host, upstream_start) = loop {
+        let host = cluster.hosts[host_index].clone();
+        exchange.host = Some(host.clone());
+        // Envoy's auto_host_rewrite uses the host's hostname, which a STATIC endpoint has
+        // only when its `hostname` is set.
+        if forward.auto_host_rewrite()
+            && !host.hostname.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&host.hostname)
+        {
+            forward.set_host(&mut parts, value, !hcm.suppress_envoy_headers);
+        }
+        if !hcm.suppress_envoy_headers
+            && let Some(expected) = expected_timeout(timeout, per_try, attempt, &exchange.stream)
+        {
+            parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), headers::decimal_value(expected));
+        }
+        if virtual_host.attempt_count_to_upstream() {
+            parts.headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), headers::decimal_value(attempt));
+        }
+        if attempt == 1 && !listener.access_logs.is_empty() {
+            // Envoy's access log reads the request headers the router mutated in place: the
+            // rewritten host and path, the added headers.
+            exchange.logged_request = Some(request_head(&parts.method, &parts.uri, parts.version, &parts.headers));
+        }
+        let upstream_start = clock::now();
+        let deadlines = Deadlines {
+            route: timeout,
+            request: request_deadline,
+            idle: idle_timeout,
+            per_try: per_try.map(|t| (upstream_start, t)),
+        };
+        let request = upstream_request(parts, body, wire);
+        let result = send(&ctx, &cluster, &pools, host_index, &host, request, wire, &exchange.stream, deadlines).await;
+        let Some(retry) = retry.as_mut() else {
+            break (result, host, upstream_start);
+        };
+        if matches!(result, Err(Failure::PerTryTimeout)) {
+            cluster.stats.upstream_rq_per_try_timeout.inc();
+            host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+        }
+        if exchange.stream.upstream_attached.get() {
+            retry.note_sent();
+        }
+        let outcome = match &result {
+            Ok(response) => Outcome::Response(response.status(), response.headers()),
+            Err(Failure::Upstream(e)) => Outcome::Failed(e),
+            Err(Failure::PerTryTimeout) => Outcome::PerTryTimeout,
+            // The connection manager's timeouts and the route timeout end the request.
+            Err(_) => break (result, host, upstream_start),
+        };
+        let (head, retained) = resend.as_ref().expect("kept with the retry policy");
+        let backoff = match retry.decide(&cluster, outcome, !retained.overflowed()) {
+            Decision::Retry(backoff) => backoff,
+            Decision::Final(flags) => {
+                exchange.flags.insert(flags);
+                break (result, host, upstream_start);
+            }
+        };
+        let Some(next_host) = retry.next_host(&cluster, &mut pools.lb.borrow_mut()) else {
+            break (result, host, upstream_start);
+        };
+        let next_body = retained.attempt().expect("checked: the body stayed under the limit");
+        // This attempt is over: Envoy charges a replaced response under `retry.`, and the
+        // attempt as a host error.
+        if let Ok(response) = &result {
+            cluster.stats.record_retried_response(response.status().as_u16());
+        }
+        host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+        if exchange.stream.upstream_attached.replace(false) {
+            cluster.stats.upstream_rq_active.dec();
+            host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(result);
+        if !backoff.is_zero() && back_off(backoff, &exchange.stream, timeout).await.is_err() {
+            break (Err(Failure::RouteTimeout), host, upstream_start);
+        }
+        cluster.stats.upstream_rq_retry.inc();
+        cluster.stats.upstream_rq_retry_backoff_exponential.inc();
+        attempt += 1;
+        host_index = next_host;
+        parts = copy_head(head);
+        body = next_body;
+    };
+    let retried = retry.as_ref().is_some_and(Retry::retried);
+    drop(retry);
+    let attempt_count = virtual_host.attempt_count_in_response().then(|| headers::decimal_value(attempt));
     match result {
         Ok(response) => {
             let (mut head, body) = response.into_parts();
@@ -248,6 +317,9 @@ pub async fn serve(
             if !hcm.suppress_envoy_headers {
                 head.headers
                     .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::decimal_value(upstream_ms));
+            }
+            if let Some(count) = attempt_count {
+                head.headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), count);
             }
             set_server(&mut head.headers, &hcm.server_name);
             selected.apply_response_headers(&mut head.headers);
@@ -270,13 +342,98 @@ pub async fn serve(
             let (status, body, flags, details) = failure_reply(&failure, &cluster, &host, stats);
             // The router charges its timeout and reset replies to the cluster; the connection
             // manager's own timeouts are not the upstream's.
-            if matches!(failure, Failure::RouteTimeout | Failure::Upstream(_)) {
+            if matches!(failure, Failure::RouteTimeout | Failure::PerTryTimeout | Failure::Upstream(_)) {
                 cluster.stats.record_response(status.as_u16());
                 exchange.charged = true;
             }
-            Ok(exchange.local_reply(status, Bytes::from_static(body.as_bytes()), flags, details))
+            let body = match body.strip_prefix(RESET_PREFIX) {
+                // Envoy says so when the reset it reports ended a retry.
+                Some(reason) if retried => Bytes::from(format!("{RESET_PREFIX}retried and the latest {reason}")),
+                _ => Bytes::from_static(body.as_bytes()),
+            };
+            let mut response = exchange.local_reply(status, body, flags, details);
+            if let Some(count) = attempt_count {
+                response.headers_mut().insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), count);
+            }
+            Ok(response)
         }
     }
+}
+
+/// The part of a reset's local reply before its reason.
+const RESET_PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
+
+/// One attempt: sends the request through the host's pool and waits for response headers
+/// under the deadlines. Counts the request against the cluster and host once a connection
+/// takes it (a failed connect counts neither).
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    ctx: &ConnContext,
+    cluster: &Arc<Cluster>,
+    pools: &ClusterPools,
+    host_index: usize,
+    host: &Arc<Host>,
+    request: Request<RequestBody>,
+    wire: Wire,
+    stream: &StreamState,
+    deadlines: Deadlines,
+) -> Result<Response<UpstreamBody>, Failure> {
+    let pool = pools.host(cluster, host_index);
+    let attached = || {
+        if !stream.upstream_attached.replace(true) {
+            cluster.stats.upstream_rq_total.inc();
+            cluster.stats.upstream_rq_active.inc();
+            host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+            host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let sent = pool.send(cluster, request, wire, &attached);
+    // Boxed for the same reason: the send future is ≈ 1.3 KB.
+    let sent = Box::pin(sent);
+    await_response(sent, stream, deadlines, ctx.worker.timers.lend()).await
+}
+
+/// Waits out a retry's backoff; `Err` when the route timeout passes first.
+async fn back_off(backoff: std::time::Duration, stream: &StreamState, route_timeout: Option<std::time::Duration>) -> Result<(), ()> {
+    let until = clock::now() + backoff;
+    let route_deadline = route_timeout.filter(|_| stream.request_done.get()).map(|t| stream.last_activity.get() + t);
+    match route_deadline {
+        Some(deadline) if deadline <= until => {
+            tokio::time::sleep_until(deadline).await;
+            Err(())
+        }
+        _ => {
+            tokio::time::sleep_until(until).await;
+            Ok(())
+        }
+    }
+}
+
+/// `x-envoy-expected-rq-timeout-ms` for an attempt, in ms: the per-try timeout if set, else
+/// the route timeout; on a retry no more than what is left of the route timeout (at least
+/// 1 ms). `None` with neither timeout.
+fn expected_timeout(
+    route: Option<std::time::Duration>,
+    per_try: Option<std::time::Duration>,
+    attempt: u64,
+    stream: &StreamState,
+) -> Option<u64> {
+    let expected = per_try.or(route)?.as_millis() as u64;
+    let Some(route) = route.filter(|_| attempt > 1) else {
+        return Some(expected);
+    };
+    let elapsed = (clock::now() - stream.last_activity.get()).as_millis() as u64;
+    Some(expected.min((route.as_millis() as u64).saturating_sub(elapsed).max(1)))
+}
+
+/// A copy of a request head (method, target, version, headers) for another attempt.
+fn copy_head(parts: &Parts) -> Parts {
+    let mut head = empty_parts();
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
 }
 
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
@@ -398,6 +555,8 @@ enum Failure {
     },
     /// `request_timeout` passed before the whole request arrived.
     RequestTimeout,
+    /// The retry policy's `per_try_timeout` passed before this attempt's response headers.
+    PerTryTimeout,
 }
 
 /// The deadlines a stream waits for its response headers under.
@@ -409,6 +568,9 @@ struct Deadlines {
     request: Option<Instant>,
     /// The stream idle timeout (request body activity counts).
     idle: Option<std::time::Duration>,
+    /// The attempt's start and its per-try timeout, which runs from the later of that
+    /// start and the end of the request.
+    per_try: Option<(Instant, std::time::Duration)>,
 }
 
 /// Waits for the upstream's response headers under the route timeout, the stream idle
@@ -423,15 +585,18 @@ async fn await_response<F, T>(
 where
     F: Future<Output = Result<T, UpstreamError>>,
 {
-    let Deadlines { route: route_timeout, request: request_deadline, idle: idle_timeout } = deadlines;
+    let Deadlines { route: route_timeout, request: request_deadline, idle: idle_timeout, per_try } = deadlines;
     tokio::pin!(sent);
     loop {
         let idle_deadline = idle_timeout.map(|t| stream.last_activity.get() + t);
         let request_deadline = request_deadline.filter(|_| !stream.request_done.get());
-        // While the body is still arriving this is only a time to look again: the deadline
-        // moves with each body frame and holds from the last one.
-        let route_deadline = route_timeout.map(|t| stream.last_activity.get() + t);
-        let wake = [route_deadline, idle_deadline, request_deadline].into_iter().flatten().min();
+        // Both run from the end of the request. While the body is still arriving, these are
+        // only times to look again (a full timeout from now: no deadline can pass earlier).
+        let request_end =
+            if stream.request_done.get() { stream.last_activity.get() } else { clock::now().max(stream.last_activity.get()) };
+        let route_deadline = route_timeout.map(|t| request_end + t);
+        let per_try_deadline = per_try.map(|(start, t)| start.max(request_end) + t);
+        let wake = [route_deadline, idle_deadline, request_deadline, per_try_deadline].into_iter().flatten().min();
         let Some(wake) = wake else {
             return sent.await.map_err(Failure::Upstream);
         };
@@ -446,6 +611,9 @@ where
                 let now = clock::now();
                 if stream.request_done.get() && route_timeout.is_some_and(|t| stream.last_activity.get() + t <= now) {
                     return Err(Failure::RouteTimeout);
+                }
+                if stream.request_done.get() && per_try_deadline.is_some_and(|d| d <= now) {
+                    return Err(Failure::PerTryTimeout);
                 }
                 if request_deadline.is_some_and(|d| d <= now) && !stream.request_done.get() {
                     return Err(Failure::RequestTimeout);
@@ -467,6 +635,15 @@ fn failure_reply(
     stats: &crate::listener::HcmStats,
 ) -> (StatusCode, &'static str, ResponseFlags, Cow<'static, str>) {
     let upstream = match failure {
+        // Counted when it passed, retried or not.
+        Failure::PerTryTimeout => {
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                Cow::Borrowed("upstream_per_try_timeout"),
+            );
+        }
         Failure::RouteTimeout => {
             cluster.stats.upstream_rq_timeout.inc();
             host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);

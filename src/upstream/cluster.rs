@@ -33,14 +33,17 @@ macro_rules! cluster_stats {
             $(pub $counter: CounterCell,)*
             $(pub $gauge: GaugeCell,)*
             $(pub $histogram: HistogramCell,)*
-            /// `upstream_rq_1xx` … `upstream_rq_5xx`.
-            pub upstream_rq_class: [CounterCell; 5],
-            /// `upstream_rq_<code>` by class, made on the class's first response (as Envoy
-            /// makes these counters on first use) so that idle clusters cost nothing.
-            codes: [OnceLock<Box<[CounterCell; 100]>>; 5],
+            /// `upstream_rq_<class>xx` and `upstream_rq_<code>` of the responses sent on.
+            codes: ResponseCodes,
+            /// `retry.upstream_rq_*`: the responses a retry replaced.
+            retried_codes: ResponseCodes,
+            /// `retry.upstream_rq_completed`.
+            retried_completed: CounterCell,
             /// Connections open or connecting, counted against `max_connections`
             /// (`upstream_cx_active` counts them once connected).
             pub connections: AtomicU64,
+            /// Retries scheduled and not yet decided, counted against `max_retries`.
+            pub retries: AtomicU64,
             /// The circuit breakers of the cluster's latest build, for the
             /// `circuit_breakers.*` gauges, worked out when the stats are read rather than
             /// kept up to date on every request.
@@ -53,9 +56,11 @@ macro_rules! cluster_stats {
                     $($counter: CounterCell::default(),)*
                     $($gauge: GaugeCell::default(),)*
                     $($histogram: HistogramCell::new(HistogramUnit::$unit),)*
-                    upstream_rq_class: Default::default(),
-                    codes: Default::default(),
+                    codes: ResponseCodes::default(),
+                    retried_codes: ResponseCodes::default(),
+                    retried_completed: CounterCell::default(),
                     connections: AtomicU64::new(0),
+                    retries: AtomicU64::new(0),
                     breakers: Mutex::default(),
                 }
             }
@@ -67,21 +72,13 @@ macro_rules! cluster_stats {
                 $(visit(stringify!($gauge), Member::Gauge(&self.$gauge));)*
                 $(visit(stringify!($histogram), Member::Histogram(&self.$histogram));)*
                 let mut name = String::new();
-                for (class, counter) in self.upstream_rq_class.iter().enumerate() {
-                    name.clear();
-                    let _ = write!(name, "upstream_rq_{}xx", class + 1);
-                    visit(&name, Member::Counter(counter));
+                self.codes.visit("", &mut name, visit);
+                // Made on first use in Envoy: shown once a retry replaced a response.
+                if self.retried_completed.value() > 0 {
+                    self.retried_codes.visit("retry.", &mut name, visit);
+                    visit("retry.upstream_rq_completed", Member::Counter(&self.retried_completed));
                 }
                 self.visit_circuit_breakers(&mut name, visit);
-                for (class, codes) in self.codes.iter().enumerate() {
-                    for (code, counter) in codes.get().into_iter().flat_map(|c| c.iter().enumerate()) {
-                        if counter.value() > 0 {
-                            name.clear();
-                            let _ = write!(name, "upstream_rq_{}", (class + 1) * 100 + code);
-                            visit(&name, Member::Counter(counter));
-                        }
-                    }
-                }
             }
         }
     };
@@ -115,6 +112,17 @@ cluster_stats! {
         upstream_rq_cancelled,
         upstream_rq_tx_reset,
         upstream_rq_rx_reset,
+        upstream_rq_retry,
+        upstream_rq_retry_success,
+        upstream_rq_retry_overflow,
+        upstream_rq_retry_limit_exceeded,
+        upstream_rq_retry_backoff_exponential,
+        // Always 0, as in Envoy for every config legate takes: it refuses
+        // `rate_limited_retry_back_off` and `per_try_idle_timeout`.
+        upstream_rq_retry_backoff_ratelimited,
+        upstream_rq_per_try_idle_timeout,
+        upstream_rq_per_try_timeout,
+        retry_or_shadow_abandoned,
         lb_healthy_panic,
         membership_change,
         update_attempt,
@@ -152,16 +160,17 @@ impl ClusterStats {
             self.connections.load(Ordering::Relaxed),
             self.upstream_rq_pending_active.value().max(0) as u64,
             self.upstream_rq_active.value().max(0) as u64,
+            self.retries.load(Ordering::Relaxed),
         ];
-        for (priority, limits, [connections, pending, requests]) in
-            [("default", breakers.default, in_use), ("high", breakers.high, [0; 3])]
+        for (priority, limits, [connections, pending, requests, retries]) in
+            [("default", breakers.default, in_use), ("high", breakers.high, [0; 4])]
         {
             let limited = [
                 ("cx", connections, limits.max_connections),
                 ("cx_pool", 0, u32::MAX),
                 ("rq_pending", pending, limits.max_pending_requests),
                 ("rq", requests, limits.max_requests),
-                ("rq_retry", 0, limits.max_retries),
+                ("rq_retry", retries, limits.max_retries),
             ];
             for (resource, used, max) in limited {
                 let gauge = GaugeCell::default();
@@ -177,7 +186,7 @@ impl ClusterStats {
                     ("cx", connections, limits.max_connections),
                     ("cx_pools", 0, u32::MAX),
                     ("pending", pending, limits.max_pending_requests),
-                    ("retries", 0, limits.max_retries),
+                    ("retries", retries, limits.max_retries),
                     ("rq", requests, limits.max_requests),
                 ];
                 for (resource, used, max) in remaining {
@@ -193,13 +202,54 @@ impl ClusterStats {
 
     /// Counts a response by class and exact code (`upstream_rq_2xx`, `upstream_rq_200`).
     pub fn record_response(&self, status: u16) {
+        self.codes.record(status);
+    }
+
+    /// Counts a response a retry replaced, under `retry.` (`retry.upstream_rq_503`), with
+    /// its `retry.upstream_rq_completed`.
+    pub fn record_retried_response(&self, status: u16) {
+        self.retried_codes.record(status);
+        self.retried_completed.inc();
+    }
+}
+
+/// Response counters by class and exact code.
+#[derive(Default)]
+struct ResponseCodes {
+    /// `upstream_rq_1xx` … `upstream_rq_5xx`.
+    class: [CounterCell; 5],
+    /// `upstream_rq_<code>` by class, made on the class's first response (as Envoy makes
+    /// these counters on first use) so that idle clusters cost nothing.
+    codes: [OnceLock<Box<[CounterCell; 100]>>; 5],
+}
+
+impl ResponseCodes {
+    fn record(&self, status: u16) {
         if !(100..600).contains(&status) {
             return;
         }
         let class = usize::from(status / 100 - 1);
-        self.upstream_rq_class[class].inc();
+        self.class[class].inc();
         let codes = self.codes[class].get_or_init(|| Box::new(std::array::from_fn(|_| CounterCell::default())));
         codes[usize::from(status % 100)].inc();
+    }
+
+    /// Visits the class counters, and the code counters that counted something.
+    fn visit(&self, prefix: &str, name: &mut String, visit: &mut dyn FnMut(&str, Member<'_>)) {
+        for (class, counter) in self.class.iter().enumerate() {
+            name.clear();
+            let _ = write!(name, "{prefix}upstream_rq_{}xx", class + 1);
+            visit(name, Member::Counter(counter));
+        }
+        for (class, codes) in self.codes.iter().enumerate() {
+            for (code, counter) in codes.get().into_iter().flat_map(|c| c.iter().enumerate()) {
+                if counter.value() > 0 {
+                    name.clear();
+                    let _ = write!(name, "{prefix}upstream_rq_{}", (class + 1) * 100 + code);
+                    visit(name, Member::Counter(counter));
+                }
+            }
+        }
     }
 }
 

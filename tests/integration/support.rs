@@ -131,7 +131,9 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts an upstream named `name` on a loopback port. Paths it knows:
-    /// `/status/N` answers N; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
+    /// `/status/N` answers N; `/flaky/N` answers N and 200 in turn (N to the first request
+    /// for the path, 200 to the second, ...); `/grpc-status/N` answers gRPC's trailers-only
+    /// form with `grpc-status: N`; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
     /// with small pauses; `/trickle/MS` sends two chunks MS apart; `/trailers` sends a body
     /// and an `x-checksum` trailer; `/echo` streams the
     /// request body back; anything else answers
@@ -226,12 +228,29 @@ async fn answer(
         return Ok(reply(200, BodyExt::boxed(StreamBody::new(chunks))));
     }
     let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-    seen.lock().unwrap().push(seen_of(&parts, body_len));
+    let earlier = {
+        let mut seen = seen.lock().unwrap();
+        let request = seen_of(&parts, body_len);
+        let earlier = seen.iter().filter(|s| s.path == request.path).count();
+        seen.push(request);
+        earlier
+    };
     if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
     if let Some(code) = path.strip_prefix("/status/") {
         return Ok(reply(code.parse().unwrap_or(500), full(Bytes::new())));
+    }
+    if let Some(code) = path.strip_prefix("/flaky/")
+        && earlier % 2 == 0
+    {
+        return Ok(reply(code.parse().unwrap_or(500), full(Bytes::new())));
+    }
+    if let Some(code) = path.strip_prefix("/grpc-status/") {
+        let mut response = reply(200, full(Bytes::new()));
+        response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+        response.headers_mut().insert("grpc-status", code.parse().unwrap_or(http::HeaderValue::from_static("2")));
+        return Ok(response);
     }
     Ok(reply(200, full(Bytes::from(name.clone()))))
 }

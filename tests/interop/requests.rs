@@ -86,13 +86,16 @@ async fn observe_unnormalized(
     for ((_, upstream), before) in upstreams.iter().zip(before) {
         let count = upstream.count();
         if count > before {
-            got.push(upstream);
+            got.push((upstream, count - before));
         }
     }
     // Upstreams answer with their own name; several may share one.
-    let names: Vec<&str> = got.iter().map(|u| u.name.as_str()).collect();
+    let names: Vec<&str> = got.iter().map(|(u, _)| u.name.as_str()).collect();
     seen.insert("upstream".into(), if names.is_empty() { "(none)".into() } else { names.join(",") });
-    if let [upstream] = got.as_slice() {
+    if let [(upstream, attempts)] = got.as_slice() {
+        // Retries show as more than one request reaching the upstream.
+        let attempts = *attempts;
+        seen.insert("upstream requests".into(), attempts.to_string());
         let request = upstream.last();
         seen.insert("upstream method".into(), request.method);
         seen.insert("upstream path".into(), request.path);
@@ -104,6 +107,8 @@ async fn observe_unnormalized(
                 "x-request-id" if spec.headers.get("x-request-id") == Some(&value) => "<the client's>".to_owned(),
                 "x-request-id" => "<generated>".to_owned(),
                 "x-forwarded-for" => PORT_IN_XFF.replace_all(&value, "").into_owned(),
+                // A retry's expected timeout is what is left of the route timeout by then.
+                "x-envoy-expected-rq-timeout-ms" if attempts > 1 => "<time left>".to_owned(),
                 _ => value,
             };
             seen.insert(format!("upstream header {name}"), value);

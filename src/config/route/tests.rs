@@ -139,8 +139,10 @@ virtual_hosts:
 fn unimplemented_fields_are_unsupported_with_their_path() {
     let cases = [
         (
-            one_route("        route: { cluster: a, retry_policy: { retry_on: 5xx } }"),
-            "virtual_hosts[0].routes[0].route.retry_policy",
+            one_route(
+                "        route: { cluster: a, retry_policy: { retry_on: 5xx, retriable_headers: [{ name: x }] } }",
+            ),
+            "virtual_hosts[0].routes[0].route.retry_policy.retriable_headers",
         ),
         (
             one_route("        route: { cluster: a, hash_policy: [{ header: { header_name: x } }] }"),
@@ -457,4 +459,84 @@ virtual_hosts:
 ",
     );
     assert_eq!((e.kind, e.path.as_str()), (ErrorKind::Unsupported, "virtual_hosts[0].routes[0].match.headers[0].name"));
+}
+
+#[test]
+fn retry_policy_defaults_and_istio_shape() {
+    let t = table(&one_route(
+        "        route:
+          cluster: a
+          retry_policy:
+            retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
+            num_retries: 2
+            retry_host_predicate:
+            - name: envoy.retry_host_predicates.previous_hosts
+              typed_config:
+                '@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+            host_selection_retry_max_attempts: '5'
+            retriable_status_codes: [503]",
+    ));
+    let retry = forward(&t).retry_policy().expect("a retry policy");
+    assert!(retry.on.any(RetryOn::CONNECT_FAILURE) && retry.on.any(RetryOn::GRPC_UNAVAILABLE));
+    assert!(!retry.on.any(RetryOn::FIVE_XX));
+    assert_eq!((retry.num_retries, retry.host_selection_max_attempts), (2, 5));
+    assert!(retry.avoid_previous_hosts);
+    assert_eq!(retry.retriable_status_codes, [503]);
+    // Envoy's defaults: 25 ms base backoff, ten times that at most.
+    assert_eq!((retry.base_interval, retry.max_interval), (Duration::from_millis(25), Duration::from_millis(250)));
+
+    let t = table(&one_route("        route: { cluster: a, retry_policy: { retry_on: 5xx } }"));
+    let retry = forward(&t).retry_policy().unwrap();
+    assert_eq!((retry.num_retries, retry.host_selection_max_attempts, retry.avoid_previous_hosts), (1, 1, false));
+}
+
+#[test]
+fn route_retry_policy_replaces_the_virtual_hosts() {
+    let t = table(
+        "
+virtual_hosts:
+  - name: vh
+    domains: ['*']
+    retry_policy: { retry_on: 5xx, num_retries: 4, per_try_timeout: 1s }
+    routes:
+      - match: { prefix: /own }
+        route: { cluster: a, retry_policy: { retry_on: reset } }
+      - match: { prefix: /short }
+        route: { cluster: a, timeout: 0.5s }
+      - match: { prefix: / }
+        route: { cluster: a }
+",
+    );
+    let policy = |i: usize| match &t.virtual_hosts[0].routes[i].action {
+        RouteAction::Forward(f) => f.retry_policy().unwrap().clone(),
+        other => panic!("expected a forward action, got {other:?}"),
+    };
+    let own = policy(0);
+    assert!(own.on.any(RetryOn::RESET) && !own.on.any(RetryOn::FIVE_XX));
+    assert_eq!((own.num_retries, own.per_try_timeout), (1, None));
+    // A per-try timeout not shorter than the route timeout is dropped, as in Envoy.
+    assert_eq!((policy(1).num_retries, policy(1).per_try_timeout), (4, None));
+    assert_eq!(policy(2).per_try_timeout, Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn bad_retry_policies_name_their_field() {
+    let cases = [
+        ("retry_back_off: { max_interval: 1s }", "retry_back_off.base_interval", ErrorKind::Invalid),
+        ("retry_back_off: { base_interval: 0s }", "retry_back_off.base_interval", ErrorKind::Invalid),
+        ("retry_back_off: { base_interval: 2s, max_interval: 1s }", "retry_back_off.max_interval", ErrorKind::Invalid),
+        ("retry_host_predicate: [{ name: '' }]", "retry_host_predicate[0].name", ErrorKind::Invalid),
+        (
+            "retry_host_predicate: [{ name: envoy.retry_host_predicates.omit_canary_hosts }]",
+            "retry_host_predicate[0]",
+            ErrorKind::Unsupported,
+        ),
+        ("per_try_idle_timeout: 1s", "per_try_idle_timeout", ErrorKind::Unsupported),
+        ("retriable_status_codes: [70000]", "retriable_status_codes[0]", ErrorKind::Invalid),
+    ];
+    for (policy, field, kind) in cases {
+        let e = error(&one_route(&format!("        route: {{ cluster: a, retry_policy: {{ retry_on: 5xx, {policy} }} }}")));
+        assert_eq!(e.path, format!("virtual_hosts[0].routes[0].route.retry_policy.{field}"), "{policy}");
+        assert_eq!(e.kind, kind, "{policy}");
+    }
 }

@@ -1,0 +1,204 @@
+//! `RetryPolicy` (route or virtual host) → [`RetryPolicy`]: which upstream outcomes the
+//! router retries, how often, with what backoff and per-try timeout.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3::{RetryPolicy as RetryPolicyProto, retry_policy};
+use envoy_types::pb::google::protobuf::Duration as DurationProto;
+
+use super::{IsSet, reject_set};
+use crate::config::error::{ConfigError, Result, join_path};
+use crate::config::proto;
+
+/// The retry predicate legate implements: reselect a host tried before.
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+const PREVIOUS_HOSTS_TYPE: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+
+/// Envoy's backoff when `retry_back_off` is unset: 25 ms base, ten times that at most.
+const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// The `retry_on` conditions, as bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn(u32);
+
+impl RetryOn {
+    pub const FIVE_XX: RetryOn = RetryOn(1);
+    pub const GATEWAY_ERROR: RetryOn = RetryOn(1 << 1);
+    pub const RESET: RetryOn = RetryOn(1 << 2);
+    pub const RESET_BEFORE_REQUEST: RetryOn = RetryOn(1 << 3);
+    pub const CONNECT_FAILURE: RetryOn = RetryOn(1 << 4);
+    pub const RETRIABLE_4XX: RetryOn = RetryOn(1 << 5);
+    pub const REFUSED_STREAM: RetryOn = RetryOn(1 << 6);
+    pub const RETRIABLE_STATUS_CODES: RetryOn = RetryOn(1 << 7);
+    pub const ENVOY_RATELIMITED: RetryOn = RetryOn(1 << 8);
+    pub const GRPC_CANCELLED: RetryOn = RetryOn(1 << 9);
+    pub const GRPC_DEADLINE_EXCEEDED: RetryOn = RetryOn(1 << 10);
+    pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 11);
+    pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 12);
+    pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 13);
+
+    /// Envoy's tokens for each bit. `retriable-headers` and `http3-post-connect-failure`
+    /// parse but match nothing here (legate refuses `retriable_headers` and has no HTTP/3);
+    /// Envoy ignores unknown tokens too.
+    const TOKENS: [(&'static str, RetryOn); 14] = [
+        ("5xx", RetryOn::FIVE_XX),
+        ("gateway-error", RetryOn::GATEWAY_ERROR),
+        ("reset", RetryOn::RESET),
+        ("reset-before-request", RetryOn::RESET_BEFORE_REQUEST),
+        ("connect-failure", RetryOn::CONNECT_FAILURE),
+        ("retriable-4xx", RetryOn::RETRIABLE_4XX),
+        ("refused-stream", RetryOn::REFUSED_STREAM),
+        ("retriable-status-codes", RetryOn::RETRIABLE_STATUS_CODES),
+        ("envoy-ratelimited", RetryOn::ENVOY_RATELIMITED),
+        ("cancelled", RetryOn::GRPC_CANCELLED),
+        ("deadline-exceeded", RetryOn::GRPC_DEADLINE_EXCEEDED),
+        ("resource-exhausted", RetryOn::GRPC_RESOURCE_EXHAUSTED),
+        ("internal", RetryOn::GRPC_INTERNAL),
+        ("unavailable", RetryOn::GRPC_UNAVAILABLE),
+    ];
+
+    /// Parses a comma-separated `retry_on`, trimming each token and skipping unknown ones.
+    pub fn parse(text: &str) -> RetryOn {
+        text.split(',')
+            .map(str::trim)
+            .filter_map(|token| RetryOn::TOKENS.iter().find(|(name, _)| *name == token))
+            .fold(RetryOn::default(), |on, (_, bit)| on | *bit)
+    }
+
+    /// Whether any of `other`'s conditions is set.
+    pub fn any(self, other: RetryOn) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+impl std::ops::BitOr for RetryOn {
+    type Output = RetryOn;
+    fn bitor(self, other: RetryOn) -> RetryOn {
+        RetryOn(self.0 | other.0)
+    }
+}
+
+/// A validated retry policy.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub on: RetryOn,
+    pub num_retries: u32,
+    /// Each attempt's limit for its response headers; `None` leaves only the route timeout.
+    pub per_try_timeout: Option<Duration>,
+    pub retriable_status_codes: Vec<u16>,
+    /// Jittered exponential backoff between attempts.
+    pub base_interval: Duration,
+    pub max_interval: Duration,
+    /// The `previous_hosts` predicate: a retry avoids the hosts already tried.
+    pub avoid_previous_hosts: bool,
+    /// How many times a retry's host pick may be redone to avoid a tried host.
+    pub host_selection_max_attempts: u32,
+}
+
+/// Translates a `RetryPolicy` at `path`.
+pub fn retry_policy(proto: &RetryPolicyProto, path: &str) -> Result<RetryPolicy> {
+    let RetryPolicyProto {
+        retry_on,
+        num_retries,
+        per_try_timeout,
+        per_try_idle_timeout,
+        retry_priority,
+        retry_host_predicate,
+        retry_options_predicates,
+        host_selection_retry_max_attempts,
+        retriable_status_codes,
+        retry_back_off,
+        rate_limited_retry_back_off,
+        retriable_headers,
+        retriable_request_headers,
+        refresh_cluster_on_retry,
+    } = proto;
+    reject_fields!(path; per_try_idle_timeout, retry_priority, retry_options_predicates,
+        rate_limited_retry_back_off, retriable_headers, retriable_request_headers,
+        refresh_cluster_on_retry)?;
+    let mut avoid_previous_hosts = false;
+    for (i, predicate) in retry_host_predicate.iter().enumerate() {
+        let field = format!("{path}.retry_host_predicate[{i}]");
+        if predicate.name.is_empty() {
+            return Err(ConfigError::invalid(join_path(&field, "name"), "value length must be at least 1"));
+        }
+        // The typed config names the extension when there is one; the name otherwise.
+        let type_name = match &predicate.config_type {
+            Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(any)) => proto::type_name(&any.type_url),
+            None => "",
+        };
+        if type_name != PREVIOUS_HOSTS_TYPE && (!type_name.is_empty() || predicate.name != PREVIOUS_HOSTS) {
+            return Err(ConfigError::unsupported(
+                field,
+                format!("only the {PREVIOUS_HOSTS} retry host predicate is implemented"),
+            ));
+        }
+        avoid_previous_hosts = true;
+    }
+    let per_try_timeout = match per_try_timeout {
+        Some(d) => Some(proto::duration(d, &join_path(path, "per_try_timeout"))?).filter(|d| !d.is_zero()),
+        None => None,
+    };
+    let (base_interval, max_interval) = match retry_back_off {
+        None => (DEFAULT_BASE_INTERVAL, DEFAULT_BASE_INTERVAL * 10),
+        Some(back_off) => back_off_intervals(back_off, &join_path(path, "retry_back_off"))?,
+    };
+    let retriable_status_codes = retriable_status_codes
+        .iter()
+        .enumerate()
+        .map(|(i, &code)| {
+            u16::try_from(code).map_err(|_| {
+                ConfigError::invalid(format!("{path}.retriable_status_codes[{i}]"), "not an HTTP status code")
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(RetryPolicy {
+        on: RetryOn::parse(retry_on),
+        num_retries: num_retries.map_or(1, |n| n.value),
+        per_try_timeout,
+        retriable_status_codes,
+        base_interval,
+        max_interval,
+        avoid_previous_hosts,
+        host_selection_max_attempts: u32::try_from(*host_selection_retry_max_attempts).unwrap_or(0).max(1),
+    })
+}
+
+/// `retry_back_off`: a base interval is required; both are positive, at least 1 ms (Envoy
+/// rounds shorter ones up), and the maximum (ten times the base if unset) is not below the base.
+fn back_off_intervals(proto: &retry_policy::RetryBackOff, path: &str) -> Result<(Duration, Duration)> {
+    let positive = |d: &Option<DurationProto>, field: &str| -> Result<Option<Duration>> {
+        let Some(d) = d else { return Ok(None) };
+        let d = proto::duration(d, &join_path(path, field))?;
+        if d.is_zero() {
+            return Err(ConfigError::invalid(join_path(path, field), "value must be greater than 0s"));
+        }
+        Ok(Some(d.max(Duration::from_millis(1))))
+    };
+    let Some(base) = positive(&proto.base_interval, "base_interval")? else {
+        return Err(ConfigError::invalid(join_path(path, "base_interval"), "value is required"));
+    };
+    let max = positive(&proto.max_interval, "max_interval")?.unwrap_or(base * 10);
+    if max < base {
+        return Err(ConfigError::invalid(
+            join_path(path, "max_interval"),
+            "must be greater than or equal to the base_interval",
+        ));
+    }
+    Ok((base, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_on_tokens_are_trimmed_and_unknown_ones_skipped() {
+        let on = RetryOn::parse("connect-failure, refused-stream,unavailable,,bogus ,5xx");
+        for bit in [RetryOn::CONNECT_FAILURE, RetryOn::REFUSED_STREAM, RetryOn::GRPC_UNAVAILABLE, RetryOn::FIVE_XX] {
+            assert!(on.any(bit));
+        }
+        assert!(!on.any(RetryOn::RESET | RetryOn::GATEWAY_ERROR | RetryOn::GRPC_CANCELLED));
+        assert_eq!(RetryOn::parse("bogus"), RetryOn::default());
+    }
+}

@@ -1,0 +1,206 @@
+//! The router's retries under a route's `retry_policy`: whether an attempt's outcome is
+//! retried, the retry budget (`num_retries`, the cluster's `max_retries` circuit breaker),
+//! the jittered backoff, and the host of the next attempt (`previous_hosts`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+
+use super::flags::ResponseFlags;
+use crate::config::route::{RetryOn, RetryPolicy};
+use crate::upstream::pool::UpstreamError;
+use crate::upstream::Cluster;
+use crate::upstream::cluster::ClusterStats;
+use crate::upstream::lb::WorkerLb;
+
+static X_ENVOY_RATELIMITED: http::HeaderName = http::HeaderName::from_static("x-envoy-ratelimited");
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// How an attempt ended, as far as retrying goes.
+pub enum Outcome<'a> {
+    /// Response headers arrived.
+    Response(StatusCode, &'a HeaderMap),
+    /// The upstream failed before response headers.
+    Failed(&'a UpstreamError),
+    /// The attempt's per-try timeout passed.
+    PerTryTimeout,
+}
+
+/// What to do after an attempt.
+pub enum Decision {
+    /// Retry after this backoff.
+    Retry(Duration),
+    /// This outcome is the request's; the flags say why it was not retried (`URX`, `UO`).
+    Final(ResponseFlags),
+}
+
+/// One request's retry state.
+pub struct Retry<'p> {
+    policy: &'p RetryPolicy,
+    retries_left: u32,
+    /// The upper bound of the next backoff (Envoy's jittered exponential backoff).
+    backoff_ceiling: Duration,
+    /// Hosts attempted, for `previous_hosts`.
+    tried: Vec<usize>,
+    /// A retry was made.
+    retried: bool,
+    /// Some attempt reached an upstream connection (`reset-before-request` no longer applies).
+    sent: bool,
+    /// The `max_retries` place of the retry in progress, held until the next decision.
+    slot: Option<RetrySlot>,
+}
+
+impl<'p> Retry<'p> {
+    pub fn new(policy: &'p RetryPolicy, first_host: usize) -> Retry<'p> {
+        Retry {
+            policy,
+            retries_left: policy.num_retries,
+            backoff_ceiling: policy.base_interval,
+            tried: if policy.avoid_previous_hosts { vec![first_host] } else { Vec::new() },
+            retried: false,
+            sent: false,
+            slot: None,
+        }
+    }
+
+    /// Whether a retry was made: the failure reply then says "retried and the latest".
+    pub fn retried(&self) -> bool {
+        self.retried
+    }
+
+    /// Notes that an attempt was handed to an upstream connection.
+    pub fn note_sent(&mut self) {
+        self.sent = true;
+    }
+
+    /// Decides on an attempt's outcome, counting Envoy's retry stats. `body_kept`: the
+    /// request body can be sent again (it stayed under the buffer limit).
+    pub fn decide(&mut self, cluster: &Cluster, outcome: Outcome<'_>, body_kept: bool) -> Decision {
+        self.slot = None;
+        let stats = &cluster.stats;
+        if !self.retriable(&outcome) || !body_kept {
+            if self.retried {
+                stats.upstream_rq_retry_success.inc();
+            }
+            return Decision::Final(ResponseFlags::NONE);
+        }
+        if self.retries_left == 0 {
+            stats.upstream_rq_retry_limit_exceeded.inc();
+            return Decision::Final(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        }
+        self.retries_left -= 1;
+        let Some(slot) = RetrySlot::take(cluster) else {
+            stats.upstream_rq_retry_overflow.inc();
+            return Decision::Final(ResponseFlags::UPSTREAM_OVERFLOW);
+        };
+        self.slot = Some(slot);
+        self.retried = true;
+        Decision::Retry(self.next_backoff())
+    }
+
+    /// Whether the policy retries this outcome (Envoy's `wouldRetryFromHeaders` and
+    /// `wouldRetryFromReset`).
+    fn retriable(&self, outcome: &Outcome<'_>) -> bool {
+        let on = self.policy.on;
+        match *outcome {
+            Outcome::Response(status, headers) => {
+                // A rate-limited answer is retried only under `envoy-ratelimited`.
+                if headers.contains_key(&X_ENVOY_RATELIMITED) {
+                    return on.any(RetryOn::ENVOY_RATELIMITED);
+                }
+                let code = status.as_u16();
+                (on.any(RetryOn::FIVE_XX) && status.is_server_error())
+                    || (on.any(RetryOn::GATEWAY_ERROR) && (502..=504).contains(&code))
+                    || (on.any(RetryOn::RETRIABLE_4XX) && code == 409)
+                    || (on.any(RetryOn::RETRIABLE_STATUS_CODES) && self.policy.retriable_status_codes.contains(&code))
+                    || grpc_retriable(on, headers)
+            }
+            Outcome::PerTryTimeout => on.any(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET),
+            Outcome::Failed(UpstreamError::Overflow) => false,
+            Outcome::Failed(error) => {
+                let any_reset = RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR;
+                let specific = match error {
+                    UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => RetryOn::CONNECT_FAILURE,
+                    UpstreamError::RemoteReset { refused: true } => RetryOn::REFUSED_STREAM,
+                    _ => RetryOn::default(),
+                };
+                on.any(any_reset | specific) || (on.any(RetryOn::RESET_BEFORE_REQUEST) && !self.sent)
+            }
+        }
+    }
+
+    /// A random wait below the ceiling, which doubles up to `max_interval`.
+    fn next_backoff(&mut self) -> Duration {
+        let ceiling = self.backoff_ceiling.as_millis().max(1) as u64;
+        let max = self.policy.max_interval;
+        self.backoff_ceiling = if self.backoff_ceiling < max / 2 { self.backoff_ceiling * 2 } else { max };
+        Duration::from_millis(fastrand::u64(0..ceiling))
+    }
+
+    /// The host of the next attempt: with `previous_hosts`, picks again (up to
+    /// `host_selection_retry_max_attempts` times) while the pick was tried before, keeping
+    /// the last pick if all were.
+    pub fn next_host(&mut self, cluster: &Cluster, lb: &mut WorkerLb) -> Option<usize> {
+        let mut picked = cluster.pick(lb)?;
+        if self.policy.avoid_previous_hosts {
+            for _ in 0..self.policy.host_selection_max_attempts {
+                if !self.tried.contains(&picked) {
+                    break;
+                }
+                picked = cluster.pick(lb)?;
+            }
+            self.tried.push(picked);
+        }
+        Some(picked)
+    }
+}
+
+/// A gRPC status in the response headers (a trailers-only response) that the policy
+/// retries.
+fn grpc_retriable(on: RetryOn, headers: &HeaderMap) -> bool {
+    let grpc = RetryOn::GRPC_CANCELLED
+        | RetryOn::GRPC_DEADLINE_EXCEEDED
+        | RetryOn::GRPC_RESOURCE_EXHAUSTED
+        | RetryOn::GRPC_INTERNAL
+        | RetryOn::GRPC_UNAVAILABLE;
+    if !on.any(grpc) {
+        return false;
+    }
+    let condition = match headers.get(&GRPC_STATUS).map(http::HeaderValue::as_bytes) {
+        Some(b"1") => RetryOn::GRPC_CANCELLED,
+        Some(b"4") => RetryOn::GRPC_DEADLINE_EXCEEDED,
+        Some(b"8") => RetryOn::GRPC_RESOURCE_EXHAUSTED,
+        Some(b"13") => RetryOn::GRPC_INTERNAL,
+        Some(b"14") => RetryOn::GRPC_UNAVAILABLE,
+        _ => return false,
+    };
+    on.any(condition)
+}
+
+/// A place under the cluster's `max_retries` circuit breaker, given back on drop.
+struct RetrySlot(Arc<ClusterStats>);
+
+impl RetrySlot {
+    fn take(cluster: &Cluster) -> Option<RetrySlot> {
+        let limit = u64::from(cluster.circuit_breakers.default.max_retries);
+        let retries = &cluster.stats.retries;
+        let mut current = retries.load(Ordering::Relaxed);
+        loop {
+            if current >= limit {
+                return None;
+            }
+            match retries.compare_exchange_weak(current, current + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(RetrySlot(cluster.stats.clone())),
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::Relaxed);
+    }
+}
