@@ -222,7 +222,8 @@ impl RequestBody {
         if body.downstream_done() {
             body.state.request_done.set(true);
         }
-        let deadline = deadline.filter(|_| !body.state.request_done.get()).map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let deadline =
+            deadline.filter(|_| !body.state.request_done.get()).map(|at| Box::pin(tokio::time::sleep_until(at)));
         RequestBody { deadline, ..body }
     }
 

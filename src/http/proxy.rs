@@ -394,7 +394,11 @@ async fn send(
 }
 
 /// Waits out a retry's backoff; `Err` when the route timeout passes first.
-async fn back_off(backoff: std::time::Duration, stream: &StreamState, route_timeout: Option<std::time::Duration>) -> Result<(), ()> {
+async fn back_off(
+    backoff: std::time::Duration,
+    stream: &StreamState,
+    route_timeout: Option<std::time::Duration>,
+) -> Result<(), ()> {
     let until = clock::now() + backoff;
     let route_deadline = route_timeout.filter(|_| stream.request_done.get()).map(|t| stream.last_activity.get() + t);
     match route_deadline {
@@ -592,8 +596,11 @@ where
         let request_deadline = request_deadline.filter(|_| !stream.request_done.get());
         // Both run from the end of the request. While the body is still arriving, these are
         // only times to look again (a full timeout from now: no deadline can pass earlier).
-        let request_end =
-            if stream.request_done.get() { stream.last_activity.get() } else { clock::now().max(stream.last_activity.get()) };
+        let request_end = if stream.request_done.get() {
+            stream.last_activity.get()
+        } else {
+            clock::now().max(stream.last_activity.get())
+        };
         let route_deadline = route_timeout.map(|t| request_end + t);
         let per_try_deadline = per_try.map(|(start, t)| start.max(request_end) + t);
         let wake = [route_deadline, idle_deadline, request_deadline, per_try_deadline].into_iter().flatten().min();

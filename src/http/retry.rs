@@ -10,10 +10,10 @@ use http::{HeaderMap, StatusCode};
 
 use super::flags::ResponseFlags;
 use crate::config::route::{RetryOn, RetryPolicy};
-use crate::upstream::pool::UpstreamError;
 use crate::upstream::Cluster;
 use crate::upstream::cluster::ClusterStats;
 use crate::upstream::lb::WorkerLb;
+use crate::upstream::pool::UpstreamError;
 
 static X_ENVOY_RATELIMITED: http::HeaderName = http::HeaderName::from_static("x-envoy-ratelimited");
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");

@@ -6,22 +6,10 @@ use std::time::Duration;
 use http::Version;
 
 use crate::support::{
-    Legate, Upstream, bootstrap, get, legate_to_one_upstream, raw_exchange, routes, send, static_cluster,
+    Legate, Upstream, bootstrap, closed_port, get, legate_to_one_upstream, raw_exchange, routes, send, static_cluster,
 };
 
 const ACCESS_LOG: &str = "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {path}\n              log_format: { text_format_source: { inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(:PATH)% %RESPONSE_CODE_DETAILS%\\n\" } }\n";
-
-/// A loopback port nothing listens on, so connects to it are refused, held by a bound socket
-/// for as long as the caller keeps it. Bound and dropped instead, the port may go to the next
-/// socket bound to port 0, such as the listener of the very legate routing to it, which then
-/// proxies to itself until it runs out of file descriptors (the likely cause of one CI run in
-/// which the test process did).
-fn closed_port() -> (socket2::Socket, std::net::SocketAddr) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-    let address = socket.local_addr().unwrap().as_socket().unwrap();
-    (socket, address)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_gets_envoys_status_body_and_flag() {

@@ -9,6 +9,7 @@ mod downstream_http1;
 mod downstream_http2;
 mod local_replies;
 mod proxying;
+mod retries;
 mod routing;
 mod support;
 mod timeouts;

@@ -442,3 +442,15 @@ pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
     String::from_utf8_lossy(&reply).into_owned()
 }
+
+/// A loopback port nothing listens on, so connects to it are refused, held by a bound socket
+/// for as long as the caller keeps it. Bound and dropped instead, the port may go to the next
+/// socket bound to port 0, such as the listener of the very legate routing to it, which then
+/// proxies to itself until it runs out of file descriptors (the likely cause of one CI run in
+/// which the test process did).
+pub fn closed_port() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, address)
+}

@@ -535,7 +535,8 @@ fn bad_retry_policies_name_their_field() {
         ("retriable_status_codes: [70000]", "retriable_status_codes[0]", ErrorKind::Invalid),
     ];
     for (policy, field, kind) in cases {
-        let e = error(&one_route(&format!("        route: {{ cluster: a, retry_policy: {{ retry_on: 5xx, {policy} }} }}")));
+        let e =
+            error(&one_route(&format!("        route: {{ cluster: a, retry_policy: {{ retry_on: 5xx, {policy} }} }}")));
         assert_eq!(e.path, format!("virtual_hosts[0].routes[0].route.retry_policy.{field}"), "{policy}");
         assert_eq!(e.kind, kind, "{policy}");
     }
