@@ -18,7 +18,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
 use super::access_log::{LogContext, request_head};
-use super::body::{DownstreamBody, EndReason, RequestBody, ResponseBody, StreamEnd, StreamState};
+use super::body::{DownstreamBody, EndReason, RequestBody, ResponseBody, RetainedBody, StreamEnd, StreamState};
 use super::flags::ResponseFlags;
 use super::headers;
 use super::path::{self, Normalized, Refused};
@@ -200,24 +200,23 @@ pub async fn serve(
     let virtual_host = selected.virtual_host;
 
     // A request that may be retried keeps what each attempt sends again: its head as it is
-    // before the host-specific parts, and its body as far as the buffer limit.
+    // before the host-specific parts, and its body as far as the buffer limit. Boxed: most
+    // requests have no retry policy, and this stays out of their future.
     let policy = forward.retry_policy();
-    let mut retry = policy.map(|policy| Retry::new(policy, host_index));
-    let mut resend = None;
-    let mut body = match policy {
-        None => RequestBody::new(body, exchange.stream.clone(), request_deadline),
-        Some(_) => {
+    let (mut body, mut resend) = match policy {
+        None => (RequestBody::new(body, exchange.stream.clone(), request_deadline), None),
+        Some(policy) => {
             let stats = cluster.stats.clone();
-            let retained = RequestBody::retained(
+            let body = RequestBody::retained(
                 body,
                 exchange.stream.clone(),
                 request_deadline,
                 listener.spec.buffer_limit,
                 Box::new(move || stats.retry_or_shadow_abandoned.inc()),
             );
-            let first = retained.attempt().expect("a body no attempt has read is kept");
-            resend = Some((Box::new(copy_head(&parts)), retained));
-            first
+            let first = body.attempt().expect("a body no attempt has read is kept");
+            let resend = Resend { retry: Retry::new(policy, host_index), head: copy_head(&parts), body };
+            (first, Some(Box::new(resend)))
         }
     };
     let per_try = policy.and_then(|p| p.per_try_timeout);
@@ -256,7 +255,7 @@ pub async fn serve(
         };
         let request = upstream_request(parts, body, wire);
         let result = send(&ctx, &cluster, &pools, host_index, &host, request, wire, &exchange.stream, deadlines).await;
-        let Some(retry) = retry.as_mut() else {
+        let Some(Resend { retry, head, body: retained }) = resend.as_deref_mut() else {
             break (result, host, upstream_start);
         };
         if matches!(result, Err(Failure::PerTryTimeout)) {
@@ -273,7 +272,6 @@ pub async fn serve(
             // The connection manager's timeouts and the route timeout end the request.
             Err(_) => break (result, host, upstream_start),
         };
-        let (head, retained) = resend.as_ref().expect("kept with the retry policy");
         let backoff = match retry.decide(&cluster, outcome, !retained.overflowed()) {
             Decision::Retry(backoff) => backoff,
             Decision::Final(flags) => {
@@ -306,8 +304,9 @@ pub async fn serve(
         parts = copy_head(head);
         body = next_body;
     };
-    let retried = retry.as_ref().is_some_and(Retry::retried);
-    drop(retry);
+    let retried = resend.as_ref().is_some_and(|resend| resend.retry.retried());
+    // Gives back the retry's circuit-breaker place.
+    drop(resend);
     let attempt_count = virtual_host.attempt_count_in_response().then(|| headers::decimal_value(attempt));
     match result {
         Ok(response) => {
@@ -358,6 +357,13 @@ pub async fn serve(
             Ok(response)
         }
     }
+}
+
+/// What a request with a retry policy keeps for its next attempt.
+struct Resend<'p> {
+    retry: Retry<'p>,
+    head: Parts,
+    body: RetainedBody,
 }
 
 /// The part of a reset's local reply before its reason.

@@ -79,8 +79,12 @@ impl<'p> Retry<'p> {
     /// request body can be sent again (it stayed under the buffer limit).
     pub fn decide(&mut self, cluster: &Cluster, outcome: Outcome<'_>, body_kept: bool) -> Decision {
         self.slot = None;
+        if !body_kept {
+            // Envoy drops a request's retry state when its body outgrows the buffer.
+            return Decision::Final(ResponseFlags::NONE);
+        }
         let stats = &cluster.stats;
-        if !self.retriable(&outcome) || !body_kept {
+        if !self.retriable(&outcome) {
             if self.retried {
                 stats.upstream_rq_retry_success.inc();
             }
@@ -202,5 +206,99 @@ impl RetrySlot {
 impl Drop for RetrySlot {
     fn drop(&mut self) {
         self.0.retries.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(retry_on: &str) -> RetryPolicy {
+        RetryPolicy {
+            on: RetryOn::parse(retry_on),
+            num_retries: 1,
+            per_try_timeout: None,
+            retriable_status_codes: vec![418],
+            base_interval: Duration::from_millis(25),
+            max_interval: Duration::from_millis(250),
+            avoid_previous_hosts: false,
+            host_selection_max_attempts: 1,
+        }
+    }
+
+    fn response(status: u16, headers: &[(&'static str, &'static str)]) -> (StatusCode, HeaderMap) {
+        let headers = headers.iter().map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap())).collect();
+        (StatusCode::from_u16(status).unwrap(), headers)
+    }
+
+    fn retries_response(retry_on: &str, status: u16, headers: &[(&'static str, &'static str)]) -> bool {
+        let policy = policy(retry_on);
+        let (status, headers) = response(status, headers);
+        Retry::new(&policy, 0).retriable(&Outcome::Response(status, &headers))
+    }
+
+    #[test]
+    fn response_conditions() {
+        assert!(retries_response("5xx", 500, &[]) && retries_response("5xx", 503, &[]));
+        assert!(!retries_response("5xx", 409, &[]));
+        assert!(retries_response("gateway-error", 504, &[]) && !retries_response("gateway-error", 500, &[]));
+        assert!(retries_response("retriable-4xx", 409, &[]) && !retries_response("retriable-4xx", 404, &[]));
+        assert!(retries_response("retriable-status-codes", 418, &[]));
+        assert!(!retries_response("retriable-status-codes", 503, &[]));
+        // A rate-limited answer is retried only under envoy-ratelimited, whatever its status.
+        assert!(!retries_response("5xx", 503, &[("x-envoy-ratelimited", "true")]));
+        assert!(retries_response("envoy-ratelimited", 429, &[("x-envoy-ratelimited", "true")]));
+        // gRPC statuses come from a trailers-only response's headers.
+        assert!(retries_response("unavailable", 200, &[("grpc-status", "14")]));
+        assert!(!retries_response("unavailable", 200, &[("grpc-status", "13")]));
+        assert!(retries_response("internal,cancelled", 200, &[("grpc-status", "1")]));
+        assert!(!retries_response("5xx", 200, &[("grpc-status", "14")]));
+    }
+
+    #[test]
+    fn failure_conditions() {
+        let refused = UpstreamError::ConnectFailure(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let cases: [(&str, &UpstreamError, bool); 9] = [
+            ("connect-failure", &refused, true),
+            ("connect-failure", &UpstreamError::ConnectTimeout, true),
+            ("connect-failure", &UpstreamError::RemoteReset { refused: false }, false),
+            ("refused-stream", &UpstreamError::RemoteReset { refused: true }, true),
+            ("refused-stream", &UpstreamError::RemoteReset { refused: false }, false),
+            ("reset", &UpstreamError::ProtocolError, true),
+            ("gateway-error", &refused, true),
+            // An overflow is never retried.
+            ("5xx,reset,connect-failure", &UpstreamError::Overflow, false),
+            ("retriable-4xx", &refused, false),
+        ];
+        for (retry_on, error, expected) in cases {
+            let policy = policy(retry_on);
+            assert_eq!(Retry::new(&policy, 0).retriable(&Outcome::Failed(error)), expected, "{retry_on} {error:?}");
+        }
+        let policy = policy("5xx");
+        assert!(Retry::new(&policy, 0).retriable(&Outcome::PerTryTimeout));
+        let policy = self::policy("connect-failure");
+        assert!(!Retry::new(&policy, 0).retriable(&Outcome::PerTryTimeout));
+    }
+
+    #[test]
+    fn reset_before_request_holds_only_until_an_attempt_reaches_a_connection() {
+        let policy = policy("reset-before-request");
+        let mut retry = Retry::new(&policy, 0);
+        let reset = UpstreamError::RemoteReset { refused: false };
+        assert!(retry.retriable(&Outcome::Failed(&reset)));
+        retry.note_sent();
+        assert!(!retry.retriable(&Outcome::Failed(&reset)));
+    }
+
+    #[test]
+    fn backoff_is_jittered_below_a_doubling_ceiling() {
+        let policy = policy("5xx");
+        let mut retry = Retry::new(&policy, 0);
+        // Envoy's defaults: below 25 ms, then 50, 100, 200, and 250 from then on.
+        for ceiling in [25, 50, 100, 200, 250, 250] {
+            assert_eq!(retry.backoff_ceiling, Duration::from_millis(ceiling));
+            assert!(retry.next_backoff() < Duration::from_millis(ceiling));
+        }
+        assert_eq!(retry.backoff_ceiling, Duration::from_millis(250));
     }
 }
