@@ -19,11 +19,16 @@ use crate::config::xds::{GrpcSource, GrpcTarget, SourceSpec};
 use crate::listener::{ListenerManager, WorkerCommand, serve_listener};
 use crate::stats::{HistogramUnit, Store};
 use crate::upstream::ClusterManager;
+use crate::upstream::dns::{self, DnsWatcher};
 use crate::worker::Worker;
 use crate::xds::AdsClient;
 
 /// How long the config schema stays decoded after its last use (see `schema::pool`).
 const SCHEMA_IDLE: Duration = Duration::from_secs(5);
+
+/// How long startup waits for the static DNS clusters' first resolution: beyond the
+/// resolver's own timeouts (5 s a try, two tries), so only a stuck resolver reaches it.
+const STATIC_DNS_WAIT: Duration = Duration::from_secs(15);
 
 /// Envoy's `server.state` values (legate has no PRE_INITIALIZING = 2 phase: it parses
 /// its config before the admin endpoint exists).
@@ -134,12 +139,21 @@ impl Server {
             statics.clusters.clear();
             statics.listeners.clear();
         }
+        let (dns, dns_watches) = DnsWatcher::new();
         let clusters = Arc::new(ClusterManager::new(
             &store,
             spec.clusters,
             spec.dynamic.cds.is_some(),
             spec.dynamic.sources.clone(),
+            dns,
         ));
+        dns::start(Arc::downgrade(&clusters), dns_watches)?;
+        // As Envoy's initialization does, listeners wait for the static DNS clusters' first
+        // resolution (a failed one counts; the cluster then has no hosts until a later one).
+        let dns_deadline = Instant::now() + STATIC_DNS_WAIT;
+        while clusters.is_warming() && Instant::now() < dns_deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut workers = Vec::with_capacity(concurrency);
         let mut commands = Vec::with_capacity(concurrency);

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::admin::v3::{
     ScopedRoutesConfigDump, SecretsConfigDump, clusters_config_dump, endpoints_config_dump, listeners_config_dump,
     routes_config_dump,
 };
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
@@ -19,7 +19,7 @@ use http::{Response, StatusCode};
 use serde_json::Value;
 
 use super::{AdminBody, AdminRequest, AdminState, json, socket_address, text};
-use crate::config::cluster::HostLocality;
+use crate::config::cluster::{Discovery, HostLocality};
 use crate::config::listener::RouteSpec;
 use crate::config::schema;
 use crate::upstream::Cluster;
@@ -203,6 +203,9 @@ fn load_assignment(cluster: &Cluster) -> ClusterLoadAssignment {
     hosts.sort_by_key(|h| h.priority);
     let mut endpoints: Vec<LocalityLbEndpoints> = Vec::new();
     let mut group: Option<(&Arc<HostLocality>, u32)> = None;
+    // Envoy's DNS clusters give the endpoints they make from resolved addresses an empty
+    // metadata message.
+    let metadata = matches!(cluster.discovery, Discovery::Dns(_)).then(Metadata::default);
     for host in hosts {
         if group.is_none_or(|(locality, priority)| !Arc::ptr_eq(locality, &host.locality) || priority != host.priority)
         {
@@ -237,7 +240,7 @@ fn load_assignment(cluster: &Cluster) -> ClusterLoadAssignment {
             host_identifier: Some(HostIdentifier::Endpoint(endpoint)),
             health_status: health_status as i32,
             load_balancing_weight: Some(UInt32Value { value: host.weight }),
-            ..Default::default()
+            metadata: metadata.clone(),
         });
     }
     ClusterLoadAssignment {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds as ThresholdsProto;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, LbConfig, LbPolicy,
+    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, LbConfig, LbPolicy,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HealthStatus, HttpProtocolOptions as CommonHttpOptions, RoutingPriority,
@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions as UpstreamHttpOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::google::protobuf::Duration as DurationProto;
 
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, Encoded, ensure_only};
@@ -71,7 +72,7 @@ pub struct Thresholds {
     pub max_pending_requests: u32,
     /// Requests on a connection.
     pub max_requests: u32,
-    /// Shown only: legate does not retry.
+    /// Retries in flight.
     pub max_retries: u32,
     /// Whether the `remaining_*` gauges are kept.
     pub track_remaining: bool,
@@ -151,7 +152,53 @@ pub enum Discovery {
     Static,
     /// `ClusterLoadAssignment`s named `service_name` from EDS.
     Eds { service_name: String, source: SourceSpec },
+    /// The names in `load_assignment`, resolved by DNS.
+    Dns(Arc<DnsDiscovery>),
 }
+
+/// A `STRICT_DNS` or `LOGICAL_DNS` cluster's names and how they are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// `LOGICAL_DNS`: one host, at the first address of the one name. `STRICT_DNS`: a host
+    /// for every address of every name.
+    pub logical: bool,
+    pub targets: Vec<DnsTarget>,
+    /// `dns_refresh_rate` (5 s by default).
+    pub refresh_rate: Duration,
+    /// `dns_failure_refresh_rate`: the backoff after a failed resolution (base, max); the
+    /// refresh rate when unset.
+    pub failure_refresh_rate: Option<(Duration, Duration)>,
+    /// `respect_dns_ttl`: refresh when the answer's TTL runs out instead.
+    pub respect_ttl: bool,
+    pub family: LookupFamily,
+    /// The load assignment's `policy.overprovisioning_factor`.
+    pub overprovisioning_factor: u32,
+}
+
+/// One name to resolve, with what its hosts get: port, weight, priority, locality, health
+/// status and hostname (the name itself unless the endpoint names one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsTarget {
+    pub name: String,
+    /// A host of the target; its address has the port and no IP yet.
+    pub host: HostSpec,
+}
+
+/// `dns_lookup_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LookupFamily {
+    /// IPv6 addresses, else IPv4 ones (Envoy's default).
+    Auto,
+    V4Only,
+    V6Only,
+    /// IPv4 addresses, else IPv6 ones.
+    V4Preferred,
+    /// Both.
+    All,
+}
+
+/// Envoy's default `dns_refresh_rate`.
+const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
 
 /// A validated cluster.
 #[derive(Debug, Clone)]
@@ -193,6 +240,10 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "metadata",
     "per_connection_buffer_limit_bytes",
     "dns_lookup_family",
+    "dns_refresh_rate",
+    "dns_failure_refresh_rate",
+    "respect_dns_ttl",
+    "wait_for_warm_on_init",
     "eds_cluster_config",
     "circuit_breakers",
     "max_requests_per_connection",
@@ -222,6 +273,8 @@ impl ClusterSpec {
             Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
                 Ok(DiscoveryType::Static) => Discovery::Static,
                 Ok(DiscoveryType::Eds) => eds(proto, path, sources)?,
+                Ok(DiscoveryType::StrictDns) => dns(proto, path, false)?,
+                Ok(DiscoveryType::LogicalDns) => dns(proto, path, true)?,
                 Ok(other) => {
                     return Err(ConfigError::unsupported(
                         join_path(path, "type"),
@@ -234,7 +287,13 @@ impl ClusterSpec {
                 return Err(ConfigError::unsupported(join_path(path, "cluster_type"), custom.name.clone()));
             }
         };
-        if discovery == Discovery::Static && proto.eds_cluster_config.is_some() {
+        if proto.wait_for_warm_on_init.is_some_and(|wait| !wait.value) {
+            return Err(ConfigError::unsupported(
+                join_path(path, "wait_for_warm_on_init"),
+                "a cluster always warms before it serves",
+            ));
+        }
+        if !matches!(discovery, Discovery::Eds { .. }) && proto.eds_cluster_config.is_some() {
             return Err(ConfigError::invalid(
                 join_path(path, "eds_cluster_config"),
                 "eds_cluster_config is only valid for clusters of type EDS",
@@ -280,9 +339,10 @@ impl ClusterSpec {
             .or(proto.max_requests_per_connection)
             .map(|v| v.value)
             .filter(|&max| max > 0);
+        // A DNS cluster's load assignment is its targets, resolved later.
         let hosts = match &proto.load_assignment {
-            Some(la) => assignment(la, &join_path(path, "load_assignment"))?,
-            None => Assignment::default(),
+            Some(la) if !matches!(discovery, Discovery::Dns(_)) => assignment(la, &join_path(path, "load_assignment"))?,
+            _ => Assignment::default(),
         };
         let circuit_breakers = match &proto.circuit_breakers {
             Some(c) => circuit_breakers(c, &join_path(path, "circuit_breakers"))?,
@@ -407,6 +467,84 @@ fn eds(proto: &ClusterProto, path: &str, sources: &XdsSources) -> Result<Discove
     Ok(Discovery::Eds { service_name, source })
 }
 
+/// A `STRICT_DNS` or `LOGICAL_DNS` cluster's targets and resolution settings.
+#[allow(deprecated)] // the cluster's own DNS fields, which Envoy 1.40 still honours
+fn dns(proto: &ClusterProto, path: &str, logical: bool) -> Result<Discovery> {
+    let family = match DnsLookupFamily::try_from(proto.dns_lookup_family) {
+        Ok(DnsLookupFamily::Auto) => LookupFamily::Auto,
+        Ok(DnsLookupFamily::V4Only) => LookupFamily::V4Only,
+        Ok(DnsLookupFamily::V6Only) => LookupFamily::V6Only,
+        Ok(DnsLookupFamily::V4Preferred) => LookupFamily::V4Preferred,
+        Ok(DnsLookupFamily::All) => LookupFamily::All,
+        Err(_) => return Err(ConfigError::invalid(join_path(path, "dns_lookup_family"), "unknown value")),
+    };
+    // PGV: both rates above 1 ms.
+    let above_1ms = |d: &DurationProto, field: &str| -> Result<Duration> {
+        let field = join_path(path, field);
+        let d = proto::duration(d, &field)?;
+        if d <= Duration::from_millis(1) {
+            return Err(ConfigError::invalid(field, "value must be greater than 1ms"));
+        }
+        Ok(d)
+    };
+    let refresh_rate = match &proto.dns_refresh_rate {
+        Some(d) => above_1ms(d, "dns_refresh_rate")?,
+        None => DEFAULT_DNS_REFRESH_RATE,
+    };
+    let failure_refresh_rate = match &proto.dns_failure_refresh_rate {
+        Some(rate) => {
+            let Some(base) = &rate.base_interval else {
+                return Err(ConfigError::invalid(
+                    join_path(path, "dns_failure_refresh_rate.base_interval"),
+                    "value is required",
+                ));
+            };
+            let base = above_1ms(base, "dns_failure_refresh_rate.base_interval")?;
+            let max = match &rate.max_interval {
+                Some(max) => above_1ms(max, "dns_failure_refresh_rate.max_interval")?,
+                None => base * 10,
+            };
+            if max < base {
+                return Err(ConfigError::invalid(
+                    join_path(path, "dns_failure_refresh_rate.max_interval"),
+                    "must be greater than or equal to the base_interval",
+                ));
+            }
+            Some((base, max))
+        }
+        None => None,
+    };
+    let (targets, overprovisioning_factor) = match &proto.load_assignment {
+        Some(la) => {
+            let lpath = join_path(path, "load_assignment");
+            let Assignment { overprovisioning_factor, .. } = assignment_policy(la, &lpath)?;
+            (endpoints(la, &lpath, true)?, overprovisioning_factor)
+        }
+        None => (Vec::new(), DEFAULT_OVERPROVISIONING_FACTOR),
+    };
+    let endpoint_count: usize =
+        proto.load_assignment.iter().flat_map(|la| &la.endpoints).map(|e| e.lb_endpoints.len()).sum();
+    if logical && (proto.load_assignment.as_ref().is_none_or(|la| la.endpoints.len() != 1) || endpoint_count != 1) {
+        return Err(ConfigError::invalid(
+            join_path(path, "load_assignment"),
+            "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+        ));
+    }
+    let targets = targets
+        .into_iter()
+        .map(|(host, name)| DnsTarget { name: name.expect("DNS endpoints are named"), host })
+        .collect();
+    Ok(Discovery::Dns(Arc::new(DnsDiscovery {
+        logical,
+        targets,
+        refresh_rate,
+        failure_refresh_rate,
+        respect_ttl: proto.respect_dns_ttl,
+        family,
+        overprovisioning_factor,
+    })))
+}
+
 /// The upstream protocol and common HTTP options, from the typed extension options
 /// (preferred) or the deprecated cluster fields.
 #[allow(deprecated)] // reads the deprecated fields Envoy still honours
@@ -464,6 +602,13 @@ fn upstream_protocol(proto: &ClusterProto, path: &str) -> Result<(UpstreamProtoc
 
 /// A load assignment's hosts and policy (from a cluster, or from EDS).
 pub fn assignment(la: &ClusterLoadAssignment, path: &str) -> Result<Assignment> {
+    let policy = assignment_policy(la, path)?;
+    let hosts = endpoints(la, path, false)?.into_iter().map(|(host, _)| host).collect();
+    Ok(Assignment { hosts, ..policy })
+}
+
+/// A load assignment's policy, with no hosts.
+fn assignment_policy(la: &ClusterLoadAssignment, path: &str) -> Result<Assignment> {
     // Checked field by field rather than by reflection: EDS delivers these by the
     // ten thousand (every field of ClusterLoadAssignment and its Policy is named here).
     if !la.named_endpoints.is_empty() {
@@ -491,10 +636,12 @@ pub fn assignment(la: &ClusterLoadAssignment, path: &str) -> Result<Assignment> 
         }
         None => DEFAULT_OVERPROVISIONING_FACTOR,
     };
-    Ok(Assignment { hosts: hosts(la, path)?, overprovisioning_factor })
+    Ok(Assignment { hosts: Vec::new(), overprovisioning_factor })
 }
 
-fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
+/// A load assignment's endpoints. With `names` (DNS clusters) an address may be a name to
+/// resolve, which comes beside its host (whose address then has only the port).
+fn endpoints(la: &ClusterLoadAssignment, path: &str, names: bool) -> Result<Vec<(HostSpec, Option<String>)>> {
     let mut out = Vec::new();
     for (i, locality_endpoints) in la.endpoints.iter().enumerate() {
         let lpath = format!("{path}.endpoints[{i}]");
@@ -543,7 +690,15 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
                 return Err(ConfigError::unsupported(format!("{epath}.endpoint.additional_addresses"), ""));
             }
             let apath = format!("{epath}.endpoint.address");
-            let address = socket_address(endpoint.address.as_ref(), &apath)?;
+            // A DNS cluster's address is a name to resolve, or an IP literal that resolves to
+            // itself; either way the text is the host's name.
+            let (address, name) = match socket_parts(endpoint.address.as_ref(), &apath)? {
+                (text, port) if names => {
+                    let ip = text.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+                    (SocketAddr::new(ip, port), Some(text.to_owned()))
+                }
+                (text, port) => (ip_address(text, port, &apath)?, None),
+            };
             let weight = match &lb_endpoint.load_balancing_weight {
                 Some(w) if w.value == 0 => {
                     return Err(ConfigError::invalid(
@@ -555,14 +710,20 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
                 None => 1,
             };
             let health_status = HealthStatus::try_from(lb_endpoint.health_status).unwrap_or(HealthStatus::Unknown);
-            out.push(HostSpec {
+            // A DNS host's hostname is its name unless the endpoint gives one.
+            let hostname = match (&name, endpoint.hostname.is_empty()) {
+                (Some(name), true) => name.clone(),
+                _ => endpoint.hostname.clone(),
+            };
+            let host = HostSpec {
                 address,
                 weight,
                 priority: locality_endpoints.priority,
                 locality: locality.clone(),
                 health_status,
-                hostname: endpoint.hostname.clone(),
-            });
+                hostname,
+            };
+            out.push((host, name));
         }
     }
     Ok(out)
@@ -570,6 +731,20 @@ fn hosts(la: &ClusterLoadAssignment, path: &str) -> Result<Vec<HostSpec>> {
 
 /// A `socket_address` with an IP literal, as STATIC clusters and listeners need.
 pub fn socket_address(address: Option<&Address>, path: &str) -> Result<SocketAddr> {
+    let (text, port) = socket_parts(address, path)?;
+    ip_address(text, port, path)
+}
+
+/// An IP literal and port as an address; `path` is the `Address`'s.
+fn ip_address(text: &str, port: u16, path: &str) -> Result<SocketAddr> {
+    let ip: std::net::IpAddr = text.parse().map_err(|_| {
+        ConfigError::invalid(format!("{path}.socket_address.address"), format!("malformed IP address: {text}"))
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A `socket_address`'s address text (an IP or, for DNS clusters, a name) and port.
+fn socket_parts<'a>(address: Option<&'a Address>, path: &str) -> Result<(&'a str, u16)> {
     use envoy_types::pb::envoy::config::core::v3::address::Address as Kind;
     use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
     let Some(address) = address else {
@@ -603,8 +778,5 @@ pub fn socket_address(address: Option<&Address>, path: &str) -> Result<SocketAdd
         Some(PortSpecifier::NamedPort(_)) => return Err(ConfigError::unsupported(format!("{spath}.named_port"), "")),
         None => 0,
     };
-    let ip: std::net::IpAddr = socket.address.parse().map_err(|_| {
-        ConfigError::invalid(format!("{spath}.address"), format!("malformed IP address: {}", socket.address))
-    })?;
-    Ok(SocketAddr::new(ip, port))
+    Ok((&socket.address, port))
 }

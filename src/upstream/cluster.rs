@@ -127,6 +127,7 @@ cluster_stats! {
         membership_change,
         update_attempt,
         update_success,
+        update_failure,
         update_rejected,
         update_empty,
     ],
@@ -352,7 +353,7 @@ impl Cluster {
     pub fn eds_service_name(&self) -> Option<&str> {
         match &self.discovery {
             Discovery::Eds { service_name, .. } => Some(service_name),
-            Discovery::Static => None,
+            Discovery::Static | Discovery::Dns(_) => None,
         }
     }
 

@@ -19,13 +19,14 @@ use fnv::FnvHashMap;
 use tokio::sync::watch;
 
 use crate::config::Rejected;
-use crate::config::cluster::{Assignment, ClusterSpec, Discovery, assignment};
+use crate::config::cluster::{Assignment, ClusterSpec, Discovery, DnsDiscovery, HostSpec, assignment};
 use crate::config::proto::Encoded;
 use crate::config::xds::XdsSources;
 use crate::stats::{Counter, Gauge, Store};
 use crate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, decode_each};
 
 use super::cluster::Cluster;
+use super::dns::DnsWatcher;
 
 /// Every active cluster, by name.
 #[derive(Default)]
@@ -44,12 +45,14 @@ impl ClusterSnapshot {
     }
 }
 
-/// A cluster added or changed by CDS that waits for its endpoints.
+/// A cluster that waits for its endpoints: added or changed by CDS, or a static DNS cluster
+/// before its first resolution.
 struct WarmingCluster {
     spec: ClusterSpec,
     /// Shared by every cluster of the same CDS update.
     version_info: Arc<str>,
     since: SystemTime,
+    added_via_api: bool,
 }
 
 impl WarmingCluster {
@@ -58,6 +61,10 @@ impl WarmingCluster {
         match &self.spec.discovery {
             Discovery::Eds { service_name, .. } => {
                 format!("waiting for the first ClusterLoadAssignment '{service_name}' from EDS")
+            }
+            Discovery::Dns(dns) => {
+                let names: Vec<&str> = dns.targets.iter().map(|t| t.name.as_str()).collect();
+                format!("waiting for the first DNS resolution of {}", names.join(", "))
             }
             Discovery::Static => String::new(),
         }
@@ -110,6 +117,8 @@ pub struct ClusterManager {
     initialized: watch::Sender<bool>,
     /// The management servers CDS clusters may name for EDS.
     sources: XdsSources,
+    /// Resolves DNS clusters' names.
+    dns: DnsWatcher,
 }
 
 impl ClusterManager {
@@ -120,6 +129,7 @@ impl ClusterManager {
         static_clusters: Vec<ClusterSpec>,
         wait_for_cds: bool,
         sources: XdsSources,
+        dns: DnsWatcher,
     ) -> ClusterManager {
         let stats = ManagerStats {
             cluster_added: store.counter("cluster_manager.cluster_added"),
@@ -133,8 +143,16 @@ impl ClusterManager {
         }
         let mut state = State::default();
         for mut spec in static_clusters {
-            let assignment = std::mem::take(&mut spec.assignment);
             let name = spec.name.clone();
+            // A DNS cluster warms until its names are first resolved, as in Envoy.
+            if let Discovery::Dns(discovery) = &spec.discovery {
+                dns.watch(&name, discovery);
+                let since = SystemTime::now();
+                let warming = WarmingCluster { spec, version_info: "".into(), since, added_via_api: false };
+                state.warming.insert(name, warming);
+                continue;
+            }
+            let assignment = std::mem::take(&mut spec.assignment);
             state.active.insert(name, Arc::new(Cluster::new(spec, &assignment, None, store, false)));
         }
         stats.cluster_added.add(state.active.len() as u64);
@@ -145,6 +163,7 @@ impl ClusterManager {
             stats,
             initialized: watch::Sender::new(!wait_for_cds),
             sources,
+            dns,
         };
         manager.publish(&mut state);
         *manager.lock() = state;
@@ -218,7 +237,9 @@ impl ClusterManager {
         }
         for spec in specs {
             let name = spec.name.clone();
-            if state.active.get(&name).is_some_and(|c| !c.added_via_api) {
+            if state.active.get(&name).is_some_and(|c| !c.added_via_api)
+                || state.warming.get(&name).is_some_and(|w| !w.added_via_api)
+            {
                 errors.push(&name, format!("cluster '{name}': a static cluster cannot be added or updated by CDS"));
                 continue;
             }
@@ -233,14 +254,20 @@ impl ClusterManager {
                 Discovery::Eds { service_name, .. } => {
                     state.assignments.get(service_name).and_then(|la| assignment(&la.decode(), "").ok())
                 }
+                Discovery::Dns(discovery) => {
+                    self.dns.watch(&name, discovery);
+                    None
+                }
             };
             match ready {
                 Some(assigned) => {
                     state.warming.remove(&name);
-                    self.activate(&mut state, spec, &assigned);
+                    self.activate(&mut state, spec, &assigned, true);
                 }
                 None => {
-                    state.warming.insert(name, WarmingCluster { spec, version_info: version_info.clone(), since: now });
+                    let warming =
+                        WarmingCluster { spec, version_info: version_info.clone(), since: now, added_via_api: true };
+                    state.warming.insert(name, warming);
                 }
             }
         }
@@ -283,7 +310,7 @@ impl ClusterManager {
             let mut updated = Vec::new();
             for name in waiting_by_service.remove(&service).unwrap_or_default() {
                 if let Some(warm) = state.warming.remove(&name) {
-                    self.activate(&mut state, warm.spec, &assigned);
+                    self.activate(&mut state, warm.spec, &assigned, true);
                     updated.push(name);
                 }
             }
@@ -306,10 +333,46 @@ impl ClusterManager {
         errors.into_result()
     }
 
-    fn activate(&self, state: &mut State, spec: ClusterSpec, assignment: &Assignment) {
+    /// Applies a DNS cluster's resolved hosts (`resolved`: every name resolved this round; a
+    /// failed name keeps its earlier addresses): the cluster goes active after its first
+    /// round, success or not, and is rebuilt when its hosts change. `false` when the cluster
+    /// no longer has this discovery (changed or removed), which ends its schedule.
+    pub fn apply_dns(&self, name: &str, discovery: &Arc<DnsDiscovery>, hosts: Vec<HostSpec>, resolved: bool) -> bool {
+        let ours =
+            |spec_discovery: &Discovery| matches!(spec_discovery, Discovery::Dns(d) if Arc::ptr_eq(d, discovery));
+        let mut state = self.lock();
+        let assigned = Assignment { hosts, overprovisioning_factor: discovery.overprovisioning_factor };
+        if state.warming.get(name).is_some_and(|w| ours(&w.spec.discovery)) {
+            let warm = state.warming.remove(name).expect("checked above");
+            self.activate(&mut state, warm.spec, &assigned, warm.added_via_api);
+        } else if let Some(cluster) = state.active.get(name).filter(|c| ours(&c.discovery)).cloned() {
+            let same = cluster.hosts.len() == assigned.hosts.len()
+                && cluster.hosts.iter().zip(&assigned.hosts).all(|(host, spec)| host.is_same_endpoint(spec));
+            if !same {
+                let rebuilt =
+                    Cluster::new(cluster.spec(), &assigned, Some(&cluster), &self.store, cluster.added_via_api);
+                rebuilt.stats.membership_change.inc();
+                state.active.insert(name.to_owned(), Arc::new(rebuilt));
+            }
+        } else {
+            return false;
+        }
+        if let Some(cluster) = state.active.get(name) {
+            cluster.stats.update_attempt.inc();
+            if resolved {
+                cluster.stats.update_success.inc();
+            } else {
+                cluster.stats.update_failure.inc();
+            }
+        }
+        self.publish(&mut state);
+        true
+    }
+
+    fn activate(&self, state: &mut State, spec: ClusterSpec, assignment: &Assignment, added_via_api: bool) {
         let name = spec.name.clone();
         let previous = state.active.get(&name).cloned();
-        let cluster = Cluster::new(spec, assignment, previous.as_deref(), &self.store, true);
+        let cluster = Cluster::new(spec, assignment, previous.as_deref(), &self.store, added_via_api);
         if previous.is_some() {
             self.stats.cluster_modified.inc();
         } else {
@@ -323,7 +386,7 @@ impl ClusterManager {
         let state = self.lock();
         let warming = state.warming.values().filter_map(|w| match &w.spec.discovery {
             Discovery::Eds { service_name, .. } => Some(service_name.clone()),
-            Discovery::Static => None,
+            Discovery::Static | Discovery::Dns(_) => None,
         });
         state.active.values().filter_map(|c| c.eds_service_name().map(str::to_owned)).chain(warming).collect()
     }

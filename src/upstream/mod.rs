@@ -3,6 +3,7 @@
 //! writer of cluster state; workers read published snapshots.
 
 pub mod cluster;
+pub mod dns;
 mod h1_client;
 pub mod host;
 pub mod lb;

@@ -5,6 +5,7 @@ mod admin;
 mod circuit_breakers;
 mod cli;
 mod control_plane;
+mod dns;
 mod downstream_http1;
 mod downstream_http2;
 mod local_replies;
