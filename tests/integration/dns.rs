@@ -43,3 +43,20 @@ async fn dns_clusters_serve_the_addresses_their_names_resolve_to() {
     assert_eq!(legate.stat("cluster_manager.warming_clusters").await, Some(0));
     assert_eq!(legate.stat("cluster_manager.active_clusters").await, Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_resolve_leaves_its_cluster_without_hosts() {
+    // `.invalid` is reserved (RFC 2606): no name server knows it.
+    let clusters = "  - name: missing\n    type: STRICT_DNS\n    load_assignment:\n      cluster_name: missing\n      endpoints:\n      - lb_endpoints:\n        - endpoint: { address: { socket_address: { address: nonexistent.invalid, port_value: 80 } } }\n";
+    let legate = Legate::start(&bootstrap(
+        "",
+        &routes("              - match: { prefix: \"/\" }\n                route: { cluster: missing }\n"),
+        clusters,
+    ));
+    // The failed first round ends the cluster's warming, as in Envoy: it serves, with no host.
+    let answer = send(legate.listener("main"), Version::HTTP_11, get("/")).await;
+    assert_eq!((answer.status.as_u16(), answer.text().as_str()), (503, "no healthy upstream"));
+    assert!(legate.stat("cluster.missing.update_failure").await.unwrap() >= 1);
+    assert_eq!(legate.stat("cluster.missing.update_success").await, Some(0));
+    assert_eq!(legate.stat("cluster.missing.membership_total").await, Some(0));
+}
