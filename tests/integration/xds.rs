@@ -731,3 +731,45 @@ async fn per_type_streams_carry_cds_eds_and_lds_each_on_its_own_stream() {
     assert_eq!(legate.admin_get("/ready").await.0, StatusCode::OK);
     assert_eq!(send(legate.listener("dyn"), Version::HTTP_11, get("/")).await.text(), "a");
 }
+
+fn dns_cluster(name: &str, port: u16) -> ClusterProto {
+    schema::parse(
+        &format!(
+            "name: {name}\ntype: STRICT_DNS\ndns_lookup_family: V4_ONLY\ndns_refresh_rate: 0.2s\nload_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: localhost, port_value: {port} }} }} }} }}] }}] }}"
+        ),
+        Format::Yaml,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cds_dns_cluster_serves_its_resolved_name_and_a_changed_one_takes_over() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let mut stream = control_plane.next_stream().await;
+    stream.next_of(CLUSTER_TYPE).await;
+    stream.push("1", "n1", vec![dns_cluster("dyn", a.address.port())]);
+    let ack = stream.next_of(CLUSTER_TYPE).await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    wait_for_answer(&legate, 200, "a").await;
+    let (_, clusters) = legate.admin_get("/clusters").await;
+    assert!(clusters.contains(&format!("dyn::127.0.0.1:{}::hostname::localhost", a.address.port())), "{clusters}");
+
+    // A changed cluster resolves on its own schedule; the old one's refreshes, every
+    // 200 ms, must not bring its address back.
+    stream.push("2", "n2", vec![dns_cluster("dyn", b.address.port())]);
+    stream.next_of(CLUSTER_TYPE).await;
+    wait_for_answer(&legate, 200, "b").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..5 {
+        wait_for_answer(&legate, 200, "b").await;
+    }
+    assert!(legate.stat("cluster.dyn.update_success").await.unwrap() >= 2, "refreshed every 200 ms");
+
+    // Removed, it stops serving (the route does not validate its cluster).
+    stream.push("3", "n3", Vec::<ClusterProto>::new());
+    stream.next_of(CLUSTER_TYPE).await;
+    wait_for_answer(&legate, 503, "").await;
+    assert_eq!(legate.stat("cluster_manager.active_clusters").await, Some(1));
+}
