@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
+use envoy_types::pb::google::protobuf::Duration as DurationProto;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 /// The Envoy message a [`RouteTable`] is built from.
@@ -136,6 +137,22 @@ pub struct ForwardAction {
     pub(crate) idle_timeout: IdleTimeout,
     /// The route's retry policy, else its virtual host's.
     pub(crate) retry: Option<Box<RetryPolicy>>,
+    /// How a gRPC request's `grpc-timeout` sets its timeouts, when the route says.
+    pub(crate) grpc_timeout: Option<GrpcTimeout>,
+}
+
+/// What a route does with a gRPC request's `grpc-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcTimeout {
+    /// `max_stream_duration` (Envoy's "new timeouts"): the router keeps no timeout of its
+    /// own (the route's `timeout` no longer applies), and a gRPC request's `grpc-timeout`,
+    /// capped by `max` (zero: no cap) and less the offset, limits the stream's whole life;
+    /// without `max` the header is not read.
+    StreamDuration { max: Option<Duration>, offset: Option<Duration> },
+    /// The deprecated `max_grpc_timeout` / `grpc_timeout_offset`: a gRPC request's router
+    /// timeout is its `grpc-timeout` less the offset, capped by `max` (zero: no cap; no
+    /// header: `max`), and the upstream request's `grpc-timeout` says what the router expects.
+    Router { max: Duration, offset: Option<Duration> },
 }
 
 /// The per-route stream idle timeout (`RouteAction.idle_timeout`).
@@ -514,6 +531,11 @@ impl ForwardAction {
     /// The retry policy (the route's, else its virtual host's).
     pub fn retry_policy(&self) -> Option<&RetryPolicy> {
         self.retry.as_deref()
+    }
+
+    /// How a gRPC request's `grpc-timeout` sets its timeouts, if the route says.
+    pub fn grpc_timeout(&self) -> Option<GrpcTimeout> {
+        self.grpc_timeout
     }
 
     /// Whether the Host should become the chosen upstream host's hostname (applied by the proxy).
@@ -1086,9 +1108,8 @@ fn forward_action(
     } = proto;
     reject_fields!(path; metadata_match, path_rewrite_policy, path_rewrite, flush_timeout,
         early_data_policy, retry_policy_typed_config, request_mirror_policies,
-        priority, rate_limits, include_vh_rate_limits, hash_policy, cors, max_grpc_timeout,
-        grpc_timeout_offset, upgrade_configs, internal_redirect_policy,
-        internal_redirect_action, max_internal_redirects, hedge_policy, max_stream_duration)?;
+        priority, rate_limits, include_vh_rate_limits, hash_policy, cors, upgrade_configs,
+        internal_redirect_policy, internal_redirect_action, max_internal_redirects, hedge_policy)?;
 
     let cluster = match cluster_specifier {
         Some(Spec::Cluster(name)) => {
@@ -1185,16 +1206,11 @@ fn forward_action(
     };
 
     // The route's policy replaces its virtual host's whole.
-    let mut retry = match retry_policy {
+    let retry = match retry_policy {
         Some(p) => Some(retry::retry_policy(p, &join_path(path, "retry_policy"))?),
         None => vhost_retry.cloned(),
     };
-    // A per-try timeout no shorter than the route timeout is Envoy's to drop.
-    if let (Some(retry), Some(timeout)) = (&mut retry, timeout)
-        && retry.per_try_timeout.is_some_and(|t| t >= timeout)
-    {
-        retry.per_try_timeout = None;
-    }
+    let grpc_timeout = grpc_timeout(max_stream_duration.as_ref(), *max_grpc_timeout, *grpc_timeout_offset, path)?;
 
     Ok(ForwardAction {
         cluster,
@@ -1206,7 +1222,32 @@ fn forward_action(
         timeout,
         idle_timeout,
         retry: retry.map(Box::new),
+        grpc_timeout,
     })
+}
+
+/// The route's gRPC timeout settings: `max_stream_duration`'s, else the deprecated fields'.
+/// A `max_stream_duration` itself (a limit on every stream's life) is refused unless zero.
+fn grpc_timeout(
+    stream: Option<&route_pb::route_action::MaxStreamDuration>,
+    legacy_max: Option<DurationProto>,
+    legacy_offset: Option<DurationProto>,
+    path: &str,
+) -> Result<Option<GrpcTimeout>> {
+    let duration =
+        |d: Option<DurationProto>, field: &str| d.map(|d| proto::duration(&d, &join_path(path, field))).transpose();
+    if let Some(stream) = stream {
+        let field = "max_stream_duration.max_stream_duration";
+        if duration(stream.max_stream_duration, field)?.is_some_and(|d| !d.is_zero()) {
+            return Err(ConfigError::unsupported(join_path(path, field), "only 0 (no limit)"));
+        }
+        let max = duration(stream.grpc_timeout_header_max, "max_stream_duration.grpc_timeout_header_max")?;
+        let offset = duration(stream.grpc_timeout_header_offset, "max_stream_duration.grpc_timeout_header_offset")?;
+        return Ok(Some(GrpcTimeout::StreamDuration { max, offset }));
+    }
+    let max = duration(legacy_max, "max_grpc_timeout")?;
+    let offset = duration(legacy_offset, "grpc_timeout_offset")?;
+    Ok(max.map(|max| GrpcTimeout::Router { max, offset }))
 }
 
 #[allow(deprecated)]

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
@@ -285,6 +285,49 @@ pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
     }
 }
 
+/// `grpc-timeout`.
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// The gRPC protocol's largest timeout value: eight digits.
+const GRPC_TIMEOUT_DIGITS_MAX: u64 = 99_999_999;
+
+/// A `grpc-timeout` value (up to eight digits and a unit: `H`, `M`, `S`, `m`, `u`, `n`), in
+/// whole milliseconds; `None` when malformed.
+pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let bytes = value.as_bytes();
+    let (&unit, digits) = bytes.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let exact = match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(Duration::from_millis(exact.as_millis() as u64))
+}
+
+/// A timeout as `grpc-timeout`: milliseconds, or the first coarser unit (seconds, minutes,
+/// hours) whose value fits eight digits, the largest hours value at most.
+pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
+    let mut value = timeout.as_millis() as u64;
+    let mut unit = 'm';
+    for (coarser, divisor) in [('S', 1000), ('M', 60), ('H', 60)] {
+        if value <= GRPC_TIMEOUT_DIGITS_MAX {
+            break;
+        }
+        value /= divisor;
+        unit = coarser;
+    }
+    let text = format!("{}{unit}", value.min(GRPC_TIMEOUT_DIGITS_MAX));
+    HeaderValue::try_from(text).expect("digits and a letter")
+}
+
 /// A decimal header value (`x-envoy-upstream-service-time`, `...-expected-rq-timeout-ms`)
 /// without allocating: values under 1000 come from a static table, others from a
 /// per-thread cache of the last one made (a route timeout repeats on every request).
@@ -383,6 +426,27 @@ pub fn recycle_map(mut map: HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_by_unit_and_print_in_eight_digits() {
+        let parse = |text: &'static str| parse_grpc_timeout(&HeaderValue::from_static(text));
+        assert_eq!(parse("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        // Finer units truncate to whole milliseconds.
+        assert_eq!(parse("150999u"), Some(Duration::from_millis(150)));
+        assert_eq!(parse("999999n"), Some(Duration::ZERO));
+        for bad in ["", "m", "1x", "123456789m", "-1m", "1.5S"] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        let print = |timeout: Duration| grpc_timeout_value(timeout).to_str().unwrap().to_owned();
+        assert_eq!(print(Duration::from_millis(150)), "150m");
+        assert_eq!(print(Duration::from_millis(99_999_999)), "99999999m");
+        assert_eq!(print(Duration::from_millis(100_000_000)), "100000S");
+        assert_eq!(print(Duration::from_secs(100_000_000)), "1666666M");
+        assert_eq!(print(Duration::from_secs(u64::MAX / 1000)), "99999999H");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_including_connection_listed_ones() {

@@ -26,6 +26,7 @@ use super::retry::{Decision, Outcome, Retry};
 use super::route::{IdleTimeout, RouteAction, is_grpc};
 use crate::clock;
 use crate::config::cluster::UpstreamProtocol;
+use crate::config::route::GrpcTimeout;
 use crate::listener::HttpListener;
 use crate::upstream::pool::{ClusterPools, UpstreamBody, UpstreamError, Wire};
 use crate::upstream::{Cluster, Host};
@@ -182,7 +183,23 @@ pub async fn serve(
     };
     forward.rewrite_request_with(&mut parts, !hcm.suppress_envoy_headers);
     selected.apply_request_headers(&mut parts.headers);
-    let timeout = forward.timeout();
+    // A gRPC request's own deadline replaces the route timeout where the route says so.
+    let grpc_timeout = forward.grpc_timeout();
+    let (timeout, stream_limit) = match grpc_timeout {
+        None => (forward.timeout(), None),
+        Some(GrpcTimeout::Router { max, offset }) if exchange.grpc => {
+            (router_grpc_timeout(max, offset, &parts.headers), None)
+        }
+        Some(GrpcTimeout::Router { .. }) => (forward.timeout(), None),
+        Some(GrpcTimeout::StreamDuration { max, offset }) => {
+            let limit = max.filter(|_| exchange.grpc).and_then(|max| stream_grpc_timeout(max, offset, &parts.headers));
+            if let Some(limit) = limit {
+                // The upstream learns the deadline the stream now has.
+                parts.headers.insert(headers::GRPC_TIMEOUT.clone(), headers::grpc_timeout_value(limit));
+            }
+            (None, limit.map(|limit| exchange.start + limit))
+        }
+    };
     headers::remove_hop_by_hop(&mut parts.headers);
     let wire = match cluster.protocol {
         UpstreamProtocol::Http1 => Wire::Http1,
@@ -219,7 +236,8 @@ pub async fn serve(
             (first, Some(Box::new(resend)))
         }
     };
-    let per_try = policy.and_then(|p| p.per_try_timeout);
+    // A per-try timeout no shorter than the whole request's is Envoy's to drop.
+    let per_try = policy.and_then(|p| p.per_try_timeout).filter(|p| timeout.is_none_or(|t| *p < t));
     let mut attempt: u64 = 1;
     let mut host_index = host_index;
     let (result, host, upstream_start) = loop {
@@ -233,10 +251,18 @@ pub async fn serve(
         {
             forward.set_host(&mut parts, value, !hcm.suppress_envoy_headers);
         }
+        let expected = expected_timeout(timeout, per_try, attempt, &exchange.stream);
         if !hcm.suppress_envoy_headers
-            && let Some(expected) = expected_timeout(timeout, per_try, attempt, &exchange.stream)
+            && let Some(expected) = expected
         {
             parts.headers.insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), headers::decimal_value(expected));
+        }
+        if exchange.grpc
+            && matches!(grpc_timeout, Some(GrpcTimeout::Router { .. }))
+            && let Some(expected) = expected
+        {
+            let value = headers::grpc_timeout_value(std::time::Duration::from_millis(expected));
+            parts.headers.insert(headers::GRPC_TIMEOUT.clone(), value);
         }
         if virtual_host.attempt_count_to_upstream() {
             parts.headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), headers::decimal_value(attempt));
@@ -252,6 +278,7 @@ pub async fn serve(
             request: request_deadline,
             idle: idle_timeout,
             per_try: per_try.map(|t| (upstream_start, t)),
+            stream: stream_limit,
         };
         let request = upstream_request(parts, body, wire);
         let result = send(&ctx, &cluster, &pools, host_index, &host, request, wire, &exchange.stream, deadlines).await;
@@ -283,12 +310,18 @@ pub async fn serve(
             break (result, host, upstream_start);
         };
         let next_body = retained.attempt().expect("checked: the body stayed under the limit");
-        // This attempt is over: Envoy charges a replaced response under `retry.`, and the
-        // attempt as a host error.
-        if let Ok(response) = &result {
-            cluster.stats.record_retried_response(response.status().as_u16());
+        // This attempt is over: Envoy charges a replaced response under `retry.`, and a 5xx
+        // or a failure as the host's error.
+        let failed = match &result {
+            Ok(response) => {
+                cluster.stats.record_retried_response(response.status().as_u16());
+                response.status().is_server_error()
+            }
+            Err(_) => true,
+        };
+        if failed {
+            host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
         }
-        host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
         if exchange.stream.upstream_attached.replace(false) {
             cluster.stats.upstream_rq_active.dec();
             host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
@@ -350,6 +383,9 @@ pub async fn serve(
                 Some(reason) if retried => Bytes::from(format!("{RESET_PREFIX}retried and the latest {reason}")),
                 _ => Bytes::from_static(body.as_bytes()),
             };
+            if matches!(failure, Failure::StreamDuration) {
+                exchange.grpc_status = Some(GRPC_DEADLINE_EXCEEDED);
+            }
             let mut response = exchange.local_reply(status, body, flags, details);
             if let Some(count) = attempt_count {
                 response.headers_mut().insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), count);
@@ -436,6 +472,42 @@ fn expected_timeout(
     Some(expected.min((route.as_millis() as u64).saturating_sub(elapsed).max(1)))
 }
 
+/// A gRPC request's router timeout under the deprecated `max_grpc_timeout`: its
+/// `grpc-timeout` less the offset (when shorter), capped by the maximum unless that is zero;
+/// without the header, the maximum. `None` (zero) is no timeout.
+fn router_grpc_timeout(
+    max: std::time::Duration,
+    offset: Option<std::time::Duration>,
+    headers: &HeaderMap,
+) -> Option<std::time::Duration> {
+    let mut timeout = headers.get(&headers::GRPC_TIMEOUT).and_then(headers::parse_grpc_timeout).unwrap_or_default();
+    if let Some(offset) = offset.filter(|offset| *offset < timeout) {
+        timeout -= offset;
+    }
+    if !max.is_zero() && (timeout.is_zero() || timeout > max) {
+        timeout = max;
+    }
+    Some(timeout).filter(|t| !t.is_zero())
+}
+
+/// A gRPC request's stream limit under `max_stream_duration.grpc_timeout_header_max`: its
+/// `grpc-timeout` capped by the maximum (zero: no cap), then less the offset (Envoy's
+/// connection manager caps first, unlike the router above). `None`: no header, no limit.
+fn stream_grpc_timeout(
+    max: std::time::Duration,
+    offset: Option<std::time::Duration>,
+    headers: &HeaderMap,
+) -> Option<std::time::Duration> {
+    let mut timeout = headers.get(&headers::GRPC_TIMEOUT).and_then(headers::parse_grpc_timeout)?;
+    if !max.is_zero() && timeout > max {
+        timeout = max;
+    }
+    if let Some(offset) = offset.filter(|_| !timeout.is_zero()) {
+        timeout = timeout.saturating_sub(offset);
+    }
+    Some(timeout).filter(|t| !t.is_zero())
+}
+
 /// A copy of a request head (method, target, version, headers) for another attempt.
 fn copy_head(parts: &Parts) -> Parts {
     let mut head = empty_parts();
@@ -447,6 +519,8 @@ fn copy_head(parts: &Parts) -> Parts {
 }
 
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// gRPC's DEADLINE_EXCEEDED, for a stream past its `grpc-timeout`.
+const GRPC_DEADLINE_EXCEEDED: &str = "4";
 static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
 /// The gRPC status Envoy gives a local reply's HTTP status (gRPC's HTTP-to-gRPC mapping).
@@ -500,6 +574,7 @@ fn begin(ctx: &Rc<ConnContext>, version: Version, head: bool, grpc: bool) -> Box
         version,
         head,
         grpc,
+        grpc_status: None,
         status: 0,
         flags: ResponseFlags::default(),
         charged: false,
@@ -567,6 +642,8 @@ enum Failure {
     RequestTimeout,
     /// The retry policy's `per_try_timeout` passed before this attempt's response headers.
     PerTryTimeout,
+    /// The stream's limit from its `grpc-timeout` (`max_stream_duration`) passed.
+    StreamDuration,
 }
 
 /// The deadlines a stream waits for its response headers under.
@@ -581,6 +658,8 @@ struct Deadlines {
     /// The attempt's start and its per-try timeout, which runs from the later of that
     /// start and the end of the request.
     per_try: Option<(Instant, std::time::Duration)>,
+    /// When the stream's life must end (`max_stream_duration`).
+    stream: Option<Instant>,
 }
 
 /// Waits for the upstream's response headers under the route timeout, the stream idle
@@ -595,7 +674,13 @@ async fn await_response<F, T>(
 where
     F: Future<Output = Result<T, UpstreamError>>,
 {
-    let Deadlines { route: route_timeout, request: request_deadline, idle: idle_timeout, per_try } = deadlines;
+    let Deadlines {
+        route: route_timeout,
+        request: request_deadline,
+        idle: idle_timeout,
+        per_try,
+        stream: stream_limit,
+    } = deadlines;
     tokio::pin!(sent);
     loop {
         let idle_deadline = idle_timeout.map(|t| stream.last_activity.get() + t);
@@ -609,7 +694,10 @@ where
         };
         let route_deadline = route_timeout.map(|t| request_end + t);
         let per_try_deadline = per_try.map(|(start, t)| start.max(request_end) + t);
-        let wake = [route_deadline, idle_deadline, request_deadline, per_try_deadline].into_iter().flatten().min();
+        let wake = [route_deadline, idle_deadline, request_deadline, per_try_deadline, stream_limit]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(wake) = wake else {
             return sent.await.map_err(Failure::Upstream);
         };
@@ -622,6 +710,9 @@ where
             }
             _ = timer.until(wake) => {
                 let now = clock::now();
+                if stream_limit.is_some_and(|limit| limit <= now) {
+                    return Err(Failure::StreamDuration);
+                }
                 if stream.request_done.get() && route_timeout.is_some_and(|t| stream.last_activity.get() + t <= now) {
                     return Err(Failure::RouteTimeout);
                 }
@@ -648,6 +739,15 @@ fn failure_reply(
     stats: &crate::listener::HcmStats,
 ) -> (StatusCode, &'static str, ResponseFlags, Cow<'static, str>) {
     let upstream = match failure {
+        Failure::StreamDuration => {
+            stats.downstream_rq_max_duration_reached.inc();
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "downstream duration timeout",
+                ResponseFlags::DURATION_TIMEOUT,
+                Cow::Borrowed("max_duration_timeout"),
+            );
+        }
         // Counted when it passed, retried or not.
         Failure::PerTryTimeout => {
             return (
@@ -818,6 +918,8 @@ struct Exchange {
     head: bool,
     /// A gRPC request: local replies take gRPC's form.
     grpc: bool,
+    /// The `grpc-status` of a local reply whose reason says it, rather than its HTTP status.
+    grpc_status: Option<&'static str>,
     status: u16,
     flags: ResponseFlags,
     /// A response code was charged to the cluster (`upstream_rq_completed` at the end).
@@ -847,8 +949,8 @@ impl Exchange {
         details: impl Into<Cow<'static, str>>,
     ) -> Response<ResponseBody> {
         let listener = &self.ctx.listener;
-        let grpc =
-            self.grpc.then(|| (grpc_status(status), (!body.is_empty() && !self.head).then(|| grpc_message(&body))));
+        let grpc_status = self.grpc_status.unwrap_or_else(|| grpc_status(status));
+        let grpc = self.grpc.then(|| (grpc_status, (!body.is_empty() && !self.head).then(|| grpc_message(&body))));
         let (status, body) = if grpc.is_some() { (StatusCode::OK, Bytes::new()) } else { (status, body) };
         let body_len = body.len();
         let body = if self.head { Bytes::new() } else { body };

@@ -105,6 +105,7 @@ pub struct HcmStats {
     pub downstream_rq_rx_reset: Counter,
     pub downstream_rq_failed_path_normalization: Counter,
     pub downstream_rq_redirected_with_normalized_path: Counter,
+    pub downstream_rq_max_duration_reached: Counter,
 }
 
 /// `http.<prefix>.downstream_rq_*` counters of Envoy's that count what legate never does
@@ -113,7 +114,6 @@ pub struct HcmStats {
 const NEVER_COUNTED: &[&str] = &[
     "downstream_rq_header_timeout",
     "downstream_rq_http3_total",
-    "downstream_rq_max_duration_reached",
     "downstream_rq_non_relative_path",
     "downstream_rq_overload_close",
     "downstream_rq_rejected_via_ip_detection",
@@ -160,6 +160,7 @@ impl HcmStats {
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
             downstream_rq_redirected_with_normalized_path: c("downstream_rq_redirected_with_normalized_path"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
         }
     }
 }

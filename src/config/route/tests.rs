@@ -514,8 +514,9 @@ virtual_hosts:
     let own = policy(0);
     assert!(own.on.any(RetryOn::RESET) && !own.on.any(RetryOn::FIVE_XX));
     assert_eq!((own.num_retries, own.per_try_timeout), (1, None));
-    // A per-try timeout not shorter than the route timeout is dropped, as in Envoy.
-    assert_eq!((policy(1).num_retries, policy(1).per_try_timeout), (4, None));
+    // Kept here even where it is not shorter than the route timeout: a gRPC request's own
+    // timeout may replace the route's, so the proxy compares them per request.
+    assert_eq!((policy(1).num_retries, policy(1).per_try_timeout), (4, Some(Duration::from_secs(1))));
     assert_eq!(policy(2).per_try_timeout, Some(Duration::from_secs(1)));
 }
 
