@@ -101,6 +101,8 @@ pub struct VirtualHost {
     pub(crate) attempt_count_to_upstream: bool,
     /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on the response.
     pub(crate) attempt_count_in_response: bool,
+    /// `include_is_timeout_retry_header`: `x-envoy-is-timeout-retry` on each retry.
+    pub(crate) is_timeout_retry_header: bool,
 }
 
 /// One route: what requests it matches and what it does with them.
@@ -503,6 +505,11 @@ impl VirtualHost {
     pub fn attempt_count_in_response(&self) -> bool {
         self.attempt_count_in_response
     }
+
+    /// Whether a retry carries `x-envoy-is-timeout-retry`.
+    pub fn is_timeout_retry_header(&self) -> bool {
+        self.is_timeout_retry_header
+    }
 }
 
 impl Route {
@@ -690,7 +697,7 @@ fn virtual_host(
         route_specifiers,
     } = proto;
     reject_fields!(path; matcher, require_tls, virtual_clusters, rate_limits, cors,
-        typed_per_filter_config, retry_policy_typed_config, hedge_policy, include_is_timeout_retry_header, per_request_buffer_limit_bytes,
+        typed_per_filter_config, retry_policy_typed_config, hedge_policy, per_request_buffer_limit_bytes,
         request_body_buffer_limit, request_mirror_policies, route_specifiers)?;
     if name.is_empty() {
         return Err(ConfigError::invalid(join_path(path, "name"), "value length must be at least 1"));
@@ -711,6 +718,7 @@ fn virtual_host(
         response_headers: header_mutations(response_headers_to_add, response_headers_to_remove, path, "response")?,
         attempt_count_to_upstream: *include_request_attempt_count,
         attempt_count_in_response: *include_attempt_count_in_response,
+        is_timeout_retry_header: *include_is_timeout_retry_header,
     })
 }
 

@@ -24,6 +24,8 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 /// `x-envoy-expected-rq-timeout-ms`.
 pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+/// `x-envoy-is-timeout-retry`: whether a retry follows a per-try timeout.
+pub static X_ENVOY_IS_TIMEOUT_RETRY: HeaderName = HeaderName::from_static("x-envoy-is-timeout-retry");
 /// `x-envoy-attempt-count`: which attempt a request is, or how many a response took.
 pub static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 /// `x-envoy-overloaded`, on a reply to a request a circuit breaker refused.

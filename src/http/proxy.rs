@@ -239,6 +239,8 @@ pub async fn serve(
     // A per-try timeout no shorter than the whole request's is Envoy's to drop.
     let per_try = policy.and_then(|p| p.per_try_timeout).filter(|p| timeout.is_none_or(|t| *p < t));
     let mut attempt: u64 = 1;
+    // The retry under way follows a per-try timeout.
+    let mut timeout_retry = false;
     let mut host_index = host_index;
     let (result, host, upstream_start) = loop {
         let host = cluster.hosts[host_index].clone();
@@ -266,6 +268,10 @@ pub async fn serve(
         }
         if virtual_host.attempt_count_to_upstream() {
             parts.headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), headers::decimal_value(attempt));
+        }
+        if attempt > 1 && virtual_host.is_timeout_retry_header() {
+            let value = HeaderValue::from_static(if timeout_retry { "true" } else { "false" });
+            parts.headers.insert(headers::X_ENVOY_IS_TIMEOUT_RETRY.clone(), value);
         }
         if attempt == 1 && !listener.access_logs.is_empty() {
             // Envoy's access log reads the request headers the router mutated in place: the
@@ -326,6 +332,7 @@ pub async fn serve(
             cluster.stats.upstream_rq_active.dec();
             host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
         }
+        let after_per_try_timeout = matches!(result, Err(Failure::PerTryTimeout));
         drop(result);
         if !backoff.is_zero() && back_off(backoff, &exchange.stream, timeout).await.is_err() {
             break (Err(Failure::RouteTimeout), host, upstream_start);
@@ -333,6 +340,7 @@ pub async fn serve(
         cluster.stats.upstream_rq_retry.inc();
         cluster.stats.upstream_rq_retry_backoff_exponential.inc();
         attempt += 1;
+        timeout_retry = after_per_try_timeout;
         host_index = next_host;
         parts = copy_head(head);
         body = next_body;
