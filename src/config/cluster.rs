@@ -180,7 +180,7 @@ pub struct DnsDiscovery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsTarget {
     pub name: String,
-    /// A host of the target; its address has the port and no IP yet.
+    /// A host of the target; its address has the port, and the IP only for an IP literal.
     pub host: HostSpec,
 }
 

@@ -32,7 +32,7 @@ pub struct Watch {
 }
 
 impl DnsWatcher {
-    /// A watcher whose requests wait for [`run`] to take them.
+    /// A watcher, and the receiver [`start`] serves its requests from.
     pub fn new() -> (DnsWatcher, mpsc::UnboundedReceiver<Watch>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (DnsWatcher(tx), rx)

@@ -416,8 +416,13 @@ impl ClusterManager {
     /// The warming cluster's proto, for `/config_dump`'s `dynamic_warming_clusters`.
     pub fn warming_protos(&self) -> Vec<(String, ClusterProto, SystemTime)> {
         let state = self.lock();
-        let mut out: Vec<_> =
-            state.warming.values().map(|w| (w.version_info.to_string(), w.spec.proto.decode(), w.since)).collect();
+        // A static DNS cluster warming for its first resolution is no dynamic cluster.
+        let mut out: Vec<_> = state
+            .warming
+            .values()
+            .filter(|w| w.added_via_api)
+            .map(|w| (w.version_info.to_string(), w.spec.proto.decode(), w.since))
+            .collect();
         out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         out
     }
