@@ -37,9 +37,9 @@ impl RetryOn {
     pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 12);
     pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 13);
 
-    /// Envoy's tokens for each bit. `retriable-headers` and `http3-post-connect-failure`
-    /// parse but match nothing here (legate refuses `retriable_headers` and has no HTTP/3);
-    /// Envoy ignores unknown tokens too.
+    /// Envoy's tokens for each bit. `retriable-headers` and `http3-post-connect-failure` are
+    /// skipped like unknown tokens (Envoy skips those too): legate refuses
+    /// `retriable_headers`, and has no HTTP/3.
     const TOKENS: [(&'static str, RetryOn); 14] = [
         ("5xx", RetryOn::FIVE_XX),
         ("gateway-error", RetryOn::GATEWAY_ERROR),
