@@ -42,7 +42,9 @@ pub struct Retry<'p> {
     retries_left: u32,
     /// The upper bound of the next backoff (Envoy's jittered exponential backoff).
     backoff_ceiling: Duration,
-    /// Hosts attempted, for `previous_hosts`.
+    /// The first attempt's host, and the hosts attempted once a retry is picked (for
+    /// `previous_hosts`; filled then, so that a request never retried allocates nothing).
+    first_host: usize,
     tried: Vec<usize>,
     /// A retry was made.
     retried: bool,
@@ -58,7 +60,8 @@ impl<'p> Retry<'p> {
             policy,
             retries_left: policy.num_retries,
             backoff_ceiling: policy.base_interval,
-            tried: if policy.avoid_previous_hosts { vec![first_host] } else { Vec::new() },
+            first_host,
+            tried: Vec::new(),
             retried: false,
             sent: false,
             slot: None,
@@ -149,6 +152,9 @@ impl<'p> Retry<'p> {
     pub fn next_host(&mut self, cluster: &Cluster, lb: &mut WorkerLb) -> Option<usize> {
         let mut picked = cluster.pick(lb)?;
         if self.policy.avoid_previous_hosts {
+            if self.tried.is_empty() {
+                self.tried.push(self.first_host);
+            }
             for _ in 0..self.policy.host_selection_max_attempts {
                 if !self.tried.contains(&picked) {
                     break;
