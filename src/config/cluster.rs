@@ -17,7 +17,6 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions as UpstreamHttpOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
-use envoy_types::pb::google::protobuf::Duration as DurationProto;
 
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, Encoded, ensure_only};
@@ -479,41 +478,27 @@ fn dns(proto: &ClusterProto, path: &str, logical: bool) -> Result<Discovery> {
         Err(_) => return Err(ConfigError::invalid(join_path(path, "dns_lookup_family"), "unknown value")),
     };
     // PGV: both rates above 1 ms.
-    let above_1ms = |d: &DurationProto, field: &str| -> Result<Duration> {
-        let field = join_path(path, field);
-        let d = proto::duration(d, &field)?;
+    let above_1ms = |d: Duration, field: &str| -> Result<Duration> {
         if d <= Duration::from_millis(1) {
             return Err(ConfigError::invalid(field, "value must be greater than 1ms"));
         }
         Ok(d)
     };
     let refresh_rate = match &proto.dns_refresh_rate {
-        Some(d) => above_1ms(d, "dns_refresh_rate")?,
+        Some(d) => {
+            let field = join_path(path, "dns_refresh_rate");
+            above_1ms(proto::duration(d, &field)?, &field)?
+        }
         None => DEFAULT_DNS_REFRESH_RATE,
     };
-    let failure_refresh_rate = match &proto.dns_failure_refresh_rate {
-        Some(rate) => {
-            let Some(base) = &rate.base_interval else {
-                return Err(ConfigError::invalid(
-                    join_path(path, "dns_failure_refresh_rate.base_interval"),
-                    "value is required",
-                ));
-            };
-            let base = above_1ms(base, "dns_failure_refresh_rate.base_interval")?;
-            let max = match &rate.max_interval {
-                Some(max) => above_1ms(max, "dns_failure_refresh_rate.max_interval")?,
-                None => base * 10,
-            };
-            if max < base {
-                return Err(ConfigError::invalid(
-                    join_path(path, "dns_failure_refresh_rate.max_interval"),
-                    "must be greater than or equal to the base_interval",
-                ));
-            }
-            Some((base, max))
-        }
-        None => None,
-    };
+    let failure_refresh_rate = proto
+        .dns_failure_refresh_rate
+        .as_ref()
+        .map(|rate| {
+            let rpath = join_path(path, "dns_failure_refresh_rate");
+            proto::backoff_intervals(rate.base_interval.as_ref(), rate.max_interval.as_ref(), &rpath, above_1ms)
+        })
+        .transpose()?;
     let (targets, overprovisioning_factor) = match &proto.load_assignment {
         Some(la) => {
             let lpath = join_path(path, "load_assignment");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use envoy_types::pb::google::protobuf::{Any, Duration as DurationProto};
 use prost::{Message, Name};
 
-use super::error::{ConfigError, Result};
+use super::error::{ConfigError, Result, join_path};
 use super::schema;
 
 /// A message kept in its wire encoding, for config that is held long and read rarely (a
@@ -63,6 +63,36 @@ pub fn duration(d: &DurationProto, path: &str) -> Result<Duration> {
         return Err(ConfigError::invalid(path, "value must be a non-negative duration"));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// A backoff's base and maximum intervals (`RetryBackOff`, `RefreshRate`) at `path`: the base
+/// is required, the maximum is ten times the base unless given and may not be below it;
+/// `check` validates (and may adjust) each against the message's own minimum, given its path.
+pub fn backoff_intervals(
+    base: Option<&DurationProto>,
+    max: Option<&DurationProto>,
+    path: &str,
+    check: impl Fn(Duration, &str) -> Result<Duration>,
+) -> Result<(Duration, Duration)> {
+    let interval = |d: &DurationProto, field: &str| {
+        let field = join_path(path, field);
+        check(duration(d, &field)?, &field)
+    };
+    let Some(base) = base else {
+        return Err(ConfigError::invalid(join_path(path, "base_interval"), "value is required"));
+    };
+    let base = interval(base, "base_interval")?;
+    let max = match max {
+        Some(max) => interval(max, "max_interval")?,
+        None => base * 10,
+    };
+    if max < base {
+        return Err(ConfigError::invalid(
+            join_path(path, "max_interval"),
+            "must be greater than or equal to the base_interval",
+        ));
+    }
+    Ok((base, max))
 }
 
 /// The message name in a type URL (`type.googleapis.com/envoy.x.v3.Y` → `envoy.x.v3.Y`).

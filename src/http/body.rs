@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::time::{Instant, Sleep};
 use super::h1::server::H1RequestBody;
 use super::h2;
 use crate::clock;
+use crate::upstream::cluster::ClusterStats;
 use crate::upstream::pool::UpstreamBody;
 use crate::worker::{LentTimer, TimerPool};
 
@@ -114,8 +116,8 @@ struct Retained {
     /// The downstream body returned its end.
     ended: bool,
     overflowed: bool,
-    /// Counts the overflow (`retry_or_shadow_abandoned`).
-    on_overflow: Option<Box<dyn FnOnce()>>,
+    /// Where the overflow is counted (`retry_or_shadow_abandoned`).
+    stats: Arc<ClusterStats>,
 }
 
 enum RetainedFrame {
@@ -156,9 +158,7 @@ impl Retained {
         if self.bytes > self.limit {
             self.overflowed = true;
             self.frames = Vec::new();
-            if let Some(count) = self.on_overflow.take() {
-                count();
-            }
+            self.stats.retry_or_shadow_abandoned.inc();
             return;
         }
         self.frames.push(kept);
@@ -195,14 +195,15 @@ impl RequestBody {
         RequestBody::with_source(RequestSource::Direct(inner), state, deadline)
     }
 
-    /// A body kept for retries, up to `limit` bytes (past it, `on_overflow` runs once and
-    /// retries are off). Attempts get their bodies from the handle.
+    /// A body kept for retries, up to `limit` bytes (past it, retries are off and the
+    /// cluster's `retry_or_shadow_abandoned` counts it). Attempts get their bodies from the
+    /// handle.
     pub fn retained(
         inner: DownstreamBody,
         state: Rc<StreamState>,
         deadline: Option<Instant>,
         limit: usize,
-        on_overflow: Box<dyn FnOnce()>,
+        stats: Arc<ClusterStats>,
     ) -> RetainedBody {
         let body = Retained {
             body: inner,
@@ -212,7 +213,7 @@ impl RequestBody {
             taken: 0,
             ended: false,
             overflowed: false,
-            on_overflow: Some(on_overflow),
+            stats,
         };
         RetainedBody { body: Rc::new(RefCell::new(body)), state, deadline }
     }

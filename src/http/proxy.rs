@@ -223,13 +223,12 @@ pub async fn serve(
     let (mut body, mut resend) = match policy {
         None => (RequestBody::new(body, exchange.stream.clone(), request_deadline), None),
         Some(policy) => {
-            let stats = cluster.stats.clone();
             let body = RequestBody::retained(
                 body,
                 exchange.stream.clone(),
                 request_deadline,
                 listener.spec.buffer_limit,
-                Box::new(move || stats.retry_or_shadow_abandoned.inc()),
+                cluster.stats.clone(),
             );
             let first = body.attempt().expect("a body no attempt has read is kept");
             let resend = Resend { retry: Retry::new(policy, host_index), head: copy_head(&parts), body };

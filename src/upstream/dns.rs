@@ -76,7 +76,9 @@ pub fn start(manager: Weak<ClusterManager>, mut watches: mpsc::UnboundedReceiver
 struct Resolvers(std::cell::RefCell<HashMap<LookupFamily, Rc<TokioResolver>>>);
 
 impl Resolvers {
-    fn get(&self, family: LookupFamily) -> Rc<TokioResolver> {
+    /// The family's resolver, built on first use; an error (logged) when hickory cannot
+    /// build one, which fails the round, as an unreachable name server would.
+    fn get(&self, family: LookupFamily) -> Result<Rc<TokioResolver>, String> {
         let strategy = match family {
             LookupFamily::Auto => LookupIpStrategy::Ipv6thenIpv4,
             LookupFamily::V4Only => LookupIpStrategy::Ipv4Only,
@@ -84,18 +86,27 @@ impl Resolvers {
             LookupFamily::V4Preferred => LookupIpStrategy::Ipv4thenIpv6,
             LookupFamily::All => LookupIpStrategy::Ipv4AndIpv6,
         };
-        self.0.borrow_mut().entry(family).or_insert_with(|| Rc::new(resolver(strategy))).clone()
+        let mut resolvers = self.0.borrow_mut();
+        if let Some(resolver) = resolvers.get(&family) {
+            return Ok(resolver.clone());
+        }
+        let resolver = Rc::new(resolver(strategy)?);
+        resolvers.insert(family, resolver.clone());
+        Ok(resolver)
     }
 }
 
 /// A resolver from the system's configuration, or hickory's defaults when it cannot be read.
-fn resolver(strategy: LookupIpStrategy) -> TokioResolver {
+fn resolver(strategy: LookupIpStrategy) -> Result<TokioResolver, String> {
     let mut builder = TokioResolver::builder_tokio().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot read the system DNS configuration; using hickory's defaults");
         TokioResolver::builder_with_config(ResolverConfig::default(), TokioRuntimeProvider::default())
     });
     builder.options_mut().ip_strategy = strategy;
-    builder.build().unwrap_or_else(|e| panic!("building a DNS resolver: {e}"))
+    builder.build().map_err(|e| {
+        tracing::error!(error = %e, "cannot build a DNS resolver");
+        format!("building a DNS resolver: {e}")
+    })
 }
 
 /// Resolves a cluster's names and hands the hosts to the manager, until it has another
@@ -106,15 +117,15 @@ async fn refresh(
     cluster: String,
     discovery: Arc<DnsDiscovery>,
 ) {
-    let resolver = resolvers.get(discovery.family);
     // Each target's last good addresses: a failed resolution keeps them, as Envoy does.
     let mut known: Vec<Option<Vec<IpAddr>>> = vec![None; discovery.targets.len()];
     let mut failures = 0u32;
     loop {
         let mut failed = false;
         let mut expires: Option<Instant> = None;
+        let resolver = resolvers.get(discovery.family);
         for (target, known) in discovery.targets.iter().zip(&mut known) {
-            match lookup(&resolver, &target.name).await {
+            match lookup(resolver.as_deref(), &target.name).await {
                 Ok((addresses, valid_until)) => {
                     *known = Some(addresses);
                     expires = Some(expires.map_or(valid_until, |e| e.min(valid_until)));
@@ -147,11 +158,11 @@ async fn refresh(
 }
 
 /// The addresses of `name` (an IP literal is its own address) and until when they hold.
-async fn lookup(resolver: &TokioResolver, name: &str) -> Result<(Vec<IpAddr>, Instant), String> {
+async fn lookup(resolver: Result<&TokioResolver, &String>, name: &str) -> Result<(Vec<IpAddr>, Instant), String> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok((vec![ip], Instant::now() + Duration::from_secs(3600)));
     }
-    let found = resolver.lookup_ip(name).await.map_err(|e| e.to_string())?;
+    let found = resolver.map_err(String::clone)?.lookup_ip(name).await.map_err(|e| e.to_string())?;
     let addresses: Vec<IpAddr> = found.iter().collect();
     if addresses.is_empty() {
         return Err(format!("no address for {name}"));

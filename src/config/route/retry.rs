@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::{RetryPolicy as RetryPolicyProto, retry_policy};
-use envoy_types::pb::google::protobuf::Duration as DurationProto;
 
 use super::{IsSet, reject_set};
 use crate::config::error::{ConfigError, Result, join_path};
@@ -164,28 +163,14 @@ pub fn retry_policy(proto: &RetryPolicyProto, path: &str) -> Result<RetryPolicy>
     })
 }
 
-/// `retry_back_off`: a base interval is required; both are positive, at least 1 ms (Envoy
-/// rounds shorter ones up), and the maximum (ten times the base if unset) is not below the base.
+/// `retry_back_off`: both intervals positive, at least 1 ms (Envoy rounds shorter ones up).
 fn back_off_intervals(proto: &retry_policy::RetryBackOff, path: &str) -> Result<(Duration, Duration)> {
-    let positive = |d: &Option<DurationProto>, field: &str| -> Result<Option<Duration>> {
-        let Some(d) = d else { return Ok(None) };
-        let d = proto::duration(d, &join_path(path, field))?;
+    proto::backoff_intervals(proto.base_interval.as_ref(), proto.max_interval.as_ref(), path, |d, field| {
         if d.is_zero() {
-            return Err(ConfigError::invalid(join_path(path, field), "value must be greater than 0s"));
+            return Err(ConfigError::invalid(field, "value must be greater than 0s"));
         }
-        Ok(Some(d.max(Duration::from_millis(1))))
-    };
-    let Some(base) = positive(&proto.base_interval, "base_interval")? else {
-        return Err(ConfigError::invalid(join_path(path, "base_interval"), "value is required"));
-    };
-    let max = positive(&proto.max_interval, "max_interval")?.unwrap_or(base * 10);
-    if max < base {
-        return Err(ConfigError::invalid(
-            join_path(path, "max_interval"),
-            "must be greater than or equal to the base_interval",
-        ));
-    }
-    Ok((base, max))
+        Ok(d.max(Duration::from_millis(1)))
+    })
 }
 
 #[cfg(test)]
