@@ -19,7 +19,7 @@ use crate::config::xds::{GrpcSource, GrpcTarget, SourceSpec};
 use crate::listener::{ListenerManager, WorkerCommand, serve_listener};
 use crate::stats::{HistogramUnit, Store};
 use crate::upstream::ClusterManager;
-use crate::upstream::dns::{self, DnsWatcher};
+use crate::upstream::tasks::{self, UpstreamTasks};
 use crate::worker::Worker;
 use crate::xds::AdsClient;
 
@@ -139,15 +139,15 @@ impl Server {
             statics.clusters.clear();
             statics.listeners.clear();
         }
-        let (dns, dns_watches) = DnsWatcher::new();
+        let (upstream_tasks, upstream_work) = UpstreamTasks::new();
         let clusters = Arc::new(ClusterManager::new(
             &store,
             spec.clusters,
             spec.dynamic.cds.is_some(),
             spec.dynamic.sources.clone(),
-            dns,
+            upstream_tasks,
         ));
-        dns::start(Arc::downgrade(&clusters), dns_watches)?;
+        tasks::start(Arc::downgrade(&clusters), upstream_work)?;
         // As Envoy's initialization does, listeners wait for the static DNS clusters' first
         // resolution (a failed one counts; the cluster then has no hosts until a later one).
         let dns_deadline = Instant::now() + STATIC_DNS_WAIT;

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::admin::v3::{
 use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, RoutingPriority};
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use http::{Response, StatusCode};
 
@@ -20,6 +21,7 @@ use crate::config::cluster as config;
 use crate::config::schema;
 use crate::upstream::Cluster;
 use crate::upstream::host::{Host, health_flag};
+use crate::upstream::outlier::{Origin, format_g};
 
 /// Clusters written per chunk of streamed `/clusters` text (about 8 KB each with 10 hosts).
 const CLUSTERS_PER_CHUNK: usize = 64;
@@ -108,6 +110,13 @@ fn host_counters(host: &Host) -> [(&'static str, u64, simple_metric::Type); 9] {
 fn write_text(out: &mut String, cluster: &Cluster) {
     let name = &cluster.name;
     let _ = writeln!(out, "{name}::observability_name::{}", cluster.stat_name);
+    if let Some(detector) = &cluster.outlier {
+        for (origin, prefix) in [(Origin::External, ""), (Origin::Local, "local_origin_")] {
+            let (average, threshold) = detector.success_rate(origin).unwrap_or((-1.0, -1.0));
+            let _ = writeln!(out, "{name}::outlier::{prefix}success_rate_average::{}", format_g(average));
+            let _ = writeln!(out, "{name}::outlier::{prefix}success_rate_ejection_threshold::{}", format_g(threshold));
+        }
+    }
     let breakers = &cluster.circuit_breakers;
     for (priority, thresholds) in [("default_priority", &breakers.default), ("high_priority", &breakers.high)] {
         for (threshold, value) in limits(thresholds) {
@@ -128,8 +137,10 @@ fn write_text(out: &mut String, cluster: &Cluster) {
         let _ = writeln!(out, "{prefix}::sub_zone::{}", host.locality.sub_zone);
         let _ = writeln!(out, "{prefix}::canary::false");
         let _ = writeln!(out, "{prefix}::priority::{}", host.priority);
-        let _ = writeln!(out, "{prefix}::success_rate::-1");
-        let _ = writeln!(out, "{prefix}::local_origin_success_rate::-1");
+        for (origin, stat) in [(Origin::External, "success_rate"), (Origin::Local, "local_origin_success_rate")] {
+            let rate = host.outlier_if_any().and_then(|monitor| monitor.success_rate(origin));
+            let _ = writeln!(out, "{prefix}::{stat}::{}", format_g(rate.unwrap_or(-1.0)));
+        }
     }
 }
 
@@ -143,11 +154,18 @@ fn status(cluster: &Cluster) -> ClusterStatus {
         ..Default::default()
     };
     let breakers = &cluster.circuit_breakers;
+    // Envoy sets the thresholds only when positive.
+    let threshold = |origin| {
+        let threshold = cluster.outlier.as_ref().and_then(|d| d.success_rate(origin)).map(|(_, t)| t)?;
+        (threshold > 0.0).then_some(Percent { value: threshold })
+    };
     ClusterStatus {
         name: cluster.name.clone(),
         observability_name: cluster.stat_name.clone(),
         added_via_api: cluster.added_via_api,
         host_statuses: cluster.hosts.iter().map(|h| host_status(h)).collect(),
+        success_rate_ejection_threshold: threshold(Origin::External),
+        local_origin_success_rate_ejection_threshold: threshold(Origin::Local),
         circuit_breakers: Some(CircuitBreakers {
             thresholds: vec![
                 thresholds(RoutingPriority::Default, &breakers.default),
@@ -161,6 +179,10 @@ fn status(cluster: &Cluster) -> ClusterStatus {
 
 fn host_status(host: &Host) -> HostStatus {
     let flags = host.health_flags();
+    let success_rate = |origin| {
+        let rate = host.outlier_if_any()?.success_rate(origin)?;
+        Some(Percent { value: rate })
+    };
     let eds_health_status = if flags & health_flag::FAILED_EDS_HEALTH != 0 {
         HealthStatus::Unhealthy
     } else if flags & health_flag::EDS_STATUS_DRAINING != 0 {
@@ -188,6 +210,8 @@ fn host_status(host: &Host) -> HostStatus {
             eds_health_status: eds_health_status as i32,
             ..Default::default()
         }),
+        success_rate: success_rate(Origin::External),
+        local_origin_success_rate: success_rate(Origin::Local),
         weight: host.weight,
         hostname: host.hostname.clone(),
         priority: host.priority,
@@ -196,6 +220,5 @@ fn host_status(host: &Host) -> HostStatus {
             zone: host.locality.zone.clone(),
             sub_zone: host.locality.sub_zone.clone(),
         }),
-        ..Default::default()
     }
 }

@@ -22,6 +22,10 @@ use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, Encoded, ensure_only};
 use super::xds::{SourceSpec, XdsSources, config_source};
 
+mod outlier;
+
+pub use outlier::{Consecutive, IntervalDetector, OutlierSpec, Percent, outlier_detection};
+
 /// Envoy's default `connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy's default upstream connection idle timeout (`common_http_protocol_options.idle_timeout`).
@@ -215,6 +219,8 @@ pub struct ClusterSpec {
     /// Requests an upstream connection carries before it is closed (`None`: no limit).
     pub max_requests_per_connection: Option<u32>,
     pub circuit_breakers: CircuitBreakers,
+    /// `outlier_detection`, shared by the cluster's rebuilds.
+    pub outlier: Option<Arc<OutlierSpec>>,
     /// The hosts from `load_assignment` (empty for EDS clusters, whose come from EDS).
     pub assignment: Assignment,
     /// The name its stats go under: `alt_stat_name`, or the name.
@@ -246,6 +252,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "eds_cluster_config",
     "circuit_breakers",
     "max_requests_per_connection",
+    "outlier_detection",
 ];
 
 impl ClusterSpec {
@@ -347,6 +354,10 @@ impl ClusterSpec {
             Some(c) => circuit_breakers(c, &join_path(path, "circuit_breakers"))?,
             None => CircuitBreakers::default(),
         };
+        let outlier = match &proto.outlier_detection {
+            Some(o) => Some(Arc::new(outlier::outlier_detection(o, &join_path(path, "outlier_detection"))?)),
+            None => None,
+        };
         Ok(ClusterSpec {
             name: proto.name.clone(),
             discovery,
@@ -357,6 +368,7 @@ impl ClusterSpec {
             idle_timeout,
             max_requests_per_connection,
             circuit_breakers,
+            outlier,
             assignment: hosts,
             stat_name: if proto.alt_stat_name.is_empty() { &proto.name } else { &proto.alt_stat_name }.clone(),
             proto: encoded,

@@ -290,6 +290,9 @@ pub fn ensure_request_id(headers: &mut HeaderMap, replace: bool) {
 /// `grpc-timeout`.
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// `grpc-status`.
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The gRPC protocol's largest timeout value: eight digits.
 const GRPC_TIMEOUT_DIGITS_MAX: u64 = 99_999_999;
 

@@ -28,6 +28,7 @@ use crate::clock;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::route::GrpcTimeout;
 use crate::listener::HttpListener;
+use crate::upstream::outlier::{self, Detector, Observed};
 use crate::upstream::pool::{ClusterPools, UpstreamBody, UpstreamError, Wire};
 use crate::upstream::{Cluster, Host};
 use crate::worker::{LentTimer, Worker};
@@ -287,6 +288,9 @@ pub async fn serve(
         };
         let request = upstream_request(parts, body, wire);
         let result = send(&ctx, &cluster, &pools, host_index, &host, request, wire, &exchange.stream, deadlines).await;
+        if let Some(detector) = &cluster.outlier {
+            observe_outlier(detector, &host, &result, exchange.stream.upstream_attached.get(), exchange.grpc);
+        }
         let Some(Resend { retry, head, body: retained }) = resend.as_deref_mut() else {
             break (result, host, upstream_start);
         };
@@ -400,6 +404,40 @@ pub async fn serve(
             Ok(response)
         }
     }
+}
+
+/// Tells the cluster's outlier detector how an attempt went, as Envoy's router does: a
+/// connection taking the request, then the response head's status (a trailers-only gRPC
+/// answer's `grpc-status` as HTTP), a reset or a timeout while awaiting it. A circuit
+/// breaker's overflow says nothing of the host, and the connection manager's own timeouts
+/// are not the upstream's.
+fn observe_outlier(
+    detector: &Arc<Detector>,
+    host: &Arc<Host>,
+    result: &Result<Response<UpstreamBody>, Failure>,
+    attached: bool,
+    grpc: bool,
+) {
+    if attached {
+        detector.observe(host, Observed::Connected);
+    }
+    let observed = match result {
+        Ok(response) => {
+            let grpc_status = grpc.then(|| response.headers().get(&headers::GRPC_STATUS)).flatten();
+            Observed::Answered(match grpc_status {
+                Some(value) => std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .map_or(500, outlier::grpc_to_http),
+                None => response.status().as_u16(),
+            })
+        }
+        Err(Failure::Upstream(UpstreamError::Overflow)) => return,
+        Err(Failure::Upstream(_)) => Observed::ConnectFailed,
+        Err(Failure::PerTryTimeout | Failure::RouteTimeout) => Observed::TimedOut,
+        Err(_) => return,
+    };
+    detector.observe(host, observed);
 }
 
 /// What a request with a retry policy keeps for its next attempt.
@@ -525,7 +563,6 @@ fn copy_head(parts: &Parts) -> Parts {
     head
 }
 
-static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 /// gRPC's DEADLINE_EXCEEDED, for a stream past its `grpc-timeout`.
 const GRPC_DEADLINE_EXCEEDED: &str = "4";
 static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
@@ -967,7 +1004,7 @@ impl Exchange {
         let headers = response.headers_mut();
         if let Some((grpc_status, message)) = grpc {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            headers.insert(GRPC_STATUS.clone(), HeaderValue::from_static(grpc_status));
+            headers.insert(headers::GRPC_STATUS.clone(), HeaderValue::from_static(grpc_status));
             if let Some(message) = message {
                 headers.insert(GRPC_MESSAGE.clone(), message);
             }

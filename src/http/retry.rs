@@ -16,7 +16,6 @@ use crate::upstream::lb::WorkerLb;
 use crate::upstream::pool::UpstreamError;
 
 static X_ENVOY_RATELIMITED: http::HeaderName = http::HeaderName::from_static("x-envoy-ratelimited");
-static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// How an attempt ended, as far as retrying goes.
 pub enum Outcome<'a> {
@@ -178,7 +177,7 @@ fn grpc_retriable(on: RetryOn, headers: &HeaderMap) -> bool {
     if !on.any(grpc) {
         return false;
     }
-    let condition = match headers.get(&GRPC_STATUS).map(http::HeaderValue::as_bytes) {
+    let condition = match headers.get(&super::headers::GRPC_STATUS).map(http::HeaderValue::as_bytes) {
         Some(b"1") => RetryOn::GRPC_CANCELLED,
         Some(b"4") => RetryOn::GRPC_DEADLINE_EXCEEDED,
         Some(b"8") => RetryOn::GRPC_RESOURCE_EXHAUSTED,

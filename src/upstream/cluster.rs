@@ -1,6 +1,6 @@
 //! A live cluster: its hosts, the load-balancing schedule over the hosts that may take
-//! traffic, and its Envoy-named stats. Immutable once built; health changes publish a
-//! new cluster (later issues), so a request reads one consistent view.
+//! traffic, its outlier detector and its Envoy-named stats. Immutable once built; health
+//! changes publish a new cluster, so a request reads one consistent view.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +13,10 @@ use crate::config::cluster::{Assignment, CircuitBreakers, ClusterSpec, Discovery
 use crate::config::proto::Encoded;
 use crate::stats::{CounterCell, GaugeCell, HistogramCell, HistogramUnit, Member, StatGroup, Store};
 
-use super::host::Host;
+use super::host::{Host, health_flag};
 use super::lb::{Candidate, HostSelector, WorkerLb};
+use super::outlier::{self, Detector};
+use super::tasks::UpstreamTasks;
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -254,6 +256,14 @@ impl ResponseCodes {
     }
 }
 
+/// What building a cluster needs beyond its spec: where its stats register, and the
+/// upstream thread its outlier detector reports to.
+#[derive(Clone)]
+pub struct ClusterContext {
+    pub store: Store,
+    pub tasks: UpstreamTasks,
+}
+
 /// A live cluster.
 pub struct Cluster {
     /// Unique per built cluster: workers key their pools and balancing state by it.
@@ -265,6 +275,8 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     pub circuit_breakers: CircuitBreakers,
     pub discovery: Discovery,
+    /// Its outlier detector, with `outlier_detection`.
+    pub outlier: Option<Arc<Detector>>,
     lb: LbKind,
     healthy_panic_threshold: u32,
     pub hosts: Vec<Arc<Host>>,
@@ -284,12 +296,12 @@ impl Cluster {
     /// Builds a cluster from its spec and host list (the spec's own, or an EDS
     /// assignment's). Hosts that `previous` already had are kept (same `Host`, so their
     /// pools and counters carry over), and so are its stats; a new cluster registers its
-    /// stats in `store`.
+    /// stats in the context's store.
     pub fn new(
         spec: ClusterSpec,
         assignment: &Assignment,
         previous: Option<&Cluster>,
-        store: &Store,
+        context: &ClusterContext,
         added_via_api: bool,
     ) -> Cluster {
         let hosts: Vec<Arc<Host>> = assignment
@@ -303,9 +315,42 @@ impl Cluster {
                 None => Arc::new(Host::new(h)),
             })
             .collect();
+        Cluster::assemble(spec, hosts, assignment.overprovisioning_factor, previous, context, added_via_api)
+    }
+
+    /// This cluster again with the same hosts, after their health changed.
+    pub fn reassessed(&self, context: &ClusterContext) -> Cluster {
+        let hosts = self.hosts.clone();
+        Cluster::assemble(self.spec(), hosts, self.overprovisioning_factor, Some(self), context, self.added_via_api)
+    }
+
+    fn assemble(
+        spec: ClusterSpec,
+        hosts: Vec<Arc<Host>>,
+        overprovisioning_factor: u32,
+        previous: Option<&Cluster>,
+        context: &ClusterContext,
+        added_via_api: bool,
+    ) -> Cluster {
         let stats = match previous {
             Some(previous) if previous.stat_name == spec.stat_name => previous.stats.clone(),
-            _ => store.group(&format!("cluster.{}.", spec.stat_name), ClusterStats::new),
+            _ => context.store.group(&format!("cluster.{}.", spec.stat_name), ClusterStats::new),
+        };
+        // A rebuild keeps the detector of the spec it was made with; a changed spec (or a
+        // new cluster) starts afresh, as Envoy's new cluster object does.
+        let kept = previous
+            .and_then(|p| p.outlier.as_ref())
+            .filter(|detector| spec.outlier.as_ref().is_some_and(|outlier| Arc::ptr_eq(&detector.spec, outlier)));
+        let detector = match (kept, &spec.outlier) {
+            (Some(kept), _) => Some(kept.clone()),
+            (None, outlier) => {
+                if previous.is_some_and(|p| p.outlier.is_some()) {
+                    outlier::forget(&hosts);
+                }
+                outlier.as_ref().map(|outlier| {
+                    Detector::start(outlier.clone(), &spec.name, &spec.stat_name, &context.store, &context.tasks)
+                })
+            }
         };
         let candidates: Vec<Candidate> = hosts
             .iter()
@@ -317,11 +362,14 @@ impl Cluster {
                 healthy: h.is_healthy(),
             })
             .collect();
-        let selector =
-            HostSelector::new(spec.lb, &candidates, assignment.overprovisioning_factor, spec.healthy_panic_threshold);
+        let selector = HostSelector::new(spec.lb, &candidates, overprovisioning_factor, spec.healthy_panic_threshold);
         stats.membership_total.set(hosts.len() as i64);
-        stats.membership_healthy.set(hosts.iter().filter(|h| h.is_healthy()).count() as i64);
+        stats.membership_healthy.set(candidates.iter().filter(|c| c.healthy).count() as i64);
         stats.max_host_weight.set(hosts.iter().map(|h| i64::from(h.weight)).max().unwrap_or(0));
+        if let Some(detector) = &detector {
+            let ejected = hosts.iter().filter(|h| h.health_flags() & health_flag::FAILED_OUTLIER_CHECK != 0).count();
+            detector.stats.ejections_active.set(ejected as i64);
+        }
         *stats.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = spec.circuit_breakers;
         Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
@@ -332,11 +380,12 @@ impl Cluster {
             max_requests_per_connection: spec.max_requests_per_connection,
             circuit_breakers: spec.circuit_breakers,
             discovery: spec.discovery,
+            outlier: detector,
             lb: spec.lb,
             healthy_panic_threshold: spec.healthy_panic_threshold,
             hosts,
             selector,
-            overprovisioning_factor: assignment.overprovisioning_factor,
+            overprovisioning_factor,
             stats,
             stat_name: spec.stat_name,
             proto: spec.proto,
@@ -369,6 +418,7 @@ impl Cluster {
             idle_timeout: self.idle_timeout,
             max_requests_per_connection: self.max_requests_per_connection,
             circuit_breakers: self.circuit_breakers,
+            outlier: self.outlier.as_ref().map(|detector| detector.spec.clone()),
             assignment: Assignment { hosts: Vec::new(), overprovisioning_factor: self.overprovisioning_factor },
             stat_name: self.stat_name.clone(),
             proto: self.proto.clone(),

@@ -1,6 +1,7 @@
-//! DNS discovery for `STRICT_DNS` and `LOGICAL_DNS` clusters. One thread, `legate-dns`,
-//! resolves each such cluster's names on the cluster's schedule and hands the hosts to the
-//! cluster manager, which publishes a rebuilt cluster when they changed. Names are resolved
+//! DNS discovery for `STRICT_DNS` and `LOGICAL_DNS` clusters. The upstream thread
+//! (`upstream::tasks`) resolves each such cluster's names on the cluster's schedule and
+//! hands the hosts to the cluster manager, which publishes a rebuilt cluster when they
+//! changed. Names are resolved
 //! by hickory with the system's configuration (`/etc/resolv.conf`, `/etc/hosts`), as
 //! Envoy's default resolver reads them.
 
@@ -13,16 +14,10 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::manager::ClusterManager;
 use crate::config::cluster::{DnsDiscovery, HostSpec, LookupFamily};
-
-/// Asks the DNS thread to resolve a cluster's names.
-#[derive(Clone)]
-pub struct DnsWatcher(mpsc::UnboundedSender<Watch>);
 
 /// Resolve `cluster`'s names now and then on its schedule, replacing any earlier schedule
 /// for the name; the schedule ends when the manager no longer has this discovery.
@@ -31,49 +26,9 @@ pub struct Watch {
     pub discovery: Arc<DnsDiscovery>,
 }
 
-impl DnsWatcher {
-    /// A watcher, and the receiver [`start`] serves its requests from.
-    pub fn new() -> (DnsWatcher, mpsc::UnboundedReceiver<Watch>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (DnsWatcher(tx), rx)
-    }
-
-    pub fn watch(&self, cluster: &str, discovery: &Arc<DnsDiscovery>) {
-        // The thread lives as long as the process; a send can only fail during shutdown.
-        let _ = self.0.send(Watch { cluster: cluster.to_owned(), discovery: discovery.clone() });
-    }
-}
-
-/// Starts the `legate-dns` thread, which serves `watches` for `manager`.
-pub fn start(manager: Weak<ClusterManager>, mut watches: mpsc::UnboundedReceiver<Watch>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("legate-dns".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the DNS runtime");
-                return;
-            }
-        };
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, async move {
-            let resolvers = Rc::new(Resolvers::default());
-            let mut schedules: HashMap<String, AbortHandle> = HashMap::new();
-            while let Some(Watch { cluster, discovery }) = watches.recv().await {
-                let task =
-                    tokio::task::spawn_local(refresh(manager.clone(), resolvers.clone(), cluster.clone(), discovery));
-                if let Some(previous) = schedules.insert(cluster, task.abort_handle()) {
-                    previous.abort();
-                }
-                schedules.retain(|_, task| !task.is_finished());
-            }
-        });
-    })?;
-    Ok(())
-}
-
 /// One resolver per lookup family in use (hickory's strategy is a resolver option).
 #[derive(Default)]
-struct Resolvers(std::cell::RefCell<HashMap<LookupFamily, Rc<TokioResolver>>>);
+pub(super) struct Resolvers(std::cell::RefCell<HashMap<LookupFamily, Rc<TokioResolver>>>);
 
 impl Resolvers {
     /// The family's resolver, built on first use; an error (logged) when hickory cannot
@@ -111,7 +66,7 @@ fn resolver(strategy: LookupIpStrategy) -> Result<TokioResolver, String> {
 
 /// Resolves a cluster's names and hands the hosts to the manager, until it has another
 /// discovery for the cluster (changed or removed).
-async fn refresh(
+pub(super) async fn refresh(
     manager: Weak<ClusterManager>,
     resolvers: Rc<Resolvers>,
     cluster: String,

@@ -2,11 +2,12 @@
 //! that live in atomics, so they survive cluster rebuilds and need no lock.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 
+use super::outlier::HostMonitor;
 use crate::config::cluster::{HostLocality, HostSpec};
 
 /// Health flags, as Envoy names them in `/clusters`.
@@ -50,6 +51,9 @@ pub struct Host {
     pub locality: Arc<HostLocality>,
     health: AtomicU32,
     pub stats: HostStats,
+    /// Outlier detection's state, made when a cluster with a detector first uses it (most
+    /// hosts never have one).
+    outlier: OnceLock<Box<HostMonitor>>,
 }
 
 impl Host {
@@ -64,6 +68,7 @@ impl Host {
             locality: spec.locality.clone(),
             health: AtomicU32::new(health),
             stats: HostStats::default(),
+            outlier: OnceLock::new(),
         }
     }
 
@@ -83,6 +88,30 @@ impl Host {
         let owned =
             health_flag::FAILED_EDS_HEALTH | health_flag::EDS_STATUS_DRAINING | health_flag::DEGRADED_EDS_HEALTH;
         let _ = self.health.fetch_update(Ordering::AcqRel, Ordering::Acquire, |flags| Some(flags & !owned | eds));
+    }
+
+    /// Sets or clears one health flag owned by a checker (outlier detection).
+    pub fn set_flag(&self, flag: u32, on: bool) {
+        if on {
+            self.health.fetch_or(flag, Ordering::AcqRel);
+        } else {
+            self.health.fetch_and(!flag, Ordering::AcqRel);
+        }
+    }
+
+    /// The host's outlier detection state.
+    pub fn outlier(&self) -> &HostMonitor {
+        self.outlier.get_or_init(Box::default)
+    }
+
+    /// The host's outlier detection state, if a detector ever used it.
+    pub fn outlier_if_any(&self) -> Option<&HostMonitor> {
+        self.outlier.get().map(|m| &**m)
+    }
+
+    /// Times outlier detection ejected the host.
+    pub fn ejections(&self) -> u32 {
+        self.outlier_if_any().map_or(0, HostMonitor::ejections)
     }
 
     /// The current health flags (`health_flag::*`).

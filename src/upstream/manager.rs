@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::protobuf::Any;
 use fnv::FnvHashMap;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::Rejected;
 use crate::config::cluster::{Assignment, ClusterSpec, Discovery, DnsDiscovery, HostSpec, assignment};
@@ -26,7 +27,10 @@ use crate::stats::{Counter, Gauge, Store};
 use crate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, decode_each};
 
 use super::cluster::Cluster;
-use super::dns::DnsWatcher;
+use super::cluster::ClusterContext;
+use super::host::Host;
+use super::outlier::{self, Detector, Ejection};
+use super::tasks::UpstreamTasks;
 
 /// Every active cluster, by name.
 #[derive(Default)]
@@ -110,15 +114,14 @@ struct ManagerStats {
 /// Owns cluster state and publishes snapshots.
 pub struct ClusterManager {
     snapshot: ArcSwap<ClusterSnapshot>,
-    store: Store,
+    /// The stats store and the upstream thread (DNS, outlier detection).
+    context: ClusterContext,
     state: Mutex<State>,
     stats: ManagerStats,
     /// True once the initial CDS round (and its clusters' warming) is done or timed out.
     initialized: watch::Sender<bool>,
     /// The management servers CDS clusters may name for EDS.
     sources: XdsSources,
-    /// Resolves DNS clusters' names.
-    dns: DnsWatcher,
 }
 
 impl ClusterManager {
@@ -129,7 +132,7 @@ impl ClusterManager {
         static_clusters: Vec<ClusterSpec>,
         wait_for_cds: bool,
         sources: XdsSources,
-        dns: DnsWatcher,
+        tasks: UpstreamTasks,
     ) -> ClusterManager {
         let stats = ManagerStats {
             cluster_added: store.counter("cluster_manager.cluster_added"),
@@ -141,29 +144,29 @@ impl ClusterManager {
         for name in ["cluster_updated", "update_out_of_merge_window", "update_merge_cancelled"] {
             store.counter(&format!("cluster_manager.{name}"));
         }
+        let context = ClusterContext { store: store.clone(), tasks };
         let mut state = State::default();
         for mut spec in static_clusters {
             let name = spec.name.clone();
             // A DNS cluster warms until its names are first resolved, as in Envoy.
             if let Discovery::Dns(discovery) = &spec.discovery {
-                dns.watch(&name, discovery);
+                context.tasks.watch_dns(&name, discovery);
                 let since = SystemTime::now();
                 let warming = WarmingCluster { spec, version_info: "".into(), since, added_via_api: false };
                 state.warming.insert(name, warming);
                 continue;
             }
             let assignment = std::mem::take(&mut spec.assignment);
-            state.active.insert(name, Arc::new(Cluster::new(spec, &assignment, None, store, false)));
+            state.active.insert(name, Arc::new(Cluster::new(spec, &assignment, None, &context, false)));
         }
         stats.cluster_added.add(state.active.len() as u64);
         let manager = ClusterManager {
             snapshot: ArcSwap::from_pointee(ClusterSnapshot::default()),
-            store: store.clone(),
+            context,
             state: Mutex::new(State::default()),
             stats,
             initialized: watch::Sender::new(!wait_for_cds),
             sources,
-            dns,
         };
         manager.publish(&mut state);
         *manager.lock() = state;
@@ -177,7 +180,7 @@ impl ClusterManager {
 
     /// The stats store clusters register in.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.context.store
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -232,7 +235,7 @@ impl ClusterManager {
             state.warming.remove(&name);
             if let Some(old) = state.active.remove(&name) {
                 self.stats.cluster_removed.inc();
-                self.store.remove_prefix(&format!("cluster.{}.", old.stat_name));
+                self.context.store.remove_prefix(&format!("cluster.{}.", old.stat_name));
             }
         }
         for spec in specs {
@@ -255,7 +258,7 @@ impl ClusterManager {
                     state.assignments.get(service_name).and_then(|la| assignment(&la.decode(), "").ok())
                 }
                 Discovery::Dns(discovery) => {
-                    self.dns.watch(&name, discovery);
+                    self.context.tasks.watch_dns(&name, discovery);
                     None
                 }
             };
@@ -316,7 +319,7 @@ impl ClusterManager {
             }
             for cluster in active_by_service.remove(&service).unwrap_or_default() {
                 let spec = cluster.spec();
-                let rebuilt = Cluster::new(spec, &assigned, Some(&cluster), &self.store, cluster.added_via_api);
+                let rebuilt = Cluster::new(spec, &assigned, Some(&cluster), &self.context, cluster.added_via_api);
                 rebuilt.stats.membership_change.inc();
                 state.active.insert(cluster.name.clone(), Arc::new(rebuilt));
                 updated.push(cluster.name.clone());
@@ -350,7 +353,7 @@ impl ClusterManager {
                 && cluster.hosts.iter().zip(&assigned.hosts).all(|(host, spec)| host.is_same_endpoint(spec));
             if !same {
                 let rebuilt =
-                    Cluster::new(cluster.spec(), &assigned, Some(&cluster), &self.store, cluster.added_via_api);
+                    Cluster::new(cluster.spec(), &assigned, Some(&cluster), &self.context, cluster.added_via_api);
                 rebuilt.stats.membership_change.inc();
                 state.active.insert(name.to_owned(), Arc::new(rebuilt));
             }
@@ -369,10 +372,41 @@ impl ClusterManager {
         true
     }
 
+    /// Acts on a worker's report of consecutive failures at `host`, publishing the
+    /// cluster again when the host was ejected.
+    pub fn outlier_consecutive(&self, detector: &Arc<Detector>, host: &Arc<Host>, kind: Ejection) {
+        self.outlier_update(detector, |cluster, now| {
+            outlier::on_consecutive(detector, &cluster.hosts, host, kind, now)
+        });
+    }
+
+    /// Runs one interval of `detector`; `false` when its cluster no longer has it (changed
+    /// or removed), which ends its schedule.
+    pub fn outlier_interval(&self, detector: &Arc<Detector>) -> bool {
+        self.outlier_update(detector, |cluster, now| outlier::on_interval(detector, &cluster.hosts, now))
+    }
+
+    /// Runs `update` on the active cluster `detector` belongs to, under the lock, and
+    /// publishes the cluster rebuilt when host health changed. `false` when no active
+    /// cluster has the detector.
+    fn outlier_update(&self, detector: &Arc<Detector>, update: impl FnOnce(&Cluster, Instant) -> bool) -> bool {
+        let mut state = self.lock();
+        let Some(cluster) = state.active.get(&detector.cluster) else { return false };
+        if !cluster.outlier.as_ref().is_some_and(|d| Arc::ptr_eq(d, detector)) {
+            return false;
+        }
+        if update(cluster, Instant::now()) {
+            let rebuilt = Arc::new(cluster.reassessed(&self.context));
+            state.active.insert(detector.cluster.clone(), rebuilt);
+            self.publish(&mut state);
+        }
+        true
+    }
+
     fn activate(&self, state: &mut State, spec: ClusterSpec, assignment: &Assignment, added_via_api: bool) {
         let name = spec.name.clone();
         let previous = state.active.get(&name).cloned();
-        let cluster = Cluster::new(spec, assignment, previous.as_deref(), &self.store, added_via_api);
+        let cluster = Cluster::new(spec, assignment, previous.as_deref(), &self.context, added_via_api);
         if previous.is_some() {
             self.stats.cluster_modified.inc();
         } else {

@@ -8,7 +8,9 @@ mod h1_client;
 pub mod host;
 pub mod lb;
 pub mod manager;
+pub mod outlier;
 pub mod pool;
+pub mod tasks;
 
 pub use cluster::Cluster;
 pub use host::Host;

@@ -126,6 +126,10 @@ enum H2Slot {
 /// One host's connections on one worker.
 pub struct HostPool {
     host: Arc<Host>,
+    /// The host's outlier ejections when the pool was made: a pool older than the host's
+    /// latest ejection is not carried into the next version of the cluster, which closes
+    /// its idle connections (Envoy drains a host's pools when it is ejected).
+    ejections: u32,
     idle_h1: RefCell<Vec<IdleH1>>,
     /// Wakes the task that closes idle connections the upstream closed (`watch_idle`), once
     /// it runs; every idle connection's read readiness is registered with it.
@@ -142,6 +146,7 @@ pub struct HostPool {
 impl HostPool {
     fn new(host: Arc<Host>) -> HostPool {
         HostPool {
+            ejections: host.ejections(),
             host,
             idle_h1: RefCell::new(Vec::new()),
             idle_watcher: RefCell::new(None),
@@ -663,7 +668,7 @@ pub struct WorkerPools {
 impl WorkerPools {
     /// This worker's state for `cluster`, created on first use. When the cluster was
     /// rebuilt (an update), the pools of hosts it kept carry over; pools of hosts it
-    /// dropped are closed.
+    /// dropped, or that were ejected since the pool was made, are closed.
     pub fn cluster(&self, cluster: &Cluster) -> Rc<ClusterPools> {
         let mut clusters = self.clusters.borrow_mut();
         if let Some(pools) = clusters.get(&cluster.name)
@@ -675,7 +680,7 @@ impl WorkerPools {
         let mut hosts = FnvHashMap::default();
         if let Some(previous) = &previous {
             for (address, pool) in previous.hosts.borrow_mut().drain() {
-                if cluster.hosts.iter().any(|h| Arc::ptr_eq(h, &pool.host)) {
+                if cluster.hosts.iter().any(|h| Arc::ptr_eq(h, &pool.host)) && pool.ejections == pool.host.ejections() {
                     hosts.insert(address, pool);
                 }
             }
