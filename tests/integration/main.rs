@@ -9,6 +9,7 @@ mod dns;
 mod downstream_http1;
 mod downstream_http2;
 mod local_replies;
+mod outlier;
 mod proxying;
 mod retries;
 mod routing;

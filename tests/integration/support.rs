@@ -133,7 +133,8 @@ impl Upstream {
     /// Starts an upstream named `name` on a loopback port. Paths it knows:
     /// `/status/N` answers N; `/flaky/N` answers N and 200 in turn (N to the first request
     /// for the path, 200 to the second, ...); `/grpc-status/N` answers gRPC's trailers-only
-    /// form with `grpc-status: N`; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
+    /// form with `grpc-status: N`; `/fail-if/NAME/N` answers N from the upstream named NAME
+    /// and 200 from the others; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
     /// with small pauses; `/trickle/MS` sends two chunks MS apart; `/trailers` sends a body
     /// and an `x-checksum` trailer; `/echo` streams the
     /// request body back; anything else answers
@@ -243,6 +244,11 @@ async fn answer(
     }
     if let Some(code) = path.strip_prefix("/flaky/")
         && earlier % 2 == 0
+    {
+        return Ok(reply(code.parse().unwrap_or(500), full(Bytes::new())));
+    }
+    if let Some((failing, code)) = path.strip_prefix("/fail-if/").and_then(|rest| rest.split_once('/'))
+        && failing == name
     {
         return Ok(reply(code.parse().unwrap_or(500), full(Bytes::new())));
     }

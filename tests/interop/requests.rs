@@ -107,8 +107,13 @@ async fn observe_unnormalized(
                 "x-request-id" if spec.headers.get("x-request-id") == Some(&value) => "<the client's>".to_owned(),
                 "x-request-id" => "<generated>".to_owned(),
                 "x-forwarded-for" => PORT_IN_XFF.replace_all(&value, "").into_owned(),
-                // A retry's expected timeout is what is left of the route timeout by then.
+                // A retry's expected timeout is what is left of the route timeout by then;
+                // after a retry from another host, a millisecond or two less.
                 "x-envoy-expected-rq-timeout-ms" if attempts > 1 => "<time left>".to_owned(),
+                "x-envoy-expected-rq-timeout-ms" => match value.parse::<u64>() {
+                    Ok(ms) => format!("≈{}", (ms + 50) / 100 * 100),
+                    Err(_) => value,
+                },
                 _ => value,
             };
             seen.insert(format!("upstream header {name}"), value);
