@@ -429,10 +429,10 @@ impl Cluster {
     /// means no healthy upstream.
     pub fn pick(&self, state: &mut WorkerLb) -> Option<usize> {
         let active = |index: u32| self.hosts[index as usize].stats.rq_active.load(Ordering::Relaxed);
-        let (index, panic) = self.selector.pick(state, &active)?;
+        let (index, panic) = self.selector.pick(state, &active);
         if panic {
             self.stats.lb_healthy_panic.inc();
         }
-        Some(index as usize)
+        index.map(|index| index as usize)
     }
 }

@@ -234,6 +234,9 @@ struct Level {
 #[derive(Debug)]
 pub struct HostSelector {
     levels: Vec<Level>,
+    /// Nothing is healthy anywhere and panic is on. A cluster without hosts is such a one:
+    /// as in Envoy, its picks find nothing but still count as made in panic.
+    total_panic: bool,
 }
 
 impl HostSelector {
@@ -255,7 +258,7 @@ impl HostSelector {
         let total_health: u32 = healths.iter().sum::<u32>().min(100);
         let total_panic = total_health == 0;
         if total_panic && panic_threshold == 0 {
-            return HostSelector { levels: Vec::new() };
+            return HostSelector { levels: Vec::new(), total_panic: false };
         }
         let mut levels: Vec<Level> = by_level
             .iter()
@@ -282,26 +285,28 @@ impl HostSelector {
             level.load += remaining;
         }
         levels.retain(|l| l.load > 0);
-        HostSelector { levels }
+        HostSelector { levels, total_panic }
     }
 
-    /// Picks a host index with the worker's `state`; `active` gives a host's active
-    /// requests (read by least request only). Also says whether the level was in panic.
-    /// `None`: no host to pick.
-    pub fn pick(&self, state: &mut WorkerLb, active: &impl Fn(u32) -> u64) -> Option<(u32, bool)> {
+    /// Picks a host index with the worker's `state` (`None`: no host to pick); `active`
+    /// gives a host's active requests (read by least request only). Also says whether the
+    /// pick was made in panic.
+    pub fn pick(&self, state: &mut WorkerLb, active: &impl Fn(u32) -> u64) -> (Option<u32>, bool) {
         let position = match self.levels.as_slice() {
-            [] => return None,
+            [] => return (None, self.total_panic),
             [_] => 0,
             levels => {
                 let mut draw = fastrand::u32(..100);
-                levels.iter().position(|l| draw.checked_sub(l.load).map(|rest| draw = rest).is_none())?
+                // The loads add up to 100 (the levels without load are dropped).
+                let position = levels.iter().position(|l| draw.checked_sub(l.load).map(|rest| draw = rest).is_none());
+                position.unwrap_or(levels.len() - 1)
             }
         };
         let level = &self.levels[position];
         if state.edf.len() < self.levels.len() {
             state.edf.resize_with(self.levels.len(), || None);
         }
-        level.schedule.pick(&mut state.cursor, &mut state.edf[position], active).map(|index| (index, level.panic))
+        (level.schedule.pick(&mut state.cursor, &mut state.edf[position], active), level.panic)
     }
 }
 
@@ -453,7 +458,7 @@ mod tests {
         let mut state = WorkerLb { cursor: 0, edf: Vec::new() };
         let mut counts = vec![0; hosts];
         for _ in 0..picks {
-            counts[selector.pick(&mut state, &idle).unwrap().0 as usize] += 1;
+            counts[selector.pick(&mut state, &idle).0.unwrap() as usize] += 1;
         }
         counts
     }
@@ -483,7 +488,7 @@ mod tests {
         // 1 of 3 healthy in the only level: below 50 %, so all three take traffic.
         let hosts = candidates(&[(0, true), (0, false), (0, false)]);
         let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50);
-        assert!(s.pick(&mut WorkerLb::default(), &idle).unwrap().1, "the pick reports panic mode");
+        assert!(s.pick(&mut WorkerLb::default(), &idle).1, "the pick reports panic mode");
         assert_eq!(spread(&s, 300, 3), [100, 100, 100]);
         // A threshold of 34 % puts 1 of 3 (33.3 %) in panic, 33 % does not.
         assert_eq!(spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 34), 300, 3), [100, 100, 100]);
@@ -502,11 +507,19 @@ mod tests {
     fn a_panic_threshold_of_0_turns_panic_off() {
         // 1 of 3 healthy: only that one serves.
         let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, false), (0, false)]), 140, 0);
-        assert!(!s.pick(&mut WorkerLb::default(), &idle).unwrap().1);
+        assert!(!s.pick(&mut WorkerLb::default(), &idle).1);
         assert_eq!(spread(&s, 30, 3), [30, 0, 0]);
         // Nothing healthy: nothing to pick (Envoy's "no healthy upstream").
         let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, false), (1, false)]), 140, 0);
-        assert_eq!(s.pick(&mut WorkerLb::default(), &idle), None);
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle), (None, false));
+    }
+
+    #[test]
+    fn a_cluster_without_hosts_is_in_panic() {
+        let s = HostSelector::new(LbKind::RoundRobin, &[], 140, 50);
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle), (None, true));
+        let s = HostSelector::new(LbKind::RoundRobin, &[], 140, 0);
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle), (None, false));
     }
 
     #[test]

@@ -773,3 +773,56 @@ async fn a_cds_dns_cluster_serves_its_resolved_name_and_a_changed_one_takes_over
     wait_for_answer(&legate, 503, "").await;
     assert_eq!(legate.stat("cluster_manager.active_clusters").await, Some(1));
 }
+
+/// `dyn` over EDS with outlier detection that ejects a host at its second 5xx in a row and
+/// keeps it out for the test's length; `connect_timeout` tells versions apart.
+fn outlier_cluster(connect_timeout: &str) -> ClusterProto {
+    let mut cluster = eds_cluster("dyn");
+    cluster.connect_timeout = schema::parse(&format!("\"{connect_timeout}\""), Format::Json).ok();
+    cluster.outlier_detection = Some(
+        schema::parse(
+            "{ consecutive_5xx: 2, max_ejection_percent: 50, interval: 60s, base_ejection_time: 60s }",
+            Format::Yaml,
+        )
+        .unwrap(),
+    );
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eds_update_keeps_an_ejection_and_a_changed_cluster_starts_afresh() {
+    let (a, b, c) = (Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await);
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads(&control_plane);
+    let mut stream = warm_up_cluster(&control_plane, &legate, outlier_cluster("1s"), &[a.address, b.address]).await;
+    wait_for_answer(&legate, 200, "a").await;
+    let ejected = format!("dyn::{}::health_flags::/failed_outlier_check", a.address);
+    // Host a answers 500, b 200; each worker alternates between them, so a few requests
+    // give a its two 500s (b's answers do not end a's run).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while legate.stat("cluster.dyn.outlier_detection.ejections_active").await != Some(1) {
+        assert!(tokio::time::Instant::now() < deadline, "a was not ejected");
+        send(legate.listener("main"), Version::HTTP_11, get("/fail-if/a/500")).await;
+    }
+    assert!(legate.admin_get("/clusters").await.1.contains(&ejected));
+
+    // New endpoints rebuild the cluster with the same detector: a stays out.
+    stream.push("e2", "n3", vec![assignment("dyn", &[a.address, b.address, c.address])]);
+    assert_eq!(stream.next_of(ENDPOINT_TYPE).await.version_info, "e2");
+    legate.wait_for_stat("cluster.dyn.membership_total", 3).await;
+    assert_eq!(legate.stat("cluster.dyn.outlier_detection.ejections_active").await, Some(1));
+    assert!(legate.admin_get("/clusters").await.1.contains(&ejected));
+    let a_seen = a.count();
+    for _ in 0..6 {
+        let answer = send(legate.listener("main"), Version::HTTP_11, get("/")).await;
+        assert!(["b", "c"].contains(&answer.text().as_str()), "{}", answer.text());
+    }
+    assert_eq!(a.count(), a_seen);
+
+    // A changed cluster is a new cluster to Envoy, with a new detector: a is back in.
+    stream.push("2", "n4", vec![outlier_cluster("2s")]);
+    assert_eq!(stream.next_of(CLUSTER_TYPE).await.version_info, "2");
+    legate.wait_for_stat("cluster.dyn.outlier_detection.ejections_active", 0).await;
+    assert!(legate.admin_get("/clusters").await.1.contains(&format!("dyn::{}::health_flags::healthy", a.address)));
+    assert_eq!(legate.stat("cluster.dyn.outlier_detection.ejections_enforced_total").await, Some(1), "kept by name");
+}
