@@ -2,7 +2,9 @@
 # Envoy a bootstrap with two listeners ("h1up" routes everything to the upstream over HTTP/1.1,
 # "h2up" over h2c) in front of one upstream at 127.0.0.1:$UP_PORT, and HAProxy's equivalent.
 # Sourced; the caller sets UP_PORT before writing a config. Also the Debian install the
-# scripts share.
+# scripts share. With BENCH_MESH=1 the legate/Envoy bootstrap has what an Istio sidecar's
+# outbound config puts on every route and cluster: Istio's default retry policy and an
+# outlier detector (a DestinationRule's); HAProxy's config is the same either way.
 
 install_debian_packages() { # caller package...: installs the packages given, if any
     local caller=$1
@@ -31,11 +33,28 @@ xds_listener() { # name port cluster
               domains: ["*"]
               routes:
               - match: { prefix: "/" }
-                route: { cluster: $3 }
+                route:
+                  cluster: $3
+$(mesh_retry_policy)
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+EOF
+}
+
+mesh_retry_policy() { # Istio's default retry policy, with BENCH_MESH=1
+    [[ "${BENCH_MESH:-}" == 1 ]] || return 0
+    cat <<EOF
+                  retry_policy:
+                    retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
+                    num_retries: 2
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config:
+                        "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+                    host_selection_retry_max_attempts: "5"
+                    retriable_status_codes: [503]
 EOF
 }
 
@@ -53,6 +72,9 @@ EOF
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: { http2_protocol_options: {} }
 EOF
+    fi
+    if [[ "${BENCH_MESH:-}" == 1 ]]; then
+        echo "    outlier_detection: { consecutive_5xx: 7, interval: 30s, base_ejection_time: 30s, max_ejection_percent: 100 }"
     fi
     cat <<EOF
     load_assignment:

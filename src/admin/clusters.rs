@@ -21,7 +21,7 @@ use crate::config::cluster as config;
 use crate::config::schema;
 use crate::upstream::Cluster;
 use crate::upstream::host::{Host, health_flag};
-use crate::upstream::outlier::{Origin, format_g};
+use crate::upstream::outlier::Origin;
 
 /// Clusters written per chunk of streamed `/clusters` text (about 8 KB each with 10 hosts).
 const CLUSTERS_PER_CHUNK: usize = 64;
@@ -220,5 +220,27 @@ fn host_status(host: &Host) -> HostStatus {
             zone: host.locality.zone.clone(),
             sub_zone: host.locality.sub_zone.clone(),
         }),
+    }
+}
+
+/// A figure as Envoy's admin writes it (`{:g}`: six significant digits, no trailing zeros).
+fn format_g(value: f64) -> String {
+    if value == value.trunc() && value.abs() < 1e15 {
+        return format!("{value:.0}");
+    }
+    let magnitude = value.abs().log10().floor() as i32;
+    let decimals = (5 - magnitude).max(0) as usize;
+    let text = format!("{value:.decimals$}");
+    let text = text.trim_end_matches('0');
+    text.trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn figures_are_written_as_envoy_writes_them() {
+        for (value, text) in [(-1.0, "-1"), (90.0, "90"), (52.0, "52"), (66.666_666, "66.6667"), (0.5, "0.5")] {
+            assert_eq!(super::format_g(value), text);
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::clock;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::route::GrpcTimeout;
 use crate::listener::HttpListener;
-use crate::upstream::outlier::{self, Detector, Observed};
+use crate::upstream::outlier::{Detector, Observed};
 use crate::upstream::pool::{ClusterPools, UpstreamBody, UpstreamError, Wire};
 use crate::upstream::{Cluster, Host};
 use crate::worker::{LentTimer, Worker};
@@ -428,7 +428,7 @@ fn observe_outlier(
                 Some(value) => std::str::from_utf8(value.as_bytes())
                     .ok()
                     .and_then(|text| text.parse().ok())
-                    .map_or(500, outlier::grpc_to_http),
+                    .map_or(500, grpc_to_http),
                 None => response.status().as_u16(),
             })
         }
@@ -566,6 +566,25 @@ fn copy_head(parts: &Parts) -> Parts {
 /// gRPC's DEADLINE_EXCEEDED, for a stream past its `grpc-timeout`.
 const GRPC_DEADLINE_EXCEEDED: &str = "4";
 static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+
+/// The HTTP status Envoy's outlier detection takes for a `grpc-status`
+/// (`Grpc::Utility::grpcToHttpStatus`).
+fn grpc_to_http(status: u32) -> u16 {
+    match status {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
 
 /// The gRPC status Envoy gives a local reply's HTTP status (gRPC's HTTP-to-gRPC mapping).
 fn grpc_status(status: StatusCode) -> &'static str {
@@ -1136,6 +1155,16 @@ impl Exchange {
         };
         for logger in &listener.access_logs {
             logger.log(&context);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn grpc_statuses_map_to_envoys_http_statuses() {
+        for (grpc, http) in [(0, 200), (1, 499), (4, 504), (8, 429), (10, 409), (14, 503), (16, 401), (99, 500)] {
+            assert_eq!(super::grpc_to_http(grpc), http, "grpc-status {grpc}");
         }
     }
 }

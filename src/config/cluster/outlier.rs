@@ -119,55 +119,50 @@ pub fn outlier_detection(proto: &OutlierProto, path: &str) -> Result<OutlierSpec
         Some(d) => proto::duration(d, &field("max_ejection_time_jitter"))?,
         None => Duration::ZERO,
     };
+    // A field of `proto` by its name, with Envoy's default.
+    macro_rules! count {
+        ($field:ident, $default:expr) => {
+            count(&proto.$field, $default)
+        };
+    }
+    macro_rules! percent {
+        ($field:ident, $default:expr) => {
+            percent(&proto.$field, stringify!($field), $default)?
+        };
+    }
     Ok(OutlierSpec {
         interval,
         base_ejection_time,
         max_ejection_time,
         max_ejection_jitter,
-        max_ejection_percent: percent(&proto.max_ejection_percent, "max_ejection_percent", 10)?,
+        max_ejection_percent: percent!(max_ejection_percent, 10),
         always_eject_one_host: proto.always_eject_one_host.is_some_and(|v| v.value),
         split_local_origin: proto.split_external_local_origin_errors,
         consecutive_5xx: Consecutive {
-            threshold: count(&proto.consecutive_5xx, 5),
-            enforcing: percent(&proto.enforcing_consecutive_5xx, "enforcing_consecutive_5xx", 100)?,
+            threshold: count!(consecutive_5xx, 5),
+            enforcing: percent!(enforcing_consecutive_5xx, 100),
         },
         consecutive_gateway_failure: Consecutive {
-            threshold: count(&proto.consecutive_gateway_failure, 5),
-            enforcing: percent(
-                &proto.enforcing_consecutive_gateway_failure,
-                "enforcing_consecutive_gateway_failure",
-                0,
-            )?,
+            threshold: count!(consecutive_gateway_failure, 5),
+            enforcing: percent!(enforcing_consecutive_gateway_failure, 0),
         },
         consecutive_local_origin_failure: Consecutive {
-            threshold: count(&proto.consecutive_local_origin_failure, 5),
-            enforcing: percent(
-                &proto.enforcing_consecutive_local_origin_failure,
-                "enforcing_consecutive_local_origin_failure",
-                100,
-            )?,
+            threshold: count!(consecutive_local_origin_failure, 5),
+            enforcing: percent!(enforcing_consecutive_local_origin_failure, 100),
         },
         success_rate: IntervalDetector {
-            minimum_hosts: count(&proto.success_rate_minimum_hosts, 5),
-            request_volume: count(&proto.success_rate_request_volume, 100),
-            factor: f64::from(count(&proto.success_rate_stdev_factor, 1900)) / 1000.0,
-            enforcing: percent(&proto.enforcing_success_rate, "enforcing_success_rate", 100)?,
-            enforcing_local_origin: percent(
-                &proto.enforcing_local_origin_success_rate,
-                "enforcing_local_origin_success_rate",
-                100,
-            )?,
+            minimum_hosts: count!(success_rate_minimum_hosts, 5),
+            request_volume: count!(success_rate_request_volume, 100),
+            factor: f64::from(count!(success_rate_stdev_factor, 1900)) / 1000.0,
+            enforcing: percent!(enforcing_success_rate, 100),
+            enforcing_local_origin: percent!(enforcing_local_origin_success_rate, 100),
         },
         failure_percentage: IntervalDetector {
-            minimum_hosts: count(&proto.failure_percentage_minimum_hosts, 5),
-            request_volume: count(&proto.failure_percentage_request_volume, 50),
-            factor: f64::from(percent(&proto.failure_percentage_threshold, "failure_percentage_threshold", 85)?.0),
-            enforcing: percent(&proto.enforcing_failure_percentage, "enforcing_failure_percentage", 0)?,
-            enforcing_local_origin: percent(
-                &proto.enforcing_failure_percentage_local_origin,
-                "enforcing_failure_percentage_local_origin",
-                0,
-            )?,
+            minimum_hosts: count!(failure_percentage_minimum_hosts, 5),
+            request_volume: count!(failure_percentage_request_volume, 50),
+            factor: f64::from(percent!(failure_percentage_threshold, 85).0),
+            enforcing: percent!(enforcing_failure_percentage, 0),
+            enforcing_local_origin: percent!(enforcing_failure_percentage_local_origin, 0),
         },
     })
 }
