@@ -29,7 +29,7 @@ use crate::config::cluster::UpstreamProtocol;
 use crate::config::route::GrpcTimeout;
 use crate::listener::HttpListener;
 use crate::upstream::outlier::{Detector, Observed};
-use crate::upstream::pool::{ClusterPools, UpstreamBody, UpstreamError, Wire};
+use crate::upstream::pool::{ClusterPools, Head, UpstreamBody, UpstreamError, UpstreamRequest, Wire};
 use crate::upstream::{Cluster, Host};
 use crate::worker::{LentTimer, Worker};
 
@@ -217,12 +217,14 @@ pub async fn serve(
     };
     let virtual_host = selected.virtual_host;
 
-    // A request that may be retried keeps what each attempt sends again: its head as it is
-    // before the host-specific parts, and its body as far as the buffer limit. Boxed: most
-    // requests have no retry policy, and this stays out of their future.
+    // A request that may be retried keeps what each attempt sends again: its head, lent to
+    // each attempt and edited in place between them (as Envoy edits the downstream
+    // headers), and its body as far as the buffer limit. Boxed: most requests have no retry
+    // policy, and this stays out of their future. Without one, the head is given up to the
+    // one attempt.
     let policy = forward.retry_policy();
-    let (mut body, mut resend) = match policy {
-        None => (RequestBody::new(body, exchange.stream.clone(), request_deadline), None),
+    let (mut body, mut resend, mut given) = match policy {
+        None => (RequestBody::new(body, exchange.stream.clone(), request_deadline), None, Some(parts)),
         Some(policy) => {
             let body = RequestBody::retained(
                 body,
@@ -232,8 +234,8 @@ pub async fn serve(
                 cluster.stats.clone(),
             );
             let first = body.attempt().expect("a body no attempt has read is kept");
-            let resend = Resend { retry: Retry::new(policy, host_index), head: copy_head(&parts), body };
-            (first, Some(Box::new(resend)))
+            let resend = Resend { retry: Retry::new(policy, host_index), head: parts, body };
+            (first, Some(Box::new(resend)), None)
         }
     };
     // A per-try timeout no shorter than the whole request's is Envoy's to drop.
@@ -243,6 +245,11 @@ pub async fn serve(
     let mut timeout_retry = false;
     let mut host_index = host_index;
     let (result, host, upstream_start) = loop {
+        let parts = match (resend.as_deref_mut(), given.as_mut()) {
+            (Some(resend), _) => &mut resend.head,
+            (None, Some(parts)) => parts,
+            (None, None) => unreachable!("a request without a retry policy makes one attempt"),
+        };
         let host = cluster.hosts[host_index].clone();
         exchange.host = Some(host.clone());
         // Envoy's auto_host_rewrite uses the host's hostname, which a STATIC endpoint has
@@ -251,7 +258,7 @@ pub async fn serve(
             && !host.hostname.is_empty()
             && let Ok(value) = HeaderValue::from_str(&host.hostname)
         {
-            forward.set_host(&mut parts, value, !hcm.suppress_envoy_headers);
+            forward.set_host(parts, value, !hcm.suppress_envoy_headers);
         }
         let expected = expected_timeout(timeout, per_try, attempt, &exchange.stream);
         if !hcm.suppress_envoy_headers
@@ -286,12 +293,18 @@ pub async fn serve(
             per_try: per_try.map(|t| (upstream_start, t)),
             stream: stream_limit,
         };
-        let request = upstream_request(parts, body, wire);
+        shape_for_wire(parts, &body, wire);
+        let head = match (resend.as_deref(), given.take()) {
+            (Some(resend), _) => Head::Lent(&resend.head),
+            (None, Some(parts)) => Head::Owned(parts),
+            (None, None) => unreachable!("a request without a retry policy makes one attempt"),
+        };
+        let request = UpstreamRequest { head, body };
         let result = send(&ctx, &cluster, &pools, host_index, &host, request, wire, &exchange.stream, deadlines).await;
         if let Some(detector) = &cluster.outlier {
             observe_outlier(detector, &host, &result, exchange.stream.upstream_attached.get(), exchange.grpc);
         }
-        let Some(Resend { retry, head, body: retained }) = resend.as_deref_mut() else {
+        let Some(Resend { retry, body: retained, .. }) = resend.as_deref_mut() else {
             break (result, host, upstream_start);
         };
         if matches!(result, Err(Failure::PerTryTimeout)) {
@@ -345,7 +358,6 @@ pub async fn serve(
         attempt += 1;
         timeout_retry = after_per_try_timeout;
         host_index = next_host;
-        parts = copy_head(head);
         body = next_body;
     };
     let retried = resend.as_ref().is_some_and(|resend| resend.retry.retried());
@@ -443,6 +455,7 @@ fn observe_outlier(
 /// What a request with a retry policy keeps for its next attempt.
 struct Resend<'p> {
     retry: Retry<'p>,
+    /// The head every attempt is lent, as the last one left it.
     head: Parts,
     body: RetainedBody,
 }
@@ -460,7 +473,7 @@ async fn send(
     pools: &ClusterPools,
     host_index: usize,
     host: &Arc<Host>,
-    request: Request<RequestBody>,
+    request: UpstreamRequest<'_>,
     wire: Wire,
     stream: &StreamState,
     deadlines: Deadlines,
@@ -551,16 +564,6 @@ fn stream_grpc_timeout(
         timeout = timeout.saturating_sub(offset);
     }
     Some(timeout).filter(|t| !t.is_zero())
-}
-
-/// A copy of a request head (method, target, version, headers) for another attempt.
-fn copy_head(parts: &Parts) -> Parts {
-    let mut head = empty_parts();
-    head.method = parts.method.clone();
-    head.uri = parts.uri.clone();
-    head.version = parts.version;
-    head.headers = parts.headers.clone();
-    head
 }
 
 /// gRPC's DEADLINE_EXCEEDED, for a stream past its `grpc-timeout`.
@@ -915,9 +918,10 @@ fn os_error_text(e: &std::io::Error) -> String {
     }
 }
 
-/// Shapes the request for the upstream's wire: HTTP/1.1 wants origin-form with `Host`,
-/// HTTP/2 wants the authority in the URI (hyper sends it as `:authority`).
-fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<RequestBody> {
+/// Shapes the request head for the upstream's wire: HTTP/1.1 wants origin-form with
+/// `Host`; the HTTP/2 client takes `:authority` from `host`, else from the URI. Shaping a
+/// kept head again for a retry changes nothing.
+fn shape_for_wire(parts: &mut Parts, body: &RequestBody, wire: Wire) {
     match wire {
         Wire::Http1 => {
             // Envoy's HTTP/1 codec frames a bodiless request whose method may carry a body
@@ -930,7 +934,7 @@ fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<
                     | http::Method::DELETE
                     | http::Method::TRACE
                     | http::Method::CONNECT
-            ) && http_body::Body::is_end_stream(&body)
+            ) && http_body::Body::is_end_stream(body)
                 && !parts.headers.contains_key(header::CONTENT_LENGTH)
                 && !parts.headers.contains_key(header::TRANSFER_ENCODING)
             {
@@ -953,7 +957,6 @@ fn upstream_request(mut parts: Parts, body: RequestBody, wire: Wire) -> Request<
         // from the URI.
         Wire::Http2 => parts.version = Version::HTTP_2,
     }
-    Request::from_parts(parts, body)
 }
 
 fn downstream_version(request_version: Version) -> Version {

@@ -18,7 +18,8 @@ use std::time::Duration;
 use fnv::FnvHashMap;
 use futures_util::FutureExt;
 use futures_util::future::{LocalBoxFuture, Shared};
-use http::{Request, Response};
+use http::Response;
+use http::request::Parts;
 use http_body_util::Either;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -33,6 +34,7 @@ use crate::clock;
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::h2::client::H2Connection;
 use crate::http::h2::stream::RecvBody;
+use crate::http::headers;
 
 /// Why a request could not get a response from its upstream.
 #[derive(Debug)]
@@ -70,11 +72,45 @@ impl UpstreamError {
     }
 }
 
+/// A request's head as the upstream clients take it.
+// Unboxed: it moves once, into the send future, as the whole request did before; a box
+// would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Head<'a> {
+    /// Given up: dropped, its header map kept for the worker's next head, once written (its
+    /// values are slices of the downstream read buffer, reused once nothing refers to it).
+    Owned(Parts),
+    /// Lent by a request that keeps its head to send it again (a retry policy).
+    Lent(&'a Parts),
+}
+
+impl Head<'_> {
+    pub fn get(&self) -> &Parts {
+        match self {
+            Head::Owned(parts) => parts,
+            Head::Lent(parts) => parts,
+        }
+    }
+
+    /// The head is written (or encoded): an owned one is let go.
+    pub fn written(self) {
+        if let Head::Owned(parts) = self {
+            headers::recycle_map(parts.headers);
+        }
+    }
+}
+
+/// A request on its way upstream.
+pub struct UpstreamRequest<'a> {
+    pub head: Head<'a>,
+    pub body: RequestBody,
+}
+
 /// Why a request got no response on a connection.
-pub enum SendError {
+pub enum SendError<'a> {
     /// Nothing of the request was taken (its head could not be written, or the connection
     /// takes no new streams): it can go out on another connection.
-    Unsent(Box<Request<RequestBody>>),
+    Unsent(Box<UpstreamRequest<'a>>),
     Failed(BodyError),
     /// The upstream broke the protocol; the connection is closed.
     ProtocolError,
@@ -84,10 +120,10 @@ pub enum SendError {
     },
 }
 
-impl From<SendError> for UpstreamError {
+impl From<SendError<'_>> for UpstreamError {
     /// What a request that got no response head on a connection failed with; one that was
     /// never sent is a reset of a connection that takes no more.
-    fn from(e: SendError) -> UpstreamError {
+    fn from(e: SendError<'_>) -> UpstreamError {
         match e {
             SendError::Unsent(_) => UpstreamError::ResetBeforeHeaders("connection takes no new streams".into()),
             SendError::Failed(e) => UpstreamError::ResetBeforeHeaders(e),
@@ -164,7 +200,7 @@ impl HostPool {
     pub async fn send(
         self: &Rc<Self>,
         cluster: &Arc<Cluster>,
-        request: Request<RequestBody>,
+        request: UpstreamRequest<'_>,
         wire: Wire,
         attached: &dyn Fn(),
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
@@ -177,7 +213,7 @@ impl HostPool {
     async fn send_h1(
         self: &Rc<Self>,
         cluster: &Arc<Cluster>,
-        mut request: Request<RequestBody>,
+        mut request: UpstreamRequest<'_>,
         attached: &dyn Fn(),
     ) -> Result<Response<H1Body>, UpstreamError> {
         loop {
@@ -286,7 +322,7 @@ impl HostPool {
     async fn send_h2(
         &self,
         cluster: &Arc<Cluster>,
-        mut request: Request<RequestBody>,
+        mut request: UpstreamRequest<'_>,
         attached: &dyn Fn(),
     ) -> Result<Response<RecvBody>, UpstreamError> {
         // A connection that stopped taking streams (a GOAWAY from the upstream) hands the

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::Response;
 use http::header;
-use http::{Request, Response};
 use http_body::Body;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -24,11 +24,10 @@ use super::head::{Fields, Kind, Refusal};
 use super::hpack::{self, Encoder, Pseudo};
 use super::shared::{self, Shared, register};
 use super::stream::{RecvBody, SendStream};
-use crate::http::body::RequestBody;
 use crate::http::h1::framing::MAX_HEAD_BYTES;
 use crate::http::headers;
 use crate::upstream::cluster::ClusterStats;
-use crate::upstream::pool::{ConnectionEnd, SendError};
+use crate::upstream::pool::{ConnectionEnd, SendError, UpstreamRequest};
 
 // hyper's client defaults, which legate used before and Envoy's are no smaller than.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -107,21 +106,21 @@ impl H2Connection {
     /// Opens a stream for `request` once the upstream's stream limit has room, calling
     /// `attached` when it does, and waits for the response head. A connection that takes no
     /// more streams hands the request back: nothing of it was sent.
-    pub async fn send(
+    pub async fn send<'a>(
         &self,
-        request: Request<RequestBody>,
+        request: UpstreamRequest<'a>,
         attached: &dyn Fn(),
-    ) -> Result<Response<RecvBody>, SendError> {
+    ) -> Result<Response<RecvBody>, SendError<'a>> {
         let Some(id) = std::future::poll_fn(|cx| self.shared.borrow_mut().poll_open(cx)).await else {
             return Err(SendError::Unsent(Box::new(request)));
         };
         attached();
-        let (head, mut body) = request.into_parts();
+        let UpstreamRequest { head, mut body } = request;
         let end = body.is_end_stream();
         let mut response_body = RecvBody::new(self.shared.clone(), id, None);
         let sender = SendStream::new(self.shared.clone(), id);
-        self.shared.borrow_mut().send_headers(id, end, |encoder, dst| encode_request(encoder, &head, dst));
-        headers::recycle_map(head.headers);
+        self.shared.borrow_mut().send_headers(id, end, |encoder, dst| encode_request(encoder, head.get(), dst));
+        head.written();
         if !end {
             tokio::task::spawn_local(async move {
                 let mut pending = None;
@@ -220,7 +219,7 @@ impl Shared {
         &mut self,
         id: u32,
         cx: &Context<'_>,
-    ) -> Poll<Result<(http::response::Parts, Option<u64>), SendError>> {
+    ) -> Poll<Result<(http::response::Parts, Option<u64>), SendError<'static>>> {
         let ended = |what: &'static str| Poll::Ready(Err(SendError::Failed(what.into())));
         let (closed, broken) = (self.closed, self.broken);
         let Some(stream) = self.streams.get_mut(&id) else { return ended("upstream stream gone") };

@@ -5,7 +5,8 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName};
-use http::{Method, Request, Response, StatusCode};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
 use http_body::Body;
 
 use crate::http::body::{BodyError, RequestBody};
@@ -25,29 +26,28 @@ pub(super) enum RequestFraming {
 /// needs: a known length becomes `content-length`, an unknown one `transfer-encoding:
 /// chunked` (the proxy removed the downstream's framing headers as hop-by-hop, but keeps
 /// a `content-length`).
-pub(super) fn encode_head(out: &mut Vec<u8>, request: &Request<RequestBody>) -> RequestFraming {
+pub(super) fn encode_head(out: &mut Vec<u8>, head: &Parts, body: &RequestBody) -> RequestFraming {
     out.clear();
-    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let uri = request.uri();
+    let uri = &head.uri;
     match uri.path_and_query() {
-        _ if request.method() == Method::CONNECT => {
+        _ if head.method == Method::CONNECT => {
             out.extend_from_slice(uri.authority().map_or("", |a| a.as_str()).as_bytes())
         }
         Some(target) => out.extend_from_slice(target.as_str().as_bytes()),
         None => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers() {
+    for (name, value) in &head.headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let body = request.body();
     let framing = if body.is_end_stream() {
         RequestFraming::None
-    } else if request.headers().contains_key(header::CONTENT_LENGTH) {
+    } else if head.headers.contains_key(header::CONTENT_LENGTH) {
         RequestFraming::Length
     } else if let Some(length) = body.size_hint().exact() {
         out.extend_from_slice(b"content-length: ");

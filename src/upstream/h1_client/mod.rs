@@ -13,18 +13,17 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::pool::{HostPool, LiveConnection, SendError};
+use super::pool::{HostPool, LiveConnection, SendError, UpstreamRequest};
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::h1::framing::{
     Chunk, Decoded, FieldSpans, MAX_HEAD_BYTES, ReadSize, closed_early, decode_chunked, is_protocol_error,
     protocol_error,
 };
 use crate::http::h1::outgoing::Outgoing;
-use crate::http::headers;
 use codec::{HeadFraming, RequestFraming, ResponseFraming, encode_head, parse_head};
 
 mod codec;
@@ -124,16 +123,16 @@ impl H1Connection {
     /// Sends `request` and reads the response head. The response body holds the
     /// connection (and sends what is left of the request body) and returns it to `pool`
     /// once the response has ended.
-    pub async fn send(
+    pub async fn send<'a>(
         mut self: Box<Self>,
-        request: Request<RequestBody>,
+        request: UpstreamRequest<'a>,
         pool: &Rc<HostPool>,
-    ) -> Result<Response<H1Body>, SendError> {
-        self.chunked = encode_head(self.out.start_head(), &request) == RequestFraming::Chunked;
+    ) -> Result<Response<H1Body>, SendError<'a>> {
+        let UpstreamRequest { head, body } = request;
+        self.chunked = encode_head(self.out.start_head(), head.get(), &body) == RequestFraming::Chunked;
         self.live.end.with_active_rq = true;
         self.body_taken = false;
         self.write_failed = false;
-        let (parts, body) = request.into_parts();
         // Kept to give the request back if it could not be written at all.
         let bodiless = if body.is_end_stream() {
             Some(body)
@@ -141,11 +140,9 @@ impl H1Connection {
             self.sending = Some(body);
             None
         };
-        let head_request = parts.method == Method::HEAD;
-        // Held until the head is written, to hand the request back if it cannot be; then
-        // dropped at once, as its header values are slices of the downstream codec's read
-        // buffer, which is reused only once nothing refers to it.
-        let mut unsent = Some(parts);
+        let head_request = head.get().method == Method::HEAD;
+        // Held until the head is written, to hand the request back if it cannot be.
+        let mut unsent = Some(head);
         let response = std::future::poll_fn(|cx| {
             if self.is_sending() {
                 match self.poll_send(cx) {
@@ -156,11 +153,11 @@ impl H1Connection {
                     Poll::Ready(_) | Poll::Pending => {}
                 }
                 if self.out.head_is_written()
-                    && let Some(parts) = unsent.take()
+                    && let Some(head) = unsent.take()
                 {
                     // Written, so carried: a request handed back goes out on another one.
                     self.live.end.requests += 1;
-                    headers::recycle_map(parts.headers);
+                    head.written();
                 }
             }
             self.poll_read_head(cx, head_request)
@@ -171,10 +168,10 @@ impl H1Connection {
             Err(Some(e)) if self.counted_as_protocol_error(&e) => return Err(SendError::ProtocolError),
             Err(Some(e)) => return Err(SendError::Failed(e)),
             Err(None) => {
-                let (Some(parts), Some(body)) = (unsent, bodiless.or_else(|| self.sending.take())) else {
+                let (Some(head), Some(body)) = (unsent, bodiless.or_else(|| self.sending.take())) else {
                     unreachable!("a request is handed back only while its head and body are untouched");
                 };
-                return Err(SendError::Unsent(Box::new(Request::from_parts(parts, body))));
+                return Err(SendError::Unsent(Box::new(UpstreamRequest { head, body })));
             }
         };
         let state = match framing.body {
