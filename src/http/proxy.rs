@@ -361,8 +361,11 @@ pub async fn serve(
         body = next_body;
     };
     let retried = resend.as_ref().is_some_and(|resend| resend.retry.retried());
-    // Gives back the retry's circuit-breaker place.
-    drop(resend);
+    if let Some(resend) = resend {
+        // The retry's circuit-breaker place goes back with it, and the kept head's map to
+        // the worker for the next head it parses (an attempt only borrowed it).
+        headers::recycle_map(resend.head.headers);
+    }
     let attempt_count = virtual_host.attempt_count_in_response().then(|| headers::decimal_value(attempt));
     match result {
         Ok(response) => {
