@@ -26,8 +26,7 @@ use crate::config::xds::XdsSources;
 use crate::stats::{Counter, Gauge, Store};
 use crate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, decode_each};
 
-use super::cluster::Cluster;
-use super::cluster::ClusterContext;
+use super::cluster::{Cluster, ClusterContext};
 use super::host::Host;
 use super::outlier::{self, Detector, Ejection};
 use super::tasks::UpstreamTasks;

@@ -18,6 +18,7 @@ use crate::config::cluster::DnsDiscovery;
 
 /// Work for the upstream thread.
 pub enum Task {
+    /// Resolve a DNS cluster's names on its schedule.
     Resolve(Watch),
     /// Run a new detector's interval until its cluster no longer has it.
     OutlierInterval(Arc<Detector>),
