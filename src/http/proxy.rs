@@ -223,7 +223,7 @@ pub async fn serve(
     // policy, and this stays out of their future. Without one, the head is given up to the
     // one attempt.
     let policy = forward.retry_policy();
-    let (mut body, mut resend, mut given) = match policy {
+    let (mut body, mut resend, mut given) = match policy.filter(|policy| policy.retries(&parts)) {
         None => (RequestBody::new(body, exchange.stream.clone(), request_deadline), None, Some(parts)),
         Some(policy) => {
             let body = RequestBody::retained(

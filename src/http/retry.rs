@@ -228,6 +228,7 @@ mod tests {
             max_interval: Duration::from_millis(250),
             avoid_previous_hosts: false,
             host_selection_max_attempts: 1,
+            retriable_request_headers: Arc::new([]),
         }
     }
 

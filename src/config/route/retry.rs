@@ -1,11 +1,14 @@
 //! `RetryPolicy` (route or virtual host) → [`RetryPolicy`]: which upstream outcomes the
 //! router retries, how often, with what backoff and per-try timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::request::Parts;
 
 use envoy_types::pb::envoy::config::route::v3::{RetryPolicy as RetryPolicyProto, retry_policy};
 
-use super::{IsSet, reject_set};
+use super::{HeaderMatch, IsSet, header_matcher, reject_set};
 use crate::config::error::{ConfigError, Result, join_path};
 use crate::config::proto;
 
@@ -92,6 +95,16 @@ pub struct RetryPolicy {
     pub avoid_previous_hosts: bool,
     /// How many times a retry's host pick may be redone to avoid a tried host.
     pub host_selection_max_attempts: u32,
+    /// `retriable_request_headers`: when set, only a request matching one of them is retried.
+    pub(crate) retriable_request_headers: Arc<[HeaderMatch]>,
+}
+
+impl RetryPolicy {
+    /// Whether retries apply to this request (Envoy turns every `retry_on` condition off for
+    /// a request matching none of `retriable_request_headers`; the per-try timeout stays).
+    pub fn retries(&self, request: &Parts) -> bool {
+        self.retriable_request_headers.is_empty() || self.retriable_request_headers.iter().any(|m| m.matches(request))
+    }
 }
 
 /// Translates a `RetryPolicy` at `path`.
@@ -113,8 +126,7 @@ pub fn retry_policy(proto: &RetryPolicyProto, path: &str) -> Result<RetryPolicy>
         refresh_cluster_on_retry,
     } = proto;
     reject_fields!(path; per_try_idle_timeout, retry_priority, retry_options_predicates,
-        rate_limited_retry_back_off, retriable_headers, retriable_request_headers,
-        refresh_cluster_on_retry)?;
+        rate_limited_retry_back_off, retriable_headers, refresh_cluster_on_retry)?;
     let mut avoid_previous_hosts = false;
     for (i, predicate) in retry_host_predicate.iter().enumerate() {
         let field = format!("{path}.retry_host_predicate[{i}]");
@@ -160,6 +172,11 @@ pub fn retry_policy(proto: &RetryPolicyProto, path: &str) -> Result<RetryPolicy>
         max_interval,
         avoid_previous_hosts,
         host_selection_max_attempts: u32::try_from(*host_selection_retry_max_attempts).unwrap_or(0).max(1),
+        retriable_request_headers: retriable_request_headers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| header_matcher(m, &format!("{path}.retriable_request_headers[{i}]")))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -185,5 +202,30 @@ mod tests {
         }
         assert!(!on.any(RetryOn::RESET | RetryOn::GATEWAY_ERROR | RetryOn::GRPC_CANCELLED));
         assert_eq!(RetryOn::parse("bogus"), RetryOn::default());
+    }
+
+    fn request(method: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut request = http::Request::builder().method(method).uri("/");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn retriable_request_headers_limit_retries_to_matching_requests() {
+        let json = r#"{"retry_on": "5xx", "retriable_request_headers": [
+            {"name": "x-retry-me", "string_match": {"exact": "yes"}}, {"name": ":method", "exact_match": "PUT"}]}"#;
+        let proto: RetryPolicyProto = crate::config::schema::parse(json, crate::config::schema::Format::Json).unwrap();
+        let policy = retry_policy(&proto, "retry_policy").unwrap();
+        assert!(policy.retries(&request("GET", &[("x-retry-me", "yes")])));
+        assert!(policy.retries(&request("PUT", &[])));
+        assert!(!policy.retries(&request("GET", &[("x-retry-me", "no")])));
+        let unlimited = retry_policy(&RetryPolicyProto::default(), "retry_policy").unwrap();
+        assert!(unlimited.retries(&request("GET", &[])));
+        let bad = r#"{"retriable_request_headers": [{"name": ""}]}"#;
+        let proto: RetryPolicyProto = crate::config::schema::parse(bad, crate::config::schema::Format::Json).unwrap();
+        let err = retry_policy(&proto, "retry_policy").unwrap_err();
+        assert!(err.to_string().contains("retry_policy.retriable_request_headers[0].name"), "{err}");
     }
 }

@@ -162,7 +162,8 @@ fn bytes_eq(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
 }
 
 impl HeaderMatch {
-    fn matches(&self, req: &Parts) -> bool {
+    /// Whether the request's header (or pseudo-header) matches, as Envoy's `HeaderMatcher`.
+    pub(crate) fn matches(&self, req: &Parts) -> bool {
         let value = header_value(req, &self.source);
         if let HeaderRule::Present(want) = self.rule {
             return (value.is_some() == want) != self.invert;
