@@ -291,6 +291,8 @@ pub(crate) enum HeaderSource {
     Path,
     Scheme,
     Header(HeaderName),
+    /// `:status`, which only a response has.
+    Status,
     /// A name Envoy never has in its request map (`host`, which it keeps as `:authority`).
     Absent,
 }
@@ -925,6 +927,7 @@ fn header_source(name: &str, path: &str) -> Result<HeaderSource> {
         ":authority" => HeaderSource::Authority,
         ":path" => HeaderSource::Path,
         ":scheme" => HeaderSource::Scheme,
+        ":status" => HeaderSource::Status,
         // Envoy keeps the HTTP/1 Host header as `:authority`, so a `host` matcher never sees a
         // value there; matching the same way keeps configs behaving identically.
         "host" => HeaderSource::Absent,

@@ -121,6 +121,8 @@ impl<'p> Retry<'p> {
                     || (on.any(RetryOn::GATEWAY_ERROR) && (502..=504).contains(&code))
                     || (on.any(RetryOn::RETRIABLE_4XX) && code == 409)
                     || (on.any(RetryOn::RETRIABLE_STATUS_CODES) && self.policy.retriable_status_codes.contains(&code))
+                    || (on.any(RetryOn::RETRIABLE_HEADERS)
+                        && self.policy.retriable_headers.iter().any(|m| m.matches_response(status, headers)))
                     || grpc_retriable(on, headers)
             }
             Outcome::PerTryTimeout => on.any(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET),
@@ -229,6 +231,7 @@ mod tests {
             avoid_previous_hosts: false,
             host_selection_max_attempts: 1,
             retriable_request_headers: Arc::new([]),
+            retriable_headers: Arc::new([]),
         }
     }
 

@@ -38,11 +38,11 @@ impl RetryOn {
     pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 11);
     pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 12);
     pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 13);
+    pub const RETRIABLE_HEADERS: RetryOn = RetryOn(1 << 14);
 
-    /// Envoy's tokens for each bit. `retriable-headers` and `http3-post-connect-failure` are
-    /// skipped like unknown tokens (Envoy skips those too): legate refuses
-    /// `retriable_headers`, and has no HTTP/3.
-    const TOKENS: [(&'static str, RetryOn); 14] = [
+    /// Envoy's tokens for each bit. `http3-post-connect-failure` is skipped like an unknown
+    /// token (as Envoy skips those): legate has no HTTP/3.
+    const TOKENS: [(&'static str, RetryOn); 15] = [
         ("5xx", RetryOn::FIVE_XX),
         ("gateway-error", RetryOn::GATEWAY_ERROR),
         ("reset", RetryOn::RESET),
@@ -57,6 +57,7 @@ impl RetryOn {
         ("resource-exhausted", RetryOn::GRPC_RESOURCE_EXHAUSTED),
         ("internal", RetryOn::GRPC_INTERNAL),
         ("unavailable", RetryOn::GRPC_UNAVAILABLE),
+        ("retriable-headers", RetryOn::RETRIABLE_HEADERS),
     ];
 
     /// Parses a comma-separated `retry_on`, trimming each token and skipping unknown ones.
@@ -97,6 +98,8 @@ pub struct RetryPolicy {
     pub host_selection_max_attempts: u32,
     /// `retriable_request_headers`: when set, only a request matching one of them is retried.
     pub(crate) retriable_request_headers: Arc<[HeaderMatch]>,
+    /// `retriable_headers`: under `retriable-headers`, a response matching one is retried.
+    pub(crate) retriable_headers: Arc<[HeaderMatch]>,
 }
 
 impl RetryPolicy {
@@ -126,7 +129,7 @@ pub fn retry_policy(proto: &RetryPolicyProto, path: &str) -> Result<RetryPolicy>
         refresh_cluster_on_retry,
     } = proto;
     reject_fields!(path; per_try_idle_timeout, retry_priority, retry_options_predicates,
-        rate_limited_retry_back_off, retriable_headers, refresh_cluster_on_retry)?;
+        rate_limited_retry_back_off, refresh_cluster_on_retry)?;
     let mut avoid_previous_hosts = false;
     for (i, predicate) in retry_host_predicate.iter().enumerate() {
         let field = format!("{path}.retry_host_predicate[{i}]");
@@ -172,12 +175,18 @@ pub fn retry_policy(proto: &RetryPolicyProto, path: &str) -> Result<RetryPolicy>
         max_interval,
         avoid_previous_hosts,
         host_selection_max_attempts: u32::try_from(*host_selection_retry_max_attempts).unwrap_or(0).max(1),
-        retriable_request_headers: retriable_request_headers
-            .iter()
-            .enumerate()
-            .map(|(i, m)| header_matcher(m, &format!("{path}.retriable_request_headers[{i}]")))
-            .collect::<Result<_>>()?,
+        retriable_request_headers: header_matchers(retriable_request_headers, path, "retriable_request_headers")?,
+        retriable_headers: header_matchers(retriable_headers, path, "retriable_headers")?,
     })
+}
+
+/// A list of header matchers at `path.field`.
+fn header_matchers(
+    protos: &[envoy_types::pb::envoy::config::route::v3::HeaderMatcher],
+    path: &str,
+    field: &str,
+) -> Result<Arc<[HeaderMatch]>> {
+    protos.iter().enumerate().map(|(i, m)| header_matcher(m, &format!("{path}.{field}[{i}]"))).collect()
 }
 
 /// `retry_back_off`: both intervals positive, at least 1 ms (Envoy rounds shorter ones up).
@@ -227,5 +236,25 @@ mod tests {
         let proto: RetryPolicyProto = crate::config::schema::parse(bad, crate::config::schema::Format::Json).unwrap();
         let err = retry_policy(&proto, "retry_policy").unwrap_err();
         assert!(err.to_string().contains("retry_policy.retriable_request_headers[0].name"), "{err}");
+    }
+
+    #[test]
+    fn retriable_headers_match_response_headers_and_status() {
+        let json = r#"{"retry_on": "retriable-headers", "retriable_headers": [
+            {"name": ":status", "string_match": {"exact": "418"}}, {"name": "x-retry", "present_match": true}]}"#;
+        let proto: RetryPolicyProto = crate::config::schema::parse(json, crate::config::schema::Format::Json).unwrap();
+        let policy = retry_policy(&proto, "retry_policy").unwrap();
+        assert!(policy.on.any(RetryOn::RETRIABLE_HEADERS));
+        let matches = |status: u16, headers: &[(&'static str, &'static str)]| {
+            let headers: http::HeaderMap = headers
+                .iter()
+                .map(|(name, value)| (http::HeaderName::from_static(name), value.parse().unwrap()))
+                .collect();
+            let status = http::StatusCode::from_u16(status).unwrap();
+            policy.retriable_headers.iter().any(|m| m.matches_response(status, &headers))
+        };
+        assert!(matches(418, &[]));
+        assert!(matches(200, &[("x-retry", "1")]));
+        assert!(!matches(503, &[("x-other", "1")]));
     }
 }

@@ -139,10 +139,8 @@ virtual_hosts:
 fn unimplemented_fields_are_unsupported_with_their_path() {
     let cases = [
         (
-            one_route(
-                "        route: { cluster: a, retry_policy: { retry_on: 5xx, retriable_headers: [{ name: x }] } }",
-            ),
-            "virtual_hosts[0].routes[0].route.retry_policy.retriable_headers",
+            one_route("        route: { cluster: a, retry_policy: { retry_on: 5xx, per_try_idle_timeout: 1s } }"),
+            "virtual_hosts[0].routes[0].route.retry_policy.per_try_idle_timeout",
         ),
         (
             one_route("        route: { cluster: a, hash_policy: [{ header: { header_name: x } }] }"),

@@ -3,10 +3,10 @@
 
 use std::borrow::Cow;
 
-use http::header::{CONTENT_TYPE, COOKIE, HOST};
+use http::header::{CONTENT_TYPE, COOKIE, HOST, HeaderName};
 use http::request::Parts;
 use http::uri::Scheme;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::config::route::{
     CookieMatch, DomainIndex, HeaderMatch, HeaderRule, HeaderSource, HostPortMatch, PathMatch, QueryMatch, QueryRule,
@@ -164,7 +164,20 @@ fn bytes_eq(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
 impl HeaderMatch {
     /// Whether the request's header (or pseudo-header) matches, as Envoy's `HeaderMatcher`.
     pub(crate) fn matches(&self, req: &Parts) -> bool {
-        let value = header_value(req, &self.source);
+        self.matches_value(header_value(req, &self.source))
+    }
+
+    /// Whether a response's header (or `:status`) matches.
+    pub(crate) fn matches_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        let value = match &self.source {
+            HeaderSource::Status => Some(Cow::Borrowed(status.as_str().as_bytes())),
+            HeaderSource::Header(name) => joined_values(headers, name),
+            _ => None,
+        };
+        self.matches_value(value)
+    }
+
+    fn matches_value(&self, value: Option<Cow<'_, [u8]>>) -> bool {
         if let HeaderRule::Present(want) = self.rule {
             return (value.is_some() == want) != self.invert;
         }
@@ -197,21 +210,24 @@ fn header_value<'a>(req: &'a Parts, source: &HeaderSource) -> Option<Cow<'a, [u8
         HeaderSource::Scheme => {
             req.uri.scheme_str().or_else(|| req.extensions.get::<Scheme>().map(Scheme::as_str)).map(borrowed)
         }
-        HeaderSource::Header(name) => {
-            let mut values = req.headers.get_all(name).iter();
-            let first = values.next()?;
-            let Some(second) = values.next() else {
-                return Some(Cow::Borrowed(first.as_bytes()));
-            };
-            let mut joined = first.as_bytes().to_vec();
-            for value in std::iter::once(second).chain(values) {
-                joined.push(b',');
-                joined.extend_from_slice(value.as_bytes());
-            }
-            Some(Cow::Owned(joined))
-        }
-        HeaderSource::Absent => None,
+        HeaderSource::Header(name) => joined_values(&req.headers, name),
+        HeaderSource::Status | HeaderSource::Absent => None,
     }
+}
+
+/// A header's values joined with `,`, as Envoy's matchers see repeated headers.
+fn joined_values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, [u8]>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first.as_bytes()));
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for value in std::iter::once(second).chain(values) {
+        joined.push(b',');
+        joined.extend_from_slice(value.as_bytes());
+    }
+    Some(Cow::Owned(joined))
 }
 
 impl StringMatch {
