@@ -85,6 +85,7 @@ pub enum Head<'a> {
 }
 
 impl Head<'_> {
+    /// The head, whoever owns it.
     pub fn get(&self) -> &Parts {
         match self {
             Head::Owned(parts) => parts,
