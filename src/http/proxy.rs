@@ -433,7 +433,8 @@ fn observe_outlier(
     attached: bool,
     grpc: bool,
 ) {
-    if attached {
+    // Only a detector that counts local-origin results apart has use for the connect.
+    if attached && detector.spec.split_local_origin {
         detector.observe(host, Observed::Connected);
     }
     let observed = match result {

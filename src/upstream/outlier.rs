@@ -295,6 +295,7 @@ impl Detector {
         } else {
             match observed {
                 Observed::Connected => {}
+                // As Envoy maps them when local-origin results are not counted apart.
                 Observed::ConnectFailed => self.answered(host, monitor, 503),
                 Observed::TimedOut => self.answered(host, monitor, 504),
                 Observed::Answered(status) => self.answered(host, monitor, status),
