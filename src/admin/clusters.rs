@@ -206,7 +206,9 @@ fn host_status(host: &Host) -> HostStatus {
         health_status: Some(HostHealthStatus {
             failed_active_health_check: flags & health_flag::FAILED_ACTIVE_HC != 0,
             failed_outlier_check: flags & health_flag::FAILED_OUTLIER_CHECK != 0,
+            failed_active_degraded_check: flags & health_flag::DEGRADED_ACTIVE_HC != 0,
             pending_dynamic_removal: flags & health_flag::PENDING_DYNAMIC_REMOVAL != 0,
+            active_hc_timeout: flags & health_flag::ACTIVE_HC_TIMEOUT != 0,
             eds_health_status: eds_health_status as i32,
             ..Default::default()
         }),

@@ -22,8 +22,10 @@ use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, Encoded, ensure_only};
 use super::xds::{SourceSpec, XdsSources, config_source};
 
+mod health_check;
 mod outlier;
 
+pub use health_check::{HealthCheckSpec, HttpProbe, Probe, TcpProbe};
 pub use outlier::{Consecutive, IntervalDetector, OutlierSpec, Percent, outlier_detection};
 
 /// Envoy's default `connect_timeout`.
@@ -221,6 +223,8 @@ pub struct ClusterSpec {
     pub circuit_breakers: CircuitBreakers,
     /// `outlier_detection`, shared by the cluster's rebuilds.
     pub outlier: Option<Arc<OutlierSpec>>,
+    /// `health_checks` (Envoy runs one), shared by the cluster's rebuilds.
+    pub health_check: Option<Arc<HealthCheckSpec>>,
     /// The hosts from `load_assignment` (empty for EDS clusters, whose come from EDS).
     pub assignment: Assignment,
     /// The name its stats go under: `alt_stat_name`, or the name.
@@ -253,6 +257,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "circuit_breakers",
     "max_requests_per_connection",
     "outlier_detection",
+    "health_checks",
 ];
 
 impl ClusterSpec {
@@ -358,6 +363,8 @@ impl ClusterSpec {
             Some(o) => Some(Arc::new(outlier::outlier_detection(o, &join_path(path, "outlier_detection"))?)),
             None => None,
         };
+        let health_check =
+            health_check::health_checks(&proto.health_checks, &join_path(path, "health_checks"))?.map(Arc::new);
         Ok(ClusterSpec {
             name: proto.name.clone(),
             discovery,
@@ -369,6 +376,7 @@ impl ClusterSpec {
             max_requests_per_connection,
             circuit_breakers,
             outlier,
+            health_check,
             assignment: hosts,
             stat_name: if proto.alt_stat_name.is_empty() { &proto.name } else { &proto.alt_stat_name }.clone(),
             proto: encoded,

@@ -9,7 +9,7 @@ use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
 use serde::Deserialize;
 
-use super::error::ConfigError;
+use super::error::{ConfigError, join_path};
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
 
@@ -118,12 +118,31 @@ pub fn parse_with<M: Message + Name + Default>(
                 .and_then(|(_, rest)| rest.split_once("' not found"))
                 .map(|(name, _)| name)
                 .filter(|name| knows_type(name));
+            if let Some(field) = newer_field(&path, &message) {
+                return Err(ConfigError::unsupported(
+                    join_path(&path, field),
+                    "a field of a later Envoy schema than the one legate reads",
+                ));
+            }
             match missing_type {
                 Some(name) => Err(ConfigError::unsupported(path, format!("@type {name}"))),
                 None => Err(ConfigError::invalid(path, message)),
             }
         }
     }
+}
+
+/// Fields Envoy 1.40 reads that legate's schema (envoy-types' protos) predates, by the
+/// repeated field holding their message and their name: valid Envoy config that legate
+/// does not implement, rather than a typo.
+const NEWER_FIELDS: &[(&str, &str)] = &[("health_checks", "name")];
+
+/// The field of `NEWER_FIELDS` an unknown-field error at `path` is about.
+fn newer_field(path: &str, message: &str) -> Option<&'static str> {
+    let (_, unknown) = message.split_once("unrecognized field name '")?;
+    let unknown = unknown.split_once('\'')?.0;
+    let holder = path.rsplit('.').next()?.split('[').next()?;
+    NEWER_FIELDS.iter().find(|(h, f)| *h == holder && *f == unknown).map(|(_, f)| *f)
 }
 
 fn yaml_options() -> serde_saphyr::Options {

@@ -1,5 +1,5 @@
 //! A live cluster: its hosts, the load-balancing schedule over the hosts that may take
-//! traffic, its outlier detector and its Envoy-named stats. Immutable once built; health
+//! traffic, its outlier detector, its health checker and its Envoy-named stats. Immutable once built; health
 //! changes publish a new cluster, so a request reads one consistent view.
 
 use std::fmt::Write as _;
@@ -13,6 +13,7 @@ use crate::config::cluster::{Assignment, CircuitBreakers, ClusterSpec, Discovery
 use crate::config::proto::Encoded;
 use crate::stats::{CounterCell, GaugeCell, HistogramCell, HistogramUnit, Member, StatGroup, Store};
 
+use super::health_check::HealthChecker;
 use super::host::{Host, health_flag};
 use super::lb::{Candidate, HostSelector, WorkerLb};
 use super::outlier::{self, Detector};
@@ -277,6 +278,8 @@ pub struct Cluster {
     pub discovery: Discovery,
     /// Its outlier detector, with `outlier_detection`.
     pub outlier: Option<Arc<Detector>>,
+    /// Its health checker, with `health_checks`.
+    pub health: Option<Arc<HealthChecker>>,
     lb: LbKind,
     healthy_panic_threshold: u32,
     pub hosts: Vec<Arc<Host>>,
@@ -296,7 +299,9 @@ impl Cluster {
     /// Builds a cluster from its spec and host list (the spec's own, or an EDS
     /// assignment's). Hosts that `previous` already had are kept (same `Host`, so their
     /// pools and counters carry over), and so are its stats; a new cluster registers its
-    /// stats in the context's store.
+    /// stats in the context's store. A new health checker gets new hosts, failed until
+    /// checked, as Envoy's new cluster has: the previous version's checker keeps setting
+    /// the health of its own until that version is gone.
     pub fn new(
         spec: ClusterSpec,
         assignment: &Assignment,
@@ -304,15 +309,25 @@ impl Cluster {
         context: &ClusterContext,
         added_via_api: bool,
     ) -> Cluster {
+        let same_checks = match (previous.and_then(|p| p.health.as_ref()), &spec.health_check) {
+            (Some(checker), Some(spec)) => Arc::ptr_eq(&checker.spec, spec),
+            (None, None) => true,
+            _ => false,
+        };
+        let kept = previous.filter(|_| same_checks);
         let hosts: Vec<Arc<Host>> = assignment
             .hosts
             .iter()
-            .map(|h| match previous.and_then(|p| p.hosts.iter().find(|old| old.is_same_endpoint(h))) {
+            .map(|h| match kept.and_then(|p| p.hosts.iter().find(|old| old.is_same_endpoint(h))) {
                 Some(old) => {
                     old.set_eds_health(h.health_status);
                     old.clone()
                 }
-                None => Arc::new(Host::new(h)),
+                None => {
+                    let host = Host::new(h);
+                    host.set_flag(health_flag::FAILED_ACTIVE_HC, spec.health_check.is_some());
+                    Arc::new(host)
+                }
             })
             .collect();
         Cluster::assemble(spec, hosts, assignment.overprovisioning_factor, previous, context, added_via_api)
@@ -352,6 +367,27 @@ impl Cluster {
                 })
             }
         };
+        let kept_checker = previous
+            .and_then(|p| p.health.as_ref())
+            .filter(|checker| spec.health_check.as_ref().is_some_and(|spec| Arc::ptr_eq(&checker.spec, spec)));
+        let health = match (kept_checker, &spec.health_check) {
+            (Some(kept), _) => {
+                kept.track(&hosts);
+                Some(kept.clone())
+            }
+            (None, Some(checks)) => Some(HealthChecker::start(
+                checks.clone(),
+                &spec.name,
+                &spec.stat_name,
+                (&context.store, &context.tasks),
+                &stats,
+                &hosts,
+            )),
+            (None, None) => None,
+        };
+        if let Some(checker) = &health {
+            checker.count(&hosts);
+        }
         let candidates: Vec<Candidate> = hosts
             .iter()
             .enumerate()
@@ -381,6 +417,7 @@ impl Cluster {
             circuit_breakers: spec.circuit_breakers,
             discovery: spec.discovery,
             outlier: detector,
+            health,
             lb: spec.lb,
             healthy_panic_threshold: spec.healthy_panic_threshold,
             hosts,
@@ -419,6 +456,7 @@ impl Cluster {
             max_requests_per_connection: self.max_requests_per_connection,
             circuit_breakers: self.circuit_breakers,
             outlier: self.outlier.as_ref().map(|detector| detector.spec.clone()),
+            health_check: self.health.as_ref().map(|checker| checker.spec.clone()),
             assignment: Assignment { hosts: Vec::new(), overprovisioning_factor: self.overprovisioning_factor },
             stat_name: self.stat_name.clone(),
             proto: self.proto.clone(),

@@ -24,6 +24,10 @@ pub mod health_flag {
     pub const PENDING_DYNAMIC_REMOVAL: u32 = 1 << 4;
     /// `/eds_status_draining`.
     pub const EDS_STATUS_DRAINING: u32 = 1 << 5;
+    /// `/degraded_active_hc`: active health checking says degraded (`x-envoy-degraded`).
+    pub const DEGRADED_ACTIVE_HC: u32 = 1 << 6;
+    /// `/active_hc_timeout`: failed active health checking by timing out.
+    pub const ACTIVE_HC_TIMEOUT: u32 = 1 << 7;
 }
 
 /// Per-host counters shown by `/clusters`.
@@ -90,7 +94,7 @@ impl Host {
         let _ = self.health.fetch_update(Ordering::AcqRel, Ordering::Acquire, |flags| Some(flags & !owned | eds));
     }
 
-    /// Sets or clears one health flag owned by a checker (outlier detection).
+    /// Sets or clears health flags owned by a checker (outlier detection, health checking).
     pub fn set_flag(&self, flag: u32, on: bool) {
         if on {
             self.health.fetch_or(flag, Ordering::AcqRel);
@@ -123,7 +127,7 @@ impl Host {
     /// not "healthy" in Envoy's sense but still serve; legate treats them as healthy
     /// until priority/degraded handling lands.
     pub fn is_healthy(&self) -> bool {
-        self.health_flags() & !health_flag::DEGRADED_EDS_HEALTH == 0
+        self.health_flags() & !(health_flag::DEGRADED_EDS_HEALTH | health_flag::DEGRADED_ACTIVE_HC) == 0
     }
 
     /// Envoy's `health_flags` text: `healthy` or the `/flag` list.
@@ -136,8 +140,10 @@ impl Host {
             (health_flag::FAILED_ACTIVE_HC, "/failed_active_hc"),
             (health_flag::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
             (health_flag::FAILED_EDS_HEALTH, "/failed_eds_health"),
+            (health_flag::DEGRADED_ACTIVE_HC, "/degraded_active_hc"),
             (health_flag::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
             (health_flag::PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
+            (health_flag::ACTIVE_HC_TIMEOUT, "/active_hc_timeout"),
             (health_flag::EDS_STATUS_DRAINING, "/eds_status_draining"),
         ];
         names.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect()

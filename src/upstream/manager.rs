@@ -4,7 +4,8 @@
 //! before the writer lock is taken, and a batch is published at once.
 //!
 //! Warming follows Envoy: a new or changed EDS cluster stays out of the snapshot (the old
-//! version keeps serving) until its first `ClusterLoadAssignment` is in; then it swaps in
+//! version keeps serving) until its first `ClusterLoadAssignment` is in, and a cluster with
+//! a new health checker until each of its hosts had its first check; then it swaps in
 //! atomically. Static clusters cannot be changed or removed by CDS.
 
 use std::collections::{BTreeSet, HashMap};
@@ -27,6 +28,7 @@ use crate::stats::{Counter, Gauge, Store};
 use crate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, decode_each};
 
 use super::cluster::{Cluster, ClusterContext};
+use super::health_check::HealthChecker;
 use super::host::Host;
 use super::outlier::{self, Detector, Ejection};
 use super::tasks::UpstreamTasks;
@@ -48,20 +50,31 @@ impl ClusterSnapshot {
     }
 }
 
-/// A cluster that waits for its endpoints: added or changed by CDS, or a static DNS cluster
-/// before its first resolution.
+/// A cluster that waits: added or changed by CDS, or static, before its endpoints are in (a
+/// DNS cluster's first resolution) or their first health checks done.
 struct WarmingCluster {
-    spec: ClusterSpec,
+    waiting: Waiting,
     /// Shared by every cluster of the same CDS update.
     version_info: Arc<str>,
     since: SystemTime,
     added_via_api: bool,
 }
 
+/// What a warming cluster waits for.
+enum Waiting {
+    Endpoints(ClusterSpec),
+    /// Built, with its health checker running the first checks.
+    HealthChecks(Arc<Cluster>),
+}
+
 impl WarmingCluster {
     /// What it waits for, shown by `/clusters` so a stuck cluster explains itself.
     fn reason(&self) -> String {
-        match &self.spec.discovery {
+        if let Waiting::HealthChecks(cluster) = &self.waiting {
+            let left = cluster.health.as_ref().map_or(0, |checker| checker.first_round_left());
+            return format!("waiting for the first health check of {left} of its {} hosts", cluster.hosts.len());
+        }
+        match self.discovery() {
             Discovery::Eds { service_name, .. } => {
                 format!("waiting for the first ClusterLoadAssignment '{service_name}' from EDS")
             }
@@ -70,6 +83,30 @@ impl WarmingCluster {
                 format!("waiting for the first DNS resolution of {}", names.join(", "))
             }
             Discovery::Static => String::new(),
+        }
+    }
+
+    fn discovery(&self) -> &Discovery {
+        match &self.waiting {
+            Waiting::Endpoints(spec) => &spec.discovery,
+            Waiting::HealthChecks(cluster) => &cluster.discovery,
+        }
+    }
+
+    fn proto(&self) -> &Encoded<ClusterProto> {
+        match &self.waiting {
+            Waiting::Endpoints(spec) => &spec.proto,
+            Waiting::HealthChecks(cluster) => &cluster.proto,
+        }
+    }
+
+    /// The spec to build the cluster from, the version built so far (the one waiting for
+    /// its health checks, whose checker and hosts a rebuild keeps) and when it was added.
+    fn into_parts(self) -> (ClusterSpec, Option<Arc<Cluster>>, Warm) {
+        let warm = Warm { version_info: self.version_info, since: self.since, added_via_api: self.added_via_api };
+        match self.waiting {
+            Waiting::Endpoints(spec) => (spec, None, warm),
+            Waiting::HealthChecks(cluster) => (cluster.spec(), Some(cluster), warm),
         }
     }
 }
@@ -121,6 +158,9 @@ pub struct ClusterManager {
     initialized: watch::Sender<bool>,
     /// The management servers CDS clusters may name for EDS.
     sources: XdsSources,
+    /// Bumped when a cluster finishes warming outside an xDS update (its first DNS
+    /// resolution or health checks), so the xDS client can take initialization further.
+    settled: watch::Sender<u64>,
 }
 
 impl ClusterManager {
@@ -151,12 +191,18 @@ impl ClusterManager {
             if let Discovery::Dns(discovery) = &spec.discovery {
                 context.tasks.watch_dns(&name, discovery);
                 let since = SystemTime::now();
-                let warming = WarmingCluster { spec, version_info: "".into(), since, added_via_api: false };
+                let warming = WarmingCluster {
+                    waiting: Waiting::Endpoints(spec),
+                    version_info: "".into(),
+                    since,
+                    added_via_api: false,
+                };
                 state.warming.insert(name, warming);
                 continue;
             }
             let assignment = std::mem::take(&mut spec.assignment);
-            state.active.insert(name, Arc::new(Cluster::new(spec, &assignment, None, &context, false)));
+            let cluster = Cluster::new(spec, &assignment, None, &context, false);
+            place(&mut state, cluster, Warm { version_info: "".into(), since: SystemTime::now(), added_via_api: false });
         }
         stats.cluster_added.add(state.active.len() as u64);
         let manager = ClusterManager {
@@ -166,6 +212,7 @@ impl ClusterManager {
             stats,
             initialized: watch::Sender::new(!wait_for_cds),
             sources,
+            settled: watch::Sender::new(0),
         };
         manager.publish(&mut state);
         *manager.lock() = state;
@@ -196,6 +243,11 @@ impl ClusterManager {
     /// Whether initialization is over.
     pub fn is_initialized(&self) -> bool {
         *self.initialized.borrow()
+    }
+
+    /// Changes whenever a cluster finished warming outside an xDS update.
+    pub fn settled(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
     }
 
     /// Ends initialization (first CDS round applied and warm, or its fetch timed out).
@@ -246,7 +298,7 @@ impl ClusterManager {
                 continue;
             }
             let unchanged = state.active.get(&name).is_some_and(|c| c.proto.same_message(&spec.proto))
-                || state.warming.get(&name).is_some_and(|w| w.spec.proto.same_message(&spec.proto));
+                || state.warming.get(&name).is_some_and(|w| w.proto().same_message(&spec.proto));
             if unchanged {
                 continue;
             }
@@ -261,14 +313,16 @@ impl ClusterManager {
                     None
                 }
             };
+            let warm = Warm { version_info: version_info.clone(), since: now, added_via_api: true };
             match ready {
                 Some(assigned) => {
                     state.warming.remove(&name);
-                    self.activate(&mut state, spec, &assigned, true);
+                    self.activate(&mut state, spec, &assigned, warm, None);
                 }
                 None => {
+                    let Warm { version_info, since, added_via_api } = warm;
                     let warming =
-                        WarmingCluster { spec, version_info: version_info.clone(), since: now, added_via_api: true };
+                        WarmingCluster { waiting: Waiting::Endpoints(spec), version_info, since, added_via_api };
                     state.warming.insert(name, warming);
                 }
             }
@@ -291,7 +345,7 @@ impl ClusterManager {
         // a 10 000-cluster update would otherwise scan every cluster for every assignment).
         let mut waiting_by_service: HashMap<String, Vec<String>> = HashMap::new();
         for (name, warm) in &state.warming {
-            if let Discovery::Eds { service_name, .. } = &warm.spec.discovery {
+            if let Discovery::Eds { service_name, .. } = warm.discovery() {
                 waiting_by_service.entry(service_name.clone()).or_default().push(name.clone());
             }
         }
@@ -312,7 +366,8 @@ impl ClusterManager {
             let mut updated = Vec::new();
             for name in waiting_by_service.remove(&service).unwrap_or_default() {
                 if let Some(warm) = state.warming.remove(&name) {
-                    self.activate(&mut state, warm.spec, &assigned, true);
+                    let (spec, built, warm) = warm.into_parts();
+                    self.activate(&mut state, spec, &assigned, warm, built);
                     updated.push(name);
                 }
             }
@@ -344,9 +399,12 @@ impl ClusterManager {
             |spec_discovery: &Discovery| matches!(spec_discovery, Discovery::Dns(d) if Arc::ptr_eq(d, discovery));
         let mut state = self.lock();
         let assigned = Assignment { hosts, overprovisioning_factor: discovery.overprovisioning_factor };
-        if state.warming.get(name).is_some_and(|w| ours(&w.spec.discovery)) {
-            let warm = state.warming.remove(name).expect("checked above");
-            self.activate(&mut state, warm.spec, &assigned, warm.added_via_api);
+        if state.warming.get(name).is_some_and(|w| ours(w.discovery())) {
+            let (spec, built, warm) = state.warming.remove(name).expect("checked above").into_parts();
+            self.activate(&mut state, spec, &assigned, warm, built);
+            if state.active.contains_key(name) {
+                self.settled.send_modify(|n| *n += 1);
+            }
         } else if let Some(cluster) = state.active.get(name).filter(|c| ours(&c.discovery)).cloned() {
             let same = cluster.hosts.len() == assigned.hosts.len()
                 && cluster.hosts.iter().zip(&assigned.hosts).all(|(host, spec)| host.is_same_endpoint(spec));
@@ -402,22 +460,65 @@ impl ClusterManager {
         true
     }
 
-    fn activate(&self, state: &mut State, spec: ClusterSpec, assignment: &Assignment, added_via_api: bool) {
-        let name = spec.name.clone();
-        let previous = state.active.get(&name).cloned();
-        let cluster = Cluster::new(spec, assignment, previous.as_deref(), &self.context, added_via_api);
-        if previous.is_some() {
+    /// A cluster's first health checks are done (`changed`: or a check changed a host's
+    /// health): a cluster warming on them goes active, an active one is published rebuilt.
+    pub fn health_checked(&self, checker: &Arc<HealthChecker>, changed: bool) {
+        let owned = |cluster: &Cluster| cluster.health.as_ref().is_some_and(|c| Arc::ptr_eq(c, checker));
+        let mut state = self.lock();
+        let name = &checker.cluster;
+        let warming = state
+            .warming
+            .get(name)
+            .is_some_and(|w| matches!(&w.waiting, Waiting::HealthChecks(cluster) if owned(cluster)));
+        if warming {
+            if !checker.first_round_done() {
+                return;
+            }
+            let (_, built, warm) = state.warming.remove(name).expect("checked above").into_parts();
+            let cluster = built.expect("a cluster warming on health checks is built").reassessed(&self.context);
+            self.count_activation(&state, name);
+            place(&mut state, cluster, warm);
+            self.settled.send_modify(|n| *n += 1);
+        } else if let Some(cluster) = state.active.get(name).filter(|c| changed && owned(c)) {
+            let rebuilt = Arc::new(cluster.reassessed(&self.context));
+            state.active.insert(name.clone(), rebuilt);
+        } else {
+            return;
+        }
+        self.publish(&mut state);
+    }
+
+    /// Builds a cluster from `spec` and its hosts, over the version `built` so far (one
+    /// waiting for its health checks) or the active one, and makes it active unless it must
+    /// wait for its health checks.
+    fn activate(
+        &self,
+        state: &mut State,
+        spec: ClusterSpec,
+        assignment: &Assignment,
+        warm: Warm,
+        built: Option<Arc<Cluster>>,
+    ) {
+        let previous = built.or_else(|| state.active.get(&spec.name).cloned());
+        let cluster = Cluster::new(spec, assignment, previous.as_deref(), &self.context, warm.added_via_api);
+        if !waits_for_health_checks(&cluster) {
+            self.count_activation(state, &cluster.name);
+        }
+        place(state, cluster, warm);
+    }
+
+    fn count_activation(&self, state: &State, name: &str) {
+        if state.active.contains_key(name) {
             self.stats.cluster_modified.inc();
         } else {
             self.stats.cluster_added.inc();
         }
-        state.active.insert(name, Arc::new(cluster));
     }
 
     /// The EDS service names the active and warming clusters need.
     pub fn eds_service_names(&self) -> BTreeSet<String> {
         let state = self.lock();
-        let warming = state.warming.values().filter_map(|w| match &w.spec.discovery {
+        let warming = state.warming.values().filter_map(|w| match w.discovery() {
             Discovery::Eds { service_name, .. } => Some(service_name.clone()),
             Discovery::Static | Discovery::Dns(_) => None,
         });
@@ -454,7 +555,7 @@ impl ClusterManager {
             .warming
             .values()
             .filter(|w| w.added_via_api)
-            .map(|w| (w.version_info.to_string(), w.spec.proto.decode(), w.since))
+            .map(|w| (w.version_info.to_string(), w.proto().decode(), w.since))
             .collect();
         out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         out
@@ -469,5 +570,28 @@ impl ClusterManager {
         self.stats.warming_clusters.set(state.warming.len() as i64);
         let generation = self.snapshot.load().generation + 1;
         self.snapshot.store(Arc::new(ClusterSnapshot { clusters: state.active.clone(), generation }));
+    }
+}
+
+/// When and how a cluster was added, kept while it warms.
+struct Warm {
+    version_info: Arc<str>,
+    since: SystemTime,
+    added_via_api: bool,
+}
+
+fn waits_for_health_checks(cluster: &Cluster) -> bool {
+    cluster.health.as_ref().is_some_and(|checker| !checker.first_round_done())
+}
+
+/// Makes `cluster` active, or keeps it warming while its health checker's first checks run.
+fn place(state: &mut State, cluster: Cluster, warm: Warm) {
+    let name = cluster.name.clone();
+    if waits_for_health_checks(&cluster) {
+        let Warm { version_info, since, added_via_api } = warm;
+        let waiting = Waiting::HealthChecks(Arc::new(cluster));
+        state.warming.insert(name, WarmingCluster { waiting, version_info, since, added_via_api });
+    } else {
+        state.active.insert(name, Arc::new(cluster));
     }
 }

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod dns;
 mod h1_client;
+pub mod health_check;
 pub mod host;
 pub mod lb;
 pub mod manager;

@@ -1,7 +1,8 @@
 //! The upstream thread, `legate-upstream`: the cluster manager's timers and the work it is
 //! handed from workers. It resolves DNS clusters' names on their schedules and runs outlier
-//! detection (ejections reported by workers, each detector's interval). Everything it
-//! changes goes through the cluster manager, which publishes rebuilt clusters.
+//! detection (ejections reported by workers, each detector's interval) and the sessions of
+//! active health checking. Everything it changes goes through the cluster manager, which
+//! publishes rebuilt clusters.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::dns::{self, Resolvers, Watch};
+use super::health_check::HealthChecker;
 use super::host::Host;
 use super::manager::ClusterManager;
 use super::outlier::{self, Detector, Ejection};
@@ -24,6 +26,8 @@ pub enum Task {
     OutlierInterval(Arc<Detector>),
     /// A worker saw a run of consecutive failures at `host`.
     OutlierConsecutive(Arc<Detector>, Arc<Host>, Ejection),
+    /// Start checking a host the checker now has.
+    HealthCheck(Arc<HealthChecker>, Arc<Host>),
 }
 
 /// Hands work to the upstream thread; cloned into the cluster manager and detectors.
@@ -51,6 +55,11 @@ impl UpstreamTasks {
     /// Reports a run of consecutive failures for the detector to act on.
     pub fn outlier_consecutive(&self, detector: &Arc<Detector>, host: &Arc<Host>, kind: Ejection) {
         self.send(Task::OutlierConsecutive(detector.clone(), host.clone(), kind));
+    }
+
+    /// Starts checking `host`.
+    pub fn health_check(&self, checker: &Arc<HealthChecker>, host: &Arc<Host>) {
+        self.send(Task::HealthCheck(checker.clone(), host.clone()));
     }
 
     fn send(&self, task: Task) {
@@ -91,6 +100,7 @@ pub fn start(manager: Weak<ClusterManager>, mut tasks: mpsc::UnboundedReceiver<T
                             manager.outlier_consecutive(&detector, &host, kind);
                         }
                     }
+                    Task::HealthCheck(checker, host) => checker.run(manager.clone(), &host),
                 }
             }
         });

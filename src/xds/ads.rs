@@ -290,21 +290,30 @@ impl AdsClient {
             Err(status) => return StreamEnd::Stream(status),
         };
         self.connected_state.set(1);
+        let mut settled = self.clusters.settled();
         loop {
-            let response: DiscoveryResponse = match inbound.next().await {
-                Some(Ok(response)) => response,
-                None => return StreamEnd::Closed,
-                Some(Err(status)) => return StreamEnd::Stream(status),
+            let next = tokio::select! {
+                next = inbound.next() => Some(next),
+                // A cluster finished warming between updates: initialization may go on.
+                Ok(()) = settled.changed() => None,
             };
-            let Some(kind) = Kind::from_url(&response.type_url) else {
-                tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
-                continue;
-            };
-            self.state(kind).nonce = response.nonce.clone();
-            let result = self.apply(kind, &response.version_info, &response.resources, None);
-            let error = self.record(kind, &response.version_info, result);
-            let link = self.link(kind);
-            let mut ok = links.send(link, self.sotw_request(kind, error, &mut first[link]));
+            let mut ok = true;
+            if let Some(next) = next {
+                let response: DiscoveryResponse = match next {
+                    Some(Ok(response)) => response,
+                    None => return StreamEnd::Closed,
+                    Some(Err(status)) => return StreamEnd::Stream(status),
+                };
+                let Some(kind) = Kind::from_url(&response.type_url) else {
+                    tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
+                    continue;
+                };
+                self.state(kind).nonce = response.nonce.clone();
+                let result = self.apply(kind, &response.version_info, &response.resources, None);
+                let error = self.record(kind, &response.version_info, result);
+                let link = self.link(kind);
+                ok = links.send(link, self.sotw_request(kind, error, &mut first[link]));
+            }
             for change in self.follow_ups() {
                 let link = self.link(change.kind);
                 ok &= links.send(link, self.sotw_request(change.kind, None, &mut first[link]));
@@ -366,29 +375,38 @@ impl AdsClient {
             Err(status) => return StreamEnd::Stream(status),
         };
         self.connected_state.set(1);
+        let mut settled = self.clusters.settled();
         loop {
-            let response: DeltaDiscoveryResponse = match inbound.next().await {
-                Some(Ok(response)) => response,
-                None => return StreamEnd::Closed,
-                Some(Err(status)) => return StreamEnd::Stream(status),
+            let next = tokio::select! {
+                next = inbound.next() => Some(next),
+                // A cluster finished warming between updates: initialization may go on.
+                Ok(()) = settled.changed() => None,
             };
-            let Some(kind) = Kind::from_url(&response.type_url) else {
-                tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
-                continue;
-            };
-            let error =
-                self.on_delta(kind, response.resources, response.removed_resources, &response.system_version_info);
-            let link = self.link(kind);
-            let mut ok = links.send(
-                link,
-                DeltaDiscoveryRequest {
-                    node: self.node_for(&mut first[link]),
-                    type_url: kind.type_url().to_owned(),
-                    response_nonce: response.nonce,
-                    error_detail: error.map(nack_status),
-                    ..Default::default()
-                },
-            );
+            let mut ok = true;
+            if let Some(next) = next {
+                let response: DeltaDiscoveryResponse = match next {
+                    Some(Ok(response)) => response,
+                    None => return StreamEnd::Closed,
+                    Some(Err(status)) => return StreamEnd::Stream(status),
+                };
+                let Some(kind) = Kind::from_url(&response.type_url) else {
+                    tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
+                    continue;
+                };
+                let error =
+                    self.on_delta(kind, response.resources, response.removed_resources, &response.system_version_info);
+                let link = self.link(kind);
+                ok = links.send(
+                    link,
+                    DeltaDiscoveryRequest {
+                        node: self.node_for(&mut first[link]),
+                        type_url: kind.type_url().to_owned(),
+                        response_nonce: response.nonce,
+                        error_detail: error.map(nack_status),
+                        ..Default::default()
+                    },
+                );
+            }
             for change in self.follow_ups() {
                 let link = self.link(change.kind);
                 ok &= links.send(

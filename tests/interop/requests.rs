@@ -13,7 +13,7 @@ use crate::admin::{PortNames, normalize_text};
 use crate::client;
 use crate::corpus::{self, RequestSpec};
 use crate::proxy::Proxy;
-use crate::support::Upstream;
+use crate::support::{Seen, Upstream};
 
 /// Item → value; an item one side lacks reads as absent.
 pub type Observation = BTreeMap<String, String>;
@@ -47,7 +47,7 @@ async fn observe_unnormalized(
     upstreams: &BTreeMap<String, Upstream>,
 ) -> Observation {
     let address = proxy.listener(spec.listener.as_deref().unwrap_or("listener"));
-    let before: Vec<usize> = upstreams.values().map(Upstream::count).collect();
+    let before: Vec<usize> = upstreams.values().map(proxied_count).collect();
     let mut seen = Observation::new();
     if let Some(raw) = &spec.raw {
         match client::raw(address, with_ports(raw, proxy).as_bytes()).await {
@@ -84,7 +84,7 @@ async fn observe_unnormalized(
     }
     let mut got = Vec::new();
     for ((_, upstream), before) in upstreams.iter().zip(before) {
-        let count = upstream.count();
+        let count = proxied_count(upstream);
         if count > before {
             got.push((upstream, count - before));
         }
@@ -96,7 +96,7 @@ async fn observe_unnormalized(
         // Retries show as more than one request reaching the upstream.
         let attempts = *attempts;
         seen.insert("upstream requests".into(), attempts.to_string());
-        let request = upstream.last();
+        let request = last_proxied(upstream);
         seen.insert("upstream method".into(), request.method);
         seen.insert("upstream path".into(), request.path);
         seen.insert("upstream authority".into(), request.authority);
@@ -120,6 +120,24 @@ async fn observe_unnormalized(
         }
     }
     seen
+}
+
+/// Whether a request is an active health check (`user-agent: Envoy/HC`, which Envoy's HTTP
+/// checks send and config 42's TCP check payload copies): each proxy checks the shared
+/// upstreams on its own schedule, so checks are not requests the proxy forwarded.
+fn is_health_check(seen: &Seen) -> bool {
+    seen.headers.get("user-agent").is_some_and(|agent| agent == "Envoy/HC")
+}
+
+/// How many forwarded requests (health checks aside) `upstream` has seen.
+fn proxied_count(upstream: &Upstream) -> usize {
+    upstream.seen.lock().unwrap().iter().filter(|seen| !is_health_check(seen)).count()
+}
+
+/// The last forwarded request (health checks aside) `upstream` saw.
+fn last_proxied(upstream: &Upstream) -> Seen {
+    let seen = upstream.seen.lock().unwrap();
+    seen.iter().rev().find(|seen| !is_health_check(seen)).cloned().expect("a request reached the upstream")
 }
 
 static PORT_IN_XFF: LazyLock<regex::Regex> = LazyLock::new(|| regex::Regex::new(r"(\d+\.\d+\.\d+\.\d+):\d+").unwrap());
