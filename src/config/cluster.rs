@@ -225,6 +225,8 @@ pub struct ClusterSpec {
     pub outlier: Option<Arc<OutlierSpec>>,
     /// `health_checks` (Envoy runs one), shared by the cluster's rebuilds.
     pub health_check: Option<Arc<HealthCheckSpec>>,
+    /// A host discovery removes goes at once, even while it passes its health checks.
+    pub ignore_health_on_host_removal: bool,
     /// The hosts from `load_assignment` (empty for EDS clusters, whose come from EDS).
     pub assignment: Assignment,
     /// The name its stats go under: `alt_stat_name`, or the name.
@@ -258,6 +260,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "max_requests_per_connection",
     "outlier_detection",
     "health_checks",
+    "ignore_health_on_host_removal",
 ];
 
 impl ClusterSpec {
@@ -377,6 +380,7 @@ impl ClusterSpec {
             circuit_breakers,
             outlier,
             health_check,
+            ignore_health_on_host_removal: proto.ignore_health_on_host_removal,
             assignment: hosts,
             stat_name: if proto.alt_stat_name.is_empty() { &proto.name } else { &proto.alt_stat_name }.clone(),
             proto: encoded,

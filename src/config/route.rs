@@ -1487,7 +1487,12 @@ fn mutable_header_name(name: &str, path: &str) -> Result<HeaderName> {
 
 /// Translates one level's `{kind}_headers_to_add` / `{kind}_headers_to_remove` (`kind` is
 /// `request` or `response`).
-pub(crate) fn header_mutations(add: &[HeaderValueOption], remove: &[String], path: &str, kind: &str) -> Result<HeaderMutations> {
+pub(crate) fn header_mutations(
+    add: &[HeaderValueOption],
+    remove: &[String],
+    path: &str,
+    kind: &str,
+) -> Result<HeaderMutations> {
     let add_field = join_path(path, &format!("{kind}_headers_to_add"));
     let remove_field = join_path(path, &format!("{kind}_headers_to_remove"));
     let remove = remove

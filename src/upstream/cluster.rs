@@ -280,6 +280,7 @@ pub struct Cluster {
     pub outlier: Option<Arc<Detector>>,
     /// Its health checker, with `health_checks`.
     pub health: Option<Arc<HealthChecker>>,
+    ignore_health_on_host_removal: bool,
     lb: LbKind,
     healthy_panic_threshold: u32,
     pub hosts: Vec<Arc<Host>>,
@@ -315,12 +316,13 @@ impl Cluster {
             _ => false,
         };
         let kept = previous.filter(|_| same_checks);
-        let hosts: Vec<Arc<Host>> = assignment
+        let mut hosts: Vec<Arc<Host>> = assignment
             .hosts
             .iter()
             .map(|h| match kept.and_then(|p| p.hosts.iter().find(|old| old.is_same_endpoint(h))) {
                 Some(old) => {
                     old.set_eds_health(h.health_status);
+                    old.set_flag(health_flag::PENDING_DYNAMIC_REMOVAL, false);
                     old.clone()
                 }
                 None => {
@@ -330,12 +332,25 @@ impl Cluster {
                 }
             })
             .collect();
+        // As Envoy does, a host discovery removed stays while it passes its health checks,
+        // until it fails one (`reassessed` drops it then).
+        if let Some(previous) = kept.filter(|p| p.health.is_some() && !spec.ignore_health_on_host_removal) {
+            let failed = health_flag::FAILED_ACTIVE_HC | health_flag::FAILED_EDS_HEALTH;
+            for old in &previous.hosts {
+                if old.health_flags() & failed == 0 && !hosts.iter().any(|h| Arc::ptr_eq(h, old)) {
+                    old.set_flag(health_flag::PENDING_DYNAMIC_REMOVAL, true);
+                    hosts.push(old.clone());
+                }
+            }
+        }
         Cluster::assemble(spec, hosts, assignment.overprovisioning_factor, previous, context, added_via_api)
     }
 
-    /// This cluster again with the same hosts, after their health changed.
+    /// This cluster again with the same hosts, after their health changed; a host kept
+    /// for its passing health checks after discovery removed it goes once it fails one.
     pub fn reassessed(&self, context: &ClusterContext) -> Cluster {
-        let hosts = self.hosts.clone();
+        let removed = health_flag::PENDING_DYNAMIC_REMOVAL | health_flag::FAILED_ACTIVE_HC;
+        let hosts = self.hosts.iter().filter(|h| h.health_flags() & removed != removed).cloned().collect();
         Cluster::assemble(self.spec(), hosts, self.overprovisioning_factor, Some(self), context, self.added_via_api)
     }
 
@@ -418,6 +433,7 @@ impl Cluster {
             discovery: spec.discovery,
             outlier: detector,
             health,
+            ignore_health_on_host_removal: spec.ignore_health_on_host_removal,
             lb: spec.lb,
             healthy_panic_threshold: spec.healthy_panic_threshold,
             hosts,
@@ -457,6 +473,7 @@ impl Cluster {
             circuit_breakers: self.circuit_breakers,
             outlier: self.outlier.as_ref().map(|detector| detector.spec.clone()),
             health_check: self.health.as_ref().map(|checker| checker.spec.clone()),
+            ignore_health_on_host_removal: self.ignore_health_on_host_removal,
             assignment: Assignment { hosts: Vec::new(), overprovisioning_factor: self.overprovisioning_factor },
             stat_name: self.stat_name.clone(),
             proto: self.proto.clone(),

@@ -61,9 +61,13 @@ impl StatGroup for HealthCheckStats {
 /// What one check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Passed { degraded: bool },
+    Passed {
+        degraded: bool,
+    },
     /// The host answered wrongly: at once unhealthy, unless `retriable` (a retriable status).
-    Failed { retriable: bool },
+    Failed {
+        retriable: bool,
+    },
     /// Connect failed, the connection broke, or the answer made no sense.
     Network,
     TimedOut,
@@ -129,8 +133,8 @@ impl Streak {
                     }
                 }
                 // A failed host shows whether it now fails by timing out.
-                let timed_out = outcome == Outcome::TimedOut
-                    && host.health_flags() & health_flag::FAILED_ACTIVE_HC != 0;
+                let timed_out =
+                    outcome == Outcome::TimedOut && host.health_flags() & health_flag::FAILED_ACTIVE_HC != 0;
                 host.set_flag(health_flag::ACTIVE_HC_TIMEOUT, timed_out);
             }
         }
@@ -403,8 +407,7 @@ impl HttpSender {
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(stream);
         let (sender, driver) = if http2 {
-            let (sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.ok()?;
+            let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.ok()?;
             (SendRequest::H2(sender), tokio::task::spawn_local(async move { drop(connection.await) }))
         } else {
             let (sender, connection) = hyper::client::conn::http1::handshake(io).await.ok()?;
@@ -536,13 +539,14 @@ async fn session(manager: Weak<ClusterManager>, checker: Weak<HealthChecker>, ho
         if first {
             checker.sessions().first_round.remove(&host_key(&host));
         }
-        if (first || transition == Transition::Changed)
+        let passed = matches!(outcome, Outcome::Passed { .. });
+        let ejected = passed && host.health_flags() & health_flag::FAILED_OUTLIER_CHECK != 0;
+        if (first || ejected || transition == Transition::Changed)
             && let Some(manager) = manager.upgrade()
         {
-            manager.health_checked(&checker, transition == Transition::Changed);
+            manager.health_checked(&checker, transition == Transition::Changed, Some(&host).filter(|_| passed));
         }
         let traffic = checker.traffic.upstream_cx_total.value() > 0;
-        let passed = matches!(outcome, Outcome::Passed { .. });
         let wait = next_wait(&checker.spec, traffic, passed, transition);
         drop(checker);
         tokio::time::sleep(wait).await;

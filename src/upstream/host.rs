@@ -125,9 +125,12 @@ impl Host {
 
     /// Whether the load balancer may pick this host outside panic mode. Degraded hosts are
     /// not "healthy" in Envoy's sense but still serve; legate treats them as healthy
-    /// until priority/degraded handling lands.
+    /// until priority/degraded handling lands. A host pending removal serves while it
+    /// passes its health checks, as in Envoy.
     pub fn is_healthy(&self) -> bool {
-        self.health_flags() & !(health_flag::DEGRADED_EDS_HEALTH | health_flag::DEGRADED_ACTIVE_HC) == 0
+        let serving =
+            health_flag::DEGRADED_EDS_HEALTH | health_flag::DEGRADED_ACTIVE_HC | health_flag::PENDING_DYNAMIC_REMOVAL;
+        self.health_flags() & !serving == 0
     }
 
     /// Envoy's `health_flags` text: `healthy` or the `/flag` list.

@@ -29,7 +29,7 @@ use crate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, decode_each};
 
 use super::cluster::{Cluster, ClusterContext};
 use super::health_check::HealthChecker;
-use super::host::Host;
+use super::host::{Host, health_flag};
 use super::outlier::{self, Detector, Ejection};
 use super::tasks::UpstreamTasks;
 
@@ -62,7 +62,7 @@ struct WarmingCluster {
 
 /// What a warming cluster waits for.
 enum Waiting {
-    Endpoints(ClusterSpec),
+    Endpoints(Box<ClusterSpec>),
     /// Built, with its health checker running the first checks.
     HealthChecks(Arc<Cluster>),
 }
@@ -105,7 +105,7 @@ impl WarmingCluster {
     fn into_parts(self) -> (ClusterSpec, Option<Arc<Cluster>>, Warm) {
         let warm = Warm { version_info: self.version_info, since: self.since, added_via_api: self.added_via_api };
         match self.waiting {
-            Waiting::Endpoints(spec) => (spec, None, warm),
+            Waiting::Endpoints(spec) => (*spec, None, warm),
             Waiting::HealthChecks(cluster) => (cluster.spec(), Some(cluster), warm),
         }
     }
@@ -192,7 +192,7 @@ impl ClusterManager {
                 context.tasks.watch_dns(&name, discovery);
                 let since = SystemTime::now();
                 let warming = WarmingCluster {
-                    waiting: Waiting::Endpoints(spec),
+                    waiting: Waiting::Endpoints(Box::new(spec)),
                     version_info: "".into(),
                     since,
                     added_via_api: false,
@@ -202,7 +202,11 @@ impl ClusterManager {
             }
             let assignment = std::mem::take(&mut spec.assignment);
             let cluster = Cluster::new(spec, &assignment, None, &context, false);
-            place(&mut state, cluster, Warm { version_info: "".into(), since: SystemTime::now(), added_via_api: false });
+            place(
+                &mut state,
+                cluster,
+                Warm { version_info: "".into(), since: SystemTime::now(), added_via_api: false },
+            );
         }
         stats.cluster_added.add(state.active.len() as u64);
         let manager = ClusterManager {
@@ -321,8 +325,12 @@ impl ClusterManager {
                 }
                 None => {
                     let Warm { version_info, since, added_via_api } = warm;
-                    let warming =
-                        WarmingCluster { waiting: Waiting::Endpoints(spec), version_info, since, added_via_api };
+                    let warming = WarmingCluster {
+                        waiting: Waiting::Endpoints(Box::new(spec)),
+                        version_info,
+                        since,
+                        added_via_api,
+                    };
                     state.warming.insert(name, warming);
                 }
             }
@@ -460,9 +468,11 @@ impl ClusterManager {
         true
     }
 
-    /// A cluster's first health checks are done (`changed`: or a check changed a host's
-    /// health): a cluster warming on them goes active, an active one is published rebuilt.
-    pub fn health_checked(&self, checker: &Arc<HealthChecker>, changed: bool) {
+    /// A cluster's first health checks are done, or a check changed a host's health
+    /// (`changed`) or `passed` at a host: a cluster warming on them goes active, an active one
+    /// is published rebuilt. A pass returns a host outlier detection ejected, unless the
+    /// detector says otherwise (`successful_active_health_check_uneject_host`).
+    pub fn health_checked(&self, checker: &Arc<HealthChecker>, changed: bool, passed: Option<&Arc<Host>>) {
         let owned = |cluster: &Cluster| cluster.health.as_ref().is_some_and(|c| Arc::ptr_eq(c, checker));
         let mut state = self.lock();
         let name = &checker.cluster;
@@ -479,7 +489,17 @@ impl ClusterManager {
             self.count_activation(&state, name);
             place(&mut state, cluster, warm);
             self.settled.send_modify(|n| *n += 1);
-        } else if let Some(cluster) = state.active.get(name).filter(|c| changed && owned(c)) {
+        } else if let Some(cluster) = state.active.get(name).filter(|c| owned(c)) {
+            let returned = passed.filter(|host| {
+                host.health_flags() & (health_flag::FAILED_OUTLIER_CHECK | health_flag::FAILED_ACTIVE_HC)
+                    == health_flag::FAILED_OUTLIER_CHECK
+                    && cluster.outlier.as_ref().is_some_and(|d| d.spec.uneject_on_health_check)
+            });
+            if let Some(host) = returned {
+                outlier::uneject(host, Instant::now());
+            } else if !changed {
+                return;
+            }
             let rebuilt = Arc::new(cluster.reassessed(&self.context));
             state.active.insert(name.clone(), rebuilt);
         } else {

@@ -392,20 +392,12 @@ pub fn on_interval(detector: &Detector, hosts: &[Arc<Host>], now: Instant) -> bo
     for host in hosts {
         let monitor = host.outlier();
         if is_ejected(host) {
-            let mut state = monitor.state();
+            let state = monitor.state();
             let ejected_for = state.ejected_at.map_or(Duration::MAX, |at| now - at);
             let ejection = (spec.base_ejection_time * state.backoff).min(spec.max_ejection_time) + state.jitter;
             if ejection <= ejected_for {
-                state.returned_at = Some(now);
                 drop(state);
-                for kind in [
-                    Ejection::Consecutive5xx,
-                    Ejection::ConsecutiveGatewayFailure,
-                    Ejection::ConsecutiveLocalOriginFailure,
-                ] {
-                    monitor.consecutive(kind).store(0, Ordering::Relaxed);
-                }
-                host.set_flag(health_flag::FAILED_OUTLIER_CHECK, false);
+                uneject(host, now);
                 changed = true;
             }
         }
@@ -423,6 +415,17 @@ pub fn on_interval(detector: &Detector, hosts: &[Arc<Host>], now: Instant) -> bo
         }
     }
     changed
+}
+
+/// Returns an ejected host, its runs of consecutive failures counted afresh.
+pub fn uneject(host: &Host, now: Instant) {
+    let monitor = host.outlier();
+    monitor.state().returned_at = Some(now);
+    for kind in [Ejection::Consecutive5xx, Ejection::ConsecutiveGatewayFailure, Ejection::ConsecutiveLocalOriginFailure]
+    {
+        monitor.consecutive(kind).store(0, Ordering::Relaxed);
+    }
+    host.set_flag(health_flag::FAILED_OUTLIER_CHECK, false);
 }
 
 /// The success-rate and failure-percentage detectors over one origin's finished interval

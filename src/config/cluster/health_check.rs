@@ -9,9 +9,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::HealthCheck as HealthCheckProto;
 use envoy_types::pb::envoy::config::core::v3::RequestMethod;
 use envoy_types::pb::envoy::config::core::v3::health_check::payload::Payload as PayloadKind;
-use envoy_types::pb::envoy::config::core::v3::health_check::{
-    HealthChecker, HttpHealthCheck, Payload, TcpHealthCheck,
-};
+use envoy_types::pb::envoy::config::core::v3::health_check::{HealthChecker, HttpHealthCheck, Payload, TcpHealthCheck};
 use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range};
 use envoy_types::pb::google::protobuf::Duration as DurationProto;
 use http::Method;
@@ -54,7 +52,7 @@ pub struct HealthCheckSpec {
 /// What a check sends and expects.
 #[derive(Debug)]
 pub enum Probe {
-    Http(HttpProbe),
+    Http(Box<HttpProbe>),
     Tcp(TcpProbe),
 }
 
@@ -136,16 +134,17 @@ fn health_check(proto: &HealthCheckProto, path: &str) -> Result<HealthCheckSpec>
     };
     let timeout = required(positive(&proto.timeout, "timeout")?, "timeout")?;
     let interval = required(positive(&proto.interval, "interval")?, "interval")?;
-    let threshold = |value: Option<u32>, name: &str| {
-        value.ok_or_else(|| ConfigError::invalid(field(name), "value is required"))
-    };
+    let threshold =
+        |value: Option<u32>, name: &str| value.ok_or_else(|| ConfigError::invalid(field(name), "value is required"));
     let unhealthy_threshold = threshold(proto.unhealthy_threshold.map(|v| v.value), "unhealthy_threshold")?;
     let healthy_threshold = threshold(proto.healthy_threshold.map(|v| v.value), "healthy_threshold")?;
     let no_traffic_interval = positive(&proto.no_traffic_interval, "no_traffic_interval")?;
     let no_traffic_interval = no_traffic_interval.unwrap_or(DEFAULT_NO_TRAFFIC_INTERVAL);
     let unhealthy_interval = positive(&proto.unhealthy_interval, "unhealthy_interval")?.unwrap_or(interval);
     let probe = match &proto.health_checker {
-        Some(HealthChecker::HttpHealthCheck(http)) => Probe::Http(http_probe(http, &field("http_health_check"))?),
+        Some(HealthChecker::HttpHealthCheck(http)) => {
+            Probe::Http(Box::new(http_probe(http, &field("http_health_check"))?))
+        }
         Some(HealthChecker::TcpHealthCheck(tcp)) => Probe::Tcp(tcp_probe(tcp, &field("tcp_health_check"))?),
         Some(HealthChecker::GrpcHealthCheck(_)) => {
             return Err(ConfigError::unsupported(field("grpc_health_check"), ""));
@@ -262,7 +261,9 @@ fn status_ranges(ranges: &[Int64Range], path: &str, kind: &str) -> Result<Vec<Ra
             if start >= end {
                 return Err(ConfigError::invalid(
                     at,
-                    format!("Invalid http {kind} status range: expecting start < end, but found start={start} and end={end}"),
+                    format!(
+                        "Invalid http {kind} status range: expecting start < end, but found start={start} and end={end}"
+                    ),
                 ));
             }
             if start < 100 {
@@ -310,7 +311,7 @@ fn payload(p: &Payload, path: &str) -> Result<Bytes> {
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
@@ -375,7 +376,9 @@ mod tests {
             (http(serde_json::json!({ "timeout": null })), "health_checks[0].timeout`: value is required"),
             (http(serde_json::json!({ "interval": "0s" })), "health_checks[0].interval"),
             (
-                http(serde_json::json!({ "http_health_check": { "path": "/", "expected_statuses": [{ "start": 300, "end": 200 }] } })),
+                http(
+                    serde_json::json!({ "http_health_check": { "path": "/", "expected_statuses": [{ "start": 300, "end": 200 }] } }),
+                ),
                 "health_checks[0].http_health_check.expected_statuses[0]`: Invalid http expected status range",
             ),
             (http(serde_json::json!({ "http_health_check": {} })), "http_health_check.path"),

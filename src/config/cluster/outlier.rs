@@ -71,6 +71,9 @@ pub struct OutlierSpec {
     pub always_eject_one_host: bool,
     /// Connect failures, resets and timeouts count apart from the upstream's answers.
     pub split_local_origin: bool,
+    /// A passed active health check returns an ejected host
+    /// (`successful_active_health_check_uneject_host`).
+    pub uneject_on_health_check: bool,
     pub consecutive_5xx: Consecutive,
     pub consecutive_gateway_failure: Consecutive,
     /// Counted only with `split_local_origin`.
@@ -138,6 +141,7 @@ pub fn outlier_detection(proto: &OutlierProto, path: &str) -> Result<OutlierSpec
         max_ejection_percent: percent!(max_ejection_percent, 10),
         always_eject_one_host: proto.always_eject_one_host.is_some_and(|v| v.value),
         split_local_origin: proto.split_external_local_origin_errors,
+        uneject_on_health_check: proto.successful_active_health_check_uneject_host.is_none_or(|v| v.value),
         consecutive_5xx: Consecutive {
             threshold: count!(consecutive_5xx, 5),
             enforcing: percent!(enforcing_consecutive_5xx, 100),

@@ -126,3 +126,51 @@ fn payloads_match_in_order() {
     assert!(!contains_in_order(b"200 HTTP/1.1", &segments));
     assert!(!contains_in_order(b"HTTP/1.1", &segments));
 }
+
+/// A static cluster of two hosts with a TCP check, and the rebuild after discovery dropped
+/// the second host.
+fn cluster_after_removal(ignore_health_on_host_removal: bool, second_failed: bool) -> crate::upstream::Cluster {
+    use crate::config::cluster::ClusterSpec;
+    use crate::upstream::cluster::{Cluster, ClusterContext};
+    let json = serde_json::json!({
+        "name": "c",
+        "ignore_health_on_host_removal": ignore_health_on_host_removal,
+        "load_assignment": { "cluster_name": "c", "endpoints": [{ "lb_endpoints": [
+            { "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 1 } } } },
+            { "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 2 } } } }
+        ] }] },
+        "health_checks": [{ "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+                            "tcp_health_check": {} }]
+    });
+    let proto = crate::config::schema::parse(&json.to_string(), crate::config::schema::Format::Json).unwrap();
+    let spec = ClusterSpec::from_proto(&proto, "", &Default::default()).unwrap();
+    let (tasks, _work) = UpstreamTasks::new();
+    let context = ClusterContext { store: Store::new(), tasks };
+    let assignment = spec.assignment.clone();
+    let first = Cluster::new(spec, &assignment, None, &context, false);
+    for (i, host) in first.hosts.iter().enumerate() {
+        host.set_flag(health_flag::FAILED_ACTIVE_HC, i == 1 && second_failed);
+    }
+    let mut fewer = assignment.clone();
+    fewer.hosts.truncate(1);
+    Cluster::new(first.spec(), &fewer, Some(&first), &context, false)
+}
+
+#[test]
+fn a_removed_host_stays_while_it_passes_its_checks() {
+    let rebuilt = cluster_after_removal(false, false);
+    let flags: Vec<String> = rebuilt.hosts.iter().map(|h| h.health_flags_text()).collect();
+    assert_eq!(flags, ["healthy", "/pending_dynamic_removal"]);
+    assert!(rebuilt.hosts[1].is_healthy(), "a host pending removal still serves");
+    // Once it fails a check, the next rebuild drops it.
+    rebuilt.hosts[1].set_flag(health_flag::FAILED_ACTIVE_HC, true);
+    let (tasks, _work) = UpstreamTasks::new();
+    let context = crate::upstream::cluster::ClusterContext { store: Store::new(), tasks };
+    assert_eq!(rebuilt.reassessed(&context).hosts.len(), 1);
+}
+
+#[test]
+fn a_removed_host_goes_at_once_when_failed_or_told_to() {
+    assert_eq!(cluster_after_removal(false, true).hosts.len(), 1);
+    assert_eq!(cluster_after_removal(true, false).hosts.len(), 1);
+}
