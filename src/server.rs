@@ -26,16 +26,18 @@ use crate::xds::AdsClient;
 /// How long the config schema stays decoded after its last use (see `schema::pool`).
 const SCHEMA_IDLE: Duration = Duration::from_secs(5);
 
-/// How long startup waits for the static DNS clusters' first resolution: beyond the
-/// resolver's own timeouts (5 s a try, two tries), so only a stuck resolver reaches it.
-const STATIC_DNS_WAIT: Duration = Duration::from_secs(15);
+/// How long startup waits for the static clusters' first DNS resolution and health checks:
+/// beyond the resolver's own timeouts (5 s a try, two tries), so only a stuck resolver or a
+/// health check with a longer timeout reaches it. Envoy waits without a limit.
+const STATIC_WARM_WAIT: Duration = Duration::from_secs(15);
 
-/// Envoy's `server.state` values (legate has no PRE_INITIALIZING = 2 phase: it parses
-/// its config before the admin endpoint exists).
+/// Envoy's `server.state` values: PRE_INITIALIZING while the static clusters warm,
+/// INITIALIZING while xDS brings the first clusters and listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
     Live = 0,
     Draining = 1,
+    PreInitializing = 2,
     Initializing = 3,
 }
 
@@ -45,6 +47,7 @@ impl ServerState {
         match self {
             ServerState::Live => "LIVE",
             ServerState::Draining => "DRAINING",
+            ServerState::PreInitializing => "PRE_INITIALIZING",
             ServerState::Initializing => "INITIALIZING",
         }
     }
@@ -68,6 +71,8 @@ pub struct ServerShared {
     pub started_at: SystemTime,
     /// Set once every worker is accepting.
     pub live: AtomicBool,
+    /// Set until the static clusters are warm.
+    pre_initializing: AtomicBool,
     /// `/healthcheck/fail` was called (cleared by `/healthcheck/ok`).
     pub health_check_failed: AtomicBool,
     drain: watch::Sender<bool>,
@@ -81,6 +86,8 @@ impl ServerShared {
         } else if self.live.load(Ordering::Acquire) && self.clusters.is_initialized() && self.listeners.is_initialized()
         {
             ServerState::Live
+        } else if self.pre_initializing.load(Ordering::Acquire) {
+            ServerState::PreInitializing
         } else {
             ServerState::Initializing
         }
@@ -148,12 +155,6 @@ impl Server {
             upstream_tasks,
         ));
         tasks::start(Arc::downgrade(&clusters), upstream_work)?;
-        // As Envoy's initialization does, listeners wait for the static DNS clusters' first
-        // resolution (a failed one counts; the cluster then has no hosts until a later one).
-        let dns_deadline = Instant::now() + STATIC_DNS_WAIT;
-        while clusters.is_warming() && Instant::now() < dns_deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut workers = Vec::with_capacity(concurrency);
         let mut commands = Vec::with_capacity(concurrency);
@@ -173,12 +174,6 @@ impl Server {
             spec.dynamic.lds.is_some(),
             spec.dynamic.sources.clone(),
         ));
-        for listener in spec.listeners {
-            let name = listener.name.clone();
-            listeners
-                .add_or_update(listener, false, "")
-                .map_err(|e| anyhow::anyhow!("cannot start listener '{name}': {e}"))?;
-        }
         let shared = Arc::new(ServerShared {
             store: store.clone(),
             clusters,
@@ -191,6 +186,7 @@ impl Server {
             started: Instant::now(),
             started_at: SystemTime::now(),
             live: AtomicBool::new(false),
+            pre_initializing: AtomicBool::new(true),
             health_check_failed: AtomicBool::new(false),
             drain: drain_tx,
         });
@@ -202,6 +198,22 @@ impl Server {
             }
             None => (None, None),
         };
+        // As Envoy's initialization does, listeners wait for the static clusters' first DNS
+        // resolution (a failed one counts; the cluster then has no hosts until a later one)
+        // and first health checks, while the admin API answers `PRE_INITIALIZING`.
+        let warm_deadline = Instant::now() + STATIC_WARM_WAIT;
+        while shared.clusters.is_warming() && Instant::now() < warm_deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        shared.pre_initializing.store(false, Ordering::Release);
+        store.gauge("server.state").set(ServerState::Initializing as i64);
+        for listener in spec.listeners {
+            let name = listener.name.clone();
+            shared
+                .listeners
+                .add_or_update(listener, false, "")
+                .map_err(|e| anyhow::anyhow!("cannot start listener '{name}': {e}"))?;
+        }
         // One management server: over ADS, or over per-type streams.
         let server = match (&spec.dynamic.sources.ads, &spec.dynamic.sources.grpc) {
             (Some(ads), _) => Some((ads.clone(), true)),
@@ -227,7 +239,7 @@ impl Server {
 
     /// Waits for a drain started elsewhere (signal, `/quitquitquit`) to finish, at most
     /// `drain_time` after it began.
-    pub fn wait(self, drain_time: Duration) {
+    pub fn wait(mut self, drain_time: Duration) {
         let mut drain = self.shared.drain.subscribe();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
@@ -244,7 +256,7 @@ impl Server {
         });
         self.shared.store.gauge("server.state").set(ServerState::Draining as i64);
         let deadline = Instant::now() + drain_time;
-        for worker in self.workers {
+        for worker in std::mem::take(&mut self.workers) {
             while !worker.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -255,7 +267,16 @@ impl Server {
             }
         }
         // The admin server stops with the process; its thread is detached here.
-        drop(self.admin_thread);
+        drop(self.admin_thread.take());
+    }
+}
+
+impl Drop for Server {
+    /// The upstream thread's timers (DNS, outlier detection, health checks) stop with the
+    /// server, as they do when the process exits; an in-process server (tests) must not
+    /// leave health checks running against ports others may be given.
+    fn drop(&mut self) {
+        self.shared.clusters.stop_upstream_tasks();
     }
 }
 
@@ -336,7 +357,7 @@ fn run_worker(index: usize, mut commands: mpsc::UnboundedReceiver<WorkerCommand>
 fn register_server_stats(store: &Store, concurrency: usize) {
     store.gauge("server.concurrency").set(concurrency as i64);
     store.gauge("server.live").set(1);
-    store.gauge("server.state").set(ServerState::Initializing as i64);
+    store.gauge("server.state").set(ServerState::PreInitializing as i64);
     store.gauge("server.version").set(0);
     store.gauge("server.uptime").set(0);
     store.gauge("server.memory_allocated").set(0);

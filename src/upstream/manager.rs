@@ -249,6 +249,11 @@ impl ClusterManager {
         *self.initialized.borrow()
     }
 
+    /// Stops the upstream thread: DNS refreshes, outlier detection and health checks.
+    pub fn stop_upstream_tasks(&self) {
+        self.context.tasks.stop();
+    }
+
     /// Changes whenever a cluster finished warming outside an xDS update.
     pub fn settled(&self) -> watch::Receiver<u64> {
         self.settled.subscribe()

@@ -28,6 +28,8 @@ pub enum Task {
     OutlierConsecutive(Arc<Detector>, Arc<Host>, Ejection),
     /// Start checking a host the checker now has.
     HealthCheck(Arc<HealthChecker>, Arc<Host>),
+    /// The server is gone: stop every timer and session.
+    Stop,
 }
 
 /// Hands work to the upstream thread; cloned into the cluster manager and detectors.
@@ -60,6 +62,11 @@ impl UpstreamTasks {
     /// Starts checking `host`.
     pub fn health_check(&self, checker: &Arc<HealthChecker>, host: &Arc<Host>) {
         self.send(Task::HealthCheck(checker.clone(), host.clone()));
+    }
+
+    /// Ends the upstream thread.
+    pub fn stop(&self) {
+        self.send(Task::Stop);
     }
 
     fn send(&self, task: Task) {
@@ -101,6 +108,7 @@ pub fn start(manager: Weak<ClusterManager>, mut tasks: mpsc::UnboundedReceiver<T
                         }
                     }
                     Task::HealthCheck(checker, host) => checker.run(manager.clone(), &host),
+                    Task::Stop => break,
                 }
             }
         });

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,6 +128,8 @@ pub struct Upstream {
     pub name: String,
     pub address: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// What `/health` answers (200 at first); see `set_health`.
+    health: Arc<AtomicU16>,
 }
 
 impl Upstream {
@@ -137,27 +140,45 @@ impl Upstream {
     /// and 200 from the others; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
     /// with small pauses; `/trickle/MS` sends two chunks MS apart; `/trailers` sends a body
     /// and an `x-checksum` trailer; `/echo` streams the
-    /// request body back; anything else answers
+    /// request body back; `/health` answers the status `set_health` last set (200, with
+    /// the name as body, until then); anything else answers
     /// 200 with the name as body and an `x-upstream` header.
     pub async fn start(name: &str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(AtomicU16::new(200));
         let name = name.to_owned();
-        let (task_name, task_seen) = (name.clone(), seen.clone());
+        let (task_name, task_seen, task_health) = (name.clone(), seen.clone(), health.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (name, seen) = (task_name.clone(), task_seen.clone());
+                let (name, seen, health) = (task_name.clone(), task_seen.clone(), task_health.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(name.clone(), seen.clone(), request));
+                    let service =
+                        service_fn(move |request| answer(name.clone(), seen.clone(), health.clone(), request));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        Upstream { name, address, seen }
+        Upstream { name, address, seen, health }
+    }
+
+    /// Makes `/health` answer `status` from now on (a health check's switch). Returns how
+    /// many `/health` requests were answered before, with the old status: the ones after
+    /// that count got the new one.
+    pub fn set_health(&self, status: u16) -> usize {
+        // Under the lock `/health` answers under, so no request falls between the two.
+        let seen = self.seen.lock().unwrap();
+        self.health.store(status, Ordering::SeqCst);
+        seen.iter().filter(|s| s.path == "/health").count()
+    }
+
+    /// How many `/health` requests this upstream has answered (or is answering).
+    pub fn health_checks(&self) -> usize {
+        self.seen.lock().unwrap().iter().filter(|s| s.path == "/health").count()
     }
 
     /// How many requests this upstream has seen.
@@ -176,6 +197,7 @@ type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 async fn answer(
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    health: Arc<AtomicU16>,
     request: Request<Incoming>,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     let (parts, body) = request.into_parts();
@@ -229,13 +251,16 @@ async fn answer(
         return Ok(reply(200, BodyExt::boxed(StreamBody::new(chunks))));
     }
     let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-    let earlier = {
+    let (earlier, health) = {
         let mut seen = seen.lock().unwrap();
         let request = seen_of(&parts, body_len);
         let earlier = seen.iter().filter(|s| s.path == request.path).count();
         seen.push(request);
-        earlier
+        (earlier, health.load(Ordering::SeqCst))
     };
+    if path == "/health" && health != 200 {
+        return Ok(reply(health, full(Bytes::new())));
+    }
     if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
