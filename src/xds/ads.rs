@@ -27,7 +27,7 @@ use futures_util::stream::SelectAll;
 use futures_util::{Stream, StreamExt};
 use prost::Message;
 use std::pin::Pin;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, decode_each};
@@ -292,18 +292,12 @@ impl AdsClient {
         self.connected_state.set(1);
         let mut settled = self.clusters.settled();
         loop {
-            let next = tokio::select! {
-                next = inbound.next() => Some(next),
-                // A cluster finished warming between updates: initialization may go on.
-                Ok(()) = settled.changed() => None,
+            let next: Option<DiscoveryResponse> = match next_event(&mut inbound, &mut settled).await {
+                Ok(next) => next,
+                Err(end) => return end,
             };
             let mut ok = true;
-            if let Some(next) = next {
-                let response: DiscoveryResponse = match next {
-                    Some(Ok(response)) => response,
-                    None => return StreamEnd::Closed,
-                    Some(Err(status)) => return StreamEnd::Stream(status),
-                };
+            if let Some(response) = next {
                 let Some(kind) = Kind::from_url(&response.type_url) else {
                     tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
                     continue;
@@ -377,18 +371,12 @@ impl AdsClient {
         self.connected_state.set(1);
         let mut settled = self.clusters.settled();
         loop {
-            let next = tokio::select! {
-                next = inbound.next() => Some(next),
-                // A cluster finished warming between updates: initialization may go on.
-                Ok(()) = settled.changed() => None,
+            let next: Option<DeltaDiscoveryResponse> = match next_event(&mut inbound, &mut settled).await {
+                Ok(next) => next,
+                Err(end) => return end,
             };
             let mut ok = true;
-            if let Some(next) = next {
-                let response: DeltaDiscoveryResponse = match next {
-                    Some(Ok(response)) => response,
-                    None => return StreamEnd::Closed,
-                    Some(Err(status)) => return StreamEnd::Stream(status),
-                };
+            if let Some(response) = next {
                 let Some(kind) = Kind::from_url(&response.type_url) else {
                     tracing::warn!(type_url = %response.type_url, "ignoring a response of a type legate did not ask for");
                     continue;
@@ -632,6 +620,22 @@ impl<Req: Send + 'static> Links<Req> {
             inbound.push(Box::pin(call(link, Box::pin(outbound)).await?));
         }
         Ok((self, futures_util::stream::select_all(inbound)))
+    }
+}
+
+/// The next response of the stream, or `None` when a cluster finished warming between
+/// updates (initialization may then go on).
+async fn next_event<R>(
+    inbound: &mut SelectAll<Inbound<R>>,
+    settled: &mut watch::Receiver<u64>,
+) -> Result<Option<R>, StreamEnd> {
+    tokio::select! {
+        next = inbound.next() => match next {
+            Some(Ok(response)) => Ok(Some(response)),
+            None => Err(StreamEnd::Closed),
+            Some(Err(status)) => Err(StreamEnd::Stream(status)),
+        },
+        Ok(()) = settled.changed() => Ok(None),
     }
 }
 

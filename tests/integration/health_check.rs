@@ -16,10 +16,8 @@ use legate::config::schema::{self, Format};
 use legate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 
 use crate::control_plane::ControlPlane;
-use crate::support::{
-    Client, Legate, Upstream, bootstrap, closed_port, get, route_all_to, routes, send, static_cluster,
-};
-use crate::xds::{H2, assignment, dynamic_listener, eds_cluster};
+use crate::support::{Client, Legate, Upstream, bootstrap, closed_port, get, route_all_to, send, static_cluster};
+use crate::xds::{assignment, dynamic_listener, eds_cluster, legate_with_ads_and_lds};
 
 const FAILED: &str = "/failed_active_hc";
 
@@ -257,18 +255,6 @@ async fn startup_waits_for_the_first_checks_before_listeners_serve() {
     assert!(p100.is_some_and(|ms| ms >= 700.0), "initialization took at least the check: {stats}");
 }
 
-/// legate with ADS carrying CDS and LDS; its static listener answers directly.
-fn legate_with_cds_and_lds(control_plane: &ControlPlane) -> Legate {
-    let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
-    let direct = routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n");
-    let yaml = bootstrap("", &direct, &clusters).replacen(
-        "static_resources:\n",
-        "node: { id: legate-test, cluster: test }\ndynamic_resources:\n  ads_config: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\n  cds_config: { ads: {}, resource_api_version: V3 }\n  lds_config: { ads: {}, resource_api_version: V3 }\nstatic_resources:\n",
-        1,
-    );
-    Legate::start(&yaml)
-}
-
 /// `dyn` over EDS, each check answered 500 ms after it is sent, the next one sent a second
 /// after (once the cluster has had traffic; until then, a minute after).
 fn checked_cluster() -> ClusterProto {
@@ -287,7 +273,7 @@ fn checked_cluster() -> ClusterProto {
 async fn a_cds_cluster_warms_until_its_first_checks_and_a_new_eds_host_until_its_own() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let control_plane = ControlPlane::start().await;
-    let legate = legate_with_cds_and_lds(&control_plane);
+    let legate = legate_with_ads_and_lds(&control_plane);
     let mut stream = control_plane.next_stream().await;
     stream.next_of(CLUSTER_TYPE).await;
     stream.push("c1", "n1", vec![checked_cluster()]);

@@ -64,7 +64,7 @@ fn legate_with_ads_and_flags(control_plane: &ControlPlane, flags: &[&str]) -> Le
 }
 
 /// legate with ADS carrying CDS and LDS (its static listener answers directly).
-fn legate_with_ads_and_lds(control_plane: &ControlPlane) -> Legate {
+pub fn legate_with_ads_and_lds(control_plane: &ControlPlane) -> Legate {
     let clusters = static_cluster("xds", &[(control_plane.address, 1)], H2);
     let direct = routes("              - match: { prefix: \"/\" }\n                direct_response: { status: 200 }\n");
     let yaml = bootstrap("", &direct, &clusters).replacen(
