@@ -25,7 +25,7 @@ use super::xds::{SourceSpec, XdsSources, config_source};
 mod health_check;
 mod outlier;
 
-pub use health_check::{HealthCheckSpec, HttpProbe, Probe, TcpProbe};
+pub use health_check::{GrpcProbe, HealthCheckSpec, HttpProbe, Probe, TcpProbe};
 pub use outlier::{Consecutive, IntervalDetector, OutlierSpec, Percent, outlier_detection};
 
 /// Envoy's default `connect_timeout`.
@@ -368,6 +368,15 @@ impl ClusterSpec {
         };
         let health_check =
             health_check::health_checks(&proto.health_checks, &join_path(path, "health_checks"))?.map(Arc::new);
+        if health_check.as_ref().is_some_and(|c| matches!(c.probe, Probe::Grpc(_)))
+            && protocol == UpstreamProtocol::Http1
+        {
+            // Envoy's words for it.
+            return Err(ConfigError::invalid(
+                join_path(path, "health_checks[0].grpc_health_check"),
+                format!("{} cluster must support HTTP/2 for gRPC healthchecking", proto.name),
+            ));
+        }
         Ok(ClusterSpec {
             name: proto.name.clone(),
             discovery,

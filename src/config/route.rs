@@ -1493,23 +1493,28 @@ pub(crate) fn header_mutations(
     path: &str,
     kind: &str,
 ) -> Result<HeaderMutations> {
-    let add_field = join_path(path, &format!("{kind}_headers_to_add"));
     let remove_field = join_path(path, &format!("{kind}_headers_to_remove"));
     let remove = remove
         .iter()
         .enumerate()
         .map(|(i, name)| mutable_header_name(name, &format!("{remove_field}[{i}]")))
         .collect::<Result<_>>()?;
+    let mutations = header_additions(add, &join_path(path, &format!("{kind}_headers_to_add")))?;
+    Ok(HeaderMutations { remove, ..mutations })
+}
+
+/// Translates a list of header additions at `field` (no removals).
+pub(crate) fn header_additions(add: &[HeaderValueOption], field: &str) -> Result<HeaderMutations> {
     let mut adds = Vec::with_capacity(add.len());
     for (i, option) in add.iter().enumerate() {
-        if let Some(a) = header_add(option, &format!("{add_field}[{i}]"))? {
+        if let Some(a) = header_add(option, &format!("{field}[{i}]"))? {
             adds.push(a);
         }
     }
     let conditional = adds
         .iter()
         .any(|a: &HeaderAdd| matches!(a.action, AppendAction::AddIfAbsent | AppendAction::OverwriteIfExists));
-    Ok(HeaderMutations { remove, add: adds, conditional })
+    Ok(HeaderMutations { remove: Vec::new(), add: adds, conditional })
 }
 
 /// Translates one `HeaderValueOption`; `None` when its value is empty and not kept.

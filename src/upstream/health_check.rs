@@ -15,6 +15,7 @@ use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
@@ -23,7 +24,7 @@ use super::cluster::ClusterStats;
 use super::host::{Host, health_flag};
 use super::manager::ClusterManager;
 use super::tasks::UpstreamTasks;
-use crate::config::cluster::{HealthCheckSpec, HttpProbe, Probe, TcpProbe};
+use crate::config::cluster::{GrpcProbe, HealthCheckSpec, HttpProbe, Probe, TcpProbe};
 use crate::stats::{CounterCell, GaugeCell, Member, StatGroup, Store};
 
 /// `cluster.<name>.health_check.*`, Envoy's names.
@@ -216,6 +217,7 @@ impl HealthChecker {
         let stats = store.group(&format!("cluster.{stat_name}.health_check."), HealthCheckStats::default);
         let authority = match &spec.probe {
             Probe::Http(http) if !http.host.is_empty() => &http.host,
+            Probe::Grpc(grpc) if !grpc.authority.is_empty() => &grpc.authority,
             _ => cluster,
         };
         let checker = Arc::new(HealthChecker {
@@ -292,6 +294,7 @@ impl HealthChecker {
             match &self.spec.probe {
                 Probe::Http(http) => self.check_http(http, host, connection).await,
                 Probe::Tcp(tcp) => check_tcp(tcp, host, connection, self.spec.reuse_connection).await,
+                Probe::Grpc(grpc) => self.check_grpc(grpc, host, connection).await,
             }
         };
         let outcome = match tokio::time::timeout(self.spec.timeout, probe).await {
@@ -313,16 +316,7 @@ impl HealthChecker {
     }
 
     async fn check_http(&self, probe: &HttpProbe, host: &Host, connection: &mut Option<Connection>) -> Outcome {
-        let sender = match connection {
-            Some(Connection::Http(sender)) if sender.usable() => sender,
-            _ => match HttpSender::connect(host, probe.http2).await {
-                Some(sender) => connection.insert(Connection::Http(sender)).http(),
-                None => return Outcome::Network,
-            },
-        };
-        if sender.ready().await.is_err() {
-            return Outcome::Network;
-        }
+        let Some(sender) = HttpSender::ready_for(host, probe.http2, connection).await else { return Outcome::Network };
         let mut request = Request::builder().method(probe.method.clone());
         request = if probe.http2 {
             request.uri(format!("http://{}{}", self.authority.to_str().unwrap_or(""), probe.path))
@@ -361,7 +355,67 @@ impl HealthChecker {
         }
         Outcome::Passed { degraded }
     }
+
+    /// A gRPC check: `grpc.health.v1.Health/Check` must answer `SERVING` with status OK;
+    /// any other answer fails the host at once, as in Envoy.
+    async fn check_grpc(&self, probe: &GrpcProbe, host: &Host, connection: &mut Option<Connection>) -> Outcome {
+        let Some(sender) = HttpSender::ready_for(host, true, connection).await else { return Outcome::Network };
+        let uri = format!("http://{}/grpc.health.v1.Health/Check", self.authority.to_str().unwrap_or(""));
+        let message = HealthCheckRequest { service: probe.service_name.clone() }.encode_to_vec();
+        let mut frame = BytesMut::with_capacity(5 + message.len());
+        frame.extend_from_slice(&[0]);
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        let request = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers")
+            .header(header::USER_AGENT, "Envoy/HC")
+            .header("grpc-timeout", format!("{}m", self.spec.timeout.as_millis()))
+            .body(Full::new(frame.freeze()));
+        let Ok(mut request) = request else { return Outcome::Failed { retriable: false } };
+        probe.metadata.apply(request.headers_mut());
+        let Ok(response) = sender.send(request).await else { return Outcome::Network };
+        let (head, mut body) = response.into_parts();
+        let grpc =
+            head.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if head.status != http::StatusCode::OK || !grpc {
+            return Outcome::Failed { retriable: false };
+        }
+        let mut data = BytesMut::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return Outcome::Network };
+            match frame.into_data() {
+                Ok(chunk) => data.extend_from_slice(&chunk),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        // A trailers-only answer carries its status in the head.
+        let status = trailers.as_ref().unwrap_or(&head.headers).get("grpc-status");
+        let serving = status.is_some_and(|s| s == "0")
+            && data.len() >= 5
+            && data[0] == 0
+            && u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize == data.len() - 5
+            && HealthCheckResponse::decode(&data[5..]).is_ok_and(|r| r.status == SERVING);
+        if serving { Outcome::Passed { degraded: false } } else { Outcome::Failed { retriable: false } }
+    }
 }
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`, whose `status` is `SERVING` when healthy.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+const SERVING: i32 = 1;
 
 impl Drop for HealthChecker {
     fn drop(&mut self) {
@@ -402,6 +456,20 @@ enum SendRequest {
 }
 
 impl HttpSender {
+    /// The session's connection, or a new one, once it can take a request.
+    async fn ready_for<'c>(
+        host: &Host,
+        http2: bool,
+        connection: &'c mut Option<Connection>,
+    ) -> Option<&'c mut HttpSender> {
+        if !matches!(connection, Some(Connection::Http(sender)) if sender.usable()) {
+            *connection = Some(Connection::Http(HttpSender::connect(host, http2).await?));
+        }
+        let sender = connection.as_mut()?.http();
+        sender.ready().await.ok()?;
+        Some(sender)
+    }
+
     async fn connect(host: &Host, http2: bool) -> Option<HttpSender> {
         let stream = TcpStream::connect(host.address).await.ok()?;
         let _ = stream.set_nodelay(true);

@@ -139,7 +139,8 @@ impl Upstream {
     /// form with `grpc-status: N`; `/fail-if/NAME/N` answers N from the upstream named NAME
     /// and 200 from the others; `/delay/MS` waits first; `/stream/N` sends N chunks of 1 KiB
     /// with small pauses; `/trickle/MS` sends two chunks MS apart; `/trailers` sends a body
-    /// and an `x-checksum` trailer; `/echo` streams the
+    /// and an `x-checksum` trailer; `/grpc.health.v1.Health/Check` is gRPC's health service
+    /// (see `grpc_health`); `/echo` streams the
     /// request body back; `/health` answers the status `set_health` last set (200, with
     /// the name as body, until then); anything else answers
     /// 200 with the name as body and an `x-upstream` header.
@@ -250,7 +251,8 @@ async fn answer(
         });
         return Ok(reply(200, BodyExt::boxed(StreamBody::new(chunks))));
     }
-    let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body_len = body.len();
     let (earlier, health) = {
         let mut seen = seen.lock().unwrap();
         let request = seen_of(&parts, body_len);
@@ -258,6 +260,9 @@ async fn answer(
         seen.push(request);
         (earlier, health.load(Ordering::SeqCst))
     };
+    if path == "/grpc.health.v1.Health/Check" {
+        return Ok(grpc_health(&name, &body));
+    }
     if path == "/health" && health != 200 {
         return Ok(reply(health, full(Bytes::new())));
     }
@@ -300,6 +305,35 @@ fn seen_of(parts: &http::request::Parts, body_len: usize) -> Seen {
             .unwrap_or_default(),
         body_len,
     }
+}
+
+/// gRPC's health service: `SERVING` for the server (no service) and for a service named as
+/// the upstream, `NOT_SERVING` for `not-serving`, and `NOT_FOUND` (a trailers-only answer) for
+/// any other, as gRPC's own health server answers.
+fn grpc_health(name: &str, request: &[u8]) -> Response<UpstreamBody> {
+    // The request is one gRPC frame holding `HealthCheckRequest { service = 1 }`.
+    let service = request.get(7..).map(String::from_utf8_lossy).unwrap_or_default();
+    let answer = |body: UpstreamBody| {
+        Response::builder().header("x-upstream", name).header("content-type", "application/grpc").body(body).unwrap()
+    };
+    let status: u8 = match &*service {
+        "" => 1,
+        "not-serving" => 2,
+        service if service == name => 1,
+        _ => {
+            let mut response = answer(full(Bytes::new()));
+            response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("5"));
+            return response;
+        }
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = futures_util::stream::iter([
+        // `HealthCheckResponse { status = 1 }`, framed.
+        Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]))),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    answer(BodyExt::boxed(StreamBody::new(frames)))
 }
 
 fn full(bytes: Bytes) -> UpstreamBody {

@@ -16,7 +16,7 @@ use http::Method;
 
 use crate::config::error::{ConfigError, Result, join_path};
 use crate::config::proto;
-use crate::config::route::{HeaderMutations, StringMatch, header_mutations, string_matcher};
+use crate::config::route::{HeaderMutations, StringMatch, header_additions, header_mutations, string_matcher};
 
 /// Envoy's default `no_traffic_interval`.
 const DEFAULT_NO_TRAFFIC_INTERVAL: Duration = Duration::from_secs(60);
@@ -54,6 +54,7 @@ pub struct HealthCheckSpec {
 pub enum Probe {
     Http(Box<HttpProbe>),
     Tcp(TcpProbe),
+    Grpc(GrpcProbe),
 }
 
 /// `http_health_check`.
@@ -84,6 +85,16 @@ pub struct TcpProbe {
     pub receive: Vec<Bytes>,
 }
 
+/// `grpc_health_check`: `grpc.health.v1.Health/Check` over HTTP/2.
+#[derive(Debug)]
+pub struct GrpcProbe {
+    /// The `service` asked about; empty asks about the server as a whole.
+    pub service_name: String,
+    /// The `:authority`; empty means the cluster's name.
+    pub authority: String,
+    pub(crate) metadata: HeaderMutations,
+}
+
 /// Fields of `HealthCheck` legate implements (the rest are refused by name).
 const SUPPORTED_FIELDS: &[&str] = &[
     "timeout",
@@ -104,6 +115,7 @@ const SUPPORTED_FIELDS: &[&str] = &[
     "always_log_health_check_success",
     "http_health_check",
     "tcp_health_check",
+    "grpc_health_check",
 ];
 
 /// Translates a cluster's `health_checks` at `path`: Envoy runs one health checker a cluster.
@@ -146,13 +158,23 @@ fn health_check(proto: &HealthCheckProto, path: &str) -> Result<HealthCheckSpec>
             Probe::Http(Box::new(http_probe(http, &field("http_health_check"))?))
         }
         Some(HealthChecker::TcpHealthCheck(tcp)) => Probe::Tcp(tcp_probe(tcp, &field("tcp_health_check"))?),
-        Some(HealthChecker::GrpcHealthCheck(_)) => {
-            return Err(ConfigError::unsupported(field("grpc_health_check"), ""));
-        }
+        Some(HealthChecker::GrpcHealthCheck(grpc)) => Probe::Grpc(GrpcProbe {
+            service_name: grpc.service_name.clone(),
+            authority: grpc.authority.clone(),
+            metadata: header_additions(
+                &grpc.initial_metadata,
+                &join_path(&field("grpc_health_check"), "initial_metadata"),
+            )?,
+        }),
         Some(HealthChecker::CustomHealthCheck(custom)) => {
             return Err(ConfigError::unsupported(field("custom_health_check"), custom.name.clone()));
         }
-        None => return Err(ConfigError::invalid(path, "one of http_health_check or tcp_health_check is required")),
+        None => {
+            return Err(ConfigError::invalid(
+                path,
+                "one of http_health_check, tcp_health_check or grpc_health_check is required",
+            ));
+        }
     };
     Ok(HealthCheckSpec {
         timeout,
@@ -387,8 +409,8 @@ mod tests {
                 "http_health_check.send.text",
             ),
             (
-                http(serde_json::json!({ "http_health_check": null, "grpc_health_check": {} })),
-                "health_checks[0].grpc_health_check",
+                http(serde_json::json!({ "http_health_check": null, "custom_health_check": { "name": "redis" } })),
+                "health_checks[0].custom_health_check",
             ),
             (http(serde_json::json!({ "event_log_path": "/dev/null" })), "health_checks[0].event_log_path"),
         ] {
