@@ -331,9 +331,7 @@ impl HealthChecker {
         let Ok(response) = sender.send(request).await else { return Outcome::Network };
         let (head, body) = response.into_parts();
         let Some(body) = read_body(body, probe).await else { return Outcome::Network };
-        if head.headers.contains_key(header::CONNECTION)
-            && head.headers.get(header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
-        {
+        if head.headers.get(header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")) {
             // The next check connects again; hyper closes this one after the response.
             sender.closing = true;
         }
