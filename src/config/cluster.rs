@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds as ThresholdsProto;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::ring_hash_lb_config::HashFunction;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, LbConfig, LbPolicy,
 };
@@ -50,7 +51,21 @@ pub enum LbKind {
     RoundRobin,
     Random,
     LeastRequest(LeastRequest),
+    RingHash(RingHash),
 }
+
+/// `ring_hash_lb_config`, with Envoy's defaults: the ring holds at least `min_size`
+/// entries (more when weights need them to stay whole), at most `max_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingHash {
+    pub min_size: u64,
+    pub max_size: u64,
+    /// Hash hosts by hostname rather than address (`consistent_hashing_lb_config`).
+    pub by_hostname: bool,
+}
+
+/// The largest ring Envoy builds (and its default maximum).
+const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 
 /// `least_request_lb_config`, with Envoy's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -243,6 +258,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "connect_timeout",
     "lb_policy",
     "least_request_lb_config",
+    "ring_hash_lb_config",
     "common_lb_config",
     "load_assignment",
     "typed_extension_protocol_options",
@@ -330,6 +346,7 @@ impl ClusterSpec {
             Ok(LbPolicy::RoundRobin) => LbKind::RoundRobin,
             Ok(LbPolicy::Random) => LbKind::Random,
             Ok(LbPolicy::LeastRequest) => LbKind::LeastRequest(least_request(proto, path)?),
+            Ok(LbPolicy::RingHash) => LbKind::RingHash(ring_hash(proto, path)?),
             Ok(other) => {
                 return Err(ConfigError::unsupported(join_path(path, "lb_policy"), other.as_str_name().to_owned()));
             }
@@ -397,9 +414,10 @@ impl ClusterSpec {
     }
 }
 
-/// `common_lb_config`, of which legate takes `healthy_panic_threshold`.
+/// `common_lb_config`, of which legate takes `healthy_panic_threshold` (and
+/// `consistent_hashing_lb_config`, read by `ring_hash`).
 fn healthy_panic_threshold(common: &CommonLbConfig, path: &str) -> Result<u32> {
-    ensure_only(common, &["healthy_panic_threshold"], path)?;
+    ensure_only(common, &["healthy_panic_threshold", "consistent_hashing_lb_config"], path)?;
     let Some(percent) = &common.healthy_panic_threshold else {
         return Ok(DEFAULT_HEALTHY_PANIC_THRESHOLD);
     };
@@ -434,6 +452,60 @@ fn least_request(proto: &ClusterProto, path: &str) -> Result<LeastRequest> {
         // Envoy warns and uses 1.0 for a bias below 0 or not a number.
         if bias.default_value >= 0.0 {
             config.active_request_bias = bias.default_value;
+        }
+    }
+    Ok(config)
+}
+
+/// `ring_hash_lb_config` and `common_lb_config.consistent_hashing_lb_config`.
+fn ring_hash(proto: &ClusterProto, path: &str) -> Result<RingHash> {
+    let mut config = RingHash { min_size: 1024, max_size: MAX_RING_SIZE, by_hostname: false };
+    if let Some(LbConfig::RingHashLbConfig(given)) = &proto.lb_config {
+        let path = join_path(path, "ring_hash_lb_config");
+        if given.hash_function == HashFunction::MurmurHash2 as i32 {
+            return Err(ConfigError::unsupported(join_path(&path, "hash_function"), "MURMUR_HASH_2"));
+        }
+        for (field, value, target) in [
+            ("minimum_ring_size", given.minimum_ring_size, &mut config.min_size),
+            ("maximum_ring_size", given.maximum_ring_size, &mut config.max_size),
+        ] {
+            if let Some(value) = value {
+                if value.value > MAX_RING_SIZE {
+                    return Err(ConfigError::invalid(
+                        join_path(&path, field),
+                        format!("value must be less than or equal to {MAX_RING_SIZE}"),
+                    ));
+                }
+                *target = value.value;
+            }
+        }
+        if config.min_size > config.max_size {
+            // Envoy's words for it.
+            return Err(ConfigError::invalid(
+                path,
+                format!("ring hash: minimum_ring_size ({}) > maximum_ring_size ({})", config.min_size, config.max_size),
+            ));
+        }
+    }
+    if let Some(consistent) = proto.common_lb_config.as_ref().and_then(|c| c.consistent_hashing_lb_config.as_ref()) {
+        let path = join_path(path, "common_lb_config.consistent_hashing_lb_config");
+        if consistent.hash_balance_factor.is_some() {
+            return Err(ConfigError::unsupported(join_path(&path, "hash_balance_factor"), ""));
+        }
+        config.by_hostname = consistent.use_hostname_for_hashing;
+        let discovery = match &proto.cluster_discovery_type {
+            Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).unwrap_or(DiscoveryType::Static),
+            _ => DiscoveryType::Static,
+        };
+        if config.by_hostname && discovery != DiscoveryType::StrictDns {
+            // Envoy's words for it: only a STRICT_DNS cluster's hosts have names to hash.
+            return Err(ConfigError::invalid(
+                join_path(&path, "use_hostname_for_hashing"),
+                format!(
+                    "Cannot use hostname for consistent hashing loadbalancing for cluster of type: 'envoy.cluster.{}'",
+                    discovery.as_str_name().to_ascii_lowercase()
+                ),
+            ));
         }
     }
     Ok(config)

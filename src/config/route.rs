@@ -37,6 +37,7 @@ macro_rules! reject_fields {
     };
 }
 
+mod hash;
 mod retry;
 
 pub use retry::{RetryOn, RetryPolicy};
@@ -141,6 +142,8 @@ pub struct ForwardAction {
     pub(crate) retry: Option<Box<RetryPolicy>>,
     /// How a gRPC request's `grpc-timeout` sets its timeouts, when the route says.
     pub(crate) grpc_timeout: Option<GrpcTimeout>,
+    /// What a request is hashed by, for ring hash load balancing.
+    pub(crate) hash_policy: Box<[hash::HashPolicy]>,
 }
 
 /// What a route does with a gRPC request's `grpc-timeout`.
@@ -555,6 +558,14 @@ impl ForwardAction {
     /// The status for a request whose cluster does not exist (`cluster_not_found_response_code`).
     pub fn cluster_not_found_status(&self) -> StatusCode {
         self.cluster_not_found_status
+    }
+
+    /// The request's hash under the route's `hash_policy`, if it has one that finds any.
+    pub fn request_hash(&self, parts: &http::request::Parts, remote: std::net::SocketAddr) -> Option<u64> {
+        if self.hash_policy.is_empty() {
+            return None;
+        }
+        hash::request_hash(&self.hash_policy, parts, remote)
     }
 }
 
@@ -1119,7 +1130,7 @@ fn forward_action(
     } = proto;
     reject_fields!(path; metadata_match, path_rewrite_policy, path_rewrite, flush_timeout,
         early_data_policy, retry_policy_typed_config, request_mirror_policies,
-        priority, rate_limits, include_vh_rate_limits, hash_policy, cors, upgrade_configs,
+        priority, rate_limits, include_vh_rate_limits, cors, upgrade_configs,
         internal_redirect_policy, internal_redirect_action, max_internal_redirects, hedge_policy)?;
 
     let cluster = match cluster_specifier {
@@ -1234,6 +1245,7 @@ fn forward_action(
         idle_timeout,
         retry: retry.map(Box::new),
         grpc_timeout,
+        hash_policy: hash::hash_policies(hash_policy, &join_path(path, "hash_policy"))?,
     })
 }
 

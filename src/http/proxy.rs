@@ -168,7 +168,8 @@ pub async fn serve(
         ));
     };
     let pools = ctx.worker.pools.cluster(&cluster);
-    let picked = cluster.pick(&mut pools.lb.borrow_mut());
+    let hash = forward.request_hash(&parts, ctx.remote);
+    let picked = cluster.pick(&mut pools.lb.borrow_mut(), hash, 0);
     exchange.cluster = Some(cluster.clone());
     let Some(host_index) = picked else {
         cluster.stats.upstream_cx_none_healthy.inc();
@@ -328,7 +329,7 @@ pub async fn serve(
                 break (result, host, upstream_start);
             }
         };
-        let Some(next_host) = retry.next_host(&cluster, &mut pools.lb.borrow_mut()) else {
+        let Some(next_host) = retry.next_host(&cluster, &mut pools.lb.borrow_mut(), hash) else {
             break (result, host, upstream_start);
         };
         let next_body = retained.attempt().expect("checked: the body stayed under the limit");

@@ -149,18 +149,19 @@ impl<'p> Retry<'p> {
 
     /// The host of the next attempt: with `previous_hosts`, picks again (up to
     /// `host_selection_retry_max_attempts` times) while the pick was tried before, keeping
-    /// the last pick if all were.
-    pub fn next_host(&mut self, cluster: &Cluster, lb: &mut WorkerLb) -> Option<usize> {
-        let mut picked = cluster.pick(lb)?;
+    /// the last pick if all were; a request's `hash` (ring hash) moves one point on the ring
+    /// each time, as in Envoy.
+    pub fn next_host(&mut self, cluster: &Cluster, lb: &mut WorkerLb, hash: Option<u64>) -> Option<usize> {
+        let mut picked = cluster.pick(lb, hash, 0)?;
         if self.policy.avoid_previous_hosts {
             if self.tried.is_empty() {
                 self.tried.push(self.first_host);
             }
-            for _ in 0..self.policy.host_selection_max_attempts {
+            for attempt in 1..=self.policy.host_selection_max_attempts {
                 if !self.tried.contains(&picked) {
                     break;
                 }
-                picked = cluster.pick(lb)?;
+                picked = cluster.pick(lb, hash, attempt)?;
             }
             self.tried.push(picked);
         }

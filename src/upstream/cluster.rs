@@ -413,7 +413,13 @@ impl Cluster {
                 healthy: h.is_healthy(),
             })
             .collect();
-        let selector = HostSelector::new(spec.lb, &candidates, overprovisioning_factor, spec.healthy_panic_threshold);
+        let by_hostname = matches!(spec.lb, LbKind::RingHash(ring) if ring.by_hostname);
+        let key = |index: u32| {
+            let host = &hosts[index as usize];
+            if by_hostname { host.hostname.clone() } else { host.address.to_string() }
+        };
+        let selector =
+            HostSelector::new(spec.lb, &candidates, overprovisioning_factor, spec.healthy_panic_threshold, &key);
         stats.membership_total.set(hosts.len() as i64);
         stats.membership_healthy.set(candidates.iter().filter(|c| c.healthy).count() as i64);
         stats.max_host_weight.set(hosts.iter().map(|h| i64::from(h.weight)).max().unwrap_or(0));
@@ -480,11 +486,12 @@ impl Cluster {
         }
     }
 
-    /// Picks a host (an index into `hosts`) with the calling worker's state; `None`
-    /// means no healthy upstream.
-    pub fn pick(&self, state: &mut WorkerLb) -> Option<usize> {
+    /// Picks a host (an index into `hosts`) with the calling worker's state and the
+    /// request's hash (ring hash), `attempt` the picks of that hash before; `None` means no
+    /// healthy upstream.
+    pub fn pick(&self, state: &mut WorkerLb, hash: Option<u64>, attempt: u32) -> Option<usize> {
         let active = |index: u32| self.hosts[index as usize].stats.rq_active.load(Ordering::Relaxed);
-        let (index, panic) = self.selector.pick(state, &active);
+        let (index, panic) = self.selector.pick(state, &active, (hash, attempt));
         if panic {
             self.stats.lb_healthy_panic.inc();
         }

@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use super::ring_hash::Ring;
 use crate::config::cluster::{LbKind, LeastRequest};
 
 /// The longest weighted round-robin schedule kept; larger weight sums are scaled down.
@@ -54,12 +55,19 @@ enum Schedule {
     /// next due after `1 / weight`, its weight divided by `(active requests + 1)^bias` at
     /// the time of the pick.
     Weighted { bias: f64, hosts: Box<[(u32, u32)]> },
+    /// Ring hash: the request's hash picks the host.
+    Ring(Ring),
 }
 
 impl Schedule {
-    /// The schedule for hosts with these weights (indices into the caller's hosts).
-    fn new(kind: LbKind, weights: &[(u32, u32)]) -> Schedule {
+    /// The schedule for hosts with these weights (indices into the caller's hosts); `key`
+    /// names a host on a hash ring.
+    fn new(kind: LbKind, weights: &[(u32, u32)], key: &dyn Fn(u32) -> String) -> Schedule {
         match kind {
+            LbKind::RingHash(ring) => {
+                let hosts: Vec<(u32, u32, String)> = weights.iter().map(|&(i, w)| (i, w, key(i))).collect();
+                Schedule::Ring(Ring::new(&hosts, ring.min_size, ring.max_size))
+            }
             LbKind::RoundRobin | LbKind::Random => Schedule::Order {
                 random: kind == LbKind::Random,
                 order: smooth_weighted_order(weights).into_boxed_slice(),
@@ -82,12 +90,20 @@ impl Schedule {
             Schedule::Order { order, .. } => order.is_empty(),
             Schedule::Choices { hosts, .. } => hosts.is_empty(),
             Schedule::Weighted { hosts, .. } => hosts.is_empty(),
+            Schedule::Ring(ring) => ring.is_empty(),
         }
     }
 
     /// Picks a host index with the worker's round-robin `cursor` and its weighted
-    /// schedule for this level, `edf`; `active` gives a host's active requests.
-    fn pick(&self, cursor: &mut u64, edf: &mut Option<Edf>, active: &impl Fn(u32) -> u64) -> Option<u32> {
+    /// schedule for this level, `edf`; `active` gives a host's active requests, `hash` the
+    /// request's hash and how many picks of it came before (read by ring hash only).
+    fn pick(
+        &self,
+        cursor: &mut u64,
+        edf: &mut Option<Edf>,
+        active: &impl Fn(u32) -> u64,
+        (hash, attempt): (u64, u32),
+    ) -> Option<u32> {
         if self.is_empty() {
             return None;
         }
@@ -119,6 +135,7 @@ impl Schedule {
                 let edf = edf.get_or_insert_with(|| Edf::new(hosts, &weight));
                 Some(hosts[edf.pick_and_add(&weight) as usize].0)
             }
+            Schedule::Ring(ring) => ring.pick(hash, attempt),
         }
     }
 }
@@ -241,8 +258,14 @@ pub struct HostSelector {
 
 impl HostSelector {
     /// Builds the selector for `hosts` with `overprovisioning_factor` and
-    /// `panic_threshold` in percent.
-    pub fn new(kind: LbKind, hosts: &[Candidate], overprovisioning_factor: u32, panic_threshold: u32) -> HostSelector {
+    /// `panic_threshold` in percent; `key` names a host on a hash ring (its address).
+    pub fn new(
+        kind: LbKind,
+        hosts: &[Candidate],
+        overprovisioning_factor: u32,
+        panic_threshold: u32,
+        key: &dyn Fn(u32) -> String,
+    ) -> HostSelector {
         let max_priority = hosts.iter().map(|h| h.priority).max().unwrap_or(0);
         let by_level: Vec<Vec<&Candidate>> =
             (0..=max_priority).map(|p| hosts.iter().filter(|h| h.priority == p).collect()).collect();
@@ -267,7 +290,7 @@ impl HostSelector {
                 let panic = total_panic || healthy(level) * 100 < total * u64::from(panic_threshold);
                 let eligible: Vec<(u32, u32)> =
                     level.iter().filter(|h| panic || h.healthy).map(|h| (h.index, h.weight)).collect();
-                Level { load: 0, schedule: Schedule::new(kind, &eligible), panic }
+                Level { load: 0, schedule: Schedule::new(kind, &eligible, key), panic }
             })
             .collect();
         let mut remaining = 100;
@@ -289,14 +312,23 @@ impl HostSelector {
     }
 
     /// Picks a host index with the worker's `state` (`None`: no host to pick); `active`
-    /// gives a host's active requests (read by least request only). Also says whether the
-    /// pick was made in panic.
-    pub fn pick(&self, state: &mut WorkerLb, active: &impl Fn(u32) -> u64) -> (Option<u32>, bool) {
+    /// gives a host's active requests (read by least request only), `hash` the request's
+    /// hash and how many picks of it came before (ring hash: without a hash, a random one).
+    /// Also says whether the pick was made in panic.
+    pub fn pick(
+        &self,
+        state: &mut WorkerLb,
+        active: &impl Fn(u32) -> u64,
+        (hash, attempt): (Option<u64>, u32),
+    ) -> (Option<u32>, bool) {
+        let ring = matches!(self.levels.first(), Some(Level { schedule: Schedule::Ring(_), .. }));
+        let hash = if ring { hash.unwrap_or_else(|| fastrand::u64(..)) } else { 0 };
         let position = match self.levels.as_slice() {
             [] => return (None, self.total_panic),
             [_] => 0,
             levels => {
-                let mut draw = fastrand::u32(..100);
+                // A hash picks its level as it picks its host, as in Envoy.
+                let mut draw = if ring { (hash % 100) as u32 } else { fastrand::u32(..100) };
                 // The loads add up to 100 (the levels without load are dropped).
                 let position = levels.iter().position(|l| draw.checked_sub(l.load).map(|rest| draw = rest).is_none());
                 position.unwrap_or(levels.len() - 1)
@@ -306,7 +338,7 @@ impl HostSelector {
         if state.edf.len() < self.levels.len() {
             state.edf.resize_with(self.levels.len(), || None);
         }
-        (level.schedule.pick(&mut state.cursor, &mut state.edf[position], active), level.panic)
+        (level.schedule.pick(&mut state.cursor, &mut state.edf[position], active, (hash, attempt)), level.panic)
     }
 }
 
@@ -357,10 +389,14 @@ mod tests {
         0
     }
 
+    fn index_key(index: u32) -> String {
+        index.to_string()
+    }
+
     /// `n` picks from a fresh worker state, the cursor at 0.
     fn picks(schedule: &Schedule, n: usize, active: &impl Fn(u32) -> u64) -> Vec<u32> {
         let (mut cursor, mut edf) = (0, None);
-        (0..n).map(|_| schedule.pick(&mut cursor, &mut edf, active).unwrap()).collect()
+        (0..n).map(|_| schedule.pick(&mut cursor, &mut edf, active, (0, 0)).unwrap()).collect()
     }
 
     fn counts(picked: &[u32], hosts: usize) -> Vec<usize> {
@@ -373,15 +409,15 @@ mod tests {
 
     #[test]
     fn equal_weights_alternate() {
-        let s = Schedule::new(LbKind::RoundRobin, &[(0, 1), (1, 1), (2, 1)]);
+        let s = Schedule::new(LbKind::RoundRobin, &[(0, 1), (1, 1), (2, 1)], &index_key);
         assert_eq!(picks(&s, 6, &idle), [0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
     fn weights_are_honoured_and_interleaved() {
-        let s = Schedule::new(LbKind::RoundRobin, &[(0, 3), (1, 1)]);
+        let s = Schedule::new(LbKind::RoundRobin, &[(0, 3), (1, 1)], &index_key);
         assert_eq!(counts(&picks(&s, 400, &idle), 2), [300, 100]);
-        let s = Schedule::new(LbKind::RoundRobin, &[(0, 1), (1, 1), (2, 2)]);
+        let s = Schedule::new(LbKind::RoundRobin, &[(0, 1), (1, 1), (2, 2)], &index_key);
         let order = picks(&s, 8, &idle);
         // Within one cycle the heavy host never takes two turns in a row.
         assert!(order[..4].windows(2).all(|w| w[0] != w[1]), "a heavy host's turns are spread, not bunched: {order:?}");
@@ -390,7 +426,8 @@ mod tests {
 
     #[test]
     fn huge_weights_are_scaled_without_dropping_hosts() {
-        let Schedule::Order { order, .. } = Schedule::new(LbKind::RoundRobin, &[(0, 1_000_000), (1, 1)]) else {
+        let Schedule::Order { order, .. } = Schedule::new(LbKind::RoundRobin, &[(0, 1_000_000), (1, 1)], &index_key)
+        else {
             panic!("round robin keeps an order");
         };
         assert!(order.len() as u64 <= MAX_SCHEDULE_LEN + 1);
@@ -403,14 +440,14 @@ mod tests {
 
     #[test]
     fn least_request_over_equal_weights_takes_the_less_busy_of_its_choices() {
-        let s = Schedule::new(least_request(2, 1.0), &[(0, 1), (1, 1), (2, 1)]);
+        let s = Schedule::new(least_request(2, 1.0), &[(0, 1), (1, 1), (2, 1)], &index_key);
         assert!(matches!(s, Schedule::Choices { choices: 2, .. }), "{s:?}");
         // Host 0 busy: it is picked only when both draws land on it, 1 in 9.
         let busy = |i: u32| if i == 0 { 5 } else { 0 };
         let spread = counts(&picks(&s, 9_000, &busy), 3);
         assert!((700..1_300).contains(&spread[0]), "{spread:?}");
         // With as many draws as it takes to see every host, the busy one never wins.
-        let s = Schedule::new(least_request(64, 1.0), &[(0, 1), (1, 1), (2, 1)]);
+        let s = Schedule::new(least_request(64, 1.0), &[(0, 1), (1, 1), (2, 1)], &index_key);
         assert_eq!(counts(&picks(&s, 1_000, &busy), 3)[0], 0);
         // All idle: the first draw stands, so the spread is even.
         let spread = counts(&picks(&s, 9_000, &idle), 3);
@@ -421,7 +458,7 @@ mod tests {
     fn least_request_over_unequal_weights_follows_the_weights_scaled_by_load() {
         // Weights whose reciprocals binary fractions hold exactly, so no deadlines tie by
         // rounding.
-        let s = Schedule::new(least_request(2, 1.0), &[(0, 4), (1, 1)]);
+        let s = Schedule::new(least_request(2, 1.0), &[(0, 4), (1, 1)], &index_key);
         assert!(matches!(s, Schedule::Weighted { .. }), "{s:?}");
         // Idle hosts: exactly the weights, interleaved.
         let order = picks(&s, 400, &idle);
@@ -433,17 +470,17 @@ mod tests {
         let active = RefCell::new([0u64; 2]);
         let (mut cursor, mut edf) = (0, None);
         for _ in 0..400 {
-            let picked = s.pick(&mut cursor, &mut edf, &|i| active.borrow()[i as usize]).unwrap();
+            let picked = s.pick(&mut cursor, &mut edf, &|i| active.borrow()[i as usize], (0, 0)).unwrap();
             active.borrow_mut()[picked as usize] += 1;
         }
         let [heavy, light] = *active.borrow();
         assert!((257..=277).contains(&heavy) && heavy + light == 400, "{heavy} / {light}");
         // A bias of 0 ignores load: plain weighted round robin.
-        let s = Schedule::new(least_request(2, 0.0), &[(0, 4), (1, 1)]);
+        let s = Schedule::new(least_request(2, 0.0), &[(0, 4), (1, 1)], &index_key);
         let busy = |i: u32| if i == 0 { 1_000 } else { 0 };
         assert_eq!(counts(&picks(&s, 400, &busy), 2), [320, 80]);
         // A busy heavy host under the default bias gives way to the idle light one.
-        let s = Schedule::new(least_request(2, 1.0), &[(0, 4), (1, 1)]);
+        let s = Schedule::new(least_request(2, 1.0), &[(0, 4), (1, 1)], &index_key);
         assert!(counts(&picks(&s, 400, &busy), 2)[1] > 390);
     }
 
@@ -458,14 +495,15 @@ mod tests {
         let mut state = WorkerLb { cursor: 0, edf: Vec::new() };
         let mut counts = vec![0; hosts];
         for _ in 0..picks {
-            counts[selector.pick(&mut state, &idle).0.unwrap() as usize] += 1;
+            counts[selector.pick(&mut state, &idle, (None, 0)).0.unwrap() as usize] += 1;
         }
         counts
     }
 
     #[test]
     fn a_healthy_first_priority_takes_everything() {
-        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, true), (1, true)]), 140, 50);
+        let s =
+            HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, true), (1, true)]), 140, 50, &index_key);
         assert_eq!(spread(&s, 100, 3), [50, 50, 0]);
     }
 
@@ -473,12 +511,12 @@ mod tests {
     fn a_degraded_first_priority_spills_over_by_the_overprovisioning_factor() {
         // P0: 1 of 2 healthy → worth 70 %; P1 healthy takes the remaining 30 %.
         let hosts = candidates(&[(0, true), (0, false), (1, true)]);
-        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50);
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50, &index_key);
         let counts = spread(&s, 10_000, 3);
         assert_eq!(counts[1], 0, "the unhealthy host gets nothing");
         assert!((6_500..7_500).contains(&counts[0]), "{counts:?}");
         // With a factor of 100, P0 is worth only 50 %.
-        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 100, 50);
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 100, 50, &index_key);
         let counts = spread(&s, 10_000, 3);
         assert!((4_500..5_500).contains(&counts[0]), "{counts:?}");
     }
@@ -487,18 +525,21 @@ mod tests {
     fn panic_mode_balances_over_all_hosts_of_a_level() {
         // 1 of 3 healthy in the only level: below 50 %, so all three take traffic.
         let hosts = candidates(&[(0, true), (0, false), (0, false)]);
-        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50);
-        assert!(s.pick(&mut WorkerLb::default(), &idle).1, "the pick reports panic mode");
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50, &index_key);
+        assert!(s.pick(&mut WorkerLb::default(), &idle, (None, 0)).1, "the pick reports panic mode");
         assert_eq!(spread(&s, 300, 3), [100, 100, 100]);
         // A threshold of 34 % puts 1 of 3 (33.3 %) in panic, 33 % does not.
-        assert_eq!(spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 34), 300, 3), [100, 100, 100]);
-        assert_eq!(spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 33), 300, 3), [300, 0, 0]);
+        assert_eq!(
+            spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 34, &index_key), 300, 3),
+            [100, 100, 100]
+        );
+        assert_eq!(spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 33, &index_key), 300, 3), [300, 0, 0]);
     }
 
     #[test]
     fn with_nothing_healthy_every_level_is_in_panic_and_takes_load_by_its_hosts() {
         let hosts = candidates(&[(0, false), (1, false), (1, false), (1, false)]);
-        let counts = spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50), 10_000, 4);
+        let counts = spread(&HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50, &index_key), 10_000, 4);
         assert!((2_000..3_000).contains(&counts[0]), "P0 has a quarter of the hosts: {counts:?}");
         assert!(counts[1..].iter().all(|c| (2_000..3_000).contains(c)), "{counts:?}");
     }
@@ -506,26 +547,32 @@ mod tests {
     #[test]
     fn a_panic_threshold_of_0_turns_panic_off() {
         // 1 of 3 healthy: only that one serves.
-        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, true), (0, false), (0, false)]), 140, 0);
-        assert!(!s.pick(&mut WorkerLb::default(), &idle).1);
+        let s = HostSelector::new(
+            LbKind::RoundRobin,
+            &candidates(&[(0, true), (0, false), (0, false)]),
+            140,
+            0,
+            &index_key,
+        );
+        assert!(!s.pick(&mut WorkerLb::default(), &idle, (None, 0)).1);
         assert_eq!(spread(&s, 30, 3), [30, 0, 0]);
         // Nothing healthy: nothing to pick (Envoy's "no healthy upstream").
-        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, false), (1, false)]), 140, 0);
-        assert_eq!(s.pick(&mut WorkerLb::default(), &idle), (None, false));
+        let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, false), (1, false)]), 140, 0, &index_key);
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0)), (None, false));
     }
 
     #[test]
     fn a_cluster_without_hosts_is_in_panic() {
-        let s = HostSelector::new(LbKind::RoundRobin, &[], 140, 50);
-        assert_eq!(s.pick(&mut WorkerLb::default(), &idle), (None, true));
-        let s = HostSelector::new(LbKind::RoundRobin, &[], 140, 0);
-        assert_eq!(s.pick(&mut WorkerLb::default(), &idle), (None, false));
+        let s = HostSelector::new(LbKind::RoundRobin, &[], 140, 50, &index_key);
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0)), (None, true));
+        let s = HostSelector::new(LbKind::RoundRobin, &[], 140, 0, &index_key);
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0)), (None, false));
     }
 
     #[test]
     fn empty_has_no_pick() {
         for kind in [LbKind::RoundRobin, LbKind::Random, least_request(2, 1.0)] {
-            assert_eq!(Schedule::new(kind, &[]).pick(&mut 0, &mut None, &idle), None);
+            assert_eq!(Schedule::new(kind, &[], &index_key).pick(&mut 0, &mut None, &idle, (0, 0)), None);
         }
     }
 }

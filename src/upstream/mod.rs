@@ -11,6 +11,7 @@ pub mod lb;
 pub mod manager;
 pub mod outlier;
 pub mod pool;
+pub mod ring_hash;
 pub mod tasks;
 
 pub use cluster::Cluster;

@@ -143,8 +143,8 @@ fn unimplemented_fields_are_unsupported_with_their_path() {
             "virtual_hosts[0].routes[0].route.retry_policy.per_try_idle_timeout",
         ),
         (
-            one_route("        route: { cluster: a, hash_policy: [{ header: { header_name: x } }] }"),
-            "virtual_hosts[0].routes[0].route.hash_policy",
+            one_route("        route: { cluster: a, hash_policy: [{ filter_state: { key: x } }] }"),
+            "virtual_hosts[0].routes[0].route.hash_policy[0].filter_state",
         ),
         (
             one_route("        route: { cluster: a, request_mirror_policies: [{ cluster: m }] }"),
