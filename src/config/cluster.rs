@@ -52,7 +52,19 @@ pub enum LbKind {
     Random,
     LeastRequest(LeastRequest),
     RingHash(RingHash),
+    Maglev(Maglev),
 }
+
+/// `maglev_lb_config`: the table's size, a prime (Envoy's default 65537).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maglev {
+    pub table_size: u64,
+    /// Hash hosts by hostname rather than address (`consistent_hashing_lb_config`).
+    pub by_hostname: bool,
+}
+
+/// The largest Maglev table Envoy builds.
+const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
 
 /// `ring_hash_lb_config`, with Envoy's defaults: the ring holds at least `min_size`
 /// entries (more when weights need them to stay whole), at most `max_size`.
@@ -259,6 +271,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "lb_policy",
     "least_request_lb_config",
     "ring_hash_lb_config",
+    "maglev_lb_config",
     "common_lb_config",
     "load_assignment",
     "typed_extension_protocol_options",
@@ -347,6 +360,7 @@ impl ClusterSpec {
             Ok(LbPolicy::Random) => LbKind::Random,
             Ok(LbPolicy::LeastRequest) => LbKind::LeastRequest(least_request(proto, path)?),
             Ok(LbPolicy::RingHash) => LbKind::RingHash(ring_hash(proto, path)?),
+            Ok(LbPolicy::Maglev) => LbKind::Maglev(maglev(proto, path)?),
             Ok(other) => {
                 return Err(ConfigError::unsupported(join_path(path, "lb_policy"), other.as_str_name().to_owned()));
             }
@@ -459,7 +473,7 @@ fn least_request(proto: &ClusterProto, path: &str) -> Result<LeastRequest> {
 
 /// `ring_hash_lb_config` and `common_lb_config.consistent_hashing_lb_config`.
 fn ring_hash(proto: &ClusterProto, path: &str) -> Result<RingHash> {
-    let mut config = RingHash { min_size: 1024, max_size: MAX_RING_SIZE, by_hostname: false };
+    let mut config = RingHash { min_size: 1024, max_size: MAX_RING_SIZE, by_hostname: by_hostname(proto, path)? };
     if let Some(LbConfig::RingHashLbConfig(given)) = &proto.lb_config {
         let path = join_path(path, "ring_hash_lb_config");
         if given.hash_function == HashFunction::MurmurHash2 as i32 {
@@ -487,28 +501,60 @@ fn ring_hash(proto: &ClusterProto, path: &str) -> Result<RingHash> {
             ));
         }
     }
-    if let Some(consistent) = proto.common_lb_config.as_ref().and_then(|c| c.consistent_hashing_lb_config.as_ref()) {
-        let path = join_path(path, "common_lb_config.consistent_hashing_lb_config");
-        if consistent.hash_balance_factor.is_some() {
-            return Err(ConfigError::unsupported(join_path(&path, "hash_balance_factor"), ""));
-        }
-        config.by_hostname = consistent.use_hostname_for_hashing;
-        let discovery = match &proto.cluster_discovery_type {
-            Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).unwrap_or(DiscoveryType::Static),
-            _ => DiscoveryType::Static,
-        };
-        if config.by_hostname && discovery != DiscoveryType::StrictDns {
-            // Envoy's words for it: only a STRICT_DNS cluster's hosts have names to hash.
+    Ok(config)
+}
+
+/// `maglev_lb_config` and `common_lb_config.consistent_hashing_lb_config`.
+fn maglev(proto: &ClusterProto, path: &str) -> Result<Maglev> {
+    let mut config = Maglev { table_size: 65537, by_hostname: by_hostname(proto, path)? };
+    if let Some(LbConfig::MaglevLbConfig(given)) = &proto.lb_config
+        && let Some(size) = given.table_size
+    {
+        let field = join_path(path, "maglev_lb_config.table_size");
+        if size.value > MAX_MAGLEV_TABLE_SIZE {
             return Err(ConfigError::invalid(
-                join_path(&path, "use_hostname_for_hashing"),
-                format!(
-                    "Cannot use hostname for consistent hashing loadbalancing for cluster of type: 'envoy.cluster.{}'",
-                    discovery.as_str_name().to_ascii_lowercase()
-                ),
+                field,
+                format!("value must be less than or equal to {MAX_MAGLEV_TABLE_SIZE}"),
             ));
         }
+        if !is_prime(size.value) {
+            // Envoy's words for it.
+            return Err(ConfigError::invalid(field, "The table size of maglev must be prime number"));
+        }
+        config.table_size = size.value;
     }
     Ok(config)
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
+/// `common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing`, which Envoy
+/// takes only on a `STRICT_DNS` cluster, whose hosts have names to hash.
+fn by_hostname(proto: &ClusterProto, path: &str) -> Result<bool> {
+    let Some(consistent) = proto.common_lb_config.as_ref().and_then(|c| c.consistent_hashing_lb_config.as_ref()) else {
+        return Ok(false);
+    };
+    let path = join_path(path, "common_lb_config.consistent_hashing_lb_config");
+    if consistent.hash_balance_factor.is_some() {
+        return Err(ConfigError::unsupported(join_path(&path, "hash_balance_factor"), ""));
+    }
+    let discovery = match &proto.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).unwrap_or(DiscoveryType::Static),
+        _ => DiscoveryType::Static,
+    };
+    if consistent.use_hostname_for_hashing && discovery != DiscoveryType::StrictDns {
+        // Envoy's words for it.
+        return Err(ConfigError::invalid(
+            join_path(&path, "use_hostname_for_hashing"),
+            format!(
+                "Cannot use hostname for consistent hashing loadbalancing for cluster of type: 'envoy.cluster.{}'",
+                discovery.as_str_name().to_ascii_lowercase()
+            ),
+        ));
+    }
+    Ok(consistent.use_hostname_for_hashing)
 }
 
 /// The thresholds by priority; as in Envoy, the first entry of a priority counts and a

@@ -413,7 +413,11 @@ impl Cluster {
                 healthy: h.is_healthy(),
             })
             .collect();
-        let by_hostname = matches!(spec.lb, LbKind::RingHash(ring) if ring.by_hostname);
+        let by_hostname = match spec.lb {
+            LbKind::RingHash(ring) => ring.by_hostname,
+            LbKind::Maglev(maglev) => maglev.by_hostname,
+            LbKind::RoundRobin | LbKind::Random | LbKind::LeastRequest(_) => false,
+        };
         let key = |index: u32| {
             let host = &hosts[index as usize];
             if by_hostname { host.hostname.clone() } else { host.address.to_string() }

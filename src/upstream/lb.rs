@@ -5,7 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use super::ring_hash::Ring;
+use super::consistent_hash::{Maglev, Ring};
 use crate::config::cluster::{LbKind, LeastRequest};
 
 /// The longest weighted round-robin schedule kept; larger weight sums are scaled down.
@@ -57,6 +57,8 @@ enum Schedule {
     Weighted { bias: f64, hosts: Box<[(u32, u32)]> },
     /// Ring hash: the request's hash picks the host.
     Ring(Ring),
+    /// Maglev: the request's hash picks the host.
+    Maglev(Maglev),
 }
 
 impl Schedule {
@@ -67,6 +69,10 @@ impl Schedule {
             LbKind::RingHash(ring) => {
                 let hosts: Vec<(u32, u32, String)> = weights.iter().map(|&(i, w)| (i, w, key(i))).collect();
                 Schedule::Ring(Ring::new(&hosts, ring.min_size, ring.max_size))
+            }
+            LbKind::Maglev(maglev) => {
+                let hosts: Vec<(u32, u32, String)> = weights.iter().map(|&(i, w)| (i, w, key(i))).collect();
+                Schedule::Maglev(Maglev::new(&hosts, maglev.table_size))
             }
             LbKind::RoundRobin | LbKind::Random => Schedule::Order {
                 random: kind == LbKind::Random,
@@ -91,6 +97,7 @@ impl Schedule {
             Schedule::Choices { hosts, .. } => hosts.is_empty(),
             Schedule::Weighted { hosts, .. } => hosts.is_empty(),
             Schedule::Ring(ring) => ring.is_empty(),
+            Schedule::Maglev(maglev) => maglev.is_empty(),
         }
     }
 
@@ -136,6 +143,7 @@ impl Schedule {
                 Some(hosts[edf.pick_and_add(&weight) as usize].0)
             }
             Schedule::Ring(ring) => ring.pick(hash, attempt),
+            Schedule::Maglev(maglev) => maglev.pick(hash, attempt),
         }
     }
 }
@@ -321,14 +329,15 @@ impl HostSelector {
         active: &impl Fn(u32) -> u64,
         (hash, attempt): (Option<u64>, u32),
     ) -> (Option<u32>, bool) {
-        let ring = matches!(self.levels.first(), Some(Level { schedule: Schedule::Ring(_), .. }));
-        let hash = if ring { hash.unwrap_or_else(|| fastrand::u64(..)) } else { 0 };
+        let hashed =
+            matches!(self.levels.first(), Some(Level { schedule: Schedule::Ring(_) | Schedule::Maglev(_), .. }));
+        let hash = if hashed { hash.unwrap_or_else(|| fastrand::u64(..)) } else { 0 };
         let position = match self.levels.as_slice() {
             [] => return (None, self.total_panic),
             [_] => 0,
             levels => {
                 // A hash picks its level as it picks its host, as in Envoy.
-                let mut draw = if ring { (hash % 100) as u32 } else { fastrand::u32(..100) };
+                let mut draw = if hashed { (hash % 100) as u32 } else { fastrand::u32(..100) };
                 // The loads add up to 100 (the levels without load are dropped).
                 let position = levels.iter().position(|l| draw.checked_sub(l.load).map(|rest| draw = rest).is_none());
                 position.unwrap_or(levels.len() - 1)

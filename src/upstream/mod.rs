@@ -3,6 +3,7 @@
 //! writer of cluster state; workers read published snapshots.
 
 pub mod cluster;
+pub mod consistent_hash;
 pub mod dns;
 mod h1_client;
 pub mod health_check;
@@ -11,7 +12,6 @@ pub mod lb;
 pub mod manager;
 pub mod outlier;
 pub mod pool;
-pub mod ring_hash;
 pub mod tasks;
 
 pub use cluster::Cluster;

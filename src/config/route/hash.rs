@@ -9,7 +9,7 @@ use http::HeaderName;
 use http::request::Parts;
 
 use super::{ConfigError, Result, join_path};
-use crate::upstream::ring_hash::xxhash64;
+use crate::upstream::consistent_hash::xxhash64;
 
 /// One `hash_policy` entry.
 #[derive(Debug)]

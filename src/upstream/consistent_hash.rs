@@ -1,14 +1,16 @@
-//! Envoy's ring hash load balancing: each host owns points on a ring of 64-bit hashes (of
-//! `<address>_<n>`, by xxHash64), as many as its share of the weight asks; a request's hash
-//! goes to the first point at or after it. Built the way Envoy builds it, step for step, so
-//! that a key lands on the same host in both.
+//! Envoy's consistent hashing load balancers, built the way Envoy builds them, step for step,
+//! so that a key lands on the same host in both. Ring hash: each host owns points on a ring
+//! of 64-bit hashes (of `<address>_<n>`, by xxHash64), as many as its share of the weight
+//! asks; a request's hash goes to the first point at or after it. Maglev: a prime-sized
+//! table that the hosts fill in turn along their own permutations, a heavier host more often;
+//! a request's hash indexes it.
 
 /// xxHash64 (seed 0) of the concatenation of `parts`, as Envoy's `HashUtil::xxHash64` hashes
 /// a span of strings.
 pub fn xxhash64(parts: &[&[u8]]) -> u64 {
     match parts {
-        [one] => xxh64(one),
-        _ => xxh64(&parts.concat()),
+        [one] => xxh64(one, 0),
+        _ => xxh64(&parts.concat(), 0),
     }
 }
 
@@ -30,10 +32,10 @@ fn read64(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
 }
 
-fn xxh64(input: &[u8]) -> u64 {
+fn xxh64(input: &[u8], seed: u64) -> u64 {
     let mut rest = input;
     let mut hash = if input.len() >= 32 {
-        let mut v = [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)];
+        let mut v = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
         while rest.len() >= 32 {
             for (i, lane) in v.iter_mut().enumerate() {
                 *lane = round(*lane, read64(&rest[i * 8..]));
@@ -50,7 +52,7 @@ fn xxh64(input: &[u8]) -> u64 {
         }
         hash
     } else {
-        P5
+        seed.wrapping_add(P5)
     };
     hash = hash.wrapping_add(input.len() as u64);
     while rest.len() >= 8 {
@@ -106,7 +108,7 @@ impl Ring {
                 key.push_str(host_key);
                 key.push('_');
                 key.push_str(itoa::Buffer::new().format(n));
-                points.push((xxh64(key.as_bytes()), *index));
+                points.push((xxh64(key.as_bytes(), 0), *index));
                 n += 1;
                 current += 1.0;
             }
@@ -156,6 +158,86 @@ impl Ring {
     }
 }
 
+/// A Maglev table over one priority level's eligible hosts: each slot names a host (an
+/// index into the cluster's).
+#[derive(Debug)]
+pub struct Maglev {
+    table: Box<[u32]>,
+}
+
+impl Maglev {
+    /// The table of `size` (a prime) for hosts `(index, weight, key)`, filled as Envoy fills
+    /// it: hosts in the order of their keys, each with its permutation (offset: the key's
+    /// xxHash64 mod `size`; skip: its xxHash64 with seed 1, mod `size - 1`, plus 1), taking
+    /// the next free slot on its permutation in each round its weight allows.
+    pub fn new(hosts: &[(u32, u32, String)], size: u64) -> Maglev {
+        let sum: u64 = hosts.iter().map(|&(_, weight, _)| u64::from(weight)).sum();
+        if hosts.is_empty() || sum == 0 {
+            return Maglev { table: Box::new([]) };
+        }
+        if let [(index, ..)] = hosts {
+            return Maglev { table: Box::new([*index]) };
+        }
+        struct Entry {
+            index: u32,
+            skip: u64,
+            weight: f64,
+            target: f64,
+            next: u64,
+        }
+        let mut sorted: Vec<&(u32, u32, String)> = hosts.iter().collect();
+        sorted.sort_by(|a, b| a.2.cmp(&b.2));
+        let mut entries: Vec<Entry> = sorted
+            .iter()
+            .map(|(index, weight, key)| Entry {
+                index: *index,
+                skip: xxh64(key.as_bytes(), 1) % (size - 1) + 1,
+                weight: f64::from(*weight) * 1.0 / sum as f64,
+                target: 0.0,
+                next: xxh64(key.as_bytes(), 0) % size,
+            })
+            .collect();
+        let max_weight = entries.iter().map(|e| e.weight).fold(0.0, f64::max);
+        let mut table: Vec<Option<u32>> = vec![None; size as usize];
+        let mut filled = 0;
+        let mut round = 1u32;
+        while filled < size {
+            for entry in &mut entries {
+                if filled == size {
+                    break;
+                }
+                if f64::from(round) * entry.weight < entry.target {
+                    continue;
+                }
+                entry.target += max_weight;
+                let mut slot = entry.next;
+                while table[slot as usize].is_some() {
+                    slot = (slot + entry.skip) % size;
+                }
+                table[slot as usize] = Some(entry.index);
+                entry.next = (slot + entry.skip) % size;
+                filled += 1;
+            }
+            round += 1;
+        }
+        Maglev { table: table.into_iter().map(|slot| slot.expect("every slot filled")).collect() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// The host in the slot of `hash`; a retry's `attempt` xors the hash with `-attempt`, as
+    /// Envoy does.
+    pub fn pick(&self, hash: u64, attempt: u32) -> Option<u32> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let hash = if attempt > 0 { hash ^ u64::from(attempt).wrapping_neg() } else { hash };
+        Some(self.table[(hash % self.table.len() as u64) as usize])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +249,21 @@ mod tests {
         assert_eq!(xxhash64(&[b"a"]), 0xD24E_C4F1_A98C_6E5B);
         assert_eq!(xxhash64(&[b"abc"]), 0x44BC_2CF5_AD77_0999);
         let long = b"Nobody inspects the spammish repetition, and xxHash has four lanes to fill.";
-        assert_eq!(xxhash64(&[&long[..30], &long[30..]]), xxh64(long));
+        assert_eq!(xxhash64(&[&long[..30], &long[30..]]), xxh64(long, 0));
+        assert_eq!(xxh64(b"", 1), 0xD5AF_BA13_36A3_BE4B);
+        assert_eq!(xxh64(&[b'a'; 40], 1), 0x2502_7D69_FFD1_D46D);
+    }
+
+    #[test]
+    fn maglev_shares_the_table_by_weight() {
+        let hosts = [(0, 1, "a".to_owned()), (1, 2, "b".to_owned()), (2, 1, "c".to_owned())];
+        let maglev = Maglev::new(&hosts, 65537);
+        let count = |index| maglev.table.iter().filter(|&&i| i == index).count() as f64 / 65537.0;
+        assert!((count(1) - 0.5).abs() < 0.01 && (count(0) - 0.25).abs() < 0.01, "{} {}", count(0), count(1));
+        let one = Maglev::new(&hosts[..1], 65537);
+        assert_eq!((one.pick(12345, 0), one.pick(1, 3)), (Some(0), Some(0)));
+        assert_eq!(maglev.pick(7, 0), Some(maglev.table[7]));
+        assert_eq!(maglev.pick(7, 1), Some(maglev.table[(7 ^ u64::MAX) as usize % 65537]));
     }
 
     #[test]
