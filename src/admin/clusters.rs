@@ -27,12 +27,14 @@ use crate::upstream::outlier::Origin;
 const CLUSTERS_PER_CHUNK: usize = 64;
 
 /// A priority's circuit-breaker limits by the names `/clusters` gives them.
-fn limits(t: &config::Thresholds) -> [(&'static str, u32); 4] {
+/// `in_flight`: the priority's requests active or pending, which a retry budget's limit
+/// follows (Envoy shows the limit as of now).
+fn limits(t: &config::Thresholds, in_flight: u64) -> [(&'static str, u64); 4] {
     [
-        ("max_connections", t.max_connections),
-        ("max_pending_requests", t.max_pending_requests),
-        ("max_requests", t.max_requests),
-        ("max_retries", t.max_retries),
+        ("max_connections", u64::from(t.max_connections)),
+        ("max_pending_requests", u64::from(t.max_pending_requests)),
+        ("max_requests", u64::from(t.max_requests)),
+        ("max_retries", t.retry_limit(in_flight)),
     ]
 }
 
@@ -118,8 +120,11 @@ fn write_text(out: &mut String, cluster: &Cluster) {
         }
     }
     let breakers = &cluster.circuit_breakers;
-    for (priority, thresholds) in [("default_priority", &breakers.default), ("high_priority", &breakers.high)] {
-        for (threshold, value) in limits(thresholds) {
+    let in_flight = cluster.stats.in_flight();
+    for (priority, thresholds, in_flight) in
+        [("default_priority", &breakers.default, in_flight), ("high_priority", &breakers.high, 0)]
+    {
+        for (threshold, value) in limits(thresholds, in_flight) {
             let _ = writeln!(out, "{name}::{priority}::{threshold}::{value}");
         }
     }
@@ -145,12 +150,16 @@ fn write_text(out: &mut String, cluster: &Cluster) {
 }
 
 fn status(cluster: &Cluster) -> ClusterStatus {
+    let in_flight = |priority: RoutingPriority| match priority {
+        RoutingPriority::Default => cluster.stats.in_flight(),
+        RoutingPriority::High => 0,
+    };
     let thresholds = |priority: RoutingPriority, t: &config::Thresholds| Thresholds {
         priority: priority as i32,
         max_connections: Some(UInt32Value { value: t.max_connections }),
         max_pending_requests: Some(UInt32Value { value: t.max_pending_requests }),
         max_requests: Some(UInt32Value { value: t.max_requests }),
-        max_retries: Some(UInt32Value { value: t.max_retries }),
+        max_retries: Some(UInt32Value { value: t.retry_limit(in_flight(priority)) as u32 }),
         ..Default::default()
     };
     let breakers = &cluster.circuit_breakers;

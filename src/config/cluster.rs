@@ -96,7 +96,7 @@ impl Default for LeastRequest {
 }
 
 /// One routing priority's circuit-breaker limits, cluster-wide across workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
     /// Connections open or connecting.
     pub max_connections: u32,
@@ -106,8 +106,28 @@ pub struct Thresholds {
     pub max_requests: u32,
     /// Retries in flight.
     pub max_retries: u32,
+    /// `retry_budget`, which replaces `max_retries` when given.
+    pub retry_budget: Option<RetryBudget>,
     /// Whether the `remaining_*` gauges are kept.
     pub track_remaining: bool,
+}
+
+/// `retry_budget`: retries in flight allowed as a share of the requests in flight (active and
+/// pending), never fewer than a floor; Envoy's defaults 20 % and 3.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_concurrency: u32,
+}
+
+impl Thresholds {
+    /// The retries allowed in flight while `in_flight` requests are active or pending.
+    pub fn retry_limit(&self, in_flight: u64) -> u64 {
+        match self.retry_budget {
+            Some(budget) => ((budget.percent / 100.0 * in_flight as f64) as u64).max(u64::from(budget.min_concurrency)),
+            None => u64::from(self.max_retries),
+        }
+    }
 }
 
 impl Default for Thresholds {
@@ -118,6 +138,7 @@ impl Default for Thresholds {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
             track_remaining: false,
         }
     }
@@ -126,7 +147,7 @@ impl Default for Thresholds {
 /// A cluster's circuit breakers by routing priority. Routes in legate are all of the
 /// default priority (a route's `priority` is refused), so `high` is configured and shown
 /// but never reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CircuitBreakers {
     pub default: Thresholds,
     pub high: Thresholds,
@@ -570,7 +591,15 @@ fn circuit_breakers(
         let tpath = format!("{path}.thresholds[{i}]");
         ensure_only(
             t,
-            &["priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "track_remaining"],
+            &[
+                "priority",
+                "max_connections",
+                "max_pending_requests",
+                "max_requests",
+                "max_retries",
+                "retry_budget",
+                "track_remaining",
+            ],
             &tpath,
         )?;
         let (slot, seen) = match RoutingPriority::try_from(t.priority) {
@@ -584,21 +613,35 @@ fn circuit_breakers(
             }
         };
         if !std::mem::replace(seen, true) {
-            *slot = thresholds(t);
+            *slot = thresholds(t, &tpath)?;
         }
     }
     Ok(breakers)
 }
 
-fn thresholds(t: &ThresholdsProto) -> Thresholds {
+fn thresholds(t: &ThresholdsProto, path: &str) -> Result<Thresholds> {
     let d = Thresholds::default();
-    Thresholds {
+    let retry_budget = match &t.retry_budget {
+        Some(budget) => {
+            let percent = budget.budget_percent.as_ref().map_or(20.0, |p| p.value);
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(ConfigError::invalid(
+                    join_path(path, "retry_budget.budget_percent.value"),
+                    "value must be inside range [0, 100]",
+                ));
+            }
+            Some(RetryBudget { percent, min_concurrency: budget.min_retry_concurrency.map_or(3, |v| v.value) })
+        }
+        None => None,
+    };
+    Ok(Thresholds {
         max_connections: t.max_connections.map_or(d.max_connections, |v| v.value),
         max_pending_requests: t.max_pending_requests.map_or(d.max_pending_requests, |v| v.value),
         max_requests: t.max_requests.map_or(d.max_requests, |v| v.value),
         max_retries: t.max_retries.map_or(d.max_retries, |v| v.value),
+        retry_budget,
         track_remaining: t.track_remaining,
-    }
+    })
 }
 
 /// An EDS cluster's source (ADS or the per-type server); the service name defaults to

@@ -196,7 +196,7 @@ struct RetrySlot(Arc<ClusterStats>);
 
 impl RetrySlot {
     fn take(cluster: &Cluster) -> Option<RetrySlot> {
-        let limit = u64::from(cluster.circuit_breakers.default.max_retries);
+        let limit = cluster.circuit_breakers.default.retry_limit(cluster.stats.in_flight());
         let retries = &cluster.stats.retries;
         let mut current = retries.load(Ordering::Relaxed);
         loop {

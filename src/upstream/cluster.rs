@@ -169,39 +169,54 @@ impl ClusterStats {
         for (priority, limits, [connections, pending, requests, retries]) in
             [("default", breakers.default, in_use), ("high", breakers.high, [0; 4])]
         {
+            let retry_limit = limits.retry_limit(pending + requests);
             let limited = [
-                ("cx", connections, limits.max_connections),
-                ("cx_pool", 0, u32::MAX),
-                ("rq_pending", pending, limits.max_pending_requests),
-                ("rq", requests, limits.max_requests),
-                ("rq_retry", retries, limits.max_retries),
+                ("cx", connections, u64::from(limits.max_connections)),
+                ("cx_pool", 0, u64::from(u32::MAX)),
+                ("rq_pending", pending, u64::from(limits.max_pending_requests)),
+                ("rq", requests, u64::from(limits.max_requests)),
+                ("rq_retry", retries, retry_limit),
             ];
             for (resource, used, max) in limited {
                 let gauge = GaugeCell::default();
                 // A limit of 0 shows as open only while something is counted against it
                 // (Envoy's gauge, set at each count change, stays open once anything was).
-                gauge.set(i64::from(used > 0 && used >= u64::from(max)));
+                let mut open = used > 0 && used >= max;
+                if resource == "rq_retry" && priority == "default" && limits.retry_budget.is_some() {
+                    // Under a budget Envoy's gauge still follows `max_retries`, at each retry's
+                    // start and end: open once a retry was counted, if that limit is reached.
+                    open = (used > 0 || self.upstream_rq_retry.value() > 0) && used >= u64::from(limits.max_retries);
+                }
+                gauge.set(i64::from(open));
                 name.clear();
                 let _ = write!(name, "circuit_breakers.{priority}.{resource}_open");
                 visit(name, Member::Gauge(&gauge));
             }
             if limits.track_remaining {
+                // Envoy keeps `remaining_retries` at 0 under a retry budget, which moves with
+                // the requests in flight.
+                let retries_left = if limits.retry_budget.is_some() { 0 } else { retry_limit };
                 let remaining = [
-                    ("cx", connections, limits.max_connections),
-                    ("cx_pools", 0, u32::MAX),
-                    ("pending", pending, limits.max_pending_requests),
-                    ("retries", retries, limits.max_retries),
-                    ("rq", requests, limits.max_requests),
+                    ("cx", connections, u64::from(limits.max_connections)),
+                    ("cx_pools", 0, u64::from(u32::MAX)),
+                    ("pending", pending, u64::from(limits.max_pending_requests)),
+                    ("retries", retries.min(retries_left), retries_left),
+                    ("rq", requests, u64::from(limits.max_requests)),
                 ];
                 for (resource, used, max) in remaining {
                     let gauge = GaugeCell::default();
-                    gauge.set(u64::from(max).saturating_sub(used) as i64);
+                    gauge.set(max.saturating_sub(used) as i64);
                     name.clear();
                     let _ = write!(name, "circuit_breakers.{priority}.remaining_{resource}");
                     visit(name, Member::Gauge(&gauge));
                 }
             }
         }
+    }
+
+    /// Requests active or waiting for a connection, which a retry budget is a share of.
+    pub fn in_flight(&self) -> u64 {
+        (self.upstream_rq_active.value().max(0) + self.upstream_rq_pending_active.value().max(0)) as u64
     }
 
     /// Counts a response by class and exact code (`upstream_rq_2xx`, `upstream_rq_200`).
