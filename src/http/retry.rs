@@ -149,8 +149,8 @@ impl<'p> Retry<'p> {
 
     /// The host of the next attempt: with `previous_hosts`, picks again (up to
     /// `host_selection_retry_max_attempts` times) while the pick was tried before, keeping
-    /// the last pick if all were; a request's `hash` (ring hash) moves one point on the ring
-    /// each time, as in Envoy.
+    /// the last pick if all were; with a request's `hash` (ring hash, Maglev) each pick again
+    /// looks further, as Envoy's does.
     pub fn next_host(&mut self, cluster: &Cluster, lb: &mut WorkerLb, hash: Option<u64>) -> Option<usize> {
         let mut picked = cluster.pick(lb, hash, 0)?;
         if self.policy.avoid_previous_hosts {

@@ -177,7 +177,8 @@ fn with_jitter(spec: &HealthCheckSpec, base: Duration, jitter: Duration) -> Dura
 /// cluster still waits for.
 #[derive(Default)]
 struct Sessions {
-    /// `None` until the upstream thread started the session.
+    /// `None` until the upstream thread started the session. The host is held so that its
+    /// address, the key, cannot be another host's while the entry is here.
     running: HashMap<usize, (Arc<Host>, Option<AbortHandle>)>,
     first_round: HashSet<usize>,
 }
@@ -438,6 +439,13 @@ impl Connection {
             Connection::Tcp(_) => unreachable!("an HTTP check keeps an HTTP connection"),
         }
     }
+
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Connection::Tcp(stream) => stream,
+            Connection::Http(_) => unreachable!("a TCP check keeps a TCP connection"),
+        }
+    }
 }
 
 /// An HTTP/1.1 or HTTP/2 client connection (hyper's), driven by a task of its own.
@@ -575,15 +583,6 @@ async fn check_tcp(probe: &TcpProbe, host: &Host, connection: &mut Option<Connec
                 return Outcome::Passed { degraded: false };
             }
             Ok(_) => {}
-        }
-    }
-}
-
-impl Connection {
-    fn tcp(&mut self) -> &mut TcpStream {
-        match self {
-            Connection::Tcp(stream) => stream,
-            Connection::Http(_) => unreachable!("a TCP check keeps a TCP connection"),
         }
     }
 }

@@ -63,17 +63,12 @@ enum Schedule {
 
 impl Schedule {
     /// The schedule for hosts with these weights (indices into the caller's hosts); `key`
-    /// names a host on a hash ring.
+    /// names a host for ring hash and Maglev.
     fn new(kind: LbKind, weights: &[(u32, u32)], key: &dyn Fn(u32) -> String) -> Schedule {
+        let keyed = || -> Vec<(u32, u32, String)> { weights.iter().map(|&(i, w)| (i, w, key(i))).collect() };
         match kind {
-            LbKind::RingHash(ring) => {
-                let hosts: Vec<(u32, u32, String)> = weights.iter().map(|&(i, w)| (i, w, key(i))).collect();
-                Schedule::Ring(Ring::new(&hosts, ring.min_size, ring.max_size))
-            }
-            LbKind::Maglev(maglev) => {
-                let hosts: Vec<(u32, u32, String)> = weights.iter().map(|&(i, w)| (i, w, key(i))).collect();
-                Schedule::Maglev(Maglev::new(&hosts, maglev.table_size))
-            }
+            LbKind::RingHash(ring) => Schedule::Ring(Ring::new(&keyed(), ring.min_size, ring.max_size)),
+            LbKind::Maglev(maglev) => Schedule::Maglev(Maglev::new(&keyed(), maglev.table_size)),
             LbKind::RoundRobin | LbKind::Random => Schedule::Order {
                 random: kind == LbKind::Random,
                 order: smooth_weighted_order(weights).into_boxed_slice(),
@@ -103,7 +98,7 @@ impl Schedule {
 
     /// Picks a host index with the worker's round-robin `cursor` and its weighted
     /// schedule for this level, `edf`; `active` gives a host's active requests, `hash` the
-    /// request's hash and how many picks of it came before (read by ring hash only).
+    /// request's hash and how many picks of it came before (read by ring hash and Maglev).
     fn pick(
         &self,
         cursor: &mut u64,
@@ -266,7 +261,8 @@ pub struct HostSelector {
 
 impl HostSelector {
     /// Builds the selector for `hosts` with `overprovisioning_factor` and
-    /// `panic_threshold` in percent; `key` names a host on a hash ring (its address).
+    /// `panic_threshold` in percent; `key` names a host for ring hash and Maglev (its
+    /// address, or its hostname).
     pub fn new(
         kind: LbKind,
         hosts: &[Candidate],
@@ -321,7 +317,8 @@ impl HostSelector {
 
     /// Picks a host index with the worker's `state` (`None`: no host to pick); `active`
     /// gives a host's active requests (read by least request only), `hash` the request's
-    /// hash and how many picks of it came before (ring hash: without a hash, a random one).
+    /// hash and how many picks of it came before (ring hash and Maglev: without a hash, a
+    /// random one).
     /// Also says whether the pick was made in panic.
     pub fn pick(
         &self,
