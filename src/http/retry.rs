@@ -51,6 +51,16 @@ pub struct Retry<'p> {
     sent: bool,
     /// The `max_retries` place of the retry in progress, held until the next decision.
     slot: Option<RetrySlot>,
+    /// `previous_priorities`: made at the first retry.
+    priorities: Option<AvoidedPriorities>,
+}
+
+/// What the `previous_priorities` retry priority keeps, as Envoy's does: the priorities of
+/// the hosts attempted, those excluded so far, and the loads by priority that leaves.
+struct AvoidedPriorities {
+    attempted: Vec<u32>,
+    excluded: u64,
+    loads: Option<Box<[u32]>>,
 }
 
 impl<'p> Retry<'p> {
@@ -64,6 +74,7 @@ impl<'p> Retry<'p> {
             retried: false,
             sent: false,
             slot: None,
+            priorities: None,
         }
     }
 
@@ -152,7 +163,52 @@ impl<'p> Retry<'p> {
     /// the last pick if all were; with a request's `hash` (ring hash, Maglev) each pick again
     /// looks further, as Envoy's does.
     pub fn next_host(&mut self, cluster: &Cluster, lb: &mut WorkerLb, hash: Option<u64>) -> Option<usize> {
-        let mut picked = cluster.pick(lb, hash, 0)?;
+        let loads = self.priority_loads(cluster);
+        let picked = self.pick_avoiding_hosts(cluster, lb, hash, loads.as_deref())?;
+        if let Some(priorities) = &mut self.priorities {
+            priorities.attempted.push(cluster.hosts[picked].priority);
+        }
+        Some(picked)
+    }
+
+    /// The loads by priority for the next attempt under `previous_priorities` (`None`: the
+    /// cluster's own). Every `update_frequency` attempts, the priorities of the hosts attempted
+    /// so far take no more load; when that leaves nothing healthy, the cluster's loads stand.
+    fn priority_loads(&mut self, cluster: &Cluster) -> Option<Box<[u32]>> {
+        let frequency = self.policy.avoid_previous_priorities?;
+        let first = cluster.hosts.get(self.first_host).map_or(0, |h| h.priority);
+        let avoided = self.priorities.get_or_insert_with(|| AvoidedPriorities {
+            attempted: vec![first],
+            excluded: 0,
+            loads: None,
+        });
+        let attempts = avoided.attempted.len() as u32;
+        if attempts < frequency {
+            return None;
+        }
+        if attempts.is_multiple_of(frequency) {
+            for &priority in &avoided.attempted {
+                avoided.excluded |= 1u64.checked_shl(priority).unwrap_or(0);
+            }
+            match cluster.loads_without(avoided.excluded) {
+                Some(loads) => avoided.loads = Some(loads),
+                None => {
+                    avoided.attempted.clear();
+                    return None;
+                }
+            }
+        }
+        avoided.loads.clone()
+    }
+
+    fn pick_avoiding_hosts(
+        &mut self,
+        cluster: &Cluster,
+        lb: &mut WorkerLb,
+        hash: Option<u64>,
+        loads: Option<&[u32]>,
+    ) -> Option<usize> {
+        let mut picked = cluster.pick_with_loads(lb, hash, 0, loads)?;
         if self.policy.avoid_previous_hosts {
             if self.tried.is_empty() {
                 self.tried.push(self.first_host);
@@ -161,7 +217,7 @@ impl<'p> Retry<'p> {
                 if !self.tried.contains(&picked) {
                     break;
                 }
-                picked = cluster.pick(lb, hash, attempt)?;
+                picked = cluster.pick_with_loads(lb, hash, attempt, loads)?;
             }
             self.tried.push(picked);
         }
@@ -231,6 +287,7 @@ mod tests {
             max_interval: Duration::from_millis(250),
             avoid_previous_hosts: false,
             host_selection_max_attempts: 1,
+            avoid_previous_priorities: None,
             retriable_request_headers: Arc::new([]),
             retriable_headers: Arc::new([]),
         }

@@ -476,6 +476,12 @@ impl Cluster {
         self.overprovisioning_factor
     }
 
+    /// The loads by priority with the `excluded` priorities taking none (see
+    /// `HostSelector::loads_without`).
+    pub fn loads_without(&self, excluded: u64) -> Option<Box<[u32]>> {
+        self.selector.loads_without(excluded)
+    }
+
     /// The EDS service name, for an EDS cluster.
     pub fn eds_service_name(&self) -> Option<&str> {
         match &self.discovery {
@@ -509,8 +515,19 @@ impl Cluster {
     /// request's hash (ring hash), `attempt` the picks of that hash before; `None` means no
     /// healthy upstream.
     pub fn pick(&self, state: &mut WorkerLb, hash: Option<u64>, attempt: u32) -> Option<usize> {
+        self.pick_with_loads(state, hash, attempt, None)
+    }
+
+    /// `pick` with the loads by priority a retry worked out (`previous_priorities`).
+    pub fn pick_with_loads(
+        &self,
+        state: &mut WorkerLb,
+        hash: Option<u64>,
+        attempt: u32,
+        loads: Option<&[u32]>,
+    ) -> Option<usize> {
         let active = |index: u32| self.hosts[index as usize].stats.rq_active.load(Ordering::Relaxed);
-        let (index, panic) = self.selector.pick(state, &active, (hash, attempt));
+        let (index, panic) = self.selector.pick(state, &active, (hash, attempt), loads);
         if panic {
             self.stats.lb_healthy_panic.inc();
         }

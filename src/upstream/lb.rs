@@ -253,10 +253,23 @@ struct Level {
 /// turns panic off: then there is no host to pick.
 #[derive(Debug)]
 pub struct HostSelector {
+    /// Every priority level, by priority, those without load too: a retry avoiding the
+    /// priorities it tried (`previous_priorities`) may send load there.
     levels: Vec<Level>,
+    /// Each level's health: healthy share × overprovisioning factor, at most 100 %.
+    health: Box<[u32]>,
+    /// The levels with load: none, just one (picked without a draw), or several.
+    loaded: Loaded,
     /// Nothing is healthy anywhere and panic is on. A cluster without hosts is such a one:
     /// as in Envoy, its picks find nothing but still count as made in panic.
     total_panic: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Loaded {
+    None,
+    One(usize),
+    Several,
 }
 
 impl HostSelector {
@@ -285,7 +298,12 @@ impl HostSelector {
         let total_health: u32 = healths.iter().sum::<u32>().min(100);
         let total_panic = total_health == 0;
         if total_panic && panic_threshold == 0 {
-            return HostSelector { levels: Vec::new(), total_panic: false };
+            return HostSelector {
+                levels: Vec::new(),
+                health: healths.into(),
+                loaded: Loaded::None,
+                total_panic: false,
+            };
         }
         let mut levels: Vec<Level> = by_level
             .iter()
@@ -311,33 +329,67 @@ impl HostSelector {
         if let Some(level) = levels.iter_mut().find(|l| !l.schedule.is_empty()) {
             level.load += remaining;
         }
-        levels.retain(|l| l.load > 0);
-        HostSelector { levels, total_panic }
+        let mut with_load = levels.iter().enumerate().filter(|(_, l)| l.load > 0).map(|(i, _)| i);
+        let loaded = match (with_load.next(), with_load.next()) {
+            (None, _) => Loaded::None,
+            (Some(i), None) => Loaded::One(i),
+            (Some(_), Some(_)) => Loaded::Several,
+        };
+        HostSelector { levels, health: healths.into(), loaded, total_panic }
+    }
+
+    /// The loads by priority with the `excluded` priorities (a bit each) taking none, the
+    /// others sharing all of it by their health, as Envoy's `previous_priorities` retry
+    /// priority shares it; `None` when nothing else is healthy.
+    pub fn loads_without(&self, excluded: u64) -> Option<Box<[u32]>> {
+        let kept = |p: usize| p >= 64 || excluded & (1 << p) == 0;
+        let health: Vec<u32> = self.health.iter().enumerate().map(|(p, &h)| if kept(p) { h } else { 0 }).collect();
+        let total = health.iter().sum::<u32>().min(100);
+        if total == 0 {
+            return None;
+        }
+        let mut loads = vec![0; health.len()];
+        let mut left = 100;
+        // Each round hands every level its share of what is left, until all of it is given.
+        while left != 0 {
+            for (load, &h) in loads.iter_mut().zip(&health) {
+                let delta = (h * 100 / total).min(left);
+                *load += delta;
+                left -= delta;
+            }
+        }
+        Some(loads.into())
     }
 
     /// Picks a host index with the worker's `state` (`None`: no host to pick); `active`
     /// gives a host's active requests (read by least request only), `hash` the request's
     /// hash and how many picks of it came before (ring hash and Maglev: without a hash, a
-    /// random one).
-    /// Also says whether the pick was made in panic.
+    /// random one), `loads` the loads by priority when a retry changed them. Also says
+    /// whether the pick was made in panic.
     pub fn pick(
         &self,
         state: &mut WorkerLb,
         active: &impl Fn(u32) -> u64,
         (hash, attempt): (Option<u64>, u32),
+        loads: Option<&[u32]>,
     ) -> (Option<u32>, bool) {
         let hashed =
             matches!(self.levels.first(), Some(Level { schedule: Schedule::Ring(_) | Schedule::Maglev(_), .. }));
         let hash = if hashed { hash.unwrap_or_else(|| fastrand::u64(..)) } else { 0 };
-        let position = match self.levels.as_slice() {
-            [] => return (None, self.total_panic),
-            [_] => 0,
-            levels => {
+        let position = match (loads, self.loaded) {
+            (None, Loaded::None) => return (None, self.total_panic),
+            (None, Loaded::One(position)) => position,
+            (loads, _) => {
                 // A hash picks its level as it picks its host, as in Envoy.
-                let mut draw = if hashed { (hash % 100) as u32 } else { fastrand::u32(..100) };
-                // The loads add up to 100 (the levels without load are dropped).
-                let position = levels.iter().position(|l| draw.checked_sub(l.load).map(|rest| draw = rest).is_none());
-                position.unwrap_or(levels.len() - 1)
+                let draw = if hashed { (hash % 100) as u32 } else { fastrand::u32(..100) };
+                let position = match loads {
+                    Some(loads) => draw_level(draw, loads.iter().copied()),
+                    None => draw_level(draw, self.levels.iter().map(|l| l.load)),
+                };
+                match position {
+                    Some(position) if position < self.levels.len() => position,
+                    _ => return (None, self.total_panic),
+                }
             }
         };
         let level = &self.levels[position];
@@ -346,6 +398,17 @@ impl HostSelector {
         }
         (level.schedule.pick(&mut state.cursor, &mut state.edf[position], active, (hash, attempt)), level.panic)
     }
+}
+
+/// The level a draw from 0 to 99 falls in, by the levels' loads (which add up to 100).
+fn draw_level(mut draw: u32, loads: impl Iterator<Item = u32>) -> Option<usize> {
+    for (position, load) in loads.enumerate() {
+        match draw.checked_sub(load) {
+            Some(rest) => draw = rest,
+            None => return Some(position),
+        }
+    }
+    None
 }
 
 /// Smooth weighted round robin (each step: add every weight to its current value, pick
@@ -501,7 +564,7 @@ mod tests {
         let mut state = WorkerLb { cursor: 0, edf: Vec::new() };
         let mut counts = vec![0; hosts];
         for _ in 0..picks {
-            counts[selector.pick(&mut state, &idle, (None, 0)).0.unwrap() as usize] += 1;
+            counts[selector.pick(&mut state, &idle, (None, 0), None).0.unwrap() as usize] += 1;
         }
         counts
     }
@@ -532,7 +595,7 @@ mod tests {
         // 1 of 3 healthy in the only level: below 50 %, so all three take traffic.
         let hosts = candidates(&[(0, true), (0, false), (0, false)]);
         let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50, &index_key);
-        assert!(s.pick(&mut WorkerLb::default(), &idle, (None, 0)).1, "the pick reports panic mode");
+        assert!(s.pick(&mut WorkerLb::default(), &idle, (None, 0), None).1, "the pick reports panic mode");
         assert_eq!(spread(&s, 300, 3), [100, 100, 100]);
         // A threshold of 34 % puts 1 of 3 (33.3 %) in panic, 33 % does not.
         assert_eq!(
@@ -560,19 +623,32 @@ mod tests {
             0,
             &index_key,
         );
-        assert!(!s.pick(&mut WorkerLb::default(), &idle, (None, 0)).1);
+        assert!(!s.pick(&mut WorkerLb::default(), &idle, (None, 0), None).1);
         assert_eq!(spread(&s, 30, 3), [30, 0, 0]);
         // Nothing healthy: nothing to pick (Envoy's "no healthy upstream").
         let s = HostSelector::new(LbKind::RoundRobin, &candidates(&[(0, false), (1, false)]), 140, 0, &index_key);
-        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0)), (None, false));
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0), None), (None, false));
+    }
+
+    #[test]
+    fn loads_without_the_excluded_priorities_follow_health() {
+        // Priority 0 whole, 1 at half health (70 % with overprovisioning), 2 whole.
+        let hosts = candidates(&[(0, true), (1, true), (1, false), (2, true)]);
+        let s = HostSelector::new(LbKind::RoundRobin, &hosts, 140, 50, &index_key);
+        assert_eq!(s.loads_without(0b001).as_deref(), Some(&[0, 70, 30][..]));
+        assert_eq!(s.loads_without(0b011).as_deref(), Some(&[0, 0, 100][..]));
+        assert_eq!(s.loads_without(0b111), None);
+        // A level with no load of its own takes the retry's.
+        let picked = s.pick(&mut WorkerLb::default(), &idle, (None, 0), Some(&[0, 0, 100]));
+        assert_eq!(picked, (Some(3), false));
     }
 
     #[test]
     fn a_cluster_without_hosts_is_in_panic() {
         let s = HostSelector::new(LbKind::RoundRobin, &[], 140, 50, &index_key);
-        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0)), (None, true));
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0), None), (None, true));
         let s = HostSelector::new(LbKind::RoundRobin, &[], 140, 0, &index_key);
-        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0)), (None, false));
+        assert_eq!(s.pick(&mut WorkerLb::default(), &idle, (None, 0), None), (None, false));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::request::Parts;
 
 use envoy_types::pb::envoy::config::route::v3::{RetryPolicy as RetryPolicyProto, retry_policy};
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 
 use super::{HeaderMatch, IsSet, header_matcher, reject_set};
 use crate::config::error::{ConfigError, Result, join_path};
@@ -15,6 +16,8 @@ use crate::config::proto;
 /// The retry predicate legate implements: reselect a host tried before.
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 const PREVIOUS_HOSTS_TYPE: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+const PREVIOUS_PRIORITIES_TYPE: &str =
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig";
 
 /// Envoy's backoff when `retry_back_off` is unset: 25 ms base, ten times that at most.
 const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);
@@ -96,6 +99,9 @@ pub struct RetryPolicy {
     pub avoid_previous_hosts: bool,
     /// How many times a retry's host pick may be redone to avoid a tried host.
     pub host_selection_max_attempts: u32,
+    /// The `previous_priorities` retry priority's `update_frequency`: after every so many
+    /// attempts, the priorities attempted take no more load.
+    pub avoid_previous_priorities: Option<u32>,
     /// `retriable_request_headers`: when set, only a request matching one of them is retried.
     pub(crate) retriable_request_headers: Arc<[HeaderMatch]>,
     /// `retriable_headers`: under `retriable-headers`, a response matching one is retried.
@@ -128,8 +134,12 @@ pub fn retry_policy(proto: &RetryPolicyProto, path: &str) -> Result<RetryPolicy>
         retriable_request_headers,
         refresh_cluster_on_retry,
     } = proto;
-    reject_fields!(path; per_try_idle_timeout, retry_priority, retry_options_predicates,
+    reject_fields!(path; per_try_idle_timeout, retry_options_predicates,
         rate_limited_retry_back_off, refresh_cluster_on_retry)?;
+    let avoid_previous_priorities = match retry_priority {
+        Some(priority) => Some(previous_priorities(priority, &join_path(path, "retry_priority"))?),
+        None => None,
+    };
     let mut avoid_previous_hosts = false;
     for (i, predicate) in retry_host_predicate.iter().enumerate() {
         let field = format!("{path}.retry_host_predicate[{i}]");
@@ -175,8 +185,23 @@ pub fn retry_policy(proto: &RetryPolicyProto, path: &str) -> Result<RetryPolicy>
         max_interval,
         avoid_previous_hosts,
         host_selection_max_attempts: u32::try_from(*host_selection_retry_max_attempts).unwrap_or(0).max(1),
+        avoid_previous_priorities,
         retriable_request_headers: header_matchers(retriable_request_headers, path, "retriable_request_headers")?,
         retriable_headers: header_matchers(retriable_headers, path, "retriable_headers")?,
+    })
+}
+
+/// The `previous_priorities` retry priority (the only one Envoy has): its `update_frequency`.
+fn previous_priorities(proto: &retry_policy::RetryPriority, path: &str) -> Result<u32> {
+    let Some(retry_policy::retry_priority::ConfigType::TypedConfig(any)) = &proto.config_type else {
+        return Err(ConfigError::invalid(join_path(path, "typed_config"), "value is required"));
+    };
+    if proto::type_name(&any.type_url) != PREVIOUS_PRIORITIES_TYPE {
+        return Err(proto::unexpected_type(any, &join_path(path, "typed_config")));
+    }
+    let config: PreviousPrioritiesConfig = proto::unpack(any, &join_path(path, "typed_config"))?;
+    u32::try_from(config.update_frequency).ok().filter(|&f| f > 0).ok_or_else(|| {
+        ConfigError::invalid(join_path(path, "typed_config.update_frequency"), "value must be greater than 0")
     })
 }
 
