@@ -419,8 +419,11 @@ impl ClusterManager {
                 self.settled.send_modify(|n| *n += 1);
             }
         } else if let Some(cluster) = state.active.get(name).filter(|c| ours(&c.discovery)).cloned() {
-            let same = cluster.hosts.len() == assigned.hosts.len()
-                && cluster.hosts.iter().zip(&assigned.hosts).all(|(host, spec)| host.is_same_endpoint(spec));
+            // Hosts kept only for their passing health checks are not the resolution's.
+            let resolved: Vec<&Arc<Host>> =
+                cluster.hosts.iter().filter(|h| h.health_flags() & health_flag::PENDING_DYNAMIC_REMOVAL == 0).collect();
+            let same = resolved.len() == assigned.hosts.len()
+                && resolved.iter().zip(&assigned.hosts).all(|(host, spec)| host.is_same_endpoint(spec));
             if !same {
                 let rebuilt =
                     Cluster::new(cluster.spec(), &assigned, Some(&cluster), &self.context, cluster.added_via_api);
