@@ -79,6 +79,17 @@ pub struct RingHash {
 /// The largest ring Envoy builds (and its default maximum).
 const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 
+impl LbKind {
+    /// Whether ring hash or Maglev keys hosts by hostname rather than address.
+    pub fn hashes_by_hostname(self) -> bool {
+        match self {
+            LbKind::RingHash(ring) => ring.by_hostname,
+            LbKind::Maglev(maglev) => maglev.by_hostname,
+            LbKind::RoundRobin | LbKind::Random | LbKind::LeastRequest(_) => false,
+        }
+    }
+}
+
 /// `least_request_lb_config`, with Envoy's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeastRequest {
@@ -450,7 +461,7 @@ impl ClusterSpec {
 }
 
 /// `common_lb_config`, of which legate takes `healthy_panic_threshold` (and
-/// `consistent_hashing_lb_config`, read by `ring_hash`).
+/// `consistent_hashing_lb_config`, read by `by_hostname`).
 fn healthy_panic_threshold(common: &CommonLbConfig, path: &str) -> Result<u32> {
     ensure_only(common, &["healthy_panic_threshold", "consistent_hashing_lb_config"], path)?;
     let Some(percent) = &common.healthy_panic_threshold else {

@@ -163,17 +163,22 @@ impl<'p> Retry<'p> {
     /// the last pick if all were; with a request's `hash` (ring hash, Maglev) each pick again
     /// looks further, as Envoy's does.
     pub fn next_host(&mut self, cluster: &Cluster, lb: &mut WorkerLb, hash: Option<u64>) -> Option<usize> {
+        // The loads stay in the state between picks; taken out for this one.
         let loads = self.priority_loads(cluster);
-        let picked = self.pick_avoiding_hosts(cluster, lb, hash, loads.as_deref())?;
+        let picked = self.pick_avoiding_hosts(cluster, lb, hash, loads.as_deref());
         if let Some(priorities) = &mut self.priorities {
-            priorities.attempted.push(cluster.hosts[picked].priority);
+            priorities.loads = loads;
+            if let Some(picked) = picked {
+                priorities.attempted.push(cluster.hosts[picked].priority);
+            }
         }
-        Some(picked)
+        picked
     }
 
     /// The loads by priority for the next attempt under `previous_priorities` (`None`: the
-    /// cluster's own). Every `update_frequency` attempts, the priorities of the hosts attempted
-    /// so far take no more load; when that leaves nothing healthy, the cluster's loads stand.
+    /// cluster's own), taken out of the state. Every `update_frequency` attempts, the
+    /// priorities of the hosts attempted so far take no more load; when that leaves nothing
+    /// healthy, the cluster's loads stand.
     fn priority_loads(&mut self, cluster: &Cluster) -> Option<Box<[u32]>> {
         let frequency = self.policy.avoid_previous_priorities?;
         let first = cluster.hosts.get(self.first_host).map_or(0, |h| h.priority);
@@ -198,7 +203,7 @@ impl<'p> Retry<'p> {
                 }
             }
         }
-        avoided.loads.clone()
+        avoided.loads.take()
     }
 
     fn pick_avoiding_hosts(

@@ -1,6 +1,6 @@
 //! A live cluster: its hosts, the load-balancing schedule over the hosts that may take
-//! traffic, its outlier detector, its health checker and its Envoy-named stats. Immutable once built; health
-//! changes publish a new cluster, so a request reads one consistent view.
+//! traffic, its outlier detector, its health checker and its Envoy-named stats. Immutable
+//! once built; health changes publish a new cluster, so a request reads one consistent view.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -428,11 +428,7 @@ impl Cluster {
                 healthy: h.is_healthy(),
             })
             .collect();
-        let by_hostname = match spec.lb {
-            LbKind::RingHash(ring) => ring.by_hostname,
-            LbKind::Maglev(maglev) => maglev.by_hostname,
-            LbKind::RoundRobin | LbKind::Random | LbKind::LeastRequest(_) => false,
-        };
+        let by_hostname = spec.lb.hashes_by_hostname();
         let key = |index: u32| {
             let host = &hosts[index as usize];
             if by_hostname { host.hostname.clone() } else { host.address.to_string() }
@@ -512,8 +508,8 @@ impl Cluster {
     }
 
     /// Picks a host (an index into `hosts`) with the calling worker's state and the
-    /// request's hash (ring hash), `attempt` the picks of that hash before; `None` means no
-    /// healthy upstream.
+    /// request's hash (ring hash, Maglev), `attempt` the picks of that hash before; `None`
+    /// means no healthy upstream.
     pub fn pick(&self, state: &mut WorkerLb, hash: Option<u64>, attempt: u32) -> Option<usize> {
         self.pick_with_loads(state, hash, attempt, None)
     }

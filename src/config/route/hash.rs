@@ -1,6 +1,7 @@
 //! A route's `hash_policy`: what a request is hashed by for ring hash load balancing, and
 //! the hash itself, computed as Envoy computes it.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy as HashPolicyProto;
@@ -104,16 +105,23 @@ impl HashBy {
     fn hash(&self, parts: &Parts, remote: SocketAddr) -> Option<u64> {
         match self {
             HashBy::Header(name) => {
-                let mut values: Vec<&[u8]> = parts.headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
-                if values.is_empty() {
-                    return None;
-                }
+                let mut all = parts.headers.get_all(name).iter().map(|v| v.as_bytes());
+                let first = all.next()?;
+                let Some(second) = all.next() else { return Some(xxhash64(&[first])) };
                 // The same hash whatever the order the values came in.
+                let mut values: Vec<&[u8]> = [first, second].into_iter().chain(all).collect();
                 values.sort_unstable();
                 Some(xxhash64(&values))
             }
             HashBy::Cookie(name) => cookie(parts, name).map(|value| xxhash64(&[value.as_bytes()])),
-            HashBy::SourceIp => Some(xxhash64(&[remote.ip().to_string().as_bytes()])),
+            HashBy::SourceIp => {
+                // The address as Envoy writes it (no brackets for IPv6), without allocating.
+                let mut text = [0u8; 45];
+                let mut cursor = std::io::Cursor::new(&mut text[..]);
+                write!(cursor, "{}", remote.ip()).ok()?;
+                let len = cursor.position() as usize;
+                Some(xxhash64(&[&text[..len]]))
+            }
             HashBy::QueryParameter(name) => {
                 let query = parts.uri.query()?;
                 let value = query.split('&').find_map(|pair| match pair.split_once('=') {
