@@ -37,6 +37,8 @@ const RUNTIME_ROOTS: &[&str] = &[
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
+    "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+    "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
     "envoy/admin/v3/clusters.proto",
     "envoy/admin/v3/config_dump.proto",
     "envoy/admin/v3/listeners.proto",

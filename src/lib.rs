@@ -13,6 +13,7 @@ pub mod listener;
 pub mod logging;
 pub mod server;
 pub mod stats;
+pub mod transport;
 pub mod upstream;
 pub mod worker;
 pub mod xds;

@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, Encoded, ensure_only};
+use super::tls::{self, ClientTls};
 use super::xds::{SourceSpec, XdsSources, config_source};
 
 mod health_check;
@@ -290,6 +291,8 @@ pub struct ClusterSpec {
     pub assignment: Assignment,
     /// The name its stats go under: `alt_stat_name`, or the name.
     pub stat_name: String,
+    /// `transport_socket` when it is TLS.
+    pub tls: Option<Arc<ClientTls>>,
     /// The original proto, for `/config_dump` and change detection.
     pub proto: Encoded<ClusterProto>,
 }
@@ -322,6 +325,7 @@ const SUPPORTED_CLUSTER_FIELDS: &[&str] = &[
     "outlier_detection",
     "health_checks",
     "ignore_health_on_host_removal",
+    "transport_socket",
 ];
 
 impl ClusterSpec {
@@ -440,6 +444,10 @@ impl ClusterSpec {
                 format!("{} cluster must support HTTP/2 for gRPC healthchecking", proto.name),
             ));
         }
+        let tls = tls::upstream(proto.transport_socket.as_ref(), &join_path(path, "transport_socket"))?;
+        if tls.is_some() && health_check.is_some() {
+            return Err(ConfigError::unsupported(join_path(path, "health_checks"), "on a cluster with TLS"));
+        }
         Ok(ClusterSpec {
             name: proto.name.clone(),
             discovery,
@@ -455,6 +463,7 @@ impl ClusterSpec {
             ignore_health_on_host_removal: proto.ignore_health_on_host_removal,
             assignment: hosts,
             stat_name: if proto.alt_stat_name.is_empty() { &proto.name } else { &proto.alt_stat_name }.clone(),
+            tls: tls.map(Arc::new),
             proto: encoded,
         })
     }

@@ -21,6 +21,7 @@ use super::cluster::socket_address;
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, ensure_only};
 use super::route::{HostPortMatch, RouteTable};
+use super::tls::{self, ServerTls};
 use super::xds::{XdsSources, config_source};
 
 const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -172,6 +173,8 @@ pub struct ListenerSpec {
     /// The `listener.<prefix>.` stats prefix: `stat_prefix` or the address as Envoy writes it.
     pub stat_prefix: String,
     pub hcm: HcmSpec,
+    /// The filter chain's `transport_socket` when it is TLS.
+    pub tls: Option<ServerTls>,
     /// `per_connection_buffer_limit_bytes` (1 MiB by default): here, how much of a request
     /// body legate keeps to send again on a retry.
     pub buffer_limit: usize,
@@ -216,7 +219,8 @@ impl ListenerSpec {
             _ => return Err(ConfigError::unsupported(format!("{chains_path}[1]"), "more than one filter chain")),
         };
         let chain_path = format!("{chains_path}[0]");
-        ensure_only(chain, &["filters", "name", "metadata"], &chain_path)?;
+        ensure_only(chain, &["filters", "name", "metadata", "transport_socket"], &chain_path)?;
+        let tls = tls::downstream(chain.transport_socket.as_ref(), &join_path(&chain_path, "transport_socket"))?;
         let filter = match chain.filters.as_slice() {
             [filter] => filter,
             [] => return Err(ConfigError::invalid(join_path(&chain_path, "filters"), "no network filters specified")),
@@ -247,7 +251,7 @@ impl ListenerSpec {
         let hcm = HcmSpec::from_proto(&hcm_proto, address.port(), &format!("{filter_path}.typed_config"), sources)?;
         let name = if proto.name.is_empty() { format!("{address}") } else { proto.name.clone() };
         let buffer_limit = proto.per_connection_buffer_limit_bytes.map_or(DEFAULT_BUFFER_LIMIT, |l| l.value as usize);
-        Ok(ListenerSpec { name, address, stat_prefix, hcm, buffer_limit, proto: proto.clone() })
+        Ok(ListenerSpec { name, address, stat_prefix, hcm, tls, buffer_limit, proto: proto.clone() })
     }
 }
 

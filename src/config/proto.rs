@@ -6,6 +6,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::google::protobuf::{Any, Duration as DurationProto};
 use prost::{Message, Name};
 
@@ -131,8 +133,48 @@ pub fn ensure_only<M: Message + Name>(message: &M, supported: &[&str], path: &st
         .map_err(|e| ConfigError::invalid(path, format!("re-decoding {}: {e}", M::full_name())))?;
     for (field, _) in dynamic.fields() {
         if !supported.contains(&field.name()) {
-            return Err(ConfigError::unsupported(super::error::join_path(path, field.name()), ""));
+            return Err(ConfigError::unsupported(join_path(path, field.name()), ""));
         }
     }
     Ok(())
+}
+
+/// Reads a `DataSource` (`what` names it in errors, `max` bounds its size); files and
+/// environment variables are read once, here. `None` when it has no specifier.
+pub fn data_source(source: &DataSource, path: &str, what: &str, max: Option<u32>) -> Result<Option<Bytes>> {
+    let DataSource { watched_directory, specifier } = source;
+    if watched_directory.is_some() {
+        return Err(ConfigError::unsupported(join_path(path, "watched_directory"), ""));
+    }
+    let too_big = |len: u64| max.filter(|&max| len > u64::from(max));
+    let body = match specifier {
+        None => return Ok(None),
+        Some(data_source::Specifier::InlineBytes(b)) => Bytes::copy_from_slice(b),
+        Some(data_source::Specifier::InlineString(s)) => Bytes::copy_from_slice(s.as_bytes()),
+        Some(data_source::Specifier::Filename(f)) => {
+            let field = join_path(path, "filename");
+            let meta =
+                std::fs::metadata(f).map_err(|e| ConfigError::invalid(&field, format!("{what} file {f}: {e}")))?;
+            if let Some(max) = too_big(meta.len()) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{what} file {f} size is {} bytes; maximum is {max}", meta.len()),
+                ));
+            }
+            Bytes::from(std::fs::read(f).map_err(|e| ConfigError::invalid(&field, format!("{what} file {f}: {e}")))?)
+        }
+        Some(data_source::Specifier::EnvironmentVariable(v)) => {
+            let value = std::env::var_os(v).ok_or_else(|| {
+                ConfigError::invalid(
+                    join_path(path, "environment_variable"),
+                    format!("environment variable {v} is not set"),
+                )
+            })?;
+            Bytes::from(value.into_encoded_bytes())
+        }
+    };
+    if let Some(max) = too_big(body.len() as u64) {
+        return Err(ConfigError::invalid(path, format!("{what} size is {} bytes; maximum is {max}", body.len())));
+    }
+    Ok(Some(body))
 }

@@ -10,9 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, HeaderValueOption, data_source, header_value_option::HeaderAppendAction,
-};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValueOption, header_value_option::HeaderAppendAction};
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
@@ -1421,51 +1419,10 @@ fn direct_response(proto: &route_pb::DirectResponseAction, path: &str, limits: &
         .and_then(|s| StatusCode::from_u16(s).ok())
         .ok_or_else(|| ConfigError::invalid(join_path(path, "status"), "value must be inside range [200, 600)"))?;
     let body = match body {
-        Some(source) => data_source(source, &join_path(path, "body"), limits.max_body)?,
+        Some(source) => proto::data_source(source, &join_path(path, "body"), "response body", Some(limits.max_body))?,
         None => None,
     };
     Ok(RouteAction::DirectResponse { status, body: body.filter(|b| !b.is_empty()) })
-}
-
-/// Reads a direct response body; files and environment variables are read once, here.
-fn data_source(source: &DataSource, path: &str, max: u32) -> Result<Option<Bytes>> {
-    let DataSource { watched_directory, specifier } = source;
-    reject_fields!(path; watched_directory)?;
-    let body = match specifier {
-        None => return Ok(None),
-        Some(data_source::Specifier::InlineBytes(b)) => Bytes::copy_from_slice(b),
-        Some(data_source::Specifier::InlineString(s)) => Bytes::copy_from_slice(s.as_bytes()),
-        Some(data_source::Specifier::Filename(f)) => {
-            let field = join_path(path, "filename");
-            let meta = std::fs::metadata(f)
-                .map_err(|e| ConfigError::invalid(&field, format!("response body file {f}: {e}")))?;
-            if meta.len() > u64::from(max) {
-                return Err(ConfigError::invalid(
-                    field,
-                    format!("response body file {f} size is {} bytes; maximum is {max}", meta.len()),
-                ));
-            }
-            Bytes::from(
-                std::fs::read(f).map_err(|e| ConfigError::invalid(&field, format!("response body file {f}: {e}")))?,
-            )
-        }
-        Some(data_source::Specifier::EnvironmentVariable(v)) => {
-            let value = std::env::var_os(v).ok_or_else(|| {
-                ConfigError::invalid(
-                    join_path(path, "environment_variable"),
-                    format!("environment variable {v} is not set"),
-                )
-            })?;
-            Bytes::from(value.into_encoded_bytes())
-        }
-    };
-    if body.len() > max as usize {
-        return Err(ConfigError::invalid(
-            path,
-            format!("response body size is {} bytes; maximum is {max}", body.len()),
-        ));
-    }
-    Ok(Some(body))
 }
 
 /// Checks text that ends up in a header value (no control characters but tab).

@@ -249,7 +249,46 @@ fn bytes_to_json(desc: prost_reflect::MessageDescriptor, bytes: &[u8], skip_defa
         .serialize_with_options(serde_json::value::Serializer, &options)
         .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
     integral_doubles(&mut json);
+    redact_secrets(&mut json);
     json
+}
+
+/// Envoy's `sensitive` fields of a TLS certificate, which `/config_dump` prints redacted: each
+/// string in them as `[redacted]` (inline bytes as its base64).
+fn redact_secrets(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(certificates)) = map.get_mut("tls_certificates") {
+                for certificate in certificates.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+                    for field in ["private_key", "password", "pkcs12"] {
+                        if let Some(secret) = certificate.get_mut(field) {
+                            redact_strings(secret);
+                        }
+                    }
+                }
+            }
+            map.values_mut().for_each(redact_secrets);
+        }
+        _ => {}
+    }
+}
+
+fn redact_strings(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => *text = "[redacted]".into(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_strings),
+        serde_json::Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                match item {
+                    // base64 of `[redacted]`, as Envoy prints a redacted bytes field.
+                    serde_json::Value::String(bytes) if key == "inline_bytes" => *bytes = "W3JlZGFjdGVkXQ==".into(),
+                    _ => redact_strings(item),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Prints whole doubles as protobuf's C++ JSON printer does (`7`, not `7.0`): the numbers of

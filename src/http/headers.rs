@@ -114,7 +114,8 @@ static EDGE_ONLY: [HeaderName; 3] = [
 /// `mutateRequestHeaders`. With `use_remote_address` (an edge): the peer is appended to
 /// `x-forwarded-for` (a loopback peer as this host's own address), `x-forwarded-proto` is set
 /// from the connection unless a trusted hop sent one, and `x-envoy-external-address` names the
-/// trusted client. Without it, XFF is left alone and XFP set only when absent. Every request
+/// trusted client. Without it, XFF is left alone and XFP set only when absent. XFP is `https`
+/// on a TLS connection. Every request
 /// is external, so the internal-only `x-envoy-*` headers are removed. Returns the trusted
 /// client address (`%DOWNSTREAM_REMOTE_ADDRESS%`).
 pub fn set_forwarded(
@@ -122,9 +123,10 @@ pub fn set_forwarded(
     peer: SocketAddr,
     use_remote_address: bool,
     trusted_hops: u32,
+    secure: bool,
 ) -> SocketAddr {
     let client = original_client(headers, peer, use_remote_address, trusted_hops);
-    let proto = HeaderValue::from_static("http");
+    let proto = HeaderValue::from_static(if secure { "https" } else { "http" });
     // Every name removed below starts with `x-envoy-`; a request with none (nearly all)
     // skips the 18 hashed removals.
     let envoy_headers = headers.keys().any(|name| name.as_str().starts_with("x-envoy-"));
@@ -472,11 +474,11 @@ mod tests {
         let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        set_forwarded(&mut h, peer, false, 0);
+        set_forwarded(&mut h, peer, false, 0, false);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert!(h.get(&X_ENVOY_EXTERNAL_ADDRESS).is_none());
-        set_forwarded(&mut h, peer, true, 0);
+        set_forwarded(&mut h, peer, true, 0, false);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1,10.1.2.3");
         assert_eq!(h[&X_ENVOY_EXTERNAL_ADDRESS], "10.1.2.3");
     }
@@ -484,7 +486,7 @@ mod tests {
     #[test]
     fn a_loopback_peer_is_appended_as_this_hosts_address() {
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "127.0.0.1:4000".parse().unwrap(), true, 0);
+        set_forwarded(&mut h, "127.0.0.1:4000".parse().unwrap(), true, 0, false);
         assert_eq!(h[&X_FORWARDED_FOR], local_address().to_string().as_str());
         assert_eq!(h[&X_ENVOY_EXTERNAL_ADDRESS], "127.0.0.1");
     }
@@ -495,12 +497,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        let client = set_forwarded(&mut h.clone(), peer, true, 0);
+        let client = set_forwarded(&mut h.clone(), peer, true, 0, false);
         assert_eq!(client, peer);
         let mut untrusted = h.clone();
-        set_forwarded(&mut untrusted, peer, true, 0);
+        set_forwarded(&mut untrusted, peer, true, 0, false);
         assert_eq!(untrusted[&X_FORWARDED_PROTO], "http");
-        let client = set_forwarded(&mut h, peer, true, 1);
+        let client = set_forwarded(&mut h, peer, true, 1, false);
         assert_eq!(client.ip().to_string(), "203.0.113.7");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_ENVOY_EXTERNAL_ADDRESS], "203.0.113.7");
@@ -519,10 +521,10 @@ mod tests {
             h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
         }
         let mut inner = h.clone();
-        set_forwarded(&mut inner, peer, false, 0);
+        set_forwarded(&mut inner, peer, false, 0, false);
         assert!(inner.get("x-envoy-internal").is_none() && inner.get("x-envoy-upstream-rq-timeout-ms").is_none());
         assert!(inner.get("x-envoy-downstream-service-node").is_some() && inner.get("x-envoy-original-path").is_some());
-        set_forwarded(&mut h, peer, true, 0);
+        set_forwarded(&mut h, peer, true, 0, false);
         assert!(h.get("x-envoy-downstream-service-node").is_none());
     }
 

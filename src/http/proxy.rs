@@ -39,6 +39,8 @@ pub struct ConnContext {
     pub worker: Rc<Worker>,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// Whether the connection is TLS (`x-forwarded-proto: https`).
+    pub secure: bool,
     /// Whether the connection's codec was counted (`downstream_cx_http1/2_total`); known
     /// only at the first request when the codec is detected from the preface.
     pub codec_counted: Cell<bool>,
@@ -110,8 +112,13 @@ pub async fn serve(
         }
     }
     headers::strip_host_port(&mut parts, hcm.strip_host_port);
-    exchange.client =
-        headers::set_forwarded(&mut parts.headers, ctx.remote, hcm.use_remote_address, hcm.xff_num_trusted_hops);
+    exchange.client = headers::set_forwarded(
+        &mut parts.headers,
+        ctx.remote,
+        hcm.use_remote_address,
+        hcm.xff_num_trusted_hops,
+        ctx.secure,
+    );
     if hcm.generate_request_id {
         // Edge requests (use_remote_address; every request is external) get a fresh id.
         headers::ensure_request_id(&mut parts.headers, hcm.use_remote_address);
@@ -882,11 +889,21 @@ fn failure_reply(
                 "remote connection failure",
                 "remote_connection_failure"
             );
-            let details = format!(
-                "upstream_reset_before_response_started{{remote_connection_failure|delayed_connect_error:_{}}}",
-                os_error_text(e).replace(' ', "_")
-            );
-            (status, body, flags, Cow::Owned(details))
+            let details = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                // BoringSSL's reason for a certificate Envoy did not accept; rustls's words otherwise.
+                Some(rustls::Error::InvalidCertificate(_)) => Cow::Borrowed(
+                    "upstream_reset_before_response_started{remote_connection_failure|TLS_error:_CERTIFICATE_VERIFY_FAILED}",
+                ),
+                Some(tls) => Cow::Owned(format!(
+                    "upstream_reset_before_response_started{{remote_connection_failure|TLS_error:_{}}}",
+                    tls.to_string().replace(' ', "_")
+                )),
+                None => Cow::Owned(format!(
+                    "upstream_reset_before_response_started{{remote_connection_failure|delayed_connect_error:_{}}}",
+                    os_error_text(e).replace(' ', "_")
+                )),
+            };
+            (status, body, flags, details)
         }
         UpstreamError::ConnectTimeout => {
             reset!(SERVICE_UNAVAILABLE, UPSTREAM_CONNECTION_FAILURE, "connection timeout", "connection_timeout")

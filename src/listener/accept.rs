@@ -24,6 +24,7 @@ use crate::http::h2::PREFACE;
 use crate::http::h2::server::H2Server;
 use crate::http::h2::stream;
 use crate::http::proxy::{self, ConnContext};
+use crate::transport::{self, Transport};
 use crate::worker::Worker;
 
 /// How long a draining listener waits for a just-accepted connection's first request.
@@ -74,6 +75,7 @@ pub async fn serve_listener(
                         listener: listener.clone(),
                         worker: worker.clone(),
                         remote,
+                        secure: listener.spec.tls.is_some(),
                         codec_counted: Default::default(),
                         active_streams: Default::default(),
                         idle_since: std::cell::Cell::new(clock::now()),
@@ -90,8 +92,8 @@ pub async fn serve_listener(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(mut stream: TcpStream, ctx: Rc<ConnContext>, mut drain: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection(tcp: TcpStream, ctx: Rc<ConnContext>, mut drain: watch::Receiver<bool>) {
+    let _ = tcp.set_nodelay(true);
     let listener = ctx.listener.clone();
     let opened = tokio::time::Instant::now();
     listener.stats.opened(ctx.worker.index);
@@ -99,28 +101,22 @@ async fn serve_connection(mut stream: TcpStream, ctx: Rc<ConnContext>, mut drain
     http.downstream_cx_total.inc();
     http.downstream_cx_active.inc();
 
-    let mut prefix = BytesMut::new();
-    let protocol = match listener.spec.hcm.codec {
-        Codec::Http1 => Some(Protocol::Http1),
-        Codec::Http2 => Some(Protocol::Http2),
-        Codec::Auto => {
-            prefix.reserve(SNIFF_READ);
-            let sniff = sniff(&mut stream, &mut prefix);
-            tokio::pin!(sniff);
-            let idle = sleep_until_some(listener.spec.hcm.idle_timeout.map(|t| ctx.idle_since.get() + t));
-            tokio::select! {
-                protocol = &mut sniff => protocol.ok(),
-                _ = idle => {
-                    http.downstream_cx_idle_timeout.inc();
-                    None
-                }
-                // A connection accepted just before the drain gets a moment to say what it is.
-                _ = drain.wait_for(|d| *d) => tokio::time::timeout(FIRST_REQUEST_GRACE, sniff).await.ok().and_then(Result::ok),
-            }
+    let negotiate = negotiate(tcp, &listener);
+    tokio::pin!(negotiate);
+    let idle = sleep_until_some(listener.spec.hcm.idle_timeout.map(|t| ctx.idle_since.get() + t));
+    let negotiated = tokio::select! {
+        // First, so that a plaintext connection with a fixed codec sets no timer.
+        biased;
+        negotiated = &mut negotiate => negotiated.ok(),
+        _ = idle => {
+            http.downstream_cx_idle_timeout.inc();
+            None
         }
+        // A connection accepted just before the drain gets a moment to say what it is.
+        _ = drain.wait_for(|d| *d) => tokio::time::timeout(FIRST_REQUEST_GRACE, negotiate).await.ok().and_then(Result::ok),
     };
-    let result = match protocol {
-        Some(Protocol::Http2) => {
+    let result = match negotiated {
+        Some((stream, Protocol::Http2, prefix)) => {
             let stream_ctx = ctx.clone();
             let server =
                 H2Server::new(stream, prefix, ctx.clone(), listener.spec.hcm.http2, move |request, responder| {
@@ -128,7 +124,7 @@ async fn serve_connection(mut stream: TcpStream, ctx: Rc<ConnContext>, mut drain
                 });
             drive(server, |server| server.get_mut().graceful_shutdown(), &ctx, drain).await.map_err(BodyError::from)
         }
-        Some(Protocol::Http1) => {
+        Some((stream, Protocol::Http1, prefix)) => {
             // No header read timeout: Envoy has none unless `request_headers_timeout` is set
             // (which legate does not implement); an idle keep-alive connection is closed by
             // the connection idle timeout, as Envoy closes it.
@@ -157,8 +153,31 @@ enum Protocol {
 /// The first read of a connection whose codec is detected: enough for a request head.
 const SNIFF_READ: usize = 1024;
 
+/// Handshakes TLS on a TLS listener, then settles the codec: the listener's, or for AUTO the
+/// one ALPN chose, or else the one the first bytes (returned, to be parsed) show, as Envoy does.
+async fn negotiate(tcp: TcpStream, listener: &HttpListener) -> std::io::Result<(Transport, Protocol, BytesMut)> {
+    let mut stream = match listener.spec.tls.as_ref().zip(listener.tls_stats.as_ref()) {
+        Some((tls, stats)) => transport::accept(tcp, tls, stats).await?,
+        None => Transport::Plain(tcp),
+    };
+    let mut read = BytesMut::new();
+    let protocol = match listener.spec.hcm.codec {
+        Codec::Http1 => Protocol::Http1,
+        Codec::Http2 => Protocol::Http2,
+        Codec::Auto => match stream.alpn() {
+            Some(b"h2") => Protocol::Http2,
+            Some(_) => Protocol::Http1,
+            None => {
+                read.reserve(SNIFF_READ);
+                sniff(&mut stream, &mut read).await?
+            }
+        },
+    };
+    Ok((stream, protocol, read))
+}
+
 /// Reads until the first bytes tell HTTP/2's preface from anything else (HTTP/1.1).
-async fn sniff(stream: &mut TcpStream, read: &mut BytesMut) -> std::io::Result<Protocol> {
+async fn sniff(stream: &mut Transport, read: &mut BytesMut) -> std::io::Result<Protocol> {
     loop {
         if read.len() >= PREFACE.len() || !PREFACE.starts_with(read) {
             return Ok(if read.starts_with(PREFACE) { Protocol::Http2 } else { Protocol::Http1 });

@@ -13,6 +13,7 @@ use crate::config::listener::{ListenerSpec, RouteSpec};
 use crate::http::access_log::AccessLogger;
 use crate::http::rds::{RdsRegistry, Routes};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
+use crate::transport::TlsStats;
 use crate::upstream::ClusterManager;
 
 /// `listener.<prefix>.*` stats.
@@ -170,6 +171,8 @@ pub struct HttpListener {
     pub spec: ListenerSpec,
     pub stats: ListenerStats,
     pub http_stats: HcmStats,
+    /// `listener.<prefix>.ssl.*`, for a TLS listener.
+    pub tls_stats: Option<TlsStats>,
     pub access_logs: Vec<AccessLogger>,
     pub clusters: Arc<ClusterManager>,
     pub routes: Routes,
@@ -187,11 +190,12 @@ impl HttpListener {
     ) -> std::io::Result<HttpListener> {
         let stats = ListenerStats::new(store, &spec.stat_prefix, (0..workers).map(|i| format!("worker_{i}")));
         let http_stats = HcmStats::new(store, &spec.hcm.stat_prefix);
+        let tls_stats = spec.tls.as_ref().map(|_| TlsStats::new(store, &format!("listener.{}.", spec.stat_prefix)));
         let access_logs = spec.hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
         let routes = match &spec.hcm.routes {
             RouteSpec::Inline(table, _) => Routes::Static(table.clone()),
             RouteSpec::Rds { name, host_port } => Routes::Rds(rds.slot(name, *host_port, store, &spec.hcm.stat_prefix)),
         };
-        Ok(HttpListener { spec, stats, http_stats, access_logs, clusters, routes })
+        Ok(HttpListener { spec, stats, http_stats, tls_stats, access_logs, clusters, routes })
     }
 }

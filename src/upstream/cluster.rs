@@ -11,7 +11,9 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 
 use crate::config::cluster::{Assignment, CircuitBreakers, ClusterSpec, Discovery, LbKind, UpstreamProtocol};
 use crate::config::proto::Encoded;
+use crate::config::tls::ClientTls;
 use crate::stats::{CounterCell, GaugeCell, HistogramCell, HistogramUnit, Member, StatGroup, Store};
+use crate::transport::TlsStats;
 
 use super::health_check::HealthChecker;
 use super::host::{Host, health_flag};
@@ -305,6 +307,8 @@ pub struct Cluster {
     pub stats: Arc<ClusterStats>,
     /// The name its stats go under: `alt_stat_name`, or the name.
     pub stat_name: String,
+    /// Its TLS, with the `cluster.<name>.ssl.*` stats its handshakes count in.
+    pub tls: Option<(Arc<ClientTls>, Arc<TlsStats>)>,
     /// The cluster's config as given, for `/config_dump` and change detection.
     pub proto: Encoded<ClusterProto>,
     /// Whether the cluster came from `static_resources` (false: added via API).
@@ -443,6 +447,14 @@ impl Cluster {
             detector.stats.ejections_active.set(ejected as i64);
         }
         *stats.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = spec.circuit_breakers;
+        let tls = spec.tls.map(|tls| {
+            let kept = previous.filter(|p| p.stat_name == spec.stat_name).and_then(|p| p.tls.as_ref());
+            let stats = match kept {
+                Some((_, stats)) => stats.clone(),
+                None => Arc::new(TlsStats::new(&context.store, &format!("cluster.{}.", spec.stat_name))),
+            };
+            (tls, stats)
+        });
         Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             name: spec.name,
@@ -462,6 +474,7 @@ impl Cluster {
             overprovisioning_factor,
             stats,
             stat_name: spec.stat_name,
+            tls,
             proto: spec.proto,
             added_via_api,
         }
@@ -503,6 +516,7 @@ impl Cluster {
             ignore_health_on_host_removal: self.ignore_health_on_host_removal,
             assignment: Assignment { hosts: Vec::new(), overprovisioning_factor: self.overprovisioning_factor },
             stat_name: self.stat_name.clone(),
+            tls: self.tls.as_ref().map(|(tls, _)| tls.clone()),
             proto: self.proto.clone(),
         }
     }

@@ -35,6 +35,7 @@ use crate::http::body::{BodyError, RequestBody};
 use crate::http::h2::client::H2Connection;
 use crate::http::h2::stream::RecvBody;
 use crate::http::headers;
+use crate::transport::{self, Transport};
 
 /// Why a request could not get a response from its upstream.
 #[derive(Debug)]
@@ -423,7 +424,7 @@ impl HostPool {
 
     async fn connect_h1(self: &Rc<Self>, cluster: &Arc<Cluster>) -> Result<Box<H1Connection>, UpstreamError> {
         let slot = ConnectionSlot::new(cluster, Rc::downgrade(self));
-        let (stream, started) = connect_tcp(&self.host, cluster).await?;
+        let (stream, started) = connect(&self.host, cluster, b"http/1.1").await?;
         cluster.stats.upstream_cx_http1_total.inc();
         Ok(H1Connection::new(stream, LiveConnection::new(cluster, &self.host, started, slot)))
     }
@@ -493,13 +494,24 @@ impl Drop for ConnectionSlot {
 }
 
 /// The connected stream, and when its connect began (where Envoy starts a connection's
-/// `upstream_cx_length_ms`).
-async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<(TcpStream, Instant), UpstreamError> {
+/// `upstream_cx_length_ms`). For a TLS cluster the connect is done once the handshake is,
+/// offering `alpn` (the pool's protocol) unless the cluster names its own, and a failed
+/// handshake is a failed connect, within `connect_timeout`, as in Envoy.
+async fn connect(host: &Host, cluster: &Cluster, alpn: &'static [u8]) -> Result<(Transport, Instant), UpstreamError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
     let started = clock::now();
-    let result = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(host.address)).await;
+    let connecting = async {
+        let tcp = TcpStream::connect(host.address).await?;
+        // Small request/response exchanges must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        match &cluster.tls {
+            Some((tls, tls_stats)) => transport::connect(tcp, tls, alpn, tls_stats).await,
+            None => Ok(Transport::Plain(tcp)),
+        }
+    };
+    let result = tokio::time::timeout(cluster.connect_timeout, connecting).await;
     let stream = match result {
         Ok(Ok(stream)) => {
             stats.upstream_cx_connect_ms.record((clock::now() - started).as_millis() as u64);
@@ -517,8 +529,6 @@ async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<(TcpStream, Insta
             return Err(UpstreamError::ConnectTimeout);
         }
     };
-    // Small request/response exchanges must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
     Ok((stream, started))
 }
 
@@ -527,7 +537,7 @@ async fn connect_tcp(host: &Host, cluster: &Cluster) -> Result<(TcpStream, Insta
 /// requests that wait on it, and outlives any one of them.
 async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
     let slot = ConnectionSlot::new(&cluster, Weak::new());
-    let (stream, started) = connect_tcp(&host, &cluster).await?;
+    let (stream, started) = connect(&host, &cluster, b"h2").await?;
     let (connection, driver) = H2Connection::start(stream, cluster.idle_timeout);
     connection.count_resets_in(cluster.stats.clone());
     if let Some(max) = cluster.max_requests_per_connection {

@@ -16,6 +16,7 @@ mod retries;
 mod routing;
 mod support;
 mod timeouts;
+mod tls;
 mod upstream_http1;
 mod xds;
 mod xds_envoy;

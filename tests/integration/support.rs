@@ -519,3 +519,39 @@ pub fn closed_port() -> (socket2::Socket, SocketAddr) {
     let address = socket.local_addr().unwrap().as_socket().unwrap();
     (socket, address)
 }
+
+/// The test certificates (`tests/certs`, made by its `make.sh`).
+pub fn certs_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/certs")
+}
+
+/// A TLS client handshake on `tcp` as a client of the test CA's servers: SNI `legate.test`,
+/// ALPN `alpn`, and the test client certificate if `client_certificate`.
+pub async fn tls_connect(
+    tcp: TcpStream,
+    alpn: &[u8],
+    client_certificate: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = certs_dir();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = if client_certificate {
+        let chain = CertificateDer::pem_file_iter(dir.join("client.pem")).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("client-key.pem")).unwrap();
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("legate.test").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+}

@@ -201,7 +201,7 @@ fn families(envoy_stats: &BTreeMap<String, String>) -> Regex {
     }
     let alternatives = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>().join("|");
     Regex::new(&format!(
-        r"^(cluster\.({})\.(upstream_(rq|cx)_|circuit_breakers\.|retry\.upstream_rq_|retry_or_shadow_abandoned|outlier_detection\.|health_check\.|lb_healthy_panic)|http\.({})\.downstream_rq_|listener\..+\.downstream_cx_|cluster_manager\.|server\.(live|state|uptime|concurrency|memory_allocated|total_connections|version|days_until_first_cert_expiring|hot_restart_epoch|initialization_time_ms)$)",
+        r"^(cluster\.({})\.(upstream_(rq|cx)_|circuit_breakers\.|retry\.upstream_rq_|retry_or_shadow_abandoned|outlier_detection\.|health_check\.|lb_healthy_panic|ssl\.)|http\.({})\.downstream_rq_|listener\..+\.(downstream_cx_|ssl\.)|cluster_manager\.|server\.(live|state|uptime|concurrency|memory_allocated|total_connections|version|days_until_first_cert_expiring|hot_restart_epoch|initialization_time_ms)$)",
         alternatives(clusters),
         alternatives(prefixes)
     ))
@@ -211,7 +211,7 @@ fn families(envoy_stats: &BTreeMap<String, String>) -> Regex {
 /// Counters the same traffic moves alike in both proxies; their values are compared.
 static DETERMINISTIC: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"^(cluster\..+\.(retry\.)?upstream_rq_([1-5]xx|\d{3}|total|completed|timeout|pending_overflow|active_overflow|retry|retry_success|retry_overflow|retry_limit_exceeded|per_try_timeout)|cluster\..+\.upstream_cx_(none_healthy|overflow|max_requests|protocol_error)|cluster\..+\.circuit_breakers\..+|cluster\..+\.outlier_detection\..+|cluster\..+\.health_check\..+|cluster\..+\.lb_healthy_panic|http\..+\.(downstream_rq_([1-5]xx|total|http1_total|http2_total|completed)|no_route|no_cluster|rq_direct_response|rq_redirect|rq_total)|cluster_manager\.(active_clusters|warming_clusters|cluster_added|cluster_modified|cluster_removed))$",
+        r"^(cluster\..+\.(retry\.)?upstream_rq_([1-5]xx|\d{3}|total|completed|timeout|pending_overflow|active_overflow|retry|retry_success|retry_overflow|retry_limit_exceeded|per_try_timeout)|cluster\..+\.upstream_cx_(none_healthy|overflow|max_requests|protocol_error)|cluster\..+\.circuit_breakers\..+|cluster\..+\.outlier_detection\..+|cluster\..+\.health_check\..+|cluster\..+\.lb_healthy_panic|(cluster|listener)\..+\.ssl\.(handshake|connection_error|no_certificate|fail_verify_.+|session_reused|(ciphers|versions|curves|sigalgs)\..+)|http\..+\.(downstream_rq_([1-5]xx|total|http1_total|http2_total|completed)|no_route|no_cluster|rq_direct_response|rq_redirect|rq_total)|cluster_manager\.(active_clusters|warming_clusters|cluster_added|cluster_modified|cluster_removed))$",
     )
     .unwrap()
 });

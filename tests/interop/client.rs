@@ -1,6 +1,6 @@
 //! Downstream clients that report failures instead of panicking (a proxy may reset a
 //! stream or close a connection, and that is an observation to compare): HTTP/1.1, h2c
-//! with prior knowledge, and raw bytes.
+//! with prior knowledge, both over TLS, and raw bytes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +22,7 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// Sends `request` on a new connection over `protocol` (`h1` or `h2c`).
+/// Sends `request` on a new connection over `protocol` (`h1`, `h2c`, `h1-tls`, `h2-tls`).
 pub async fn exchange(address: SocketAddr, protocol: &str, request: Request<Full<Bytes>>) -> Result<Answer, String> {
     match tokio::time::timeout(LIMIT, exchange_inner(address, protocol, request)).await {
         Ok(result) => result,
@@ -30,14 +30,29 @@ pub async fn exchange(address: SocketAddr, protocol: &str, request: Request<Full
     }
 }
 
-async fn exchange_inner(
-    address: SocketAddr,
-    protocol: &str,
-    mut request: Request<Full<Bytes>>,
-) -> Result<Answer, String> {
+async fn exchange_inner(address: SocketAddr, protocol: &str, request: Request<Full<Bytes>>) -> Result<Answer, String> {
     let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
-    let io = TokioIo::new(stream);
-    let response = if protocol == "h2c" {
+    let (http2, tls) = match protocol {
+        "h2c" => (true, false),
+        "h1-tls" => (false, true),
+        "h2-tls" => (true, true),
+        _ => (false, false),
+    };
+    if tls {
+        let alpn: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
+        let stream =
+            crate::support::tls_connect(stream, alpn, false).await.map_err(|e| format!("TLS handshake: {e}"))?;
+        send(TokioIo::new(stream), http2, request).await
+    } else {
+        send(TokioIo::new(stream), http2, request).await
+    }
+}
+
+async fn send<T>(io: TokioIo<T>, http2: bool, mut request: Request<Full<Bytes>>) -> Result<Answer, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let response = if http2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| format!("h2 handshake: {e}"))?;

@@ -4,7 +4,8 @@
 //! Placeholders: `${admin}` and `${listener}`, `${listener_<x>}` are the proxy's own ports
 //! (each proxy gets fresh ones); `${up:<name>}` and `${up:<name>:<n>}` are the ports of
 //! test upstreams answering as `<name>` (shared by both proxies); `${closed}` is a port
-//! nothing listens on; `${dir}` is a directory of the proxy's own (access log files).
+//! nothing listens on; `${dir}` is a directory of the proxy's own (access log files);
+//! `${certs}` is the directory of the test certificates (`tests/certs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -56,7 +57,8 @@ pub struct RequestSpec {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub body: Option<String>,
-    /// `h1`, `h2c`; both unless given.
+    /// `h1`, `h2c`, or over TLS (trusting the test CA, SNI `legate.test`) `h1-tls`,
+    /// `h2-tls` (ALPN `http/1.1`, `h2`); `h1` and `h2c` unless given.
     pub protocols: Option<Vec<String>>,
     /// The listener placeholder to send to (`listener` unless given).
     pub listener: Option<String>,

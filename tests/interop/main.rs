@@ -220,6 +220,7 @@ fn side(
         port_names.insert(port, name.clone());
     }
     values.insert("dir".into(), dir.display().to_string());
+    values.insert("certs".into(), support::certs_dir().display().to_string());
     let extension = config.path.extension().unwrap().to_string_lossy();
     let path = dir.join(format!("config.{extension}"));
     std::fs::write(&path, corpus::fill(&config.template, &values)).unwrap();

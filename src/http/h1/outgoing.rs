@@ -12,7 +12,6 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::framing::chunk_size_line;
 
@@ -109,12 +108,12 @@ impl Outgoing {
     }
 
     /// Writes until everything queued is written.
-    pub fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn poll_flush(&mut self, io: &mut (impl AsyncWrite + Unpin), cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let written = if self.frame_is_empty() && self.tail_at == self.tail.len() {
                 // The usual case: the head (with a small body copied behind it) alone.
                 if self.head_is_written() {
-                    return Poll::Ready(Ok(()));
+                    return Pin::new(&mut *io).poll_flush(cx);
                 }
                 ready!(Pin::new(&mut *io).poll_write(cx, &self.head[self.head_at..]))?
             } else {

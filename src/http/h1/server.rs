@@ -19,7 +19,7 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
 use pin_project_lite::pin_project;
-use tokio::net::TcpStream;
+use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
 use super::framing::{
@@ -31,6 +31,7 @@ use crate::clock;
 use crate::http::body::{BodyError, DownstreamBody, ResponseBody};
 use crate::http::headers;
 use crate::http::proxy::{self, ConnContext};
+use crate::transport::Transport;
 use crate::worker::LentTimer;
 
 pin_project! {
@@ -85,7 +86,7 @@ struct Conn {
 /// The socket's read side, shared by the connection and the current request's body.
 struct Inbound {
     /// Borrowed to read or write, never across a wait.
-    stream: RefCell<TcpStream>,
+    stream: RefCell<Transport>,
     /// Bytes read and not yet consumed; kept (and its allocation reused) across requests.
     read: RefCell<BytesMut>,
     read_size: ReadSize,
@@ -121,7 +122,7 @@ where
 {
     /// Serves HTTP/1.1 on `stream`, whose first bytes (read to tell the protocol) are
     /// `read`, each request with `serve`.
-    pub fn new(stream: TcpStream, read: BytesMut, ctx: Rc<ConnContext>, serve: F) -> H1Server<F, S> {
+    pub fn new(stream: Transport, read: BytesMut, ctx: Rc<ConnContext>, serve: F) -> H1Server<F, S> {
         let inbound = Inbound {
             stream: RefCell::new(stream),
             read: RefCell::new(read),
@@ -180,7 +181,7 @@ where
                 },
                 StageProj::Serving { future } => {
                     // A `100 Continue` goes out before anything else.
-                    ready!(conn.out.poll_flush(&mut conn.inbound.stream.borrow_mut(), cx))?;
+                    ready!(conn.out.poll_flush(&mut *conn.inbound.stream.borrow_mut(), cx))?;
                     match future.poll(cx) {
                         Poll::Ready(response) => {
                             let response = conn.start_response(response.unwrap_or_else(|never| match never {}));
@@ -200,8 +201,9 @@ where
                     this.stage.set(if close || conn.draining { Stage::Closing } else { Stage::Head });
                 }
                 StageProj::Closing => {
-                    // Half-close first so that the client reads the last response to its end.
-                    let _ = socket2::SockRef::from(&*conn.inbound.stream.borrow()).shutdown(std::net::Shutdown::Write);
+                    // Half-close first so that the client reads the last response to its end
+                    // (after TLS's close_notify).
+                    let _ = ready!(Pin::new(&mut *conn.inbound.stream.borrow_mut()).poll_shutdown(cx));
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -375,7 +377,7 @@ impl Conn {
                     // out as far as the socket takes it now, as Envoy's codec had sent it, and
                     // closing the connection tells the client the rest will not come.
                     Poll::Ready(Some(Err(e))) => {
-                        let _ = self.out.poll_flush(&mut self.inbound.stream.borrow_mut(), cx);
+                        let _ = self.out.poll_flush(&mut *self.inbound.stream.borrow_mut(), cx);
                         return Poll::Ready(Err(io::Error::other(e)));
                     }
                     Poll::Pending if self.out.is_empty() => {
@@ -387,7 +389,7 @@ impl Conn {
                     Poll::Pending => {}
                 }
             }
-            ready!(self.out.poll_flush(&mut self.inbound.stream.borrow_mut(), cx))?;
+            ready!(self.out.poll_flush(&mut *self.inbound.stream.borrow_mut(), cx))?;
             if response.ended && self.out.is_empty() {
                 return Poll::Ready(Ok(response.close));
             }
@@ -401,7 +403,7 @@ impl Drop for Conn {
     /// fails, resets its upstream stream, and lets the socket close.
     fn drop(&mut self) {
         if Rc::strong_count(&self.inbound) > 1 {
-            let _ = socket2::SockRef::from(&*self.inbound.stream.borrow()).shutdown(std::net::Shutdown::Read);
+            let _ = socket2::SockRef::from(self.inbound.stream.borrow().tcp()).shutdown(std::net::Shutdown::Read);
         }
     }
 }

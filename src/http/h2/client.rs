@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::transport::Transport;
 use http::Response;
 use http::header;
 use http_body::Body;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::conn::{Conn, ConnectionError, PREFACE, Role, fail};
@@ -41,6 +41,8 @@ const DRIVER_REFS: usize = 2;
 #[derive(Clone)]
 pub struct H2Connection {
     shared: Rc<RefCell<Shared>>,
+    /// `:scheme` of its requests: that of the upstream connection, as Envoy sets it.
+    scheme: &'static [u8],
 }
 
 impl H2Connection {
@@ -50,7 +52,7 @@ impl H2Connection {
     /// sends GOAWAY and its streams are done, when nothing refers to the connection, or
     /// after `idle_timeout` without a stream.
     pub fn start(
-        stream: TcpStream,
+        stream: Transport,
         idle_timeout: Option<Duration>,
     ) -> (H2Connection, impl Future<Output = ConnectionEnd> + 'static) {
         let mut shared = Shared::new(true, STREAM_WINDOW, CONNECTION_WINDOW);
@@ -65,7 +67,8 @@ impl H2Connection {
         );
         shared.grow_connection_window();
         let mut conn = Conn::new(stream, bytes::BytesMut::new(), shared, false);
-        let connection = H2Connection { shared: conn.shared.clone() };
+        let scheme: &[u8] = if conn.is_tls() { b"https" } else { b"http" };
+        let connection = H2Connection { shared: conn.shared.clone(), scheme };
         let mut idle = idle_timeout.map(IdleClose::new);
         let driver = async move {
             let shared = conn.shared.clone();
@@ -119,7 +122,9 @@ impl H2Connection {
         let end = body.is_end_stream();
         let mut response_body = RecvBody::new(self.shared.clone(), id, None);
         let sender = SendStream::new(self.shared.clone(), id);
-        self.shared.borrow_mut().send_headers(id, end, |encoder, dst| encode_request(encoder, head.get(), dst));
+        self.shared
+            .borrow_mut()
+            .send_headers(id, end, |encoder, dst| encode_request(encoder, head.get(), self.scheme, dst));
         head.written();
         if !end {
             tokio::task::spawn_local(async move {
@@ -144,9 +149,9 @@ impl Drop for H2Connection {
 
 /// A request head as HEADERS: the pseudo-header fields from the request (`:authority` from
 /// `host`, where a host rewrite lands), then the fields HTTP/2 allows.
-fn encode_request(encoder: &mut Encoder, head: &http::request::Parts, dst: &mut bytes::BytesMut) {
+fn encode_request(encoder: &mut Encoder, head: &http::request::Parts, scheme: &[u8], dst: &mut bytes::BytesMut) {
     hpack::encode_pseudo(Pseudo::Method, head.method.as_str().as_bytes(), dst);
-    hpack::encode_pseudo(Pseudo::Scheme, b"http", dst);
+    hpack::encode_pseudo(Pseudo::Scheme, scheme, dst);
     let authority = match head.headers.get(header::HOST) {
         Some(host) => host.as_bytes(),
         None => head.uri.authority().map_or(&b"localhost"[..], |a| a.as_str().as_bytes()),

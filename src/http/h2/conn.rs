@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use crate::transport::Transport;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::TcpStream;
 
 use super::frame::{self, Head, Reason};
 use super::head::{Fields, Kind};
@@ -81,7 +81,7 @@ enum Phase {
 
 /// The socket, what was read of it, and the state shared with the streams.
 pub struct Conn {
-    io: TcpStream,
+    io: Transport,
     read: BytesMut,
     read_size: ReadSize,
     pub shared: Rc<RefCell<Shared>>,
@@ -100,7 +100,7 @@ pub struct Conn {
 
 impl Conn {
     /// `server`: the peer starts with the connection preface.
-    pub fn new(io: TcpStream, read: BytesMut, shared: Shared, server: bool) -> Conn {
+    pub fn new(io: Transport, read: BytesMut, shared: Shared, server: bool) -> Conn {
         Conn {
             io,
             unhandled: !read.is_empty(),
@@ -141,6 +141,10 @@ impl Conn {
             Poll::Pending => {}
         }
         Ok(false)
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.io.is_tls()
     }
 
     fn end(&mut self) {

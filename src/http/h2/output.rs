@@ -70,7 +70,7 @@ impl Output {
             }
             self.consume(written);
         }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut *io).poll_flush(cx)
     }
 
     fn consume(&mut self, mut n: usize) {

@@ -8,12 +8,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use crate::transport::Transport;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::Request;
 use http_body_util::Either;
-use tokio::net::TcpStream;
 
 use super::conn::{Conn, ConnectionError, Role, fail};
 use super::frame::{self, Reason};
@@ -50,7 +50,7 @@ where
 {
     /// Serves HTTP/2 on `io`, whose first bytes (read to tell the protocol) are `read`,
     /// each stream with `serve`.
-    pub fn new(io: TcpStream, read: BytesMut, ctx: Rc<ConnContext>, settings: Http2Settings, serve: F) -> Self {
+    pub fn new(io: Transport, read: BytesMut, ctx: Rc<ConnContext>, settings: Http2Settings, serve: F) -> Self {
         let mut shared = Shared::new(false, settings.initial_stream_window, settings.initial_connection_window);
         frame::put_settings(
             &mut shared.out.buf,

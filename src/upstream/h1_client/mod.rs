@@ -12,10 +12,10 @@ use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::transport::Transport;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 
 use super::pool::{HostPool, LiveConnection, SendError, UpstreamRequest};
 use crate::http::body::{BodyError, RequestBody};
@@ -32,7 +32,7 @@ mod tests;
 
 /// One HTTP/1.1 connection to a host, idle or carrying one request.
 pub struct H1Connection {
-    io: TcpStream,
+    io: Transport,
     /// Bytes read and not yet consumed; kept (and its allocation reused) across requests.
     read: BytesMut,
     read_size: ReadSize,
@@ -57,7 +57,7 @@ pub struct H1Connection {
 
 impl H1Connection {
     /// Boxed: it moves between the pool and response bodies, which stay small.
-    pub fn new(io: TcpStream, live: LiveConnection) -> Box<H1Connection> {
+    pub fn new(io: Transport, live: LiveConnection) -> Box<H1Connection> {
         Box::new(H1Connection {
             io,
             read: BytesMut::new(),
@@ -104,20 +104,14 @@ impl H1Connection {
     /// closed it or sent bytes nobody asked for. Registers `cx` to be woken when that
     /// changes; a read is tried only when the reactor saw the socket become readable.
     pub fn is_alive(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            let closed_by_upstream = match self.io.poll_read_ready(cx) {
-                Poll::Pending => return true,
-                Poll::Ready(Err(_)) => true,
-                Poll::Ready(Ok(())) => match self.io.try_read_buf(&mut self.read) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    // Bytes nobody asked for: legate closes it.
-                    Ok(n) => n == 0,
-                    Err(_) => true,
-                },
-            };
-            self.live.end.remote = closed_by_upstream;
-            return false;
-        }
+        let closed_by_upstream = match self.io.poll_read_idle(cx, &mut self.read) {
+            Poll::Pending => return true,
+            // Bytes nobody asked for: legate closes it.
+            Poll::Ready(Ok(n)) => n == 0,
+            Poll::Ready(Err(_)) => true,
+        };
+        self.live.end.remote = closed_by_upstream;
+        false
     }
 
     /// Sends `request` and reads the response head. The response body holds the

@@ -1,0 +1,265 @@
+//! A connection's transport: plain TCP, or TLS over it (downstream and upstream). The
+//! HTTP codecs read and write a [`Transport`], so a plaintext connection costs one branch a
+//! read or write over the bare socket; handshakes and their `ssl.*` stats live here.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsStream;
+
+use crate::config::tls::{ClientTls, ServerTls};
+use crate::stats::{Counter, Store};
+
+/// A connected socket, plaintext or TLS.
+pub enum Transport {
+    Plain(TcpStream),
+    /// Boxed: the TLS session's state is large, and plaintext connections should not carry it.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// The TCP socket under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// The protocol ALPN settled on, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => tls.get_ref().1.alpn_protocol(),
+        }
+    }
+
+    /// Reads what an idle connection received, into `buf`: Ready(0) once the peer closed it.
+    /// A plaintext socket is read only when the reactor saw it readable, so an idle pool's
+    /// checks cost no syscalls; TLS records (a session ticket) are taken in and yield nothing.
+    pub fn poll_read_idle(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Plain(tcp) => loop {
+                ready!(tcp.poll_read_ready(cx))?;
+                match tcp.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => return Poll::Ready(result),
+                }
+            },
+            Transport::Tls(_) => tokio_util::io::poll_read_buf(Pin::new(self), cx, buf),
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+/// A TLS write may leave records in the session's buffer when the socket fills; the codecs
+/// call `poll_flush` once their own queue is empty, which pushes those out (and costs a
+/// plaintext socket nothing).
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(tcp) => tcp.is_write_vectored(),
+            Transport::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(_) => Poll::Ready(Ok(())),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    /// TLS sends its `close_notify` first, as Envoy does; then the write side is shut.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Envoy's `ssl.*` stats of a listener or cluster, under `<prefix>ssl.`: the fixed counters,
+/// and per handshake the protocol version, cipher and curve, each under its BoringSSL name.
+pub struct TlsStats {
+    store: Store,
+    prefix: String,
+    pub handshake: Counter,
+    pub connection_error: Counter,
+    pub session_reused: Counter,
+    pub no_certificate: Counter,
+    pub fail_verify_no_cert: Counter,
+    pub fail_verify_error: Counter,
+    pub fail_verify_san: Counter,
+}
+
+impl TlsStats {
+    /// Registers the counters under `<scope>ssl.` (`scope` ends with a dot), as Envoy does
+    /// when the TLS context is made: all of them, at 0, before any handshake.
+    pub fn new(store: &Store, scope: &str) -> TlsStats {
+        let prefix = format!("{scope}ssl.");
+        let counter = |name: &str| store.counter(&format!("{prefix}{name}"));
+        for never in [
+            "fail_verify_cert_hash",
+            "ocsp_staple_failed",
+            "ocsp_staple_omitted",
+            "ocsp_staple_responses",
+            "ocsp_staple_requests",
+            "was_key_usage_invalid",
+        ] {
+            counter(never);
+        }
+        TlsStats {
+            handshake: counter("handshake"),
+            connection_error: counter("connection_error"),
+            session_reused: counter("session_reused"),
+            no_certificate: counter("no_certificate"),
+            fail_verify_no_cert: counter("fail_verify_no_cert"),
+            fail_verify_error: counter("fail_verify_error"),
+            fail_verify_san: counter("fail_verify_san"),
+            store: store.clone(),
+            prefix,
+        }
+    }
+
+    /// Counts a finished handshake, as Envoy's `logHandshake` does.
+    fn handshake_done(&self, state: &rustls::CommonState) {
+        self.handshake.inc();
+        if state.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.session_reused.inc();
+        }
+        let named = |kind: &str, name: Option<&str>| {
+            if let Some(name) = name {
+                self.store.counter(&format!("{}{kind}.{name}", self.prefix)).inc();
+            }
+        };
+        named("ciphers", state.negotiated_cipher_suite().and_then(|s| cipher_name(s.suite())));
+        named("versions", state.protocol_version().and_then(version_name));
+        named("curves", state.negotiated_key_exchange_group().and_then(|g| curve_name(g.name())));
+        if state.peer_certificates().is_none_or(<[_]>::is_empty) {
+            self.no_certificate.inc();
+        }
+    }
+
+    /// Counts a failed handshake: why this side's verification of the peer failed, or else
+    /// a connection error (as Envoy counts them, one or the other).
+    fn handshake_failed(&self, error: &io::Error) {
+        match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)) => {
+                self.fail_verify_san.inc();
+            }
+            Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
+            Some(rustls::Error::NoCertificatesPresented) => self.fail_verify_no_cert.inc(),
+            _ => self.connection_error.inc(),
+        }
+    }
+}
+
+/// Handshakes as the server of an accepted connection.
+pub async fn accept(tcp: TcpStream, tls: &ServerTls, stats: &TlsStats) -> io::Result<Transport> {
+    match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
+        Ok(stream) => {
+            stats.handshake_done(stream.get_ref().1);
+            Ok(Transport::Tls(Box::new(TlsStream::Server(stream))))
+        }
+        Err(e) => {
+            stats.handshake_failed(&e);
+            Err(e)
+        }
+    }
+}
+
+/// Handshakes as the client of a connection to an upstream at `peer`, offering `alpn` unless
+/// the cluster's context names its own protocols.
+pub async fn connect(tcp: TcpStream, tls: &ClientTls, alpn: &'static [u8], stats: &TlsStats) -> io::Result<Transport> {
+    let name = match (&tls.sni, tcp.peer_addr()) {
+        (Some(sni), _) => sni.clone(),
+        (None, Ok(peer)) => ServerName::IpAddress(peer.ip().into()),
+        (None, Err(e)) => return Err(e),
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let connecting = if tls.configured_alpn {
+        connector.connect(name, tcp)
+    } else {
+        connector.with_alpn(vec![alpn.to_vec()]).connect(name, tcp)
+    };
+    match connecting.await {
+        Ok(stream) => {
+            stats.handshake_done(stream.get_ref().1);
+            Ok(Transport::Tls(Box::new(TlsStream::Client(stream))))
+        }
+        Err(e) => {
+            stats.handshake_failed(&e);
+            Err(e)
+        }
+    }
+}
+
+fn version_name(version: rustls::ProtocolVersion) -> Option<&'static str> {
+    match version {
+        rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+        rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+        _ => None,
+    }
+}
+
+/// The OpenSSL names Envoy's stats use.
+fn cipher_name(suite: rustls::CipherSuite) -> Option<&'static str> {
+    use rustls::CipherSuite as S;
+    Some(match suite {
+        S::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        S::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        S::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => return None,
+    })
+}
+
+fn curve_name(group: rustls::NamedGroup) -> Option<&'static str> {
+    match group {
+        rustls::NamedGroup::X25519 => Some("X25519"),
+        rustls::NamedGroup::secp256r1 => Some("P-256"),
+        rustls::NamedGroup::secp384r1 => Some("P-384"),
+        _ => None,
+    }
+}
