@@ -165,10 +165,17 @@ impl BootstrapSpec {
                 "dynamic_resources.cds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name",
             ),
         ] {
-            if let Some(GrpcSource { target: GrpcTarget::Cluster(cluster), .. }) = source
-                && !cluster_names.contains(cluster)
-            {
-                return Err(ConfigError::invalid(path, format!("Unknown gRPC client cluster '{cluster}'")));
+            if let Some(GrpcSource { target: GrpcTarget::Cluster(cluster), .. }) = source {
+                match clusters.iter().find(|c| &c.name == cluster) {
+                    None => {
+                        return Err(ConfigError::invalid(path, format!("Unknown gRPC client cluster '{cluster}'")));
+                    }
+                    // The xDS client dials the cluster's hosts in plaintext.
+                    Some(c) if c.tls.is_some() => {
+                        return Err(ConfigError::unsupported(path, format!("a TLS cluster ('{cluster}') for xDS")));
+                    }
+                    Some(_) => {}
+                }
             }
         }
         Ok(BootstrapSpec { node, admin, listeners, clusters, dynamic, proto })
