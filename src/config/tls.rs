@@ -109,7 +109,8 @@ pub fn downstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option
 pub fn upstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option<ClientTls>> {
     let Some(context) = unpack_context::<UpstreamTlsContext>(socket, path)? else { return Ok(None) };
     let path = &join_path(path, "typed_config");
-    ensure_only(&context, &["common_tls_context", "sni", "max_session_keys", "allow_renegotiation"], path)?;
+    // No `allow_renegotiation`: rustls never renegotiates.
+    ensure_only(&context, &["common_tls_context", "sni", "max_session_keys"], path)?;
     let common_path = join_path(path, "common_tls_context");
     let common = context.common_tls_context.unwrap_or_default();
     ensure_common(&common, &common_path)?;
@@ -140,13 +141,11 @@ pub fn upstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option<C
     };
     config.alpn_protocols = alpn(&common, &common_path)?;
     let configured_alpn = !config.alpn_protocols.is_empty();
-    // Envoy keeps one session per host by default (`max_session_keys` 1); 0 turns resumption off.
-    let session_keys = context.max_session_keys.map_or(1, |k| k.value as usize);
-    config.resumption = if session_keys == 0 {
-        rustls::client::Resumption::disabled()
-    } else {
-        rustls::client::Resumption::in_memory_sessions(session_keys.max(256))
-    };
+    // Sessions are resumed (rustls keeps them per server name); `max_session_keys: 0` turns
+    // resumption off, as in Envoy.
+    if context.max_session_keys.is_some_and(|keys| keys.value == 0) {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     let sni = if context.sni.is_empty() {
         None
     } else {
