@@ -176,6 +176,20 @@ impl TlsStats {
         }
     }
 
+    /// Counts a handshake's outcome; a finished one is the connection's transport.
+    fn counted(&self, handshake: io::Result<TlsStream<TcpStream>>) -> io::Result<Transport> {
+        match handshake {
+            Ok(stream) => {
+                self.handshake_done(stream.get_ref().1);
+                Ok(Transport::Tls(Box::new(stream)))
+            }
+            Err(e) => {
+                self.handshake_failed(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// Counts a failed handshake: why this side's verification of the peer failed, or else
     /// a connection error (as Envoy counts them, one or the other).
     fn handshake_failed(&self, error: &io::Error) {
@@ -192,20 +206,12 @@ impl TlsStats {
 
 /// Handshakes as the server of an accepted connection.
 pub async fn accept(tcp: TcpStream, tls: &ServerTls, stats: &TlsStats) -> io::Result<Transport> {
-    match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
-        Ok(stream) => {
-            stats.handshake_done(stream.get_ref().1);
-            Ok(Transport::Tls(Box::new(TlsStream::Server(stream))))
-        }
-        Err(e) => {
-            stats.handshake_failed(&e);
-            Err(e)
-        }
-    }
+    let handshake = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await;
+    stats.counted(handshake.map(TlsStream::Server))
 }
 
-/// Handshakes as the client of a connection to an upstream at `peer`, offering `alpn` unless
-/// the cluster's context names its own protocols.
+/// Handshakes as the client of a connection to an upstream, offering `alpn` unless the
+/// cluster's context names its own protocols.
 pub async fn connect(tcp: TcpStream, tls: &ClientTls, alpn: &'static [u8], stats: &TlsStats) -> io::Result<Transport> {
     let name = match (&tls.sni, tcp.peer_addr()) {
         (Some(sni), _) => sni.clone(),
@@ -218,16 +224,7 @@ pub async fn connect(tcp: TcpStream, tls: &ClientTls, alpn: &'static [u8], stats
     } else {
         connector.with_alpn(vec![alpn.to_vec()]).connect(name, tcp)
     };
-    match connecting.await {
-        Ok(stream) => {
-            stats.handshake_done(stream.get_ref().1);
-            Ok(Transport::Tls(Box::new(TlsStream::Client(stream))))
-        }
-        Err(e) => {
-            stats.handshake_failed(&e);
-            Err(e)
-        }
-    }
+    stats.counted(connecting.await.map(TlsStream::Client))
 }
 
 fn version_name(version: rustls::ProtocolVersion) -> Option<&'static str> {
