@@ -119,13 +119,13 @@ impl AsyncWrite for Transport {
 pub struct TlsStats {
     store: Store,
     prefix: String,
-    pub handshake: Counter,
-    pub connection_error: Counter,
-    pub session_reused: Counter,
-    pub no_certificate: Counter,
-    pub fail_verify_no_cert: Counter,
-    pub fail_verify_error: Counter,
-    pub fail_verify_san: Counter,
+    handshake: Counter,
+    connection_error: Counter,
+    session_reused: Counter,
+    no_certificate: Counter,
+    fail_verify_no_cert: Counter,
+    fail_verify_error: Counter,
+    fail_verify_san: Counter,
 }
 
 impl TlsStats {

@@ -90,12 +90,7 @@ pub fn downstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option
                 verifier.build().map_err(|e| ConfigError::invalid(&common_path, e.to_string()))?,
             )
         }
-        _ if required => {
-            return Err(ConfigError::invalid(
-                join_path(path, "require_client_certificate"),
-                "require_client_certificate needs a validation context with trusted_ca",
-            ));
-        }
+        // Without a CA, Envoy 1.40 asks for no certificate, `require_client_certificate` or not.
         _ => builder.with_no_client_auth(),
     };
     let mut config = builder

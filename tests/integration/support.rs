@@ -381,7 +381,14 @@ pub enum Client {
 impl Client {
     /// Connects to `address`.
     pub async fn connect(address: SocketAddr, version: Version) -> Client {
-        let stream = TcpStream::connect(address).await.expect("connect");
+        Client::over(TcpStream::connect(address).await.expect("connect"), version).await
+    }
+
+    /// Speaks HTTP/1.1 or HTTP/2 (prior knowledge) over a connected `stream`.
+    pub async fn over<S>(stream: S, version: Version) -> Client
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let io = TokioIo::new(stream);
         if version == Version::HTTP_2 {
             let (sender, conn) =

@@ -1,13 +1,11 @@
 //! TLS: listeners that terminate it (ALPN, client certificates) and clusters that originate
 //! it (client certificates, trusted CAs), with the test certificates of `tests/certs`.
 
-use http::{Request, Version};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::Version;
 use tokio::net::TcpStream;
 
 use crate::support::{
-    Legate, Upstream, bootstrap, certs_dir, get, route_all_to, routes, send, static_cluster, tls_connect,
+    Client, Legate, Upstream, bootstrap, certs_dir, get, route_all_to, routes, send, static_cluster, tls_connect,
 };
 
 /// `yaml` (from `bootstrap`) with its listener terminating TLS with the test server
@@ -47,21 +45,10 @@ async fn a_tls_listener_serves_http1_and_http2_by_alpn_and_tells_the_upstream_it
         let tcp = TcpStream::connect(legate.listener("main")).await.unwrap();
         let tls = tls_connect(tcp, alpn, false).await.expect("handshake with the test CA's server certificate");
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
-        let io = TokioIo::new(tls);
-        let request = Request::get("https://legate.test/a").header("host", "legate.test");
-        let response = if version == Version::HTTP_2 {
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
-            tokio::spawn(conn);
-            sender.send_request(request.version(Version::HTTP_2).body(Full::<bytes::Bytes>::default()).unwrap()).await
-        } else {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-            tokio::spawn(conn);
-            sender.send_request(request.body(Full::<bytes::Bytes>::default()).unwrap()).await
-        }
-        .expect("a response over TLS");
-        assert_eq!(response.status(), 200, "{version:?}");
-        assert_eq!(response.version(), version);
-        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "svc");
+        let answer = Client::over(tls, version).await.send(get("/a")).await;
+        assert_eq!(answer.status, 200, "{version:?}");
+        assert_eq!(answer.version, version);
+        assert_eq!(answer.text(), "svc");
         let seen = upstream.last();
         assert_eq!(seen.headers.get("x-forwarded-proto").map(String::as_str), Some("https"), "{version:?}");
     }
