@@ -890,12 +890,10 @@ fn failure_reply(
                 "remote_connection_failure"
             );
             let details = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                // BoringSSL's reason for a certificate Envoy did not accept; rustls's words otherwise.
-                Some(rustls::Error::InvalidCertificate(_)) => Cow::Borrowed(
-                    "upstream_reset_before_response_started{remote_connection_failure|TLS_error:_CERTIFICATE_VERIFY_FAILED}",
-                ),
+                // Envoy's frame around the TLS library's reason; the reason is rustls's words,
+                // not BoringSSL's error codes.
                 Some(tls) => Cow::Owned(format!(
-                    "upstream_reset_before_response_started{{remote_connection_failure|TLS_error:_{}}}",
+                    "upstream_reset_before_response_started{{remote_connection_failure|TLS_error:|{}:TLS_error_end}}",
                     tls.to_string().replace(' ', "_")
                 )),
                 None => Cow::Owned(format!(
