@@ -60,11 +60,15 @@ impl Transport {
     }
 }
 
+/// Inlined, as are the writes, with the TLS side called out of line (`off_path`): a plaintext
+/// read or write is then one branch before the socket's own. As calls of their own, the
+/// five reads and four flushes of a proxied HTTP/1.1 request cost ≈ 200 instructions.
 impl AsyncRead for Transport {
+    #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+            Transport::Tls(tls) => off_path(|| Pin::new(&mut **tls).poll_read(cx, buf)),
         }
     }
 }
@@ -73,13 +77,15 @@ impl AsyncRead for Transport {
 /// call `poll_flush` once their own queue is empty, which pushes those out (and costs a
 /// plaintext socket nothing).
 impl AsyncWrite for Transport {
+    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+            Transport::Tls(tls) => off_path(|| Pin::new(&mut **tls).poll_write(cx, buf)),
         }
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -87,10 +93,11 @@ impl AsyncWrite for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+            Transport::Tls(tls) => off_path(|| Pin::new(&mut **tls).poll_write_vectored(cx, bufs)),
         }
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         match self {
             Transport::Plain(tcp) => tcp.is_write_vectored(),
@@ -98,10 +105,11 @@ impl AsyncWrite for Transport {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(_) => Poll::Ready(Ok(())),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+            Transport::Tls(tls) => off_path(|| Pin::new(&mut **tls).poll_flush(cx)),
         }
     }
 
@@ -112,6 +120,13 @@ impl AsyncWrite for Transport {
             Transport::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
         }
     }
+}
+
+/// Runs `tls` in a function of its own, so that the plaintext branch beside it stays small
+/// enough to inline.
+#[inline(never)]
+fn off_path<R>(tls: impl FnOnce() -> R) -> R {
+    tls()
 }
 
 /// Envoy's `ssl.*` stats of a listener or cluster, under `<prefix>ssl.`: the fixed counters,
