@@ -362,7 +362,8 @@ fn register_server_stats(store: &Store, concurrency: usize) {
     store.gauge("server.uptime").set(0);
     store.gauge("server.memory_allocated").set(0);
     store.gauge("server.total_connections").set(0);
-    // No hot restart, no TLS certificates (Envoy's value with none is u32::MAX days).
+    // No hot restart. The days until a certificate expires are set as `/stats` is read;
+    // until then, Envoy's value without any (u32::MAX).
     store.gauge("server.hot_restart_epoch").set(0);
     store.gauge("server.days_until_first_cert_expiring").set(i64::from(u32::MAX));
     store.gauge("listener_manager.total_listeners_warming").set(0);

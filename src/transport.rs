@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
-use crate::config::tls::{ClientTls, ServerTls};
+use crate::config::tls::{ClientTls, Expiry, ServerTls};
 use crate::stats::{Counter, Store};
 
 /// A connected socket, plaintext or TLS.
@@ -145,9 +145,14 @@ pub struct TlsStats {
 
 impl TlsStats {
     /// Registers the counters under `<scope>ssl.` (`scope` ends with a dot), as Envoy does
-    /// when the TLS context is made: all of them, at 0, before any handshake.
-    pub fn new(store: &Store, scope: &str) -> TlsStats {
+    /// when the TLS context is made: all of them, at 0, before any handshake; and the
+    /// context's `certificates`' expiry gauges.
+    pub fn new(store: &Store, scope: &str, certificates: &[Expiry]) -> TlsStats {
         let prefix = format!("{scope}ssl.");
+        for certificate in certificates {
+            let name = format!("{prefix}certificate.{}.expiration_unix_time_seconds", certificate.name);
+            store.gauge(&name).set(certificate.not_after as i64);
+        }
         let counter = |name: &str| store.counter(&format!("{prefix}{name}"));
         for never in [
             "fail_verify_cert_hash",
@@ -273,5 +278,31 @@ fn curve_name(group: rustls::NamedGroup) -> Option<&'static str> {
         rustls::NamedGroup::secp256r1 => Some("P-256"),
         rustls::NamedGroup::secp384r1 => Some("P-384"),
         _ => None,
+    }
+}
+
+/// Envoy's `server.days_until_first_cert_expiring`: whole days until the first of the
+/// contexts' certificates expires at `now` (Unix seconds); 0 once one has expired, and
+/// `u32::MAX` without any.
+pub fn days_until_first_expiry<'a>(contexts: impl Iterator<Item = &'a [Expiry]>, now: u64) -> u32 {
+    contexts
+        .flatten()
+        .map(|certificate| certificate.not_after.checked_sub(now).map_or(0, |left| left / 86_400))
+        .min()
+        .map_or(u32::MAX, |days| u32::try_from(days).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_until_first_expiry_takes_the_soonest_and_zero_once_one_expired() {
+        let expiry = |not_after| Expiry { name: "c".into(), not_after };
+        let listener = [expiry(100 * 86_400), expiry(30 * 86_400 + 5)];
+        let cluster = [expiry(40 * 86_400)];
+        assert_eq!(days_until_first_expiry([&listener[..], &cluster[..]].into_iter(), 0), 30);
+        assert_eq!(days_until_first_expiry([&listener[..], &cluster[..]].into_iter(), 31 * 86_400), 0);
+        assert_eq!(days_until_first_expiry(std::iter::empty(), 0), u32::MAX);
     }
 }

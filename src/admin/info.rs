@@ -11,6 +11,7 @@ use super::{AdminBody, AdminRequest, AdminState, DrainAfterResponse, help_text, 
 use crate::config::schema;
 use crate::logging;
 use crate::server::ServerState;
+use crate::transport;
 
 /// The version string in Envoy's shape: `<revision>/<version>/<status>/<build>/<tls>`.
 pub const VERSION: &str = concat!("legate/", env!("CARGO_PKG_VERSION"), "/Clean/RELEASE/rustls");
@@ -82,13 +83,23 @@ pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<
     text(StatusCode::OK, out)
 }
 
-/// Refreshes the gauges that are read, not pushed: uptime and memory.
+/// Refreshes the gauges that are read, not pushed: uptime, memory and the days until the
+/// first TLS certificate expires.
 fn refresh_server_gauges(state: &AdminState) {
     let store = &state.store;
     store.gauge("server.uptime").set(state.started.elapsed().as_secs() as i64);
     // RSS stands in for allocator bytes: legate does not wrap its allocator.
     store.gauge("server.memory_allocated").set(resident_bytes() as i64);
     store.gauge("server.state").set(state.state() as i64);
+    let listeners = state.listeners.active();
+    let clusters = state.clusters.snapshot();
+    let contexts = listeners
+        .iter()
+        .filter_map(|l| l.runtime.spec.tls.as_ref().map(|tls| &tls.certificates[..]))
+        .chain(clusters.clusters.values().filter_map(|c| c.tls.as_ref().map(|(tls, _)| &tls.certificates[..])));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = transport::days_until_first_expiry(contexts, now);
+    store.gauge("server.days_until_first_cert_expiring").set(i64::from(days));
 }
 
 /// Resident set size from `/proc/self/statm`.

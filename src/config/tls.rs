@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
@@ -39,6 +39,16 @@ const TLS_TYPE_SUFFIX: &str = "TlsContext";
 #[derive(Debug)]
 pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
+    pub certificates: Vec<Expiry>,
+}
+
+/// A certificate of a context (its own, or its trusted CA's first), under the name Envoy's
+/// `ssl.certificate.<name>.expiration_unix_time_seconds` gives it, and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub name: String,
+    /// `notAfter`, in seconds since the Unix epoch.
+    pub not_after: u64,
 }
 
 /// A cluster's TLS: the client config and what it sends as SNI.
@@ -49,6 +59,7 @@ pub struct ClientTls {
     pub sni: Option<ServerName<'static>>,
     /// Whether `alpn_protocols` was set; if not, each connection offers its pool's protocol.
     pub configured_alpn: bool,
+    pub certificates: Vec<Expiry>,
 }
 
 /// The TLS of a listener's `transport_socket`: `None` for none or `raw_buffer`.
@@ -60,7 +71,7 @@ pub fn downstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option
     let common = context.common_tls_context.unwrap_or_default();
     ensure_common(&common, &common_path)?;
     let versions = versions(common.tls_params.as_ref(), &join_path(&common_path, "tls_params"), true)?;
-    let (chain, key) = match common.tls_certificates.as_slice() {
+    let (chain, key, own) = match common.tls_certificates.as_slice() {
         [] => return Err(ConfigError::invalid(&common_path, "No TLS certificates found for server context")),
         [certificate] => certificate_and_key(certificate, &format!("{common_path}.tls_certificates[0]"))?,
         [_, _, ..] => {
@@ -82,6 +93,7 @@ pub fn downstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| ConfigError::invalid(&common_path, e.to_string()))?;
+    let certificates = own.into_iter().chain(validation.as_ref().and_then(|v| v.ca.clone())).collect();
     let builder = match validation {
         Some(Validation { roots: Some(roots), .. }) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
@@ -97,7 +109,7 @@ pub fn downstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option
         .with_single_cert(chain, key)
         .map_err(|e| ConfigError::invalid(format!("{common_path}.tls_certificates[0]"), e.to_string()))?;
     config.alpn_protocols = alpn(&common, &common_path)?;
-    Ok(Some(ServerTls { config: Arc::new(config) }))
+    Ok(Some(ServerTls { config: Arc::new(config), certificates }))
 }
 
 /// The TLS of a cluster's `transport_socket`: `None` for none or `raw_buffer`.
@@ -111,10 +123,9 @@ pub fn upstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option<C
     ensure_common(&common, &common_path)?;
     let versions = versions(common.tls_params.as_ref(), &join_path(&common_path, "tls_params"), false)?;
     let provider = provider();
-    let verifier = Arc::new(UpstreamVerifier {
-        validation: validation_context(&common, &common_path)?,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let validation = validation_context(&common, &common_path)?;
+    let mut certificates: Vec<Expiry> = validation.as_ref().and_then(|v| v.ca.clone()).into_iter().collect();
+    let verifier = Arc::new(UpstreamVerifier { validation, algorithms: provider.signature_verification_algorithms });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
         .map_err(|e| ConfigError::invalid(&common_path, e.to_string()))?
@@ -124,7 +135,8 @@ pub fn upstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option<C
         [] => builder.with_no_client_auth(),
         [certificate] => {
             let field = format!("{common_path}.tls_certificates[0]");
-            let (chain, key) = certificate_and_key(certificate, &field)?;
+            let (chain, key, own) = certificate_and_key(certificate, &field)?;
+            certificates.splice(0..0, own);
             builder.with_client_auth_cert(chain, key).map_err(|e| ConfigError::invalid(field, e.to_string()))?
         }
         [_, _, ..] => {
@@ -149,7 +161,7 @@ pub fn upstream(socket: Option<&TransportSocket>, path: &str) -> Result<Option<C
         })?)
     };
     config.enable_sni = sni.is_some();
-    Ok(Some(ClientTls { config: Arc::new(config), sni, configured_alpn }))
+    Ok(Some(ClientTls { config: Arc::new(config), sni, configured_alpn, certificates }))
 }
 
 /// The TLS context inside a `transport_socket`, or `None` for plaintext.
@@ -262,10 +274,11 @@ fn provider() -> Arc<CryptoProvider> {
     })
 }
 
+/// The chain, its key, and the first certificate's expiry.
 fn certificate_and_key(
     certificate: &TlsCertificate,
     path: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, Option<Expiry>)> {
     ensure_only(certificate, &["certificate_chain", "private_key"], path)?;
     let chain_path = join_path(path, "certificate_chain");
     let chain_pem = pem_source(certificate.certificate_chain.as_ref(), &chain_path, "certificate chain")?;
@@ -279,15 +292,12 @@ fn certificate_and_key(
     let key_pem = pem_source(certificate.private_key.as_ref(), &key_path, "private key")?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| ConfigError::invalid(key_path, format!("Failed to load private key: {e}")))?;
-    Ok((chain, key))
+    let expiry = expiry(&chain[0], "unnamed_cert_", certificate.certificate_chain.as_ref());
+    Ok((chain, key, expiry))
 }
 
 /// A PEM data source's bytes; a missing source is Envoy's "empty" error.
-fn pem_source(
-    source: Option<&envoy_types::pb::envoy::config::core::v3::DataSource>,
-    path: &str,
-    what: &str,
-) -> Result<bytes::Bytes> {
+fn pem_source(source: Option<&DataSource>, path: &str, what: &str) -> Result<bytes::Bytes> {
     let source = source.ok_or_else(|| ConfigError::invalid(path, "value is required"))?;
     proto::data_source(source, path, what, None)?.ok_or_else(|| ConfigError::invalid(path, "value is required"))
 }
@@ -298,6 +308,8 @@ struct Validation {
     roots: Option<Arc<RootCertStore>>,
     /// `match_typed_subject_alt_names`: the peer is accepted if its certificate is valid for one.
     san_matchers: Vec<ServerName<'static>>,
+    /// The first trusted CA's expiry.
+    ca: Option<Expiry>,
 }
 
 fn validation_context(common: &CommonTlsContext, path: &str) -> Result<Option<Validation>> {
@@ -307,9 +319,12 @@ fn validation_context(common: &CommonTlsContext, path: &str) -> Result<Option<Va
     };
     let path = &join_path(path, "validation_context");
     ensure_only(context, &["trusted_ca", "match_typed_subject_alt_names"], path)?;
-    let roots = match &context.trusted_ca {
-        None => None,
-        Some(source) => Some(Arc::new(root_store(source, &join_path(path, "trusted_ca"))?)),
+    let (roots, ca) = match &context.trusted_ca {
+        None => (None, None),
+        Some(source) => {
+            let (roots, ca) = root_store(source, &join_path(path, "trusted_ca"))?;
+            (Some(Arc::new(roots)), ca)
+        }
     };
     let san_matchers = san_matchers(context, path)?;
     if roots.is_none() && !san_matchers.is_empty() {
@@ -318,15 +333,20 @@ fn validation_context(common: &CommonTlsContext, path: &str) -> Result<Option<Va
             "SAN-based verification of peer certificates without trusted CA is insecure and not allowed",
         ));
     }
-    Ok(Some(Validation { roots, san_matchers }))
+    Ok(Some(Validation { roots, san_matchers, ca }))
 }
 
-fn root_store(source: &envoy_types::pb::envoy::config::core::v3::DataSource, path: &str) -> Result<RootCertStore> {
+/// The trusted CAs, and the first one's expiry.
+fn root_store(source: &DataSource, path: &str) -> Result<(RootCertStore, Option<Expiry>)> {
     let pem = proto::data_source(source, path, "trusted CA", None)?.unwrap_or_default();
     let mut roots = RootCertStore::empty();
+    let mut first = None;
     for certificate in CertificateDer::pem_slice_iter(&pem) {
         let certificate = certificate
             .map_err(|e| ConfigError::invalid(path, format!("Failed to load trusted CA certificates: {e}")))?;
+        if first.is_none() {
+            first = expiry(&certificate, "unnamed_ca_cert_", Some(source));
+        }
         roots
             .add(certificate)
             .map_err(|e| ConfigError::invalid(path, format!("Failed to load trusted CA certificates: {e}")))?;
@@ -334,7 +354,7 @@ fn root_store(source: &envoy_types::pb::envoy::config::core::v3::DataSource, pat
     if roots.is_empty() {
         return Err(ConfigError::invalid(path, "Failed to load trusted CA certificates: no certificate found"));
     }
-    Ok(roots)
+    Ok((roots, first))
 }
 
 /// DNS and IP address SANs matched exactly (a wildcard certificate name matches as in Envoy);
@@ -429,5 +449,123 @@ impl ServerCertVerifier for UpstreamVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// `certificate`'s expiry, named `<prefix><hash>` as Envoy names it: the hash is the first
+/// eight hex digits of the SHA-256 of the source's `inline_bytes` (of nothing, for a file or
+/// an inline string). `None` if its validity cannot be read.
+fn expiry(certificate: &CertificateDer<'_>, prefix: &str, source: Option<&DataSource>) -> Option<Expiry> {
+    let bytes: &[u8] = match source.and_then(|s| s.specifier.as_ref()) {
+        Some(data_source::Specifier::InlineBytes(bytes)) => bytes,
+        _ => &[],
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hash: String = digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+    Some(Expiry { name: format!("{prefix}{hash}"), not_after: not_after(certificate)? })
+}
+
+/// An X.509 certificate's `notAfter` in seconds since the Unix epoch, read from its DER:
+/// Certificate → tbsCertificate → (version, serialNumber, signature, issuer) → validity.
+fn not_after(certificate: &[u8]) -> Option<u64> {
+    let (certificate, _) = der(certificate, 0x30)?;
+    let (tbs, _) = der(certificate, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der(rest, 0xa0)?.1;
+    }
+    for tag in [0x02, 0x30, 0x30] {
+        rest = der(rest, tag)?.1;
+    }
+    let (validity, _) = der(rest, 0x30)?;
+    let (_, validity) = der_any(validity)?;
+    let (tag, time, _) = der_element(validity)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let full = match (tag, text.len()) {
+        // UTCTime: YYMMDDHHMMSSZ, years 1950–2049.
+        (0x17, 13) => {
+            let year: u64 = text[..2].parse().ok()?;
+            format!("{}{text}", if year < 50 { "20" } else { "19" })
+        }
+        // GeneralizedTime: YYYYMMDDHHMMSSZ.
+        (0x18, 15) => text.to_owned(),
+        _ => return None,
+    };
+    let field = |range: std::ops::Range<usize>| full.get(range)?.parse::<u64>().ok();
+    let (year, month, day) = (field(0..4)?, field(4..6)?, field(6..8)?);
+    let seconds = field(8..10)? * 3600 + field(10..12)? * 60 + field(12..14)?;
+    Some(days_from_epoch(year, month, day)? * 86_400 + seconds)
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (from 1970 on).
+fn days_from_epoch(year: u64, month: u64, day: u64) -> Option<u64> {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year < 1970 {
+        return None;
+    }
+    // Years counted from March, so that the leap day ends a year.
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era_days = y / 400 * 146_097;
+    let year_of_era = y % 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    // 719 468: days from 0000-03-01 to 1970-01-01.
+    Some(era_days + day_of_era - 719_468)
+}
+
+/// One DER element of `tag` at the start of `input`: its content and what follows it.
+fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (found, content, rest) = der_element(input)?;
+    (found == tag).then_some((content, rest))
+}
+
+/// The first element, whatever its tag: its content and what follows it.
+fn der_any(input: &[u8]) -> Option<(&[u8], &[u8])> {
+    der_element(input).map(|(_, content, rest)| (content, rest))
+}
+
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, input) = input.split_first()?;
+    let (&first, input) = input.split_first()?;
+    let (length, input) = if first < 0x80 {
+        (usize::from(first), input)
+    } else {
+        let octets = usize::from(first & 0x7f);
+        if octets == 0 || octets > 4 || input.len() < octets {
+            return None;
+        }
+        let length = input[..octets].iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+        (length, &input[octets..])
+    };
+    (input.len() >= length).then(|| (tag, &input[..length], &input[length..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_certificate(file: &str) -> CertificateDer<'static> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/certs").join(file);
+        CertificateDer::from_pem_file(path).unwrap()
+    }
+
+    #[test]
+    fn not_after_reads_the_validity_of_the_test_certificates() {
+        // `openssl x509 -enddate`: notAfter=Nov  4 12:11:55 2126 GMT (GeneralizedTime).
+        assert_eq!(not_after(&test_certificate("server.pem")), Some(4_949_467_915));
+        assert_eq!(not_after(&test_certificate("ca.pem")), Some(4_949_467_915));
+        assert_eq!(not_after(b"\x30\x03\x02\x01\x01"), None);
+    }
+
+    #[test]
+    fn days_from_epoch_counts_leap_years() {
+        assert_eq!(days_from_epoch(1970, 1, 1), Some(0));
+        assert_eq!(days_from_epoch(2000, 3, 1), Some(11_017));
+        assert_eq!(days_from_epoch(2026, 11, 28), Some(20_785));
+    }
+
+    #[test]
+    fn expiry_names_a_file_certificate_after_the_hash_of_no_bytes() {
+        let expiry = expiry(&test_certificate("server.pem"), "unnamed_cert_", None).unwrap();
+        assert_eq!(expiry.name, "unnamed_cert_e3b0c442");
     }
 }

@@ -190,7 +190,10 @@ impl HttpListener {
     ) -> std::io::Result<HttpListener> {
         let stats = ListenerStats::new(store, &spec.stat_prefix, (0..workers).map(|i| format!("worker_{i}")));
         let http_stats = HcmStats::new(store, &spec.hcm.stat_prefix);
-        let tls_stats = spec.tls.as_ref().map(|_| TlsStats::new(store, &format!("listener.{}.", spec.stat_prefix)));
+        let tls_stats = spec
+            .tls
+            .as_ref()
+            .map(|tls| TlsStats::new(store, &format!("listener.{}.", spec.stat_prefix), &tls.certificates));
         let access_logs = spec.hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
         let routes = match &spec.hcm.routes {
             RouteSpec::Inline(table, _) => Routes::Static(table.clone()),

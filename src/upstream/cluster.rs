@@ -451,7 +451,9 @@ impl Cluster {
             let kept = previous.filter(|p| p.stat_name == spec.stat_name).and_then(|p| p.tls.as_ref());
             let stats = match kept {
                 Some((_, stats)) => stats.clone(),
-                None => Arc::new(TlsStats::new(&context.store, &format!("cluster.{}.", spec.stat_name))),
+                None => {
+                    Arc::new(TlsStats::new(&context.store, &format!("cluster.{}.", spec.stat_name), &tls.certificates))
+                }
             };
             (tls, stats)
         });
