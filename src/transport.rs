@@ -4,6 +4,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
@@ -141,6 +142,9 @@ pub struct TlsStats {
     fail_verify_no_cert: Counter,
     fail_verify_error: Counter,
     fail_verify_san: Counter,
+    /// The curve of the last full handshake: a resumed TLS 1.2 session exchanges no key, and
+    /// BoringSSL counts the curve of the session it resumes, which this stands in for.
+    last_curve: Mutex<Option<&'static str>>,
 }
 
 impl TlsStats {
@@ -172,6 +176,7 @@ impl TlsStats {
             fail_verify_no_cert: counter("fail_verify_no_cert"),
             fail_verify_error: counter("fail_verify_error"),
             fail_verify_san: counter("fail_verify_san"),
+            last_curve: Mutex::new(None),
             store: store.clone(),
             prefix,
         }
@@ -190,7 +195,15 @@ impl TlsStats {
         };
         named("ciphers", state.negotiated_cipher_suite().and_then(|s| cipher_name(s.suite())));
         named("versions", state.protocol_version().and_then(version_name));
-        named("curves", state.negotiated_key_exchange_group().and_then(|g| curve_name(g.name())));
+        let curve = state.negotiated_key_exchange_group().and_then(|g| curve_name(g.name()));
+        let curve = {
+            let mut last_curve = self.last_curve.lock().unwrap_or_else(PoisonError::into_inner);
+            if curve.is_some() {
+                *last_curve = curve;
+            }
+            *last_curve
+        };
+        named("curves", curve);
         if state.peer_certificates().is_none_or(<[_]>::is_empty) {
             self.no_certificate.inc();
         }
@@ -230,19 +243,23 @@ pub async fn accept(tcp: TcpStream, tls: &ServerTls, stats: &TlsStats) -> io::Re
     stats.counted(handshake.map(TlsStream::Server))
 }
 
-/// Handshakes as the client of a connection to an upstream, offering `alpn` unless the
-/// cluster's context names its own protocols.
-pub async fn connect(tcp: TcpStream, tls: &ClientTls, alpn: &'static [u8], stats: &TlsStats) -> io::Result<Transport> {
+/// Handshakes as the client of a connection to an upstream, offering `alpn` (if any) unless
+/// the cluster's context names its own protocols.
+pub async fn connect(
+    tcp: TcpStream,
+    tls: &ClientTls,
+    alpn: Option<&'static [u8]>,
+    stats: &TlsStats,
+) -> io::Result<Transport> {
     let name = match (&tls.sni, tcp.peer_addr()) {
         (Some(sni), _) => sni.clone(),
         (None, Ok(peer)) => ServerName::IpAddress(peer.ip().into()),
         (None, Err(e)) => return Err(e),
     };
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    let connecting = if tls.configured_alpn {
-        connector.connect(name, tcp)
-    } else {
-        connector.with_alpn(vec![alpn.to_vec()]).connect(name, tcp)
+    let connecting = match alpn.filter(|_| !tls.configured_alpn) {
+        Some(alpn) => connector.with_alpn(vec![alpn.to_vec()]).connect(name, tcp),
+        None => connector.connect(name, tcp),
     };
     stats.counted(connecting.await.map(TlsStream::Client))
 }

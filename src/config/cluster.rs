@@ -445,9 +445,6 @@ impl ClusterSpec {
             ));
         }
         let tls = tls::upstream(proto.transport_socket.as_ref(), &join_path(path, "transport_socket"))?;
-        if tls.is_some() && health_check.is_some() {
-            return Err(ConfigError::unsupported(join_path(path, "health_checks"), "on a cluster with TLS"));
-        }
         Ok(ClusterSpec {
             name: proto.name.clone(),
             discovery,

@@ -401,6 +401,16 @@ impl Cluster {
                 })
             }
         };
+        let tls = spec.tls.map(|tls| {
+            let kept = previous.filter(|p| p.stat_name == spec.stat_name).and_then(|p| p.tls.as_ref());
+            let stats = match kept {
+                Some((_, stats)) => stats.clone(),
+                None => {
+                    Arc::new(TlsStats::new(&context.store, &format!("cluster.{}.", spec.stat_name), &tls.certificates))
+                }
+            };
+            (tls, stats)
+        });
         let kept_checker = previous
             .and_then(|p| p.health.as_ref())
             .filter(|checker| spec.health_check.as_ref().is_some_and(|spec| Arc::ptr_eq(&checker.spec, spec)));
@@ -415,6 +425,7 @@ impl Cluster {
                 &spec.stat_name,
                 (&context.store, &context.tasks),
                 &stats,
+                tls.as_ref(),
                 &hosts,
             )),
             (None, None) => None,
@@ -447,16 +458,6 @@ impl Cluster {
             detector.stats.ejections_active.set(ejected as i64);
         }
         *stats.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = spec.circuit_breakers;
-        let tls = spec.tls.map(|tls| {
-            let kept = previous.filter(|p| p.stat_name == spec.stat_name).and_then(|p| p.tls.as_ref());
-            let stats = match kept {
-                Some((_, stats)) => stats.clone(),
-                None => {
-                    Arc::new(TlsStats::new(&context.store, &format!("cluster.{}.", spec.stat_name), &tls.certificates))
-                }
-            };
-            (tls, stats)
-        });
         Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             name: spec.name,

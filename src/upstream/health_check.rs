@@ -25,7 +25,9 @@ use super::host::{Host, health_flag};
 use super::manager::ClusterManager;
 use super::tasks::UpstreamTasks;
 use crate::config::cluster::{GrpcProbe, HealthCheckSpec, HttpProbe, Probe, TcpProbe};
+use crate::config::tls::ClientTls;
 use crate::stats::{CounterCell, GaugeCell, Member, StatGroup, Store};
+use crate::transport::{self, TlsStats, Transport};
 
 /// `cluster.<name>.health_check.*`, Envoy's names.
 #[derive(Default)]
@@ -195,6 +197,8 @@ pub struct HealthChecker {
     pub stats: Arc<HealthCheckStats>,
     /// The cluster's stats: whether it ever opened an upstream connection.
     traffic: Arc<ClusterStats>,
+    /// The cluster's TLS, which checks speak as Envoy's do (its `ssl.*` stats count them).
+    tls: Option<(Arc<ClientTls>, Arc<TlsStats>)>,
     tasks: UpstreamTasks,
     sessions: Mutex<Sessions>,
 }
@@ -212,6 +216,7 @@ impl HealthChecker {
         stat_name: &str,
         context: (&Store, &UpstreamTasks),
         traffic: &Arc<ClusterStats>,
+        tls: Option<&(Arc<ClientTls>, Arc<TlsStats>)>,
         hosts: &[Arc<Host>],
     ) -> Arc<HealthChecker> {
         let (store, tasks) = context;
@@ -227,6 +232,7 @@ impl HealthChecker {
             cluster: cluster.to_owned(),
             stats,
             traffic: traffic.clone(),
+            tls: tls.cloned(),
             tasks: tasks.clone(),
             sessions: Mutex::new(Sessions {
                 running: HashMap::new(),
@@ -294,7 +300,7 @@ impl HealthChecker {
         let probe = async {
             match &self.spec.probe {
                 Probe::Http(http) => self.check_http(http, host, connection).await,
-                Probe::Tcp(tcp) => check_tcp(tcp, host, connection, self.spec.reuse_connection).await,
+                Probe::Tcp(tcp) => self.check_tcp(tcp, host, connection).await,
                 Probe::Grpc(grpc) => self.check_grpc(grpc, host, connection).await,
             }
         };
@@ -317,7 +323,7 @@ impl HealthChecker {
     }
 
     async fn check_http(&self, probe: &HttpProbe, host: &Host, connection: &mut Option<Connection>) -> Outcome {
-        let Some(sender) = HttpSender::ready_for(host, probe.http2, connection).await else { return Outcome::Network };
+        let Some(sender) = self.http_sender(host, probe.http2, connection).await else { return Outcome::Network };
         let mut request = Request::builder().method(probe.method.clone());
         request = if probe.http2 {
             request.uri(format!("http://{}{}", self.authority.to_str().unwrap_or(""), probe.path))
@@ -358,7 +364,7 @@ impl HealthChecker {
     /// A gRPC check: `grpc.health.v1.Health/Check` must answer `SERVING` with status OK;
     /// any other answer fails the host at once, as in Envoy.
     async fn check_grpc(&self, probe: &GrpcProbe, host: &Host, connection: &mut Option<Connection>) -> Outcome {
-        let Some(sender) = HttpSender::ready_for(host, true, connection).await else { return Outcome::Network };
+        let Some(sender) = self.http_sender(host, true, connection).await else { return Outcome::Network };
         let uri = format!("http://{}/grpc.health.v1.Health/Check", self.authority.to_str().unwrap_or(""));
         let message = HealthCheckRequest { service: probe.service_name.clone() }.encode_to_vec();
         let mut frame = BytesMut::with_capacity(5 + message.len());
@@ -429,7 +435,7 @@ impl Drop for HealthChecker {
 /// A session's connection to its host, kept between checks with `reuse_connection`.
 enum Connection {
     Http(HttpSender),
-    Tcp(TcpStream),
+    Tcp(Transport),
 }
 
 impl Connection {
@@ -440,7 +446,7 @@ impl Connection {
         }
     }
 
-    fn tcp(&mut self) -> &mut TcpStream {
+    fn tcp(&mut self) -> &mut Transport {
         match self {
             Connection::Tcp(stream) => stream,
             Connection::Http(_) => unreachable!("a TCP check keeps a TCP connection"),
@@ -461,24 +467,73 @@ enum SendRequest {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-impl HttpSender {
-    /// The session's connection, or a new one, once it can take a request.
-    async fn ready_for<'c>(
+impl HealthChecker {
+    /// A new connection to `host`: TLS over TCP for a TLS cluster, offering no ALPN but the
+    /// cluster's own (Envoy's checks take no pool's fallback).
+    async fn connect(&self, host: &Host) -> Option<Transport> {
+        let tcp = TcpStream::connect(host.address).await.ok()?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some((tls, stats)) => transport::connect(tcp, tls, None, stats).await.ok(),
+            None => Some(Transport::Plain(tcp)),
+        }
+    }
+
+    /// The session's HTTP connection, or a new one, once it can take a request.
+    async fn http_sender<'c>(
+        &self,
         host: &Host,
         http2: bool,
         connection: &'c mut Option<Connection>,
     ) -> Option<&'c mut HttpSender> {
         if !matches!(connection, Some(Connection::Http(sender)) if sender.usable()) {
-            *connection = Some(Connection::Http(HttpSender::connect(host, http2).await?));
+            let stream = self.connect(host).await?;
+            *connection = Some(Connection::Http(HttpSender::start(stream, http2).await?));
         }
         let sender = connection.as_mut()?.http();
         sender.ready().await.ok()?;
         Some(sender)
     }
 
-    async fn connect(host: &Host, http2: bool) -> Option<HttpSender> {
-        let stream = TcpStream::connect(host.address).await.ok()?;
-        let _ = stream.set_nodelay(true);
+    /// A TCP check: connect; with nothing to receive that passes (and the connection
+    /// closes, without sending, as in Envoy); otherwise send and read until the expected
+    /// bytes came.
+    async fn check_tcp(&self, probe: &TcpProbe, host: &Host, connection: &mut Option<Connection>) -> Outcome {
+        let stream = match connection {
+            Some(Connection::Tcp(stream)) => stream,
+            _ => match self.connect(host).await {
+                Some(stream) => connection.insert(Connection::Tcp(stream)).tcp(),
+                None => return Outcome::Network,
+            },
+        };
+        if probe.receive.is_empty() {
+            *connection = None;
+            return Outcome::Passed { degraded: false };
+        }
+        if let Some(send) = &probe.send
+            && stream.write_all(send).await.is_err()
+        {
+            return Outcome::Network;
+        }
+        let mut received = BytesMut::with_capacity(256);
+        loop {
+            match stream.read_buf(&mut received).await {
+                Ok(0) | Err(_) => return Outcome::Network,
+                Ok(_) if contains_in_order(&received, &probe.receive) => {
+                    if !self.spec.reuse_connection {
+                        *connection = None;
+                    }
+                    return Outcome::Passed { degraded: false };
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+impl HttpSender {
+    /// Speaks HTTP/1.1 or HTTP/2 on `stream`, its connection driven by a task of its own.
+    async fn start(stream: Transport, http2: bool) -> Option<HttpSender> {
         let io = TokioIo::new(stream);
         let (sender, driver) = if http2 {
             let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.ok()?;
@@ -551,40 +606,6 @@ fn contains_in_order(buffer: &[u8], segments: &[Bytes]) -> bool {
         from += at + segment.len();
     }
     true
-}
-
-/// A TCP check: connect; with nothing to receive that passes (and the connection closes,
-/// without sending, as in Envoy); otherwise send and read until the expected bytes came.
-async fn check_tcp(probe: &TcpProbe, host: &Host, connection: &mut Option<Connection>, reuse: bool) -> Outcome {
-    let stream = match connection {
-        Some(Connection::Tcp(stream)) => stream,
-        _ => match TcpStream::connect(host.address).await {
-            Ok(stream) => connection.insert(Connection::Tcp(stream)).tcp(),
-            Err(_) => return Outcome::Network,
-        },
-    };
-    if probe.receive.is_empty() {
-        *connection = None;
-        return Outcome::Passed { degraded: false };
-    }
-    if let Some(send) = &probe.send
-        && stream.write_all(send).await.is_err()
-    {
-        return Outcome::Network;
-    }
-    let mut received = BytesMut::with_capacity(256);
-    loop {
-        match stream.read_buf(&mut received).await {
-            Ok(0) | Err(_) => return Outcome::Network,
-            Ok(_) if contains_in_order(&received, &probe.receive) => {
-                if !reuse {
-                    *connection = None;
-                }
-                return Outcome::Passed { degraded: false };
-            }
-            Ok(_) => {}
-        }
-    }
 }
 
 /// One host's checks, until its checker stops them (host gone, cluster changed or removed).

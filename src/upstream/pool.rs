@@ -507,7 +507,7 @@ async fn connect(host: &Host, cluster: &Cluster, alpn: &'static [u8]) -> Result<
         // Small request/response exchanges must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         match &cluster.tls {
-            Some((tls, tls_stats)) => transport::connect(tcp, tls, alpn, tls_stats).await,
+            Some((tls, tls_stats)) => transport::connect(tcp, tls, Some(alpn), tls_stats).await,
             None => Ok(Transport::Plain(tcp)),
         }
     };

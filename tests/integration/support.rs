@@ -145,6 +145,29 @@ impl Upstream {
     /// the name as body, until then); anything else answers
     /// 200 with the name as body and an `x-upstream` header.
     pub async fn start(name: &str) -> Upstream {
+        Upstream::start_with(name, None).await
+    }
+
+    /// As `start`, over TLS with the test server certificate (`tests/certs`), ALPN h2 and
+    /// http/1.1.
+    pub async fn start_tls(name: &str) -> Upstream {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = certs_dir();
+        let chain = CertificateDer::pem_file_iter(dir.join("server.pem")).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("server-key.pem")).unwrap();
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Upstream::start_with(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -155,12 +178,20 @@ impl Upstream {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let (name, seen, health) = (task_name.clone(), task_seen.clone(), task_health.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service =
                         service_fn(move |request| answer(name.clone(), seen.clone(), health.clone(), request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        // A failed handshake is the client's to observe.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = server.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => drop(server.serve_connection(TokioIo::new(stream), service).await),
+                    }
                 });
             }
         });

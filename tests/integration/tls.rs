@@ -113,3 +113,30 @@ async fn a_cluster_speaks_mutual_tls_and_a_certificate_it_cannot_verify_fails_th
     assert_eq!(front.stat("cluster.no-cert.ssl.connection_error").await, Some(1));
     assert_eq!(upstream.count(), 1, "only the request with a client certificate got through");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_of_a_tls_cluster_speak_its_tls() {
+    let upstream = Upstream::start_tls("secure").await;
+    // No panic mode: with its only host failed, the cluster has none to route to.
+    let checks = "    common_lb_config: { healthy_panic_threshold: { value: 0 } }\n    health_checks:\n    - { timeout: 1s, interval: 0.05s, no_traffic_interval: 0.05s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: { path: /health } }\n";
+    let extra = format!("{checks}{}", upstream_tls("ca.pem", false));
+    let clusters = static_cluster("secure", &[(upstream.address, 1)], &extra);
+    let legate = Legate::start(&bootstrap("", &route_all_to("secure"), &clusters));
+    let answer = send(legate.listener("main"), Version::HTTP_11, get("/a")).await;
+    assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "secure"));
+    assert!(upstream.health_checks() >= 1, "the check reached the TLS upstream");
+
+    upstream.set_health(503);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let answer = send(legate.listener("main"), Version::HTTP_11, get("/a")).await;
+        if answer.status == 503 {
+            assert_eq!(answer.text(), "no healthy upstream");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the failing check never took the host out");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let handshakes = legate.stat("cluster.secure.ssl.handshake").await.unwrap_or(0);
+    assert!(handshakes >= 3, "checks and the request each handshake ({handshakes})");
+}

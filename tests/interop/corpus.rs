@@ -3,7 +3,8 @@
 //!
 //! Placeholders: `${admin}` and `${listener}`, `${listener_<x>}` are the proxy's own ports
 //! (each proxy gets fresh ones); `${up:<name>}` and `${up:<name>:<n>}` are the ports of
-//! test upstreams answering as `<name>` (shared by both proxies); `${closed}` is a port
+//! test upstreams answering as `<name>` (shared by both proxies), `${tls_up:<name>}` the
+//! same over TLS (the test server certificate); `${closed}` is a port
 //! nothing listens on; `${dir}` is a directory of the proxy's own (access log files);
 //! `${certs}` is the directory of the test certificates (`tests/certs`).
 
@@ -142,7 +143,12 @@ pub fn fill(template: &str, values: &BTreeMap<String, String>) -> String {
         .into_owned()
 }
 
-/// The upstream name of an `up:<name>[:<n>]` placeholder.
-pub fn upstream_name(placeholder: &str) -> Option<&str> {
-    placeholder.strip_prefix("up:").map(|rest| rest.split(':').next().unwrap_or(rest))
+/// The upstream name of an `up:<name>[:<n>]` or `tls_up:<name>[:<n>]` placeholder, and
+/// whether it speaks TLS.
+pub fn upstream_name(placeholder: &str) -> Option<(&str, bool)> {
+    let (rest, tls) = match placeholder.strip_prefix("tls_up:") {
+        Some(rest) => (rest, true),
+        None => (placeholder.strip_prefix("up:")?, false),
+    };
+    Some((rest.split(':').next().unwrap_or(rest), tls))
 }

@@ -112,8 +112,8 @@ async fn run_config(binaries: &Binaries, config: &Config, report: &mut Report) {
     let mut shared: BTreeMap<String, String> = BTreeMap::new();
     let mut shared_ports = admin::PortNames::new();
     for name in &names {
-        if let Some(upstream) = corpus::upstream_name(name) {
-            let upstream = Upstream::start(upstream).await;
+        if let Some((upstream, tls)) = corpus::upstream_name(name) {
+            let upstream = if tls { Upstream::start_tls(upstream).await } else { Upstream::start(upstream).await };
             shared.insert(name.clone(), upstream.address.port().to_string());
             shared_ports.insert(upstream.address.port(), name.clone());
             upstreams.insert(name.clone(), upstream);
