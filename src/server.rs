@@ -110,7 +110,7 @@ impl ServerShared {
                 .active()
                 .iter()
                 .filter(|l| !l.added_via_api)
-                .map(|l| l.runtime.spec.proto.clone())
+                .map(|l| l.runtime.spec().proto.clone())
                 .collect();
         }
         bootstrap
@@ -262,7 +262,7 @@ impl Server {
             }
         }
         for listener in self.shared.listeners.active() {
-            for log in &listener.runtime.access_logs {
+            for log in listener.runtime.access_logs() {
                 log.flush();
             }
         }

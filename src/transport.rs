@@ -44,6 +44,21 @@ impl Transport {
         }
     }
 
+    /// Passes on the end of a relayed stream as Envoy does: a TLS side sends its
+    /// `close_notify` and leaves the socket open (BoringSSL's `SSL_shutdown`, no
+    /// `shutdown(2)`), a plaintext side shuts its write half. Either way the peer may still
+    /// send what it has left.
+    pub fn poll_end_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tls(tls) => {
+                // Sent once however often this is polled.
+                tls.get_mut().1.send_close_notify();
+                Pin::new(&mut **tls).poll_flush(cx)
+            }
+        }
+    }
+
     /// Reads what an idle connection received, into `buf`: Ready(0) once the peer closed it.
     /// A plaintext socket is read only when the reactor saw it readable, so an idle pool's
     /// checks cost no syscalls; TLS records (a session ticket) are taken in and yield nothing.

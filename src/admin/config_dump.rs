@@ -22,6 +22,7 @@ use super::{AdminBody, AdminRequest, AdminState, json, socket_address, text};
 use crate::config::cluster::{Discovery, HostLocality};
 use crate::config::listener::RouteSpec;
 use crate::config::schema;
+use crate::listener::{ActiveListener, ListenerRuntime};
 use crate::upstream::Cluster;
 use crate::upstream::host::{Host, health_flag};
 
@@ -147,7 +148,7 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             .iter()
             .filter(|l| !l.added_via_api)
             .map(|l| listeners_config_dump::StaticListener {
-                listener: Some(pack_any(l.runtime.spec.proto.clone())),
+                listener: Some(pack_any(l.runtime.spec().proto.clone())),
                 last_updated: updated,
             })
             .collect(),
@@ -155,10 +156,10 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             .iter()
             .filter(|l| l.added_via_api)
             .map(|l| listeners_config_dump::DynamicListener {
-                name: l.runtime.spec.name.clone(),
+                name: l.runtime.spec().name.clone(),
                 active_state: Some(listeners_config_dump::DynamicListenerState {
                     version_info: l.version_info.clone(),
-                    listener: Some(pack_any(l.runtime.spec.proto.clone())),
+                    listener: Some(pack_any(l.runtime.spec().proto.clone())),
                     last_updated: Some(timestamp(l.last_updated)),
                 }),
                 ..Default::default()
@@ -166,16 +167,29 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             .collect(),
         ..Default::default()
     }));
+    if state.listeners.http_configured() {
+        route_sections(state, &listeners, updated, &mut out);
+    }
+    out.push(pack_any(SecretsConfigDump::default()));
+    out
+}
+
+/// The scoped and plain route sections: the inline route configs of the HTTP listeners, and
+/// those RDS delivered.
+fn route_sections(state: &AdminState, listeners: &[ActiveListener], updated: Option<Timestamp>, out: &mut Vec<Any>) {
     out.push(pack_any(ScopedRoutesConfigDump::default()));
     out.push(pack_any(RoutesConfigDump {
         static_route_configs: listeners
             .iter()
-            .filter_map(|l| match &l.runtime.spec.hcm.routes {
-                RouteSpec::Inline(_, proto) => Some(routes_config_dump::StaticRouteConfig {
-                    route_config: Some(pack_any((**proto).clone())),
-                    last_updated: updated,
-                }),
-                RouteSpec::Rds { .. } => None,
+            .filter_map(|l| match &l.runtime {
+                ListenerRuntime::Http(http) => match &http.hcm.routes {
+                    RouteSpec::Inline(_, proto) => Some(routes_config_dump::StaticRouteConfig {
+                        route_config: Some(pack_any((**proto).clone())),
+                        last_updated: updated,
+                    }),
+                    RouteSpec::Rds { .. } => None,
+                },
+                ListenerRuntime::TcpProxy(_) => None,
             })
             .collect(),
         dynamic_route_configs: state
@@ -191,8 +205,6 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             })
             .collect(),
     }));
-    out.push(pack_any(SecretsConfigDump::default()));
-    out
 }
 
 /// The hosts a cluster balances over now, as the `ClusterLoadAssignment` Envoy's

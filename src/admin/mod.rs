@@ -122,7 +122,7 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
                     if let Some(head) = logged {
                         let context = LogContext {
                             start_time: start.0,
-                            request: &head,
+                            request: Some(&head),
                             response_headers: Some(response.headers()),
                             response_code: response.status().as_u16(),
                             response_flags: ResponseFlags::NONE,
@@ -130,7 +130,7 @@ async fn serve(socket: std::net::TcpListener, state: AdminState, access_logs: Rc
                             bytes_received: 0,
                             bytes_sent: response.body().size_hint().exact().unwrap_or(0),
                             duration: start.1.elapsed(),
-                            protocol: head.version,
+                            protocol: Some(head.version),
                             upstream_host: None,
                             upstream_cluster: None,
                             downstream_remote: remote,

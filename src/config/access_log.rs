@@ -240,6 +240,12 @@ pub enum TimePiece {
 }
 
 impl AccessLogSpec {
+    /// Validates the `access_log` list of the message at `path` (`admin`, a connection
+    /// manager, a TCP proxy).
+    pub fn from_protos(protos: &[AccessLogProto], path: &str) -> Result<Vec<Self>> {
+        protos.iter().enumerate().map(|(i, log)| Self::from_proto(log, &format!("{path}.access_log[{i}]"))).collect()
+    }
+
     /// Validates one `AccessLog` entry; `path` names it in errors (`...access_log[0]`).
     pub fn from_proto(proto: &AccessLogProto, path: &str) -> Result<Self> {
         if proto.filter.is_some() {

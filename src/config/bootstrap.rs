@@ -11,7 +11,7 @@ use prost::Message;
 use super::access_log::AccessLogSpec;
 use super::cluster::{ClusterSpec, socket_address};
 use super::error::{ConfigError, Result};
-use super::listener::{ListenerSpec, RouteSpec};
+use super::listener::{ListenerSpec, NetworkFilter, RouteSpec};
 use super::proto::ensure_only;
 use super::schema::{self, Format};
 use super::xds::{DynamicSpec, GrpcSource, GrpcTarget};
@@ -90,12 +90,7 @@ impl BootstrapSpec {
                 match &admin.address {
                     Some(_) => {
                         let address = socket_address(admin.address.as_ref(), "admin.address")?;
-                        let access_logs = admin
-                            .access_log
-                            .iter()
-                            .enumerate()
-                            .map(|(i, log)| AccessLogSpec::from_proto(log, &format!("admin.access_log[{i}]")))
-                            .collect::<Result<Vec<_>>>()?;
+                        let access_logs = AccessLogSpec::from_protos(&admin.access_log, "admin")?;
                         Some(AdminSpec { address, access_logs })
                     }
                     None => None,
@@ -143,18 +138,15 @@ impl BootstrapSpec {
                     format!("error adding listener named '{}': listener with same name already exists", spec.name),
                 ));
             }
-            match &spec.hcm.routes {
-                RouteSpec::Inline(routes, _) => {
-                    if routes.validate_clusters()
-                        && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
-                    {
-                        return Err(ConfigError::invalid(
-                            format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
-                            format!("route: unknown cluster '{missing}'"),
-                        ));
-                    }
-                }
-                RouteSpec::Rds { .. } => {}
+            if let NetworkFilter::Http(hcm) = &spec.filter
+                && let RouteSpec::Inline(routes, _) = &hcm.routes
+                && routes.validate_clusters()
+                && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
+                    format!("route: unknown cluster '{missing}'"),
+                ));
             }
             listeners.push(spec);
         }

@@ -1,5 +1,6 @@
-//! Listener protos → `ListenerSpec`: the bound address and the HTTP connection manager
-//! (codec, timeouts, header policy, access logs and the inline route table).
+//! Listener protos → `ListenerSpec`: the bound address, TLS and the network filter, the
+//! HTTP connection manager (codec, timeouts, header policy, access logs and the inline route
+//! table) or a TCP proxy (`super::tcp_proxy`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use super::cluster::socket_address;
 use super::error::{ConfigError, Result, join_path};
 use super::proto::{self, ensure_only};
 use super::route::{HostPortMatch, RouteTable};
+use super::tcp_proxy::{TCP_PROXY_TYPE, TcpProxySpec};
 use super::tls::{self, ServerTls};
 use super::xds::{XdsSources, config_source};
 
@@ -172,7 +174,7 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
     /// The `listener.<prefix>.` stats prefix: `stat_prefix` or the address as Envoy writes it.
     pub stat_prefix: String,
-    pub hcm: HcmSpec,
+    pub filter: NetworkFilter,
     /// The filter chain's `transport_socket` when it is TLS.
     pub tls: Option<ServerTls>,
     /// `per_connection_buffer_limit_bytes` (1 MiB by default): here, how much of a request
@@ -180,6 +182,14 @@ pub struct ListenerSpec {
     pub buffer_limit: usize,
     /// The original proto, for `/config_dump` and `/listeners`.
     pub proto: ListenerProto,
+}
+
+/// A listener's one network filter, which serves its connections. Shared (`Arc`) with the
+/// listener's runtime, which reads it on every request.
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    Http(Arc<HcmSpec>),
+    TcpProxy(Arc<TcpProxySpec>),
 }
 
 /// Envoy's default `per_connection_buffer_limit_bytes`.
@@ -244,14 +254,21 @@ impl ListenerSpec {
                 ));
             }
         };
-        if proto::type_name(&any.type_url) != HCM_TYPE {
-            return Err(proto::unexpected_type(any, &filter_path));
-        }
-        let hcm_proto: HcmProto = proto::unpack(any, &filter_path)?;
-        let hcm = HcmSpec::from_proto(&hcm_proto, address.port(), &format!("{filter_path}.typed_config"), sources)?;
+        let config_path = format!("{filter_path}.typed_config");
+        let filter = match proto::type_name(&any.type_url) {
+            HCM_TYPE => {
+                let hcm_proto: HcmProto = proto::unpack(any, &filter_path)?;
+                NetworkFilter::Http(Arc::new(HcmSpec::from_proto(&hcm_proto, address.port(), &config_path, sources)?))
+            }
+            TCP_PROXY_TYPE => {
+                let tcp_proto = proto::unpack(any, &filter_path)?;
+                NetworkFilter::TcpProxy(Arc::new(TcpProxySpec::from_proto(&tcp_proto, &config_path)?))
+            }
+            _ => return Err(proto::unexpected_type(any, &filter_path)),
+        };
         let name = if proto.name.is_empty() { format!("{address}") } else { proto.name.clone() };
         let buffer_limit = proto.per_connection_buffer_limit_bytes.map_or(DEFAULT_BUFFER_LIMIT, |l| l.value as usize);
-        Ok(ListenerSpec { name, address, stat_prefix, hcm, tls, buffer_limit, proto: proto.clone() })
+        Ok(ListenerSpec { name, address, stat_prefix, filter, tls, buffer_limit, proto: proto.clone() })
     }
 }
 
@@ -365,12 +382,7 @@ impl HcmSpec {
             }
             None => Some(DEFAULT_CONNECTION_IDLE_TIMEOUT),
         };
-        let access_logs = proto
-            .access_log
-            .iter()
-            .enumerate()
-            .map(|(i, log)| AccessLogSpec::from_proto(log, &format!("{path}.access_log[{i}]")))
-            .collect::<Result<Vec<_>>>()?;
+        let access_logs = AccessLogSpec::from_protos(&proto.access_log, path)?;
         Ok(HcmSpec {
             stat_prefix: proto.stat_prefix.clone(),
             codec,

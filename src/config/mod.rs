@@ -9,6 +9,7 @@ pub mod listener;
 pub mod proto;
 pub mod route;
 pub mod schema;
+pub mod tcp_proxy;
 pub mod tls;
 pub mod xds;
 

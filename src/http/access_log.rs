@@ -47,8 +47,9 @@ pub fn request_head(
 pub struct LogContext<'a> {
     /// When the first byte of the request arrived.
     pub start_time: SystemTime,
-    /// Downstream request headers, after legate added `x-request-id` and `x-forwarded-*`.
-    pub request: &'a http::request::Parts,
+    /// Downstream request headers, after legate added `x-request-id` and `x-forwarded-*`;
+    /// none for a TCP proxy's connection.
+    pub request: Option<&'a http::request::Parts>,
     /// Headers of the response sent downstream, if one was sent.
     pub response_headers: Option<&'a HeaderMap>,
     /// Status sent downstream; 0 when no response was sent.
@@ -63,8 +64,8 @@ pub struct LogContext<'a> {
     pub bytes_sent: u64,
     /// Total time from start to the last byte sent.
     pub duration: Duration,
-    /// The downstream HTTP version.
-    pub protocol: Version,
+    /// The downstream HTTP version; none for a TCP proxy's connection.
+    pub protocol: Option<Version>,
     /// The upstream host the request was last sent to, if any.
     pub upstream_host: Option<SocketAddr>,
     /// The cluster the route picked, if any.
@@ -319,7 +320,7 @@ fn evaluate<'v>(op: &'v Operator, ctx: &'v LogContext<'_>) -> Value<'v> {
         Command::BytesReceived => Value::Num(ctx.bytes_received),
         Command::BytesSent => Value::Num(ctx.bytes_sent),
         Command::Duration => Value::Num(u64::try_from(ctx.duration.as_millis()).unwrap_or(u64::MAX)),
-        Command::Protocol => text(protocol(ctx.protocol)),
+        Command::Protocol => text(ctx.protocol.and_then(protocol)),
         Command::UpstreamHost | Command::UpstreamRemoteAddress => owned(ctx.upstream_host.map(|a| a.to_string())),
         Command::UpstreamRemoteAddressWithoutPort => owned(ctx.upstream_host.map(|a| a.ip().to_string())),
         Command::UpstreamRemotePort => ctx.upstream_host.map_or(Value::Missing, |a| Value::Num(a.port().into())),
@@ -347,7 +348,7 @@ fn protocol(version: Version) -> Option<&'static str> {
 
 fn request_header<'v>(ctx: &LogContext<'v>, h: &HeaderRef) -> Option<Cow<'v, str>> {
     let one = |key: &HeaderKey| -> Option<Cow<'v, str>> {
-        let req = ctx.request;
+        let req = ctx.request?;
         match key {
             HeaderKey::Method => Some(req.method.as_str().into()),
             HeaderKey::Path => req.uri.path_and_query().map(|pq| pq.as_str().into()),
@@ -631,7 +632,7 @@ mod tests {
     fn sample<'a>(request: &'a http::request::Parts, response: &'a HeaderMap) -> LogContext<'a> {
         LogContext {
             start_time: sample_time(),
-            request,
+            request: Some(request),
             response_headers: Some(response),
             response_code: 201,
             response_flags: ResponseFlags::NONE,
@@ -639,7 +640,7 @@ mod tests {
             bytes_received: 12,
             bytes_sent: 345,
             duration: Duration::from_micros(27_900),
-            protocol: Version::HTTP_11,
+            protocol: Some(Version::HTTP_11),
             upstream_host: Some("10.1.2.3:8080".parse().expect("addr")),
             upstream_cluster: Some("backend"),
             downstream_remote: "[2001:db8::1]:51234".parse().expect("addr"),
@@ -684,7 +685,7 @@ mod tests {
         ctx.response_headers = None;
         ctx.response_code = 0;
         ctx.upstream_host = None;
-        ctx.protocol = Version::HTTP_2;
+        ctx.protocol = Some(Version::HTTP_2);
         ctx.response_flags = ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION;
         assert_eq!(
             render(&Format::envoy_default(), &ctx),

@@ -61,7 +61,7 @@ pub async fn serve(
     let stats = &listener.http_stats;
     // A bodiless request is complete at its headers; a body sets this when it ends.
     exchange.stream.request_done.set(http_body::Body::is_end_stream(&body));
-    let hcm = &listener.spec.hcm;
+    let hcm = &listener.hcm;
     if parts.version < Version::HTTP_11 {
         // Envoy refuses HTTP/1.0 and 0.9 unless `http_protocol_options.accept_http_10`, with
         // the status text as body, and closes the connection.
@@ -1060,8 +1060,8 @@ impl Exchange {
         if body_len > 0 {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
-        set_server(headers, &listener.spec.hcm.server_name);
-        if flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) && !listener.spec.hcm.suppress_envoy_headers {
+        set_server(headers, &listener.hcm.server_name);
+        if flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) && !listener.hcm.suppress_envoy_headers {
             headers.insert(super::headers::X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
         }
         if !self.stream.request_done.get() {
@@ -1161,7 +1161,7 @@ impl Exchange {
             // The wall time at the start, as far back as the monotonic clock measured: read
             // only for access logs, not on every request.
             start_time: SystemTime::now().checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),
-            request: this.logged_request.as_ref().unwrap_or(&empty),
+            request: Some(this.logged_request.as_ref().unwrap_or(&empty)),
             response_headers: this.logged_response.as_ref(),
             response_code: this.status,
             response_flags: flags,
@@ -1169,7 +1169,7 @@ impl Exchange {
             bytes_received: this.stream.received.get(),
             bytes_sent,
             duration,
-            protocol: this.version,
+            protocol: Some(this.version),
             upstream_host: this.host.as_ref().map(|h| h.address),
             upstream_cluster: this.cluster.as_ref().map(|c| c.name.as_str()),
             downstream_remote: this.client,

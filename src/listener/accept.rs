@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::HttpListener;
+use super::{HttpListener, ListenerRuntime, tcp_proxy};
 use crate::clock::{self, Ticking};
 use crate::config::listener::Codec;
 use crate::http::body::BodyError;
@@ -51,16 +51,18 @@ pub async fn accept_failed(error: std::io::Error) {
 
 /// Accepts on `socket` until `drain` turns true, serving each connection on this worker;
 /// then asks open connections to close gracefully and waits for them.
+/// A TCP proxy's connections are not closed by the drain, as Envoy's are not: they end
+/// when either side closes, or with the process.
 pub async fn serve_listener(
     socket: std::net::TcpListener,
-    listener: Arc<HttpListener>,
+    listener: ListenerRuntime,
     worker: Rc<Worker>,
     drain: watch::Receiver<bool>,
 ) {
     let socket = match TcpListener::from_std(socket) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(listener = %listener.spec.name, error = %e, "cannot register listener socket");
+            tracing::error!(listener = %listener.spec().name, error = %e, "cannot register listener socket");
             return;
         }
     };
@@ -68,8 +70,8 @@ pub async fn serve_listener(
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok((stream, remote)) => {
+            accepted = socket.accept() => match (accepted, &listener) {
+                (Ok((stream, remote)), ListenerRuntime::Http(listener)) => {
                     let ctx = Rc::new(ConnContext {
                         local: stream.local_addr().unwrap_or(listener.spec.address),
                         listener: listener.clone(),
@@ -82,7 +84,11 @@ pub async fn serve_listener(
                     });
                     connections.spawn_local(Ticking::new(serve_connection(stream, ctx, drain.clone())));
                 }
-                Err(e) => accept_failed(e).await,
+                (Ok((stream, remote)), ListenerRuntime::TcpProxy(listener)) => {
+                    let session = tcp_proxy::serve_connection(stream, listener.clone(), worker.clone(), remote);
+                    connections.spawn_local(Ticking::new(session));
+                }
+                (Err(e), _) => accept_failed(e).await,
             },
             _ = drain_accept.wait_for(|d| *d) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -103,7 +109,7 @@ async fn serve_connection(tcp: TcpStream, ctx: Rc<ConnContext>, mut drain: watch
 
     let negotiate = negotiate(tcp, &listener);
     tokio::pin!(negotiate);
-    let idle = sleep_until_some(listener.spec.hcm.idle_timeout.map(|t| ctx.idle_since.get() + t));
+    let idle = sleep_until_some(listener.hcm.idle_timeout.map(|t| ctx.idle_since.get() + t));
     let negotiated = tokio::select! {
         // First, so that a plaintext connection with a fixed codec sets no timer.
         biased;
@@ -118,10 +124,9 @@ async fn serve_connection(tcp: TcpStream, ctx: Rc<ConnContext>, mut drain: watch
     let result = match negotiated {
         Some((stream, Protocol::Http2, prefix)) => {
             let stream_ctx = ctx.clone();
-            let server =
-                H2Server::new(stream, prefix, ctx.clone(), listener.spec.hcm.http2, move |request, responder| {
-                    stream::serve_stream(stream_ctx.clone(), request, responder)
-                });
+            let server = H2Server::new(stream, prefix, ctx.clone(), listener.hcm.http2, move |request, responder| {
+                stream::serve_stream(stream_ctx.clone(), request, responder)
+            });
             drive(server, |server| server.get_mut().graceful_shutdown(), &ctx, drain).await.map_err(BodyError::from)
         }
         Some((stream, Protocol::Http1, prefix)) => {
@@ -161,7 +166,7 @@ async fn negotiate(tcp: TcpStream, listener: &HttpListener) -> std::io::Result<(
         None => Transport::Plain(tcp),
     };
     let mut read = BytesMut::new();
-    let protocol = match listener.spec.hcm.codec {
+    let protocol = match listener.hcm.codec {
         Codec::Http1 => Protocol::Http1,
         Codec::Http2 => Protocol::Http2,
         Codec::Auto => match stream.alpn() {
@@ -201,7 +206,7 @@ where
 {
     let http = &ctx.listener.http_stats;
     tokio::pin!(connection);
-    let idle_timeout = ctx.listener.spec.hcm.idle_timeout;
+    let idle_timeout = ctx.listener.hcm.idle_timeout;
     let side = Arc::new(SideWake::default());
     let side_waker = Waker::from(side.clone());
     loop {

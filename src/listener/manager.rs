@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use tokio::sync::{mpsc, watch};
 
-use super::{HttpListener, bind_reuseport};
+use super::{ListenerRuntime, bind_reuseport};
 use crate::config::Rejected;
 use crate::config::listener::ListenerSpec;
 use crate::config::xds::XdsSources;
@@ -23,13 +24,13 @@ use crate::upstream::ClusterManager;
 /// What a worker is asked to do.
 pub enum WorkerCommand {
     /// Accept on `socket` for `listener` until `drain` turns true.
-    Serve { socket: std::net::TcpListener, listener: Arc<HttpListener>, drain: watch::Receiver<bool> },
+    Serve { socket: std::net::TcpListener, listener: ListenerRuntime, drain: watch::Receiver<bool> },
 }
 
 /// A listener that is accepting.
 #[derive(Clone)]
 pub struct ActiveListener {
-    pub runtime: Arc<HttpListener>,
+    pub runtime: ListenerRuntime,
     /// The address actually bound (port 0 resolved).
     pub bound: SocketAddr,
     pub added_via_api: bool,
@@ -42,7 +43,7 @@ pub struct ActiveListener {
 
 /// A listener waiting for its RDS route configuration before it binds.
 struct WarmingListener {
-    runtime: Arc<HttpListener>,
+    runtime: ListenerRuntime,
     added_via_api: bool,
     version_info: String,
 }
@@ -75,6 +76,10 @@ pub struct ListenerManager {
     initialized: watch::Sender<bool>,
     /// The management servers LDS listeners may name for RDS.
     sources: XdsSources,
+    /// An HTTP connection manager was configured at some point: from then on `/config_dump`
+    /// has route sections, as Envoy's has once its first connection manager made its route
+    /// config provider manager.
+    http_configured: AtomicBool,
 }
 
 impl ListenerManager {
@@ -103,6 +108,7 @@ impl ListenerManager {
             state: Mutex::new(State::default()),
             initialized: watch::Sender::new(!wait_for_lds),
             sources,
+            http_configured: AtomicBool::new(false),
         }
     }
 
@@ -118,6 +124,11 @@ impl ListenerManager {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether an HTTP connection manager was ever configured.
+    pub fn http_configured(&self) -> bool {
+        self.http_configured.load(Ordering::Relaxed)
     }
 
     /// The RDS route configurations listeners use.
@@ -138,19 +149,20 @@ impl ListenerManager {
             if !previous.added_via_api && added_via_api {
                 return Err(format!("listener '{name}': a static listener cannot be updated by LDS"));
             }
-            if previous.runtime.spec.proto == spec.proto {
+            if previous.runtime.spec().proto == spec.proto {
                 state.warming.remove(&name);
                 return Ok(());
             }
         }
-        if state.warming.get(&name).is_some_and(|w| w.runtime.spec.proto == spec.proto) {
+        if state.warming.get(&name).is_some_and(|w| w.runtime.spec().proto == spec.proto) {
             return Ok(());
         }
-        let runtime = Arc::new(
-            HttpListener::new(spec, &self.store, self.clusters.clone(), &self.rds, self.workers.len())
-                .map_err(|e| format!("listener '{name}': {e}"))?,
-        );
-        if !runtime.routes.is_ready() {
+        let runtime = ListenerRuntime::new(spec, &self.store, self.clusters.clone(), &self.rds, self.workers.len())
+            .map_err(|e| format!("listener '{name}': {e}"))?;
+        if matches!(runtime, ListenerRuntime::Http(_)) {
+            self.http_configured.store(true, Ordering::Relaxed);
+        }
+        if !runtime.is_ready() {
             state
                 .warming
                 .insert(name, WarmingListener { runtime, added_via_api, version_info: version_info.to_owned() });
@@ -164,7 +176,7 @@ impl ListenerManager {
     pub fn promote_warm(&self) -> Result<(), String> {
         let mut state = self.lock();
         let ready: Vec<String> =
-            state.warming.iter().filter(|(_, w)| w.runtime.routes.is_ready()).map(|(n, _)| n.clone()).collect();
+            state.warming.iter().filter(|(_, w)| w.runtime.is_ready()).map(|(n, _)| n.clone()).collect();
         let mut errors = Vec::new();
         for name in ready {
             if let Some(warm) = state.warming.remove(&name)
@@ -185,19 +197,19 @@ impl ListenerManager {
     fn start(
         &self,
         state: &mut State,
-        runtime: Arc<HttpListener>,
+        runtime: ListenerRuntime,
         added_via_api: bool,
         version_info: &str,
     ) -> Result<(), String> {
-        let name = runtime.spec.name.clone();
+        let name = runtime.spec().name.clone();
         let previous = state.active.get(&name).cloned();
         // An update on the same address takes over the old version's sockets, as Envoy
         // does: connections waiting in the accept queue are served by the new version
         // instead of being reset when the old one closes its sockets.
         let (sockets, bound) = match &previous {
-            Some(p) if p.runtime.spec.address == runtime.spec.address => (p.sockets.clone(), p.bound),
+            Some(p) if p.runtime.spec().address == runtime.spec().address => (p.sockets.clone(), p.bound),
             _ => {
-                let address = runtime.spec.address;
+                let address = runtime.spec().address;
                 let first =
                     bind_reuseport(address).map_err(|e| format!("listener '{name}': cannot bind {address}: {e}"))?;
                 let bound = first.local_addr().map_err(|e| e.to_string())?;

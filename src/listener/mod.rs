@@ -1,15 +1,17 @@
-//! Listeners: the shared, immutable runtime of each configured listener, and the
-//! per-worker accept loops over `SO_REUSEPORT` sockets.
+//! Listeners: the shared, immutable runtime of each configured listener (HTTP, or a TCP
+//! proxy), and the per-worker accept loops over `SO_REUSEPORT` sockets.
 
 mod accept;
 pub mod manager;
+mod tcp_proxy;
 
 pub use accept::{accept_failed, bind_reuseport, serve_listener};
 pub use manager::{ActiveListener, ListenerManager, WorkerCommand};
+pub use tcp_proxy::TcpProxyListener;
 
 use std::sync::Arc;
 
-use crate::config::listener::{ListenerSpec, RouteSpec};
+use crate::config::listener::{HcmSpec, ListenerSpec, NetworkFilter, RouteSpec};
 use crate::http::access_log::AccessLogger;
 use crate::http::rds::{RdsRegistry, Routes};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
@@ -166,9 +168,63 @@ impl HcmStats {
     }
 }
 
-/// A listener's runtime, shared by all workers.
+/// A listener's runtime, shared by all workers, by the network filter that serves it.
+#[derive(Clone)]
+pub enum ListenerRuntime {
+    Http(Arc<HttpListener>),
+    TcpProxy(Arc<TcpProxyListener>),
+}
+
+impl ListenerRuntime {
+    /// Builds the runtime `spec`'s filter needs: stats (per-worker ones for `workers`
+    /// workers) and access log writers.
+    pub fn new(
+        spec: ListenerSpec,
+        store: &Store,
+        clusters: Arc<ClusterManager>,
+        rds: &RdsRegistry,
+        workers: usize,
+    ) -> std::io::Result<ListenerRuntime> {
+        Ok(match spec.filter.clone() {
+            NetworkFilter::Http(hcm) => {
+                ListenerRuntime::Http(Arc::new(HttpListener::new(spec, hcm, store, clusters, rds, workers)?))
+            }
+            NetworkFilter::TcpProxy(proxy) => {
+                ListenerRuntime::TcpProxy(Arc::new(TcpProxyListener::new(spec, proxy, store, clusters, workers)?))
+            }
+        })
+    }
+
+    /// The listener's validated config.
+    pub fn spec(&self) -> &ListenerSpec {
+        match self {
+            ListenerRuntime::Http(listener) => &listener.spec,
+            ListenerRuntime::TcpProxy(listener) => &listener.spec,
+        }
+    }
+
+    /// Its access log writers.
+    pub fn access_logs(&self) -> &[AccessLogger] {
+        match self {
+            ListenerRuntime::Http(listener) => &listener.access_logs,
+            ListenerRuntime::TcpProxy(listener) => &listener.access_logs,
+        }
+    }
+
+    /// Whether it can serve: an HTTP listener on RDS waits for its routes.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            ListenerRuntime::Http(listener) => listener.routes.is_ready(),
+            ListenerRuntime::TcpProxy(_) => true,
+        }
+    }
+}
+
+/// The runtime of a listener whose filter is the HTTP connection manager.
 pub struct HttpListener {
     pub spec: ListenerSpec,
+    /// The connection manager of `spec.filter`, read without a match on every request.
+    pub hcm: Arc<HcmSpec>,
     pub stats: ListenerStats,
     pub http_stats: HcmStats,
     /// `listener.<prefix>.ssl.*`, for a TLS listener.
@@ -179,26 +235,27 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    /// Builds a listener's runtime: stats (per-worker ones for `workers` workers) and access
-    /// log writers.
-    pub fn new(
+    fn new(
         spec: ListenerSpec,
+        hcm: Arc<HcmSpec>,
         store: &Store,
         clusters: Arc<ClusterManager>,
         rds: &RdsRegistry,
         workers: usize,
     ) -> std::io::Result<HttpListener> {
         let stats = ListenerStats::new(store, &spec.stat_prefix, (0..workers).map(|i| format!("worker_{i}")));
-        let http_stats = HcmStats::new(store, &spec.hcm.stat_prefix);
-        let tls_stats = spec
-            .tls
-            .as_ref()
-            .map(|tls| TlsStats::new(store, &format!("listener.{}.", spec.stat_prefix), &tls.certificates));
-        let access_logs = spec.hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
-        let routes = match &spec.hcm.routes {
+        let http_stats = HcmStats::new(store, &hcm.stat_prefix);
+        let tls_stats = listener_tls_stats(&spec, store);
+        let access_logs = hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
+        let routes = match &hcm.routes {
             RouteSpec::Inline(table, _) => Routes::Static(table.clone()),
-            RouteSpec::Rds { name, host_port } => Routes::Rds(rds.slot(name, *host_port, store, &spec.hcm.stat_prefix)),
+            RouteSpec::Rds { name, host_port } => Routes::Rds(rds.slot(name, *host_port, store, &hcm.stat_prefix)),
         };
-        Ok(HttpListener { spec, stats, http_stats, tls_stats, access_logs, clusters, routes })
+        Ok(HttpListener { spec, hcm, stats, http_stats, tls_stats, access_logs, clusters, routes })
     }
+}
+
+/// `listener.<prefix>.ssl.*`, for a TLS listener.
+fn listener_tls_stats(spec: &ListenerSpec, store: &Store) -> Option<TlsStats> {
+    spec.tls.as_ref().map(|tls| TlsStats::new(store, &format!("listener.{}.", spec.stat_prefix), &tls.certificates))
 }

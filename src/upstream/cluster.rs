@@ -96,6 +96,8 @@ cluster_stats! {
         upstream_cx_http2_total,
         upstream_cx_connect_fail,
         upstream_cx_connect_timeout,
+        // A TCP proxy's connection that used up its `max_connect_attempts`.
+        upstream_cx_connect_attempts_exceeded,
         upstream_cx_destroy,
         upstream_cx_destroy_local,
         upstream_cx_destroy_remote,

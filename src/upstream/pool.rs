@@ -422,9 +422,22 @@ impl HostPool {
         connected
     }
 
+    /// A connection of its own for a TCP proxy's downstream connection, as Envoy's TCP pool
+    /// hands out (its "stream" is the proxied connection): pending while it connects, under
+    /// `max_pending_requests`, and counted as one request (`upstream_rq_total`) once
+    /// connected. Offers only the cluster's own ALPN. The caller checks `max_connections`.
+    pub async fn connect_tcp(&self, cluster: &Arc<Cluster>) -> Result<(Transport, LiveConnection), UpstreamError> {
+        admit_pending(cluster)?;
+        let slot = ConnectionSlot::new(cluster, Weak::new());
+        let (stream, started) = self.pending(cluster, connect(&self.host, cluster, None)).await?;
+        let mut live = LiveConnection::new(cluster, &self.host, started, slot);
+        live.attach_request();
+        Ok((stream, live))
+    }
+
     async fn connect_h1(self: &Rc<Self>, cluster: &Arc<Cluster>) -> Result<Box<H1Connection>, UpstreamError> {
         let slot = ConnectionSlot::new(cluster, Rc::downgrade(self));
-        let (stream, started) = connect(&self.host, cluster, b"http/1.1").await?;
+        let (stream, started) = connect(&self.host, cluster, Some(b"http/1.1")).await?;
         cluster.stats.upstream_cx_http1_total.inc();
         Ok(H1Connection::new(stream, LiveConnection::new(cluster, &self.host, started, slot)))
     }
@@ -455,7 +468,7 @@ fn admit_request(cluster: &Cluster) -> bool {
 
 /// Whether another connection fits under `max_connections`; counts `upstream_cx_overflow`
 /// when not.
-fn connection_allowed(cluster: &Cluster) -> bool {
+pub fn connection_allowed(cluster: &Cluster) -> bool {
     let stats = &cluster.stats;
     let allowed =
         stats.connections.load(Ordering::Relaxed) < u64::from(cluster.circuit_breakers.default.max_connections);
@@ -495,9 +508,13 @@ impl Drop for ConnectionSlot {
 
 /// The connected stream, and when its connect began (where Envoy starts a connection's
 /// `upstream_cx_length_ms`). For a TLS cluster the connect is done once the handshake is,
-/// offering `alpn` (the pool's protocol) unless the cluster names its own, and a failed
+/// offering `alpn` (the pool's protocol, if any) unless the cluster names its own, and a failed
 /// handshake is a failed connect, within `connect_timeout`, as in Envoy.
-async fn connect(host: &Host, cluster: &Cluster, alpn: &'static [u8]) -> Result<(Transport, Instant), UpstreamError> {
+async fn connect(
+    host: &Host,
+    cluster: &Cluster,
+    alpn: Option<&'static [u8]>,
+) -> Result<(Transport, Instant), UpstreamError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
@@ -507,7 +524,7 @@ async fn connect(host: &Host, cluster: &Cluster, alpn: &'static [u8]) -> Result<
         // Small request/response exchanges must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         match &cluster.tls {
-            Some((tls, tls_stats)) => transport::connect(tcp, tls, Some(alpn), tls_stats).await,
+            Some((tls, tls_stats)) => transport::connect(tcp, tls, alpn, tls_stats).await,
             None => Ok(Transport::Plain(tcp)),
         }
     };
@@ -537,7 +554,7 @@ async fn connect(host: &Host, cluster: &Cluster, alpn: &'static [u8]) -> Result<
 /// requests that wait on it, and outlives any one of them.
 async fn connect_h2(host: Arc<Host>, cluster: Arc<Cluster>) -> Result<H2Connection, UpstreamError> {
     let slot = ConnectionSlot::new(&cluster, Weak::new());
-    let (stream, started) = connect(&host, &cluster, b"h2").await?;
+    let (stream, started) = connect(&host, &cluster, Some(b"h2")).await?;
     let (connection, driver) = H2Connection::start(stream, cluster.idle_timeout);
     connection.count_resets_in(cluster.stats.clone());
     if let Some(max) = cluster.max_requests_per_connection {
@@ -624,6 +641,8 @@ pub struct LiveConnection {
     host: Arc<Host>,
     opened: Instant,
     pub end: ConnectionEnd,
+    /// A request is counted active on it until it drops (`attach_request`).
+    attached: bool,
     /// Released when the connection drops, after the stats above are counted.
     _slot: ConnectionSlot,
 }
@@ -637,6 +656,7 @@ impl LiveConnection {
             host: host.clone(),
             opened,
             end: ConnectionEnd::default(),
+            attached: false,
             _slot: slot,
         }
     }
@@ -650,11 +670,27 @@ impl LiveConnection {
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }
+
+    /// Counts one request on the connection from now until it drops: a TCP proxy's whole
+    /// proxied connection.
+    fn attach_request(&mut self) {
+        let (stats, host) = (&self.cluster.stats, &self.host.stats);
+        stats.upstream_rq_total.inc();
+        stats.upstream_rq_active.inc();
+        host.rq_total.fetch_add(1, Ordering::Relaxed);
+        host.rq_active.fetch_add(1, Ordering::Relaxed);
+        self.end.requests = 1;
+        self.attached = true;
+    }
 }
 
 impl Drop for LiveConnection {
     fn drop(&mut self) {
         let stats = &self.cluster.stats;
+        if self.attached {
+            stats.upstream_rq_active.dec();
+            self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        }
         stats.upstream_cx_active.dec();
         stats.upstream_cx_destroy.inc();
         stats.upstream_rq_per_cx.record(self.end.requests);

@@ -15,6 +15,7 @@ mod proxying;
 mod retries;
 mod routing;
 mod support;
+mod tcp_proxy;
 mod timeouts;
 mod tls;
 mod upstream_http1;

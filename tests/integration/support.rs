@@ -474,6 +474,27 @@ pub fn fill(template: &str, values: &[(&str, String)]) -> String {
 /// A bootstrap with an admin, one listener `main` on port 0 whose HCM has `route_config`
 /// (YAML indented for its place), and the given `clusters` section.
 pub fn bootstrap(hcm_extra: &str, route_config: &str, clusters: &str) -> String {
+    bootstrap_with_filter(
+        &format!(
+            r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+{hcm_extra}
+          route_config:
+{route_config}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+        ),
+        clusters,
+    )
+}
+
+/// A bootstrap with an admin, one listener `main` on port 0 whose one network filter is
+/// `filter` (YAML indented for its place), and the given `clusters` section.
+pub fn bootstrap_with_filter(filter: &str, clusters: &str) -> String {
     format!(
         r#"
 admin:
@@ -484,17 +505,7 @@ static_resources:
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
-{hcm_extra}
-          route_config:
-{route_config}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{filter}
   clusters:
 {clusters}
 "#

@@ -232,7 +232,7 @@ impl Conn {
                             return Poll::Ready(Some(Err(Refused::Codec(HEADERS_TOO_LARGE))));
                         }
                         Ok(None) => {
-                            if let Some(timeout) = self.ctx.listener.spec.hcm.stream_idle_timeout
+                            if let Some(timeout) = self.ctx.listener.hcm.stream_idle_timeout
                                 && self.head_deadline.is_none()
                             {
                                 self.head_deadline = Some((clock::now() + timeout, self.ctx.worker.timers.lend()));
