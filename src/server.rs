@@ -110,7 +110,7 @@ impl ServerShared {
                 .active()
                 .iter()
                 .filter(|l| !l.added_via_api)
-                .map(|l| l.runtime.spec().proto.clone())
+                .map(|l| l.runtime.spec.proto.clone())
                 .collect();
         }
         bootstrap

@@ -22,7 +22,7 @@ use super::{AdminBody, AdminRequest, AdminState, json, socket_address, text};
 use crate::config::cluster::{Discovery, HostLocality};
 use crate::config::listener::RouteSpec;
 use crate::config::schema;
-use crate::listener::{ActiveListener, ListenerRuntime};
+use crate::listener::ActiveListener;
 use crate::upstream::Cluster;
 use crate::upstream::host::{Host, health_flag};
 
@@ -148,7 +148,7 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             .iter()
             .filter(|l| !l.added_via_api)
             .map(|l| listeners_config_dump::StaticListener {
-                listener: Some(pack_any(l.runtime.spec().proto.clone())),
+                listener: Some(pack_any(l.runtime.spec.proto.clone())),
                 last_updated: updated,
             })
             .collect(),
@@ -156,10 +156,10 @@ fn configs(state: &AdminState, include_eds: bool) -> Vec<Any> {
             .iter()
             .filter(|l| l.added_via_api)
             .map(|l| listeners_config_dump::DynamicListener {
-                name: l.runtime.spec().name.clone(),
+                name: l.runtime.spec.name.clone(),
                 active_state: Some(listeners_config_dump::DynamicListenerState {
                     version_info: l.version_info.clone(),
-                    listener: Some(pack_any(l.runtime.spec().proto.clone())),
+                    listener: Some(pack_any(l.runtime.spec.proto.clone())),
                     last_updated: Some(timestamp(l.last_updated)),
                 }),
                 ..Default::default()
@@ -181,15 +181,13 @@ fn route_sections(state: &AdminState, listeners: &[ActiveListener], updated: Opt
     out.push(pack_any(RoutesConfigDump {
         static_route_configs: listeners
             .iter()
-            .filter_map(|l| match &l.runtime {
-                ListenerRuntime::Http(http) => match &http.hcm.routes {
-                    RouteSpec::Inline(_, proto) => Some(routes_config_dump::StaticRouteConfig {
-                        route_config: Some(pack_any((**proto).clone())),
-                        last_updated: updated,
-                    }),
-                    RouteSpec::Rds { .. } => None,
-                },
-                ListenerRuntime::TcpProxy(_) => None,
+            .flat_map(|l| l.runtime.http_chains())
+            .filter_map(|http| match &http.hcm.routes {
+                RouteSpec::Inline(_, proto) => Some(routes_config_dump::StaticRouteConfig {
+                    route_config: Some(pack_any((**proto).clone())),
+                    last_updated: updated,
+                }),
+                RouteSpec::Rds { .. } => None,
             })
             .collect(),
         dynamic_route_configs: state

@@ -69,7 +69,7 @@ pub(super) fn server_info(state: &AdminState, _: &AdminRequest) -> Response<Admi
 pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<AdminBody> {
     let active = state.listeners.active();
     let statuses = active.iter().map(|l| (&l.runtime, &l.bound)).map(|(l, bound)| ListenerStatus {
-        name: l.spec().name.clone(),
+        name: l.spec.name.clone(),
         local_address: Some(socket_address(*bound)),
         ..Default::default()
     });
@@ -78,7 +78,7 @@ pub(super) fn listeners(state: &AdminState, request: &AdminRequest) -> Response<
     }
     let mut out = String::new();
     for (listener, bound) in active.iter().map(|l| (&l.runtime, &l.bound)) {
-        out.push_str(&format!("{}::{}\n", listener.spec().name, bound));
+        out.push_str(&format!("{}::{}\n", listener.spec.name, bound));
     }
     text(StatusCode::OK, out)
 }
@@ -95,7 +95,9 @@ fn refresh_server_gauges(state: &AdminState) {
     let clusters = state.clusters.snapshot();
     let contexts = listeners
         .iter()
-        .filter_map(|l| l.runtime.spec().tls.as_ref().map(|tls| &tls.certificates[..]))
+        .flat_map(|l| {
+            l.runtime.spec.all_chains().filter_map(|chain| chain.tls.as_ref()).map(|tls| &tls.certificates[..])
+        })
         .chain(clusters.clusters.values().filter_map(|c| c.tls.as_ref().map(|(tls, _)| &tls.certificates[..])));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let days = transport::days_until_first_expiry(contexts, now);

@@ -138,15 +138,19 @@ impl BootstrapSpec {
                     format!("error adding listener named '{}': listener with same name already exists", spec.name),
                 ));
             }
-            if let NetworkFilter::Http(hcm) = &spec.filter
-                && let RouteSpec::Inline(routes, _) = &hcm.routes
-                && routes.validate_clusters()
-                && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
-            {
-                return Err(ConfigError::invalid(
-                    format!("{path}.filter_chains[0].filters[0].typed_config.route_config"),
-                    format!("route: unknown cluster '{missing}'"),
-                ));
+            let default_chain = spec.default_chain.iter().map(|chain| (chain, format!("{path}.default_filter_chain")));
+            let chains = spec.chains.iter().enumerate().map(|(i, chain)| (chain, format!("{path}.filter_chains[{i}]")));
+            for (chain, chain_path) in chains.chain(default_chain) {
+                if let NetworkFilter::Http(hcm) = &chain.filter
+                    && let RouteSpec::Inline(routes, _) = &hcm.routes
+                    && routes.validate_clusters()
+                    && let Some(missing) = routes.referenced_clusters().find(|name| !cluster_names.contains(*name))
+                {
+                    return Err(ConfigError::invalid(
+                        format!("{chain_path}.filters[0].typed_config.route_config"),
+                        format!("route: unknown cluster '{missing}'"),
+                    ));
+                }
             }
             listeners.push(spec);
         }

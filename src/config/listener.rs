@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions as Http2ProtocolOptionsProto;
+use envoy_types::pb::envoy::config::listener::v3::FilterChain as FilterChainProto;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as RouterProto;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as TlsInspectorProto;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, PathWithEscapedSlashesAction, RouteSpecifier, StripPortMode,
@@ -20,6 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use super::access_log::AccessLogSpec;
 use super::cluster::socket_address;
 use super::error::{ConfigError, Result, join_path};
+use super::filter_chain::{self, ChainMatch};
 use super::proto::{self, ensure_only};
 use super::route::{HostPortMatch, RouteTable};
 use super::tcp_proxy::{TCP_PROXY_TYPE, TcpProxySpec};
@@ -174,14 +178,40 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
     /// The `listener.<prefix>.` stats prefix: `stat_prefix` or the address as Envoy writes it.
     pub stat_prefix: String,
-    pub filter: NetworkFilter,
-    /// The filter chain's `transport_socket` when it is TLS.
-    pub tls: Option<ServerTls>,
+    /// `filter_chains`, in order; `filter_chains::select` picks one for a connection.
+    pub chains: Vec<FilterChainSpec>,
+    /// `default_filter_chain`: for connections no chain matches.
+    pub default_chain: Option<FilterChainSpec>,
+    /// The `tls_inspector` listener filter: read each connection's ClientHello (without
+    /// taking it) for its server name and ALPN before choosing its chain.
+    pub inspect_tls: bool,
+    /// `listener_filters_timeout` (Envoy: 15 s; 0 disables it): how long the inspection may
+    /// wait for the ClientHello.
+    pub listener_filters_timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: on that timeout, choose a chain with what is
+    /// known rather than close the connection.
+    pub continue_on_listener_filters_timeout: bool,
     /// `per_connection_buffer_limit_bytes` (1 MiB by default): here, how much of a request
     /// body legate keeps to send again on a retry.
     pub buffer_limit: usize,
     /// The original proto, for `/config_dump` and `/listeners`.
     pub proto: ListenerProto,
+}
+
+/// A validated filter chain: when it applies, its TLS, and its one network filter.
+#[derive(Debug)]
+pub struct FilterChainSpec {
+    pub matcher: ChainMatch,
+    /// The `transport_socket` when it is TLS.
+    pub tls: Option<Arc<ServerTls>>,
+    pub filter: NetworkFilter,
+}
+
+impl ListenerSpec {
+    /// Every chain, the default one last.
+    pub fn all_chains(&self) -> impl Iterator<Item = &FilterChainSpec> {
+        self.chains.iter().chain(&self.default_chain)
+    }
 }
 
 /// A listener's one network filter, which serves its connections. Shared (`Arc`) with the
@@ -200,6 +230,10 @@ const SUPPORTED_LISTENER_FIELDS: &[&str] = &[
     "address",
     "stat_prefix",
     "filter_chains",
+    "default_filter_chain",
+    "listener_filters",
+    "listener_filters_timeout",
+    "continue_on_listener_filters_timeout",
     "metadata",
     "per_connection_buffer_limit_bytes",
     "traffic_direction",
@@ -208,6 +242,11 @@ const SUPPORTED_LISTENER_FIELDS: &[&str] = &[
     "tcp_backlog_size",
     "bind_to_port",
 ];
+
+/// Envoy's default `listener_filters_timeout`.
+const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+
+const TLS_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 
 impl ListenerSpec {
     /// Translates and validates a listener at `path`.
@@ -222,26 +261,89 @@ impl ListenerSpec {
         } else {
             proto.stat_prefix.clone()
         };
+        let name = if proto.name.is_empty() { format!("{address}") } else { proto.name.clone() };
         let chains_path = join_path(path, "filter_chains");
-        let chain = match proto.filter_chains.as_slice() {
-            [chain] => chain,
-            [] => return Err(ConfigError::invalid(&chains_path, "no filter chains specified")),
-            _ => return Err(ConfigError::unsupported(format!("{chains_path}[1]"), "more than one filter chain")),
+        if proto.filter_chains.is_empty() && proto.default_filter_chain.is_none() {
+            return Err(ConfigError::invalid(&chains_path, "no filter chains specified"));
+        }
+        let chains = proto
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, chain)| FilterChainSpec::from_proto(chain, &format!("{chains_path}[{i}]"), address, sources))
+            .collect::<Result<Vec<_>>>()?;
+        let matchers: Vec<ChainMatch> = chains.iter().map(|c| c.matcher.clone()).collect();
+        filter_chain::ensure_distinct(&matchers, &chains_path, &address.to_string())?;
+        let default_chain = proto
+            .default_filter_chain
+            .as_ref()
+            .map(|chain| FilterChainSpec::from_proto(chain, &join_path(path, "default_filter_chain"), address, sources))
+            .transpose()?;
+        let inspect_tls = listener_filters(proto, path)?;
+        let listener_filters_timeout = match &proto.listener_filters_timeout {
+            Some(d) => Some(proto::duration(d, &join_path(path, "listener_filters_timeout"))?).filter(|t| !t.is_zero()),
+            None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
         };
-        let chain_path = format!("{chains_path}[0]");
-        ensure_only(chain, &["filters", "name", "metadata", "transport_socket"], &chain_path)?;
-        let tls = tls::downstream(chain.transport_socket.as_ref(), &join_path(&chain_path, "transport_socket"))?;
+        let buffer_limit = proto.per_connection_buffer_limit_bytes.map_or(DEFAULT_BUFFER_LIMIT, |l| l.value as usize);
+        Ok(ListenerSpec {
+            name,
+            address,
+            stat_prefix,
+            chains,
+            default_chain,
+            inspect_tls,
+            listener_filters_timeout,
+            continue_on_listener_filters_timeout: proto.continue_on_listener_filters_timeout,
+            buffer_limit,
+            proto: proto.clone(),
+        })
+    }
+}
+
+/// Checks the listener filters: only the TLS inspector (at its defaults) is implemented.
+/// Returns whether it is there.
+fn listener_filters(proto: &ListenerProto, path: &str) -> Result<bool> {
+    let mut inspect_tls = false;
+    for (i, filter) in proto.listener_filters.iter().enumerate() {
+        let fpath = format!("{path}.listener_filters[{i}]");
+        ensure_only(filter, &["name", "typed_config"], &fpath)?;
+        let Some(ListenerFilterConfig::TypedConfig(any)) = &filter.config_type else {
+            return Err(ConfigError::invalid(&fpath, format!("listener filter '{}' has no typed_config", filter.name)));
+        };
+        if proto::type_name(&any.type_url) != TLS_INSPECTOR_TYPE {
+            return Err(proto::unexpected_type(any, &fpath));
+        }
+        let inspector: TlsInspectorProto = proto::unpack(any, &fpath)?;
+        ensure_only(&inspector, &[], &format!("{fpath}.typed_config"))?;
+        inspect_tls = true;
+    }
+    Ok(inspect_tls)
+}
+
+impl FilterChainSpec {
+    /// Translates a filter chain at `path` of the listener bound to `address` (which names
+    /// the listener in Envoy's messages).
+    fn from_proto(
+        chain: &FilterChainProto,
+        path: &str,
+        address: SocketAddr,
+        sources: &XdsSources,
+    ) -> Result<FilterChainSpec> {
+        ensure_only(chain, &["filters", "name", "metadata", "transport_socket", "filter_chain_match"], path)?;
+        let matcher = ChainMatch::from_proto(
+            chain.filter_chain_match.as_ref(),
+            &join_path(path, "filter_chain_match"),
+            &address.to_string(),
+        )?;
+        let tls = tls::downstream(chain.transport_socket.as_ref(), &join_path(path, "transport_socket"))?.map(Arc::new);
         let filter = match chain.filters.as_slice() {
             [filter] => filter,
-            [] => return Err(ConfigError::invalid(join_path(&chain_path, "filters"), "no network filters specified")),
+            [] => return Err(ConfigError::invalid(join_path(path, "filters"), "no network filters specified")),
             _ => {
-                return Err(ConfigError::unsupported(
-                    format!("{chain_path}.filters[1]"),
-                    "more than one network filter",
-                ));
+                return Err(ConfigError::unsupported(format!("{path}.filters[1]"), "more than one network filter"));
             }
         };
-        let filter_path = format!("{chain_path}.filters[0]");
+        let filter_path = format!("{path}.filters[0]");
         let any = match &filter.config_type {
             Some(FilterConfig::TypedConfig(any)) => any,
             Some(FilterConfig::ConfigDiscovery(_)) => {
@@ -266,9 +368,7 @@ impl ListenerSpec {
             }
             _ => return Err(proto::unexpected_type(any, &filter_path)),
         };
-        let name = if proto.name.is_empty() { format!("{address}") } else { proto.name.clone() };
-        let buffer_limit = proto.per_connection_buffer_limit_bytes.map_or(DEFAULT_BUFFER_LIMIT, |l| l.value as usize);
-        Ok(ListenerSpec { name, address, stat_prefix, filter, tls, buffer_limit, proto: proto.clone() })
+        Ok(FilterChainSpec { matcher, tls, filter })
     }
 }
 

@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
 pub mod error;
+pub mod filter_chain;
 pub mod listener;
 pub mod proto;
 pub mod route;

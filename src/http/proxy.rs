@@ -27,7 +27,7 @@ use super::route::{IdleTimeout, RouteAction, is_grpc};
 use crate::clock;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::route::GrpcTimeout;
-use crate::listener::HttpListener;
+use crate::listener::HttpChain;
 use crate::upstream::outlier::{Detector, Observed};
 use crate::upstream::pool::{ClusterPools, Head, UpstreamBody, UpstreamError, UpstreamRequest, Wire};
 use crate::upstream::{Cluster, Host};
@@ -35,7 +35,7 @@ use crate::worker::{LentTimer, Worker};
 
 /// What a connection knows that every request on it needs.
 pub struct ConnContext {
-    pub listener: Arc<HttpListener>,
+    pub listener: Arc<HttpChain>,
     pub worker: Rc<Worker>,
     pub remote: SocketAddr,
     pub local: SocketAddr,

@@ -15,8 +15,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::{HttpListener, ListenerRuntime, tcp_proxy};
+use super::inspect::{self, Inspected, InspectorStats};
+use super::{ChainRuntime, HttpChain, ListenerRuntime, tcp_proxy};
 use crate::clock::{self, Ticking};
+use crate::config::filter_chain::ConnectionFacts;
 use crate::config::listener::Codec;
 use crate::http::body::BodyError;
 use crate::http::h1::server::H1Server;
@@ -55,14 +57,14 @@ pub async fn accept_failed(error: std::io::Error) {
 /// when either side closes, or with the process.
 pub async fn serve_listener(
     socket: std::net::TcpListener,
-    listener: ListenerRuntime,
+    listener: Arc<ListenerRuntime>,
     worker: Rc<Worker>,
     drain: watch::Receiver<bool>,
 ) {
     let socket = match TcpListener::from_std(socket) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(listener = %listener.spec().name, error = %e, "cannot register listener socket");
+            tracing::error!(listener = %listener.spec.name, error = %e, "cannot register listener socket");
             return;
         }
     };
@@ -70,25 +72,12 @@ pub async fn serve_listener(
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = socket.accept() => match (accepted, &listener) {
-                (Ok((stream, remote)), ListenerRuntime::Http(listener)) => {
-                    let ctx = Rc::new(ConnContext {
-                        local: stream.local_addr().unwrap_or(listener.spec.address),
-                        listener: listener.clone(),
-                        worker: worker.clone(),
-                        remote,
-                        secure: listener.spec.tls.is_some(),
-                        codec_counted: Default::default(),
-                        active_streams: Default::default(),
-                        idle_since: std::cell::Cell::new(clock::now()),
-                    });
-                    connections.spawn_local(Ticking::new(serve_connection(stream, ctx, drain.clone())));
+            accepted = socket.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let accepted = serve_accepted(stream, remote, listener.clone(), worker.clone(), drain.clone());
+                    connections.spawn_local(Ticking::new(accepted));
                 }
-                (Ok((stream, remote)), ListenerRuntime::TcpProxy(listener)) => {
-                    let session = tcp_proxy::serve_connection(stream, listener.clone(), worker.clone(), remote);
-                    connections.spawn_local(Ticking::new(session));
-                }
-                (Err(e), _) => accept_failed(e).await,
+                Err(e) => accept_failed(e).await,
             },
             _ = drain_accept.wait_for(|d| *d) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -96,6 +85,67 @@ pub async fn serve_listener(
     }
     drop(socket);
     while connections.join_next().await.is_some() {}
+}
+
+/// Chooses an accepted connection's filter chain, after reading its ClientHello if the
+/// listener has the TLS inspector, and serves the connection with it; with no chain for it,
+/// closes it (`no_filter_chain_match`), as Envoy does.
+async fn serve_accepted(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    worker: Rc<Worker>,
+    drain: watch::Receiver<bool>,
+) {
+    let local = tcp.local_addr().unwrap_or(listener.spec.address);
+    let inspected = match &listener.inspector {
+        Some(stats) => match inspect_within(&tcp, &listener, stats).await {
+            Some(inspected) => inspected,
+            None => return,
+        },
+        None => Inspected::default(),
+    };
+    let facts = ConnectionFacts {
+        local,
+        remote,
+        server_name: &inspected.server_name,
+        transport_protocol: if inspected.tls { "tls" } else { "raw_buffer" },
+        application_protocols: &inspected.alpn,
+    };
+    match listener.select(&facts) {
+        Some(ChainRuntime::Http(chain)) => {
+            let ctx = Rc::new(ConnContext {
+                local,
+                listener: chain.clone(),
+                worker,
+                remote,
+                secure: chain.tls.is_some(),
+                codec_counted: Default::default(),
+                active_streams: Default::default(),
+                idle_since: std::cell::Cell::new(clock::now()),
+            });
+            serve_connection(tcp, ctx, drain).await;
+        }
+        Some(ChainRuntime::TcpProxy(chain)) => tcp_proxy::serve_connection(tcp, chain.clone(), worker, remote).await,
+        None => listener.stats.no_filter_chain_match.inc(),
+    }
+}
+
+/// The TLS inspector under `listener_filters_timeout`. `None`: the connection is to be
+/// closed (the client closed, its ClientHello is too large, or the timeout passed without
+/// `continue_on_listener_filters_timeout`).
+async fn inspect_within(tcp: &TcpStream, listener: &ListenerRuntime, stats: &InspectorStats) -> Option<Inspected> {
+    let spec = &listener.spec;
+    listener.stats.downstream_pre_cx_active.inc();
+    let inspected = match spec.listener_filters_timeout {
+        Some(timeout) => tokio::time::timeout(timeout, inspect::inspect(tcp, stats)).await.unwrap_or_else(|_| {
+            listener.stats.downstream_pre_cx_timeout.inc();
+            Ok(spec.continue_on_listener_filters_timeout.then(Inspected::default))
+        }),
+        None => inspect::inspect(tcp, stats).await,
+    };
+    listener.stats.downstream_pre_cx_active.dec();
+    inspected.ok().flatten()
 }
 
 async fn serve_connection(tcp: TcpStream, ctx: Rc<ConnContext>, mut drain: watch::Receiver<bool>) {
@@ -160,8 +210,8 @@ const SNIFF_READ: usize = 1024;
 
 /// Handshakes TLS on a TLS listener, then settles the codec: the listener's, or for AUTO the
 /// one ALPN chose, or else the one the first bytes (returned, to be parsed) show, as Envoy does.
-async fn negotiate(tcp: TcpStream, listener: &HttpListener) -> std::io::Result<(Transport, Protocol, BytesMut)> {
-    let mut stream = match listener.spec.tls.as_ref().zip(listener.tls_stats.as_ref()) {
+async fn negotiate(tcp: TcpStream, listener: &HttpChain) -> std::io::Result<(Transport, Protocol, BytesMut)> {
+    let mut stream = match &listener.tls {
         Some((tls, stats)) => transport::accept(tcp, tls, stats).await?,
         None => Transport::Plain(tcp),
     };

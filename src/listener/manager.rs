@@ -24,13 +24,13 @@ use crate::upstream::ClusterManager;
 /// What a worker is asked to do.
 pub enum WorkerCommand {
     /// Accept on `socket` for `listener` until `drain` turns true.
-    Serve { socket: std::net::TcpListener, listener: ListenerRuntime, drain: watch::Receiver<bool> },
+    Serve { socket: std::net::TcpListener, listener: Arc<ListenerRuntime>, drain: watch::Receiver<bool> },
 }
 
 /// A listener that is accepting.
 #[derive(Clone)]
 pub struct ActiveListener {
-    pub runtime: ListenerRuntime,
+    pub runtime: Arc<ListenerRuntime>,
     /// The address actually bound (port 0 resolved).
     pub bound: SocketAddr,
     pub added_via_api: bool,
@@ -43,7 +43,7 @@ pub struct ActiveListener {
 
 /// A listener waiting for its RDS route configuration before it binds.
 struct WarmingListener {
-    runtime: ListenerRuntime,
+    runtime: Arc<ListenerRuntime>,
     added_via_api: bool,
     version_info: String,
 }
@@ -149,17 +149,19 @@ impl ListenerManager {
             if !previous.added_via_api && added_via_api {
                 return Err(format!("listener '{name}': a static listener cannot be updated by LDS"));
             }
-            if previous.runtime.spec().proto == spec.proto {
+            if previous.runtime.spec.proto == spec.proto {
                 state.warming.remove(&name);
                 return Ok(());
             }
         }
-        if state.warming.get(&name).is_some_and(|w| w.runtime.spec().proto == spec.proto) {
+        if state.warming.get(&name).is_some_and(|w| w.runtime.spec.proto == spec.proto) {
             return Ok(());
         }
-        let runtime = ListenerRuntime::new(spec, &self.store, self.clusters.clone(), &self.rds, self.workers.len())
-            .map_err(|e| format!("listener '{name}': {e}"))?;
-        if matches!(runtime, ListenerRuntime::Http(_)) {
+        let runtime = Arc::new(
+            ListenerRuntime::new(spec, &self.store, self.clusters.clone(), &self.rds, self.workers.len())
+                .map_err(|e| format!("listener '{name}': {e}"))?,
+        );
+        if runtime.http_chains().next().is_some() {
             self.http_configured.store(true, Ordering::Relaxed);
         }
         if !runtime.is_ready() {
@@ -197,19 +199,19 @@ impl ListenerManager {
     fn start(
         &self,
         state: &mut State,
-        runtime: ListenerRuntime,
+        runtime: Arc<ListenerRuntime>,
         added_via_api: bool,
         version_info: &str,
     ) -> Result<(), String> {
-        let name = runtime.spec().name.clone();
+        let name = runtime.spec.name.clone();
         let previous = state.active.get(&name).cloned();
         // An update on the same address takes over the old version's sockets, as Envoy
         // does: connections waiting in the accept queue are served by the new version
         // instead of being reset when the old one closes its sockets.
         let (sockets, bound) = match &previous {
-            Some(p) if p.runtime.spec().address == runtime.spec().address => (p.sockets.clone(), p.bound),
+            Some(p) if p.runtime.spec.address == runtime.spec.address => (p.sockets.clone(), p.bound),
             _ => {
-                let address = runtime.spec().address;
+                let address = runtime.spec.address;
                 let first =
                     bind_reuseport(address).map_err(|e| format!("listener '{name}': cannot bind {address}: {e}"))?;
                 let bound = first.local_addr().map_err(|e| e.to_string())?;

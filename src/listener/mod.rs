@@ -2,16 +2,20 @@
 //! proxy), and the per-worker accept loops over `SO_REUSEPORT` sockets.
 
 mod accept;
+mod inspect;
 pub mod manager;
 mod tcp_proxy;
 
 pub use accept::{accept_failed, bind_reuseport, serve_listener};
+pub use inspect::InspectorStats;
 pub use manager::{ActiveListener, ListenerManager, WorkerCommand};
-pub use tcp_proxy::TcpProxyListener;
+pub use tcp_proxy::TcpProxyChain;
 
 use std::sync::Arc;
 
-use crate::config::listener::{HcmSpec, ListenerSpec, NetworkFilter, RouteSpec};
+use crate::config::filter_chain::{self, ChainMatch, ConnectionFacts};
+use crate::config::listener::{FilterChainSpec, HcmSpec, ListenerSpec, NetworkFilter, RouteSpec};
+use crate::config::tls::ServerTls;
 use crate::http::access_log::AccessLogger;
 use crate::http::rds::{RdsRegistry, Routes};
 use crate::stats::{Counter, Gauge, Histogram, HistogramUnit, Store};
@@ -24,6 +28,12 @@ pub struct ListenerStats {
     pub downstream_cx_active: Gauge,
     pub downstream_cx_destroy: Counter,
     pub downstream_cx_length_ms: Histogram,
+    /// Connections no filter chain matched, closed.
+    pub no_filter_chain_match: Counter,
+    /// Connections the listener filters are reading.
+    pub downstream_pre_cx_active: Gauge,
+    /// Connections the listener filter timeout ended.
+    pub downstream_pre_cx_timeout: Counter,
     /// `listener.<prefix>.<worker>.downstream_cx_total` / `_active`, by worker index
     /// (`worker_N`; the admin listener's one is `main_thread`).
     pub per_worker: Vec<(Counter, Gauge)>,
@@ -47,6 +57,9 @@ impl ListenerStats {
             downstream_cx_active: store.gauge(&name("downstream_cx_active")),
             downstream_cx_destroy: store.counter(&name("downstream_cx_destroy")),
             downstream_cx_length_ms: store.histogram(&name("downstream_cx_length_ms"), HistogramUnit::Milliseconds),
+            no_filter_chain_match: store.counter(&name("no_filter_chain_match")),
+            downstream_pre_cx_active: store.gauge(&name("downstream_pre_cx_active")),
+            downstream_pre_cx_timeout: store.counter(&name("downstream_pre_cx_timeout")),
             per_worker: workers
                 .into_iter()
                 .map(|w| {
@@ -168,15 +181,37 @@ impl HcmStats {
     }
 }
 
-/// A listener's runtime, shared by all workers, by the network filter that serves it.
+/// A listener's runtime, shared by all workers: its spec, its stats, and a runtime for each of
+/// its filter chains, one of which serves each connection.
+pub struct ListenerRuntime {
+    pub spec: Arc<ListenerSpec>,
+    pub stats: Arc<ListenerStats>,
+    /// The runtimes of `spec.chains`, in their order.
+    chains: Vec<ChainRuntime>,
+    default_chain: Option<ChainRuntime>,
+    matchers: Vec<ChainMatch>,
+    /// `tls_inspector.*`, with the TLS inspector.
+    pub inspector: Option<InspectorStats>,
+}
+
+/// The runtime of one filter chain, by its network filter.
 #[derive(Clone)]
-pub enum ListenerRuntime {
-    Http(Arc<HttpListener>),
-    TcpProxy(Arc<TcpProxyListener>),
+pub enum ChainRuntime {
+    Http(Arc<HttpChain>),
+    TcpProxy(Arc<TcpProxyChain>),
+}
+
+/// What a filter chain's runtime shares with its listener, and its own TLS.
+pub struct ChainBase {
+    pub spec: Arc<ListenerSpec>,
+    pub stats: Arc<ListenerStats>,
+    /// The chain's TLS context, with the `listener.<prefix>.ssl.*` stats its handshakes count in.
+    pub tls: Option<(Arc<ServerTls>, TlsStats)>,
+    pub clusters: Arc<ClusterManager>,
 }
 
 impl ListenerRuntime {
-    /// Builds the runtime `spec`'s filter needs: stats (per-worker ones for `workers`
+    /// Builds the runtimes `spec`'s chains need: stats (per-worker ones for `workers`
     /// workers) and access log writers.
     pub fn new(
         spec: ListenerSpec,
@@ -185,77 +220,96 @@ impl ListenerRuntime {
         rds: &RdsRegistry,
         workers: usize,
     ) -> std::io::Result<ListenerRuntime> {
-        Ok(match spec.filter.clone() {
-            NetworkFilter::Http(hcm) => {
-                ListenerRuntime::Http(Arc::new(HttpListener::new(spec, hcm, store, clusters, rds, workers)?))
-            }
-            NetworkFilter::TcpProxy(proxy) => {
-                ListenerRuntime::TcpProxy(Arc::new(TcpProxyListener::new(spec, proxy, store, clusters, workers)?))
-            }
+        let spec = Arc::new(spec);
+        let stats = Arc::new(ListenerStats::new(store, &spec.stat_prefix, (0..workers).map(|i| format!("worker_{i}"))));
+        let build = |chain: &FilterChainSpec| -> std::io::Result<ChainRuntime> {
+            let tls = chain.tls.clone().map(|tls| {
+                let tls_stats = TlsStats::new(store, &format!("listener.{}.", spec.stat_prefix), &tls.certificates);
+                (tls, tls_stats)
+            });
+            let base = ChainBase { spec: spec.clone(), stats: stats.clone(), tls, clusters: clusters.clone() };
+            Ok(match &chain.filter {
+                NetworkFilter::Http(hcm) => {
+                    ChainRuntime::Http(Arc::new(HttpChain::new(base, hcm.clone(), store, rds)?))
+                }
+                NetworkFilter::TcpProxy(proxy) => {
+                    ChainRuntime::TcpProxy(Arc::new(TcpProxyChain::new(base, proxy.clone(), store)?))
+                }
+            })
+        };
+        let chains = spec.chains.iter().map(build).collect::<std::io::Result<Vec<_>>>()?;
+        let default_chain = spec.default_chain.as_ref().map(build).transpose()?;
+        Ok(ListenerRuntime {
+            matchers: spec.chains.iter().map(|c| c.matcher.clone()).collect(),
+            inspector: spec.inspect_tls.then(|| InspectorStats::new(store)),
+            chains,
+            default_chain,
+            stats,
+            spec,
         })
     }
 
-    /// The listener's validated config.
-    pub fn spec(&self) -> &ListenerSpec {
-        match self {
-            ListenerRuntime::Http(listener) => &listener.spec,
-            ListenerRuntime::TcpProxy(listener) => &listener.spec,
+    /// The chain that serves a connection, as Envoy chooses it; `None`: no chain matches and
+    /// there is no default one.
+    pub fn select(&self, facts: &ConnectionFacts<'_>) -> Option<&ChainRuntime> {
+        match filter_chain::select(&self.matchers, facts) {
+            Some(index) => self.chains.get(index),
+            None => self.default_chain.as_ref(),
         }
     }
 
-    /// Its access log writers.
-    pub fn access_logs(&self) -> &[AccessLogger] {
-        match self {
-            ListenerRuntime::Http(listener) => &listener.access_logs,
-            ListenerRuntime::TcpProxy(listener) => &listener.access_logs,
-        }
+    fn all_chains(&self) -> impl Iterator<Item = &ChainRuntime> {
+        self.chains.iter().chain(&self.default_chain)
     }
 
-    /// Whether it can serve: an HTTP listener on RDS waits for its routes.
+    /// Its chains' access log writers.
+    pub fn access_logs(&self) -> impl Iterator<Item = &AccessLogger> {
+        self.all_chains().flat_map(|chain| match chain {
+            ChainRuntime::Http(http) => http.access_logs.iter(),
+            ChainRuntime::TcpProxy(proxy) => proxy.access_logs.iter(),
+        })
+    }
+
+    /// Whether it can serve: an HTTP chain on RDS waits for its routes.
     pub fn is_ready(&self) -> bool {
-        match self {
-            ListenerRuntime::Http(listener) => listener.routes.is_ready(),
-            ListenerRuntime::TcpProxy(_) => true,
-        }
+        self.all_chains().all(|chain| match chain {
+            ChainRuntime::Http(http) => http.routes.is_ready(),
+            ChainRuntime::TcpProxy(_) => true,
+        })
+    }
+
+    /// The HTTP chains, for their route configurations.
+    pub fn http_chains(&self) -> impl Iterator<Item = &HttpChain> {
+        self.all_chains().filter_map(|chain| match chain {
+            ChainRuntime::Http(http) => Some(&**http),
+            ChainRuntime::TcpProxy(_) => None,
+        })
     }
 }
 
-/// The runtime of a listener whose filter is the HTTP connection manager.
-pub struct HttpListener {
-    pub spec: ListenerSpec,
-    /// The connection manager of `spec.filter`, read without a match on every request.
+/// The runtime of a filter chain whose filter is the HTTP connection manager.
+pub struct HttpChain {
+    pub spec: Arc<ListenerSpec>,
+    /// The chain's connection manager, read on every request.
     pub hcm: Arc<HcmSpec>,
-    pub stats: ListenerStats,
+    pub stats: Arc<ListenerStats>,
     pub http_stats: HcmStats,
-    /// `listener.<prefix>.ssl.*`, for a TLS listener.
-    pub tls_stats: Option<TlsStats>,
+    /// The chain's TLS context and `listener.<prefix>.ssl.*` stats.
+    pub tls: Option<(Arc<ServerTls>, TlsStats)>,
     pub access_logs: Vec<AccessLogger>,
     pub clusters: Arc<ClusterManager>,
     pub routes: Routes,
 }
 
-impl HttpListener {
-    fn new(
-        spec: ListenerSpec,
-        hcm: Arc<HcmSpec>,
-        store: &Store,
-        clusters: Arc<ClusterManager>,
-        rds: &RdsRegistry,
-        workers: usize,
-    ) -> std::io::Result<HttpListener> {
-        let stats = ListenerStats::new(store, &spec.stat_prefix, (0..workers).map(|i| format!("worker_{i}")));
+impl HttpChain {
+    fn new(base: ChainBase, hcm: Arc<HcmSpec>, store: &Store, rds: &RdsRegistry) -> std::io::Result<HttpChain> {
         let http_stats = HcmStats::new(store, &hcm.stat_prefix);
-        let tls_stats = listener_tls_stats(&spec, store);
         let access_logs = hcm.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
         let routes = match &hcm.routes {
             RouteSpec::Inline(table, _) => Routes::Static(table.clone()),
             RouteSpec::Rds { name, host_port } => Routes::Rds(rds.slot(name, *host_port, store, &hcm.stat_prefix)),
         };
-        Ok(HttpListener { spec, hcm, stats, http_stats, tls_stats, access_logs, clusters, routes })
+        let ChainBase { spec, stats, tls, clusters } = base;
+        Ok(HttpChain { spec, hcm, stats, http_stats, tls, access_logs, clusters, routes })
     }
-}
-
-/// `listener.<prefix>.ssl.*`, for a TLS listener.
-fn listener_tls_stats(spec: &ListenerSpec, store: &Store) -> Option<TlsStats> {
-    spec.tls.as_ref().map(|tls| TlsStats::new(store, &format!("listener.{}.", spec.stat_prefix), &tls.certificates))
 }

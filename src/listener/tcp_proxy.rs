@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::ListenerStats;
+use super::{ChainBase, ListenerStats};
 use crate::clock;
 use crate::config::listener::ListenerSpec;
 use crate::config::tcp_proxy::TcpProxySpec;
+use crate::config::tls::ServerTls;
 use crate::http::access_log::{AccessLogger, LogContext};
 use crate::http::flags::ResponseFlags;
 use crate::stats::{Counter, Gauge, Store};
@@ -75,32 +76,25 @@ impl TcpProxyStats {
     }
 }
 
-/// The runtime of a listener whose filter is a TCP proxy.
-pub struct TcpProxyListener {
-    pub spec: ListenerSpec,
-    /// The TCP proxy of `spec.filter`.
+/// The runtime of a filter chain whose filter is a TCP proxy.
+pub struct TcpProxyChain {
+    pub spec: Arc<ListenerSpec>,
+    /// The chain's TCP proxy.
     pub proxy: Arc<TcpProxySpec>,
-    pub stats: ListenerStats,
+    pub stats: Arc<ListenerStats>,
     pub proxy_stats: TcpProxyStats,
-    /// `listener.<prefix>.ssl.*`, for a TLS listener.
-    pub tls_stats: Option<TlsStats>,
+    /// The chain's TLS context and `listener.<prefix>.ssl.*` stats.
+    pub tls: Option<(Arc<ServerTls>, TlsStats)>,
     pub access_logs: Vec<AccessLogger>,
     pub clusters: Arc<ClusterManager>,
 }
 
-impl TcpProxyListener {
-    pub(super) fn new(
-        spec: ListenerSpec,
-        proxy: Arc<TcpProxySpec>,
-        store: &Store,
-        clusters: Arc<ClusterManager>,
-        workers: usize,
-    ) -> std::io::Result<TcpProxyListener> {
-        let stats = ListenerStats::new(store, &spec.stat_prefix, (0..workers).map(|i| format!("worker_{i}")));
+impl TcpProxyChain {
+    pub(super) fn new(base: ChainBase, proxy: Arc<TcpProxySpec>, store: &Store) -> std::io::Result<TcpProxyChain> {
         let proxy_stats = TcpProxyStats::new(store, &proxy.stat_prefix);
-        let tls_stats = super::listener_tls_stats(&spec, store);
         let access_logs = proxy.access_logs.iter().map(AccessLogger::new).collect::<std::io::Result<Vec<_>>>()?;
-        Ok(TcpProxyListener { spec, proxy, stats, proxy_stats, tls_stats, access_logs, clusters })
+        let ChainBase { spec, stats, tls, clusters } = base;
+        Ok(TcpProxyChain { spec, proxy, stats, proxy_stats, tls, access_logs, clusters })
     }
 }
 
@@ -116,7 +110,7 @@ struct Session {
 
 /// Serves one accepted connection to its end. The upstream connect starts at once, beside
 /// a TLS listener's handshake, as Envoy's filter connects on the new connection.
-pub async fn serve_connection(tcp: TcpStream, listener: Arc<TcpProxyListener>, worker: Rc<Worker>, remote: SocketAddr) {
+pub async fn serve_connection(tcp: TcpStream, listener: Arc<TcpProxyChain>, worker: Rc<Worker>, remote: SocketAddr) {
     let opened = clock::now();
     let local = tcp.local_addr().unwrap_or(listener.spec.address);
     listener.stats.opened(worker.index);
@@ -155,12 +149,12 @@ pub async fn serve_connection(tcp: TcpStream, listener: Arc<TcpProxyListener>, w
 /// as soon as either fails, and a connect still pending then is cancelled.
 async fn set_up(
     tcp: TcpStream,
-    listener: &TcpProxyListener,
+    listener: &TcpProxyChain,
     worker: &Worker,
     session: &mut Session,
 ) -> Option<(Transport, Transport, LiveConnection)> {
     let downstream = async {
-        match listener.spec.tls.as_ref().zip(listener.tls_stats.as_ref()) {
+        match &listener.tls {
             Some((tls, stats)) => transport::accept(tcp, tls, stats).await.ok(),
             None => Some(Transport::Plain(tcp)),
         }
@@ -182,7 +176,7 @@ async fn set_up(
 /// failed connect up to `max_connect_attempts`, as Envoy does; records in `session` why
 /// it gave up.
 async fn connect_upstream(
-    listener: &TcpProxyListener,
+    listener: &TcpProxyChain,
     worker: &Worker,
     session: &mut Session,
 ) -> Option<(Transport, LiveConnection)> {
@@ -354,7 +348,7 @@ async fn relay(
 
 /// Writes the connection's access log lines, with Envoy's TCP values: no request, response
 /// code 0, no protocol.
-fn log(listener: &TcpProxyListener, session: &Session, duration: Duration, remote: SocketAddr, local: SocketAddr) {
+fn log(listener: &TcpProxyChain, session: &Session, duration: Duration, remote: SocketAddr, local: SocketAddr) {
     let context = LogContext {
         start_time: SystemTime::now().checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),
         request: None,

@@ -8,6 +8,7 @@ mod control_plane;
 mod dns;
 mod downstream_http1;
 mod downstream_http2;
+mod filter_chains;
 mod health_check;
 mod local_replies;
 mod outlier;

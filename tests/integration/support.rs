@@ -495,6 +495,12 @@ pub fn bootstrap(hcm_extra: &str, route_config: &str, clusters: &str) -> String 
 /// A bootstrap with an admin, one listener `main` on port 0 whose one network filter is
 /// `filter` (YAML indented for its place), and the given `clusters` section.
 pub fn bootstrap_with_filter(filter: &str, clusters: &str) -> String {
+    bootstrap_with_chains("", &format!("    - filters:\n{filter}"), clusters)
+}
+
+/// A bootstrap with an admin, one listener `main` on port 0 with `listener_extra` fields
+/// and the filter chains `chains` (YAML indented for their place), and the given `clusters`.
+pub fn bootstrap_with_chains(listener_extra: &str, chains: &str, clusters: &str) -> String {
     format!(
         r#"
 admin:
@@ -503,9 +509,8 @@ static_resources:
   listeners:
   - name: main
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-{filter}
+{listener_extra}    filter_chains:
+{chains}
   clusters:
 {clusters}
 "#
@@ -581,6 +586,16 @@ pub async fn tls_connect(
     alpn: &[u8],
     client_certificate: bool,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_to(tcp, "legate.test", alpn, client_certificate).await
+}
+
+/// `tls_connect` with SNI `server_name` (the server's certificate must name it).
+pub async fn tls_connect_to(
+    tcp: TcpStream,
+    server_name: &str,
+    alpn: &[u8],
+    client_certificate: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let dir = certs_dir();
@@ -601,6 +616,6 @@ pub async fn tls_connect(
         builder.with_no_client_auth()
     };
     config.alpn_protocols = vec![alpn.to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("legate.test").unwrap();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
 }

@@ -22,15 +22,26 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// Sends `request` on a new connection over `protocol` (`h1`, `h2c`, `h1-tls`, `h2-tls`).
-pub async fn exchange(address: SocketAddr, protocol: &str, request: Request<Full<Bytes>>) -> Result<Answer, String> {
-    match tokio::time::timeout(LIMIT, exchange_inner(address, protocol, request)).await {
+/// Sends `request` on a new connection over `protocol` (`h1`, `h2c`, `h1-tls`, `h2-tls`; over
+/// TLS with SNI `server_name`).
+pub async fn exchange(
+    address: SocketAddr,
+    protocol: &str,
+    server_name: &str,
+    request: Request<Full<Bytes>>,
+) -> Result<Answer, String> {
+    match tokio::time::timeout(LIMIT, exchange_inner(address, protocol, server_name, request)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no complete response within {LIMIT:?}")),
     }
 }
 
-async fn exchange_inner(address: SocketAddr, protocol: &str, request: Request<Full<Bytes>>) -> Result<Answer, String> {
+async fn exchange_inner(
+    address: SocketAddr,
+    protocol: &str,
+    server_name: &str,
+    request: Request<Full<Bytes>>,
+) -> Result<Answer, String> {
     let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
     let (http2, tls) = match protocol {
         "h2c" => (true, false),
@@ -40,8 +51,9 @@ async fn exchange_inner(address: SocketAddr, protocol: &str, request: Request<Fu
     };
     if tls {
         let alpn: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
-        let stream =
-            crate::support::tls_connect(stream, alpn, false).await.map_err(|e| format!("TLS handshake: {e}"))?;
+        let stream = crate::support::tls_connect_to(stream, server_name, alpn, false)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
         send(TokioIo::new(stream), http2, request).await
     } else {
         send(TokioIo::new(stream), http2, request).await
@@ -79,7 +91,7 @@ where
 /// GET `path` (Host `admin`) over HTTP/1.1: status and body text.
 pub async fn get(address: SocketAddr, path: &str) -> Result<(StatusCode, String), String> {
     let request = Request::get(path).header("host", "admin").body(Full::new(Bytes::new())).unwrap();
-    let answer = exchange(address, "h1", request).await?;
+    let answer = exchange(address, "h1", "legate.test", request).await?;
     Ok((answer.status, String::from_utf8_lossy(&answer.body).into_owned()))
 }
 

@@ -38,6 +38,10 @@ pub struct Spec {
     /// Regexes whose matches are masked in access log lines (timings, ids).
     #[serde(default)]
     pub access_log_masks: Vec<String>,
+    /// Stats whose values are not compared (only that both have them): counts a race
+    /// outside either proxy decides, each said why in a comment beside it.
+    #[serde(default)]
+    pub uncompared_stats: Vec<String>,
     /// Extra command-line flags for both proxies.
     #[serde(default)]
     pub flags: Vec<String>,
@@ -61,6 +65,9 @@ pub struct RequestSpec {
     /// `h1`, `h2c`, or over TLS (trusting the test CA, SNI `legate.test`) `h1-tls`,
     /// `h2-tls` (ALPN `http/1.1`, `h2`); `h1` and `h2c` unless given.
     pub protocols: Option<Vec<String>>,
+    /// Over TLS, the server name the client asks for (`legate.test` unless given; the test
+    /// server certificate names `legate.test`, `*.legate.test` and `localhost`).
+    pub sni: Option<String>,
     /// The listener placeholder to send to (`listener` unless given).
     pub listener: Option<String>,
     /// Raw HTTP/1.x bytes to write instead (`\r\n` line ends); the raw reply is compared.

@@ -193,7 +193,8 @@ async fn run_config(binaries: &Binaries, config: &Config, report: &mut Report) {
     }
     // Stream-end accounting may trail the last response by a moment.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    admin::compare(report, &config.name, (&legate, &legate_side.port_names), (&envoy, &envoy_side.port_names)).await;
+    let sides = ((&legate, &legate_side.port_names), (&envoy, &envoy_side.port_names));
+    admin::compare(report, &config.name, &config.spec.uncompared_stats, sides.0, sides.1).await;
     tokio::join!(legate.stop(), envoy.stop());
     compare_access_logs(report, config, legate_side, envoy_side);
 }

@@ -199,7 +199,7 @@ impl Proxy {
     /// Asks the proxy to exit (`POST /quitquitquit`) and waits; kills it after 5 s.
     pub async fn stop(mut self) {
         let request = Request::post("/quitquitquit").header("host", "admin").body(Full::new(Bytes::new())).unwrap();
-        let _ = client::exchange(self.admin(), "h1", request).await;
+        let _ = client::exchange(self.admin(), "h1", "legate.test", request).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -64,7 +64,8 @@ async fn observe_unnormalized(
         }
         let body = Bytes::from(spec.body.clone().unwrap_or_default());
         let request = request.body(Full::new(body)).expect("a valid request in the request set");
-        match client::exchange(address, protocol, request).await {
+        let server_name = spec.sni.as_deref().unwrap_or("legate.test");
+        match client::exchange(address, protocol, server_name, request).await {
             Ok(answer) => {
                 seen.insert("status".into(), answer.status.as_u16().to_string());
                 seen.insert("body".into(), String::from_utf8_lossy(&answer.body).into_owned());
