@@ -191,6 +191,12 @@ pub fn ensure_distinct(matches: &[ChainMatch], path: &str, listener: &str) -> Re
 /// The chain (an index into `matches`) Envoy gives the connection; `None`: the default
 /// chain, if there is one.
 pub fn select(matches: &[ChainMatch], facts: &ConnectionFacts<'_>) -> Option<usize> {
+    // Most listeners: one chain that matches anything, chosen without the steps below.
+    if let [only] = matches
+        && *only == ChainMatch::default()
+    {
+        return Some(0);
+    }
     let all: Vec<usize> = (0..matches.len()).collect();
     let port = facts.local.port();
     let chosen = narrow(&all, |i| match matches[i].destination_port {
