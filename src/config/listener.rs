@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterCo
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as RouterProto;
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector as HttpInspectorProto;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as TlsInspectorProto;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
@@ -182,9 +183,9 @@ pub struct ListenerSpec {
     pub chains: Vec<FilterChainSpec>,
     /// `default_filter_chain`: for connections no chain matches.
     pub default_chain: Option<FilterChainSpec>,
-    /// The `tls_inspector` listener filter: read each connection's ClientHello (without
-    /// taking it) for its server name and ALPN before choosing its chain.
-    pub inspect_tls: bool,
+    /// The listener filters, in order: they read a connection's first bytes (without taking
+    /// them) for what its chain is chosen by.
+    pub listener_filters: Vec<ListenerFilter>,
     /// `listener_filters_timeout` (Envoy: 15 s; 0 disables it): how long the inspection may
     /// wait for the ClientHello.
     pub listener_filters_timeout: Option<Duration>,
@@ -196,6 +197,17 @@ pub struct ListenerSpec {
     pub buffer_limit: usize,
     /// The original proto, for `/config_dump` and `/listeners`.
     pub proto: ListenerProto,
+}
+
+/// A listener filter legate implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerFilter {
+    /// `envoy.filters.listener.tls_inspector`: the ClientHello's server name and ALPN, and
+    /// transport protocol `tls`.
+    TlsInspector,
+    /// `envoy.filters.listener.http_inspector`: on a plaintext connection, the HTTP version
+    /// of its first request line (or HTTP/2's preface) as its application protocol.
+    HttpInspector,
 }
 
 /// A validated filter chain: when it applies, its TLS, and its one network filter.
@@ -247,6 +259,7 @@ const SUPPORTED_LISTENER_FIELDS: &[&str] = &[
 const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 const TLS_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const HTTP_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
 
 impl ListenerSpec {
     /// Translates and validates a listener at `path`.
@@ -279,7 +292,7 @@ impl ListenerSpec {
             .as_ref()
             .map(|chain| FilterChainSpec::from_proto(chain, &join_path(path, "default_filter_chain"), address, sources))
             .transpose()?;
-        let inspect_tls = listener_filters(proto, path)?;
+        let listener_filters = listener_filters(proto, path)?;
         let listener_filters_timeout = match &proto.listener_filters_timeout {
             Some(d) => Some(proto::duration(d, &join_path(path, "listener_filters_timeout"))?).filter(|t| !t.is_zero()),
             None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
@@ -291,7 +304,7 @@ impl ListenerSpec {
             stat_prefix,
             chains,
             default_chain,
-            inspect_tls,
+            listener_filters,
             listener_filters_timeout,
             continue_on_listener_filters_timeout: proto.continue_on_listener_filters_timeout,
             buffer_limit,
@@ -300,24 +313,32 @@ impl ListenerSpec {
     }
 }
 
-/// Checks the listener filters: only the TLS inspector (at its defaults) is implemented.
-/// Returns whether it is there.
-fn listener_filters(proto: &ListenerProto, path: &str) -> Result<bool> {
-    let mut inspect_tls = false;
+/// Checks the listener filters: the TLS and HTTP inspectors (at their defaults) are
+/// implemented.
+fn listener_filters(proto: &ListenerProto, path: &str) -> Result<Vec<ListenerFilter>> {
+    let mut filters = Vec::with_capacity(proto.listener_filters.len());
     for (i, filter) in proto.listener_filters.iter().enumerate() {
         let fpath = format!("{path}.listener_filters[{i}]");
         ensure_only(filter, &["name", "typed_config"], &fpath)?;
         let Some(ListenerFilterConfig::TypedConfig(any)) = &filter.config_type else {
             return Err(ConfigError::invalid(&fpath, format!("listener filter '{}' has no typed_config", filter.name)));
         };
-        if proto::type_name(&any.type_url) != TLS_INSPECTOR_TYPE {
-            return Err(proto::unexpected_type(any, &fpath));
-        }
-        let inspector: TlsInspectorProto = proto::unpack(any, &fpath)?;
-        ensure_only(&inspector, &[], &format!("{fpath}.typed_config"))?;
-        inspect_tls = true;
+        let config_path = format!("{fpath}.typed_config");
+        filters.push(match proto::type_name(&any.type_url) {
+            TLS_INSPECTOR_TYPE => {
+                let inspector: TlsInspectorProto = proto::unpack(any, &fpath)?;
+                ensure_only(&inspector, &[], &config_path)?;
+                ListenerFilter::TlsInspector
+            }
+            HTTP_INSPECTOR_TYPE => {
+                let inspector: HttpInspectorProto = proto::unpack(any, &fpath)?;
+                ensure_only(&inspector, &[], &config_path)?;
+                ListenerFilter::HttpInspector
+            }
+            _ => return Err(proto::unexpected_type(any, &fpath)),
+        });
     }
-    Ok(inspect_tls)
+    Ok(filters)
 }
 
 impl FilterChainSpec {

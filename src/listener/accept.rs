@@ -15,11 +15,11 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::inspect::{self, Inspected, InspectorStats};
+use super::inspect::{self, Inspected};
 use super::{ChainRuntime, HttpChain, ListenerRuntime, tcp_proxy};
 use crate::clock::{self, Ticking};
 use crate::config::filter_chain::ConnectionFacts;
-use crate::config::listener::Codec;
+use crate::config::listener::{Codec, ListenerFilter};
 use crate::http::body::BodyError;
 use crate::http::h1::server::H1Server;
 use crate::http::h2::PREFACE;
@@ -98,12 +98,13 @@ async fn serve_accepted(
     drain: watch::Receiver<bool>,
 ) {
     let local = tcp.local_addr().unwrap_or(listener.spec.address);
-    let inspected = match &listener.inspector {
-        Some(stats) => match inspect_within(&tcp, &listener, stats).await {
+    let inspected = if listener.spec.listener_filters.is_empty() {
+        Inspected::default()
+    } else {
+        match inspect_within(&tcp, &listener).await {
             Some(inspected) => inspected,
             None => return,
-        },
-        None => Inspected::default(),
+        }
     };
     let facts = ConnectionFacts {
         local,
@@ -131,21 +132,38 @@ async fn serve_accepted(
     }
 }
 
-/// The TLS inspector under `listener_filters_timeout`. `None`: the connection is to be
-/// closed (the client closed, its ClientHello is too large, or the timeout passed without
+/// The listener filters, in order, under `listener_filters_timeout`. `None`: the connection
+/// is to be closed (a filter said so, or the timeout passed without
 /// `continue_on_listener_filters_timeout`).
-async fn inspect_within(tcp: &TcpStream, listener: &ListenerRuntime, stats: &InspectorStats) -> Option<Inspected> {
+async fn inspect_within(tcp: &TcpStream, listener: &ListenerRuntime) -> Option<Inspected> {
     let spec = &listener.spec;
-    listener.stats.downstream_pre_cx_active.inc();
-    let inspected = match spec.listener_filters_timeout {
-        Some(timeout) => tokio::time::timeout(timeout, inspect::inspect(tcp, stats)).await.unwrap_or_else(|_| {
-            listener.stats.downstream_pre_cx_timeout.inc();
-            Ok(spec.continue_on_listener_filters_timeout.then(Inspected::default))
-        }),
-        None => inspect::inspect(tcp, stats).await,
+    let stats = &listener.stats;
+    stats.downstream_pre_cx_active.inc();
+    let mut inspected = Inspected::default();
+    let inspecting = async {
+        for filter in &spec.listener_filters {
+            let keep = match (filter, &listener.tls_inspector, &listener.http_inspector) {
+                (ListenerFilter::TlsInspector, Some(tls), _) => inspect::inspect_tls(tcp, tls, &mut inspected).await,
+                (ListenerFilter::HttpInspector, _, Some(http)) => {
+                    inspect::inspect_http(tcp, http, &mut inspected).await
+                }
+                _ => Ok(true),
+            };
+            if !keep.unwrap_or(false) {
+                return false;
+            }
+        }
+        true
     };
-    listener.stats.downstream_pre_cx_active.dec();
-    inspected.ok().flatten()
+    let keep = match spec.listener_filters_timeout {
+        Some(timeout) => tokio::time::timeout(timeout, inspecting).await.unwrap_or_else(|_| {
+            stats.downstream_pre_cx_timeout.inc();
+            spec.continue_on_listener_filters_timeout
+        }),
+        None => inspecting.await,
+    };
+    stats.downstream_pre_cx_active.dec();
+    keep.then_some(inspected)
 }
 
 async fn serve_connection(tcp: TcpStream, ctx: Rc<ConnContext>, mut drain: watch::Receiver<bool>) {

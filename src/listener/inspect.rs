@@ -1,15 +1,18 @@
-//! The TLS inspector (`envoy.filters.listener.tls_inspector`): reads a connection's TLS
-//! ClientHello without taking it off the socket, for the server name and ALPN protocols its
-//! filter chain is chosen by. The handshake itself is left to the chosen chain.
+//! The listener filters that look at a connection's first bytes without taking them, for
+//! what its filter chain is chosen by: the TLS inspector (`envoy.filters.listener.tls_inspector`:
+//! the ClientHello's server name and ALPN) and the HTTP inspector
+//! (`envoy.filters.listener.http_inspector`: a plaintext connection's HTTP version). The
+//! bytes stay in the socket for the chosen chain.
 
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::http::h2::PREFACE;
 use crate::stats::{Counter, Histogram, HistogramUnit, Store};
 
 /// `tls_inspector.*`, shared by every listener with the inspector, as Envoy's are.
-pub struct InspectorStats {
+pub struct TlsInspectorStats {
     client_hello_too_large: Counter,
     tls_found: Counter,
     tls_not_found: Counter,
@@ -20,10 +23,10 @@ pub struct InspectorStats {
     bytes_processed: Histogram,
 }
 
-impl InspectorStats {
-    pub fn new(store: &Store) -> InspectorStats {
+impl TlsInspectorStats {
+    pub fn new(store: &Store) -> TlsInspectorStats {
         let c = |name: &str| store.counter(&format!("tls_inspector.{name}"));
-        InspectorStats {
+        TlsInspectorStats {
             client_hello_too_large: c("client_hello_too_large"),
             tls_found: c("tls_found"),
             tls_not_found: c("tls_not_found"),
@@ -36,61 +39,166 @@ impl InspectorStats {
     }
 }
 
-/// What the first bytes of a connection said.
+/// `http_inspector.*`, shared by every listener with the inspector, as Envoy's are.
+pub struct HttpInspectorStats {
+    http10_found: Counter,
+    http11_found: Counter,
+    http2_found: Counter,
+    http_not_found: Counter,
+    read_error: Counter,
+}
+
+impl HttpInspectorStats {
+    pub fn new(store: &Store) -> HttpInspectorStats {
+        let c = |name: &str| store.counter(&format!("http_inspector.{name}"));
+        HttpInspectorStats {
+            http10_found: c("http10_found"),
+            http11_found: c("http11_found"),
+            http2_found: c("http2_found"),
+            http_not_found: c("http_not_found"),
+            read_error: c("read_error"),
+        }
+    }
+}
+
+/// What the listener filters found. Without them: no TLS, no server name, no protocols.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Inspected {
-    /// TLS was found: its transport protocol is `tls`.
+    /// TLS was found: its transport protocol is `tls`, else `raw_buffer`.
     pub tls: bool,
     /// The ClientHello's server name, lowercased; empty without one.
     pub server_name: String,
-    /// The ClientHello's ALPN protocols, in the client's order.
+    /// The ClientHello's ALPN protocols, in the client's order, or the one the HTTP
+    /// inspector found.
     pub alpn: Vec<String>,
 }
 
-/// The most of a ClientHello the inspector reads, as Envoy's (BoringSSL's largest record).
+/// The most of a ClientHello the TLS inspector reads, as Envoy's (BoringSSL's largest record).
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
 
-/// How long to wait before looking again at a ClientHello that has not fully arrived: the
-/// socket stays readable while the bytes already seen sit in it, so its readiness cannot say
-/// when more arrive. A ClientHello nearly always comes in one segment.
+/// The most the HTTP inspector reads looking for the end of a request line, as Envoy's.
+const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+/// How long to wait before looking again at bytes that do not decide yet: the socket stays
+/// readable while the bytes already seen sit in it, so its readiness cannot say when more
+/// arrive. A ClientHello or a request line nearly always comes in one segment.
 const PEEK_AGAIN: Duration = Duration::from_millis(1);
 
-/// Peeks at `tcp` until its first bytes show a whole ClientHello or no TLS at all, counting
-/// what it finds. `None`: the client closed first, or its ClientHello is too large (Envoy
-/// closes such a connection).
-pub async fn inspect(tcp: &TcpStream, stats: &InspectorStats) -> std::io::Result<Option<Inspected>> {
-    let mut buf = vec![0; MAX_CLIENT_HELLO];
+/// How a look at a connection's first bytes ended.
+enum Peeked<R> {
+    Decided(R, usize),
+    /// The client closed before the bytes decided.
+    Closed,
+    /// `max` bytes did not decide.
+    Undecided,
+}
+
+/// Peeks at `tcp` until `decide` settles on the bytes so far (`None`: it needs more), at
+/// most `max` bytes.
+async fn peek_until<R>(tcp: &TcpStream, max: usize, decide: impl Fn(&[u8]) -> Option<R>) -> std::io::Result<Peeked<R>> {
+    let mut buf = vec![0; max];
     let mut seen = 0;
     loop {
         let read = tcp.peek(&mut buf).await?;
         if read == 0 {
-            return Ok(None);
+            return Ok(Peeked::Closed);
         }
-        match parse(&buf[..read]) {
-            Parse::Hello(hello) => {
-                stats.tls_found.inc();
-                let found = |found: bool, yes: &Counter, no: &Counter| if found { yes.inc() } else { no.inc() };
-                found(!hello.server_name.is_empty(), &stats.sni_found, &stats.sni_not_found);
-                found(!hello.alpn.is_empty(), &stats.alpn_found, &stats.alpn_not_found);
-                stats.bytes_processed.record(read as u64);
-                return Ok(Some(hello));
-            }
-            Parse::NotTls => {
-                stats.tls_not_found.inc();
-                stats.bytes_processed.record(read as u64);
-                return Ok(Some(Inspected::default()));
-            }
-            Parse::Incomplete if read == buf.len() => {
-                stats.client_hello_too_large.inc();
-                return Ok(None);
-            }
-            Parse::Incomplete => {
-                if read == seen {
-                    tokio::time::sleep(PEEK_AGAIN).await;
-                }
-                seen = read;
-            }
+        if let Some(decided) = decide(&buf[..read]) {
+            return Ok(Peeked::Decided(decided, read));
         }
+        if read == max {
+            return Ok(Peeked::Undecided);
+        }
+        if read == seen {
+            tokio::time::sleep(PEEK_AGAIN).await;
+        }
+        seen = read;
+    }
+}
+
+/// The TLS inspector: reads the ClientHello into `inspected`. `false`: the connection is to
+/// be closed (the client closed first, or its ClientHello is too large, as Envoy closes it).
+pub async fn inspect_tls(
+    tcp: &TcpStream,
+    stats: &TlsInspectorStats,
+    inspected: &mut Inspected,
+) -> std::io::Result<bool> {
+    let peeked = peek_until(tcp, MAX_CLIENT_HELLO, |bytes| match parse(bytes) {
+        Parse::Incomplete => None,
+        parsed => Some(parsed),
+    })
+    .await?;
+    match peeked {
+        Peeked::Decided(Parse::Hello(hello), read) => {
+            stats.tls_found.inc();
+            let found = |found: bool, yes: &Counter, no: &Counter| if found { yes.inc() } else { no.inc() };
+            found(!hello.server_name.is_empty(), &stats.sni_found, &stats.sni_not_found);
+            found(!hello.alpn.is_empty(), &stats.alpn_found, &stats.alpn_not_found);
+            stats.bytes_processed.record(read as u64);
+            *inspected = hello;
+        }
+        Peeked::Decided(_, read) => {
+            stats.tls_not_found.inc();
+            stats.bytes_processed.record(read as u64);
+        }
+        Peeked::Undecided => {
+            stats.client_hello_too_large.inc();
+            return Ok(false);
+        }
+        Peeked::Closed => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The HTTP inspector: on a connection not found to be TLS, sets the application protocol to
+/// `http/1.1`, `http/1.0` or `h2c` by its first request line or HTTP/2's preface. `false`:
+/// the connection is to be closed (the client closed first, or no line end in 64 KiB).
+pub async fn inspect_http(
+    tcp: &TcpStream,
+    stats: &HttpInspectorStats,
+    inspected: &mut Inspected,
+) -> std::io::Result<bool> {
+    if inspected.tls {
+        return Ok(true);
+    }
+    match peek_until(tcp, MAX_REQUEST_LINE, http_version).await? {
+        Peeked::Decided(Some(protocol), _) => {
+            let found = match protocol {
+                "h2c" => &stats.http2_found,
+                "http/1.1" => &stats.http11_found,
+                _ => &stats.http10_found,
+            };
+            found.inc();
+            inspected.alpn = vec![protocol.to_owned()];
+        }
+        Peeked::Decided(None, _) => stats.http_not_found.inc(),
+        Peeked::Undecided => {
+            stats.read_error.inc();
+            return Ok(false);
+        }
+        Peeked::Closed => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The application protocol a connection's first bytes show: `Some(Some(_))` HTTP found,
+/// `Some(None)` not HTTP, `None` more bytes needed.
+fn http_version(bytes: &[u8]) -> Option<Option<&'static str>> {
+    let shared = bytes.len().min(PREFACE.len());
+    if bytes[..shared] == PREFACE[..shared] {
+        return (bytes.len() >= PREFACE.len()).then_some(Some("h2c"));
+    }
+    if bytes.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+        return Some(None);
+    }
+    let line_end = bytes.iter().position(|b| *b == b'\n');
+    let line = &bytes[..line_end.map_or(bytes.len(), |end| end + 1)];
+    let mut no_headers = [];
+    let mut request = httparse::Request::new(&mut no_headers);
+    match (request.parse(line), line_end) {
+        (Err(_), _) => Some(None),
+        (Ok(_), Some(_)) => Some(Some(if request.version == Some(1) { "http/1.1" } else { "http/1.0" })),
+        (Ok(_), None) => None,
     }
 }
 
@@ -246,6 +354,18 @@ mod tests {
         }
         let Parse::Hello(hello) = parse(&split) else { panic!("no hello in {split:?}") };
         assert_eq!((hello.server_name.as_str(), hello.alpn.len()), ("a.test", 0));
+    }
+
+    #[test]
+    fn the_first_request_line_or_the_preface_gives_the_http_version() {
+        assert_eq!(http_version(b"GET /a HTTP/1.1\r\nhost: x\r\n"), Some(Some("http/1.1")));
+        assert_eq!(http_version(b"POST / HTTP/1.0\r\n"), Some(Some("http/1.0")));
+        assert_eq!(http_version(PREFACE), Some(Some("h2c")));
+        assert_eq!(http_version(&PREFACE[..10]), None);
+        assert_eq!(http_version(b"GET /a HT"), None);
+        assert_eq!(http_version(b"\r\nGET / HTTP/1.1\r\n"), Some(None));
+        assert_eq!(http_version(b"SSH-2.0-OpenSSH\r\n"), Some(None));
+        assert_eq!(http_version(&[22, 3, 1, 0, 200]), Some(None));
     }
 
     #[test]

@@ -7,14 +7,14 @@ pub mod manager;
 mod tcp_proxy;
 
 pub use accept::{accept_failed, bind_reuseport, serve_listener};
-pub use inspect::InspectorStats;
+pub use inspect::{HttpInspectorStats, TlsInspectorStats};
 pub use manager::{ActiveListener, ListenerManager, WorkerCommand};
 pub use tcp_proxy::TcpProxyChain;
 
 use std::sync::Arc;
 
 use crate::config::filter_chain::{self, ChainMatch, ConnectionFacts};
-use crate::config::listener::{FilterChainSpec, HcmSpec, ListenerSpec, NetworkFilter, RouteSpec};
+use crate::config::listener::{FilterChainSpec, HcmSpec, ListenerFilter, ListenerSpec, NetworkFilter, RouteSpec};
 use crate::config::tls::ServerTls;
 use crate::http::access_log::AccessLogger;
 use crate::http::rds::{RdsRegistry, Routes};
@@ -191,7 +191,9 @@ pub struct ListenerRuntime {
     default_chain: Option<ChainRuntime>,
     matchers: Vec<ChainMatch>,
     /// `tls_inspector.*`, with the TLS inspector.
-    pub inspector: Option<InspectorStats>,
+    pub tls_inspector: Option<TlsInspectorStats>,
+    /// `http_inspector.*`, with the HTTP inspector.
+    pub http_inspector: Option<HttpInspectorStats>,
 }
 
 /// The runtime of one filter chain, by its network filter.
@@ -241,7 +243,14 @@ impl ListenerRuntime {
         let default_chain = spec.default_chain.as_ref().map(build).transpose()?;
         Ok(ListenerRuntime {
             matchers: spec.chains.iter().map(|c| c.matcher.clone()).collect(),
-            inspector: spec.inspect_tls.then(|| InspectorStats::new(store)),
+            tls_inspector: spec
+                .listener_filters
+                .contains(&ListenerFilter::TlsInspector)
+                .then(|| TlsInspectorStats::new(store)),
+            http_inspector: spec
+                .listener_filters
+                .contains(&ListenerFilter::HttpInspector)
+                .then(|| HttpInspectorStats::new(store)),
             chains,
             default_chain,
             stats,
