@@ -16,7 +16,7 @@
 #   COUNTS_WORKLOADS="h2c" bash bench/counts.sh
 #
 # Knobs: COUNTS_WORKLOADS (h1 h1_16k h2c h2c_h1up h1_post64k; also h1_seq, one connection:
-# every request parks and wakes the worker twice), COUNTS_PROXIES (legate), COUNTS_REQUESTS
+# every request parks and wakes the worker twice; tcp, HTTP/1.1 GET through a TCP proxy), COUNTS_PROXIES (legate), COUNTS_REQUESTS
 # (20000), COUNTS_WARMUP (2000), COUNTS_SKIP_BUILD=1, COUNTS_PORT_BASE (19080).
 # Installs valgrind, strace, nghttp2-client (h2load), bc and (when counted) haproxy from
 # Debian if missing; the profiles stay in bench/out/counts/ for callgrind_annotate.
@@ -29,7 +29,7 @@ proxies=${COUNTS_PROXIES:-legate}
 requests=${COUNTS_REQUESTS:-20000}
 warmup=${COUNTS_WARMUP:-2000}
 base=${COUNTS_PORT_BASE:-19080}
-up_port=$base h1_port=$((base + 1)) h2_port=$((base + 2)) admin_port=$((base + 3))
+up_port=$base h1_port=$((base + 1)) h2_port=$((base + 2)) admin_port=$((base + 3)) tcp_port=$((base + 4))
 
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
@@ -45,8 +45,8 @@ install_debian_packages counts.sh "${missing[@]}"
 
 # The side-by-side benchmark's bootstrap: "h1up" → the upstream over HTTP/1.1, "h2up" over h2c.
 UP_PORT=$up_port
-write_xds_config "$out/legate.yaml" "$h1_port" "$h2_port" "$admin_port"
-write_haproxy_config "$out/haproxy.cfg" "$h1_port" "$h2_port"
+write_xds_config "$out/legate.yaml" "$h1_port" "$h2_port" "$admin_port" "$tcp_port"
+write_haproxy_config "$out/haproxy.cfg" "$h1_port" "$h2_port" "$tcp_port"
 head -c 65536 /dev/zero | tr '\0' x >"$out/post64k.body"
 
 pids=()
@@ -91,6 +91,7 @@ workload_load() { # workload
     h2c) LOAD=(-c10 -m10); URL=http://127.0.0.1:$h2_port/ ;;
     h2c_h1up) LOAD=(-c10 -m10); URL=http://127.0.0.1:$h1_port/ ;;
     h1_post64k) LOAD=(--h1 -c10 -m1 -d "$out/post64k.body"); URL=http://127.0.0.1:$h1_port/post ;;
+    tcp) LOAD=(--h1 -c10 -m1); URL=http://127.0.0.1:$tcp_port/ ;;
     *) echo "counts.sh: unknown workload $1" >&2; exit 1 ;;
   esac
 }

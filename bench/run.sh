@@ -20,7 +20,7 @@
 #                       workload: each proxy's runs of a workload back to back (the proxies'
 #                       order rotated from one workload to the next). target: each target runs
 #                       all workloads before the next one starts (BENCH_TARGETS order).
-#   BENCH_WORKLOADS="h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k"
+#   BENCH_WORKLOADS="h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k tcp_small"
 #   BENCH_XCPU=1        also run the cross-CPU control (upstream alone on the proxy's CPU,
 #                       h1_seq_h2load direct): what one client->server hop across the two
 #                       vCPUs costs on this machine, without any proxy
@@ -61,7 +61,7 @@ WARMUP="${BENCH_WARMUP:-2}"
 REPS="${BENCH_REPS:-3}"
 ORDER="${BENCH_ORDER:-round}"
 TARGETS="${BENCH_TARGETS:-direct legate envoy haproxy}"
-WORKLOADS="${BENCH_WORKLOADS:-h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k}"
+WORKLOADS="${BENCH_WORKLOADS:-h1_small h1_16k h2c_small h2c_small_h1up h1_seq h1_seq_h2load h1_post64k tcp_small}"
 PROXIES="legate envoy haproxy"   # every proxy target, in table order
 
 LG_CPU=0        # load generator
@@ -73,11 +73,13 @@ UP_PORT=$((18080 + PORT_OFFSET))            # bench_upstream (CPU 0)
 XCPU_UP_PORT=$((18081 + PORT_OFFSET))       # control: a second bench_upstream on the proxy's CPU
 # Each proxy listens on two ports: "h1up" -> the upstream over HTTP/1.1, "h2up" -> over h2c.
 # Both accept HTTP/1.1 and h2c (prior knowledge) from the client.
+# A third, "tcp", is a TCP (L4) proxy to the upstream.
 LEGATE_H1UP_PORT=$((18000 + PORT_OFFSET)) LEGATE_H2UP_PORT=$((18001 + PORT_OFFSET))
-LEGATE_ADMIN_PORT=$((19901 + PORT_OFFSET))
+LEGATE_TCP_PORT=$((18002 + PORT_OFFSET)) LEGATE_ADMIN_PORT=$((19901 + PORT_OFFSET))
 ENVOY_H1UP_PORT=$((18100 + PORT_OFFSET)) ENVOY_H2UP_PORT=$((18101 + PORT_OFFSET))
-ENVOY_ADMIN_PORT=$((19902 + PORT_OFFSET))
+ENVOY_TCP_PORT=$((18102 + PORT_OFFSET)) ENVOY_ADMIN_PORT=$((19902 + PORT_OFFSET))
 HAPROXY_H1UP_PORT=$((18200 + PORT_OFFSET)) HAPROXY_H2UP_PORT=$((18201 + PORT_OFFSET))
+HAPROXY_TCP_PORT=$((18202 + PORT_OFFSET))
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"   # where cargo build puts them (we are in $ROOT)
 LEGATE_BIN="$TARGET_DIR/release/legate"
@@ -202,7 +204,7 @@ start_upstream() {
     wait_http "http://127.0.0.1:$UP_PORT/" 10 || die "bench_upstream did not come up (see $OUT/upstream.log)"
 }
 
-proxy_port() { # proxy h1up|h2up
+proxy_port() { # proxy h1up|h2up|tcp
     case "$1.$2" in
     legate.h1up) echo "$LEGATE_H1UP_PORT" ;;
     legate.h2up) echo "$LEGATE_H2UP_PORT" ;;
@@ -210,27 +212,30 @@ proxy_port() { # proxy h1up|h2up
     envoy.h2up) echo "$ENVOY_H2UP_PORT" ;;
     haproxy.h1up) echo "$HAPROXY_H1UP_PORT" ;;
     haproxy.h2up) echo "$HAPROXY_H2UP_PORT" ;;
+    legate.tcp) echo "$LEGATE_TCP_PORT" ;;
+    envoy.tcp) echo "$ENVOY_TCP_PORT" ;;
+    haproxy.tcp) echo "$HAPROXY_TCP_PORT" ;;
     *) die "no port for $1 $2" ;;
     esac
 }
 
-# Start one proxy pinned to PROXY_CPU with one worker; check that both listeners serve
-# HTTP/1.1 GET, h2c GET and a POST; record its idle RSS.
+# Start one proxy pinned to PROXY_CPU with one worker; check that both HTTP listeners serve
+# HTTP/1.1 GET, h2c GET and a POST, and the TCP proxy a GET; record its idle RSS.
 start_proxy() { # legate|envoy|haproxy
     local t=$1 cmd=() port kind
     case "$t" in
     legate)
-        write_xds_config "$OUT/legate.yaml" "$LEGATE_H1UP_PORT" "$LEGATE_H2UP_PORT" "$LEGATE_ADMIN_PORT"
+        write_xds_config "$OUT/legate.yaml" "$LEGATE_H1UP_PORT" "$LEGATE_H2UP_PORT" "$LEGATE_ADMIN_PORT" "$LEGATE_TCP_PORT"
         cmd=(taskset -c "$PROXY_CPU" "$LEGATE_BIN" -c "$OUT/legate.yaml" --concurrency 1)
         ;;
     envoy)
-        write_xds_config "$OUT/envoy.yaml" "$ENVOY_H1UP_PORT" "$ENVOY_H2UP_PORT" "$ENVOY_ADMIN_PORT"
+        write_xds_config "$OUT/envoy.yaml" "$ENVOY_H1UP_PORT" "$ENVOY_H2UP_PORT" "$ENVOY_ADMIN_PORT" "$ENVOY_TCP_PORT"
         # --disable-hot-restart: no shared-memory region, so it cannot clash with another
         # Envoy on the box (the interop tests); it changes nothing on the data path.
         cmd=(taskset -c "$PROXY_CPU" "$ENVOY_BIN" -c "$OUT/envoy.yaml" --concurrency 1 --disable-hot-restart)
         ;;
     haproxy)
-        write_haproxy_config "$OUT/haproxy.cfg" "$HAPROXY_H1UP_PORT" "$HAPROXY_H2UP_PORT"
+        write_haproxy_config "$OUT/haproxy.cfg" "$HAPROXY_H1UP_PORT" "$HAPROXY_H2UP_PORT" "$HAPROXY_TCP_PORT"
         "$HAPROXY_BIN" -c -q -f "$OUT/haproxy.cfg" >"$OUT/haproxy.check" 2>&1 ||
             die "haproxy rejected $OUT/haproxy.cfg: $(cat "$OUT/haproxy.check")"
         # -db: stay in the foreground, no daemon and no master-worker, so the pid we have is
@@ -251,6 +256,8 @@ start_proxy() { # legate|envoy|haproxy
         curl -fsS -o /dev/null --max-time 2 -H 'Expect:' --data-binary @"$OUT/post64k.body" "http://127.0.0.1:$port/post" ||
             die "$t: POST on $port failed"
     done
+    port=$(proxy_port "$t" tcp)
+    curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port/" || die "$t: GET through the TCP proxy on $port failed"
     proxy_alive || die "$t exited (see $OUT/$t.stderr)"
     [[ "$(cat "/proc/$PROXY_PID/comm")" == "$(basename "${cmd[3]}" | cut -c1-15)" ]] ||
         die "pid $PROXY_PID is $(cat "/proc/$PROXY_PID/comm"), not $t"
@@ -371,14 +378,16 @@ wl_desc() {
     h1_seq) echo "HTTP/1.1 GET /, wrk -t1 -c1 (sequential)" ;;
     h1_seq_h2load) echo "HTTP/1.1 GET /, h2load --h1 -c1 -m1 (sequential)" ;;
     h1_post64k) echo "HTTP/1.1 POST /post (64 KiB body), wrk -t1 -c50" ;;
+    tcp_small) echo "HTTP/1.1 GET / (3 B) through a TCP proxy (L4), wrk -t1 -c50" ;;
     *) die "unknown workload $1" ;;
     esac
 }
 wl_path() { case "$1" in h1_16k) echo /16k ;; h1_post64k) echo /post ;; *) echo / ;; esac; }
-wl_conns() { case "$1" in h1_small | h1_16k | h1_post64k) echo 50 ;; h1_seq*) echo 1 ;; *) echo 10 ;; esac; }
+wl_conns() { case "$1" in h1_small | h1_16k | h1_post64k | tcp_small) echo 50 ;; h1_seq*) echo 1 ;; *) echo 10 ;; esac; }
 wl_tool() { case "$1" in h2c_*) echo h2load ;; h1_seq_h2load) echo h2load-h1 ;; h1_post64k) echo wrk-post ;; *) echo wrk ;; esac; }
-# The direct baseline for a workload (h2c_small_h1up shares h2c_small's direct run).
-wl_direct_key() { case "$1" in h2c_small_h1up) echo h2c_small ;; *) echo "$1" ;; esac; }
+# The direct baseline for a workload (h2c_small_h1up shares h2c_small's direct run, tcp_small
+# h1_small's).
+wl_direct_key() { case "$1" in h2c_small_h1up) echo h2c_small ;; tcp_small) echo h1_small ;; *) echo "$1" ;; esac; }
 # The key a target's results for a workload are stored under.
 res_key() { if [[ "$1" == direct ]]; then echo "direct.$(wl_direct_key "$2")"; else echo "$1.$2"; fi; }
 
@@ -386,7 +395,7 @@ target_port() { # target workload
     case "$1" in
     direct) echo "$UP_PORT" ;;
     xcpu) echo "$XCPU_UP_PORT" ;;
-    legate | envoy | haproxy) case "$2" in h2c_small) proxy_port "$1" h2up ;; *) proxy_port "$1" h1up ;; esac ;;
+    legate | envoy | haproxy) case "$2" in h2c_small) proxy_port "$1" h2up ;; tcp_*) proxy_port "$1" tcp ;; *) proxy_port "$1" h1up ;; esac ;;
     *) die "unknown target $1" ;;
     esac
 }

@@ -283,15 +283,14 @@ where
         let drained = drain.wait_for(|d| *d);
         let idle = sleep_until_some(idle_deadline);
         tokio::pin!(drained, idle);
-        side.woken.store(true, Ordering::Relaxed);
+        side.rearm();
         // The connection is polled on every wake-up; the drain watch and the idle timer,
         // which wake it through `side`, only after one of them did (or fresh).
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                 return Poll::Ready(ConnEvent::Done(result));
             }
-            side.task.register(cx.waker());
-            if side.woken.swap(false, Ordering::Acquire) {
+            if side.woke(cx) {
                 let mut side_cx = Context::from_waker(&side_waker);
                 if drained.as_mut().poll(&mut side_cx).is_ready() {
                     return Poll::Ready(ConnEvent::Drain);
@@ -344,9 +343,23 @@ enum ConnEvent<R> {
 /// more per request) do not poll them (a watch channel and a timer: ≈ 700 instructions
 /// per request).
 #[derive(Default)]
-struct SideWake {
+pub(super) struct SideWake {
     woken: AtomicBool,
     task: AtomicWaker,
+}
+
+impl SideWake {
+    /// The next `woke` says yes: for futures not polled yet.
+    pub(super) fn rearm(&self) {
+        self.woken.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a side future woke since the last call (or `rearm`), so it is to be polled
+    /// (with this as its waker); the task of `cx` is the one woken.
+    pub(super) fn woke(&self, cx: &Context<'_>) -> bool {
+        self.task.register(cx.waker());
+        self.woken.swap(false, Ordering::Acquire)
+    }
 }
 
 impl Wake for SideWake {

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::accept::SideWake;
 use super::{ChainBase, ListenerStats};
 use crate::clock;
 use crate::config::listener::ListenerSpec;
@@ -316,28 +317,43 @@ async fn relay(
     stats: &TcpProxyStats,
 ) -> Relayed {
     let (mut up, mut down) = (Half::new(), Half::new());
+    // The timer is armed for the first possible expiry and, when it fires, moved to one
+    // timeout after the last byte moved, if there was one since: re-arming it on every
+    // move would take the timer wheel's lock twice a request/response exchange. It is
+    // polled only when it woke (`SideWake`), not on every move.
     let mut idle = idle_timeout.map(|t| Box::pin(tokio::time::sleep_until(clock::now() + t)));
+    let mut last_moved = clock::now();
+    let side = Arc::new(SideWake::default());
+    side.rearm();
+    let side_waker = Waker::from(side.clone());
     let mut counted = (0, 0);
     let idle_timed_out = std::future::poll_fn(|cx| {
         let mut progress = false;
         let upward = up.poll_move(cx, &mut downstream, &mut upstream, &mut progress);
         let downward = down.poll_move(cx, &mut upstream, &mut downstream, &mut progress);
-        let (received, sent) = (up.moved, down.moved - (down.end - down.start) as u64);
-        stats.downstream_cx_rx_bytes_total.add(received - counted.0);
-        stats.downstream_cx_tx_bytes_total.add(sent - counted.1);
-        counted = (received, sent);
+        if progress {
+            last_moved = clock::now();
+            let (received, sent) = (up.moved, down.moved - (down.end - down.start) as u64);
+            stats.downstream_cx_rx_bytes_total.add(received - counted.0);
+            stats.downstream_cx_tx_bytes_total.add(sent - counted.1);
+            counted = (received, sent);
+        }
         match (upward, downward) {
             // One side failed (a reset): Envoy closes the other at once.
             (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(false),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(false),
             _ => {}
         }
-        if let (Some(timer), Some(timeout)) = (idle.as_mut(), idle_timeout) {
-            if progress {
-                timer.as_mut().reset(clock::now() + timeout);
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(true);
+        if let (Some(timer), Some(timeout)) = (idle.as_mut(), idle_timeout)
+            && side.woke(cx)
+        {
+            let mut side_cx = Context::from_waker(&side_waker);
+            while timer.as_mut().poll(&mut side_cx).is_ready() {
+                let expiry = last_moved + timeout;
+                if expiry <= clock::now() {
+                    return Poll::Ready(true);
+                }
+                timer.as_mut().reset(expiry);
             }
         }
         Poll::Pending
