@@ -127,7 +127,9 @@ async fn serve_accepted(
             });
             serve_connection(tcp, ctx, drain).await;
         }
-        Some(ChainRuntime::TcpProxy(chain)) => tcp_proxy::serve_connection(tcp, chain.clone(), worker, remote).await,
+        Some(ChainRuntime::TcpProxy(chain)) => {
+            tcp_proxy::serve_connection(tcp, chain.clone(), worker, remote, local).await;
+        }
         None => listener.stats.no_filter_chain_match.inc(),
     }
 }

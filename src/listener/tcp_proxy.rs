@@ -4,6 +4,7 @@
 //! again up to `max_connect_attempts`, an end of stream from one side is passed on as a
 //! half-close to the other, and the idle timeout closes both.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -109,30 +110,38 @@ struct Session {
     bytes_sent: u64,
 }
 
-/// Serves one accepted connection to its end. The upstream connect starts at once, beside
-/// a TLS listener's handshake, as Envoy's filter connects on the new connection.
-pub async fn serve_connection(tcp: TcpStream, listener: Arc<TcpProxyChain>, worker: Rc<Worker>, remote: SocketAddr) {
+/// Serves one accepted connection (from `remote`, to `local`) to its end. The upstream
+/// connect starts at once, beside a TLS chain's handshake, as Envoy's filter connects on
+/// the new connection.
+pub async fn serve_connection(
+    tcp: TcpStream,
+    chain: Arc<TcpProxyChain>,
+    worker: Rc<Worker>,
+    remote: SocketAddr,
+    local: SocketAddr,
+) {
     let opened = clock::now();
-    let local = tcp.local_addr().unwrap_or(listener.spec.address);
-    listener.stats.opened(worker.index);
-    listener.proxy_stats.downstream_cx_total.inc();
+    // As Envoy's connections: a small write goes out at once.
+    let _ = tcp.set_nodelay(true);
+    chain.stats.opened(worker.index);
+    chain.proxy_stats.downstream_cx_total.inc();
     let mut session = Session::default();
-    let setup = set_up(tcp, &listener, &worker, &mut session);
+    let setup = set_up(tcp, &chain, &worker, &mut session);
     // The idle timer runs from the accept, as Envoy's does: a client that never finishes its
     // handshake is closed by it too.
-    let connected = match listener.proxy.idle_timeout {
+    let connected = match chain.proxy.idle_timeout {
         Some(timeout) => tokio::time::timeout(timeout, setup).await.unwrap_or_else(|_| {
-            listener.proxy_stats.idle_timeout.inc();
+            chain.proxy_stats.idle_timeout.inc();
             None
         }),
         None => setup.await,
     };
     if let Some((downstream, upstream, mut live)) = connected {
-        let relayed = relay(downstream, upstream, listener.proxy.idle_timeout, &listener.proxy_stats).await;
+        let relayed = relay(downstream, upstream, chain.proxy.idle_timeout, &chain.proxy_stats).await;
         session.bytes_received = relayed.received;
         session.bytes_sent = relayed.sent;
         if relayed.idle_timed_out {
-            listener.proxy_stats.idle_timeout.inc();
+            chain.proxy_stats.idle_timeout.inc();
         }
         // Closed by the upstream if its end of stream came, in either order: Envoy closes a
         // half-closed connection when the second end arrives, as a remote close.
@@ -140,9 +149,9 @@ pub async fn serve_connection(tcp: TcpStream, listener: Arc<TcpProxyChain>, work
             ConnectionEnd { remote: relayed.upstream_ended, with_active_rq: relayed.upstream_ended, requests: 1 };
     }
     let duration = clock::now() - opened;
-    listener.stats.closed(worker.index, duration);
-    if !listener.access_logs.is_empty() {
-        log(&listener, &session, duration, remote, local);
+    chain.stats.closed(worker.index, duration);
+    if !chain.access_logs.is_empty() {
+        log(&chain, &session, duration, remote, local);
     }
 }
 
@@ -150,17 +159,17 @@ pub async fn serve_connection(tcp: TcpStream, listener: Arc<TcpProxyChain>, work
 /// as soon as either fails, and a connect still pending then is cancelled.
 async fn set_up(
     tcp: TcpStream,
-    listener: &TcpProxyChain,
+    chain: &TcpProxyChain,
     worker: &Worker,
     session: &mut Session,
 ) -> Option<(Transport, Transport, LiveConnection)> {
     let downstream = async {
-        match &listener.tls {
+        match &chain.tls {
             Some((tls, stats)) => transport::accept(tcp, tls, stats).await.ok(),
             None => Some(Transport::Plain(tcp)),
         }
     };
-    let upstream = connect_upstream(listener, worker, session);
+    let upstream = connect_upstream(chain, worker, session);
     tokio::pin!(downstream, upstream);
     let (downstream, (upstream, live)) = tokio::select! {
         biased;
@@ -177,20 +186,20 @@ async fn set_up(
 /// failed connect up to `max_connect_attempts`, as Envoy does; records in `session` why
 /// it gave up.
 async fn connect_upstream(
-    listener: &TcpProxyChain,
+    chain: &TcpProxyChain,
     worker: &Worker,
     session: &mut Session,
 ) -> Option<(Transport, LiveConnection)> {
-    let proxy = &listener.proxy;
+    let proxy = &chain.proxy;
     // Envoy picks a weighted cluster once per connection, then looks it up per attempt.
     let name = proxy.cluster.pick();
     for attempt in 1..=proxy.max_connect_attempts {
-        let snapshot = listener.clusters.snapshot();
+        let snapshot = chain.clusters.snapshot();
         worker.pools.prune(&snapshot);
         let cluster = snapshot.get(name).cloned();
         drop(snapshot);
         let Some(cluster) = cluster else {
-            listener.proxy_stats.downstream_cx_no_route.inc();
+            chain.proxy_stats.downstream_cx_no_route.inc();
             session.flags.insert(ResponseFlags::NO_CLUSTER_FOUND);
             return None;
         };
@@ -245,12 +254,16 @@ struct Relayed {
     idle_timed_out: bool,
 }
 
-/// The bytes of one direction between reading them from one side and writing them to the
-/// other.
+/// One direction of a relay. Bytes are read into the worker's scratch buffer and written on
+/// at once; only what the other side cannot take yet is kept, in `pending`, so an idle or
+/// flowing connection holds no buffer of its own (Envoy and HAProxy hold theirs only while
+/// they have data too).
+#[derive(Default)]
 struct Half {
-    buf: Box<[u8]>,
+    /// Read and not yet written, from `start` on; empty (and unallocated) unless the writing
+    /// side pushed back.
+    pending: Vec<u8>,
     start: usize,
-    end: usize,
     /// The reading side ended its stream.
     eof: bool,
     /// The end of stream was passed on (the writing side shut down).
@@ -259,14 +272,16 @@ struct Half {
     moved: u64,
 }
 
-/// Each direction's buffer: Envoy reads up to 16 KiB from a socket at a time too.
-const HALF_BUFFER: usize = 16 * 1024;
+/// The most read at once: Envoy reads up to 16 KiB from a socket at a time too.
+const READ_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    /// Each worker's read buffer for its relays: a relay reads and writes within one poll,
+    /// and a worker polls one task at a time.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
 
 impl Half {
-    fn new() -> Half {
-        Half { buf: vec![0; HALF_BUFFER].into_boxed_slice(), start: 0, end: 0, eof: false, done: false, moved: 0 }
-    }
-
     /// Moves bytes from `from` to `to` until one of them would block, or until the end of
     /// stream is passed on. `progress` is set if a byte moved either way.
     fn poll_move(
@@ -280,13 +295,17 @@ impl Half {
             return Poll::Ready(Ok(()));
         }
         loop {
-            while self.start < self.end {
-                let written = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[self.start..self.end]))?;
+            while self.start < self.pending.len() {
+                let written = ready!(Pin::new(&mut *to).poll_write(cx, &self.pending[self.start..]))?;
                 if written == 0 {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
                 }
                 self.start += written;
                 *progress = true;
+            }
+            if self.start > 0 {
+                // Written out: the connection holds no buffer again.
+                (self.pending, self.start) = (Vec::new(), 0);
             }
             // A TLS side holds written bytes in its records until flushed.
             ready!(Pin::new(&mut *to).poll_flush(cx))?;
@@ -297,14 +316,32 @@ impl Half {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut read = ReadBuf::new(&mut self.buf);
-            ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
-            let count = read.filled().len();
-            (self.start, self.end) = (0, count);
-            self.moved += count as u64;
-            self.eof = count == 0;
+            ready!(SCRATCH.with_borrow_mut(|scratch| self.poll_read_through(cx, from, to, scratch)))?;
             *progress = true;
         }
+    }
+
+    /// Reads once into `scratch` and writes what was read to `to`, keeping in `pending`
+    /// what `to` does not take.
+    fn poll_read_through(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut Transport,
+        to: &mut Transport,
+        scratch: &mut [u8],
+    ) -> Poll<std::io::Result<()>> {
+        let mut read = ReadBuf::new(scratch);
+        ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
+        let read = read.filled();
+        self.moved += read.len() as u64;
+        self.eof = read.is_empty();
+        let written = match Pin::new(&mut *to).poll_write(cx, read) {
+            Poll::Ready(Ok(written)) => written,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => 0,
+        };
+        self.pending.extend_from_slice(&read[written..]);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -316,7 +353,7 @@ async fn relay(
     idle_timeout: Option<Duration>,
     stats: &TcpProxyStats,
 ) -> Relayed {
-    let (mut up, mut down) = (Half::new(), Half::new());
+    let (mut up, mut down) = (Half::default(), Half::default());
     // The timer is armed for the first possible expiry and, when it fires, moved to one
     // timeout after the last byte moved, if there was one since: re-arming it on every
     // move would take the timer wheel's lock twice a request/response exchange. It is
@@ -333,7 +370,7 @@ async fn relay(
         let downward = down.poll_move(cx, &mut upstream, &mut downstream, &mut progress);
         if progress {
             last_moved = clock::now();
-            let (received, sent) = (up.moved, down.moved - (down.end - down.start) as u64);
+            let (received, sent) = (up.moved, down.moved - (down.pending.len() - down.start) as u64);
             stats.downstream_cx_rx_bytes_total.add(received - counted.0);
             stats.downstream_cx_tx_bytes_total.add(sent - counted.1);
             counted = (received, sent);
@@ -364,7 +401,7 @@ async fn relay(
 
 /// Writes the connection's access log lines, with Envoy's TCP values: no request, response
 /// code 0, no protocol.
-fn log(listener: &TcpProxyChain, session: &Session, duration: Duration, remote: SocketAddr, local: SocketAddr) {
+fn log(chain: &TcpProxyChain, session: &Session, duration: Duration, remote: SocketAddr, local: SocketAddr) {
     let context = LogContext {
         start_time: SystemTime::now().checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),
         request: None,
@@ -382,7 +419,7 @@ fn log(listener: &TcpProxyChain, session: &Session, duration: Duration, remote: 
         downstream_local: local,
         route_name: None,
     };
-    for logger in &listener.access_logs {
+    for logger in &chain.access_logs {
         logger.log(&context);
     }
 }

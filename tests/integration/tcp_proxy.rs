@@ -26,14 +26,16 @@ fn tcp_bootstrap(extra: &str, clusters: &str) -> String {
     )
 }
 
-/// An upstream that reads each connection to its end of stream, then answers with what it
-/// read, reversed, and closes: it answers only if the client's half-close reached it.
+/// An upstream that reads each connection to its end of stream (after a pause, so that a
+/// large upload meets full socket buffers), then answers with what it read, reversed, and
+/// closes: it answers only if the client's half-close reached it.
 async fn reversing_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let mut read = Vec::new();
                 if stream.read_to_end(&mut read).await.is_ok() {
                     read.reverse();
@@ -79,19 +81,27 @@ async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
 async fn bytes_go_both_ways_and_a_half_close_is_passed_on() {
     let upstream = reversing_upstream().await;
     let legate = Legate::start(&tcp_bootstrap("", &static_cluster("svc", &[(upstream, 1)], "")));
-    // More than one read's worth each way.
-    let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    let mut client = TcpStream::connect(legate.listener("main")).await.unwrap();
-    client.write_all(&sent).await.unwrap();
-    client.shutdown().await.unwrap();
-    let reply = read_to_end(&mut client).await;
+    // Far more than the sockets hold while the upstream pauses: the relay is pushed back.
+    let sent: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    let client = TcpStream::connect(legate.listener("main")).await.unwrap();
+    let (mut reader, mut writer) = client.into_split();
+    let upload = sent.clone();
+    tokio::spawn(async move {
+        writer.write_all(&upload).await.unwrap();
+        writer.shutdown().await.unwrap();
+    });
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut reply))
+        .await
+        .expect("the proxy ends the connection")
+        .unwrap();
     let mut expected = sent.clone();
     expected.reverse();
     assert!(reply == expected, "got {} bytes back, not the {} sent, reversed", reply.len(), sent.len());
     legate.wait_for_stat("listener.127.0.0.1_0.downstream_cx_active", 0).await;
     assert_eq!(legate.stat("tcp.db.downstream_cx_total").await, Some(1));
-    assert_eq!(legate.stat("tcp.db.downstream_cx_rx_bytes_total").await, Some(100_000));
-    assert_eq!(legate.stat("tcp.db.downstream_cx_tx_bytes_total").await, Some(100_000));
+    assert_eq!(legate.stat("tcp.db.downstream_cx_rx_bytes_total").await, Some(8_000_000));
+    assert_eq!(legate.stat("tcp.db.downstream_cx_tx_bytes_total").await, Some(8_000_000));
     assert_eq!(legate.stat("cluster.svc.upstream_cx_total").await, Some(1));
     assert_eq!(legate.stat("cluster.svc.upstream_rq_total").await, Some(1));
     legate.wait_for_stat("cluster.svc.upstream_cx_active", 0).await;
