@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::{AdminBody, AdminRequest, AdminState, json, socket_address, text};
 use crate::config::cluster::{Discovery, HostLocality};
-use crate::config::listener::RouteSpec;
+use crate::config::hcm::RouteSpec;
 use crate::config::schema;
 use crate::listener::ActiveListener;
 use crate::upstream::Cluster;

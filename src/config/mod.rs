@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod error;
 pub mod filter_chain;
+pub mod hcm;
 pub mod listener;
 pub mod proto;
 pub mod route;

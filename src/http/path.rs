@@ -6,7 +6,7 @@
 use http::Uri;
 use http::uri::PathAndQuery;
 
-use crate::config::listener::{EscapedSlashes, PathNormalization};
+use crate::config::hcm::{EscapedSlashes, PathNormalization};
 
 /// A path the steps refuse: an escaped slash under `Reject`, or a NUL the canonicalizer
 /// found. Envoy answers both with 400.

@@ -93,10 +93,14 @@ enum Peeked<R> {
     Undecided,
 }
 
+/// The first look's size, doubled while it is filled without deciding (as Envoy's listener
+/// filter buffer grows): most ClientHellos and request lines fit.
+const FIRST_PEEK: usize = 2048;
+
 /// Peeks at `tcp` until `decide` settles on the bytes so far (`None`: it needs more), at
 /// most `max` bytes.
 async fn peek_until<R>(tcp: &TcpStream, max: usize, decide: impl Fn(&[u8]) -> Option<R>) -> std::io::Result<Peeked<R>> {
-    let mut buf = vec![0; max];
+    let mut buf = vec![0; FIRST_PEEK.min(max)];
     let mut seen = 0;
     loop {
         let read = tcp.peek(&mut buf).await?;
@@ -109,7 +113,9 @@ async fn peek_until<R>(tcp: &TcpStream, max: usize, decide: impl Fn(&[u8]) -> Op
         if read == max {
             return Ok(Peeked::Undecided);
         }
-        if read == seen {
+        if read == buf.len() {
+            buf.resize((buf.len() * 2).min(max), 0);
+        } else if read == seen {
             tokio::time::sleep(PEEK_AGAIN).await;
         }
         seen = read;

@@ -14,7 +14,8 @@ pub use tcp_proxy::TcpProxyChain;
 use std::sync::Arc;
 
 use crate::config::filter_chain::{self, ChainMatch, ConnectionFacts};
-use crate::config::listener::{FilterChainSpec, HcmSpec, ListenerFilter, ListenerSpec, NetworkFilter, RouteSpec};
+use crate::config::hcm::{HcmSpec, RouteSpec};
+use crate::config::listener::{FilterChainSpec, ListenerFilter, ListenerSpec, NetworkFilter};
 use crate::config::tls::ServerTls;
 use crate::http::access_log::AccessLogger;
 use crate::http::rds::{RdsRegistry, Routes};

@@ -20,7 +20,7 @@ use super::frame::{self, Reason};
 use super::head::{Fields, Kind};
 use super::shared::{self, Shared};
 use super::stream::{RecvBody, SendStream};
-use crate::config::listener::Http2Settings;
+use crate::config::hcm::Http2Settings;
 use crate::http::body::DownstreamBody;
 use crate::http::h1::framing::MAX_HEAD_BYTES;
 use crate::http::proxy::ConnContext;
