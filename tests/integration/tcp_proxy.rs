@@ -1,6 +1,6 @@
 //! TCP proxy listeners: bytes relayed both ways with half-closes passed on, connects tried
-//! again up to `max_connect_attempts`, `max_connections`, and the idle timeout, as clients,
-//! upstreams and `/stats` see them.
+//! again up to `max_connect_attempts`, `max_connections`, the idle timeout, and LDS, as
+//! clients, upstreams, `/stats` and the control plane see them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +8,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
+use legate::config::schema::{self, Format};
+use legate::xds::{CLUSTER_TYPE, LISTENER_TYPE};
+
+use crate::control_plane::ControlPlane;
 use crate::support::{Legate, bootstrap_with_filter, closed_port, static_cluster};
+use crate::xds::{legate_with_ads_and_lds, static_type_cluster};
 
 /// A bootstrap with one TCP proxy listener `main` (its `extra` fields indented for the
 /// proxy's config) sending every connection to cluster `svc`.
@@ -168,4 +174,46 @@ async fn a_cluster_that_does_not_exist_closes_the_connection_as_no_route() {
     assert_eq!(read_to_end(&mut client).await, b"");
     legate.wait_for_stat("tcp.db.downstream_cx_no_route", 1).await;
     assert_eq!(legate.stat("cluster.other.upstream_cx_total").await, Some(0));
+}
+
+/// A listener from LDS: a TCP proxy to `cluster`, over two filter chains when `overlapping`
+/// (both matching anything, which Envoy refuses).
+fn tcp_listener(cluster: &str, overlapping: bool) -> ListenerProto {
+    let chain = format!(
+        "- filters:\n  - name: envoy.filters.network.tcp_proxy\n    typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: lds, cluster: {cluster} }}\n"
+    );
+    let chains = if overlapping { chain.repeat(2) } else { chain };
+    let yaml = format!(
+        "name: tcp\naddress: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\nfilter_chains:\n{chains}"
+    );
+    schema::parse(&yaml, Format::Yaml).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_proxy_comes_by_lds_and_a_bad_update_is_nacked_while_it_keeps_serving() {
+    let upstream = reversing_upstream().await;
+    let control_plane = ControlPlane::start().await;
+    let legate = legate_with_ads_and_lds(&control_plane);
+    let mut stream = control_plane.next_stream().await;
+    stream.next_of(CLUSTER_TYPE).await;
+    stream.push("c1", "n1", vec![static_type_cluster("svc", upstream)]);
+    stream.next_of(LISTENER_TYPE).await;
+    stream.push("l1", "n2", vec![tcp_listener("svc", false)]);
+    assert_eq!(stream.next_of(LISTENER_TYPE).await.version_info, "l1");
+    let address = legate.listener("tcp");
+    let relayed = |address| async move {
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client.write_all(b"abc").await.unwrap();
+        client.shutdown().await.unwrap();
+        read_to_end(&mut client).await
+    };
+    assert_eq!(relayed(address).await, b"cba");
+
+    stream.push("l2", "n3", vec![tcp_listener("svc", true)]);
+    let nack = stream.next_of(LISTENER_TYPE).await;
+    assert_eq!(nack.version_info, "l1", "the last good version");
+    let detail = nack.error_detail.expect("a NACK").message;
+    assert!(detail.contains("filter_chains[1].filter_chain_match"), "{detail}");
+    assert!(detail.contains("overlapping matching rules"), "{detail}");
+    assert_eq!(relayed(address).await, b"cba", "the listener of l1 still serves");
 }

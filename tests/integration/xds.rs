@@ -349,7 +349,7 @@ async fn initial_fetch_timeout_lets_the_server_go_live_without_cds() {
     }
 }
 
-fn static_type_cluster(name: &str, host: SocketAddr) -> ClusterProto {
+pub(crate) fn static_type_cluster(name: &str, host: SocketAddr) -> ClusterProto {
     schema::parse(
         &format!(
             "name: {name}\ntype: STATIC\nconnect_timeout: 1s\nload_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }} }}] }}] }}",
