@@ -143,6 +143,9 @@ pub async fn serve_connection(
         if relayed.idle_timed_out {
             chain.proxy_stats.idle_timeout.inc();
         }
+        if relayed.upstream_reset {
+            session.flags.insert(ResponseFlags::UPSTREAM_REMOTE_RESET);
+        }
         // Closed by the upstream if its end of stream came, in either order: Envoy closes a
         // half-closed connection when the second end arrives, as a remote close.
         live.end =
@@ -251,6 +254,8 @@ struct Relayed {
     sent: u64,
     /// The upstream ended its stream.
     upstream_ended: bool,
+    /// The upstream reset its connection (the client's was reset too).
+    upstream_reset: bool,
     idle_timed_out: bool,
 }
 
@@ -268,6 +273,8 @@ struct Half {
     eof: bool,
     /// The end of stream was passed on (the writing side shut down).
     done: bool,
+    /// The reading side reset its connection.
+    reset: bool,
     /// Bytes read so far.
     moved: u64,
 }
@@ -331,7 +338,10 @@ impl Half {
         scratch: &mut [u8],
     ) -> Poll<std::io::Result<()>> {
         let mut read = ReadBuf::new(scratch);
-        ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
+        if let Err(e) = ready!(Pin::new(&mut *from).poll_read(cx, &mut read)) {
+            self.reset = e.kind() == std::io::ErrorKind::ConnectionReset;
+            return Poll::Ready(Err(e));
+        }
         let read = read.filled();
         self.moved += read.len() as u64;
         self.eof = read.is_empty();
@@ -396,7 +406,12 @@ async fn relay(
         Poll::Pending
     })
     .await;
-    Relayed { received: counted.0, sent: counted.1, upstream_ended: down.eof, idle_timed_out }
+    if down.reset {
+        // Passed on as a reset, as Envoy does: the client's close is an RST too.
+        let _ = downstream.tcp().set_zero_linger();
+    }
+    let (upstream_ended, upstream_reset) = (down.eof || down.reset, down.reset);
+    Relayed { received: counted.0, sent: counted.1, upstream_ended, upstream_reset, idle_timed_out }
 }
 
 /// Writes the connection's access log lines, with Envoy's TCP values: no request, response

@@ -217,3 +217,24 @@ async fn a_tcp_proxy_comes_by_lds_and_a_bad_update_is_nacked_while_it_keeps_serv
     assert!(detail.contains("overlapping matching rules"), "{detail}");
     assert_eq!(relayed(address).await, b"cba", "the listener of l1 still serves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_reaches_the_client_as_a_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut first = [0u8; 5];
+            let _ = stream.read_exact(&mut first).await;
+            stream.set_zero_linger().unwrap();
+            drop(stream);
+        }
+    });
+    let legate = Legate::start(&tcp_bootstrap("", &static_cluster("svc", &[(upstream, 1)], "")));
+    let mut client = TcpStream::connect(legate.listener("main")).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut reply)).await.unwrap();
+    assert_eq!(read.map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset), "not a plain close");
+    legate.wait_for_stat("cluster.svc.upstream_cx_destroy_remote", 1).await;
+}
