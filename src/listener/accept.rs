@@ -88,9 +88,9 @@ pub async fn serve_listener(
     while connections.join_next().await.is_some() {}
 }
 
-/// Chooses an accepted connection's filter chain, after reading its ClientHello if the
-/// listener has the TLS inspector, and serves the connection with it; with no chain for it,
-/// closes it (`no_filter_chain_match`), as Envoy does.
+/// Chooses an accepted connection's filter chain, after the listener filters (if any) have
+/// read what they look for, and serves the connection with it; with no chain for it, closes
+/// it (`no_filter_chain_match`), as Envoy does.
 async fn serve_accepted(
     tcp: TcpStream,
     remote: SocketAddr,

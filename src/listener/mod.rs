@@ -198,7 +198,6 @@ pub struct ListenerRuntime {
 }
 
 /// The runtime of one filter chain, by its network filter.
-#[derive(Clone)]
 pub enum ChainRuntime {
     Http(Arc<HttpChain>),
     TcpProxy(Arc<TcpProxyChain>),
