@@ -15,13 +15,19 @@ install_debian_packages() { # caller package...: installs the packages given, if
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y "$@" >/dev/null || { apt-get update >/dev/null && apt-get install -y "$@" >/dev/null; }
 }
-xds_listener() { # name port cluster
+xds_listener_head() { # name port: a listener up to its one filter chain's filters
     cat <<EOF
   - name: $1
     address:
       socket_address: { address: 127.0.0.1, port_value: $2 }
     filter_chains:
     - filters:
+EOF
+}
+
+xds_listener() { # name port cluster
+    xds_listener_head "$1" "$2"
+    cat <<EOF
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -45,12 +51,8 @@ EOF
 }
 
 xds_tcp_listener() { # name port cluster: a TCP proxy (L4) to the cluster
+    xds_listener_head "$1" "$2"
     cat <<EOF
-  - name: $1
-    address:
-      socket_address: { address: 127.0.0.1, port_value: $2 }
-    filter_chains:
-    - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
